@@ -1,0 +1,174 @@
+//! The API endpoints, one file per family, and [`handle`]: a request's whole
+//! path through the gateway, in order.
+//!
+//! `server::conn` has already read and framed the request; from here it is
+//! route → (identify the request) → endpoint, and each endpoint does its own
+//! convert → forward → transcode. Keys, limits and usage slot in between
+//! routing and the endpoint as their own steps.
+
+pub mod chat;
+pub mod health;
+pub mod models;
+
+use std::rc::Rc;
+
+use monoio::io::Splitable;
+use monoio::net::tcp::TcpOwnedWriteHalf;
+
+use crate::http::response::ResponseHead;
+use crate::ollama::client::{self, ExchangeError};
+use crate::openai::completion::native_error_message;
+use crate::openai::error::ApiError;
+use crate::routes::{Route, Routed};
+use crate::server::Worker;
+use crate::server::conn::{After, Conn, MAX_HEAD, cors};
+use crate::server::watch::{ClientWatch, WatchEnd};
+
+/// Largest non-streamed upstream reply the gateway buffers.
+pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// Serves one parsed request; the response is left in `conn.out` (or was
+/// already written, for streams).
+pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
+    // 1. Route.
+    let route = match crate::routes::route(conn.req.method(), &conn.req.path) {
+        Routed::Endpoint(r) => r,
+        Routed::Preflight { allow } => {
+            conn.req.id = crate::ids::request_id("req-");
+            preflight(conn, allow);
+            return After::KeepAlive;
+        }
+        Routed::MethodNotAllowed { allow } => {
+            conn.req.id = crate::ids::request_id("req-");
+            let e = ApiError::method_not_allowed(&conn.req.method_name, &conn.req.path, allow);
+            conn.method_not_allowed(&e, allow);
+            return After::KeepAlive;
+        }
+        Routed::NotFound => {
+            conn.req.id = crate::ids::request_id("req-");
+            let e = ApiError::unknown_url(&conn.req.method_name, &conn.req.path);
+            conn.error(&e);
+            return After::KeepAlive;
+        }
+    };
+    // 2. Name the request: a chat completion's id doubles as its request id.
+    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions { "chatcmpl-" } else { "req-" });
+
+    // 3. The endpoint.
+    match route {
+        Route::Health => health::healthz(conn),
+        Route::Models => models::list(worker, conn).await,
+        Route::Model(id) => models::retrieve(worker, conn, &id).await,
+        Route::ChatCompletions => chat::completions(worker, conn).await,
+    }
+}
+
+/// Answers a CORS preflight.
+fn preflight(conn: &mut Conn, allow: &str) {
+    let requested = if conn.req.access_control_request_headers.is_empty() {
+        "authorization, content-type, x-api-key".to_owned()
+    } else {
+        conn.req.access_control_request_headers.clone()
+    };
+    let keep_alive = conn.req.keep_alive;
+    ResponseHead::new(&mut conn.out, 204)
+        .header("x-request-id", conn.req.id.as_bytes())
+        .header("Allow", allow.as_bytes())
+        .header("Access-Control-Allow-Origin", b"*")
+        .header("Access-Control-Allow-Methods", allow.as_bytes())
+        .header("Access-Control-Allow-Headers", requested.as_bytes())
+        .header("Access-Control-Max-Age", b"86400")
+        .connection(keep_alive)
+        .empty();
+}
+
+/// The client connection taken apart for the length of an upstream call:
+/// the read half parked in a watch, the write half for responses.
+pub struct Split {
+    pub watch: ClientWatch,
+    pub wr: TcpOwnedWriteHalf,
+}
+
+impl Split {
+    pub fn new(conn: &mut Conn) -> Option<Self> {
+        let stream = conn.stream.take()?;
+        let (rd, wr) = stream.into_split();
+        let buf = std::mem::take(&mut conn.inbuf);
+        Some(Self { watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024), wr })
+    }
+
+    /// Puts the connection back together. Returns `After::Close` when the
+    /// client went away.
+    pub async fn rejoin(self, conn: &mut Conn) -> After {
+        let (rd, buf, end) = self.watch.finish().await;
+        conn.inbuf = buf;
+        if end == WatchEnd::Gone {
+            return After::Close;
+        }
+        match rd.reunite(self.wr) {
+            Ok(stream) => {
+                conn.stream = Some(stream);
+                if end == WatchEnd::Full { After::Close } else { After::KeepAlive }
+            }
+            Err(_) => After::Close,
+        }
+    }
+}
+
+/// Calls the upstream and reads its whole (JSON) reply, watching the client.
+/// Returns the status and body, or the error to answer with; `Err(None)`
+/// means the client went away.
+pub async fn upstream_json(
+    worker: &Worker,
+    conn: &mut Conn,
+    request: &[u8],
+) -> Result<(u16, Vec<u8>), Option<ApiError>> {
+    let Some(mut split) = Split::new(conn) else { return Err(None) };
+    let result = async {
+        let ex = client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await?;
+        let status = ex.head.status;
+        let (body, reusable) =
+            client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, MAX_UPSTREAM_BODY).await?;
+        if let Some(c) = reusable {
+            worker.pool.put(c);
+        }
+        Ok::<_, ExchangeError>((status, body))
+    }
+    .await;
+    let after = split.rejoin(conn).await;
+    match result {
+        Ok(r) if after == After::KeepAlive => Ok(r),
+        Ok(_) | Err(ExchangeError::ClientGone) => Err(None),
+        Err(ExchangeError::Api(e)) => {
+            if after == After::Close {
+                Err(None)
+            } else {
+                Err(Some(e))
+            }
+        }
+    }
+}
+
+/// The client-facing error for an upstream reply with a non-2xx status
+/// (SPEC.md §4): 404 is an unknown model, anything else passes on the
+/// upstream's status and message.
+pub fn upstream_error(status: u16, body: &[u8], model: &str) -> ApiError {
+    if status == 404 {
+        return ApiError::model_not_found(model);
+    }
+    let message = crate::ollama::native::parse_native_line(body.trim_ascii())
+        .ok()
+        .and_then(|l| l.error)
+        .map(native_error_message)
+        .unwrap_or_else(|| format!("The model server answered with status {status}."));
+    let status = if (400..600).contains(&status) { status } else { 502 };
+    ApiError::upstream(status, message)
+}
+
+/// Writes a JSON response head and body for the client through the write
+/// half of a split connection (used before a stream has started).
+pub fn json_response(out: &mut Vec<u8>, conn_req: &crate::server::conn::Request, status: u16, body: &[u8]) {
+    let h = ResponseHead::new(out, status).header("x-request-id", conn_req.id.as_bytes());
+    let h = if conn_req.origin { cors(h) } else { h };
+    h.connection(conn_req.keep_alive).body("application/json", body, false);
+}

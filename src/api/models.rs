@@ -1,0 +1,156 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`, from Ollama's `/api/tags`.
+//!
+//! Each tag becomes `{"id","object":"model","created","owned_by"}` (SPEC.md
+//! §2): `id` is the tag's `model` (else `name`), `created` its `modified_at`
+//! in Unix seconds, `owned_by` the namespace before the last `/` or
+//! `library`. An empty list is `[]`, never `null`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{upstream_error, upstream_json};
+use crate::openai::chat_request::parse_json;
+use crate::openai::error::ApiError;
+use crate::openai::write::{json_string, number};
+use crate::server::Worker;
+use crate::server::conn::{After, Conn};
+
+#[derive(Deserialize)]
+struct Tags<'a> {
+    #[serde(borrow, default)]
+    models: Option<Vec<Tag<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    modified_at: Option<Cow<'a, str>>,
+}
+
+/// One OpenAI model object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    pub id: String,
+    pub created: i64,
+    pub owned_by: String,
+}
+
+/// Reads an `/api/tags` reply into model entries.
+pub fn models_from_tags(body: &[u8]) -> Result<Vec<ModelEntry>, ApiError> {
+    let tags: Tags<'_> = parse_json(body)
+        .map_err(|_| ApiError::upstream(502, "The model server sent an invalid model list.".into()))?;
+    Ok(tags
+        .models
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| {
+            let id = t.model.filter(|m| !m.is_empty()).or(t.name)?.into_owned();
+            let created = t.modified_at.and_then(|m| crate::clock::rfc3339_to_unix(m.as_bytes())).unwrap_or(0);
+            let owned_by = match id.rsplit_once('/') {
+                Some((ns, _)) => ns.rsplit('/').next().unwrap_or(ns).to_owned(),
+                None => "library".to_owned(),
+            };
+            Some(ModelEntry { id, created, owned_by })
+        })
+        .collect())
+}
+
+fn write_model(out: &mut Vec<u8>, m: &ModelEntry) {
+    out.extend_from_slice(b"{\"id\":");
+    json_string(out, &m.id);
+    out.extend_from_slice(b",\"object\":\"model\",\"created\":");
+    number(out, m.created);
+    out.extend_from_slice(b",\"owned_by\":");
+    json_string(out, &m.owned_by);
+    out.push(b'}');
+}
+
+/// The `{"object":"list","data":[…]}` body.
+pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + models.len() * 96);
+    out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+    for (i, m) in models.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_model(&mut out, m);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Option<ApiError>> {
+    let mut request = Vec::with_capacity(128);
+    worker.upstream.request(&mut request, "GET", "/api/tags", None);
+    match upstream_json(worker, conn, &request).await? {
+        (200, body) => models_from_tags(&body).map_err(Some),
+        (status, body) => Err(Some(upstream_error(status, &body, ""))),
+    }
+}
+
+pub async fn list(worker: &Worker, conn: &mut Conn) -> After {
+    match fetch(worker, conn).await {
+        Ok(models) => conn.json(200, &list_body(&models)),
+        Err(Some(e)) => conn.error(&e),
+        Err(None) => return After::Close,
+    }
+    After::KeepAlive
+}
+
+pub async fn retrieve(worker: &Worker, conn: &mut Conn, id: &str) -> After {
+    match fetch(worker, conn).await {
+        Ok(models) => {
+            // `llama3` finds `llama3:latest`, as Ollama resolves it.
+            let latest = format!("{id}:latest");
+            match models.iter().find(|m| m.id == id).or_else(|| models.iter().find(|m| m.id == latest)) {
+                Some(m) => {
+                    let mut out = Vec::with_capacity(128);
+                    write_model(&mut out, m);
+                    conn.json(200, &out);
+                }
+                None => conn.error(&ApiError::model_not_found(id)),
+            }
+        }
+        Err(Some(e)) => conn.error(&e),
+        Err(None) => return After::Close,
+    }
+    After::KeepAlive
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_become_openai_models() {
+        let body = br#"{"models":[
+            {"name":"llama3:latest","model":"llama3:latest","modified_at":"2026-05-01T10:00:00.123Z","size":4661224676,"digest":"x","details":{"format":"gguf"}},
+            {"name":"mistralai/mistral:7b","modified_at":"2026-05-01T10:00:00Z"},
+            {"name":"hf.co/bartowski/qwen:q4","model":"","modified_at":"bad"}]}"#;
+        let models = models_from_tags(body).unwrap();
+        assert_eq!(
+            models,
+            vec![
+                ModelEntry { id: "llama3:latest".into(), created: 1_777_629_600, owned_by: "library".into() },
+                ModelEntry { id: "mistralai/mistral:7b".into(), created: 1_777_629_600, owned_by: "mistralai".into() },
+                ModelEntry { id: "hf.co/bartowski/qwen:q4".into(), created: 0, owned_by: "bartowski".into() },
+            ]
+        );
+        assert_eq!(
+            String::from_utf8(list_body(&models[..1])).unwrap(),
+            r#"{"object":"list","data":[{"id":"llama3:latest","object":"model","created":1777629600,"owned_by":"library"}]}"#
+        );
+    }
+
+    #[test]
+    fn null_or_missing_list_is_an_empty_array() {
+        for body in [&br#"{"models":null}"#[..], b"{}"] {
+            assert_eq!(list_body(&models_from_tags(body).unwrap()), br#"{"object":"list","data":[]}"#);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Wall-clock helpers: Unix seconds now, and Ollama's RFC 3339 timestamps.
+//!
+//! OpenAI objects carry `created` as Unix seconds while Ollama writes
+//! `created_at` as RFC 3339 with nanoseconds (`2026-11-24T17:15:24.097767Z`).
+//! The conversion is small enough to do by hand (civil-from-days arithmetic)
+//! instead of pulling in a date library.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.
+pub fn rfc3339_to_unix(s: &[u8]) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')))
+    };
+    if s.len() < 20 || s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b't' | b' ') || s[13] != b':' || s[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset = match s.get(i)? {
+        b'Z' | b'z' if i + 1 == s.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == s.len() && s[i + 3] == b':' => {
+            let off = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Formats Unix seconds as RFC 3339 with nanoseconds, as Ollama does.
+pub fn unix_to_rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ollama_timestamps() {
+        assert_eq!(rfc3339_to_unix(b"2025-11-24T17:15:24.097767Z"), Some(1_764_004_524));
+        assert_eq!(rfc3339_to_unix(b"1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_to_unix(b"2026-05-01T12:00:00.123+02:00"), Some(1_777_629_600));
+        assert_eq!(rfc3339_to_unix(b"2026-13-01T00:00:00Z"), None);
+        assert_eq!(rfc3339_to_unix(b"garbage"), None);
+    }
+
+    #[test]
+    fn formats_and_parses_back() {
+        for secs in [0, 1_764_004_524, 951_782_400, 4_102_444_800] {
+            let s = unix_to_rfc3339(secs, 123);
+            assert_eq!(rfc3339_to_unix(s.as_bytes()), Some(secs), "{s}");
+        }
+        assert_eq!(unix_to_rfc3339(1_764_004_524, 97_767_000), "2025-11-24T17:15:24.097767000Z");
+    }
+}

@@ -1,0 +1,112 @@
+//! Configuration of `ai-gateway serve`: every setting is a flag and an
+//! `AI_GATEWAY_*` environment variable (a flag wins over the variable).
+//!
+//! The command-line shape is declared here with clap so that `--help` is the
+//! reference and the README table can be checked against it; [`ServeArgs`]
+//! is turned into the validated [`Config`] the workers share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::ollama::client::ClientLimits;
+
+/// `ai-gateway serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AI_GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Ollama base URL (plain HTTP).
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM", default_value = "http://127.0.0.1:11434")]
+    pub upstream: String,
+
+    /// Worker threads, one per core, each pinned with its own listener (default: number of cores).
+    #[arg(long, env = "AI_GATEWAY_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "AI_GATEWAY_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a client has to send a whole request head (and between body reads).
+    #[arg(long, env = "AI_GATEWAY_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, env = "AI_GATEWAY_IDLE_TIMEOUT", default_value_t = 75.0)]
+    pub idle_timeout: f64,
+
+    /// Seconds allowed for connecting to the upstream.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value_t = 3.0)]
+    pub upstream_connect_timeout: f64,
+
+    /// Seconds to wait for the upstream's first byte, and between two reads of a
+    /// streamed reply (a model loading into memory can take minutes).
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", default_value_t = 300.0)]
+    pub upstream_first_byte_timeout: f64,
+
+    /// Idle upstream keep-alive connections kept per worker.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_MAX_IDLE", default_value_t = 64)]
+    pub upstream_max_idle: usize,
+
+    /// Seconds an idle upstream connection is kept before it is dropped.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
+    pub upstream_idle_timeout: f64,
+}
+
+/// Limits of the client-facing HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_body: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The validated configuration shared (read-only) by all workers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub workers: usize,
+    pub http: HttpLimits,
+    pub upstream_limits: ClientLimits,
+}
+
+impl Config {
+    pub fn from_args(a: &ServeArgs) -> Result<Self, String> {
+        let secs = |name: &str, v: f64| -> Result<Duration, String> {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!("--{name} must be a positive number of seconds, got {v}"))
+            }
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let workers = a.workers.unwrap_or(cores);
+        if workers == 0 || workers > 1024 {
+            return Err(format!("--workers must be between 1 and 1024, got {workers}"));
+        }
+        if a.max_body_bytes == 0 {
+            return Err("--max-body-bytes must be at least 1".into());
+        }
+        Ok(Self {
+            listen: a.listen,
+            upstream: a.upstream.clone(),
+            workers,
+            http: HttpLimits {
+                max_body: a.max_body_bytes,
+                header_timeout: secs("header-timeout", a.header_timeout)?,
+                idle_timeout: secs("idle-timeout", a.idle_timeout)?,
+            },
+            upstream_limits: ClientLimits {
+                connect_timeout: secs("upstream-connect-timeout", a.upstream_connect_timeout)?,
+                read_timeout: secs("upstream-first-byte-timeout", a.upstream_first_byte_timeout)?,
+                max_idle: a.upstream_max_idle,
+                idle_timeout: secs("upstream-idle-timeout", a.upstream_idle_timeout)?,
+            },
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! Parsing one HTTP/1.1 request head, strictly.
+//!
+//! The gateway faces the internet, so the head parser decides framing once and
+//! refuses anything two parties could read differently (request smuggling):
+//! `Content-Length` together with `Transfer-Encoding`, a repeated
+//! `Content-Length`, any transfer coding other than a lone `chunked`, and bare
+//! LF line endings are all rejected with 400 and the connection is closed.
+//! Tokenising is `httparse`'s job; this module adds the framing rules and pulls
+//! out the few header values the gateway acts on, as byte ranges into the
+//! read buffer so that nothing is copied while parsing.
+
+use std::ops::Range;
+
+/// How many headers a request may carry before it is refused with 431.
+pub const MAX_HEADERS: usize = 100;
+
+/// The request methods the gateway routes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Options,
+    /// Any other token: routes answer 405.
+    Other,
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (no `Content-Length`, no `Transfer-Encoding`, or `Content-Length: 0`).
+    Empty,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The parts of a request head the gateway uses, as ranges into the buffer it
+/// was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head including the blank line.
+    pub len: usize,
+    pub method: Method,
+    /// The path without the query string.
+    pub path: Range<usize>,
+    /// HTTP/1.1 (true) or HTTP/1.0 (false).
+    pub http11: bool,
+    pub framing: BodyFraming,
+    /// Whether the connection may serve another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    pub origin: Option<Range<usize>>,
+    pub access_control_request_headers: Option<Range<usize>>,
+    pub authorization: Option<Range<usize>>,
+    pub x_api_key: Option<Range<usize>>,
+    pub host: Option<Range<usize>>,
+}
+
+/// Why a head could not be accepted. Each maps to one response status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over the head size limit or too many headers: 431.
+    TooLarge,
+    /// Malformed or ambiguous: 400 with this message, then close.
+    Bad(&'static str),
+    /// An `Expect` other than `100-continue`: 417.
+    UnsupportedExpect,
+}
+
+/// Parses the request head at the start of `buf`.
+///
+/// Returns `Ok(None)` when the head is not complete yet (and still within
+/// `limit` bytes), `Ok(Some(head))` when it is.
+pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limit { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(httparse::Error::Token) => return Err(HeadError::Bad("invalid request method")),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
+    };
+    if len > limit {
+        return Err(HeadError::TooLarge);
+    }
+    if has_bare_lf(&buf[..len]) {
+        return Err(HeadError::Bad("request head lines must end with CRLF"));
+    }
+    let at = |s: &[u8]| -> Range<usize> {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + s.len()
+    };
+
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let http11 = req.version == Some(1);
+    let target = req.path.unwrap_or("");
+    let path = request_path(target).ok_or(HeadError::Bad("invalid request target"))?;
+
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut saw_te = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    let mut head = RequestHead {
+        len,
+        method,
+        path: at(path.as_bytes()),
+        http11,
+        framing: BodyFraming::Empty,
+        keep_alive: false,
+        expect_continue: false,
+        origin: None,
+        access_control_request_headers: None,
+        authorization: None,
+        x_api_key: None,
+        host: None,
+    };
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(HeadError::Bad("duplicate Content-Length header"));
+            }
+            content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if saw_te {
+                return Err(HeadError::Bad("duplicate Transfer-Encoding header"));
+            }
+            saw_te = true;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Bad(
+                    "unsupported Transfer-Encoding: only a single 'chunked' is accepted",
+                ));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(HeadError::UnsupportedExpect);
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            if head.host.is_some() {
+                return Err(HeadError::Bad("duplicate Host header"));
+            }
+            head.host = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            head.authorization = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"x-api-key") {
+            head.x_api_key = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"origin") {
+            head.origin = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
+            head.access_control_request_headers = Some(at(value));
+        }
+    }
+    if chunked && content_length.is_some() {
+        return Err(HeadError::Bad(
+            "both Content-Length and Transfer-Encoding were sent; send only one",
+        ));
+    }
+    if chunked && !http11 {
+        return Err(HeadError::Bad("Transfer-Encoding is not allowed in HTTP/1.0"));
+    }
+    if http11 && head.host.is_none() {
+        return Err(HeadError::Bad("missing Host header"));
+    }
+    head.framing = match (chunked, content_length) {
+        (true, _) => BodyFraming::Chunked,
+        (false, Some(0)) | (false, None) => BodyFraming::Empty,
+        (false, Some(n)) => BodyFraming::Length(n),
+    };
+    head.keep_alive = if http11 { !close } else { keep_alive_token && !close };
+    head.expect_continue = expect_continue && http11 && head.framing != BodyFraming::Empty;
+    Ok(Some(head))
+}
+
+/// The path of an origin-form (`/a/b?q`) or absolute-form (`http://h/a/b`)
+/// request target, without the query. `*` (for `OPTIONS *`) is kept as is.
+fn request_path(target: &str) -> Option<&str> {
+    let target = if target.starts_with('/') || target == "*" {
+        target
+    } else {
+        let rest = target
+            .strip_prefix("http://")
+            .or_else(|| target.strip_prefix("https://"))?;
+        match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        }
+    };
+    Some(match target.find('?') {
+        Some(i) => &target[..i],
+        None => target,
+    })
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(HeadError::Bad("invalid Content-Length header"));
+    }
+    let mut n: u64 = 0;
+    for &d in value {
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Ok(n)
+}
+
+/// True when some line of the head ends in LF without a CR before it.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<RequestHead>, HeadError> {
+        parse_request_head(s.as_bytes(), 64 * 1024)
+    }
+
+    #[test]
+    fn parses_a_simple_post_with_content_length() {
+        let s = "POST /api/v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nAuthorization: Bearer k\r\n\r\n";
+        let h = parse(s).unwrap().unwrap();
+        assert_eq!(h.len, s.len());
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(&s[h.path.clone()], "/api/v1/chat/completions");
+        assert_eq!(h.framing, BodyFraming::Length(12));
+        assert!(h.keep_alive);
+        assert_eq!(&s[h.authorization.unwrap()], "Bearer k");
+    }
+
+    #[test]
+    fn partial_head_waits_and_oversized_head_is_refused() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100));
+        assert_eq!(parse_request_head(big.as_bytes(), 64), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        for s in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(parse(s), Err(HeadError::Bad(_))), "accepted: {s:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_is_case_insensitive_and_expect_continue_is_seen() {
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(h.expect_continue);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\n"),
+            Err(HeadError::UnsupportedExpect)
+        );
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        assert!(h.keep_alive);
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        assert!(matches!(parse("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Bad(_))));
+    }
+
+    #[test]
+    fn absolute_form_target_yields_its_path() {
+        let s = "GET http://example.com/v1/models?a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let h = parse(s).unwrap().unwrap();
+        assert_eq!(&s[h.path], "/v1/models");
+    }
+}

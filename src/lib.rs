@@ -1,0 +1,17 @@
+//! ai-gateway: an OpenAI-compatible API in front of Ollama, thread-per-core on io_uring.
+//!
+//! Where to start reading: `server` (workers and the connection loop), then
+//! `api::handle` (a request's whole path, in order), then `api::chat` (the
+//! proxied chat completion: convert → forward → transcode). `ARCHITECTURE.md`
+//! at the repository root is the map.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod log;
+pub mod ollama;
+pub mod openai;
+pub mod server;
+pub mod routes;

@@ -1,0 +1,33 @@
+//! The `ai-gateway` command line: `serve` runs the gateway. Nothing else lives here.
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An OpenAI-compatible API in front of Ollama: one small, fast binary.
+#[derive(Parser)]
+#[command(name = "ai-gateway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ai_gateway::config::ServeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            ai_gateway::config::Config::from_args(&args).and_then(ai_gateway::server::run)
+        }
+    };
+    if let Err(msg) = result {
+        ai_gateway::log::error(format_args!("{msg}"));
+        std::process::exit(1);
+    }
+}

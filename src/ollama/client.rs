@@ -1,0 +1,438 @@
+//! The HTTP/1.1 client the gateway uses to talk to Ollama, with a per-core pool.
+//!
+//! Each worker keeps its own idle keep-alive connections to the upstream (no
+//! sharing between cores, no locks): at most `max_idle` of them, each dropped
+//! after `idle_timeout` unused. The upstream address is resolved once at
+//! startup, so no worker ever blocks on DNS. Responses are parsed with
+//! `httparse`; bodies may be framed by `Content-Length`, chunked, or by the
+//! connection closing, and are handed out piece by piece as they arrive so
+//! the stream path can relay each token immediately. A pooled connection
+//! that turns out to be dead before any response byte arrived is retried once
+//! on a fresh connection (the request cannot have been processed).
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http::chunked::{ChunkedDecoder, ChunkedError};
+use crate::openai::error::ApiError;
+use crate::server::watch::ClientWatch;
+
+/// Where the upstream is, resolved at startup.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub addr: SocketAddr,
+    /// `Host` header value (`host:port` as configured).
+    pub host: String,
+    /// Path prefix from the URL (`http://h:11434/ollama` → `/ollama`), no trailing slash.
+    pub base_path: String,
+    /// The URL as configured, for logs.
+    pub url: String,
+}
+
+impl UpstreamTarget {
+    /// Parses `http://host[:port][/path]` and resolves the host (blocking: call at startup).
+    pub fn resolve(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                format!("upstream '{url}': https is not supported; Ollama speaks plain HTTP (put TLS in front of the gateway, not behind it)")
+            } else {
+                format!("upstream '{url}' must start with http://")
+            }
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("upstream '{url}' has no host"));
+        }
+        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve upstream '{url}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("upstream '{url}' resolved to no address"))?;
+        Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned() })
+    }
+
+    /// Writes a request head (and body) for `path` into `out`.
+    pub fn request(&self, out: &mut Vec<u8>, method: &str, path: &str, body: Option<&[u8]>) {
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.base_path.as_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\nUser-Agent: ai-gateway\r\nAccept: application/json\r\n");
+        if let Some(body) = body {
+            out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n\r\n");
+            out.extend_from_slice(body);
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Tunables of the upstream client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and between two reads of the body.
+    pub read_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+}
+
+/// A worker's idle upstream connections.
+pub struct Pool {
+    idle: RefCell<Vec<(TcpStream, Instant)>>,
+    limits: ClientLimits,
+}
+
+impl Pool {
+    pub fn new(limits: ClientLimits) -> Self {
+        Self { idle: RefCell::new(Vec::new()), limits }
+    }
+
+    pub fn limits(&self) -> ClientLimits {
+        self.limits
+    }
+
+    /// The most recently used idle connection that has not expired.
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let now = Instant::now();
+        idle.retain(|(_, since)| now.duration_since(*since) < self.limits.idle_timeout);
+        idle.pop().map(|(s, _)| s)
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn put(&self, conn: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < self.limits.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+}
+
+/// How an upstream response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    Close,
+    /// No body (HEAD, 204, 304).
+    None,
+}
+
+/// The parts of an upstream response head the gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamHead {
+    pub status: u16,
+    pub body: BodyKind,
+    /// Whether the connection may be reused after the body.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head; `Ok(None)` while incomplete. Returns the head and its length.
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => return Err("response head too large"),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed response head"),
+    };
+    let status = res.code.unwrap_or(0);
+    let mut length = None;
+    let mut chunked = false;
+    let mut keep_alive = res.version == Some(1);
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<u64>().ok());
+            match (length, v) {
+                (_, None) => return Err("invalid Content-Length in response"),
+                (Some(a), Some(b)) if a != b => return Err("conflicting Content-Length in response"),
+                (_, v) => length = v,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+            chunked = last.eq_ignore_ascii_case(b"chunked");
+            if !chunked {
+                keep_alive = false;
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                if token.trim_ascii().eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.trim_ascii().eq_ignore_ascii_case(b"keep-alive") && res.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+        BodyKind::None
+    } else if chunked {
+        BodyKind::Chunked
+    } else if let Some(n) = length {
+        BodyKind::Length(n)
+    } else {
+        keep_alive = false;
+        BodyKind::Close
+    };
+    Ok(Some((UpstreamHead { status, body, keep_alive }, len)))
+}
+
+/// Decodes an upstream response body as it arrives.
+pub struct BodyDecoder {
+    kind: BodyKind,
+    remaining: u64,
+    chunked: ChunkedDecoder,
+}
+
+impl BodyDecoder {
+    pub fn new(kind: BodyKind) -> Self {
+        let remaining = if let BodyKind::Length(n) = kind { n } else { 0 };
+        Self { kind, remaining, chunked: ChunkedDecoder::new() }
+    }
+
+    /// Feeds raw bytes, calling `on_data` with body data. Bytes past the end
+    /// of the body are ignored (an upstream may not pipeline).
+    pub fn feed(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<(), ChunkedError> {
+        match self.kind {
+            BodyKind::None => {}
+            BodyKind::Close => on_data(input),
+            BodyKind::Length(_) => {
+                let take = (input.len() as u64).min(self.remaining) as usize;
+                if take > 0 {
+                    on_data(&input[..take]);
+                }
+                self.remaining -= take as u64;
+            }
+            BodyKind::Chunked => {
+                self.chunked.decode(input, on_data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True once the body is complete (a close-delimited body completes at EOF).
+    pub fn is_done(&self) -> bool {
+        match self.kind {
+            BodyKind::None => true,
+            BodyKind::Close => false,
+            BodyKind::Length(_) => self.remaining == 0,
+            BodyKind::Chunked => self.chunked.is_done(),
+        }
+    }
+
+    /// Whether EOF is the proper end of this body.
+    pub fn ends_at_eof(&self) -> bool {
+        self.kind == BodyKind::Close
+    }
+}
+
+/// An upstream exchange in progress: the connection and what is known of the response.
+pub struct Exchange {
+    pub conn: TcpStream,
+    pub head: UpstreamHead,
+    pub body: BodyDecoder,
+    /// Body bytes that arrived together with the head.
+    pub early: Vec<u8>,
+}
+
+/// How an exchange failed.
+pub enum ExchangeError {
+    /// The client went away; the upstream connection has been closed.
+    ClientGone,
+    /// An error to send the client.
+    Api(ApiError),
+}
+
+impl From<ApiError> for ExchangeError {
+    fn from(e: ApiError) -> Self {
+        ExchangeError::Api(e)
+    }
+}
+
+/// One read on an owned connection; the connection travels with the future
+/// so that dropping it (client gone, timeout) closes the upstream socket.
+pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, std::io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < 8 * 1024 {
+        buf.reserve(16 * 1024);
+    }
+    let len = buf.len();
+    let (res, slice) = conn.read(buf.slice_mut(len..)).await;
+    (conn, res, slice.into_inner())
+}
+
+/// Sends `request` (head and body, already written) and waits for the
+/// response head, watching the client all the while.
+pub async fn send(
+    target: &UpstreamTarget,
+    pool: &Pool,
+    request: &[u8],
+    watch: &mut ClientWatch,
+    buf: Vec<u8>,
+) -> Result<Exchange, ExchangeError> {
+    let limits = pool.limits();
+    let mut buf = buf;
+    // A pooled connection first; if it proves dead before any response byte, one fresh try.
+    let mut pooled = pool.take();
+    loop {
+        let reused = pooled.is_some();
+        let conn = match pooled.take() {
+            Some(c) => c,
+            None => connect(target, limits.connect_timeout, watch).await?,
+        };
+        buf.clear();
+        match exchange_head(conn, request, buf, limits.read_timeout, watch).await {
+            Ok(ex) => return Ok(ex),
+            Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
+                buf = b;
+                continue;
+            }
+            Err((HeadFailure::DeadBeforeResponse(e), _)) => {
+                return Err(ApiError::upstream_unavailable(&format!("connection lost before the response: {e}")).into());
+            }
+            Err((HeadFailure::ClientGone, _)) => return Err(ExchangeError::ClientGone),
+            Err((HeadFailure::Timeout, _)) => return Err(ApiError::upstream_timeout("no response").into()),
+            Err((HeadFailure::Protocol(m), _)) => {
+                return Err(ApiError::upstream(502, format!("The model server sent an invalid response: {m}.")).into());
+            }
+        }
+    }
+}
+
+enum HeadFailure {
+    DeadBeforeResponse(String),
+    ClientGone,
+    Timeout,
+    Protocol(&'static str),
+}
+
+async fn connect(target: &UpstreamTarget, timeout: Duration, watch: &mut ClientWatch) -> Result<TcpStream, ExchangeError> {
+    let attempt = monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr));
+    match watch.race(attempt).await {
+        None => Err(ExchangeError::ClientGone),
+        Some(Err(_)) => Err(ApiError::upstream_unavailable(&format!("connecting to {} timed out", target.url)).into()),
+        Some(Ok(Err(e))) => Err(ApiError::upstream_unavailable(&format!("{}: {e}", target.url)).into()),
+        Some(Ok(Ok(conn))) => {
+            let _ = conn.set_nodelay(true);
+            Ok(conn)
+        }
+    }
+}
+
+async fn exchange_head(
+    mut conn: TcpStream,
+    request: &[u8],
+    buf: Vec<u8>,
+    read_timeout: Duration,
+    watch: &mut ClientWatch,
+) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
+    // The request is small next to the socket buffer: write it whole.
+    let (res, _) = conn.write_all(request.to_vec()).await;
+    if let Err(e) = res {
+        return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
+    }
+    let mut buf = buf;
+    let deadline = Instant::now() + read_timeout;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let (c, res, b) = match watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await {
+            None => return Err((HeadFailure::ClientGone, Vec::new())),
+            Some(Err(_)) => return Err((HeadFailure::Timeout, Vec::new())),
+            Some(Ok(out)) => out,
+        };
+        conn = c;
+        buf = b;
+        match res {
+            Ok(0) if buf.is_empty() => {
+                return Err((HeadFailure::DeadBeforeResponse("closed by the server".into()), buf));
+            }
+            Ok(0) => return Err((HeadFailure::Protocol("connection closed inside the response head"), buf)),
+            Err(e) if buf.is_empty() => return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf)),
+            Err(_) => return Err((HeadFailure::Protocol("connection failed inside the response head"), buf)),
+            Ok(_) => {}
+        }
+        match parse_response_head(&buf) {
+            Ok(None) => continue,
+            Err(m) => return Err((HeadFailure::Protocol(m), buf)),
+            Ok(Some((head, len))) => {
+                // 1xx interim responses are skipped.
+                if (100..200).contains(&head.status) {
+                    buf.drain(..len);
+                    continue;
+                }
+                let early = buf.split_off(len);
+                return Ok(Exchange { conn, head, body: BodyDecoder::new(head.body), early });
+            }
+        }
+    }
+}
+
+/// Reads the rest of a (small) body into memory, up to `limit` bytes.
+/// Returns the body and the connection when it may go back to the pool.
+pub async fn read_full_body(
+    ex: Exchange,
+    watch: &mut ClientWatch,
+    read_timeout: Duration,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<TcpStream>), ExchangeError> {
+    let Exchange { mut conn, head, body: mut decoder, early } = ex;
+    let mut body = Vec::new();
+    let too_big = std::cell::Cell::new(false);
+    let mut sink = |d: &[u8]| {
+        if body.len() + d.len() > limit {
+            too_big.set(true);
+        } else {
+            body.extend_from_slice(d);
+        }
+    };
+    let bad_body = |e: ChunkedError| ApiError::upstream(502, format!("The model server sent a bad body: {}.", e.0));
+    decoder.feed(&early, &mut sink).map_err(bad_body)?;
+    let mut buf = early;
+    while !decoder.is_done() && !too_big.get() {
+        buf.clear();
+        let (c, res, b) = match watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await {
+            None => return Err(ExchangeError::ClientGone),
+            Some(Err(_)) => return Err(ApiError::upstream_timeout("the response body stalled").into()),
+            Some(Ok(out)) => out,
+        };
+        conn = c;
+        buf = b;
+        match res {
+            Ok(0) if decoder.ends_at_eof() => break,
+            Ok(0) | Err(_) => {
+                return Err(ApiError::upstream(502, "The model server closed the connection mid-response.".into()).into());
+            }
+            Ok(_) => decoder.feed(&buf, &mut sink).map_err(bad_body)?,
+        }
+    }
+    if too_big.get() {
+        return Err(ApiError::upstream(502, format!("The model server's response is larger than {limit} bytes.")).into());
+    }
+    let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof();
+    Ok((body, reusable.then_some(conn)))
+}

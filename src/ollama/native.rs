@@ -1,0 +1,430 @@
+//! A zero-copy reader for one line of Ollama's native JSON output.
+//!
+//! Every streamed token passes through here, so instead of building a JSON
+//! tree the scanner walks the line once and records where the few fields the
+//! gateway needs sit in it: `message.content` and `message.thinking` as their
+//! *escaped* string bodies (valid JSON string bodies as they are, so they can
+//! be copied into an SSE chunk without unescaping and re-escaping),
+//! `message.tool_calls` as raw JSON, the `done` flag, `done_reason`, the token
+//! counts, `created_at` and `error`. Everything else is validated and skipped.
+//! The scanner is iterative (no recursion, bounded depth) so hostile nesting
+//! cannot exhaust the stack. `transcode::plain` is the straightforward
+//! serde_json reading of the same lines that the tests compare against.
+
+/// The fields of one native line the gateway acts on, borrowed from the line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NativeLine<'a> {
+    /// Escaped body of `message.content` (or `response` on `/api/generate`).
+    pub content: &'a [u8],
+    /// Escaped body of `message.thinking` (or top-level `thinking`).
+    pub thinking: &'a [u8],
+    /// Raw JSON of `message.tool_calls`, when present and not `null`.
+    pub tool_calls: Option<&'a [u8]>,
+    pub done: bool,
+    /// Escaped body of `done_reason`.
+    pub done_reason: Option<&'a [u8]>,
+    pub prompt_eval_count: u64,
+    pub eval_count: u64,
+    /// Escaped body of `created_at`.
+    pub created_at: Option<&'a [u8]>,
+    /// The `error` field: escaped body when it is a string, the raw JSON otherwise.
+    pub error: Option<NativeError<'a>>,
+}
+
+/// An `{"error": ...}` value from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeError<'a> {
+    /// The escaped body of a string message.
+    Message(&'a [u8]),
+    /// Some other JSON value.
+    Other,
+}
+
+/// The line is not the JSON object it should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanError(pub &'static str);
+
+/// Deepest nesting the scanner follows inside a line.
+const MAX_DEPTH: u32 = 128;
+
+/// Reads one native line (or a whole non-streamed response body).
+pub fn parse_native_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
+    if std::str::from_utf8(line).is_err() {
+        return Err(ScanError("upstream line is not valid UTF-8"));
+    }
+    let mut c = Cursor { b: line, i: 0 };
+    let mut out = NativeLine::default();
+    c.ws();
+    c.expect(b'{')?;
+    c.ws();
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            c.ws();
+            let key = c.string()?;
+            c.ws();
+            c.expect(b':')?;
+            c.ws();
+            match key {
+                b"message" => c.message(&mut out)?,
+                b"done" => out.done = c.boolean()?,
+                b"done_reason" => out.done_reason = c.opt_string()?,
+                b"prompt_eval_count" => out.prompt_eval_count = c.count()?,
+                b"eval_count" => out.eval_count = c.count()?,
+                b"created_at" => out.created_at = c.opt_string()?,
+                b"response" => out.content = c.opt_string()?.unwrap_or(b""),
+                b"thinking" => out.thinking = c.opt_string()?.unwrap_or(b""),
+                b"error" => {
+                    out.error = Some(if c.peek()? == b'"' {
+                        NativeError::Message(c.string()?)
+                    } else {
+                        c.skip_value()?;
+                        NativeError::Other
+                    })
+                }
+                _ => c.skip_value()?,
+            }
+            c.ws();
+            match c.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return Err(ScanError("expected ',' or '}' in upstream object")),
+            }
+        }
+    }
+    c.ws();
+    if c.i != line.len() {
+        return Err(ScanError("trailing bytes after upstream JSON object"));
+    }
+    Ok(out)
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b' ' || c == b'\n' || c == b'\r' || c == b'\t' {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Result<u8, ScanError> {
+        self.b.get(self.i).copied().ok_or(ScanError("upstream JSON ends early"))
+    }
+
+    #[inline]
+    fn next(&mut self) -> Result<u8, ScanError> {
+        let c = self.peek()?;
+        self.i += 1;
+        Ok(c)
+    }
+
+    #[inline]
+    fn expect(&mut self, want: u8) -> Result<(), ScanError> {
+        if self.next()? == want { Ok(()) } else { Err(ScanError("unexpected byte in upstream JSON")) }
+    }
+
+    /// Reads a string and returns its escaped body (between the quotes).
+    /// Escapes are checked for shape; control characters are refused, so the
+    /// body is always a valid JSON string body.
+    #[inline]
+    fn string(&mut self) -> Result<&'a [u8], ScanError> {
+        self.expect(b'"')?;
+        let start = self.i;
+        loop {
+            // Jump to the next quote or backslash; everything between is copied as is.
+            let rest = &self.b[self.i..];
+            let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err(ScanError("unterminated string in upstream JSON"));
+            };
+            if rest[..off].iter().any(|&c| c < 0x20) {
+                return Err(ScanError("control character in upstream string"));
+            }
+            self.i += off;
+            if self.b[self.i] == b'"' {
+                let body = &self.b[start..self.i];
+                self.i += 1;
+                return Ok(body);
+            }
+            // A backslash escape.
+            self.i += 1;
+            match self.next()? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    let hex = self.b.get(self.i..self.i + 4).ok_or(ScanError("short \\u escape"))?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(ScanError("invalid \\u escape in upstream string"));
+                    }
+                    self.i += 4;
+                }
+                _ => return Err(ScanError("invalid escape in upstream string")),
+            }
+        }
+    }
+
+    /// A string, or `null` (None). Other types are an error.
+    fn opt_string(&mut self) -> Result<Option<&'a [u8]>, ScanError> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            Ok(None)
+        } else {
+            self.string().map(Some)
+        }
+    }
+
+    fn boolean(&mut self) -> Result<bool, ScanError> {
+        match self.peek()? {
+            b't' => self.literal(b"true").map(|_| true),
+            b'f' => self.literal(b"false").map(|_| false),
+            _ => Err(ScanError("expected a boolean in upstream JSON")),
+        }
+    }
+
+    /// A token count: a non-negative integer. Any other number reads as 0.
+    fn count(&mut self) -> Result<u64, ScanError> {
+        let start = self.i;
+        self.number()?;
+        let digits = &self.b[start..self.i];
+        let mut n: u64 = 0;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return Ok(0);
+            }
+            n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+        }
+        Ok(n)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(ScanError("invalid literal in upstream JSON"))
+        }
+    }
+
+    fn number(&mut self) -> Result<(), ScanError> {
+        let start = self.i;
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let digits = |c: &mut Self| {
+            let s = c.i;
+            while c.b.get(c.i).is_some_and(u8::is_ascii_digit) {
+                c.i += 1;
+            }
+            c.i > s
+        };
+        if !digits(self) {
+            return Err(ScanError("invalid number in upstream JSON"));
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if !digits(self) {
+                return Err(ScanError("invalid number in upstream JSON"));
+            }
+        }
+        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !digits(self) {
+                return Err(ScanError("invalid number in upstream JSON"));
+            }
+        }
+        debug_assert!(self.i > start);
+        Ok(())
+    }
+
+    /// The `message` object of a chat line.
+    fn message(&mut self, out: &mut NativeLine<'a>) -> Result<(), ScanError> {
+        if self.peek()? == b'n' {
+            return self.literal(b"null");
+        }
+        self.expect(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':')?;
+            self.ws();
+            match key {
+                b"content" => out.content = self.opt_string()?.unwrap_or(b""),
+                b"thinking" => out.thinking = self.opt_string()?.unwrap_or(b""),
+                b"tool_calls" => {
+                    let start = self.i;
+                    if self.peek()? == b'n' {
+                        self.literal(b"null")?;
+                    } else {
+                        if self.peek()? != b'[' {
+                            return Err(ScanError("tool_calls must be an array"));
+                        }
+                        self.skip_value()?;
+                        out.tool_calls = Some(&self.b[start..self.i]);
+                    }
+                }
+                _ => self.skip_value()?,
+            }
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Ok(()),
+                _ => return Err(ScanError("expected ',' or '}' in upstream message")),
+            }
+        }
+    }
+
+    /// Validates and skips any JSON value, iteratively.
+    fn skip_value(&mut self) -> Result<(), ScanError> {
+        // One bit per open container: 1 = object, 0 = array.
+        let mut kinds: u128 = 0;
+        let mut depth: u32 = 0;
+        'value: loop {
+            self.ws();
+            match self.peek()? {
+                b'{' | b'[' => {
+                    let object = self.next()? == b'{';
+                    self.ws();
+                    if self.peek()? == if object { b'}' } else { b']' } {
+                        self.i += 1;
+                    } else {
+                        if depth == MAX_DEPTH {
+                            return Err(ScanError("upstream JSON is nested too deeply"));
+                        }
+                        kinds = (kinds << 1) | u128::from(object);
+                        depth += 1;
+                        if object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => return Err(ScanError("unexpected byte in upstream JSON")),
+            }
+            // A value ended: close containers until one continues.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                self.ws();
+                let in_object = kinds & 1 == 1;
+                match self.next()? {
+                    b',' => {
+                        if in_object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    b'}' if in_object => {}
+                    b']' if !in_object => {}
+                    _ => return Err(ScanError("unexpected byte in upstream JSON")),
+                }
+                kinds >>= 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    /// An object key and its colon.
+    fn key(&mut self) -> Result<(), ScanError> {
+        self.ws();
+        self.string()?;
+        self.ws();
+        self.expect(b':')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_content_line_without_unescaping() {
+        let line = br#"{"model":"llama3","created_at":"2026-11-24T17:15:24.097767Z","message":{"role":"assistant","content":"a \u003cb\u003e \"q\"\n"},"done":false}"#;
+        let l = parse_native_line(line).unwrap();
+        assert_eq!(l.content, br#"a \u003cb\u003e \"q\"\n"#);
+        assert!(!l.done);
+        assert_eq!(l.created_at, Some(&b"2026-11-24T17:15:24.097767Z"[..]));
+    }
+
+    #[test]
+    fn reads_the_final_line_metrics() {
+        let line = br#"{"model":"llama3","created_at":"x","message":{"role":"assistant","content":"!"},"done":true,"done_reason":"stop","total_duration":182242375,"prompt_eval_count":26,"eval_count":2}"#;
+        let l = parse_native_line(line).unwrap();
+        assert!(l.done);
+        assert_eq!(l.content, b"!");
+        assert_eq!(l.done_reason, Some(&b"stop"[..]));
+        assert_eq!((l.prompt_eval_count, l.eval_count), (26, 2));
+    }
+
+    #[test]
+    fn keeps_tool_calls_raw_and_thinking() {
+        let line = br#"{"message":{"role":"assistant","content":"","thinking":"hmm","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{"a":[1,{"b":null}]}}}]},"done":false}"#;
+        let l = parse_native_line(line).unwrap();
+        assert_eq!(l.thinking, b"hmm");
+        assert_eq!(
+            l.tool_calls,
+            Some(&br#"[{"id":"call_1","function":{"index":0,"name":"f","arguments":{"a":[1,{"b":null}]}}}]"#[..])
+        );
+    }
+
+    #[test]
+    fn reads_error_lines() {
+        let l = parse_native_line(br#"{"error":"an error was encountered while running the model"}"#).unwrap();
+        assert_eq!(l.error, Some(NativeError::Message(b"an error was encountered while running the model")));
+        let l = parse_native_line(br#"{"error":{"code":1}}"#).unwrap();
+        assert_eq!(l.error, Some(NativeError::Other));
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        for bad in [
+            &b"not json"[..],
+            b"{\"message\":{\"content\":\"a\x01\"}}",
+            b"{\"message\":{\"content\":\"\\x\"}}",
+            b"{\"done\":true",
+            b"{\"done\":true}}",
+            b"{\"a\":[1,2}",
+            b"{\"a\":{\"b\" 1}}",
+            b"{\"a\":01x}",
+            b"{\"message\":{\"content\":\"\xff\"}}",
+        ] {
+            assert!(parse_native_line(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let mut s = String::from("{\"x\":");
+        s.push_str(&"[".repeat(100_000));
+        s.push_str(&"]".repeat(100_000));
+        s.push('}');
+        assert!(parse_native_line(s.as_bytes()).is_err());
+        let ok = format!("{{\"x\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(parse_native_line(ok.as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,532 @@
+//! NDJSON → SSE: Ollama's streamed chat lines become OpenAI chunks.
+//!
+//! This is the gateway's hottest loop: it runs once per generated token. It
+//! is fed the decoded upstream body in whatever pieces the reads produced,
+//! splits lines (copying only a line that straddles two reads), reads each
+//! line with the zero-copy scanner in [`super::native`], and appends the SSE
+//! events for it to the caller's output buffer. A token's escaped `content`
+//! bytes go straight from the native line into the chunk: no unescape, no
+//! re-escape, no allocation per token once the buffers are warm. The caller
+//! writes the output after each read, so each token reaches the client as
+//! soon as it arrived. The rules (role only first, the `delta:{}` finish
+//! chunk, `usage:null` then the usage chunk, `[DONE]`, errors as an SSE
+//! error event) are SPEC.md §2; [`plain`] is a straightforward serde_json
+//! version of the same mapping that the tests hold this one to.
+
+use super::native::{NativeError, NativeLine, parse_native_line};
+use crate::openai::write::{self, Usage};
+
+/// Longest native line accepted; a longer one ends the stream with an error.
+pub const MAX_LINE: usize = 2 * 1024 * 1024;
+
+/// What the stream has come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Still relaying.
+    Running,
+    /// The final line arrived and `[DONE]` was written.
+    Completed,
+    /// An error event was written (upstream error line, bad line, early close).
+    Failed,
+}
+
+/// The transcoder for one streamed chat completion.
+pub struct NdjsonToSse {
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"system_fingerprint":"fp_ollama",`
+    /// built from the first line, since `created` is pinned to its time.
+    envelope: Vec<u8>,
+    id: String,
+    /// The model name the client asked for, as a JSON string literal.
+    model_json: Vec<u8>,
+    include_usage: bool,
+    /// Bytes of a line that has not ended yet.
+    partial: Vec<u8>,
+    sent_chunk: bool,
+    made_tool_calls: bool,
+    next_tool_index: u32,
+    end: StreamEnd,
+    /// Token counts from the final line.
+    pub usage: Usage,
+    /// Native lines relayed that carried content, thinking or tool calls.
+    pub content_chunks: u64,
+}
+
+impl NdjsonToSse {
+    /// `id` is the completion id (`chatcmpl-…`), `model` the name the client sent.
+    pub fn new(id: &str, model: &str, include_usage: bool) -> Self {
+        let mut model_json = Vec::with_capacity(model.len() + 2);
+        write::json_string(&mut model_json, model);
+        Self {
+            envelope: Vec::new(),
+            id: id.to_owned(),
+            model_json,
+            include_usage,
+            partial: Vec::new(),
+            sent_chunk: false,
+            made_tool_calls: false,
+            next_tool_index: 0,
+            end: StreamEnd::Running,
+            usage: Usage::default(),
+            content_chunks: 0,
+        }
+    }
+
+    pub fn end(&self) -> StreamEnd {
+        self.end
+    }
+
+    /// Feeds decoded upstream body bytes; appends SSE events to `out`.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        if self.end != StreamEnd::Running {
+            return;
+        }
+        if !self.partial.is_empty() {
+            match memchr::memchr(b'\n', data) {
+                None => return self.keep_partial(data, out),
+                Some(p) => {
+                    if self.partial.len() + p > MAX_LINE {
+                        return self.fail_line_too_long(out);
+                    }
+                    self.partial.extend_from_slice(&data[..p]);
+                    let line = std::mem::take(&mut self.partial);
+                    self.line(&line, out);
+                    self.partial = line;
+                    self.partial.clear();
+                    data = &data[p + 1..];
+                }
+            }
+        }
+        while self.end == StreamEnd::Running {
+            match memchr::memchr(b'\n', data) {
+                Some(p) => {
+                    self.line(&data[..p], out);
+                    data = &data[p + 1..];
+                }
+                None => return self.keep_partial(data, out),
+            }
+        }
+    }
+
+    /// The upstream body ended. A stream without its final line is reported
+    /// to the client as an error event (SPEC.md §2).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.end != StreamEnd::Running {
+            return;
+        }
+        if !self.partial.trim_ascii().is_empty() {
+            // A last line without its newline is still a line.
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, out);
+            if self.end != StreamEnd::Running {
+                return;
+            }
+        }
+        self.fail(out, b"the upstream closed the stream before it was complete");
+    }
+
+    /// Ends the stream with an error event of the caller's (a timeout, a read error).
+    pub fn fail(&mut self, out: &mut Vec<u8>, escaped_message: &[u8]) {
+        write::stream_error_event(out, escaped_message);
+        self.end = StreamEnd::Failed;
+    }
+
+    fn keep_partial(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.partial.len() + data.len() > MAX_LINE {
+            return self.fail_line_too_long(out);
+        }
+        self.partial.extend_from_slice(data);
+    }
+
+    fn fail_line_too_long(&mut self, out: &mut Vec<u8>) {
+        self.partial = Vec::new();
+        self.fail(out, b"the upstream sent a line longer than 2 MiB");
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return;
+        }
+        let native = match parse_native_line(line) {
+            Ok(l) => l,
+            Err(_) => return self.fail(out, b"the upstream sent a line that is not valid JSON"),
+        };
+        if let Some(err) = native.error {
+            return match err {
+                NativeError::Message(m) => self.fail(out, m),
+                NativeError::Other => self.fail(out, b"the upstream reported an error"),
+            };
+        }
+        if self.envelope.is_empty() {
+            self.build_envelope(&native);
+        }
+        let has_thinking = !native.thinking.is_empty();
+        let has_body = !native.content.is_empty() || native.tool_calls.is_some();
+        let empty_final = native.done && !has_thinking && !has_body && self.sent_chunk;
+        if !empty_final {
+            if has_thinking || has_body {
+                self.content_chunks += 1;
+            }
+            let ok = if has_thinking && has_body {
+                self.content_chunk(out, b"", native.thinking, None)
+                    && self.content_chunk(out, native.content, b"", native.tool_calls)
+            } else {
+                self.content_chunk(out, native.content, native.thinking, native.tool_calls)
+            };
+            if !ok {
+                return self.fail(out, b"the upstream sent a malformed tool call");
+            }
+        }
+        if native.done {
+            self.final_chunks(out, &native);
+        }
+    }
+
+    fn build_envelope(&mut self, first: &NativeLine<'_>) {
+        let created = first.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
+        let e = &mut self.envelope;
+        e.extend_from_slice(b"data: {\"id\":\"");
+        e.extend_from_slice(self.id.as_bytes());
+        e.extend_from_slice(b"\",\"object\":\"chat.completion.chunk\",\"created\":");
+        write::number(e, created);
+        e.extend_from_slice(b",\"model\":");
+        e.extend_from_slice(&self.model_json);
+        e.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",");
+    }
+
+    /// One content chunk. Returns false if the tool calls were malformed.
+    fn content_chunk(&mut self, out: &mut Vec<u8>, content: &[u8], thinking: &[u8], tool_calls: Option<&[u8]>) -> bool {
+        let rollback = out.len();
+        out.extend_from_slice(&self.envelope);
+        out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{");
+        if !self.sent_chunk {
+            out.extend_from_slice(b"\"role\":\"assistant\",");
+        }
+        out.extend_from_slice(b"\"content\":\"");
+        out.extend_from_slice(content);
+        out.push(b'"');
+        if !thinking.is_empty() {
+            out.extend_from_slice(b",\"reasoning\":\"");
+            out.extend_from_slice(thinking);
+            out.push(b'"');
+        }
+        if let Some(raw) = tool_calls {
+            out.extend_from_slice(b",\"tool_calls\":");
+            if write::tool_calls(out, raw, &mut self.next_tool_index).is_err() {
+                out.truncate(rollback);
+                return false;
+            }
+            self.made_tool_calls = true;
+        }
+        out.extend_from_slice(b"},\"finish_reason\":null}]");
+        self.chunk_tail(out);
+        self.sent_chunk = true;
+        true
+    }
+
+    fn chunk_tail(&self, out: &mut Vec<u8>) {
+        if self.include_usage {
+            out.extend_from_slice(b",\"usage\":null");
+        }
+        out.extend_from_slice(b"}\n\n");
+    }
+
+    fn final_chunks(&mut self, out: &mut Vec<u8>, last: &NativeLine<'_>) {
+        self.usage = Usage { prompt_tokens: last.prompt_eval_count, completion_tokens: last.eval_count };
+        out.extend_from_slice(&self.envelope);
+        out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"");
+        out.extend_from_slice(write::finish_reason(last.done_reason, self.made_tool_calls).as_bytes());
+        out.extend_from_slice(b"\"}]");
+        self.chunk_tail(out);
+        if self.include_usage {
+            out.extend_from_slice(&self.envelope);
+            out.extend_from_slice(b"\"choices\":[],");
+            write::usage(out, self.usage);
+            out.extend_from_slice(b"}\n\n");
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.end = StreamEnd::Completed;
+    }
+}
+
+/// The same mapping written the obvious way: parse each line into a
+/// `serde_json::Value`, build each chunk as a value, serialize it. Slower,
+/// and easy to check by eye; the tests and the benchmark compare against it.
+pub mod plain {
+    use serde_json::{Value, json};
+
+    /// Transcodes a whole native stream (complete lines) into SSE text.
+    pub fn transcode(id: &str, model: &str, include_usage: bool, ndjson: &str) -> String {
+        let mut out = String::new();
+        let mut created: Option<i64> = None;
+        let mut sent = false;
+        let mut tools = false;
+        let mut next_index = 0u64;
+        let event = |out: &mut String, v: Value| {
+            out.push_str("data: ");
+            out.push_str(&v.to_string());
+            out.push_str("\n\n");
+        };
+        let error = |out: &mut String, msg: &str| {
+            event(out, json!({"error":{"message":msg,"type":"api_error","param":null,"code":"upstream_error"}}));
+        };
+        for line in ndjson.split('\n') {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                error(&mut out, "the upstream sent a line that is not valid JSON");
+                return out;
+            };
+            if let Some(e) = v.get("error") {
+                let msg = e.as_str().unwrap_or("the upstream reported an error");
+                error(&mut out, msg);
+                return out;
+            }
+            let created = *created.get_or_insert_with(|| {
+                v["created_at"]
+                    .as_str()
+                    .and_then(|s| crate::clock::rfc3339_to_unix(s.as_bytes()))
+                    .unwrap_or_else(crate::clock::unix_now)
+            });
+            let msg = &v["message"];
+            let content = msg["content"].as_str().or(v["response"].as_str()).unwrap_or("");
+            let thinking = msg["thinking"].as_str().or(v["thinking"].as_str()).unwrap_or("");
+            let calls = msg.get("tool_calls").filter(|c| !c.is_null());
+            let done = v["done"].as_bool().unwrap_or(false);
+            let chunk = |delta: Value, finish: Value| {
+                let mut c = json!({"id":id,"object":"chat.completion.chunk","created":created,"model":model,
+                    "system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
+                if include_usage {
+                    c["usage"] = Value::Null;
+                }
+                c
+            };
+            let has_body = !content.is_empty() || calls.is_some();
+            let emit = !(done && thinking.is_empty() && !has_body && sent);
+            let mut delta = |content: &str, thinking: &str, calls: Option<&Value>| {
+                let mut d = serde_json::Map::new();
+                if !sent {
+                    d.insert("role".into(), json!("assistant"));
+                }
+                d.insert("content".into(), json!(content));
+                if !thinking.is_empty() {
+                    d.insert("reasoning".into(), json!(thinking));
+                }
+                if let Some(calls) = calls {
+                    let list: Vec<Value> = calls
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let index = c["function"]["index"].as_u64().unwrap_or(next_index);
+                            next_index = next_index.max(index + 1);
+                            json!({"id":c["id"],"index":index,"type":"function","function":{
+                                "name":c["function"]["name"],
+                                "arguments":c["function"]["arguments"].to_string()}})
+                        })
+                        .collect();
+                    d.insert("tool_calls".into(), Value::Array(list));
+                    tools = true;
+                }
+                sent = true;
+                Value::Object(d)
+            };
+            if emit {
+                if !thinking.is_empty() && has_body {
+                    let d = delta("", thinking, None);
+                    event(&mut out, chunk(d, Value::Null));
+                    let d = delta(content, "", calls);
+                    event(&mut out, chunk(d, Value::Null));
+                } else {
+                    let d = delta(content, thinking, calls);
+                    event(&mut out, chunk(d, Value::Null));
+                }
+            }
+            if done {
+                let reason = match v["done_reason"].as_str() {
+                    Some("length") => "length",
+                    _ if tools => "tool_calls",
+                    _ => "stop",
+                };
+                event(&mut out, chunk(json!({}), json!(reason)));
+                if include_usage {
+                    let p = v["prompt_eval_count"].as_u64().unwrap_or(0);
+                    let c = v["eval_count"].as_u64().unwrap_or(0);
+                    event(&mut out, json!({"id":id,"object":"chat.completion.chunk","created":created,"model":model,
+                        "system_fingerprint":"fp_ollama","choices":[],
+                        "usage":{"prompt_tokens":p,"completion_tokens":c,"total_tokens":p + c}}));
+                }
+                out.push_str("data: [DONE]\n\n");
+                return out;
+            }
+        }
+        error(&mut out, "the upstream closed the stream before it was complete");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], include_usage: bool, split: usize) -> String {
+        let mut t = NdjsonToSse::new("chatcmpl-Xy", "llama3", include_usage);
+        let mut out = Vec::new();
+        for piece in input.chunks(split.max(1)) {
+            t.feed(piece, &mut out);
+        }
+        t.finish(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    const SPEC_NATIVE: &str = concat!(
+        r#"{"model":"llama3","created_at":"2025-11-24T17:15:24.097767Z","message":{"role":"assistant","content":"Hel"},"done":false}"#,
+        "\n",
+        r#"{"model":"llama3","created_at":"2025-11-24T17:15:24.166576Z","message":{"role":"assistant","content":"lo"},"done":false}"#,
+        "\n",
+        r#"{"model":"llama3","created_at":"2025-11-24T17:15:24.19314Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":182242375,"load_duration":41295167,"prompt_eval_count":26,"prompt_eval_duration":24573166,"eval_count":2,"eval_duration":115959084}"#,
+        "\n"
+    );
+
+    const SPEC_SSE: &str = concat!(
+        r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}],"usage":null}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}],"usage":null}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[],"usage":{"prompt_tokens":26,"completion_tokens":2,"total_tokens":28}}"#,
+        "\n\n",
+        "data: [DONE]\n\n"
+    );
+
+    #[test]
+    fn spec_transcript_byte_for_byte_in_every_split() {
+        for split in 1..=SPEC_NATIVE.len() {
+            assert_eq!(run(SPEC_NATIVE.as_bytes(), true, split), SPEC_SSE, "split {split}");
+        }
+    }
+
+    #[test]
+    fn without_include_usage_there_is_no_usage_key_and_no_usage_chunk() {
+        let out = run(SPEC_NATIVE.as_bytes(), false, 4096);
+        assert!(!out.contains("usage"));
+        assert_eq!(out.matches("data: ").count(), 4);
+    }
+
+    #[test]
+    fn empty_completion_still_sends_role_and_empty_content() {
+        let input = b"{\"created_at\":\"2025-11-24T17:15:24Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\"}\n";
+        let out = run(input, false, 4096);
+        assert!(out.starts_with(r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#));
+        assert!(out.contains(r#""delta":{},"finish_reason":"stop""#));
+    }
+
+    #[test]
+    fn content_on_the_final_line_is_not_lost() {
+        let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n{\"message\":{\"role\":\"assistant\",\"content\":\" there\"},\"done\":true,\"done_reason\":\"length\",\"eval_count\":2}\n";
+        let out = run(input, false, 4096);
+        assert!(out.contains(r#""delta":{"content":" there"},"finish_reason":null"#));
+        assert!(out.contains(r#""finish_reason":"length""#));
+    }
+
+    #[test]
+    fn thinking_with_content_becomes_two_chunks_reasoning_first() {
+        let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"A\",\"thinking\":\"T\"},\"done\":false}\n";
+        let out = run(input, false, 4096);
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert!(events[0].contains(r#""delta":{"role":"assistant","content":"","reasoning":"T"}"#), "{out}");
+        assert!(events[1].contains(r#""delta":{"content":"A"}"#), "{out}");
+    }
+
+    #[test]
+    fn tool_calls_set_the_finish_reason() {
+        let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_1\",\"function\":{\"index\":0,\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}}]},\"done\":false}\n{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\"}\n";
+        let out = run(input, false, 4096);
+        assert!(out.contains(r#""tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#), "{out}");
+        assert!(out.contains(r#""finish_reason":"tool_calls""#));
+    }
+
+    #[test]
+    fn upstream_error_line_becomes_an_error_event_and_ends_the_stream() {
+        let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"a\"},\"done\":false}\n{\"error\":\"an error was encountered while running the model\"}\n{\"message\":{\"content\":\"b\"},\"done\":false}\n";
+        let out = run(input, false, 4096);
+        assert!(out.ends_with("data: {\"error\":{\"message\":\"an error was encountered while running the model\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n"), "{out}");
+        assert!(!out.contains("[DONE]"));
+    }
+
+    #[test]
+    fn early_close_and_garbage_are_reported() {
+        let out = run(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n", false, 4096);
+        assert!(out.contains("closed the stream before it was complete"));
+        let out = run(b"not json\n", false, 4096);
+        assert!(out.contains("not valid JSON"));
+    }
+
+    #[test]
+    fn an_overlong_line_fails_with_bounded_memory() {
+        let mut t = NdjsonToSse::new("chatcmpl-Xy", "m", false);
+        let mut out = Vec::new();
+        let piece = vec![b'a'; 64 * 1024];
+        for _ in 0..64 {
+            t.feed(&piece, &mut out);
+        }
+        assert_eq!(t.end(), StreamEnd::Failed);
+        assert!(t.partial.capacity() <= MAX_LINE * 2);
+    }
+
+    /// Parses SSE text into its data payloads as JSON values (`[DONE]` as a string).
+    fn events(sse: &str) -> Vec<serde_json::Value> {
+        sse.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let data = e.strip_prefix("data: ").expect("every event is a data line");
+                if data == "[DONE]" { serde_json::Value::String(data.into()) } else { serde_json::from_str(data).unwrap() }
+            })
+            .collect()
+    }
+
+    /// A native stream built from random parts: content with escapes, thinking,
+    /// tool calls, empty lines, content on the final line, usage.
+    fn random_stream(rng: &mut fastrand::Rng) -> String {
+        let words = ["Hel", "lo", " \\u003cb\\u003e", " \\\"q\\\"", "\\n", " caf\u{e9}", " \u{1F600}", "", "\\\\", "&amp;"];
+        let mut s = String::new();
+        let lines = rng.usize(0..12);
+        for i in 0..lines {
+            let content = words[rng.usize(..words.len())];
+            let mut msg = format!(r#""role":"assistant","content":"{content}""#);
+            if rng.u8(..) < 50 {
+                msg.push_str(&format!(r#","thinking":"{}""#, words[rng.usize(..words.len())]));
+            }
+            if rng.u8(..) < 20 {
+                msg.push_str(&format!(r#","tool_calls":[{{"id":"call_{i}","function":{{"index":{i},"name":"f","arguments":{{"x":{i},"y":"\u003c"}}}}}}]"#));
+            }
+            s.push_str(&format!(r#"{{"model":"m","created_at":"2026-01-02T03:04:05.5Z","message":{{{msg}}},"done":false}}"#));
+            s.push('\n');
+        }
+        if rng.u8(..) < 230 {
+            let content = if rng.bool() { "" } else { "end" };
+            let reason = ["stop", "length"][rng.usize(..2)];
+            s.push_str(&format!(r#"{{"model":"m","created_at":"2026-01-02T03:04:06Z","message":{{"role":"assistant","content":"{content}"}},"done":true,"done_reason":"{reason}","prompt_eval_count":{},"eval_count":{}}}"#, rng.u32(..1000), lines));
+            s.push('\n');
+        } else if rng.bool() {
+            s.push_str("{\"error\":\"boom \\u0026 co\"}\n");
+        }
+        s
+    }
+
+    #[test]
+    fn fast_transcoder_matches_the_plain_one_on_random_streams_and_splits() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let native = random_stream(&mut rng);
+            let include_usage = rng.bool();
+            let split = rng.usize(1..64);
+            let fast = run(native.as_bytes(), include_usage, split);
+            let plain = plain::transcode("chatcmpl-Xy", "llama3", include_usage, &native);
+            assert_eq!(events(&fast), events(&plain), "native:\n{native}\nfast:\n{fast}\nplain:\n{plain}");
+        }
+    }
+}

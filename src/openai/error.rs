@@ -1,0 +1,134 @@
+//! The one error type of the API boundary, in OpenAI's shape (SPEC.md §4).
+//!
+//! Errors are values: wherever a request goes wrong (parsing, validation, the
+//! upstream) an [`ApiError`] is made with its status, `type`, `code`, `param`
+//! and a message written for a person, and carried back to the single place
+//! that writes responses. Messages never contain a key's secret.
+
+use std::borrow::Cow;
+
+/// An error response: `{"error":{"message","type","param","code"}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// OpenAI's `type`: `invalid_request_error`, `api_error`, `requests`, …
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
+    pub message: Cow<'static, str>,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status, kind, code: Some(code), param: None, message: message.into() }
+    }
+
+    /// 400 `invalid_request` naming the offending field.
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::new(400, "invalid_request_error", "invalid_request", message);
+        e.param = Some(param.into());
+        e
+    }
+
+    /// 400 `invalid_request` about the request as a whole.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(400, "invalid_request_error", "invalid_request", message)
+    }
+
+    pub fn request_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body is larger than the limit of {limit} bytes. Send a smaller request."),
+        )
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        let mut e = Self::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model '{model}' does not exist. List the available models with GET /v1/models."),
+        );
+        e.param = Some("model".into());
+        e
+    }
+
+    pub fn unknown_url(method: &str, path: &str) -> Self {
+        let path: String = path.chars().take(200).collect();
+        Self::new(
+            404,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown request URL: {method} {path}. The API is served under /api/v1 and /v1."),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Self {
+        let path: String = path.chars().take(200).collect();
+        Self::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; use {allow}."),
+        )
+    }
+
+    pub fn upstream_unavailable(detail: &str) -> Self {
+        Self::new(
+            502,
+            "api_error",
+            "upstream_unavailable",
+            format!("The model server could not be reached ({detail}). Try again shortly."),
+        )
+    }
+
+    pub fn upstream_timeout(what: &str) -> Self {
+        Self::new(504, "api_error", "upstream_timeout", format!("The model server did not answer in time ({what})."))
+    }
+
+    /// An upstream error passed on with the upstream's status and message.
+    pub fn upstream(status: u16, message: String) -> Self {
+        Self::new(status, "api_error", "upstream_error", message)
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.message.len());
+        out.extend_from_slice(b"{\"error\":{\"message\":");
+        super::write::json_string(&mut out, &self.message);
+        out.extend_from_slice(b",\"type\":");
+        super::write::json_string(&mut out, self.kind);
+        out.extend_from_slice(b",\"param\":");
+        match &self.param {
+            Some(p) => super::write::json_string(&mut out, p),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"code\":");
+        match self.code {
+            Some(c) => super::write::json_string(&mut out, c),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_openai_shape() {
+        let e = ApiError::invalid("messages", "'messages' must not be empty.");
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"message":"'messages' must not be empty.","type":"invalid_request_error","param":"messages","code":"invalid_request"}})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ApiError::upstream_timeout("x").body()).unwrap();
+        assert_eq!(v["error"]["param"], serde_json::Value::Null);
+        assert_eq!(v["error"]["code"], "upstream_timeout");
+    }
+}

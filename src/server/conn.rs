@@ -1,0 +1,309 @@
+//! One client connection: read a request, hand it to the router, write the
+//! response, and again while the connection stays alive.
+//!
+//! The loop enforces the HTTP limits a public server needs: the head must
+//! arrive within the header timeout and fit in 64 KiB (else 431), the body
+//! within the body limit (else 413), an idle keep-alive connection is closed
+//! after the idle timeout, and any framing error closes the connection after
+//! its 400. Pipelined requests are served in order from the same buffer.
+//! Handlers write into `out` and call [`Conn::flush`]; the streaming handler
+//! takes the socket apart for a while (see `server::watch`) and puts it back.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::Worker;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::{BodyFraming, HeadError, Method, RequestHead, parse_request_head};
+use crate::http::response::ResponseHead;
+use crate::openai::error::ApiError;
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The request being served, with its head values copied out of the read
+/// buffer. Reused across the requests of a connection.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: Option<Method>,
+    pub method_name: String,
+    pub path: String,
+    pub keep_alive: bool,
+    /// The client sent `Origin` (a browser): CORS headers are added.
+    pub origin: bool,
+    pub access_control_request_headers: String,
+    pub authorization: Option<String>,
+    pub host: String,
+    pub body: Vec<u8>,
+    /// Set by the handler; sent as `x-request-id`.
+    pub id: String,
+}
+
+impl Request {
+    pub fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Other)
+    }
+
+    fn fill(&mut self, buf: &[u8], head: &RequestHead) {
+        let text = |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
+        self.method = Some(head.method);
+        self.method_name.clear();
+        let name_end = buf.iter().position(|&b| b == b' ').unwrap_or(0);
+        self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
+        self.path.clear();
+        self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        self.keep_alive = head.keep_alive;
+        self.origin = head.origin.is_some();
+        self.access_control_request_headers.clear();
+        if let Some(r) = &head.access_control_request_headers {
+            self.access_control_request_headers.push_str(&text(r));
+        }
+        self.authorization = head.authorization.as_ref().or(head.x_api_key.as_ref()).map(text);
+        self.host.clear();
+        if let Some(r) = &head.host {
+            self.host.push_str(&text(r));
+        }
+        self.body.clear();
+        self.id.clear();
+    }
+}
+
+/// A client connection and its buffers.
+pub struct Conn {
+    /// `None` only while a streaming handler has split the socket.
+    pub stream: Option<TcpStream>,
+    /// Bytes read from the client and not consumed yet.
+    pub inbuf: Vec<u8>,
+    /// The response being assembled.
+    pub out: Vec<u8>,
+    pub req: Request,
+}
+
+/// What the connection loop does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    KeepAlive,
+    Close,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Self { stream: Some(stream), inbuf: Vec::with_capacity(8 * 1024), out: Vec::with_capacity(8 * 1024), req: Request::default() }
+    }
+
+    /// Writes `out` to the client and clears it.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(std::io::Error::other("connection is split"));
+        };
+        let out = std::mem::take(&mut self.out);
+        let (res, mut out) = stream.write_all(out).await;
+        out.clear();
+        self.out = out;
+        res.map(|_| ())
+    }
+
+    /// Reads more bytes into `inbuf`. `Ok(0)` is EOF.
+    async fn fill(&mut self, timeout: Duration) -> std::io::Result<usize> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(std::io::Error::other("connection is split"));
+        };
+        if self.inbuf.capacity() - self.inbuf.len() < 4096 {
+            self.inbuf.reserve(16 * 1024);
+        }
+        let len = self.inbuf.len();
+        let buf = std::mem::take(&mut self.inbuf);
+        // A read lost to the timeout closes the connection, so no bytes matter any more.
+        match monoio::time::timeout(timeout, stream.read(buf.slice_mut(len..))).await {
+            Ok((res, slice)) => {
+                self.inbuf = slice.into_inner();
+                res
+            }
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
+        }
+    }
+
+    /// Appends the common headers and a JSON body to `out`.
+    pub fn json(&mut self, status: u16, body: &[u8]) {
+        self.json_with(status, body, None);
+    }
+
+    fn json_with(&mut self, status: u16, body: &[u8], extra: Option<(&str, &str)>) {
+        let keep_alive = self.req.keep_alive;
+        let head_only = self.req.method() == Method::Head;
+        let mut h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
+        if let Some((name, value)) = extra {
+            h = h.header(name, value.as_bytes());
+        }
+        let h = if self.req.origin { cors(h) } else { h };
+        h.connection(keep_alive).body("application/json", body, head_only);
+    }
+
+    /// Appends an error response to `out`.
+    pub fn error(&mut self, err: &ApiError) {
+        self.json_with(err.status, &err.body(), None);
+    }
+
+    /// Appends a 405 with its `Allow` header.
+    pub fn method_not_allowed(&mut self, err: &ApiError, allow: &str) {
+        self.json_with(err.status, &err.body(), Some(("Allow", allow)));
+    }
+}
+
+/// Adds the CORS headers for browser clients. Keys travel as Bearer headers,
+/// never cookies, so any origin may call the API.
+pub fn cors(h: ResponseHead<'_>) -> ResponseHead<'_> {
+    h.header("Access-Control-Allow-Origin", b"*").header(
+        "Access-Control-Expose-Headers",
+        b"x-request-id, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens",
+    )
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn::new(stream);
+    let limits = worker.config.http;
+    loop {
+        // 1. Read and parse the head (idle timeout before the first byte, header timeout after).
+        let head = match read_head(&mut conn, limits.idle_timeout, limits.header_timeout).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(Some(err)) => {
+                conn.req.keep_alive = false;
+                conn.req.id = crate::ids::request_id("req-");
+                conn.error(&err);
+                let _ = conn.flush().await;
+                return;
+            }
+            Err(None) => return,
+        };
+        conn.req.fill(&conn.inbuf, &head);
+        conn.req.id = String::new();
+
+        // 2. Read the body.
+        if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await {
+            if let Some(err) = err {
+                conn.req.keep_alive = false;
+                conn.req.id = crate::ids::request_id("req-");
+                conn.error(&err);
+                let _ = conn.flush().await;
+            }
+            return;
+        }
+
+        // 3. Route and handle; the handler writes the response.
+        let after = crate::api::handle(&worker, &mut conn).await;
+        if !conn.out.is_empty() && conn.flush().await.is_err() {
+            return;
+        }
+        if after == After::Close || !conn.req.keep_alive || conn.stream.is_none() {
+            return;
+        }
+    }
+}
+
+/// Reads until a whole head is buffered. `Ok(None)`: the client closed or
+/// went idle between requests. `Err(Some)`: answer with this error and close.
+async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<Option<RequestHead>, Option<ApiError>> {
+    loop {
+        if !conn.inbuf.is_empty() {
+            match parse_request_head(&conn.inbuf, MAX_HEAD) {
+                Ok(Some(h)) => return Ok(Some(h)),
+                Ok(None) => {}
+                Err(HeadError::TooLarge) => {
+                    let mut e = ApiError::bad_request("The request head is larger than 64 KiB or has too many headers.");
+                    e.status = 431;
+                    return Err(Some(e));
+                }
+                Err(HeadError::Bad(msg)) => return Err(Some(ApiError::bad_request(msg))),
+                Err(HeadError::UnsupportedExpect) => {
+                    let mut e = ApiError::bad_request("Only 'Expect: 100-continue' is supported.");
+                    e.status = 417;
+                    return Err(Some(e));
+                }
+            }
+        }
+        let timeout = if conn.inbuf.is_empty() { idle } else { header };
+        match conn.fill(timeout).await {
+            Ok(0) => return if conn.inbuf.is_empty() { Ok(None) } else { Err(None) },
+            Ok(_) => {}
+            Err(_) => return Err(None),
+        }
+    }
+}
+
+/// Reads the body into `conn.req.body` and consumes the request's bytes from
+/// `inbuf`. `Err(Some)` answers and closes; `Err(None)` just closes.
+async fn read_body(conn: &mut Conn, head: &RequestHead, max_body: usize, timeout: Duration) -> Result<(), Option<ApiError>> {
+    let mut sent_continue = !head.expect_continue;
+    match head.framing {
+        BodyFraming::Empty => {
+            conn.inbuf.drain(..head.len);
+            Ok(())
+        }
+        BodyFraming::Length(n) => {
+            if n > max_body as u64 {
+                return Err(Some(ApiError::request_too_large(max_body)));
+            }
+            let total = head.len + n as usize;
+            while conn.inbuf.len() < total {
+                if !sent_continue {
+                    send_continue(conn).await?;
+                    sent_continue = true;
+                }
+                match conn.fill(timeout).await {
+                    Ok(0) | Err(_) => return Err(None),
+                    Ok(_) => {}
+                }
+            }
+            conn.req.body.extend_from_slice(&conn.inbuf[head.len..total]);
+            conn.inbuf.drain(..total);
+            Ok(())
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut pos = head.len;
+            let mut body = std::mem::take(&mut conn.req.body);
+            let mut too_big = false;
+            loop {
+                let used = decoder
+                    .decode(&conn.inbuf[pos..], &mut |d| {
+                        if body.len() + d.len() > max_body {
+                            too_big = true;
+                        } else {
+                            body.extend_from_slice(d);
+                        }
+                    })
+                    .map_err(|e| Some(ApiError::bad_request(format!("Invalid chunked request body: {}.", e.0))))?;
+                pos += used;
+                if too_big {
+                    return Err(Some(ApiError::request_too_large(max_body)));
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                if !sent_continue {
+                    send_continue(conn).await?;
+                    sent_continue = true;
+                }
+                match conn.fill(timeout).await {
+                    Ok(0) | Err(_) => return Err(None),
+                    Ok(_) => {}
+                }
+            }
+            conn.req.body = body;
+            conn.inbuf.drain(..pos);
+            Ok(())
+        }
+    }
+}
+
+async fn send_continue(conn: &mut Conn) -> Result<(), Option<ApiError>> {
+    conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.flush().await.map_err(|_| None)
+}
