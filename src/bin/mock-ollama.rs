@@ -88,6 +88,9 @@ struct Knobs {
     /// Make each token's content its write time in Unix nanoseconds (`t=...;`), for latency measurements.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     stamp_tokens: bool,
+    /// Close each connection right after its reply without announcing it (keep-alive races).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    hangup_after_reply: bool,
     /// Embedding dimensions when the request gives none.
     #[arg(long, default_value_t = 16)]
     embed_dimensions: usize,
@@ -163,7 +166,8 @@ struct Shared {
 const WORDS: [&str; 10] = ["Hello", " world", "!", " <b>", " &", " \"quoted\"", "\n", " café", " 😀", " fin"];
 
 fn main() {
-    let knobs = Knobs::parse();
+    let mut knobs = Knobs::parse();
+    knobs.models.retain(|m| !m.is_empty());
     let addr: SocketAddr = match knobs.listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -196,7 +200,7 @@ fn main() {
                 }
             };
             let run = async move {
-                let opts = monoio::net::ListenerOpts::default().reuse_port(true).backlog(4096);
+                let opts = monoio::net::ListenerOpts::default().reuse_port(true).reuse_addr(true).backlog(4096);
                 let listener = match TcpListener::bind_with_config(addr, &opts) {
                     Ok(l) => l,
                     Err(e) => {
@@ -264,7 +268,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             let (rd, buf, end) = watch.finish().await;
             inbuf = buf;
             let Some(wr) = wr else { return };
-            if !ok || end != ai_gateway::server::watch::WatchEnd::Cancelled || !keep_alive {
+            let hangup = shared.knobs.read().hangup_after_reply;
+            if !ok || end != ai_gateway::server::watch::WatchEnd::Cancelled || !keep_alive || hangup {
                 return;
             }
             match rd.reunite(wr) {
@@ -275,7 +280,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             let mut out = Vec::with_capacity(1024);
             simple(&shared, &req, &mut out);
             let (res, _) = s.write_all(out).await;
-            if res.is_err() || !keep_alive {
+            let hangup = shared.knobs.read().hangup_after_reply && !req.path.starts_with("/_");
+            if res.is_err() || !keep_alive || hangup {
                 return;
             }
         }

@@ -1,0 +1,238 @@
+//! Test harness: start the real `ai-gateway` and `mock-ollama` binaries on
+//! free ports and talk HTTP/1.1 to them over plain sockets.
+//!
+//! Both binaries are started with port 0 and print the address they bound
+//! in their first log line, so tests never race for ports. The HTTP client
+//! here is deliberately independent of the gateway's own HTTP code.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running binary; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything it wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts `bin` with `args`, waits for its "listening on ADDR" line.
+pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push_str(&line);
+            sink.lock().unwrap().push('\n');
+            if let Some(i) = line.find("listening on ") {
+                let rest = &line[i + "listening on ".len()..];
+                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(a) => a.parse().unwrap_or_else(|_| panic!("bad address {a:?}")),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{bin} did not start; log:\n{}", log.lock().unwrap());
+        }
+    };
+    Proc { child, addr, log }
+}
+
+pub fn mock(args: &[&str]) -> Proc {
+    let mut a = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    a.extend(args.iter().map(|s| s.to_string()));
+    start(env!("CARGO_BIN_EXE_mock-ollama"), &a, &[])
+}
+
+pub fn gateway(upstream: &Proc, args: &[&str]) -> Proc {
+    gateway_env(upstream, args, &[])
+}
+
+pub fn gateway_env(upstream: &Proc, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut a = vec![
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--upstream".to_owned(),
+        upstream.url(),
+    ];
+    a.extend(args.iter().map(|s| s.to_string()));
+    start(env!("CARGO_BIN_EXE_ai-gateway"), &a, env)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends one request on a fresh connection and reads the response.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
+    let mut s = connect(addr);
+    send(&mut s, method, path, body, &[]);
+    let mut r = BufReader::new(s);
+    read_response(&mut r, method == "HEAD").expect("a response")
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, None)
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: &str) -> Response {
+    request(addr, "POST", path, Some(body))
+}
+
+pub fn send(s: &mut TcpStream, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes()).unwrap();
+}
+
+/// Reads one response (Content-Length, chunked, or until close).
+pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Option<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let find = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 100 {
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line).ok()?;
+            let size = usize::from_str_radix(line.trim(), 16).ok()?;
+            if size == 0 {
+                line.clear();
+                r.read_line(&mut line).ok()?;
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk).ok()?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(n) = find("content-length") {
+        let n: usize = n.parse().ok()?;
+        body.resize(n, 0);
+        r.read_exact(&mut body).ok()?;
+    } else {
+        r.read_to_end(&mut body).ok()?;
+    }
+    Some(Response { status, headers, body })
+}
+
+/// The data payloads of an SSE body.
+pub fn sse_events(body: &str) -> Vec<String> {
+    body.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").expect("data line").to_owned()).collect()
+}
+
+/// The emulator's counters.
+pub fn stats(mock: &Proc) -> serde_json::Value {
+    get(mock.addr, "/_stats").json()
+}
+
+/// Changes the emulator's knobs at run time.
+pub fn configure(mock: &Proc, knobs: serde_json::Value) {
+    let r = post(mock.addr, "/_config", &knobs.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes. Returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello to the test"}], "stream": stream}).to_string()
+}
