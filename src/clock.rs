@@ -9,7 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.
@@ -21,7 +24,13 @@ pub fn rfc3339_to_unix(s: &[u8]) -> Option<i64> {
         }
         Some(part.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')))
     };
-    if s.len() < 20 || s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b't' | b' ') || s[13] != b':' || s[16] != b':' {
+    if s.len() < 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || !matches!(s[10], b'T' | b't' | b' ')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -89,9 +98,15 @@ mod tests {
 
     #[test]
     fn parses_ollama_timestamps() {
-        assert_eq!(rfc3339_to_unix(b"2025-11-24T17:15:24.097767Z"), Some(1_764_004_524));
+        assert_eq!(
+            rfc3339_to_unix(b"2025-11-24T17:15:24.097767Z"),
+            Some(1_764_004_524)
+        );
         assert_eq!(rfc3339_to_unix(b"1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(rfc3339_to_unix(b"2026-05-01T12:00:00.123+02:00"), Some(1_777_629_600));
+        assert_eq!(
+            rfc3339_to_unix(b"2026-05-01T12:00:00.123+02:00"),
+            Some(1_777_629_600)
+        );
         assert_eq!(rfc3339_to_unix(b"2026-13-01T00:00:00Z"), None);
         assert_eq!(rfc3339_to_unix(b"garbage"), None);
     }
@@ -102,6 +117,9 @@ mod tests {
             let s = unix_to_rfc3339(secs, 123);
             assert_eq!(rfc3339_to_unix(s.as_bytes()), Some(secs), "{s}");
         }
-        assert_eq!(unix_to_rfc3339(1_764_004_524, 97_767_000), "2025-11-24T17:15:24.097767000Z");
+        assert_eq!(
+            unix_to_rfc3339(1_764_004_524, 97_767_000),
+            "2025-11-24T17:15:24.097767000Z"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Ollama base URL (plain HTTP).
-    #[arg(long, env = "AI_GATEWAY_UPSTREAM", default_value = "http://127.0.0.1:11434")]
+    #[arg(
+        long,
+        env = "AI_GATEWAY_UPSTREAM",
+        default_value = "http://127.0.0.1:11434"
+    )]
     pub upstream: String,
 
     /// Worker threads, one per core, each pinned with its own listener (default: number of cores).
@@ -40,12 +44,20 @@ pub struct ServeArgs {
     pub idle_timeout: f64,
 
     /// Seconds allowed for connecting to the upstream.
-    #[arg(long, env = "AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value_t = 3.0)]
+    #[arg(
+        long,
+        env = "AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT",
+        default_value_t = 3.0
+    )]
     pub upstream_connect_timeout: f64,
 
     /// Seconds to wait for the upstream's first byte, and between two reads of a
     /// streamed reply (a model loading into memory can take minutes).
-    #[arg(long, env = "AI_GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", default_value_t = 300.0)]
+    #[arg(
+        long,
+        env = "AI_GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT",
+        default_value_t = 300.0
+    )]
     pub upstream_first_byte_timeout: f64,
 
     /// Idle upstream keep-alive connections kept per worker.
@@ -81,13 +93,19 @@ impl Config {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(format!("--{name} must be a positive number of seconds, got {v}"))
+                Err(format!(
+                    "--{name} must be a positive number of seconds, got {v}"
+                ))
             }
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let workers = a.workers.unwrap_or(cores);
         if workers == 0 || workers > 1024 {
-            return Err(format!("--workers must be between 1 and 1024, got {workers}"));
+            return Err(format!(
+                "--workers must be between 1 and 1024, got {workers}"
+            ));
         }
         if a.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());

@@ -13,5 +13,5 @@ pub mod ids;
 pub mod log;
 pub mod ollama;
 pub mod openai;
-pub mod server;
 pub mod routes;
+pub mod server;

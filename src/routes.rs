@@ -21,9 +21,13 @@ pub enum Route {
 pub enum Routed {
     Endpoint(Route),
     /// `OPTIONS` on a known route.
-    Preflight { allow: &'static str },
+    Preflight {
+        allow: &'static str,
+    },
     /// Known path, wrong method.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     NotFound,
 }
 
@@ -34,7 +38,10 @@ pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
         "/healthz" => (Route::Health, GET),
         _ => {
-            let Some(rest) = path.strip_prefix("/api/v1/").or_else(|| path.strip_prefix("/v1/")) else {
+            let Some(rest) = path
+                .strip_prefix("/api/v1/")
+                .or_else(|| path.strip_prefix("/v1/"))
+            else {
                 return Routed::NotFound;
             };
             let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -54,7 +61,11 @@ pub fn route(method: Method, path: &str) -> Routed {
         Method::Post => allow == POST,
         Method::Other => false,
     };
-    if allowed { Routed::Endpoint(route) } else { Routed::MethodNotAllowed { allow } }
+    if allowed {
+        Routed::Endpoint(route)
+    } else {
+        Routed::MethodNotAllowed { allow }
+    }
 }
 
 /// Decodes `%XX` escapes; malformed escapes are kept as they are.
@@ -64,7 +75,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -83,29 +96,70 @@ mod tests {
 
     #[test]
     fn both_prefixes_route_the_same() {
-        for p in ["/api/v1/chat/completions", "/v1/chat/completions", "/v1/chat/completions/"] {
-            assert_eq!(route(Method::Post, p), Routed::Endpoint(Route::ChatCompletions), "{p}");
+        for p in [
+            "/api/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+        ] {
+            assert_eq!(
+                route(Method::Post, p),
+                Routed::Endpoint(Route::ChatCompletions),
+                "{p}"
+            );
         }
-        assert_eq!(route(Method::Get, "/api/v1/models"), Routed::Endpoint(Route::Models));
-        assert_eq!(route(Method::Head, "/v1/models"), Routed::Endpoint(Route::Models));
-        assert_eq!(route(Method::Get, "/healthz"), Routed::Endpoint(Route::Health));
+        assert_eq!(
+            route(Method::Get, "/api/v1/models"),
+            Routed::Endpoint(Route::Models)
+        );
+        assert_eq!(
+            route(Method::Head, "/v1/models"),
+            Routed::Endpoint(Route::Models)
+        );
+        assert_eq!(
+            route(Method::Get, "/healthz"),
+            Routed::Endpoint(Route::Health)
+        );
     }
 
     #[test]
     fn model_ids_are_decoded_and_may_hold_slashes() {
-        assert_eq!(route(Method::Get, "/v1/models/llama3%3Alatest"), Routed::Endpoint(Route::Model("llama3:latest".into())));
-        assert_eq!(route(Method::Get, "/v1/models/hf.co/x/y:q4"), Routed::Endpoint(Route::Model("hf.co/x/y:q4".into())));
-        assert_eq!(route(Method::Get, "/v1/models/bad%zz"), Routed::Endpoint(Route::Model("bad%zz".into())));
-        assert_eq!(route(Method::Get, "/v1/models/a%2"), Routed::Endpoint(Route::Model("a%2".into())));
+        assert_eq!(
+            route(Method::Get, "/v1/models/llama3%3Alatest"),
+            Routed::Endpoint(Route::Model("llama3:latest".into()))
+        );
+        assert_eq!(
+            route(Method::Get, "/v1/models/hf.co/x/y:q4"),
+            Routed::Endpoint(Route::Model("hf.co/x/y:q4".into()))
+        );
+        assert_eq!(
+            route(Method::Get, "/v1/models/bad%zz"),
+            Routed::Endpoint(Route::Model("bad%zz".into()))
+        );
+        assert_eq!(
+            route(Method::Get, "/v1/models/a%2"),
+            Routed::Endpoint(Route::Model("a%2".into()))
+        );
     }
 
     #[test]
     fn wrong_methods_unknown_paths_and_preflight() {
-        assert_eq!(route(Method::Get, "/v1/chat/completions"), Routed::MethodNotAllowed { allow: POST });
-        assert_eq!(route(Method::Post, "/v1/models"), Routed::MethodNotAllowed { allow: GET });
-        assert_eq!(route(Method::Options, "/v1/chat/completions"), Routed::Preflight { allow: POST });
+        assert_eq!(
+            route(Method::Get, "/v1/chat/completions"),
+            Routed::MethodNotAllowed { allow: POST }
+        );
+        assert_eq!(
+            route(Method::Post, "/v1/models"),
+            Routed::MethodNotAllowed { allow: GET }
+        );
+        assert_eq!(
+            route(Method::Options, "/v1/chat/completions"),
+            Routed::Preflight { allow: POST }
+        );
         assert_eq!(route(Method::Get, "/v2/models"), Routed::NotFound);
-        assert_eq!(route(Method::Get, "/v1/models/"), Routed::Endpoint(Route::Models));
+        assert_eq!(
+            route(Method::Get, "/v1/models/"),
+            Routed::Endpoint(Route::Models)
+        );
         assert_eq!(route(Method::Get, "/"), Routed::NotFound);
     }
 }

@@ -52,7 +52,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
     };
     // 2. Name the request: a chat completion's id doubles as its request id.
-    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions { "chatcmpl-" } else { "req-" });
+    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions {
+        "chatcmpl-"
+    } else {
+        "req-"
+    });
 
     // 3. The endpoint.
     match route {
@@ -94,7 +98,10 @@ impl Split {
         let stream = conn.stream.take()?;
         let (rd, wr) = stream.into_split();
         let buf = std::mem::take(&mut conn.inbuf);
-        Some(Self { watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024), wr })
+        Some(Self {
+            watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024),
+            wr,
+        })
     }
 
     /// Puts the connection back together. Returns `After::Close` when the
@@ -108,7 +115,11 @@ impl Split {
         match rd.reunite(self.wr) {
             Ok(stream) => {
                 conn.stream = Some(stream);
-                if end == WatchEnd::Full { After::Close } else { After::KeepAlive }
+                if end == WatchEnd::Full {
+                    After::Close
+                } else {
+                    After::KeepAlive
+                }
             }
             Err(_) => After::Close,
         }
@@ -123,12 +134,26 @@ pub async fn upstream_json(
     conn: &mut Conn,
     request: &[u8],
 ) -> Result<(u16, Vec<u8>), Option<ApiError>> {
-    let Some(mut split) = Split::new(conn) else { return Err(None) };
+    let Some(mut split) = Split::new(conn) else {
+        return Err(None);
+    };
     let result = async {
-        let ex = client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await?;
+        let ex = client::send(
+            &worker.upstream,
+            &worker.pool,
+            request,
+            &mut split.watch,
+            Vec::with_capacity(16 * 1024),
+        )
+        .await?;
         let status = ex.head.status;
-        let (body, reusable) =
-            client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, MAX_UPSTREAM_BODY).await?;
+        let (body, reusable) = client::read_full_body(
+            ex,
+            &mut split.watch,
+            worker.pool.limits().read_timeout,
+            MAX_UPSTREAM_BODY,
+        )
+        .await?;
         if let Some(c) = reusable {
             worker.pool.put(c);
         }
@@ -161,14 +186,24 @@ pub fn upstream_error(status: u16, body: &[u8], model: &str) -> ApiError {
         .and_then(|l| l.error)
         .map(native_error_message)
         .unwrap_or_else(|| format!("The model server answered with status {status}."));
-    let status = if (400..600).contains(&status) { status } else { 502 };
+    let status = if (400..600).contains(&status) {
+        status
+    } else {
+        502
+    };
     ApiError::upstream(status, message)
 }
 
 /// Writes a JSON response head and body for the client through the write
 /// half of a split connection (used before a stream has started).
-pub fn json_response(out: &mut Vec<u8>, conn_req: &crate::server::conn::Request, status: u16, body: &[u8]) {
+pub fn json_response(
+    out: &mut Vec<u8>,
+    conn_req: &crate::server::conn::Request,
+    status: u16,
+    body: &[u8],
+) {
     let h = ResponseHead::new(out, status).header("x-request-id", conn_req.id.as_bytes());
     let h = if conn_req.origin { cors(h) } else { h };
-    h.connection(conn_req.keep_alive).body("application/json", body, false);
+    h.connection(conn_req.keep_alive)
+        .body("application/json", body, false);
 }

@@ -60,7 +60,12 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        Self { state: State::Size, remaining: 0, digits: 0, line: 0 }
+        Self {
+            state: State::Size,
+            remaining: 0,
+            digits: 0,
+            line: 0,
+        }
     }
 
     /// True once the whole body, trailers included, has been read.
@@ -248,8 +253,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_framing() {
-        for bad in [&b"x\r\n"[..], b"5\nhello\r\n", b"2\r\nabc\r\n", b"1234567890abcdef0\r\n", b"\r\n"] {
-            assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n",
+            b"2\r\nabc\r\n",
+            b"1234567890abcdef0\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

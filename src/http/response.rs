@@ -64,13 +64,20 @@ impl<'a> ResponseHead<'a> {
 
     /// Adds `Connection: close` when the connection ends after this response.
     pub fn connection(self, keep_alive: bool) -> Self {
-        if keep_alive { self } else { self.header("Connection", b"close") }
+        if keep_alive {
+            self
+        } else {
+            self.header("Connection", b"close")
+        }
     }
 
     /// Ends the head with `Content-Length` and appends `body` (unless
     /// `head_only`, for HEAD requests, where only the length is announced).
     pub fn body(self, content_type: &str, body: &[u8], head_only: bool) -> &'a mut Vec<u8> {
-        let out = self.header("Content-Type", content_type.as_bytes()).header_u64("Content-Length", body.len() as u64).out;
+        let out = self
+            .header("Content-Type", content_type.as_bytes())
+            .header_u64("Content-Length", body.len() as u64)
+            .out;
         out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(body);

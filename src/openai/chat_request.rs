@@ -158,19 +158,42 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
 
     let model = match req.model {
         Some(m) if !m.trim().is_empty() => m,
-        _ => return Err(ApiError::invalid("model", "You must provide a model parameter.")),
+        _ => {
+            return Err(ApiError::invalid(
+                "model",
+                "You must provide a model parameter.",
+            ));
+        }
     };
     let messages = match req.messages {
         Some(m) if !m.is_empty() => m,
-        Some(_) => return Err(ApiError::invalid("messages", "'messages' must contain at least one message.")),
-        None => return Err(ApiError::invalid("messages", "You must provide a 'messages' parameter.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "messages",
+                "'messages' must contain at least one message.",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "messages",
+                "You must provide a 'messages' parameter.",
+            ));
+        }
     };
     match req.n {
         Some(0) => return Err(ApiError::invalid("n", "'n' must be at least 1.")),
-        Some(n) if n > 1 => return Err(ApiError::invalid("n", "n > 1 is not supported: send one request per choice.")),
+        Some(n) if n > 1 => {
+            return Err(ApiError::invalid(
+                "n",
+                "n > 1 is not supported: send one request per choice.",
+            ));
+        }
         _ => {}
     }
-    let think = match (req.reasoning_effort.as_deref(), req.reasoning.as_ref().and_then(|r| r.effort.as_deref())) {
+    let think = match (
+        req.reasoning_effort.as_deref(),
+        req.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
+    ) {
         (Some(e), _) => Some(think_value(e, "reasoning_effort")?),
         (None, Some(e)) => Some(think_value(e, "reasoning.effort")?),
         (None, None) => None,
@@ -190,11 +213,21 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
             "text" => {}
             "json_object" => out.extend_from_slice(b",\"format\":\"json\""),
             "json_schema" => {
-                let schema = rf.json_schema.as_ref().and_then(|s| s.schema).ok_or_else(|| {
-                    ApiError::invalid("response_format.json_schema.schema", "A json_schema response format needs a 'schema'.")
-                })?;
+                let schema = rf
+                    .json_schema
+                    .as_ref()
+                    .and_then(|s| s.schema)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "response_format.json_schema.schema",
+                            "A json_schema response format needs a 'schema'.",
+                        )
+                    })?;
                 if !nesting_within(schema.get(), MAX_PASSTHROUGH_DEPTH) {
-                    return Err(ApiError::invalid("response_format.json_schema.schema", "The schema is nested too deeply."));
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "The schema is nested too deeply.",
+                    ));
                 }
                 out.extend_from_slice(b",\"format\":");
                 out.extend_from_slice(schema.get().as_bytes());
@@ -202,7 +235,9 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
             other => {
                 return Err(ApiError::invalid(
                     "response_format.type",
-                    format!("Unsupported response_format type '{other}': use 'text', 'json_object' or 'json_schema'."),
+                    format!(
+                        "Unsupported response_format type '{other}': use 'text', 'json_object' or 'json_schema'."
+                    ),
                 ));
             }
         }
@@ -229,7 +264,9 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     options.float("top_p", req.top_p);
     if let Some(seed) = req.seed {
         options.key("seed");
-        options.out.extend_from_slice(itoa::Buffer::new().format(seed).as_bytes());
+        options
+            .out
+            .extend_from_slice(itoa::Buffer::new().format(seed).as_bytes());
     }
     options.float("frequency_penalty", req.frequency_penalty);
     options.float("presence_penalty", req.presence_penalty);
@@ -243,11 +280,18 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
         out.extend_from_slice(t.as_bytes());
     }
     if let Some(lp) = req.logprobs {
-        out.extend_from_slice(if lp { b",\"logprobs\":true" } else { b",\"logprobs\":false" });
+        out.extend_from_slice(if lp {
+            b",\"logprobs\":true"
+        } else {
+            b",\"logprobs\":false"
+        });
     }
     if let Some(n) = req.top_logprobs {
         if n > 20 {
-            return Err(ApiError::invalid("top_logprobs", "'top_logprobs' must be between 0 and 20."));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "'top_logprobs' must be between 0 and 20.",
+            ));
         }
         out.extend_from_slice(b",\"top_logprobs\":");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -257,7 +301,11 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     Ok(ChatPlan {
         model: model.into_owned(),
         stream,
-        include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: stream
+            && req
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
         user: req.user.map(Cow::into_owned),
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
     })
@@ -269,7 +317,9 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
         Ok(v) => Ok(v),
         Err(first) => {
             if std::str::from_utf8(body).is_err() {
-                return Err(ApiError::bad_request("The request body is not valid UTF-8."));
+                return Err(ApiError::bad_request(
+                    "The request body is not valid UTF-8.",
+                ));
             }
             if first.is_syntax() || first.is_eof() {
                 return Err(ApiError::bad_request(format!(
@@ -278,15 +328,24 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
             }
             let mut de = serde_json::Deserializer::from_slice(body);
             let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
-                Ok(_) => return Err(ApiError::bad_request(format!("Invalid request body: {first}."))),
+                Ok(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid request body: {first}."
+                    )));
+                }
                 Err(e) => e,
             };
             let path = err.path().to_string();
             let inner = err.into_inner();
             if path == "." || path.is_empty() {
-                Err(ApiError::bad_request(format!("Invalid request body: {inner}.")))
+                Err(ApiError::bad_request(format!(
+                    "Invalid request body: {inner}."
+                )))
             } else {
-                Err(ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {inner}.")))
+                Err(ApiError::invalid(
+                    path.clone(),
+                    format!("Invalid value for '{path}': {inner}."),
+                ))
             }
         }
     }
@@ -338,7 +397,9 @@ fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiErr
         other => {
             return Err(ApiError::invalid(
                 param,
-                format!("Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."),
+                format!(
+                    "Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."
+                ),
             ));
         }
     })
@@ -357,7 +418,11 @@ impl<'o> Options<'o> {
     }
 
     fn key(&mut self, name: &str) {
-        self.out.extend_from_slice(if self.opened { b",\"" } else { b",\"options\":{\"" });
+        self.out.extend_from_slice(if self.opened {
+            b",\""
+        } else {
+            b",\"options\":{\""
+        });
         self.opened = true;
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -366,7 +431,8 @@ impl<'o> Options<'o> {
     fn uint(&mut self, name: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.key(name);
-            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
 
@@ -420,21 +486,36 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
             _ => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!("Unsupported role '{}': use system, developer, user, assistant or tool.", m.role),
+                    format!(
+                        "Unsupported role '{}': use system, developer, user, assistant or tool.",
+                        m.role
+                    ),
                 ));
             }
         };
         let tool_calls = m.tool_calls.as_deref().filter(|c| !c.is_empty());
         if tool_calls.is_some() && role != "assistant" {
-            return Err(ApiError::invalid(format!("messages[{i}].tool_calls"), "Only assistant messages can carry tool calls."));
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_calls"),
+                "Only assistant messages can carry tool calls.",
+            ));
         }
         let thinking = match m.reasoning.or(m.reasoning_content) {
             Some(r) if r.get().starts_with('"') => Some(r.get()),
             Some(r) if r.get() == "null" => None,
-            Some(_) => return Err(ApiError::invalid(format!("messages[{i}].reasoning"), "'reasoning' must be a string.")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].reasoning"),
+                    "'reasoning' must be a string.",
+                ));
+            }
             None => None,
         };
-        let tool_name = if role == "tool" { tool_name_for(messages, i, m) } else { None };
+        let tool_name = if role == "tool" {
+            tool_name_for(messages, i, m)
+        } else {
+            None
+        };
 
         // The message's content becomes one or more native messages (one per part).
         let pieces = content_pieces(m, i)?;
@@ -465,7 +546,7 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
             }
             if let Some(Piece::Image(data)) = pieces.get(n) {
                 out.extend_from_slice(b",\"images\":[");
-                json_string(out, data);
+                write_image(out, data);
                 out.push(b']');
             }
             if let (true, Some(calls)) = (last, tool_calls) {
@@ -491,18 +572,23 @@ enum Piece<'a> {
     RawText(&'a str),
     Text(Cow<'a, str>),
     /// Base64 image data without its data-URI prefix.
-    Image(String),
+    Image(Cow<'a, str>),
 }
 
 fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiError> {
-    let Some(content) = m.content else { return Ok(Vec::new()) };
+    let Some(content) = m.content else {
+        return Ok(Vec::new());
+    };
     let raw = content.get();
     match raw.as_bytes().first() {
         Some(b'"') => Ok(vec![Piece::RawText(raw)]),
         Some(b'n') => Ok(Vec::new()),
         Some(b'[') => {
             let parts: Vec<ContentPart<'a>> = serde_json::from_str(raw).map_err(|e| {
-                ApiError::invalid(format!("messages[{i}].content"), format!("Invalid content parts: {e}."))
+                ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!("Invalid content parts: {e}."),
+                )
             })?;
             parts
                 .into_iter()
@@ -538,14 +624,31 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
 
 fn image_url(raw: &str) -> Option<Cow<'_, str>> {
     if raw.starts_with('{') {
-        serde_json::from_str::<ImageUrl<'_>>(raw).ok().map(|u| u.url)
+        serde_json::from_str::<ImageUrl<'_>>(raw)
+            .ok()
+            .map(|u| u.url)
     } else {
         serde_json::from_str::<Cow<'_, str>>(raw).ok()
     }
 }
 
+/// Writes image data as a JSON string. Text that serde_json could borrow
+/// had no escapes in the request, so it is already a valid string body and
+/// megabytes of base64 are copied as they are; escaped text is re-escaped.
+fn write_image(out: &mut Vec<u8>, data: &Cow<'_, str>) {
+    match data {
+        Cow::Borrowed(raw) => {
+            out.reserve(raw.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(raw.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(text) => json_string(out, text),
+    }
+}
+
 /// The base64 payload of a `data:` image URL (SPEC.md: png, jpeg, jpg, webp, or no type).
-fn image_data(url: &str) -> Result<String, &'static str> {
+fn image_data<'a>(url: &Cow<'a, str>) -> Result<Cow<'a, str>, &'static str> {
     if url.starts_with("http://") || url.starts_with("https://") {
         return Err("image URLs are not supported, send base64 data URIs");
     }
@@ -556,15 +659,22 @@ fn image_data(url: &str) -> Result<String, &'static str> {
         "data:image/webp;base64,",
         "data:;base64,",
     ] {
-        if let Some(data) = url.strip_prefix(prefix) {
-            return Ok(data.to_owned());
+        if url.starts_with(prefix) {
+            return Ok(match url {
+                Cow::Borrowed(u) => Cow::Borrowed(&u[prefix.len()..]),
+                Cow::Owned(u) => Cow::Owned(u[prefix.len()..].to_owned()),
+            });
         }
     }
     Err("unsupported image: send a base64 data URI of a PNG, JPEG or WebP image")
 }
 
 /// The function name of the earlier assistant tool call this tool message answers.
-fn tool_name_for<'a>(messages: &'a [Message<'a>], i: usize, m: &'a Message<'a>) -> Option<Cow<'a, str>> {
+fn tool_name_for<'a>(
+    messages: &'a [Message<'a>],
+    i: usize,
+    m: &'a Message<'a>,
+) -> Option<Cow<'a, str>> {
     if let Some(name) = &m.name {
         return Some(name.clone());
     }
@@ -577,7 +687,11 @@ fn tool_name_for<'a>(messages: &'a [Message<'a>], i: usize, m: &'a Message<'a>) 
         .map(|c| c.function.name.clone())
 }
 
-fn write_native_tool_calls(out: &mut Vec<u8>, calls: &[ToolCall<'_>], i: usize) -> Result<(), ApiError> {
+fn write_native_tool_calls(
+    out: &mut Vec<u8>,
+    calls: &[ToolCall<'_>],
+    i: usize,
+) -> Result<(), ApiError> {
     out.extend_from_slice(b",\"tool_calls\":[");
     for (n, call) in calls.iter().enumerate() {
         if n > 0 {
@@ -633,8 +747,14 @@ mod tests {
 
     #[test]
     fn minimal_request_maps_model_messages_and_explicit_stream() {
-        let (n, plan) = convert(json!({"model":"llama3","messages":[{"role":"User","content":"hi \u{e9} \"x\""}]})).unwrap();
-        assert_eq!(n, json!({"model":"llama3","messages":[{"role":"user","content":"hi \u{e9} \"x\""}],"stream":false}));
+        let (n, plan) = convert(
+            json!({"model":"llama3","messages":[{"role":"User","content":"hi \u{e9} \"x\""}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            json!({"model":"llama3","messages":[{"role":"user","content":"hi \u{e9} \"x\""}],"stream":false})
+        );
         assert!(!plan.stream);
         let (n, plan) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})).unwrap();
         assert_eq!(n["stream"], true);
@@ -675,11 +795,18 @@ mod tests {
 
     #[test]
     fn image_urls_and_unknown_parts_are_refused() {
-        let e = err(json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}));
+        let e = err(
+            json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}),
+        );
         assert_eq!(e.status, 400);
-        assert_eq!(e.message, "image URLs are not supported, send base64 data URIs");
+        assert_eq!(
+            e.message,
+            "image URLs are not supported, send base64 data URIs"
+        );
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
-        let e = err(json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}));
+        let e = err(
+            json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}),
+        );
         assert!(e.message.contains("input_audio"));
     }
 
@@ -695,15 +822,29 @@ mod tests {
             n["messages"][1],
             json!({"role":"assistant","content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"get_weather","arguments":{"city":"Paris"}}}]})
         );
-        assert_eq!(n["messages"][2], json!({"role":"tool","content":"12C","tool_name":"get_weather","tool_call_id":"call_1"}));
-        let e = err(json!({"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}));
-        assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls[0].function.arguments"));
+        assert_eq!(
+            n["messages"][2],
+            json!({"role":"tool","content":"12C","tool_name":"get_weather","tool_call_id":"call_1"})
+        );
+        let e = err(
+            json!({"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}),
+        );
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].tool_calls[0].function.arguments")
+        );
     }
 
     #[test]
     fn assistant_reasoning_becomes_thinking() {
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"assistant","content":"4","reasoning":"2+2"}]})).unwrap();
-        assert_eq!(n["messages"][0], json!({"role":"assistant","content":"4","thinking":"2+2"}));
+        let (n, _) = convert(
+            json!({"model":"m","messages":[{"role":"assistant","content":"4","reasoning":"2+2"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            n["messages"][0],
+            json!({"role":"assistant","content":"4","thinking":"2+2"})
+        );
     }
 
     #[test]
@@ -718,15 +859,18 @@ mod tests {
         assert_eq!(plan.max_tokens, Some(5));
         let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":9,"stop":["a","b"]})).unwrap();
         assert_eq!(n["options"], json!({"num_predict":9,"stop":["a","b"]}));
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}]})).unwrap();
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}]})).unwrap();
         assert!(n.get("options").is_none());
     }
 
     #[test]
     fn response_format_maps_to_format() {
         let schema = json!({"type":"object","properties":{"a":{"type":"string"}}});
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],
-            "response_format":{"type":"json_schema","json_schema":{"name":"s","schema":schema}}}))
+        let (n, _) = convert(
+            json!({"model":"m","messages":[{"role":"user","content":"x"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"s","schema":schema}}}),
+        )
         .unwrap();
         assert_eq!(n["format"], schema);
         let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}})).unwrap();
@@ -735,8 +879,11 @@ mod tests {
 
     #[test]
     fn tool_choice_none_drops_tools() {
-        let tools = json!([{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]);
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools})).unwrap();
+        let tools =
+            json!([{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]);
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools}))
+                .unwrap();
         assert_eq!(n["tools"], tools);
         let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools,"tool_choice":"none"})).unwrap();
         assert!(n.get("tools").is_none());
@@ -744,7 +891,14 @@ mod tests {
 
     #[test]
     fn reasoning_effort_maps_to_think() {
-        for (effort, think) in [("none", json!(false)), ("minimal", json!("low")), ("low", json!("low")), ("medium", json!("medium")), ("high", json!("high")), ("xhigh", json!("max"))] {
+        for (effort, think) in [
+            ("none", json!(false)),
+            ("minimal", json!("low")),
+            ("low", json!("low")),
+            ("medium", json!("medium")),
+            ("high", json!("high")),
+            ("xhigh", json!("max")),
+        ] {
             let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":effort})).unwrap();
             assert_eq!(n["think"], think, "{effort}");
         }
@@ -756,37 +910,97 @@ mod tests {
     #[test]
     fn logprobs_pass_through_and_user_is_kept() {
         let (n, plan) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3,"user":"alice","unknown_field":{"x":1}})).unwrap();
-        assert_eq!((n["logprobs"].clone(), n["top_logprobs"].clone()), (json!(true), json!(3)));
+        assert_eq!(
+            (n["logprobs"].clone(), n["top_logprobs"].clone()),
+            (json!(true), json!(3))
+        );
         assert!(n.get("user").is_none() && n.get("unknown_field").is_none());
         assert_eq!(plan.user.as_deref(), Some("alice"));
     }
 
     #[test]
     fn invalid_requests_name_the_field() {
-        assert_eq!(err(json!({"messages":[{"role":"user","content":"x"}]})).param.as_deref(), Some("model"));
+        assert_eq!(
+            err(json!({"messages":[{"role":"user","content":"x"}]}))
+                .param
+                .as_deref(),
+            Some("model")
+        );
         assert_eq!(err(json!({"model":"m"})).param.as_deref(), Some("messages"));
-        assert_eq!(err(json!({"model":"m","messages":[]})).param.as_deref(), Some("messages"));
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user"}]})).param.as_deref(), Some("messages[0].content"));
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"n":2})).message, "n > 1 is not supported: send one request per choice.");
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})).param.as_deref(), Some("temperature"));
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user","content":5}]})).param.as_deref(), Some("messages[0].content"));
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]})).param.as_deref(), Some("stop"));
-        assert_eq!(err(json!({"model":"m","messages":"hi"})).param.as_deref(), Some("messages"));
+        assert_eq!(
+            err(json!({"model":"m","messages":[]})).param.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            err(json!({"model":"m","messages":[{"role":"user"}]}))
+                .param
+                .as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"n":2})).message,
+            "n > 1 is not supported: send one request per choice."
+        );
+        assert_eq!(
+            err(
+                json!({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})
+            )
+            .param
+            .as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            err(json!({"model":"m","messages":[{"role":"user","content":5}]}))
+                .param
+                .as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}))
+                .param
+                .as_deref(),
+            Some("stop")
+        );
+        assert_eq!(
+            err(json!({"model":"m","messages":"hi"})).param.as_deref(),
+            Some("messages")
+        );
     }
 
     #[test]
     fn garbage_and_hostile_bodies_are_400_not_crashes() {
         let mut out = Vec::new();
-        for body in [&b"not json"[..], b"", b"\xff\xfe", b"[1,2]", b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}"] {
+        for body in [
+            &b"not json"[..],
+            b"",
+            b"\xff\xfe",
+            b"[1,2]",
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}",
+        ] {
             assert_eq!(convert_chat(body, &mut out).unwrap_err().status, 400);
         }
         // Nesting in a field the gateway reads is refused; in an ignored field it is skipped without recursion.
         let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        let deep = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":{}}}]}}", nest(100_000));
-        assert_eq!(convert_chat(deep.as_bytes(), &mut out).unwrap_err().status, 400);
-        let deep = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"tools\":{}}}", nest(100_000));
-        assert_eq!(convert_chat(deep.as_bytes(), &mut out).unwrap_err().status, 400);
-        let deep = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"x\":{}}}", nest(100_000));
+        let deep = format!(
+            "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":{}}}]}}",
+            nest(100_000)
+        );
+        assert_eq!(
+            convert_chat(deep.as_bytes(), &mut out).unwrap_err().status,
+            400
+        );
+        let deep = format!(
+            "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"tools\":{}}}",
+            nest(100_000)
+        );
+        assert_eq!(
+            convert_chat(deep.as_bytes(), &mut out).unwrap_err().status,
+            400
+        );
+        let deep = format!(
+            "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"x\":{}}}",
+            nest(100_000)
+        );
         assert!(convert_chat(deep.as_bytes(), &mut out).is_ok());
     }
 }

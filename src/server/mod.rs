@@ -38,7 +38,9 @@ pub fn run(config: Config) -> Result<(), String> {
     let listeners = bind_listeners(config.listen, config.workers)?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
     let mut threads = Vec::new();
@@ -51,11 +53,23 @@ pub fn run(config: Config) -> Result<(), String> {
             .spawn(move || {
                 let _ = monoio::utils::bind_to_cpu_set([index % cores]);
                 let pool = Pool::new(config.upstream_limits);
-                let worker = Rc::new(Worker { index, config, upstream, pool });
-                let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(4096).enable_timer().build();
+                let worker = Rc::new(Worker {
+                    index,
+                    config,
+                    upstream,
+                    pool,
+                });
+                let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .with_entries(4096)
+                    .enable_timer()
+                    .build();
                 match built {
-                    Ok(monoio::FusionRuntime::Uring(mut rt)) => rt.block_on(worker_main(worker, listener, "io_uring", ready)),
-                    Ok(monoio::FusionRuntime::Legacy(mut rt)) => rt.block_on(worker_main(worker, listener, "epoll", ready)),
+                    Ok(monoio::FusionRuntime::Uring(mut rt)) => {
+                        rt.block_on(worker_main(worker, listener, "io_uring", ready))
+                    }
+                    Ok(monoio::FusionRuntime::Legacy(mut rt)) => {
+                        rt.block_on(worker_main(worker, listener, "epoll", ready))
+                    }
                     Err(e) => {
                         let _ = ready.send(Err(format!("cannot start worker {index}: {e}")));
                     }
@@ -94,7 +108,10 @@ async fn worker_main(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {}: cannot register listener: {e}", worker.index)));
+            let _ = ready.send(Err(format!(
+                "worker {}: cannot register listener: {e}",
+                worker.index
+            )));
             return;
         }
     };
@@ -116,7 +133,10 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
                     _ => 10,
                 };
-                crate::log::warn(format_args!("worker {}: accept failed: {e}; retrying in {pause} ms", worker.index));
+                crate::log::warn(format_args!(
+                    "worker {}: accept failed: {e}; retrying in {pause} ms",
+                    worker.index
+                ));
                 monoio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
         }
@@ -137,7 +157,9 @@ fn bind_listeners(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpL
     // With port 0, every listener must share the port the kernel picked.
     let addr = probe.local_addr().map_err(|e| e.to_string())?;
     drop(probe);
-    (0..workers).map(|_| reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))).collect()
+    (0..workers)
+        .map(|_| reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .collect()
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

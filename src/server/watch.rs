@@ -45,7 +45,11 @@ impl ClientWatch {
     pub fn start(rd: TcpOwnedReadHalf, buf: Vec<u8>, limit: usize) -> Self {
         let canceller = Canceller::new();
         let fut = Box::pin(watch(rd, buf, limit, canceller.handle()));
-        Self { fut: Some(fut), done: None, canceller }
+        Self {
+            fut: Some(fut),
+            done: None,
+            canceller,
+        }
     }
 
     /// True once the client is known to be gone.
@@ -55,11 +59,11 @@ impl ClientWatch {
 
     /// Polls the watch once, without waiting. Returns true if the client is gone.
     fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        if let Some(fut) = self.fut.as_mut() {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                self.fut = None;
-                self.done = Some(out);
-            }
+        if let Some(fut) = self.fut.as_mut()
+            && let Poll::Ready(out) = fut.as_mut().poll(cx)
+        {
+            self.fut = None;
+            self.done = Some(out);
         }
         self.client_gone()
     }
@@ -73,7 +77,11 @@ impl ClientWatch {
             if let Poll::Ready(v) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
             }
-            if self.poll_gone(cx) { Poll::Ready(None) } else { Poll::Pending }
+            if self.poll_gone(cx) {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
         })
         .await
     }
@@ -92,7 +100,12 @@ impl ClientWatch {
     }
 }
 
-async fn watch(mut rd: TcpOwnedReadHalf, mut buf: Vec<u8>, limit: usize, cancel: CancelHandle) -> WatchOutput {
+async fn watch(
+    mut rd: TcpOwnedReadHalf,
+    mut buf: Vec<u8>,
+    limit: usize,
+    cancel: CancelHandle,
+) -> WatchOutput {
     loop {
         if buf.len() >= limit {
             return (rd, buf, WatchEnd::Full);
@@ -101,12 +114,17 @@ async fn watch(mut rd: TcpOwnedReadHalf, mut buf: Vec<u8>, limit: usize, cancel:
             buf.reserve(16 * 1024);
         }
         let len = buf.len();
-        let (res, slice) = rd.cancelable_read(buf.slice_mut(len..), cancel.clone()).await;
+        let (res, slice) = rd
+            .cancelable_read(buf.slice_mut(len..), cancel.clone())
+            .await;
         buf = slice.into_inner();
         match res {
             Ok(0) => return (rd, buf, WatchEnd::Gone),
             Ok(_) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == std::io::ErrorKind::Interrupted => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ECANCELED)
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
                 return (rd, buf, WatchEnd::Cancelled);
             }
             Err(_) => return (rd, buf, WatchEnd::Gone),

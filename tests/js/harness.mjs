@@ -1,0 +1,41 @@
+// Starts the real ai-gateway and mock-ollama binaries on free ports.
+// Each prints "listening on ADDR" in its first log line; we wait for it.
+
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const GATEWAY = process.env.AI_GATEWAY_BIN ?? path.join(root, "target/debug/ai-gateway");
+export const MOCK = process.env.MOCK_OLLAMA_BIN ?? path.join(root, "target/debug/mock-ollama");
+
+export function start(bin, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let log = "";
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${bin} did not start: ${log}`));
+    }, 20000);
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (d) => {
+      log += d;
+      const m = log.match(/listening on (\S+)/);
+      if (m && timer) {
+        clearTimeout(timer);
+        resolve({ child, url: `http://${m[1]}`, stop: () => child.kill("SIGKILL") });
+      }
+    });
+    child.on("error", reject);
+  });
+}
+
+export async function startPair(mockArgs = []) {
+  const mock = await start(MOCK, ["--listen", "127.0.0.1:0", ...mockArgs]);
+  const gateway = await start(GATEWAY, ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url]);
+  mock.configure = async (knobs) => {
+    const r = await fetch(`${mock.url}/_config`, { method: "POST", body: JSON.stringify(knobs) });
+    if (r.status !== 200) throw new Error(await r.text());
+  };
+  return { mock, gateway, stop: () => { gateway.stop(); mock.stop(); } };
+}

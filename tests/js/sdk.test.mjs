@@ -1,0 +1,144 @@
+// The official OpenAI JavaScript SDK against the gateway in front of the emulator.
+
+import { test, before, after, beforeEach } from "node:test";
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { startPair } from "./harness.mjs";
+
+// What the emulator's first eight tokens spell (see WORDS in mock-ollama).
+const EIGHT_TOKENS = 'Hello world! <b> & "quoted"\n café';
+const ask = (content = "Say hello") => [{ role: "user", content }];
+
+let pair;
+let client;
+
+before(async () => {
+  pair = await startPair(["--tokens", "8"]);
+  client = new OpenAI({ baseURL: `${pair.gateway.url}/api/v1`, apiKey: "sk-test", maxRetries: 0 });
+});
+after(() => pair.stop());
+beforeEach(() => pair.mock.configure({ tokens: 8, error_after: null, thinking: 0 }));
+
+test("non-stream completion", async () => {
+  const r = await client.chat.completions.create({ model: "llama3", messages: ask("one two three") });
+  assert.match(r.id, /^chatcmpl-[A-Za-z0-9]{24,}$/);
+  assert.equal(r.object, "chat.completion");
+  assert.equal(r.model, "llama3");
+  assert.equal(r.choices[0].message.content, EIGHT_TOKENS);
+  assert.equal(r.choices[0].finish_reason, "stop");
+  assert.deepEqual(r.usage, { prompt_tokens: 4, completion_tokens: 8, total_tokens: 12 });
+});
+
+test("stream reassembles text, finish_reason and usage", async () => {
+  const stream = await client.chat.completions.create({
+    model: "llama3",
+    messages: ask(),
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = "";
+  let finish = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.choices.length) {
+      text += chunk.choices[0].delta.content ?? "";
+      finish = chunk.choices[0].finish_reason ?? finish;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, EIGHT_TOKENS);
+  assert.equal(finish, "stop");
+  assert.deepEqual(usage, { prompt_tokens: 3, completion_tokens: 8, total_tokens: 11 });
+});
+
+test("tool call round trip", async () => {
+  const tools = [
+    {
+      type: "function",
+      function: {
+        name: "get_weather",
+        parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+      },
+    },
+  ];
+  const messages = ask("What is the weather in Paris?");
+  const r = await client.chat.completions.create({ model: "llama3", messages, tools });
+  assert.equal(r.choices[0].finish_reason, "tool_calls");
+  const call = r.choices[0].message.tool_calls[0];
+  assert.equal(call.function.name, "get_weather");
+  assert.deepEqual(JSON.parse(call.function.arguments), { city: "Paris" });
+  messages.push(r.choices[0].message);
+  messages.push({ role: "tool", tool_call_id: call.id, content: "18C and sunny" });
+  const r2 = await client.chat.completions.create({ model: "llama3", messages, tools });
+  assert.equal(r2.choices[0].finish_reason, "stop");
+  assert.equal(r2.choices[0].message.content, EIGHT_TOKENS);
+
+  // With the SDK's streaming helper, which assembles tool calls from deltas.
+  const runner = client.chat.completions.stream({ model: "llama3", messages: ask("weather?"), tools });
+  const final = await runner.finalChatCompletion();
+  assert.equal(final.choices[0].finish_reason, "tool_calls");
+  assert.equal(final.choices[0].message.tool_calls[0].function.name, "get_weather");
+});
+
+test("reasoning", async () => {
+  const r = await client.chat.completions.create({ model: "qwen3:8b", messages: ask(), reasoning_effort: "high" });
+  assert.equal(r.choices[0].message.reasoning, "Let me think about");
+  const stream = await client.chat.completions.create({
+    model: "qwen3:8b",
+    messages: ask(),
+    reasoning_effort: "medium",
+    stream: true,
+  });
+  let reasoning = "";
+  let content = "";
+  for await (const chunk of stream) {
+    reasoning += chunk.choices[0]?.delta.reasoning ?? "";
+    content += chunk.choices[0]?.delta.content ?? "";
+  }
+  assert.equal(reasoning, "Let me think about");
+  assert.equal(content, EIGHT_TOKENS);
+});
+
+test("models list and retrieve", async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert.deepEqual(ids, ["llama3:latest", "qwen3:8b", "nomic-embed-text:latest"]);
+  const m = await client.models.retrieve("qwen3:8b");
+  assert.equal(m.owned_by, "library");
+});
+
+test("unknown model is NotFoundError, stream or not", async () => {
+  for (const stream of [false, true]) {
+    await assert.rejects(
+      client.chat.completions.create({ model: "llama9", messages: ask(), stream }),
+      (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && e.code === "model_not_found",
+    );
+  }
+});
+
+test("invalid input is BadRequestError", async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: "llama3", messages: [] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === "messages",
+  );
+  await assert.rejects(
+    client.chat.completions.create({
+      model: "llama3",
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://example.com/a.png" } }] }],
+    }),
+    (e) => e instanceof OpenAI.BadRequestError && /image URLs are not supported/.test(e.message),
+  );
+});
+
+test("mid-stream upstream error is APIError", async () => {
+  await pair.mock.configure({ error_after: 3 });
+  const stream = await client.chat.completions.create({ model: "llama3", messages: ask(), stream: true });
+  let got = "";
+  await assert.rejects(
+    (async () => {
+      for await (const chunk of stream) got += chunk.choices[0]?.delta.content ?? "";
+    })(),
+    (e) => e instanceof OpenAI.APIError && /an error was encountered while running the model/.test(e.message),
+  );
+  assert.equal(got, "Hello world!");
+});

@@ -1,0 +1,98 @@
+"""Fixtures that start the real ai-gateway and mock-ollama binaries.
+
+Both are started on port 0; the address each bound is read from its first
+log line. Paths come from AI_GATEWAY_BIN / MOCK_OLLAMA_BIN (set by
+scripts/test), defaulting to the debug build.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import threading
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GATEWAY = os.environ.get("AI_GATEWAY_BIN", str(ROOT / "target/debug/ai-gateway"))
+MOCK = os.environ.get("MOCK_OLLAMA_BIN", str(ROOT / "target/debug/mock-ollama"))
+
+
+class Proc:
+    def __init__(self, args, env=None):
+        self.log = []
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        ready = threading.Event()
+        self.addr = None
+
+        def pump():
+            for line in self.proc.stderr:
+                self.log.append(line)
+                if self.addr is None and "listening on " in line:
+                    self.addr = line.split("listening on ", 1)[1].split()[0]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(20) or self.addr is None:
+            self.stop()
+            raise RuntimeError(f"{args[0]} did not start: {''.join(self.log)}")
+
+    @property
+    def url(self):
+        return f"http://{self.addr}"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Mock(Proc):
+    def configure(self, **knobs):
+        req = urllib.request.Request(
+            self.url + "/_config", data=json.dumps(knobs).encode(), method="POST"
+        )
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200
+
+    def stats(self):
+        with urllib.request.urlopen(self.url + "/_stats") as r:
+            return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def mock():
+    m = Mock([MOCK, "--listen", "127.0.0.1:0", "--tokens", "8"])
+    yield m
+    m.stop()
+
+
+@pytest.fixture(autouse=True)
+def default_knobs(request):
+    """Every test starts from the emulator's default behaviour."""
+    if "mock" in request.fixturenames:
+        m = request.getfixturevalue("mock")
+        m.configure(tokens=8, error_after=None, close_after=None, thinking=0, busy=False)
+    yield
+
+
+@pytest.fixture(scope="module")
+def gateway(mock):
+    g = Proc([GATEWAY, "serve", "--listen", "127.0.0.1:0", "--upstream", mock.url])
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def client(gateway):
+    import openai
+
+    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key="sk-test", max_retries=0)

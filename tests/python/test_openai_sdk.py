@@ -1,0 +1,154 @@
+"""The official OpenAI Python SDK against the gateway in front of the emulator."""
+
+import openai
+import pytest
+
+# What the emulator's first eight tokens spell (see WORDS in mock-ollama).
+EIGHT_TOKENS = 'Hello world! <b> & "quoted"\n café'
+
+
+def ask(content="Say hello"):
+    return [{"role": "user", "content": content}]
+
+
+def test_non_stream_completion(client):
+    r = client.chat.completions.create(model="llama3", messages=ask("one two three"))
+    assert r.id.startswith("chatcmpl-") and len(r.id) >= 9 + 24
+    assert r.object == "chat.completion"
+    assert r.model == "llama3"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == EIGHT_TOKENS
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == 4
+    assert r.usage.completion_tokens == 8
+    assert r.usage.total_tokens == 12
+
+
+def test_stream_reassembles_text_with_finish_reason_and_usage(client):
+    stream = client.chat.completions.create(
+        model="llama3", messages=ask(), stream=True, stream_options={"include_usage": True}
+    )
+    text, finish, usage, ids = "", None, None, set()
+    for chunk in stream:
+        ids.add(chunk.id)
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            text += delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == EIGHT_TOKENS
+    assert finish == "stop"
+    assert usage.completion_tokens == 8 and usage.prompt_tokens == 3
+    assert len(ids) == 1
+
+
+def test_stream_without_usage_and_with_max_tokens(client):
+    stream = client.chat.completions.create(model="llama3", messages=ask(), stream=True, max_completion_tokens=3)
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello world!"
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_tool_call_round_trip(client):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    messages = ask("What is the weather in Paris?")
+    r = client.chat.completions.create(model="llama3", messages=messages, tools=tools)
+    assert r.choices[0].finish_reason == "tool_calls"
+    call = r.choices[0].message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.function.arguments == '{"city":"Paris"}'
+    messages.append(r.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"})
+    r2 = client.chat.completions.create(model="llama3", messages=messages, tools=tools)
+    assert r2.choices[0].finish_reason == "stop"
+    assert r2.choices[0].message.content == EIGHT_TOKENS
+
+    # The same call streamed.
+    stream = client.chat.completions.create(model="llama3", messages=ask("weather?"), tools=tools, stream=True)
+    calls, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            calls += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls[0].function.name == "get_weather" and calls[0].index == 0
+
+
+def test_reasoning(client):
+    r = client.chat.completions.create(model="qwen3:8b", messages=ask(), reasoning_effort="high")
+    msg = r.choices[0].message
+    assert msg.model_extra["reasoning"] == "Let me think about"
+    assert msg.content == EIGHT_TOKENS
+
+    stream = client.chat.completions.create(model="qwen3:8b", messages=ask(), reasoning_effort="low", stream=True)
+    reasoning, content = "", ""
+    for chunk in stream:
+        if chunk.choices:
+            d = chunk.choices[0].delta
+            reasoning += (d.model_extra or {}).get("reasoning") or ""
+            content += d.content or ""
+    assert reasoning == "Let me think about"
+    assert content == EIGHT_TOKENS
+
+
+def test_models_list_and_retrieve(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["llama3:latest", "qwen3:8b", "nomic-embed-text:latest"]
+    m = client.models.retrieve("llama3:latest")
+    assert m.id == "llama3:latest" and m.owned_by == "library" and m.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_model_is_not_found_error(client, stream):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="llama9", messages=ask(), stream=stream)
+    assert e.value.status_code == 404
+    assert e.value.code == "model_not_found"
+
+
+def test_invalid_input_is_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="llama3", messages=[])
+    assert e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="llama3", messages=ask(), n=2)
+    assert "n > 1" in e.value.message
+
+
+def test_mid_stream_upstream_error_is_api_error(client, mock):
+    mock.configure(error_after=3)
+    stream = client.chat.completions.create(model="llama3", messages=ask(), stream=True)
+    got = ""
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            got += chunk.choices[0].delta.content or ""
+    assert got == "Hello world!"
+    assert "an error was encountered while running the model" in str(e.value.message)
+
+
+def test_async_client_streams_too(gateway):
+    import asyncio
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="sk-test", max_retries=0)
+        stream = await client.chat.completions.create(model="llama3", messages=ask(), stream=True)
+        text = ""
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+        await client.close()
+        return text
+
+    assert asyncio.run(run()) == EIGHT_TOKENS
