@@ -9,18 +9,36 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// 16 thinking lines, 495 content lines with escapes, a tool call, the final line.
 fn stream_512() -> String {
-    let words = ["Hello", " world", "!", " \\u003cb\\u003e", " \\u0026", " \\\"quoted\\\"", "\\n", " café", " the", " model"];
+    let words = [
+        "Hello",
+        " world",
+        "!",
+        " \\u003cb\\u003e",
+        " \\u0026",
+        " \\\"quoted\\\"",
+        "\\n",
+        " café",
+        " the",
+        " model",
+    ];
     let mut s = String::new();
     let line = |msg: &str| {
-        format!(r#"{{"model":"llama3","created_at":"2026-11-24T17:15:24.097767Z","message":{{"role":"assistant",{msg}}},"done":false}}"#) + "\n"
+        format!(
+            r#"{{"model":"llama3","created_at":"2026-11-24T17:15:24.097767Z","message":{{"role":"assistant",{msg}}},"done":false}}"#
+        ) + "\n"
     };
     for i in 0..16 {
-        s += &line(&format!(r#""content":"","thinking":"{}""#, words[i % words.len()]));
+        s += &line(&format!(
+            r#""content":"","thinking":"{}""#,
+            words[i % words.len()]
+        ));
     }
     for i in 0..495 {
         s += &line(&format!(r#""content":"{}""#, words[i % words.len()]));
     }
-    s += &line(r#""content":"","tool_calls":[{"id":"call_ab12cd34","function":{"index":0,"name":"get_weather","arguments":{"city":"Paris"}}}]"#);
+    s += &line(
+        r#""content":"","tool_calls":[{"id":"call_ab12cd34","function":{"index":0,"name":"get_weather","arguments":{"city":"Paris"}}}]"#,
+    );
     s += r#"{"model":"llama3","created_at":"2026-11-24T17:15:30.19314Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":182242375,"load_duration":41295167,"prompt_eval_count":26,"prompt_eval_duration":24573166,"eval_count":512,"eval_duration":115959084}"#;
     s.push('\n');
     s
@@ -44,7 +62,17 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("plain_serde_json", |b| {
-        b.iter(|| black_box(plain::transcode("chatcmpl-0123456789abcdefghijklmnopq", "llama3", true, black_box(&input)).len()))
+        b.iter(|| {
+            black_box(
+                plain::transcode(
+                    "chatcmpl-0123456789abcdefghijklmnopq",
+                    "llama3",
+                    true,
+                    black_box(&input),
+                )
+                .len(),
+            )
+        })
     });
     let mut copy = vec![0u8; input.len()];
     g.bench_function("memcpy_floor", |b| {

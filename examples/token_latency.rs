@@ -11,7 +11,10 @@ use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -20,10 +23,20 @@ fn main() {
         eprintln!("usage: token_latency <host:port> <gateway|native> <requests>");
         std::process::exit(2);
     }
-    let (addr, mode, requests) = (&args[1], args[2].as_str(), args[3].parse::<usize>().unwrap_or(10));
+    let (addr, mode, requests) = (
+        &args[1],
+        args[2].as_str(),
+        args[3].parse::<usize>().unwrap_or(10),
+    );
     let (path, body) = match mode {
-        "gateway" => ("/v1/chat/completions", r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#),
-        _ => ("/api/chat", r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#),
+        "gateway" => (
+            "/v1/chat/completions",
+            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        ),
+        _ => (
+            "/api/chat",
+            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        ),
     };
     let mut samples: Vec<u128> = Vec::new();
     for _ in 0..requests {
@@ -39,12 +52,12 @@ fn main() {
                 Ok(_) => {}
             }
             let read_at = now_ns();
-            if let Some(i) = line.find("t=") {
-                if let Some(j) = line[i + 2..].find(';') {
-                    if let Ok(t) = line[i + 2..i + 2 + j].parse::<u128>() {
-                        samples.push(read_at.saturating_sub(t));
-                    }
-                }
+            let stamp = line
+                .find("t=")
+                .and_then(|i| line[i + 2..].find(';').map(|j| &line[i + 2..i + 2 + j]))
+                .and_then(|t| t.parse::<u128>().ok());
+            if let Some(t) = stamp {
+                samples.push(read_at.saturating_sub(t));
             }
         }
     }
@@ -54,5 +67,11 @@ fn main() {
         std::process::exit(1);
     }
     let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
-    println!("{mode}: {} tokens, p50 {:.1} us, p90 {:.1} us, p99 {:.1} us", samples.len(), q(0.5), q(0.9), q(0.99));
+    println!(
+        "{mode}: {} tokens, p50 {:.1} us, p90 {:.1} us, p99 {:.1} us",
+        samples.len(),
+        q(0.5),
+        q(0.9),
+        q(0.99)
+    );
 }

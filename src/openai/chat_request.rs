@@ -538,16 +538,24 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
             match pieces.get(n) {
                 Some(Piece::RawText(raw)) => out.extend_from_slice(raw.as_bytes()),
                 Some(Piece::Text(t)) => json_string(out, t),
-                Some(Piece::Image(_)) | None => out.extend_from_slice(b"\"\""),
+                Some(Piece::RawImage(_) | Piece::Image(_)) | None => out.extend_from_slice(b"\"\""),
             }
             if let (true, Some(t)) = (last, thinking) {
                 out.extend_from_slice(b",\"thinking\":");
                 out.extend_from_slice(t.as_bytes());
             }
-            if let Some(Piece::Image(data)) = pieces.get(n) {
-                out.extend_from_slice(b",\"images\":[");
-                write_image(out, data);
-                out.push(b']');
+            match pieces.get(n) {
+                Some(Piece::RawImage(raw)) => {
+                    out.extend_from_slice(b",\"images\":[\"");
+                    out.extend_from_slice(raw.as_bytes());
+                    out.extend_from_slice(b"\"]");
+                }
+                Some(Piece::Image(text)) => {
+                    out.extend_from_slice(b",\"images\":[");
+                    json_string(out, text);
+                    out.push(b']');
+                }
+                _ => {}
             }
             if let (true, Some(calls)) = (last, tool_calls) {
                 write_native_tool_calls(out, calls, i)?;
@@ -571,8 +579,12 @@ enum Piece<'a> {
     /// A JSON string literal from the request, copied as is.
     RawText(&'a str),
     Text(Cow<'a, str>),
-    /// Base64 image data without its data-URI prefix.
-    Image(Cow<'a, str>),
+    /// Base64 image data without its data-URI prefix, as it stood in the
+    /// request. serde_json borrows only strings without escapes, so this is a
+    /// valid JSON string body already: megabytes of base64 are copied as they are.
+    RawImage(&'a str),
+    /// Image data that had escapes in the request; it is escaped again.
+    Image(String),
 }
 
 fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiError> {
@@ -605,7 +617,11 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
                                 .image_url
                                 .and_then(|u| image_url(u.get()))
                                 .ok_or_else(|| ApiError::invalid(param(), "An image_url part needs an 'image_url.url' string."))?;
-                            image_data(&url).map(Piece::Image).map_err(|msg| ApiError::invalid(param(), msg))
+                            image_data(url)
+                                .map(|data| match data {
+                                    Cow::Borrowed(raw) => Piece::RawImage(raw),
+                                    Cow::Owned(text) => Piece::Image(text),
+                                }).map_err(|msg| ApiError::invalid(param(), msg))
                         }
                         other => Err(ApiError::invalid(
                             param(),
@@ -632,23 +648,8 @@ fn image_url(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-/// Writes image data as a JSON string. Text that serde_json could borrow
-/// had no escapes in the request, so it is already a valid string body and
-/// megabytes of base64 are copied as they are; escaped text is re-escaped.
-fn write_image(out: &mut Vec<u8>, data: &Cow<'_, str>) {
-    match data {
-        Cow::Borrowed(raw) => {
-            out.reserve(raw.len() + 2);
-            out.push(b'"');
-            out.extend_from_slice(raw.as_bytes());
-            out.push(b'"');
-        }
-        Cow::Owned(text) => json_string(out, text),
-    }
-}
-
 /// The base64 payload of a `data:` image URL (SPEC.md: png, jpeg, jpg, webp, or no type).
-fn image_data<'a>(url: &Cow<'a, str>) -> Result<Cow<'a, str>, &'static str> {
+fn image_data(url: Cow<'_, str>) -> Result<Cow<'_, str>, &'static str> {
     if url.starts_with("http://") || url.starts_with("https://") {
         return Err("image URLs are not supported, send base64 data URIs");
     }
