@@ -781,7 +781,10 @@ mod tests {
         let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":[
             {"type":"text","text":"what is this?"},
             {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}},
-            {"type":"image_url","image_url":{"url":"data:;base64,AAAA"}}
+            {"type":"image_url","image_url":{"url":"data:;base64,AAAA"}},
+            {"type":"image_url","image_url":{"url":"data:image/jpeg;base64,/9j/"}},
+            {"type":"image_url","image_url":{"url":"data:image/jpg;base64,/9j/"}},
+            {"type":"image_url","image_url":"data:image/webp;base64,UklG"}
         ]}]}))
         .unwrap();
         assert_eq!(
@@ -789,9 +792,21 @@ mod tests {
             json!([
                 {"role":"user","content":"what is this?"},
                 {"role":"user","content":"","images":["iVBORw0KGgo="]},
-                {"role":"user","content":"","images":["AAAA"]}
+                {"role":"user","content":"","images":["AAAA"]},
+                {"role":"user","content":"","images":["/9j/"]},
+                {"role":"user","content":"","images":["/9j/"]},
+                {"role":"user","content":"","images":["UklG"]}
             ])
         );
+    }
+
+    #[test]
+    fn escaped_image_data_is_unescaped_and_written_again() {
+        let mut out = Vec::new();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image\/png;base64,ab\/c"}}]}]}"#;
+        convert_chat(body, &mut out).unwrap();
+        let n: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(n["messages"][0]["images"], json!(["ab/c"]));
     }
 
     #[test]
