@@ -13,37 +13,29 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 
 fn request(conversation_bytes: usize, image_bytes: usize) -> Vec<u8> {
-    let mut messages =
-        vec![json!({"role":"system","content":"You are a helpful assistant. Answer briefly."})];
-    let turn = "Explain how <b>thread-per-core</b> servers avoid \"locks\" & why\nthat matters. "
-        .repeat(4);
+    let mut messages = vec![json!({"role":"system","content":"You are a helpful assistant. Answer briefly."})];
+    let turn = "Explain how <b>thread-per-core</b> servers avoid \"locks\" & why\nthat matters. ".repeat(4);
     while serde_json::to_vec(&messages).unwrap().len() < conversation_bytes {
         messages.push(json!({"role":"user","content": turn}));
         messages.push(json!({"role":"assistant","content": turn}));
     }
     if image_bytes > 0 {
         let data: String = (0..image_bytes)
-            .map(|i| {
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i % 64] as char
-            })
+            .map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i % 64] as char)
             .collect();
         messages.push(json!({"role":"user","content":[
             {"type":"text","text":"What is in this picture?"},
             {"type":"image_url","image_url":{"url": format!("data:image/png;base64,{data}")}}]}));
     }
-    serde_json::to_vec(
-        &json!({"model":"llama3","messages":messages,"stream":true,"temperature":0.7,
-        "max_completion_tokens":512,"stream_options":{"include_usage":true}}),
-    )
+    serde_json::to_vec(&json!({"model":"llama3","messages":messages,"stream":true,"temperature":0.7,
+        "max_completion_tokens":512,"stream_options":{"include_usage":true}}))
     .unwrap()
 }
 
 fn bench_convert(c: &mut Criterion) {
-    for (name, body) in [
-        ("1KB", request(1024, 0)),
-        ("64KB", request(64 * 1024, 0)),
-        ("2MB_image", request(1024, 2 * 1024 * 1024)),
-    ] {
+    for (name, body) in
+        [("1KB", request(1024, 0)), ("64KB", request(64 * 1024, 0)), ("2MB_image", request(1024, 2 * 1024 * 1024))]
+    {
         let mut g = c.benchmark_group(format!("chat_request_{name}"));
         g.throughput(Throughput::Bytes(body.len() as u64));
         let mut out = Vec::with_capacity(body.len() + 1024);
@@ -54,9 +46,7 @@ fn bench_convert(c: &mut Criterion) {
             })
         });
         g.bench_function("parse_serde_json_value", |b| {
-            b.iter(|| {
-                black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
-            })
+            b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap()))
         });
         let mut scratch = body.clone();
         let mut buffers = simd_json::Buffers::new(body.len());
@@ -64,11 +54,7 @@ fn bench_convert(c: &mut Criterion) {
             b.iter(|| {
                 // simd-json parses in place, so each run starts from a fresh copy (the copy is part of its cost here).
                 scratch.copy_from_slice(&body);
-                let v = simd_json::to_borrowed_value_with_buffers(
-                    black_box(&mut scratch),
-                    &mut buffers,
-                )
-                .unwrap();
+                let v = simd_json::to_borrowed_value_with_buffers(black_box(&mut scratch), &mut buffers).unwrap();
                 black_box(matches!(v, simd_json::BorrowedValue::Object(_)))
             })
         });

@@ -9,18 +9,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// 16 thinking lines, 495 content lines with escapes, a tool call, the final line.
 fn stream_512() -> String {
-    let words = [
-        "Hello",
-        " world",
-        "!",
-        " \\u003cb\\u003e",
-        " \\u0026",
-        " \\\"quoted\\\"",
-        "\\n",
-        " café",
-        " the",
-        " model",
-    ];
+    let words =
+        ["Hello", " world", "!", " \\u003cb\\u003e", " \\u0026", " \\\"quoted\\\"", "\\n", " café", " the", " model"];
     let mut s = String::new();
     let line = |msg: &str| {
         format!(
@@ -28,10 +18,7 @@ fn stream_512() -> String {
         ) + "\n"
     };
     for i in 0..16 {
-        s += &line(&format!(
-            r#""content":"","thinking":"{}""#,
-            words[i % words.len()]
-        ));
+        s += &line(&format!(r#""content":"","thinking":"{}""#, words[i % words.len()]));
     }
     for i in 0..495 {
         s += &line(&format!(r#""content":"{}""#, words[i % words.len()]));
@@ -63,15 +50,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("plain_serde_json", |b| {
         b.iter(|| {
-            black_box(
-                plain::transcode(
-                    "chatcmpl-0123456789abcdefghijklmnopq",
-                    "llama3",
-                    true,
-                    black_box(&input),
-                )
-                .len(),
-            )
+            black_box(plain::transcode("chatcmpl-0123456789abcdefghijklmnopq", "llama3", true, black_box(&input)).len())
         })
     });
     let mut copy = vec![0u8; input.len()];

@@ -11,10 +11,7 @@ use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 fn main() {
@@ -23,20 +20,12 @@ fn main() {
         eprintln!("usage: token_latency <host:port> <gateway|native> <requests>");
         std::process::exit(2);
     }
-    let (addr, mode, requests) = (
-        &args[1],
-        args[2].as_str(),
-        args[3].parse::<usize>().unwrap_or(10),
-    );
+    let (addr, mode, requests) = (&args[1], args[2].as_str(), args[3].parse::<usize>().unwrap_or(10));
     let (path, body) = match mode {
-        "gateway" => (
-            "/v1/chat/completions",
-            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-        ),
-        _ => (
-            "/api/chat",
-            r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-        ),
+        "gateway" => {
+            ("/v1/chat/completions", r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+        }
+        _ => ("/api/chat", r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#),
     };
     let mut samples: Vec<u128> = Vec::new();
     for _ in 0..requests {
@@ -67,11 +56,5 @@ fn main() {
         std::process::exit(1);
     }
     let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
-    println!(
-        "{mode}: {} tokens, p50 {:.1} us, p90 {:.1} us, p99 {:.1} us",
-        samples.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99)
-    );
+    println!("{mode}: {} tokens, p50 {:.1} us, p90 {:.1} us, p99 {:.1} us", samples.len(), q(0.5), q(0.9), q(0.99));
 }

@@ -9,10 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.
@@ -71,6 +68,28 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Reads an expiry: a duration from `now` (`90s`, `45m`, `12h`, `30d`, `2w`),
+/// a date (`2026-12-31`, meaning 00:00 UTC that day) or an RFC 3339 time.
+pub fn parse_expiry(s: &str, now: i64) -> Result<i64, String> {
+    let s = s.trim();
+    let bad = || format!("invalid expiry '{s}': use a duration like 30d, 12h or 90m, or a date like 2026-12-31");
+    if let Some(unit) = s.chars().last().filter(|c| "smhdw".contains(*c)) {
+        let n: i64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => 7 * 86_400,
+        };
+        return n.checked_mul(secs).and_then(|d| now.checked_add(d)).filter(|_| n > 0).ok_or_else(bad);
+    }
+    if s.len() == 10 {
+        return rfc3339_to_unix(format!("{s}T00:00:00Z").as_bytes()).ok_or_else(bad);
+    }
+    rfc3339_to_unix(s.as_bytes()).ok_or_else(bad)
+}
+
 /// Formats Unix seconds as RFC 3339 with nanoseconds, as Ollama does.
 pub fn unix_to_rfc3339(secs: i64, nanos: u32) -> String {
     let days = secs.div_euclid(86_400);
@@ -84,12 +103,7 @@ pub fn unix_to_rfc3339(secs: i64, nanos: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -98,17 +112,25 @@ mod tests {
 
     #[test]
     fn parses_ollama_timestamps() {
-        assert_eq!(
-            rfc3339_to_unix(b"2025-11-24T17:15:24.097767Z"),
-            Some(1_764_004_524)
-        );
+        assert_eq!(rfc3339_to_unix(b"2025-11-24T17:15:24.097767Z"), Some(1_764_004_524));
         assert_eq!(rfc3339_to_unix(b"1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            rfc3339_to_unix(b"2026-05-01T12:00:00.123+02:00"),
-            Some(1_777_629_600)
-        );
+        assert_eq!(rfc3339_to_unix(b"2026-05-01T12:00:00.123+02:00"), Some(1_777_629_600));
         assert_eq!(rfc3339_to_unix(b"2026-13-01T00:00:00Z"), None);
         assert_eq!(rfc3339_to_unix(b"garbage"), None);
+    }
+
+    #[test]
+    fn expiries_are_durations_dates_or_times() {
+        let now = 1_000_000;
+        assert_eq!(parse_expiry("30d", now), Ok(now + 30 * 86_400));
+        assert_eq!(parse_expiry("12h", now), Ok(now + 12 * 3600));
+        assert_eq!(parse_expiry("90m", now), Ok(now + 5400));
+        assert_eq!(parse_expiry("2w", now), Ok(now + 14 * 86_400));
+        assert_eq!(parse_expiry("2026-12-31", now), Ok(1_798_675_200));
+        assert_eq!(parse_expiry("2026-12-31T12:00:00Z", now), Ok(1_798_675_200 + 43_200));
+        for bad in ["", "30", "0d", "-3d", "tomorrow", "2026-13-01", "99999999999999999d"] {
+            assert!(parse_expiry(bad, now).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -117,9 +139,6 @@ mod tests {
             let s = unix_to_rfc3339(secs, 123);
             assert_eq!(rfc3339_to_unix(s.as_bytes()), Some(secs), "{s}");
         }
-        assert_eq!(
-            unix_to_rfc3339(1_764_004_524, 97_767_000),
-            "2025-11-24T17:15:24.097767000Z"
-        );
+        assert_eq!(unix_to_rfc3339(1_764_004_524, 97_767_000), "2025-11-24T17:15:24.097767000Z");
     }
 }

@@ -6,6 +6,7 @@
 //! is turned into the validated [`Config`] the workers share.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -20,11 +21,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Ollama base URL (plain HTTP).
-    #[arg(
-        long,
-        env = "AI_GATEWAY_UPSTREAM",
-        default_value = "http://127.0.0.1:11434"
-    )]
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM", default_value = "http://127.0.0.1:11434")]
     pub upstream: String,
 
     /// Worker threads, one per core, each pinned with its own listener (default: number of cores).
@@ -44,20 +41,12 @@ pub struct ServeArgs {
     pub idle_timeout: f64,
 
     /// Seconds allowed for connecting to the upstream.
-    #[arg(
-        long,
-        env = "AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT",
-        default_value_t = 3.0
-    )]
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value_t = 3.0)]
     pub upstream_connect_timeout: f64,
 
     /// Seconds to wait for the upstream's first byte, and between two reads of a
     /// streamed reply (a model loading into memory can take minutes).
-    #[arg(
-        long,
-        env = "AI_GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT",
-        default_value_t = 300.0
-    )]
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", default_value_t = 300.0)]
     pub upstream_first_byte_timeout: f64,
 
     /// Idle upstream keep-alive connections kept per worker.
@@ -67,6 +56,17 @@ pub struct ServeArgs {
     /// Seconds an idle upstream connection is kept before it is dropped.
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
     pub upstream_idle_timeout: f64,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Where the store lives; shared by `serve` and `keys`.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Directory of the LMDB store (keys; created on first start).
+    #[arg(long, env = "AI_GATEWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 /// Limits of the client-facing HTTP server.
@@ -85,6 +85,7 @@ pub struct Config {
     pub workers: usize,
     pub http: HttpLimits,
     pub upstream_limits: ClientLimits,
+    pub data_dir: PathBuf,
 }
 
 impl Config {
@@ -93,19 +94,13 @@ impl Config {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(format!(
-                    "--{name} must be a positive number of seconds, got {v}"
-                ))
+                Err(format!("--{name} must be a positive number of seconds, got {v}"))
             }
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let workers = a.workers.unwrap_or(cores);
         if workers == 0 || workers > 1024 {
-            return Err(format!(
-                "--workers must be between 1 and 1024, got {workers}"
-            ));
+            return Err(format!("--workers must be between 1 and 1024, got {workers}"));
         }
         if a.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());
@@ -125,6 +120,7 @@ impl Config {
                 max_idle: a.upstream_max_idle,
                 idle_timeout: secs("upstream-idle-timeout", a.upstream_idle_timeout)?,
             },
+            data_dir: a.data.data_dir.clone(),
         })
     }
 }

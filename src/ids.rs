@@ -41,11 +41,7 @@ mod tests {
         let b = request_id("chatcmpl-");
         assert_ne!(a, b);
         assert_eq!(a.len(), 9 + 29);
-        assert!(
-            a["chatcmpl-".len()..]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric())
-        );
+        assert!(a["chatcmpl-".len()..].chars().all(|c| c.is_ascii_alphanumeric()));
         assert!(tool_call_id().starts_with("call_"));
     }
 }

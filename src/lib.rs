@@ -6,6 +6,8 @@
 //! at the repository root is the map.
 
 pub mod api;
+pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -15,3 +17,4 @@ pub mod ollama;
 pub mod openai;
 pub mod routes;
 pub mod server;
+pub mod store;

@@ -10,9 +10,7 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn line(level: &str, msg: Arguments<'_>) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let ts = crate::clock::unix_to_rfc3339(now.as_secs() as i64, now.subsec_nanos());
     let text = format!("{} {level} {msg}\n", &ts[..23].to_owned());
     let _ = std::io::stderr().lock().write_all(text.as_bytes());

@@ -1,4 +1,5 @@
-//! The `ai-gateway` command line: `serve` runs the gateway. Nothing else lives here.
+//! The `ai-gateway` command line: `serve` runs the gateway, `keys` manages
+//! API keys. Nothing else lives here.
 
 use clap::{Parser, Subcommand};
 
@@ -17,13 +18,20 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(ai_gateway::config::ServeArgs),
+    /// Manage API keys (works while the gateway runs).
+    Keys(ai_gateway::cli::KeysArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            ai_gateway::config::Config::from_args(&args).and_then(ai_gateway::server::run)
+        Command::Serve(args) => ai_gateway::config::Config::from_args(&args).and_then(ai_gateway::server::run),
+        Command::Keys(args) => {
+            if let Err(msg) = ai_gateway::cli::run_keys(args) {
+                eprintln!("error: {msg}");
+                std::process::exit(1);
+            }
+            return;
         }
     };
     if let Err(msg) = result {

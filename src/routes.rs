@@ -14,6 +14,24 @@ pub enum Route {
     Models,
     /// `models/{id}`; the id is percent-decoded and may contain `/`.
     Model(String),
+    /// `GET|POST /admin/v1/keys`
+    AdminKeys,
+    /// `GET|PATCH|DELETE /admin/v1/keys/{id}`
+    AdminKey(String),
+    /// `POST /admin/v1/keys/{id}/rotate`
+    AdminKeyRotate(String),
+}
+
+impl Route {
+    /// Whether the route needs an API key (everything but the health check).
+    pub fn needs_key(&self) -> bool {
+        !matches!(self, Route::Health)
+    }
+
+    /// Whether the route needs a key with the admin role.
+    pub fn needs_admin(&self) -> bool {
+        matches!(self, Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_))
+    }
 }
 
 /// The result of routing a request.
@@ -33,15 +51,18 @@ pub enum Routed {
 
 const GET: &str = "GET, HEAD, OPTIONS";
 const POST: &str = "POST, OPTIONS";
+const GET_POST: &str = "GET, HEAD, POST, OPTIONS";
+const GET_PATCH_DELETE: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
 
 pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
         "/healthz" => (Route::Health, GET),
+        _ if path.starts_with("/admin/v1/") => match admin_route(&path["/admin/v1/".len()..]) {
+            Some(r) => r,
+            None => return Routed::NotFound,
+        },
         _ => {
-            let Some(rest) = path
-                .strip_prefix("/api/v1/")
-                .or_else(|| path.strip_prefix("/v1/"))
-            else {
+            let Some(rest) = path.strip_prefix("/api/v1/").or_else(|| path.strip_prefix("/v1/")) else {
                 return Routed::NotFound;
             };
             let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -57,14 +78,25 @@ pub fn route(method: Method, path: &str) -> Routed {
     };
     let allowed = match method {
         Method::Options => return Routed::Preflight { allow },
-        Method::Get | Method::Head => allow == GET,
-        Method::Post => allow == POST,
+        Method::Get | Method::Head => allow.starts_with("GET"),
+        Method::Post => allow.contains("POST"),
+        Method::Patch => allow.contains("PATCH"),
+        Method::Delete => allow.contains("DELETE"),
         Method::Other => false,
     };
-    if allowed {
-        Routed::Endpoint(route)
-    } else {
-        Routed::MethodNotAllowed { allow }
+    if allowed { Routed::Endpoint(route) } else { Routed::MethodNotAllowed { allow } }
+}
+
+fn admin_route(rest: &str) -> Option<(Route, &'static str)> {
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest == "keys" {
+        return Some((Route::AdminKeys, GET_POST));
+    }
+    let id = rest.strip_prefix("keys/")?;
+    match id.strip_suffix("/rotate") {
+        Some(id) if !id.is_empty() && !id.contains('/') => Some((Route::AdminKeyRotate(percent_decode(id)), POST)),
+        _ if !id.is_empty() && !id.contains('/') => Some((Route::AdminKey(percent_decode(id)), GET_PATCH_DELETE)),
+        _ => None,
     }
 }
 
@@ -75,9 +107,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -96,29 +126,12 @@ mod tests {
 
     #[test]
     fn both_prefixes_route_the_same() {
-        for p in [
-            "/api/v1/chat/completions",
-            "/v1/chat/completions",
-            "/v1/chat/completions/",
-        ] {
-            assert_eq!(
-                route(Method::Post, p),
-                Routed::Endpoint(Route::ChatCompletions),
-                "{p}"
-            );
+        for p in ["/api/v1/chat/completions", "/v1/chat/completions", "/v1/chat/completions/"] {
+            assert_eq!(route(Method::Post, p), Routed::Endpoint(Route::ChatCompletions), "{p}");
         }
-        assert_eq!(
-            route(Method::Get, "/api/v1/models"),
-            Routed::Endpoint(Route::Models)
-        );
-        assert_eq!(
-            route(Method::Head, "/v1/models"),
-            Routed::Endpoint(Route::Models)
-        );
-        assert_eq!(
-            route(Method::Get, "/healthz"),
-            Routed::Endpoint(Route::Health)
-        );
+        assert_eq!(route(Method::Get, "/api/v1/models"), Routed::Endpoint(Route::Models));
+        assert_eq!(route(Method::Head, "/v1/models"), Routed::Endpoint(Route::Models));
+        assert_eq!(route(Method::Get, "/healthz"), Routed::Endpoint(Route::Health));
     }
 
     #[test]
@@ -131,35 +144,33 @@ mod tests {
             route(Method::Get, "/v1/models/hf.co/x/y:q4"),
             Routed::Endpoint(Route::Model("hf.co/x/y:q4".into()))
         );
-        assert_eq!(
-            route(Method::Get, "/v1/models/bad%zz"),
-            Routed::Endpoint(Route::Model("bad%zz".into()))
-        );
-        assert_eq!(
-            route(Method::Get, "/v1/models/a%2"),
-            Routed::Endpoint(Route::Model("a%2".into()))
-        );
+        assert_eq!(route(Method::Get, "/v1/models/bad%zz"), Routed::Endpoint(Route::Model("bad%zz".into())));
+        assert_eq!(route(Method::Get, "/v1/models/a%2"), Routed::Endpoint(Route::Model("a%2".into())));
     }
 
     #[test]
     fn wrong_methods_unknown_paths_and_preflight() {
-        assert_eq!(
-            route(Method::Get, "/v1/chat/completions"),
-            Routed::MethodNotAllowed { allow: POST }
-        );
-        assert_eq!(
-            route(Method::Post, "/v1/models"),
-            Routed::MethodNotAllowed { allow: GET }
-        );
-        assert_eq!(
-            route(Method::Options, "/v1/chat/completions"),
-            Routed::Preflight { allow: POST }
-        );
+        assert_eq!(route(Method::Get, "/v1/chat/completions"), Routed::MethodNotAllowed { allow: POST });
+        assert_eq!(route(Method::Post, "/v1/models"), Routed::MethodNotAllowed { allow: GET });
+        assert_eq!(route(Method::Options, "/v1/chat/completions"), Routed::Preflight { allow: POST });
         assert_eq!(route(Method::Get, "/v2/models"), Routed::NotFound);
-        assert_eq!(
-            route(Method::Get, "/v1/models/"),
-            Routed::Endpoint(Route::Models)
-        );
+        assert_eq!(route(Method::Get, "/v1/models/"), Routed::Endpoint(Route::Models));
         assert_eq!(route(Method::Get, "/"), Routed::NotFound);
+    }
+
+    #[test]
+    fn admin_routes() {
+        assert_eq!(route(Method::Post, "/admin/v1/keys"), Routed::Endpoint(Route::AdminKeys));
+        assert_eq!(route(Method::Get, "/admin/v1/keys/"), Routed::Endpoint(Route::AdminKeys));
+        assert_eq!(route(Method::Patch, "/admin/v1/keys/key_1"), Routed::Endpoint(Route::AdminKey("key_1".into())));
+        assert_eq!(route(Method::Delete, "/admin/v1/keys/key_1"), Routed::Endpoint(Route::AdminKey("key_1".into())));
+        assert_eq!(
+            route(Method::Post, "/admin/v1/keys/key_1/rotate"),
+            Routed::Endpoint(Route::AdminKeyRotate("key_1".into()))
+        );
+        assert_eq!(route(Method::Get, "/admin/v1/keys/key_1/rotate"), Routed::MethodNotAllowed { allow: POST });
+        assert_eq!(route(Method::Post, "/admin/v1/keys/key_1"), Routed::MethodNotAllowed { allow: GET_PATCH_DELETE });
+        assert_eq!(route(Method::Get, "/admin/v1/nope"), Routed::NotFound);
+        assert!(Route::AdminKeys.needs_admin() && Route::Models.needs_key() && !Route::Health.needs_key());
     }
 }

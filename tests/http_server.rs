@@ -25,13 +25,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     for _ in 0..5 {
         send(&mut s, "POST", "/v1/chat/completions", Some(&body), &[]);
         assert_eq!(read_response(&mut r, false).unwrap().status, 200);
-        send(
-            &mut s,
-            "POST",
-            "/v1/chat/completions",
-            Some(&chat_body("llama3", true)),
-            &[],
-        );
+        send(&mut s, "POST", "/v1/chat/completions", Some(&chat_body("llama3", true)), &[]);
         let resp = read_response(&mut r, false).unwrap();
         assert!(resp.text().ends_with("data: [DONE]\n\n"));
     }
@@ -44,19 +38,14 @@ fn pipelined_requests_are_answered_in_order() {
     let mut s = connect(g.addr);
     let chat = chat_body("llama3", false);
     let req = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{chat}GET /v1/nope HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\n\r\n{chat}GET /v1/nope HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: {ADMIN_KEY}\r\nConnection: close\r\n\r\n",
         chat.len()
     );
     s.write_all(req.as_bytes()).unwrap();
     let mut r = BufReader::new(s);
-    let statuses: Vec<u16> = (0..4)
-        .map(|_| read_response(&mut r, false).unwrap().status)
-        .collect();
+    let statuses: Vec<u16> = (0..4).map(|_| read_response(&mut r, false).unwrap().status).collect();
     assert_eq!(statuses, [200, 200, 404, 200]);
-    assert!(
-        read_response(&mut r, false).is_none(),
-        "connection closes after Connection: close"
-    );
+    assert!(read_response(&mut r, false).is_none(), "connection closes after Connection: close");
 }
 
 #[test]
@@ -66,20 +55,14 @@ fn chunked_request_body_and_expect_continue() {
     let body = chat_body("llama3", false);
     let (a, b) = body.split_at(10);
     let mut s = connect(g.addr);
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
-        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let interim = read_response(&mut r, false).unwrap();
     assert_eq!(interim.status, 100);
-    s.write_all(
-        format!(
-            "{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
-            a.len(),
-            b.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    s.write_all(format!("{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).as_bytes()).unwrap();
     let resp = read_response(&mut r, false).unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.json()["object"], "chat.completion");
@@ -91,8 +74,7 @@ fn oversized_head_is_431_and_oversized_body_is_413() {
     let g = gateway(&m, &["--max-body-bytes", "1000"]);
     let mut s = connect(g.addr);
     let big = "a".repeat(70 * 1024);
-    let _ =
-        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let _ = s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
     let resp = read_response(&mut BufReader::new(s), false).unwrap();
     assert_eq!(resp.status, 431);
     assert_eq!(resp.header("connection"), Some("close"));
@@ -129,10 +111,7 @@ fn ambiguous_framing_is_400_and_closes() {
         let resp = read_response(&mut r, false).unwrap();
         assert_eq!(resp.status, 400, "{head:?}");
         assert_eq!(resp.json()["error"]["type"], "invalid_request_error");
-        assert!(
-            read_response(&mut r, false).is_none(),
-            "connection must close after {head:?}"
-        );
+        assert!(read_response(&mut r, false).is_none(), "connection must close after {head:?}");
     }
 }
 
@@ -161,13 +140,7 @@ fn head_and_options_preflight() {
     let resp = request(g.addr, "HEAD", "/v1/models", None);
     assert_eq!(resp.status, 200);
     assert!(resp.body.is_empty());
-    assert!(
-        resp.header("content-length")
-            .unwrap()
-            .parse::<usize>()
-            .unwrap()
-            > 10
-    );
+    assert!(resp.header("content-length").unwrap().parse::<usize>().unwrap() > 10);
 
     let mut s = connect(g.addr);
     send(
@@ -178,40 +151,20 @@ fn head_and_options_preflight() {
         &[
             ("Origin", "http://localhost:5173"),
             ("Access-Control-Request-Method", "POST"),
-            (
-                "Access-Control-Request-Headers",
-                "authorization, content-type",
-            ),
+            ("Access-Control-Request-Headers", "authorization, content-type"),
         ],
     );
     let resp = read_response(&mut BufReader::new(s), false).unwrap();
     assert_eq!(resp.status, 204);
     assert_eq!(resp.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(
-        resp.header("access-control-allow-headers"),
-        Some("authorization, content-type")
-    );
-    assert!(
-        resp.header("access-control-allow-methods")
-            .unwrap()
-            .contains("POST")
-    );
+    assert_eq!(resp.header("access-control-allow-headers"), Some("authorization, content-type"));
+    assert!(resp.header("access-control-allow-methods").unwrap().contains("POST"));
 
     let mut s = connect(g.addr);
-    send(
-        &mut s,
-        "GET",
-        "/v1/models",
-        None,
-        &[("Origin", "http://localhost:5173")],
-    );
+    send(&mut s, "GET", "/v1/models", None, &[("Origin", "http://localhost:5173")]);
     let resp = read_response(&mut BufReader::new(s), false).unwrap();
     assert_eq!(resp.header("access-control-allow-origin"), Some("*"));
-    assert!(
-        resp.header("access-control-expose-headers")
-            .unwrap()
-            .contains("x-request-id")
-    );
+    assert!(resp.header("access-control-expose-headers").unwrap().contains("x-request-id"));
 }
 
 #[test]
@@ -230,14 +183,8 @@ fn unknown_routes_and_wrong_methods_get_openai_errors_and_request_ids() {
 
     let resp = request(g.addr, "DELETE", "/v1/models", None);
     assert_eq!(resp.status, 405);
-    let ids: std::collections::HashSet<String> = (0..50)
-        .map(|_| {
-            get(g.addr, "/healthz")
-                .header("x-request-id")
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids: std::collections::HashSet<String> =
+        (0..50).map(|_| get(g.addr, "/healthz").header("x-request-id").unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 50, "request ids are unique");
 }
 

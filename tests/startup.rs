@@ -8,15 +8,15 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn run_gateway(args: &[&str]) -> (i32, String) {
+    let dir = temp_data_dir();
     let out = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
         .args(args)
+        .env("AI_GATEWAY_DATA_DIR", &dir)
         .stdin(Stdio::null())
         .output()
         .expect("run ai-gateway");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -25,10 +25,7 @@ fn startup_log_names_the_driver_address_and_upstream() {
     let g = gateway(&m, &["--workers", "2"]);
     let log = g.log_text();
     assert!(log.contains(&format!("listening on {}", g.addr)), "{log}");
-    assert!(
-        log.contains("driver io_uring") || log.contains("driver epoll"),
-        "{log}"
-    );
+    assert!(log.contains("driver io_uring") || log.contains("driver epoll"), "{log}");
     assert!(log.contains("2 workers"), "{log}");
     assert!(log.contains(&m.url()), "{log}");
 }
@@ -38,24 +35,13 @@ fn a_port_held_by_another_process_is_a_clear_error() {
     let m = mock(&[]);
     let g = gateway(&m, &[]);
     // A second gateway on the same port must not share it silently.
-    let (code, err) = run_gateway(&[
-        "serve",
-        "--listen",
-        &g.addr.to_string(),
-        "--upstream",
-        &m.url(),
-    ]);
+    let (code, err) = run_gateway(&["serve", "--listen", &g.addr.to_string(), "--upstream", &m.url()]);
     assert_ne!(code, 0);
     assert!(err.contains("already in use"), "{err}");
     // Nor next to a plain socket.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (code, err) = run_gateway(&[
-        "serve",
-        "--listen",
-        &holder.local_addr().unwrap().to_string(),
-        "--upstream",
-        &m.url(),
-    ]);
+    let (code, err) =
+        run_gateway(&["serve", "--listen", &holder.local_addr().unwrap().to_string(), "--upstream", &m.url()]);
     assert_ne!(code, 0);
     assert!(err.contains("already in use"), "{err}");
 }
@@ -73,13 +59,7 @@ fn epoll_fallback_serves_the_same() {
 
 #[test]
 fn bad_configuration_is_refused_with_a_message() {
-    let (code, err) = run_gateway(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "https://ollama.example:11434",
-    ]);
+    let (code, err) = run_gateway(&["serve", "--listen", "127.0.0.1:0", "--upstream", "https://ollama.example:11434"]);
     assert_ne!(code, 0);
     assert!(err.contains("https is not supported"), "{err}");
     let (code, err) = run_gateway(&["serve", "--listen", "127.0.0.1:0", "--workers", "0"]);
@@ -93,18 +73,20 @@ fn bad_configuration_is_refused_with_a_message() {
 #[test]
 fn settings_come_from_the_environment_too() {
     let m = mock(&[]);
-    let g = start(
+    let dir = temp_data_dir();
+    let mut g = start(
         env!("CARGO_BIN_EXE_ai-gateway"),
         &["serve".into()],
         &[
             ("AI_GATEWAY_LISTEN", "127.0.0.1:0"),
             ("AI_GATEWAY_UPSTREAM", &m.url()),
             ("AI_GATEWAY_WORKERS", "1"),
+            ("AI_GATEWAY_DATA_DIR", dir.to_str().unwrap()),
+            ("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY),
         ],
     );
+    g.data_dir = Some(dir.clone());
+    assert!(dir.join("data.mdb").exists(), "the store is created in AI_GATEWAY_DATA_DIR");
     assert!(g.log_text().contains("1 workers"), "{}", g.log_text());
-    assert_eq!(
-        post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status,
-        200
-    );
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
 }

@@ -25,6 +25,7 @@ use crate::openai::write::Usage;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn, cors};
 use crate::server::watch::ClientWatch;
+use crate::store::keys::KeyRecord;
 
 /// How long to wait for the upstream's end-of-body after the final line
 /// before giving up on reusing the connection.
@@ -38,7 +39,7 @@ pub struct ChatOutcome {
     pub upstream_failed: bool,
 }
 
-pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn) -> After {
+pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) -> After {
     // Convert the OpenAI request into the native body.
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
     let plan = match convert_chat(&conn.req.body, &mut native) {
@@ -48,16 +49,15 @@ pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn) -> After {
             return After::KeepAlive;
         }
     };
-    let mut request = Vec::with_capacity(native.len() + 160);
-    worker
-        .upstream
-        .request(&mut request, "POST", "/api/chat", Some(&native));
-
-    if plan.stream {
-        stream(worker, conn, &plan, &request).await.0
-    } else {
-        whole(worker, conn, &plan, &request).await
+    // The key's model allowlist.
+    if !key.allows_model(&plan.model) {
+        conn.error(&crate::auth::model_not_allowed(key, &plan.model));
+        return After::KeepAlive;
     }
+    let mut request = Vec::with_capacity(native.len() + 160);
+    worker.upstream.request(&mut request, "POST", "/api/chat", Some(&native));
+
+    if plan.stream { stream(worker, conn, &plan, &request).await.0 } else { whole(worker, conn, &plan, &request).await }
 }
 
 /// A non-streamed completion: one upstream reply, one JSON response.
@@ -84,36 +84,20 @@ async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]
 }
 
 /// A streamed completion: SSE to the client as the upstream produces lines.
-async fn stream(
-    worker: &Worker,
-    conn: &mut Conn,
-    plan: &ChatPlan,
-    request: &[u8],
-) -> (After, ChatOutcome) {
+async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> (After, ChatOutcome) {
     let Some(mut split) = Split::new(conn) else {
         return (After::Close, ChatOutcome::default());
     };
     let mut outcome = ChatOutcome::default();
-    let sent = client::send(
-        &worker.upstream,
-        &worker.pool,
-        request,
-        &mut split.watch,
-        Vec::with_capacity(16 * 1024),
-    )
-    .await;
+    let sent =
+        client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await;
     let ex = match sent {
         Ok(ex) if ex.head.status == 200 => ex,
         Ok(ex) => {
             // An error before the stream started is a plain JSON response.
             let status = ex.head.status;
-            let read = client::read_full_body(
-                ex,
-                &mut split.watch,
-                worker.pool.limits().read_timeout,
-                1024 * 1024,
-            )
-            .await;
+            let read =
+                client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, 1024 * 1024).await;
             let err = match read {
                 Ok((body, reusable)) => {
                     if let Some(c) = reusable {
@@ -122,9 +106,7 @@ async fn stream(
                     upstream_error(status, &body, &plan.model)
                 }
                 Err(ExchangeError::Api(e)) => e,
-                Err(ExchangeError::ClientGone) => {
-                    crate::openai::error::ApiError::upstream(status, String::new())
-                }
+                Err(ExchangeError::ClientGone) => crate::openai::error::ApiError::upstream(status, String::new()),
             };
             outcome.upstream_failed = true;
             let after = split.rejoin(conn).await;
@@ -152,32 +134,15 @@ async fn stream(
     let mut out = Vec::with_capacity(16 * 1024);
     let h = ResponseHead::new(&mut out, 200).header("x-request-id", conn.req.id.as_bytes());
     let h = if conn.req.origin { cors(h) } else { h };
-    h.header("Cache-Control", b"no-cache")
-        .connection(conn.req.keep_alive)
-        .chunked("text/event-stream");
+    h.header("Cache-Control", b"no-cache").connection(conn.req.keep_alive).chunked("text/event-stream");
 
     let mut transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
-    let relayed = relay(
-        ex,
-        &mut transcoder,
-        &mut split.watch,
-        &mut split.wr,
-        out,
-        worker,
-    )
-    .await;
+    let relayed = relay(ex, &mut transcoder, &mut split.watch, &mut split.wr, out, worker).await;
     outcome.usage = transcoder.usage;
     outcome.upstream_failed = transcoder.end() == StreamEnd::Failed;
     outcome.client_gone = relayed.is_err();
     let after = split.rejoin(conn).await;
-    (
-        if relayed.is_err() {
-            After::Close
-        } else {
-            after
-        },
-        outcome,
-    )
+    (if relayed.is_err() { After::Close } else { after }, outcome)
 }
 
 /// Relays the upstream body through the transcoder to the client until the
@@ -191,12 +156,7 @@ async fn relay(
     mut out: Vec<u8>,
     worker: &Worker,
 ) -> Result<(), ()> {
-    let client::Exchange {
-        mut conn,
-        head,
-        body: mut decoder,
-        early,
-    } = ex;
+    let client::Exchange { mut conn, head, body: mut decoder, early } = ex;
     let read_timeout = worker.pool.limits().read_timeout;
     let mut sse = Vec::with_capacity(16 * 1024);
     let mut buf = early;
@@ -224,16 +184,11 @@ async fn relay(
         }
         // Wait for the next piece, or the client leaving, or the upstream stalling.
         buf.clear();
-        let next = watch
-            .race(monoio::time::timeout(read_timeout, read_owned(conn, buf)))
-            .await;
+        let next = watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await;
         let (c, res, b) = match next {
             None => return Err(()),
             Some(Err(_)) => {
-                t.fail(
-                    &mut sse,
-                    b"the model server stopped sending (read timed out)",
-                );
+                t.fail(&mut sse, b"the model server stopped sending (read timed out)");
                 frame(&mut out, &sse, true);
                 let (res, _) = wr.write_all(out).await;
                 return res.map(|_| ()).map_err(|_| ());
@@ -259,10 +214,7 @@ async fn relay(
         while !decoder.is_done() {
             buf.clear();
             let wait = deadline.saturating_duration_since(Instant::now());
-            let Some(Ok((c, Ok(n), b))) = watch
-                .race(monoio::time::timeout(wait, read_owned(conn, buf)))
-                .await
-            else {
+            let Some(Ok((c, Ok(n), b))) = watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await else {
                 return Ok(());
             };
             if n == 0 || decoder.feed(&b, &mut |_| {}).is_err() {

@@ -6,6 +6,7 @@
 //! convert → forward → transcode. Keys, limits and usage slot in between
 //! routing and the endpoint as their own steps.
 
+pub mod admin;
 pub mod chat;
 pub mod health;
 pub mod models;
@@ -23,6 +24,7 @@ use crate::routes::{Route, Routed};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn, MAX_HEAD, cors};
 use crate::server::watch::{ClientWatch, WatchEnd};
+use crate::store::keys::{KeyRecord, Role};
 
 /// Largest non-streamed upstream reply the gateway buffers.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -52,19 +54,45 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
     };
     // 2. Name the request: a chat completion's id doubles as its request id.
-    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions {
-        "chatcmpl-"
-    } else {
-        "req-"
-    });
+    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions { "chatcmpl-" } else { "req-" });
 
-    // 3. The endpoint.
-    match route {
-        Route::Health => health::healthz(conn),
-        Route::Models => models::list(worker, conn).await,
-        Route::Model(id) => models::retrieve(worker, conn, &id).await,
-        Route::ChatCompletions => chat::completions(worker, conn).await,
+    // 3. Authenticate: the key's live record, read now, so changes apply at once.
+    let key = if route.needs_key() {
+        match authenticate(worker, conn, &route) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                conn.error(&e);
+                return After::KeepAlive;
+            }
+        }
+    } else {
+        None
+    };
+
+    // 4. The endpoint.
+    match (route, key) {
+        (Route::Health, _) => health::healthz(conn),
+        (Route::Models, Some(key)) => models::list(worker, conn, &key).await,
+        (Route::Model(id), Some(key)) => models::retrieve(worker, conn, &key, &id).await,
+        (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, &key).await,
+        (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
+        (Route::AdminKey(id), Some(_)) => admin::key(worker, conn, &id).await,
+        (Route::AdminKeyRotate(id), Some(_)) => admin::rotate(worker, conn, &id).await,
+        (_, None) => {
+            conn.error(&crate::auth::missing_key());
+            After::KeepAlive
+        }
     }
+}
+
+/// The presented key's record if it is active and may use the route.
+fn authenticate(worker: &Worker, conn: &Conn, route: &Route) -> Result<Rc<KeyRecord>, ApiError> {
+    let secret = crate::auth::presented_key(conn.req.authorization.as_deref()).ok_or_else(crate::auth::missing_key)?;
+    let key = worker.keys.authenticate(worker.store, secret, crate::clock::unix_now())?;
+    if route.needs_admin() && key.role != Role::Admin {
+        return Err(crate::auth::admin_required());
+    }
+    Ok(key)
 }
 
 /// Answers a CORS preflight.
@@ -98,10 +126,7 @@ impl Split {
         let stream = conn.stream.take()?;
         let (rd, wr) = stream.into_split();
         let buf = std::mem::take(&mut conn.inbuf);
-        Some(Self {
-            watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024),
-            wr,
-        })
+        Some(Self { watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024), wr })
     }
 
     /// Puts the connection back together. Returns `After::Close` when the
@@ -115,11 +140,7 @@ impl Split {
         match rd.reunite(self.wr) {
             Ok(stream) => {
                 conn.stream = Some(stream);
-                if end == WatchEnd::Full {
-                    After::Close
-                } else {
-                    After::KeepAlive
-                }
+                if end == WatchEnd::Full { After::Close } else { After::KeepAlive }
             }
             Err(_) => After::Close,
         }
@@ -138,22 +159,11 @@ pub async fn upstream_json(
         return Err(None);
     };
     let result = async {
-        let ex = client::send(
-            &worker.upstream,
-            &worker.pool,
-            request,
-            &mut split.watch,
-            Vec::with_capacity(16 * 1024),
-        )
-        .await?;
+        let ex = client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024))
+            .await?;
         let status = ex.head.status;
-        let (body, reusable) = client::read_full_body(
-            ex,
-            &mut split.watch,
-            worker.pool.limits().read_timeout,
-            MAX_UPSTREAM_BODY,
-        )
-        .await?;
+        let (body, reusable) =
+            client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, MAX_UPSTREAM_BODY).await?;
         if let Some(c) = reusable {
             worker.pool.put(c);
         }
@@ -186,24 +196,14 @@ pub fn upstream_error(status: u16, body: &[u8], model: &str) -> ApiError {
         .and_then(|l| l.error)
         .map(native_error_message)
         .unwrap_or_else(|| format!("The model server answered with status {status}."));
-    let status = if (400..600).contains(&status) {
-        status
-    } else {
-        502
-    };
+    let status = if (400..600).contains(&status) { status } else { 502 };
     ApiError::upstream(status, message)
 }
 
 /// Writes a JSON response head and body for the client through the write
 /// half of a split connection (used before a stream has started).
-pub fn json_response(
-    out: &mut Vec<u8>,
-    conn_req: &crate::server::conn::Request,
-    status: u16,
-    body: &[u8],
-) {
+pub fn json_response(out: &mut Vec<u8>, conn_req: &crate::server::conn::Request, status: u16, body: &[u8]) {
     let h = ResponseHead::new(out, status).header("x-request-id", conn_req.id.as_bytes());
     let h = if conn_req.origin { cors(h) } else { h };
-    h.connection(conn_req.keep_alive)
-        .body("application/json", body, false);
+    h.connection(conn_req.keep_alive).body("application/json", body, false);
 }

@@ -15,6 +15,7 @@ use crate::openai::error::ApiError;
 use crate::openai::write::{json_string, number};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
+use crate::store::keys::KeyRecord;
 
 #[derive(Deserialize)]
 struct Tags<'a> {
@@ -42,28 +43,20 @@ pub struct ModelEntry {
 
 /// Reads an `/api/tags` reply into model entries.
 pub fn models_from_tags(body: &[u8]) -> Result<Vec<ModelEntry>, ApiError> {
-    let tags: Tags<'_> = parse_json(body).map_err(|_| {
-        ApiError::upstream(502, "The model server sent an invalid model list.".into())
-    })?;
+    let tags: Tags<'_> =
+        parse_json(body).map_err(|_| ApiError::upstream(502, "The model server sent an invalid model list.".into()))?;
     Ok(tags
         .models
         .unwrap_or_default()
         .into_iter()
         .filter_map(|t| {
             let id = t.model.filter(|m| !m.is_empty()).or(t.name)?.into_owned();
-            let created = t
-                .modified_at
-                .and_then(|m| crate::clock::rfc3339_to_unix(m.as_bytes()))
-                .unwrap_or(0);
+            let created = t.modified_at.and_then(|m| crate::clock::rfc3339_to_unix(m.as_bytes())).unwrap_or(0);
             let owned_by = match id.rsplit_once('/') {
                 Some((ns, _)) => ns.rsplit('/').next().unwrap_or(ns).to_owned(),
                 None => "library".to_owned(),
             };
-            Some(ModelEntry {
-                id,
-                created,
-                owned_by,
-            })
+            Some(ModelEntry { id, created, owned_by })
         })
         .collect())
 }
@@ -94,34 +87,34 @@ pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
 
 async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Option<ApiError>> {
     let mut request = Vec::with_capacity(128);
-    worker
-        .upstream
-        .request(&mut request, "GET", "/api/tags", None);
+    worker.upstream.request(&mut request, "GET", "/api/tags", None);
     match upstream_json(worker, conn, &request).await? {
         (200, body) => models_from_tags(&body).map_err(Some),
         (status, body) => Err(Some(upstream_error(status, &body, ""))),
     }
 }
 
-pub async fn list(worker: &Worker, conn: &mut Conn) -> After {
+pub async fn list(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
     match fetch(worker, conn).await {
-        Ok(models) => conn.json(200, &list_body(&models)),
+        Ok(mut models) => {
+            // A key sees only the models it may use.
+            models.retain(|m| key.allows_model(&m.id));
+            conn.json(200, &list_body(&models))
+        }
         Err(Some(e)) => conn.error(&e),
         Err(None) => return After::Close,
     }
     After::KeepAlive
 }
 
-pub async fn retrieve(worker: &Worker, conn: &mut Conn, id: &str) -> After {
+pub async fn retrieve(worker: &Worker, conn: &mut Conn, key: &KeyRecord, id: &str) -> After {
     match fetch(worker, conn).await {
-        Ok(models) => {
+        Ok(mut models) => {
+            // A model the key may not use does not exist for it.
+            models.retain(|m| key.allows_model(&m.id));
             // `llama3` finds `llama3:latest`, as Ollama resolves it.
             let latest = format!("{id}:latest");
-            match models
-                .iter()
-                .find(|m| m.id == id)
-                .or_else(|| models.iter().find(|m| m.id == latest))
-            {
+            match models.iter().find(|m| m.id == id).or_else(|| models.iter().find(|m| m.id == latest)) {
                 Some(m) => {
                     let mut out = Vec::with_capacity(128);
                     write_model(&mut out, m);
@@ -150,21 +143,9 @@ mod tests {
         assert_eq!(
             models,
             vec![
-                ModelEntry {
-                    id: "llama3:latest".into(),
-                    created: 1_777_629_600,
-                    owned_by: "library".into()
-                },
-                ModelEntry {
-                    id: "mistralai/mistral:7b".into(),
-                    created: 1_777_629_600,
-                    owned_by: "mistralai".into()
-                },
-                ModelEntry {
-                    id: "hf.co/bartowski/qwen:q4".into(),
-                    created: 0,
-                    owned_by: "bartowski".into()
-                },
+                ModelEntry { id: "llama3:latest".into(), created: 1_777_629_600, owned_by: "library".into() },
+                ModelEntry { id: "mistralai/mistral:7b".into(), created: 1_777_629_600, owned_by: "mistralai".into() },
+                ModelEntry { id: "hf.co/bartowski/qwen:q4".into(), created: 0, owned_by: "bartowski".into() },
             ]
         );
         assert_eq!(
@@ -176,10 +157,7 @@ mod tests {
     #[test]
     fn null_or_missing_list_is_an_empty_array() {
         for body in [&br#"{"models":null}"#[..], b"{}"] {
-            assert_eq!(
-                list_body(&models_from_tags(body).unwrap()),
-                br#"{"object":"list","data":[]}"#
-            );
+            assert_eq!(list_body(&models_from_tags(body).unwrap()), br#"{"object":"list","data":[]}"#);
         }
     }
 }

@@ -35,10 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The emulator's behaviour. Every field is a flag and a key of `POST /_config`.
 #[derive(Parser, Debug, Clone, Serialize, Deserialize)]
-#[command(
-    name = "mock-ollama",
-    about = "Ollama emulator for testing and benchmarking ai-gateway"
-)]
+#[command(name = "mock-ollama", about = "Ollama emulator for testing and benchmarking ai-gateway")]
 #[serde(default, deny_unknown_fields)]
 struct Knobs {
     /// Address to listen on (port 0 picks a free port; the log says which).
@@ -50,11 +47,7 @@ struct Knobs {
     #[serde(skip)]
     workers: usize,
     /// Models served (comma-separated); others get 404.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "llama3:latest,qwen3:8b,nomic-embed-text:latest"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "llama3:latest,qwen3:8b,nomic-embed-text:latest")]
     models: Vec<String>,
     /// Tokens (content lines) per reply.
     #[arg(long, default_value_t = 8)]
@@ -182,18 +175,7 @@ struct Shared {
 
 /// The words replies are made of: plain text, characters Go escapes, quotes,
 /// a newline, non-ASCII and an emoji, so every escape path is exercised.
-const WORDS: [&str; 10] = [
-    "Hello",
-    " world",
-    "!",
-    " <b>",
-    " &",
-    " \"quoted\"",
-    "\n",
-    " café",
-    " 😀",
-    " fin",
-];
+const WORDS: [&str; 10] = ["Hello", " world", "!", " <b>", " &", " \"quoted\"", "\n", " café", " 😀", " fin"];
 
 fn main() {
     let mut knobs = Knobs::parse();
@@ -215,20 +197,14 @@ fn main() {
     };
     let addr = probe.local_addr().unwrap_or(addr);
     drop(probe);
-    let shared = Arc::new(Shared {
-        knobs: RwLock::new(knobs),
-        stats: Stats::default(),
-    });
+    let shared = Arc::new(Shared { knobs: RwLock::new(knobs), stats: Stats::default() });
     let mut threads = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel();
     for i in 0..workers {
         let shared = shared.clone();
         let tx = tx.clone();
         threads.push(std::thread::spawn(move || {
-            let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build()
-            {
+            let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(format!("runtime: {e}")));
@@ -236,10 +212,7 @@ fn main() {
                 }
             };
             let run = async move {
-                let opts = monoio::net::ListenerOpts::default()
-                    .reuse_port(true)
-                    .reuse_addr(true)
-                    .backlog(4096);
+                let opts = monoio::net::ListenerOpts::default().reuse_port(true).reuse_addr(true).backlog(4096);
                 let listener = match TcpListener::bind_with_config(addr, &opts) {
                     Ok(l) => l,
                     Err(e) => {
@@ -299,10 +272,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         };
         shared.stats.requests.fetch_add(1, Relaxed);
         let keep_alive = req.keep_alive;
-        let generation = matches!(
-            req.path.as_str(),
-            "/api/chat" | "/api/generate" | "/api/embed"
-        ) && req.method == Method::Post;
+        let generation =
+            matches!(req.path.as_str(), "/api/chat" | "/api/generate" | "/api/embed") && req.method == Method::Post;
         if generation {
             let Some(s) = stream.take() else { return };
             let (rd, wr) = s.into_split();
@@ -313,8 +284,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             inbuf = buf;
             let Some(wr) = wr else { return };
             let hangup = shared.knobs.read().hangup_after_reply;
-            if !ok || end != ai_gateway::server::watch::WatchEnd::Cancelled || !keep_alive || hangup
-            {
+            if !ok || end != ai_gateway::server::watch::WatchEnd::Cancelled || !keep_alive || hangup {
                 return;
             }
             match rd.reunite(wr) {
@@ -356,9 +326,7 @@ async fn read_request(s: &mut TcpStream, inbuf: &mut Vec<u8>) -> Option<Req> {
                             let mut d = ChunkedDecoder::new();
                             let mut pos = head.len;
                             loop {
-                                pos += d
-                                    .decode(&inbuf[pos..], &mut |x| body.extend_from_slice(x))
-                                    .ok()?;
+                                pos += d.decode(&inbuf[pos..], &mut |x| body.extend_from_slice(x)).ok()?;
                                 if d.is_done() {
                                     break;
                                 }
@@ -367,12 +335,7 @@ async fn read_request(s: &mut TcpStream, inbuf: &mut Vec<u8>) -> Option<Req> {
                             inbuf.drain(..pos);
                         }
                     }
-                    return Some(Req {
-                        method: head.method,
-                        path,
-                        body,
-                        keep_alive: head.keep_alive,
-                    });
+                    return Some(Req { method: head.method, path, body, keep_alive: head.keep_alive });
                 }
                 Ok(None) => {}
                 Err(_) => return None,
@@ -400,12 +363,7 @@ fn respond(out: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8]) {
 }
 
 fn respond_error(out: &mut Vec<u8>, status: u16, message: &str) {
-    respond(
-        out,
-        status,
-        "application/json; charset=utf-8",
-        &go_json(&json!({ "error": message })),
-    );
+    respond(out, status, "application/json; charset=utf-8", &go_json(&json!({ "error": message })));
 }
 
 /// Serializes like Go's encoding/json: compact, with `<`, `>`, `&` escaped.
@@ -424,9 +382,7 @@ fn go_json(v: &Value) -> Vec<u8> {
 }
 
 fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     ai_gateway::clock::unix_to_rfc3339(now.as_secs() as i64, now.subsec_nanos())
 }
 
@@ -458,48 +414,28 @@ fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
             stats.show.fetch_add(1, Relaxed);
             let name = serde_json::from_slice::<Value>(&req.body)
                 .ok()
-                .and_then(|v| {
-                    v.get("model")
-                        .or(v.get("name"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
+                .and_then(|v| v.get("model").or(v.get("name")).and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
             match find_model(&shared.knobs.read(), &name) {
                 Some(m) => respond(
                     out,
                     200,
                     "application/json; charset=utf-8",
-                    &go_json(
-                        &json!({"modelfile":"","parameters":"","template":"{{ .Prompt }}",
+                    &go_json(&json!({"modelfile":"","parameters":"","template":"{{ .Prompt }}",
                         "details":{"format":"gguf","family":"llama","parameter_size":"8.0B","quantization_level":"Q4_0"},
-                        "model_info":{"general.name": m},"capabilities":["completion","tools","thinking"]}),
-                    ),
+                        "model_info":{"general.name": m},"capabilities":["completion","tools","thinking"]})),
                 ),
                 None => respond_error(out, 404, &format!("model '{name}' not found")),
             }
         }
         (Method::Get, "/api/version") => {
             stats.version.fetch_add(1, Relaxed);
-            respond(
-                out,
-                200,
-                "application/json; charset=utf-8",
-                br#"{"version":"0.12.6"}"#,
-            );
+            respond(out, 200, "application/json; charset=utf-8", br#"{"version":"0.12.6"}"#);
         }
-        (Method::Get, "/api/ps") => respond(
-            out,
-            200,
-            "application/json; charset=utf-8",
-            br#"{"models":[]}"#,
-        ),
-        (Method::Get, "/_stats") => respond(
-            out,
-            200,
-            "application/json",
-            &shared.stats.json().to_string().into_bytes(),
-        ),
+        (Method::Get, "/api/ps") => respond(out, 200, "application/json; charset=utf-8", br#"{"models":[]}"#),
+        (Method::Get, "/_stats") => {
+            respond(out, 200, "application/json", &shared.stats.json().to_string().into_bytes())
+        }
         (Method::Post, "/_reset") => {
             shared.stats.reset();
             respond(out, 200, "application/json", b"{}");
@@ -516,11 +452,7 @@ fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
                         Ok(k) => {
                             let mut knobs = shared.knobs.write();
                             let (listen, workers) = (knobs.listen.clone(), knobs.workers);
-                            *knobs = Knobs {
-                                listen,
-                                workers,
-                                ..k
-                            };
+                            *knobs = Knobs { listen, workers, ..k };
                             let body = serde_json::to_vec(&*knobs).unwrap_or_default();
                             respond(out, 200, "application/json", &body);
                         }
@@ -540,32 +472,16 @@ fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
 
 fn find_model<'k>(knobs: &'k Knobs, name: &str) -> Option<&'k str> {
     let latest = format!("{name}:latest");
-    knobs
-        .models
-        .iter()
-        .find(|m| *m == name || **m == latest)
-        .map(String::as_str)
+    knobs.models.iter().find(|m| *m == name || **m == latest).map(String::as_str)
 }
 
 /// Rough prompt size in tokens: words of every text field, plus one per message.
 fn prompt_tokens(v: &Value) -> u64 {
     let words = |s: &str| s.split_whitespace().count() as u64;
     if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-        msgs.iter()
-            .map(|m| {
-                1 + m
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .map(words)
-                    .unwrap_or(0)
-            })
-            .sum()
+        msgs.iter().map(|m| 1 + m.get("content").and_then(Value::as_str).map(words).unwrap_or(0)).sum()
     } else if let Some(p) = v.get("prompt").and_then(Value::as_str) {
-        1 + words(p)
-            + v.get("suffix")
-                .and_then(Value::as_str)
-                .map(words)
-                .unwrap_or(0)
+        1 + words(p) + v.get("suffix").and_then(Value::as_str).map(words).unwrap_or(0)
     } else {
         0
     }
@@ -580,12 +496,7 @@ enum Line {
 
 /// `/api/chat`, `/api/generate`, `/api/embed`. Returns false if the
 /// connection must close.
-async fn generate(
-    shared: &Shared,
-    req: &Req,
-    watch: &mut ClientWatch,
-    wr: &mut Option<TcpOwnedWriteHalf>,
-) -> bool {
+async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut Option<TcpOwnedWriteHalf>) -> bool {
     let stats = &shared.stats;
     let knobs = shared.knobs.read().clone();
     let mut out = Vec::with_capacity(4096);
@@ -599,19 +510,11 @@ async fn generate(
     let v: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            respond_error(
-                &mut out,
-                400,
-                "invalid character 'x' looking for beginning of value",
-            );
+            respond_error(&mut out, 400, "invalid character 'x' looking for beginning of value");
             return write(wr, &mut out).await;
         }
     };
-    let model = v
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
     if model.is_empty() {
         respond_error(&mut out, 400, "model is required");
         return write(wr, &mut out).await;
@@ -624,11 +527,7 @@ async fn generate(
     let _guard = InFlight(&stats.in_flight);
     stats.max_in_flight.fetch_max(in_flight, Relaxed);
     if knobs.busy || knobs.max_pending.is_some_and(|m| in_flight > m) {
-        respond_error(
-            &mut out,
-            503,
-            "server busy, please try again.  maximum pending requests exceeded",
-        );
+        respond_error(&mut out, 503, "server busy, please try again.  maximum pending requests exceeded");
         return write(wr, &mut out).await;
     }
     if knobs.never_respond {
@@ -645,9 +544,7 @@ async fn generate(
     // Plan the reply.
     let chat = req.path == "/api/chat";
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
-    let wants_think = v
-        .get("think")
-        .is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
+    let wants_think = v.get("think").is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
     let thinking = if knobs.thinking > 0 {
         knobs.thinking
     } else if wants_think {
@@ -656,10 +553,7 @@ async fn generate(
         0
     };
     let limit = v.pointer("/options/num_predict").and_then(Value::as_u64);
-    let offers_tools = v
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
+    let offers_tools = v.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
     let answered_tool = v
         .get("messages")
         .and_then(Value::as_array)
@@ -667,9 +561,7 @@ async fn generate(
         .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
     let mut lines = Vec::new();
     for i in 0..thinking {
-        lines.push(Line::Think(
-            ["Let me", " think", " about", " it", "."][i as usize % 5].to_owned(),
-        ));
+        lines.push(Line::Think(["Let me", " think", " about", " it", "."][i as usize % 5].to_owned()));
     }
     let mut done_reason = "stop";
     if chat && offers_tools && !answered_tool && knobs.tool_calls {
@@ -730,12 +622,7 @@ async fn generate(
         } else if !thinking_text.is_empty() {
             reply["thinking"] = json!(thinking_text);
         }
-        respond(
-            &mut out,
-            200,
-            "application/json; charset=utf-8",
-            &go_json(&reply),
-        );
+        respond(&mut out, 200, "application/json; charset=utf-8", &go_json(&reply));
         if !write(wr, &mut out).await {
             stats.cancelled.fetch_add(1, Relaxed);
             return false;
@@ -749,19 +636,12 @@ async fn generate(
     // Streamed: one chunk per line, flushed per line.
     ResponseHead::new(&mut out, 200).chunked("application/x-ndjson");
     let last_on_final = knobs.final_content && matches!(lines.last(), Some(Line::Content(_)));
-    let body_lines = if last_on_final {
-        lines.len() - 1
-    } else {
-        lines.len()
-    };
+    let body_lines = if last_on_final { lines.len() - 1 } else { lines.len() };
     let mut written = 0u64;
     for (i, l) in lines.iter().take(body_lines).enumerate() {
         let i = i as u64;
         if knobs.error_after == Some(i) {
-            chunk(
-                &mut out,
-                &go_json(&json!({"error":"an error was encountered while running the model"})),
-            );
+            chunk(&mut out, &go_json(&json!({"error":"an error was encountered while running the model"})));
             out.extend_from_slice(b"0\r\n\r\n");
             stats.errors_sent.fetch_add(1, Relaxed);
             return write(wr, &mut out).await;
@@ -786,11 +666,7 @@ async fn generate(
                 json!({"model":model,"created_at":now_rfc3339(),"response":"","thinking":t,"done":false})
             }
             Line::Content(c) => {
-                let c = if knobs.stamp_tokens {
-                    stamp()
-                } else {
-                    c.clone()
-                };
+                let c = if knobs.stamp_tokens { stamp() } else { c.clone() };
                 if chat {
                     json!({"model":model,"created_at":now_rfc3339(),"message":{"role":"assistant","content":c},"done":false})
                 } else {
@@ -836,9 +712,7 @@ async fn generate(
 }
 
 fn stamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("t={};", now.as_nanos())
 }
 
@@ -847,10 +721,7 @@ fn tool_call(v: &Value) -> Value {
     let tool = &v["tools"][0]["function"];
     let name = tool["name"].as_str().unwrap_or("tool");
     let mut args = serde_json::Map::new();
-    if let Some(props) = tool
-        .pointer("/parameters/properties")
-        .and_then(Value::as_object)
-    {
+    if let Some(props) = tool.pointer("/parameters/properties").and_then(Value::as_object) {
         for (k, p) in props {
             let val = match p.get("type").and_then(Value::as_str) {
                 Some("number") | Some("integer") => json!(1),
@@ -879,10 +750,9 @@ async fn embed(
     let mut out = Vec::new();
     let inputs: Vec<String> = match v.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+        }
         _ => {
             respond_error(&mut out, 400, "invalid input type");
             return write(wr, &mut out).await;
@@ -892,15 +762,8 @@ async fn embed(
         stats.cancelled.fetch_add(1, Relaxed);
         return false;
     }
-    let dims = v
-        .get("dimensions")
-        .and_then(Value::as_u64)
-        .map(|d| d as usize)
-        .unwrap_or(knobs.embed_dimensions);
-    let prompt: u64 = inputs
-        .iter()
-        .map(|s| s.split_whitespace().count().max(1) as u64)
-        .sum();
+    let dims = v.get("dimensions").and_then(Value::as_u64).map(|d| d as usize).unwrap_or(knobs.embed_dimensions);
+    let prompt: u64 = inputs.iter().map(|s| s.split_whitespace().count().max(1) as u64).sum();
     let embeddings: Vec<Vec<f32>> = inputs
         .iter()
         .map(|s| {
@@ -910,20 +773,14 @@ async fn embed(
             }
             (0..dims)
                 .map(|i| {
-                    let x =
-                        h.rotate_left(i as u32 % 64) ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15);
+                    let x = h.rotate_left(i as u32 % 64) ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15);
                     ((x % 2001) as f32 - 1000.0) / 1000.0
                 })
                 .collect()
         })
         .collect();
     let reply = json!({"model":model,"embeddings":embeddings,"total_duration":1_000_000,"load_duration":100_000,"prompt_eval_count":prompt});
-    respond(
-        &mut out,
-        200,
-        "application/json; charset=utf-8",
-        &go_json(&reply),
-    );
+    respond(&mut out, 200, "application/json; charset=utf-8", &go_json(&reply));
     if !write(wr, &mut out).await {
         return false;
     }
@@ -958,8 +815,5 @@ async fn write(wr: &mut Option<TcpOwnedWriteHalf>, out: &mut Vec<u8>) -> bool {
 
 /// Sleeps, unless the client closes first (false).
 async fn sleep_or_gone(watch: &mut ClientWatch, ms: u64) -> bool {
-    watch
-        .race(monoio::time::sleep(Duration::from_millis(ms)))
-        .await
-        .is_some()
+    watch.race(monoio::time::sleep(Duration::from_millis(ms))).await.is_some()
 }

@@ -60,12 +60,7 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        Self {
-            state: State::Size,
-            remaining: 0,
-            digits: 0,
-            line: 0,
-        }
+        Self { state: State::Size, remaining: 0, digits: 0, line: 0 }
     }
 
     /// True once the whole body, trailers included, has been read.
@@ -77,11 +72,7 @@ impl ChunkedDecoder {
     /// order. Returns how many bytes of `input` belong to this body: all of
     /// them unless the body ended inside `input`, in which case the rest is
     /// the start of whatever follows on the connection.
-    pub fn decode(
-        &mut self,
-        input: &[u8],
-        on_data: &mut impl FnMut(&[u8]),
-    ) -> Result<usize, ChunkedError> {
+    pub fn decode(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<usize, ChunkedError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -253,18 +244,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_framing() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\nhello\r\n",
-            b"2\r\nabc\r\n",
-            b"1234567890abcdef0\r\n",
-            b"\r\n",
-        ] {
-            assert!(
-                decode_all(bad, 64).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"x\r\n"[..], b"5\nhello\r\n", b"2\r\nabc\r\n", b"1234567890abcdef0\r\n", b"\r\n"] {
+            assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -21,6 +21,8 @@ pub enum Method {
     Head,
     Post,
     Options,
+    Patch,
+    Delete,
     /// Any other token: routes answer 405.
     Other,
 }
@@ -80,11 +82,7 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > limit {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
+            return if buf.len() > limit { Err(HeadError::TooLarge) } else { Ok(None) };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
@@ -107,6 +105,8 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         "HEAD" => Method::Head,
         "POST" => Method::Post,
         "OPTIONS" => Method::Options,
+        "PATCH" => Method::Patch,
+        "DELETE" => Method::Delete,
         _ => Method::Other,
     };
     let http11 = req.version == Some(1);
@@ -147,9 +147,7 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
             }
             saw_te = true;
             if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Bad(
-                    "unsupported Transfer-Encoding: only a single 'chunked' is accepted",
-                ));
+                return Err(HeadError::Bad("unsupported Transfer-Encoding: only a single 'chunked' is accepted"));
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -183,14 +181,10 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         }
     }
     if chunked && content_length.is_some() {
-        return Err(HeadError::Bad(
-            "both Content-Length and Transfer-Encoding were sent; send only one",
-        ));
+        return Err(HeadError::Bad("both Content-Length and Transfer-Encoding were sent; send only one"));
     }
     if chunked && !http11 {
-        return Err(HeadError::Bad(
-            "Transfer-Encoding is not allowed in HTTP/1.0",
-        ));
+        return Err(HeadError::Bad("Transfer-Encoding is not allowed in HTTP/1.0"));
     }
     if http11 && head.host.is_none() {
         return Err(HeadError::Bad("missing Host header"));
@@ -200,11 +194,7 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         (false, Some(0)) | (false, None) => BodyFraming::Empty,
         (false, Some(n)) => BodyFraming::Length(n),
     };
-    head.keep_alive = if http11 {
-        !close
-    } else {
-        keep_alive_token && !close
-    };
+    head.keep_alive = if http11 { !close } else { keep_alive_token && !close };
     head.expect_continue = expect_continue && http11 && head.framing != BodyFraming::Empty;
     Ok(Some(head))
 }
@@ -215,9 +205,7 @@ fn request_path(target: &str) -> Option<&str> {
     let target = if target.starts_with('/') || target == "*" {
         target
     } else {
-        let rest = target
-            .strip_prefix("http://")
-            .or_else(|| target.strip_prefix("https://"))?;
+        let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
         match rest.find('/') {
             Some(i) => &rest[i..],
             None => "/",
@@ -269,10 +257,7 @@ mod tests {
     fn partial_head_waits_and_oversized_head_is_refused() {
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(100));
-        assert_eq!(
-            parse_request_head(big.as_bytes(), 64),
-            Err(HeadError::TooLarge)
-        );
+        assert_eq!(parse_request_head(big.as_bytes(), 64), Err(HeadError::TooLarge));
     }
 
     #[test]
@@ -288,10 +273,7 @@ mod tests {
             "POST / HTTP/1.1\nHost: a\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
-            assert!(
-                matches!(parse(s), Err(HeadError::Bad(_))),
-                "accepted: {s:?}"
-            );
+            assert!(matches!(parse(s), Err(HeadError::Bad(_))), "accepted: {s:?}");
         }
     }
 
@@ -312,18 +294,11 @@ mod tests {
     fn keep_alive_follows_version_and_connection_header() {
         let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
         assert!(h.keep_alive);
-        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        assert!(matches!(
-            parse("GET / HTTP/1.1\r\n\r\n"),
-            Err(HeadError::Bad(_))
-        ));
+        assert!(matches!(parse("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Bad(_))));
     }
 
     #[test]

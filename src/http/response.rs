@@ -64,20 +64,14 @@ impl<'a> ResponseHead<'a> {
 
     /// Adds `Connection: close` when the connection ends after this response.
     pub fn connection(self, keep_alive: bool) -> Self {
-        if keep_alive {
-            self
-        } else {
-            self.header("Connection", b"close")
-        }
+        if keep_alive { self } else { self.header("Connection", b"close") }
     }
 
     /// Ends the head with `Content-Length` and appends `body` (unless
     /// `head_only`, for HEAD requests, where only the length is announced).
     pub fn body(self, content_type: &str, body: &[u8], head_only: bool) -> &'a mut Vec<u8> {
-        let out = self
-            .header("Content-Type", content_type.as_bytes())
-            .header_u64("Content-Length", body.len() as u64)
-            .out;
+        let out =
+            self.header("Content-Type", content_type.as_bytes()).header_u64("Content-Length", body.len() as u64).out;
         out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(body);
@@ -93,10 +87,7 @@ impl<'a> ResponseHead<'a> {
 
     /// Ends the head of a chunked streaming response.
     pub fn chunked(self, content_type: &str) -> &'a mut Vec<u8> {
-        let out = self
-            .header("Content-Type", content_type.as_bytes())
-            .header("Transfer-Encoding", b"chunked")
-            .out;
+        let out = self.header("Content-Type", content_type.as_bytes()).header("Transfer-Encoding", b"chunked").out;
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -109,10 +100,11 @@ mod tests {
     #[test]
     fn writes_a_complete_response() {
         let mut out = Vec::new();
-        ResponseHead::new(&mut out, 404)
-            .header("x-request-id", b"abc")
-            .connection(false)
-            .body("application/json", b"{}", false);
+        ResponseHead::new(&mut out, 404).header("x-request-id", b"abc").connection(false).body(
+            "application/json",
+            b"{}",
+            false,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nx-request-id: abc\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

@@ -51,26 +51,18 @@ impl UpstreamTarget {
         if authority.is_empty() {
             return Err(format!("upstream '{url}' has no host"));
         }
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !authority.ends_with(']')
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
+        let with_port =
+            if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+                authority.to_owned()
+            } else {
+                format!("{authority}:80")
+            };
         let addr = with_port
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve upstream '{url}': {e}"))?
             .next()
             .ok_or_else(|| format!("upstream '{url}' resolved to no address"))?;
-        Ok(Self {
-            addr,
-            host: authority.to_owned(),
-            base_path: path.to_owned(),
-            url: url.to_owned(),
-        })
+        Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned() })
     }
 
     /// Writes a request head (and body) for `path` into `out`.
@@ -112,10 +104,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(limits: ClientLimits) -> Self {
-        Self {
-            idle: RefCell::new(Vec::new()),
-            limits,
-        }
+        Self { idle: RefCell::new(Vec::new()), limits }
     }
 
     pub fn limits(&self) -> ClientLimits {
@@ -182,9 +171,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, 
     let mut keep_alive = res.version == Some(1);
     for h in res.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
+            let v = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<u64>().ok());
             match (length, v) {
                 (_, None) => return Err("invalid Content-Length in response"),
                 (Some(a), Some(b)) if a != b => {
@@ -193,12 +180,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, 
                 (_, v) => length = v,
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii();
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
             chunked = last.eq_ignore_ascii_case(b"chunked");
             if !chunked {
                 keep_alive = false;
@@ -207,9 +189,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, 
             for token in h.value.split(|&b| b == b',') {
                 if token.trim_ascii().eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
-                } else if token.trim_ascii().eq_ignore_ascii_case(b"keep-alive")
-                    && res.version == Some(0)
-                {
+                } else if token.trim_ascii().eq_ignore_ascii_case(b"keep-alive") && res.version == Some(0) {
                     keep_alive = true;
                 }
             }
@@ -225,14 +205,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, 
         keep_alive = false;
         BodyKind::Close
     };
-    Ok(Some((
-        UpstreamHead {
-            status,
-            body,
-            keep_alive,
-        },
-        len,
-    )))
+    Ok(Some((UpstreamHead { status, body, keep_alive }, len)))
 }
 
 /// Decodes an upstream response body as it arrives.
@@ -245,20 +218,12 @@ pub struct BodyDecoder {
 impl BodyDecoder {
     pub fn new(kind: BodyKind) -> Self {
         let remaining = if let BodyKind::Length(n) = kind { n } else { 0 };
-        Self {
-            kind,
-            remaining,
-            chunked: ChunkedDecoder::new(),
-        }
+        Self { kind, remaining, chunked: ChunkedDecoder::new() }
     }
 
     /// Feeds raw bytes, calling `on_data` with body data. Bytes past the end
     /// of the body are ignored (an upstream may not pipeline).
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        on_data: &mut impl FnMut(&[u8]),
-    ) -> Result<(), ChunkedError> {
+    pub fn feed(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<(), ChunkedError> {
         match self.kind {
             BodyKind::None => {}
             BodyKind::Close => on_data(input),
@@ -317,10 +282,7 @@ impl From<ApiError> for ExchangeError {
 
 /// One read on an owned connection; the connection travels with the future
 /// so that dropping it (client gone, timeout) closes the upstream socket.
-pub async fn read_owned(
-    mut conn: TcpStream,
-    mut buf: Vec<u8>,
-) -> (TcpStream, std::io::Result<usize>, Vec<u8>) {
+pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, std::io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 8 * 1024 {
         buf.reserve(16 * 1024);
     }
@@ -356,21 +318,14 @@ pub async fn send(
                 continue;
             }
             Err((HeadFailure::DeadBeforeResponse(e), _)) => {
-                return Err(ApiError::upstream_unavailable(&format!(
-                    "connection lost before the response: {e}"
-                ))
-                .into());
+                return Err(ApiError::upstream_unavailable(&format!("connection lost before the response: {e}")).into());
             }
             Err((HeadFailure::ClientGone, _)) => return Err(ExchangeError::ClientGone),
             Err((HeadFailure::Timeout, _)) => {
                 return Err(ApiError::upstream_timeout("no response").into());
             }
             Err((HeadFailure::Protocol(m), _)) => {
-                return Err(ApiError::upstream(
-                    502,
-                    format!("The model server sent an invalid response: {m}."),
-                )
-                .into());
+                return Err(ApiError::upstream(502, format!("The model server sent an invalid response: {m}.")).into());
             }
         }
     }
@@ -391,14 +346,8 @@ async fn connect(
     let attempt = monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr));
     match watch.race(attempt).await {
         None => Err(ExchangeError::ClientGone),
-        Some(Err(_)) => Err(ApiError::upstream_unavailable(&format!(
-            "connecting to {} timed out",
-            target.url
-        ))
-        .into()),
-        Some(Ok(Err(e))) => {
-            Err(ApiError::upstream_unavailable(&format!("{}: {e}", target.url)).into())
-        }
+        Some(Err(_)) => Err(ApiError::upstream_unavailable(&format!("connecting to {} timed out", target.url)).into()),
+        Some(Ok(Err(e))) => Err(ApiError::upstream_unavailable(&format!("{}: {e}", target.url)).into()),
         Some(Ok(Ok(conn))) => {
             let _ = conn.set_nodelay(true);
             Ok(conn)
@@ -422,10 +371,7 @@ async fn exchange_head(
     let deadline = Instant::now() + read_timeout;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let (c, res, b) = match watch
-            .race(monoio::time::timeout(wait, read_owned(conn, buf)))
-            .await
-        {
+        let (c, res, b) = match watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await {
             None => return Err((HeadFailure::ClientGone, Vec::new())),
             Some(Err(_)) => return Err((HeadFailure::Timeout, Vec::new())),
             Some(Ok(out)) => out,
@@ -434,25 +380,16 @@ async fn exchange_head(
         buf = b;
         match res {
             Ok(0) if buf.is_empty() => {
-                return Err((
-                    HeadFailure::DeadBeforeResponse("closed by the server".into()),
-                    buf,
-                ));
+                return Err((HeadFailure::DeadBeforeResponse("closed by the server".into()), buf));
             }
             Ok(0) => {
-                return Err((
-                    HeadFailure::Protocol("connection closed inside the response head"),
-                    buf,
-                ));
+                return Err((HeadFailure::Protocol("connection closed inside the response head"), buf));
             }
             Err(e) if buf.is_empty() => {
                 return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
             }
             Err(_) => {
-                return Err((
-                    HeadFailure::Protocol("connection failed inside the response head"),
-                    buf,
-                ));
+                return Err((HeadFailure::Protocol("connection failed inside the response head"), buf));
             }
             Ok(_) => {}
         }
@@ -466,12 +403,7 @@ async fn exchange_head(
                     continue;
                 }
                 let early = buf.split_off(len);
-                return Ok(Exchange {
-                    conn,
-                    head,
-                    body: BodyDecoder::new(head.body),
-                    early,
-                });
+                return Ok(Exchange { conn, head, body: BodyDecoder::new(head.body), early });
             }
         }
     }
@@ -485,12 +417,7 @@ pub async fn read_full_body(
     read_timeout: Duration,
     limit: usize,
 ) -> Result<(Vec<u8>, Option<TcpStream>), ExchangeError> {
-    let Exchange {
-        mut conn,
-        head,
-        body: mut decoder,
-        early,
-    } = ex;
+    let Exchange { mut conn, head, body: mut decoder, early } = ex;
     let mut body = Vec::new();
     let too_big = std::cell::Cell::new(false);
     let mut sink = |d: &[u8]| {
@@ -500,17 +427,12 @@ pub async fn read_full_body(
             body.extend_from_slice(d);
         }
     };
-    let bad_body = |e: ChunkedError| {
-        ApiError::upstream(502, format!("The model server sent a bad body: {}.", e.0))
-    };
+    let bad_body = |e: ChunkedError| ApiError::upstream(502, format!("The model server sent a bad body: {}.", e.0));
     decoder.feed(&early, &mut sink).map_err(bad_body)?;
     let mut buf = early;
     while !decoder.is_done() && !too_big.get() {
         buf.clear();
-        let (c, res, b) = match watch
-            .race(monoio::time::timeout(read_timeout, read_owned(conn, buf)))
-            .await
-        {
+        let (c, res, b) = match watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await {
             None => return Err(ExchangeError::ClientGone),
             Some(Err(_)) => {
                 return Err(ApiError::upstream_timeout("the response body stalled").into());
@@ -522,21 +444,17 @@ pub async fn read_full_body(
         match res {
             Ok(0) if decoder.ends_at_eof() => break,
             Ok(0) | Err(_) => {
-                return Err(ApiError::upstream(
-                    502,
-                    "The model server closed the connection mid-response.".into(),
-                )
-                .into());
+                return Err(
+                    ApiError::upstream(502, "The model server closed the connection mid-response.".into()).into()
+                );
             }
             Ok(_) => decoder.feed(&buf, &mut sink).map_err(bad_body)?,
         }
     }
     if too_big.get() {
-        return Err(ApiError::upstream(
-            502,
-            format!("The model server's response is larger than {limit} bytes."),
-        )
-        .into());
+        return Err(
+            ApiError::upstream(502, format!("The model server's response is larger than {limit} bytes.")).into()
+        );
     }
     let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof();
     Ok((body, reusable.then_some(conn)))

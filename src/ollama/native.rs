@@ -119,10 +119,7 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn peek(&self) -> Result<u8, ScanError> {
-        self.b
-            .get(self.i)
-            .copied()
-            .ok_or(ScanError("upstream JSON ends early"))
+        self.b.get(self.i).copied().ok_or(ScanError("upstream JSON ends early"))
     }
 
     #[inline]
@@ -134,11 +131,7 @@ impl<'a> Cursor<'a> {
 
     #[inline]
     fn expect(&mut self, want: u8) -> Result<(), ScanError> {
-        if self.next()? == want {
-            Ok(())
-        } else {
-            Err(ScanError("unexpected byte in upstream JSON"))
-        }
+        if self.next()? == want { Ok(()) } else { Err(ScanError("unexpected byte in upstream JSON")) }
     }
 
     /// Reads a string and returns its escaped body (between the quotes).
@@ -168,10 +161,7 @@ impl<'a> Cursor<'a> {
             match self.next()? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
                 b'u' => {
-                    let hex = self
-                        .b
-                        .get(self.i..self.i + 4)
-                        .ok_or(ScanError("short \\u escape"))?;
+                    let hex = self.b.get(self.i..self.i + 4).ok_or(ScanError("short \\u escape"))?;
                     if !hex.iter().all(u8::is_ascii_hexdigit) {
                         return Err(ScanError("invalid \\u escape in upstream string"));
                     }
@@ -404,15 +394,8 @@ mod tests {
 
     #[test]
     fn reads_error_lines() {
-        let l =
-            parse_native_line(br#"{"error":"an error was encountered while running the model"}"#)
-                .unwrap();
-        assert_eq!(
-            l.error,
-            Some(NativeError::Message(
-                b"an error was encountered while running the model"
-            ))
-        );
+        let l = parse_native_line(br#"{"error":"an error was encountered while running the model"}"#).unwrap();
+        assert_eq!(l.error, Some(NativeError::Message(b"an error was encountered while running the model")));
         let l = parse_native_line(br#"{"error":{"code":1}}"#).unwrap();
         assert_eq!(l.error, Some(NativeError::Other));
     }
@@ -430,11 +413,7 @@ mod tests {
             b"{\"a\":01x}",
             b"{\"message\":{\"content\":\"\xff\"}}",
         ] {
-            assert!(
-                parse_native_line(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(parse_native_line(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

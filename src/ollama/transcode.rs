@@ -121,10 +121,7 @@ impl NdjsonToSse {
                 return;
             }
         }
-        self.fail(
-            out,
-            b"the upstream closed the stream before it was complete",
-        );
+        self.fail(out, b"the upstream closed the stream before it was complete");
     }
 
     /// Ends the stream with an error event of the caller's (a timeout, a read error).
@@ -186,10 +183,7 @@ impl NdjsonToSse {
     }
 
     fn build_envelope(&mut self, first: &NativeLine<'_>) {
-        let created = first
-            .created_at
-            .and_then(crate::clock::rfc3339_to_unix)
-            .unwrap_or_else(crate::clock::unix_now);
+        let created = first.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
         let e = &mut self.envelope;
         e.extend_from_slice(b"data: {\"id\":\"");
         e.extend_from_slice(self.id.as_bytes());
@@ -201,13 +195,7 @@ impl NdjsonToSse {
     }
 
     /// One content chunk. Returns false if the tool calls were malformed.
-    fn content_chunk(
-        &mut self,
-        out: &mut Vec<u8>,
-        content: &[u8],
-        thinking: &[u8],
-        tool_calls: Option<&[u8]>,
-    ) -> bool {
+    fn content_chunk(&mut self, out: &mut Vec<u8>, content: &[u8], thinking: &[u8], tool_calls: Option<&[u8]>) -> bool {
         let rollback = out.len();
         out.extend_from_slice(&self.envelope);
         out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{");
@@ -244,15 +232,10 @@ impl NdjsonToSse {
     }
 
     fn final_chunks(&mut self, out: &mut Vec<u8>, last: &NativeLine<'_>) {
-        self.usage = Usage {
-            prompt_tokens: last.prompt_eval_count,
-            completion_tokens: last.eval_count,
-        };
+        self.usage = Usage { prompt_tokens: last.prompt_eval_count, completion_tokens: last.eval_count };
         out.extend_from_slice(&self.envelope);
         out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"");
-        out.extend_from_slice(
-            write::finish_reason(last.done_reason, self.made_tool_calls).as_bytes(),
-        );
+        out.extend_from_slice(write::finish_reason(last.done_reason, self.made_tool_calls).as_bytes());
         out.extend_from_slice(b"\"}]");
         self.chunk_tail(out);
         if self.include_usage {
@@ -285,10 +268,7 @@ pub mod plain {
             out.push_str("\n\n");
         };
         let error = |out: &mut String, msg: &str| {
-            event(
-                out,
-                json!({"error":{"message":msg,"type":"api_error","param":null,"code":"upstream_error"}}),
-            );
+            event(out, json!({"error":{"message":msg,"type":"api_error","param":null,"code":"upstream_error"}}));
         };
         for line in ndjson.split('\n') {
             let line = line.trim();
@@ -311,14 +291,8 @@ pub mod plain {
                     .unwrap_or_else(crate::clock::unix_now)
             });
             let msg = &v["message"];
-            let content = msg["content"]
-                .as_str()
-                .or(v["response"].as_str())
-                .unwrap_or("");
-            let thinking = msg["thinking"]
-                .as_str()
-                .or(v["thinking"].as_str())
-                .unwrap_or("");
+            let content = msg["content"].as_str().or(v["response"].as_str()).unwrap_or("");
+            let thinking = msg["thinking"].as_str().or(v["thinking"].as_str()).unwrap_or("");
             let calls = msg.get("tool_calls").filter(|c| !c.is_null());
             let done = v["done"].as_bool().unwrap_or(false);
             let chunk = |delta: Value, finish: Value| {
@@ -391,10 +365,7 @@ pub mod plain {
                 return out;
             }
         }
-        error(
-            &mut out,
-            "the upstream closed the stream before it was complete",
-        );
+        error(&mut out, "the upstream closed the stream before it was complete");
         out
     }
 }
@@ -437,11 +408,7 @@ mod tests {
     #[test]
     fn spec_transcript_byte_for_byte_in_every_split() {
         for split in 1..=SPEC_NATIVE.len() {
-            assert_eq!(
-                run(SPEC_NATIVE.as_bytes(), true, split),
-                SPEC_SSE,
-                "split {split}"
-            );
+            assert_eq!(run(SPEC_NATIVE.as_bytes(), true, split), SPEC_SSE, "split {split}");
         }
     }
 
@@ -473,10 +440,7 @@ mod tests {
         let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"A\",\"thinking\":\"T\"},\"done\":false}\n";
         let out = run(input, false, 4096);
         let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
-        assert!(
-            events[0].contains(r#""delta":{"role":"assistant","content":"","reasoning":"T"}"#),
-            "{out}"
-        );
+        assert!(events[0].contains(r#""delta":{"role":"assistant","content":"","reasoning":"T"}"#), "{out}");
         assert!(events[1].contains(r#""delta":{"content":"A"}"#), "{out}");
     }
 
@@ -498,11 +462,7 @@ mod tests {
 
     #[test]
     fn early_close_and_garbage_are_reported() {
-        let out = run(
-            b"{\"message\":{\"content\":\"a\"},\"done\":false}\n",
-            false,
-            4096,
-        );
+        let out = run(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n", false, 4096);
         assert!(out.contains("closed the stream before it was complete"));
         let out = run(b"not json\n", false, 4096);
         assert!(out.contains("not valid JSON"));
@@ -525,9 +485,7 @@ mod tests {
         sse.split("\n\n")
             .filter(|e| !e.is_empty())
             .map(|e| {
-                let data = e
-                    .strip_prefix("data: ")
-                    .expect("every event is a data line");
+                let data = e.strip_prefix("data: ").expect("every event is a data line");
                 if data == "[DONE]" {
                     serde_json::Value::String(data.into())
                 } else {
@@ -540,33 +498,22 @@ mod tests {
     /// A native stream built from random parts: content with escapes, thinking,
     /// tool calls, empty lines, content on the final line, usage.
     fn random_stream(rng: &mut fastrand::Rng) -> String {
-        let words = [
-            "Hel",
-            "lo",
-            " \\u003cb\\u003e",
-            " \\\"q\\\"",
-            "\\n",
-            " caf\u{e9}",
-            " \u{1F600}",
-            "",
-            "\\\\",
-            "&amp;",
-        ];
+        let words =
+            ["Hel", "lo", " \\u003cb\\u003e", " \\\"q\\\"", "\\n", " caf\u{e9}", " \u{1F600}", "", "\\\\", "&amp;"];
         let mut s = String::new();
         let lines = rng.usize(0..12);
         for i in 0..lines {
             let content = words[rng.usize(..words.len())];
             let mut msg = format!(r#""role":"assistant","content":"{content}""#);
             if rng.u8(..) < 50 {
-                msg.push_str(&format!(
-                    r#","thinking":"{}""#,
-                    words[rng.usize(..words.len())]
-                ));
+                msg.push_str(&format!(r#","thinking":"{}""#, words[rng.usize(..words.len())]));
             }
             if rng.u8(..) < 20 {
                 msg.push_str(&format!(r#","tool_calls":[{{"id":"call_{i}","function":{{"index":{i},"name":"f","arguments":{{"x":{i},"y":"\u003c"}}}}}}]"#));
             }
-            s.push_str(&format!(r#"{{"model":"m","created_at":"2026-01-02T03:04:05.5Z","message":{{{msg}}},"done":false}}"#));
+            s.push_str(&format!(
+                r#"{{"model":"m","created_at":"2026-01-02T03:04:05.5Z","message":{{{msg}}},"done":false}}"#
+            ));
             s.push('\n');
         }
         if rng.u8(..) < 230 {
@@ -589,11 +536,7 @@ mod tests {
             let split = rng.usize(1..64);
             let fast = run(native.as_bytes(), include_usage, split);
             let plain = plain::transcode("chatcmpl-Xy", "llama3", include_usage, &native);
-            assert_eq!(
-                events(&fast),
-                events(&plain),
-                "native:\n{native}\nfast:\n{fast}\nplain:\n{plain}"
-            );
+            assert_eq!(events(&fast), events(&plain), "native:\n{native}\nfast:\n{fast}\nplain:\n{plain}");
         }
     }
 }

@@ -159,41 +159,26 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     let model = match req.model {
         Some(m) if !m.trim().is_empty() => m,
         _ => {
-            return Err(ApiError::invalid(
-                "model",
-                "You must provide a model parameter.",
-            ));
+            return Err(ApiError::invalid("model", "You must provide a model parameter."));
         }
     };
     let messages = match req.messages {
         Some(m) if !m.is_empty() => m,
         Some(_) => {
-            return Err(ApiError::invalid(
-                "messages",
-                "'messages' must contain at least one message.",
-            ));
+            return Err(ApiError::invalid("messages", "'messages' must contain at least one message."));
         }
         None => {
-            return Err(ApiError::invalid(
-                "messages",
-                "You must provide a 'messages' parameter.",
-            ));
+            return Err(ApiError::invalid("messages", "You must provide a 'messages' parameter."));
         }
     };
     match req.n {
         Some(0) => return Err(ApiError::invalid("n", "'n' must be at least 1.")),
         Some(n) if n > 1 => {
-            return Err(ApiError::invalid(
-                "n",
-                "n > 1 is not supported: send one request per choice.",
-            ));
+            return Err(ApiError::invalid("n", "n > 1 is not supported: send one request per choice."));
         }
         _ => {}
     }
-    let think = match (
-        req.reasoning_effort.as_deref(),
-        req.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
-    ) {
+    let think = match (req.reasoning_effort.as_deref(), req.reasoning.as_ref().and_then(|r| r.effort.as_deref())) {
         (Some(e), _) => Some(think_value(e, "reasoning_effort")?),
         (None, Some(e)) => Some(think_value(e, "reasoning.effort")?),
         (None, None) => None,
@@ -213,16 +198,12 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
             "text" => {}
             "json_object" => out.extend_from_slice(b",\"format\":\"json\""),
             "json_schema" => {
-                let schema = rf
-                    .json_schema
-                    .as_ref()
-                    .and_then(|s| s.schema)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "response_format.json_schema.schema",
-                            "A json_schema response format needs a 'schema'.",
-                        )
-                    })?;
+                let schema = rf.json_schema.as_ref().and_then(|s| s.schema).ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "A json_schema response format needs a 'schema'.",
+                    )
+                })?;
                 if !nesting_within(schema.get(), MAX_PASSTHROUGH_DEPTH) {
                     return Err(ApiError::invalid(
                         "response_format.json_schema.schema",
@@ -235,9 +216,7 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
             other => {
                 return Err(ApiError::invalid(
                     "response_format.type",
-                    format!(
-                        "Unsupported response_format type '{other}': use 'text', 'json_object' or 'json_schema'."
-                    ),
+                    format!("Unsupported response_format type '{other}': use 'text', 'json_object' or 'json_schema'."),
                 ));
             }
         }
@@ -264,9 +243,7 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     options.float("top_p", req.top_p);
     if let Some(seed) = req.seed {
         options.key("seed");
-        options
-            .out
-            .extend_from_slice(itoa::Buffer::new().format(seed).as_bytes());
+        options.out.extend_from_slice(itoa::Buffer::new().format(seed).as_bytes());
     }
     options.float("frequency_penalty", req.frequency_penalty);
     options.float("presence_penalty", req.presence_penalty);
@@ -280,18 +257,11 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
         out.extend_from_slice(t.as_bytes());
     }
     if let Some(lp) = req.logprobs {
-        out.extend_from_slice(if lp {
-            b",\"logprobs\":true"
-        } else {
-            b",\"logprobs\":false"
-        });
+        out.extend_from_slice(if lp { b",\"logprobs\":true" } else { b",\"logprobs\":false" });
     }
     if let Some(n) = req.top_logprobs {
         if n > 20 {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                "'top_logprobs' must be between 0 and 20.",
-            ));
+            return Err(ApiError::invalid("top_logprobs", "'top_logprobs' must be between 0 and 20."));
         }
         out.extend_from_slice(b",\"top_logprobs\":");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -301,11 +271,7 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     Ok(ChatPlan {
         model: model.into_owned(),
         stream,
-        include_usage: stream
-            && req
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+        include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         user: req.user.map(Cow::into_owned),
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
     })
@@ -317,9 +283,7 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
         Ok(v) => Ok(v),
         Err(first) => {
             if std::str::from_utf8(body).is_err() {
-                return Err(ApiError::bad_request(
-                    "The request body is not valid UTF-8.",
-                ));
+                return Err(ApiError::bad_request("The request body is not valid UTF-8."));
             }
             if first.is_syntax() || first.is_eof() {
                 return Err(ApiError::bad_request(format!(
@@ -329,23 +293,16 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
             let mut de = serde_json::Deserializer::from_slice(body);
             let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
                 Ok(_) => {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid request body: {first}."
-                    )));
+                    return Err(ApiError::bad_request(format!("Invalid request body: {first}.")));
                 }
                 Err(e) => e,
             };
             let path = err.path().to_string();
             let inner = err.into_inner();
             if path == "." || path.is_empty() {
-                Err(ApiError::bad_request(format!(
-                    "Invalid request body: {inner}."
-                )))
+                Err(ApiError::bad_request(format!("Invalid request body: {inner}.")))
             } else {
-                Err(ApiError::invalid(
-                    path.clone(),
-                    format!("Invalid value for '{path}': {inner}."),
-                ))
+                Err(ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {inner}.")))
             }
         }
     }
@@ -397,9 +354,7 @@ fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiErr
         other => {
             return Err(ApiError::invalid(
                 param,
-                format!(
-                    "Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."
-                ),
+                format!("Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."),
             ));
         }
     })
@@ -418,11 +373,7 @@ impl<'o> Options<'o> {
     }
 
     fn key(&mut self, name: &str) {
-        self.out.extend_from_slice(if self.opened {
-            b",\""
-        } else {
-            b",\"options\":{\""
-        });
+        self.out.extend_from_slice(if self.opened { b",\"" } else { b",\"options\":{\"" });
         self.opened = true;
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
@@ -431,8 +382,7 @@ impl<'o> Options<'o> {
     fn uint(&mut self, name: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.key(name);
-            self.out
-                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
 
@@ -486,10 +436,7 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
             _ => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!(
-                        "Unsupported role '{}': use system, developer, user, assistant or tool.",
-                        m.role
-                    ),
+                    format!("Unsupported role '{}': use system, developer, user, assistant or tool.", m.role),
                 ));
             }
         };
@@ -504,18 +451,11 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
             Some(r) if r.get().starts_with('"') => Some(r.get()),
             Some(r) if r.get() == "null" => None,
             Some(_) => {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].reasoning"),
-                    "'reasoning' must be a string.",
-                ));
+                return Err(ApiError::invalid(format!("messages[{i}].reasoning"), "'reasoning' must be a string."));
             }
             None => None,
         };
-        let tool_name = if role == "tool" {
-            tool_name_for(messages, i, m)
-        } else {
-            None
-        };
+        let tool_name = if role == "tool" { tool_name_for(messages, i, m) } else { None };
 
         // The message's content becomes one or more native messages (one per part).
         let pieces = content_pieces(m, i)?;
@@ -597,10 +537,7 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
         Some(b'n') => Ok(Vec::new()),
         Some(b'[') => {
             let parts: Vec<ContentPart<'a>> = serde_json::from_str(raw).map_err(|e| {
-                ApiError::invalid(
-                    format!("messages[{i}].content"),
-                    format!("Invalid content parts: {e}."),
-                )
+                ApiError::invalid(format!("messages[{i}].content"), format!("Invalid content parts: {e}."))
             })?;
             parts
                 .into_iter()
@@ -613,15 +550,15 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
                             .map(Piece::Text)
                             .ok_or_else(|| ApiError::invalid(param(), "A text part needs a 'text' string.")),
                         "image_url" => {
-                            let url = part
-                                .image_url
-                                .and_then(|u| image_url(u.get()))
-                                .ok_or_else(|| ApiError::invalid(param(), "An image_url part needs an 'image_url.url' string."))?;
+                            let url = part.image_url.and_then(|u| image_url(u.get())).ok_or_else(|| {
+                                ApiError::invalid(param(), "An image_url part needs an 'image_url.url' string.")
+                            })?;
                             image_data(url)
                                 .map(|data| match data {
                                     Cow::Borrowed(raw) => Piece::RawImage(raw),
                                     Cow::Owned(text) => Piece::Image(text),
-                                }).map_err(|msg| ApiError::invalid(param(), msg))
+                                })
+                                .map_err(|msg| ApiError::invalid(param(), msg))
                         }
                         other => Err(ApiError::invalid(
                             param(),
@@ -640,9 +577,7 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
 
 fn image_url(raw: &str) -> Option<Cow<'_, str>> {
     if raw.starts_with('{') {
-        serde_json::from_str::<ImageUrl<'_>>(raw)
-            .ok()
-            .map(|u| u.url)
+        serde_json::from_str::<ImageUrl<'_>>(raw).ok().map(|u| u.url)
     } else {
         serde_json::from_str::<Cow<'_, str>>(raw).ok()
     }
@@ -671,11 +606,7 @@ fn image_data(url: Cow<'_, str>) -> Result<Cow<'_, str>, &'static str> {
 }
 
 /// The function name of the earlier assistant tool call this tool message answers.
-fn tool_name_for<'a>(
-    messages: &'a [Message<'a>],
-    i: usize,
-    m: &'a Message<'a>,
-) -> Option<Cow<'a, str>> {
+fn tool_name_for<'a>(messages: &'a [Message<'a>], i: usize, m: &'a Message<'a>) -> Option<Cow<'a, str>> {
     if let Some(name) = &m.name {
         return Some(name.clone());
     }
@@ -688,11 +619,7 @@ fn tool_name_for<'a>(
         .map(|c| c.function.name.clone())
 }
 
-fn write_native_tool_calls(
-    out: &mut Vec<u8>,
-    calls: &[ToolCall<'_>],
-    i: usize,
-) -> Result<(), ApiError> {
+fn write_native_tool_calls(out: &mut Vec<u8>, calls: &[ToolCall<'_>], i: usize) -> Result<(), ApiError> {
     out.extend_from_slice(b",\"tool_calls\":[");
     for (n, call) in calls.iter().enumerate() {
         if n > 0 {
@@ -713,10 +640,8 @@ fn write_native_tool_calls(
         if args.is_empty() {
             out.extend_from_slice(b"{}");
         } else {
-            let parsed: &RawValue = serde_json::from_str(args)
-                .ok()
-                .filter(|v: &&RawValue| v.get().starts_with('{'))
-                .ok_or_else(|| {
+            let parsed: &RawValue =
+                serde_json::from_str(args).ok().filter(|v: &&RawValue| v.get().starts_with('{')).ok_or_else(|| {
                     ApiError::invalid(
                         format!("messages[{i}].tool_calls[{n}].function.arguments"),
                         "Tool call arguments must be a JSON object encoded as a string.",
@@ -748,10 +673,8 @@ mod tests {
 
     #[test]
     fn minimal_request_maps_model_messages_and_explicit_stream() {
-        let (n, plan) = convert(
-            json!({"model":"llama3","messages":[{"role":"User","content":"hi \u{e9} \"x\""}]}),
-        )
-        .unwrap();
+        let (n, plan) =
+            convert(json!({"model":"llama3","messages":[{"role":"User","content":"hi \u{e9} \"x\""}]})).unwrap();
         assert_eq!(
             n,
             json!({"model":"llama3","messages":[{"role":"user","content":"hi \u{e9} \"x\""}],"stream":false})
@@ -815,14 +738,9 @@ mod tests {
             json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}),
         );
         assert_eq!(e.status, 400);
-        assert_eq!(
-            e.message,
-            "image URLs are not supported, send base64 data URIs"
-        );
+        assert_eq!(e.message, "image URLs are not supported, send base64 data URIs");
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
-        let e = err(
-            json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}),
-        );
+        let e = err(json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}));
         assert!(e.message.contains("input_audio"));
     }
 
@@ -845,22 +763,14 @@ mod tests {
         let e = err(
             json!({"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}),
         );
-        assert_eq!(
-            e.param.as_deref(),
-            Some("messages[0].tool_calls[0].function.arguments")
-        );
+        assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls[0].function.arguments"));
     }
 
     #[test]
     fn assistant_reasoning_becomes_thinking() {
-        let (n, _) = convert(
-            json!({"model":"m","messages":[{"role":"assistant","content":"4","reasoning":"2+2"}]}),
-        )
-        .unwrap();
-        assert_eq!(
-            n["messages"][0],
-            json!({"role":"assistant","content":"4","thinking":"2+2"})
-        );
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"assistant","content":"4","reasoning":"2+2"}]})).unwrap();
+        assert_eq!(n["messages"][0], json!({"role":"assistant","content":"4","thinking":"2+2"}));
     }
 
     #[test]
@@ -873,35 +783,36 @@ mod tests {
             json!({"num_predict":5,"temperature":0.7,"top_p":0.9,"seed":-3,"frequency_penalty":0.1,"presence_penalty":0.2,"stop":["END"]})
         );
         assert_eq!(plan.max_tokens, Some(5));
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":9,"stop":["a","b"]})).unwrap();
+        let (n, _) = convert(
+            json!({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":9,"stop":["a","b"]}),
+        )
+        .unwrap();
         assert_eq!(n["options"], json!({"num_predict":9,"stop":["a","b"]}));
-        let (n, _) =
-            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}]})).unwrap();
+        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}]})).unwrap();
         assert!(n.get("options").is_none());
     }
 
     #[test]
     fn response_format_maps_to_format() {
         let schema = json!({"type":"object","properties":{"a":{"type":"string"}}});
-        let (n, _) = convert(
-            json!({"model":"m","messages":[{"role":"user","content":"x"}],
-            "response_format":{"type":"json_schema","json_schema":{"name":"s","schema":schema}}}),
-        )
+        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"s","schema":schema}}}))
         .unwrap();
         assert_eq!(n["format"], schema);
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}})).unwrap();
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}}))
+                .unwrap();
         assert!(n.get("format").is_none());
     }
 
     #[test]
     fn tool_choice_none_drops_tools() {
-        let tools =
-            json!([{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]);
-        let (n, _) =
-            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools}))
-                .unwrap();
+        let tools = json!([{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]);
+        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools})).unwrap();
         assert_eq!(n["tools"], tools);
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools,"tool_choice":"none"})).unwrap();
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools,"tool_choice":"none"}))
+                .unwrap();
         assert!(n.get("tools").is_none());
     }
 
@@ -915,42 +826,38 @@ mod tests {
             ("high", json!("high")),
             ("xhigh", json!("max")),
         ] {
-            let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":effort})).unwrap();
+            let (n, _) =
+                convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":effort}))
+                    .unwrap();
             assert_eq!(n["think"], think, "{effort}");
         }
-        let (n, _) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning":{"effort":"high"}})).unwrap();
+        let (n, _) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning":{"effort":"high"}}))
+                .unwrap();
         assert_eq!(n["think"], "high");
-        assert_eq!(err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"huge"})).param.as_deref(), Some("reasoning_effort"));
+        assert_eq!(
+            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"huge"}))
+                .param
+                .as_deref(),
+            Some("reasoning_effort")
+        );
     }
 
     #[test]
     fn logprobs_pass_through_and_user_is_kept() {
         let (n, plan) = convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3,"user":"alice","unknown_field":{"x":1}})).unwrap();
-        assert_eq!(
-            (n["logprobs"].clone(), n["top_logprobs"].clone()),
-            (json!(true), json!(3))
-        );
+        assert_eq!((n["logprobs"].clone(), n["top_logprobs"].clone()), (json!(true), json!(3)));
         assert!(n.get("user").is_none() && n.get("unknown_field").is_none());
         assert_eq!(plan.user.as_deref(), Some("alice"));
     }
 
     #[test]
     fn invalid_requests_name_the_field() {
-        assert_eq!(
-            err(json!({"messages":[{"role":"user","content":"x"}]}))
-                .param
-                .as_deref(),
-            Some("model")
-        );
+        assert_eq!(err(json!({"messages":[{"role":"user","content":"x"}]})).param.as_deref(), Some("model"));
         assert_eq!(err(json!({"model":"m"})).param.as_deref(), Some("messages"));
+        assert_eq!(err(json!({"model":"m","messages":[]})).param.as_deref(), Some("messages"));
         assert_eq!(
-            err(json!({"model":"m","messages":[]})).param.as_deref(),
-            Some("messages")
-        );
-        assert_eq!(
-            err(json!({"model":"m","messages":[{"role":"user"}]}))
-                .param
-                .as_deref(),
+            err(json!({"model":"m","messages":[{"role":"user"}]})).param.as_deref(),
             Some("messages[0].content")
         );
         assert_eq!(
@@ -958,29 +865,18 @@ mod tests {
             "n > 1 is not supported: send one request per choice."
         );
         assert_eq!(
-            err(
-                json!({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})
-            )
-            .param
-            .as_deref(),
+            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})).param.as_deref(),
             Some("temperature")
         );
         assert_eq!(
-            err(json!({"model":"m","messages":[{"role":"user","content":5}]}))
-                .param
-                .as_deref(),
+            err(json!({"model":"m","messages":[{"role":"user","content":5}]})).param.as_deref(),
             Some("messages[0].content")
         );
         assert_eq!(
-            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}))
-                .param
-                .as_deref(),
+            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]})).param.as_deref(),
             Some("stop")
         );
-        assert_eq!(
-            err(json!({"model":"m","messages":"hi"})).param.as_deref(),
-            Some("messages")
-        );
+        assert_eq!(err(json!({"model":"m","messages":"hi"})).param.as_deref(), Some("messages"));
     }
 
     #[test]
@@ -997,22 +893,13 @@ mod tests {
         }
         // Nesting in a field the gateway reads is refused; in an ignored field it is skipped without recursion.
         let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        let deep = format!(
-            "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":{}}}]}}",
-            nest(100_000)
-        );
-        assert_eq!(
-            convert_chat(deep.as_bytes(), &mut out).unwrap_err().status,
-            400
-        );
+        let deep = format!("{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":{}}}]}}", nest(100_000));
+        assert_eq!(convert_chat(deep.as_bytes(), &mut out).unwrap_err().status, 400);
         let deep = format!(
             "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"tools\":{}}}",
             nest(100_000)
         );
-        assert_eq!(
-            convert_chat(deep.as_bytes(), &mut out).unwrap_err().status,
-            400
-        );
+        assert_eq!(convert_chat(deep.as_bytes(), &mut out).unwrap_err().status, 400);
         let deep = format!(
             "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],\"x\":{}}}",
             nest(100_000)

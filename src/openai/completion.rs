@@ -11,29 +11,14 @@ use crate::ollama::native::{NativeError, parse_native_line};
 
 /// Writes the `chat.completion` JSON for the native reply `body` into `out`.
 /// `model` is the name the client asked for.
-pub fn chat_completion(
-    out: &mut Vec<u8>,
-    id: &str,
-    model: &str,
-    body: &[u8],
-) -> Result<Usage, ApiError> {
-    let native = parse_native_line(body.trim_ascii()).map_err(|_| {
-        ApiError::upstream(
-            502,
-            "The model server sent a reply that is not valid JSON.".into(),
-        )
-    })?;
+pub fn chat_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) -> Result<Usage, ApiError> {
+    let native = parse_native_line(body.trim_ascii())
+        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
     if let Some(err) = native.error {
         return Err(ApiError::upstream(502, native_error_message(err)));
     }
-    let usage = Usage {
-        prompt_tokens: native.prompt_eval_count,
-        completion_tokens: native.eval_count,
-    };
-    let created = native
-        .created_at
-        .and_then(crate::clock::rfc3339_to_unix)
-        .unwrap_or_else(crate::clock::unix_now);
+    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+    let created = native.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
 
     out.clear();
     out.extend_from_slice(b"{\"id\":\"");
@@ -54,8 +39,7 @@ pub fn chat_completion(
     if let Some(raw) = native.tool_calls {
         out.extend_from_slice(b",\"tool_calls\":");
         let mut next = 0;
-        write::tool_calls(out, raw, &mut next)
-            .map_err(|m| ApiError::upstream(502, format!("{m}.")))?;
+        write::tool_calls(out, raw, &mut next).map_err(|m| ApiError::upstream(502, format!("{m}.")))?;
         made_tool_calls = true;
     }
     out.extend_from_slice(b"},\"finish_reason\":\"");
@@ -80,8 +64,7 @@ pub fn unescape(escaped: &[u8]) -> String {
     quoted.push(b'"');
     quoted.extend_from_slice(escaped);
     quoted.push(b'"');
-    serde_json::from_slice(&quoted)
-        .unwrap_or_else(|_| String::from_utf8_lossy(escaped).into_owned())
+    serde_json::from_slice(&quoted).unwrap_or_else(|_| String::from_utf8_lossy(escaped).into_owned())
 }
 
 #[cfg(test)]
@@ -93,24 +76,12 @@ mod tests {
     fn matches_the_spec_example() {
         let body = br#"{"model":"llama3","created_at":"2025-11-24T17:15:24.19314Z","message":{"role":"assistant","content":"Hello!"},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":3}"#;
         let mut out = Vec::new();
-        let usage = chat_completion(
-            &mut out,
-            "chatcmpl-7QyqpwdfhqwajicIEznoc6Q47XAyW",
-            "llama3",
-            body,
-        )
-        .unwrap();
+        let usage = chat_completion(&mut out, "chatcmpl-7QyqpwdfhqwajicIEznoc6Q47XAyW", "llama3", body).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"id":"chatcmpl-7QyqpwdfhqwajicIEznoc6Q47XAyW","object":"chat.completion","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":26,"completion_tokens":3,"total_tokens":29}}"#
         );
-        assert_eq!(
-            usage,
-            Usage {
-                prompt_tokens: 26,
-                completion_tokens: 3
-            }
-        );
+        assert_eq!(usage, Usage { prompt_tokens: 26, completion_tokens: 3 });
     }
 
     #[test]
@@ -125,24 +96,15 @@ mod tests {
                 {"id":"call_ab12cd34","index":0,"type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
                 "finish_reason":"tool_calls"})
         );
-        assert_eq!(
-            v["usage"],
-            json!({"prompt_tokens":0,"completion_tokens":7,"total_tokens":7})
-        );
+        assert_eq!(v["usage"], json!({"prompt_tokens":0,"completion_tokens":7,"total_tokens":7}));
         assert_eq!(v["model"], "gpt-4o");
     }
 
     #[test]
     fn upstream_error_body_becomes_an_api_error() {
         let mut out = Vec::new();
-        let e =
-            chat_completion(&mut out, "x", "m", br#"{"error":"bad \u0026 worse"}"#).unwrap_err();
+        let e = chat_completion(&mut out, "x", "m", br#"{"error":"bad \u0026 worse"}"#).unwrap_err();
         assert_eq!(e.message, "bad & worse");
-        assert_eq!(
-            chat_completion(&mut out, "x", "m", b"<html>")
-                .unwrap_err()
-                .status,
-            502
-        );
+        assert_eq!(chat_completion(&mut out, "x", "m", b"<html>").unwrap_err().status, 502);
     }
 }

@@ -19,26 +19,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: u16,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            code: Some(code),
-            param: None,
-            message: message.into(),
-        }
+    fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status, kind, code: Some(code), param: None, message: message.into() }
     }
 
     /// 400 `invalid_request` naming the offending field.
-    pub fn invalid(
-        param: impl Into<Cow<'static, str>>,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<Cow<'static, str>>) -> Self {
         let mut e = Self::new(400, "invalid_request_error", "invalid_request", message);
         e.param = Some(param.into());
         e
@@ -54,9 +40,7 @@ impl ApiError {
             413,
             "invalid_request_error",
             "request_too_large",
-            format!(
-                "The request body is larger than the limit of {limit} bytes. Send a smaller request."
-            ),
+            format!("The request body is larger than the limit of {limit} bytes. Send a smaller request."),
         )
     }
 
@@ -65,9 +49,7 @@ impl ApiError {
             404,
             "invalid_request_error",
             "model_not_found",
-            format!(
-                "The model '{model}' does not exist. List the available models with GET /v1/models."
-            ),
+            format!("The model '{model}' does not exist. List the available models with GET /v1/models."),
         );
         e.param = Some("model".into());
         e
@@ -79,9 +61,7 @@ impl ApiError {
             404,
             "invalid_request_error",
             "unknown_url",
-            format!(
-                "Unknown request URL: {method} {path}. The API is served under /api/v1 and /v1."
-            ),
+            format!("Unknown request URL: {method} {path}. The API is served under /api/v1 and /v1."),
         )
     }
 
@@ -105,12 +85,7 @@ impl ApiError {
     }
 
     pub fn upstream_timeout(what: &str) -> Self {
-        Self::new(
-            504,
-            "api_error",
-            "upstream_timeout",
-            format!("The model server did not answer in time ({what})."),
-        )
+        Self::new(504, "api_error", "upstream_timeout", format!("The model server did not answer in time ({what})."))
     }
 
     /// An upstream error passed on with the upstream's status and message.
@@ -152,8 +127,7 @@ mod tests {
             v,
             serde_json::json!({"error":{"message":"'messages' must not be empty.","type":"invalid_request_error","param":"messages","code":"invalid_request"}})
         );
-        let v: serde_json::Value =
-            serde_json::from_slice(&ApiError::upstream_timeout("x").body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&ApiError::upstream_timeout("x").body()).unwrap();
         assert_eq!(v["error"]["param"], serde_json::Value::Null);
         assert_eq!(v["error"]["code"], "upstream_timeout");
     }

@@ -55,9 +55,7 @@ pub fn finish_reason(done_reason: Option<&[u8]>, made_tool_calls: bool) -> &'sta
 pub fn stream_error_event(out: &mut Vec<u8>, escaped_message: &[u8]) {
     out.extend_from_slice(b"data: {\"error\":{\"message\":\"");
     out.extend_from_slice(escaped_message);
-    out.extend_from_slice(
-        b"\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n",
-    );
+    out.extend_from_slice(b"\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n");
 }
 
 #[derive(Deserialize)]
@@ -105,8 +103,8 @@ pub fn tool_calls(out: &mut Vec<u8>, raw: &[u8], next_index: &mut u32) -> Result
         let compact = match call.function.arguments {
             None => "{}".to_owned(),
             Some(args) => {
-                let v: serde_json::Value = serde_json::from_str(args.get())
-                    .map_err(|_| "the upstream sent malformed tool arguments")?;
+                let v: serde_json::Value =
+                    serde_json::from_str(args.get()).map_err(|_| "the upstream sent malformed tool arguments")?;
                 v.to_string()
             }
         };
@@ -142,12 +140,7 @@ mod tests {
     fn missing_ids_and_indexes_are_filled_in() {
         let mut out = Vec::new();
         let mut next = 2;
-        tool_calls(
-            &mut out,
-            br#"[{"function":{"name":"f","arguments":{}}}]"#,
-            &mut next,
-        )
-        .unwrap();
+        tool_calls(&mut out, br#"[{"function":{"name":"f","arguments":{}}}]"#, &mut next).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v[0]["index"], 2);
         assert!(v[0]["id"].as_str().unwrap().starts_with("call_"));

@@ -49,27 +49,20 @@ impl Request {
     }
 
     fn fill(&mut self, buf: &[u8], head: &RequestHead) {
-        let text =
-            |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
+        let text = |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
         self.method = Some(head.method);
         self.method_name.clear();
         let name_end = buf.iter().position(|&b| b == b' ').unwrap_or(0);
-        self.method_name
-            .push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
+        self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
         self.path.clear();
-        self.path
-            .push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
         self.keep_alive = head.keep_alive;
         self.origin = head.origin.is_some();
         self.access_control_request_headers.clear();
         if let Some(r) = &head.access_control_request_headers {
             self.access_control_request_headers.push_str(&text(r));
         }
-        self.authorization = head
-            .authorization
-            .as_ref()
-            .or(head.x_api_key.as_ref())
-            .map(text);
+        self.authorization = head.authorization.as_ref().or(head.x_api_key.as_ref()).map(text);
         self.host.clear();
         if let Some(r) = &head.host {
             self.host.push_str(&text(r));
@@ -135,10 +128,7 @@ impl Conn {
                 self.inbuf = slice.into_inner();
                 res
             }
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "read timed out",
-            )),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
         }
     }
 
@@ -150,14 +140,12 @@ impl Conn {
     fn json_with(&mut self, status: u16, body: &[u8], extra: Option<(&str, &str)>) {
         let keep_alive = self.req.keep_alive;
         let head_only = self.req.method() == Method::Head;
-        let mut h =
-            ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
+        let mut h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
         if let Some((name, value)) = extra {
             h = h.header(name, value.as_bytes());
         }
         let h = if self.req.origin { cors(h) } else { h };
-        h.connection(keep_alive)
-            .body("application/json", body, head_only);
+        h.connection(keep_alive).body("application/json", body, head_only);
     }
 
     /// Appends an error response to `out`.
@@ -203,8 +191,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         conn.req.id = String::new();
 
         // 2. Read the body.
-        if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await
-        {
+        if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await {
             if let Some(err) = err {
                 conn.req.keep_alive = false;
                 conn.req.id = crate::ids::request_id("req-");
@@ -227,20 +214,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
 
 /// Reads until a whole head is buffered. `Ok(None)`: the client closed or
 /// went idle between requests. `Err(Some)`: answer with this error and close.
-async fn read_head(
-    conn: &mut Conn,
-    idle: Duration,
-    header: Duration,
-) -> Result<Option<RequestHead>, Option<ApiError>> {
+async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<Option<RequestHead>, Option<ApiError>> {
     loop {
         if !conn.inbuf.is_empty() {
             match parse_request_head(&conn.inbuf, MAX_HEAD) {
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
                 Err(HeadError::TooLarge) => {
-                    let mut e = ApiError::bad_request(
-                        "The request head is larger than 64 KiB or has too many headers.",
-                    );
+                    let mut e =
+                        ApiError::bad_request("The request head is larger than 64 KiB or has too many headers.");
                     e.status = 431;
                     return Err(Some(e));
                 }
@@ -255,11 +237,7 @@ async fn read_head(
         let timeout = if conn.inbuf.is_empty() { idle } else { header };
         match conn.fill(timeout).await {
             Ok(0) => {
-                return if conn.inbuf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(None)
-                };
+                return if conn.inbuf.is_empty() { Ok(None) } else { Err(None) };
             }
             Ok(_) => {}
             Err(_) => return Err(None),
@@ -296,9 +274,7 @@ async fn read_body(
                     Ok(_) => {}
                 }
             }
-            conn.req
-                .body
-                .extend_from_slice(&conn.inbuf[head.len..total]);
+            conn.req.body.extend_from_slice(&conn.inbuf[head.len..total]);
             conn.inbuf.drain(..total);
             Ok(())
         }
@@ -316,12 +292,7 @@ async fn read_body(
                             body.extend_from_slice(d);
                         }
                     })
-                    .map_err(|e| {
-                        Some(ApiError::bad_request(format!(
-                            "Invalid chunked request body: {}.",
-                            e.0
-                        )))
-                    })?;
+                    .map_err(|e| Some(ApiError::bad_request(format!("Invalid chunked request body: {}.", e.0))))?;
                 pos += used;
                 if too_big {
                     return Err(Some(ApiError::request_too_large(max_body)));

@@ -19,8 +19,11 @@ use std::sync::mpsc;
 
 use monoio::net::TcpListener;
 
+use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::ollama::client::{Pool, UpstreamTarget};
+use crate::store::Store;
+use crate::store::keys::{Limits, NewKey, Role};
 
 /// What one worker thread owns.
 pub struct Worker {
@@ -29,6 +32,10 @@ pub struct Worker {
     pub upstream: Arc<UpstreamTarget>,
     /// Idle keep-alive connections to the upstream, this core's only.
     pub pool: Pool,
+    /// The key store (LMDB), shared by every worker and process.
+    pub store: &'static Store,
+    /// This core's decoded key records.
+    pub keys: KeyCache,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -36,11 +43,11 @@ pub struct Worker {
 pub fn run(config: Config) -> Result<(), String> {
     let upstream = Arc::new(UpstreamTarget::resolve(&config.upstream)?);
     let listeners = bind_listeners(config.listen, config.workers)?;
+    let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
+    bootstrap_admin_key(store)?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
     let mut threads = Vec::new();
@@ -53,15 +60,14 @@ pub fn run(config: Config) -> Result<(), String> {
             .spawn(move || {
                 let _ = monoio::utils::bind_to_cpu_set([index % cores]);
                 let pool = Pool::new(config.upstream_limits);
-                let worker = Rc::new(Worker {
-                    index,
-                    config,
-                    upstream,
-                    pool,
-                });
+                let keys = KeyCache::default();
+                let worker = Rc::new(Worker { index, config, upstream, pool, store, keys });
+                // Store writes (admin API) fsync: they run on this small pool, never on the worker.
+                let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));
                 let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                     .with_entries(4096)
                     .enable_timer()
+                    .attach_thread_pool(blocking)
                     .build();
                 match built {
                     Ok(monoio::FusionRuntime::Uring(mut rt)) => {
@@ -99,6 +105,43 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// On an empty store, creates the first admin key: from `AI_GATEWAY_ADMIN_KEY`
+/// when set, else a random one printed once to stderr.
+fn bootstrap_admin_key(store: &Store) -> Result<(), String> {
+    let given = std::env::var("AI_GATEWAY_ADMIN_KEY").ok().filter(|s| !s.is_empty());
+    if store.key_count().map_err(|e| e.0)? > 0 {
+        if given.is_some() {
+            crate::log::info(format_args!("AI_GATEWAY_ADMIN_KEY is ignored: the store already has keys"));
+        }
+        return Ok(());
+    }
+    let from_env = given.is_some();
+    let new = NewKey {
+        name: "admin".into(),
+        role: Role::Admin,
+        models: vec![],
+        expires: None,
+        limits: Limits::default(),
+        secret: given,
+    };
+    let (record, secret) = store
+        .create_key(new)
+        .map_err(|e| if from_env { format!("AI_GATEWAY_ADMIN_KEY is not usable: {e}") } else { e.0 })?;
+    if from_env {
+        crate::log::info(format_args!(
+            "created the admin key 'admin' ({}, {}) from AI_GATEWAY_ADMIN_KEY",
+            record.id, record.prefix
+        ));
+    } else {
+        // The one time a secret is printed: the operator has no other way to get in.
+        eprintln!(
+            "\nNo API keys yet: created the admin key 'admin' ({}). Its secret is shown only now, store it safely:\n\n    {secret}\n\nCreate user keys with:  ai-gateway keys create --name NAME   (or POST /admin/v1/keys with this admin key)\n",
+            record.id
+        );
+    }
+    Ok(())
+}
+
 async fn worker_main(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,
@@ -108,10 +151,7 @@ async fn worker_main(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {}: cannot register listener: {e}",
-                worker.index
-            )));
+            let _ = ready.send(Err(format!("worker {}: cannot register listener: {e}", worker.index)));
             return;
         }
     };
@@ -133,10 +173,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
                     _ => 10,
                 };
-                crate::log::warn(format_args!(
-                    "worker {}: accept failed: {e}; retrying in {pause} ms",
-                    worker.index
-                ));
+                crate::log::warn(format_args!("worker {}: accept failed: {e}; retrying in {pause} ms", worker.index));
                 monoio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
         }
@@ -157,9 +194,7 @@ fn bind_listeners(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpL
     // With port 0, every listener must share the port the kernel picked.
     let addr = probe.local_addr().map_err(|e| e.to_string())?;
     drop(probe);
-    (0..workers)
-        .map(|_| reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
-        .collect()
+    (0..workers).map(|_| reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))).collect()
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

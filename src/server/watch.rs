@@ -45,11 +45,7 @@ impl ClientWatch {
     pub fn start(rd: TcpOwnedReadHalf, buf: Vec<u8>, limit: usize) -> Self {
         let canceller = Canceller::new();
         let fut = Box::pin(watch(rd, buf, limit, canceller.handle()));
-        Self {
-            fut: Some(fut),
-            done: None,
-            canceller,
-        }
+        Self { fut: Some(fut), done: None, canceller }
     }
 
     /// True once the client is known to be gone.
@@ -77,11 +73,7 @@ impl ClientWatch {
             if let Poll::Ready(v) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
             }
-            if self.poll_gone(cx) {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
+            if self.poll_gone(cx) { Poll::Ready(None) } else { Poll::Pending }
         })
         .await
     }
@@ -100,12 +92,7 @@ impl ClientWatch {
     }
 }
 
-async fn watch(
-    mut rd: TcpOwnedReadHalf,
-    mut buf: Vec<u8>,
-    limit: usize,
-    cancel: CancelHandle,
-) -> WatchOutput {
+async fn watch(mut rd: TcpOwnedReadHalf, mut buf: Vec<u8>, limit: usize, cancel: CancelHandle) -> WatchOutput {
     loop {
         if buf.len() >= limit {
             return (rd, buf, WatchEnd::Full);
@@ -114,17 +101,12 @@ async fn watch(
             buf.reserve(16 * 1024);
         }
         let len = buf.len();
-        let (res, slice) = rd
-            .cancelable_read(buf.slice_mut(len..), cancel.clone())
-            .await;
+        let (res, slice) = rd.cancelable_read(buf.slice_mut(len..), cancel.clone()).await;
         buf = slice.into_inner();
         match res {
             Ok(0) => return (rd, buf, WatchEnd::Gone),
             Ok(_) => continue,
-            Err(e)
-                if e.raw_os_error() == Some(libc::ECANCELED)
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == std::io::ErrorKind::Interrupted => {
                 return (rd, buf, WatchEnd::Cancelled);
             }
             Err(_) => return (rd, buf, WatchEnd::Gone),

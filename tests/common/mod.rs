@@ -14,19 +14,63 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A running binary; killed when dropped.
+/// The bootstrap admin key every test gateway starts with (`AI_GATEWAY_ADMIN_KEY`).
+pub const ADMIN_KEY: &str = "sk_test-admin-key-0123456789abcdefghijklmnopqrstuvw";
+
+/// A running binary; killed when dropped (and its data directory removed).
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
     /// Everything it wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// The gateway's `--data-dir`, if it has one.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
+}
+
+/// A fresh, empty data directory.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let dir = std::env::temp_dir().join(format!("ai-gateway-it-{}-{n}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `ai-gateway keys …` against a data directory; returns (exit code, stdout, stderr).
+pub fn keys_cli(data_dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .arg("keys")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ai-gateway keys");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates a key with the CLI (extra flags as given); returns its JSON view with `secret`.
+pub fn create_key(g: &Proc, name: &str, flags: &[&str]) -> serde_json::Value {
+    let mut args = vec!["create", "--name", name, "--json"];
+    args.extend_from_slice(flags);
+    let (code, out, err) = keys_cli(g.data_dir.as_ref().expect("a gateway"), &args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 impl Proc {
@@ -42,16 +86,11 @@ impl Proc {
 /// Starts `bin` with `args`, waits for its "listening on ADDR" line.
 pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null());
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();
@@ -78,7 +117,7 @@ pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
             panic!("{bin} did not start; log:\n{}", log.lock().unwrap());
         }
     };
-    Proc { child, addr, log }
+    Proc { child, addr, log, data_dir: None }
 }
 
 pub fn mock(args: &[&str]) -> Proc {
@@ -91,16 +130,27 @@ pub fn gateway(upstream: &Proc, args: &[&str]) -> Proc {
     gateway_env(upstream, args, &[])
 }
 
+/// Starts a gateway in front of `upstream` with a fresh data directory and
+/// [`ADMIN_KEY`] as its bootstrap admin key.
 pub fn gateway_env(upstream: &Proc, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let dir = temp_data_dir();
     let mut a = vec![
         "serve".to_owned(),
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--upstream".to_owned(),
         upstream.url(),
+        "--data-dir".to_owned(),
+        dir.display().to_string(),
     ];
     a.extend(args.iter().map(|s| s.to_string()));
-    start(env!("CARGO_BIN_EXE_ai-gateway"), &a, env)
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "AI_GATEWAY_ADMIN_KEY") {
+        env.push(("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY));
+    }
+    let mut p = start(env!("CARGO_BIN_EXE_ai-gateway"), &a, &env);
+    p.data_dir = Some(dir);
+    p
 }
 
 /// A parsed HTTP response.
@@ -113,10 +163,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -124,8 +171,7 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -138,8 +184,19 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Sends one request on a fresh connection and reads the response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
+    request_with(addr, method, path, body, &[])
+}
+
+/// Like [`request`], with extra headers (an `Authorization` here replaces the admin key).
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Response {
     let mut s = connect(addr);
-    send(&mut s, method, path, body, &[]);
+    send(&mut s, method, path, body, headers);
     let mut r = BufReader::new(s);
     read_response(&mut r, method == "HEAD").expect("a response")
 }
@@ -152,22 +209,18 @@ pub fn post(addr: SocketAddr, path: &str, body: &str) -> Response {
     request(addr, "POST", path, Some(body))
 }
 
-pub fn send(
-    s: &mut TcpStream,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) {
+/// Sends a request; unless `headers` carry `Authorization` or `x-api-key`,
+/// it is sent with the admin key.
+pub fn send(s: &mut TcpStream, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("x-api-key")) {
+        req.push_str(&format!("Authorization: Bearer {ADMIN_KEY}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
     if let Some(b) = body {
@@ -194,12 +247,8 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Option<Response> 
         let (k, v) = l.split_once(':')?;
         headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let find = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
+    let find =
+        |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
     let mut body = Vec::new();
     if head_only || status == 204 || status == 100 {
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -223,11 +272,7 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Option<Response> 
     } else {
         r.read_to_end(&mut body).ok()?;
     }
-    Some(Response {
-        status,
-        headers,
-        body,
-    })
+    Some(Response { status, headers, body })
 }
 
 /// The data payloads of an SSE body.

@@ -1,7 +1,9 @@
 // Starts the real ai-gateway and mock-ollama binaries on free ports.
 // Each prints "listening on ADDR" in its first log line; we wait for it.
 
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
@@ -9,9 +11,11 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 export const GATEWAY = process.env.AI_GATEWAY_BIN ?? path.join(root, "target/debug/ai-gateway");
 export const MOCK = process.env.MOCK_OLLAMA_BIN ?? path.join(root, "target/debug/mock-ollama");
 
-export function start(bin, args) {
+export const ADMIN_KEY = "sk_js-admin-key-0123456789abcdefghijklmnopqrstuvwxyz";
+
+export function start(bin, args, env = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } });
     let log = "";
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
@@ -32,10 +36,30 @@ export function start(bin, args) {
 
 export async function startPair(mockArgs = []) {
   const mock = await start(MOCK, ["--listen", "127.0.0.1:0", ...mockArgs]);
-  const gateway = await start(GATEWAY, ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url]);
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), "ai-gateway-js-"));
+  const gateway = await start(
+    GATEWAY,
+    ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url, "--data-dir", dataDir],
+    { AI_GATEWAY_ADMIN_KEY: ADMIN_KEY },
+  );
+  // Keys are created with the CLI, in another process, while the server runs.
+  gateway.createKey = (name, ...flags) =>
+    JSON.parse(
+      execFileSync(GATEWAY, ["keys", "--data-dir", dataDir, "create", "--name", name, "--json", ...flags], {
+        encoding: "utf8",
+      }),
+    ).secret;
   mock.configure = async (knobs) => {
     const r = await fetch(`${mock.url}/_config`, { method: "POST", body: JSON.stringify(knobs) });
     if (r.status !== 200) throw new Error(await r.text());
   };
-  return { mock, gateway, stop: () => { gateway.stop(); mock.stop(); } };
+  return {
+    mock,
+    gateway,
+    stop: () => {
+      gateway.stop();
+      mock.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
 }

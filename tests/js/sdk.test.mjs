@@ -14,7 +14,8 @@ let client;
 
 before(async () => {
   pair = await startPair(["--tokens", "8"]);
-  client = new OpenAI({ baseURL: `${pair.gateway.url}/api/v1`, apiKey: "sk-test", maxRetries: 0 });
+  const key = pair.gateway.createKey("js-sdk");
+  client = new OpenAI({ baseURL: `${pair.gateway.url}/api/v1`, apiKey: key, maxRetries: 0 });
 });
 after(() => pair.stop());
 beforeEach(() => pair.mock.configure({ tokens: 8, error_after: null, thinking: 0 }));
@@ -141,4 +142,24 @@ test("mid-stream upstream error is APIError", async () => {
     (e) => e instanceof OpenAI.APIError && /an error was encountered while running the model/.test(e.message),
   );
   assert.equal(got, "Hello world!");
+});
+
+test("a bad key is AuthenticationError", async () => {
+  const bad = new OpenAI({ baseURL: `${pair.gateway.url}/v1`, apiKey: "sk_" + "z".repeat(43), maxRetries: 0 });
+  await assert.rejects(
+    bad.chat.completions.create({ model: "llama3", messages: ask() }),
+    (e) => e instanceof OpenAI.AuthenticationError && e.status === 401 && e.code === "invalid_api_key",
+  );
+});
+
+test("a model outside the key's allowlist is PermissionDeniedError", async () => {
+  const key = pair.gateway.createKey("js-limited", "--models", "qwen3:8b");
+  const limited = new OpenAI({ baseURL: `${pair.gateway.url}/v1`, apiKey: key, maxRetries: 0 });
+  await assert.rejects(
+    limited.chat.completions.create({ model: "llama3", messages: ask() }),
+    (e) => e instanceof OpenAI.PermissionDeniedError && e.status === 403 && e.code === "model_not_allowed",
+  );
+  const ids = [];
+  for await (const m of limited.models.list()) ids.push(m.id);
+  assert.deepEqual(ids, ["qwen3:8b"]);
 });

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import subprocess
+import tempfile
 import threading
 import urllib.request
 
@@ -84,15 +85,48 @@ def default_knobs(request):
     yield
 
 
+ADMIN_KEY = "sk_python-admin-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class Gateway(Proc):
+    def __init__(self, upstream_url):
+        self.data_dir = tempfile.mkdtemp(prefix="ai-gateway-py-")
+        super().__init__(
+            [GATEWAY, "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_url, "--data-dir", self.data_dir],
+            env={"AI_GATEWAY_ADMIN_KEY": ADMIN_KEY},
+        )
+
+    def create_key(self, name, *flags):
+        """Creates a key with the CLI, in another process, while the server runs."""
+        out = subprocess.run(
+            [GATEWAY, "keys", "--data-dir", self.data_dir, "create", "--name", name, "--json", *flags],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(out.stdout)["secret"]
+
+    def stop(self):
+        super().stop()
+        import shutil
+
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def gateway(mock):
-    g = Proc([GATEWAY, "serve", "--listen", "127.0.0.1:0", "--upstream", mock.url])
+    g = Gateway(mock.url)
     yield g
     g.stop()
 
 
+@pytest.fixture(scope="module")
+def user_key(gateway):
+    return gateway.create_key("python-sdk")
+
+
 @pytest.fixture
-def client(gateway):
+def client(gateway, user_key):
     import openai
 
-    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key="sk-test", max_retries=0)
+    return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=user_key, max_retries=0)

@@ -139,11 +139,42 @@ def test_mid_stream_upstream_error_is_api_error(client, mock):
     assert "an error was encountered while running the model" in str(e.value.message)
 
 
-def test_async_client_streams_too(gateway):
+def test_bad_key_is_authentication_error(gateway):
+    client = openai.OpenAI(base_url=gateway.url + "/api/v1", api_key="sk_" + "z" * 43, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model="llama3", messages=ask())
+    assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_revoked_key_is_authentication_error(gateway):
+    import subprocess
+    from conftest import GATEWAY
+
+    key = gateway.create_key("python-revoked")
+    client = openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=key, max_retries=0)
+    assert client.chat.completions.create(model="llama3", messages=ask()).choices
+    subprocess.run([GATEWAY, "keys", "--data-dir", gateway.data_dir, "revoke", "python-revoked"], check=True, capture_output=True)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="llama3", messages=ask())
+
+
+def test_model_outside_the_allowlist_is_permission_denied(gateway):
+    key = gateway.create_key("python-limited", "--models", "qwen3:8b")
+    client = openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="llama3", messages=ask())
+    assert e.value.status_code == 403 and e.value.code == "model_not_allowed"
+    assert [m.id for m in client.models.list()] == ["qwen3:8b"]
+    assert client.chat.completions.create(model="qwen3:8b", messages=ask()).choices[0].message.content == EIGHT_TOKENS
+
+
+def test_async_client_streams_too(gateway, user_key):
     import asyncio
 
     async def run():
-        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="sk-test", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=user_key, max_retries=0)
         stream = await client.chat.completions.create(model="llama3", messages=ask(), stream=True)
         text = ""
         async for chunk in stream:

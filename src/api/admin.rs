@@ -1,0 +1,104 @@
+//! The admin API: `/admin/v1/keys…`, for keys with the admin role.
+//!
+//! Bodies mirror the CLI's `--json` (`KeyRecord::view`); `create` and
+//! `rotate` add the new `secret`, shown this once. Writes commit to LMDB
+//! with an fsync, so they run on the runtime's blocking pool, never on the
+//! worker thread itself.
+
+use std::borrow::Cow;
+
+use crate::openai::error::ApiError;
+use crate::server::Worker;
+use crate::server::conn::{After, Conn};
+use crate::store::keys::{KeyRecord, KeyUpdate};
+use crate::store::{Store, StoreError};
+
+fn store_error(e: StoreError) -> ApiError {
+    if e.0.starts_with("no key") {
+        let mut err = ApiError::bad_request(format!("{}.", e.0));
+        err.status = 404;
+        err.code = Some("key_not_found");
+        err
+    } else if e.0.contains("already exists") || e.0.starts_with("invalid key name") || e.0.contains("is revoked") {
+        ApiError::invalid("name", format!("{}.", e.0))
+    } else {
+        crate::log::error(format_args!("admin API: {e}"));
+        let mut err = ApiError::upstream(500, "The gateway could not update its key store.".into());
+        err.code = Some("internal_error");
+        err
+    }
+}
+
+/// Runs a store write on the blocking pool.
+async fn write<R: Send + 'static>(
+    store: &'static Store,
+    f: impl FnOnce(&'static Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, ApiError> {
+    match monoio::spawn_blocking(move || f(store)).await {
+        Ok(r) => r.map_err(store_error),
+        Err(_) => Err(store_error(StoreError("the store writer stopped".into()))),
+    }
+}
+
+fn settings(body: &[u8]) -> Result<KeyUpdate, ApiError> {
+    let v: serde_json::Value = crate::openai::chat_request::parse_json(if body.is_empty() { b"{}" } else { body })?;
+    KeyUpdate::from_json(&v, crate::clock::unix_now()).map_err(|(field, msg)| {
+        if field.is_empty() { ApiError::bad_request(msg) } else { ApiError::invalid(field, Cow::Owned(msg)) }
+    })
+}
+
+fn with_secret(record: &KeyRecord, secret: &str) -> Vec<u8> {
+    let mut v = record.view();
+    v["secret"] = serde_json::Value::String(secret.to_owned());
+    v.to_string().into_bytes()
+}
+
+fn reply(conn: &mut Conn, result: Result<(u16, Vec<u8>), ApiError>) -> After {
+    match result {
+        Ok((status, body)) => conn.json(status, &body),
+        Err(e) => conn.error(&e),
+    }
+    After::KeepAlive
+}
+
+/// `GET /admin/v1/keys`, `POST /admin/v1/keys`.
+pub async fn keys(worker: &Worker, conn: &mut Conn) -> After {
+    let store = worker.store;
+    let result = if conn.req.method() == crate::http::request::Method::Post {
+        match settings(&conn.req.body).and_then(|u| u.into_new_key().map_err(|(f, m)| ApiError::invalid(f, m))) {
+            Ok(new) => {
+                write(store, move |s| s.create_key(new)).await.map(|(r, secret)| (201, with_secret(&r, &secret)))
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        store.list_keys().map_err(store_error).map(|list| {
+            let data: Vec<serde_json::Value> = list.iter().map(KeyRecord::view).collect();
+            (200, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes())
+        })
+    };
+    reply(conn, result)
+}
+
+/// `GET|PATCH|DELETE /admin/v1/keys/{id}`.
+pub async fn key(worker: &Worker, conn: &mut Conn, id: &str) -> After {
+    use crate::http::request::Method;
+    let store = worker.store;
+    let id = id.to_owned();
+    let result = match conn.req.method() {
+        Method::Patch => match settings(&conn.req.body) {
+            Ok(update) => write(store, move |s| s.update_key(&id, &update)).await,
+            Err(e) => Err(e),
+        },
+        Method::Delete => write(store, move |s| s.revoke_key(&id)).await,
+        _ => store.find_key(&id).map(|(_, r)| r).map_err(store_error),
+    };
+    reply(conn, result.map(|r| (200, r.view().to_string().into_bytes())))
+}
+
+/// `POST /admin/v1/keys/{id}/rotate`.
+pub async fn rotate(worker: &Worker, conn: &mut Conn, id: &str) -> After {
+    let id = id.to_owned();
+    let result = write(worker.store, move |s| s.rotate_key(&id)).await;
+    reply(conn, result.map(|(r, secret)| (200, with_secret(&r, &secret))))
+}

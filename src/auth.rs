@@ -1,0 +1,191 @@
+//! API keys on the request path: the secret format, its hash, and the
+//! per-request check.
+//!
+//! A secret is `sk_` + 43 URL-safe base64 characters of 32 bytes from the OS
+//! random source (256 bits). Only its SHA-256 is stored; a request's key is
+//! hashed and looked up by that hash, so there is no byte-by-byte comparison
+//! of secrets to time. Each request reads the key's record from LMDB
+//! (lock-free, sub-microsecond) so that a revocation or change made anywhere
+//! — another worker, the CLI in another process — applies to the very next
+//! request. Decoding the record is skipped when its bytes are the ones this
+//! core decoded last time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::openai::error::ApiError;
+use crate::store::keys::KeyRecord;
+use crate::store::{Store, StoreError};
+
+/// SHA-256 of a secret: how keys are stored and found.
+pub type KeyHash = [u8; 32];
+
+/// Random characters after `sk_`.
+pub const SECRET_CHARS: usize = 43;
+
+/// A fresh secret from the OS random source.
+pub fn new_secret() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError(format!("the OS random source failed: {e}")))?;
+    Ok(format!("sk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Whether `s` has the shape of a secret (used for bootstrap keys given by the operator).
+pub fn is_valid_secret(s: &str) -> bool {
+    s.strip_prefix("sk_").is_some_and(|r| {
+        r.len() >= SECRET_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+pub fn hash_secret(secret: &str) -> KeyHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// What lists show instead of the secret: `sk_ab12…wxyz`.
+pub fn display_prefix(secret: &str) -> String {
+    let body = secret.strip_prefix("sk_").unwrap_or(secret);
+    let head: String = body.chars().take(4).collect();
+    let tail: String = body.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("sk_{head}…{tail}")
+}
+
+/// The key a request carries: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+pub fn presented_key(authorization: Option<&str>) -> Option<&str> {
+    let v = authorization?.trim();
+    let key = match v.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        Some(_) => return None,
+        None if v.eq_ignore_ascii_case("bearer") => return None,
+        None => v,
+    };
+    if key.is_empty() { None } else { Some(key) }
+}
+
+pub fn missing_key() -> ApiError {
+    let mut e = ApiError::bad_request(
+        "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>' (or in x-api-key).",
+    );
+    e.status = 401;
+    e.code = Some("missing_api_key");
+    e
+}
+
+/// One message for unknown, revoked and expired keys: a caller learns nothing.
+pub fn invalid_key() -> ApiError {
+    let mut e = ApiError::bad_request(
+        "Incorrect API key provided. Check the key, or ask the gateway's administrator for a new one.",
+    );
+    e.status = 401;
+    e.code = Some("invalid_api_key");
+    e
+}
+
+pub fn model_not_allowed(key: &KeyRecord, model: &str) -> ApiError {
+    let mut e = ApiError::invalid(
+        "model",
+        format!("The key '{}' may not use the model '{model}'. Allowed models: {}.", key.name, key.models.join(", ")),
+    );
+    e.status = 403;
+    e.code = Some("model_not_allowed");
+    e
+}
+
+pub fn admin_required() -> ApiError {
+    let mut e = ApiError::bad_request("This endpoint needs a key with the admin role.");
+    e.status = 403;
+    e.code = Some("admin_required");
+    e
+}
+
+/// A decoded record and the stored bytes it was decoded from.
+type CachedRecord = (Vec<u8>, Rc<KeyRecord>);
+
+/// This core's decoded records, by hash.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: RefCell<HashMap<KeyHash, CachedRecord>>,
+}
+
+/// Most records a core keeps decoded.
+const CACHE_LIMIT: usize = 10_000;
+
+impl KeyCache {
+    /// Authenticates a presented secret: the live record, if the key exists,
+    /// is not revoked and has not expired; otherwise the 401 to send.
+    pub fn authenticate(&self, store: &Store, secret: &str, now: i64) -> Result<Rc<KeyRecord>, ApiError> {
+        let hash = hash_secret(secret);
+        let record = self.lookup(store, &hash).map_err(|e| {
+            crate::log::error(format_args!("key lookup failed: {e}"));
+            let mut err = ApiError::upstream(500, "The gateway could not read its key store.".into());
+            err.code = Some("internal_error");
+            err
+        })?;
+        match record {
+            Some(r) if r.is_active(now) => Ok(r),
+            _ => Err(invalid_key()),
+        }
+    }
+
+    /// The current record for `hash`, read from LMDB now.
+    pub fn lookup(&self, store: &Store, hash: &KeyHash) -> Result<Option<Rc<KeyRecord>>, StoreError> {
+        let rtxn = store.read()?;
+        let Some(raw) = store.keys.get(&rtxn, hash)? else {
+            self.entries.borrow_mut().remove(hash);
+            return Ok(None);
+        };
+        if let Some((bytes, record)) = self.entries.borrow().get(hash)
+            && bytes.as_slice() == raw
+        {
+            return Ok(Some(record.clone()));
+        }
+        let record = Rc::new(KeyRecord::decode(raw)?);
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= CACHE_LIMIT {
+            entries.clear();
+        }
+        entries.insert(*hash, (raw.to_vec(), record.clone()));
+        Ok(Some(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_random_and_url_safe() {
+        let a = new_secret().unwrap();
+        let b = new_secret().unwrap();
+        assert_ne!(a, b);
+        assert!(is_valid_secret(&a), "{a}");
+        assert_eq!(a.len(), 3 + SECRET_CHARS);
+        assert!(!is_valid_secret("sk_short"));
+        assert!(!is_valid_secret(&format!("pk_{}", &a[3..])));
+        assert!(!is_valid_secret(&format!("{a}!")));
+    }
+
+    #[test]
+    fn display_prefix_hides_the_middle() {
+        assert_eq!(display_prefix("sk_ab12cdefghijklmnopqrstuvwxyz0123456789ABCDwxyz"), "sk_ab12…wxyz");
+    }
+
+    #[test]
+    fn presented_key_reads_bearer_and_bare_values() {
+        assert_eq!(presented_key(Some("Bearer sk_x")), Some("sk_x"));
+        assert_eq!(presented_key(Some("bearer   sk_x ")), Some("sk_x"));
+        assert_eq!(presented_key(Some("sk_x")), Some("sk_x"));
+        assert_eq!(presented_key(Some("Basic abc")), None);
+        assert_eq!(presented_key(Some("Bearer ")), None);
+        assert_eq!(presented_key(None), None);
+    }
+
+    #[test]
+    fn hash_is_sha256() {
+        let h = hash_secret("abc");
+        assert_eq!(h[..4], [0xba, 0x78, 0x16, 0xbf]);
+    }
+}

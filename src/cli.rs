@@ -1,0 +1,282 @@
+//! `ai-gateway keys …`: managing API keys from the command line.
+//!
+//! The CLI opens the same LMDB store as a running server (LMDB is safe
+//! across processes), so every change applies to the server's next request.
+//! Human output is an aligned table; `--json` prints the same shape as the
+//! admin API, stable for scripts. A failure is one line on stderr and a
+//! non-zero exit.
+
+use clap::{Args, Subcommand};
+
+use crate::clock::{parse_expiry, unix_now};
+use crate::config::DataArgs;
+use crate::store::Store;
+use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role};
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create(CreateArgs),
+    /// List all keys.
+    List(JsonFlag),
+    /// Show one key.
+    Show(Target),
+    /// Change a key's settings (takes effect on the next request).
+    Update(UpdateArgs),
+    /// Revoke a key: its secret stops working at once.
+    Revoke(Target),
+    /// Give a key a new secret (same id); the old one stops working at once.
+    Rotate(Target),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON (the admin API's shape) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The key's id (`key_…`) or name.
+    pub key: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A unique name (letters, digits, `-_.@`).
+    #[arg(long)]
+    pub name: String,
+    /// Give the key the admin role (admin API access).
+    #[arg(long)]
+    pub admin: bool,
+    /// Models the key may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Expiry: a duration (30d, 12h, 90m) or a date (2026-12-31, 00:00 UTC).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (prompt + completion).
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
+    /// Tokens per UTC day.
+    #[arg(long)]
+    pub daily_tokens: Option<u64>,
+    /// Tokens per UTC calendar month.
+    #[arg(long)]
+    pub monthly_tokens: Option<u64>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The key's id (`key_…`) or name.
+    pub key: String,
+    /// A new name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `user` or `admin`.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Allowed models, comma-separated; `all` clears the list.
+    #[arg(long)]
+    pub models: Option<String>,
+    /// A duration, a date, or `never`.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Requests per minute, or `none`.
+    #[arg(long)]
+    pub rpm: Option<String>,
+    /// Tokens per minute, or `none`.
+    #[arg(long)]
+    pub tpm: Option<String>,
+    /// Requests in flight at once, or `none`.
+    #[arg(long)]
+    pub max_concurrent: Option<String>,
+    /// Tokens per UTC day, or `none`.
+    #[arg(long)]
+    pub daily_tokens: Option<String>,
+    /// Tokens per UTC month, or `none`.
+    #[arg(long)]
+    pub monthly_tokens: Option<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// Runs a `keys` command; prints its result. Errors are returned as one line.
+pub fn run_keys(args: KeysArgs) -> Result<(), String> {
+    let store = Store::open(&args.data.data_dir).map_err(|e| e.0)?;
+    match args.command {
+        KeysCommand::Create(a) => {
+            let expires = a.expires.as_deref().map(|e| parse_expiry(e, unix_now())).transpose()?;
+            let new = NewKey {
+                name: a.name,
+                role: if a.admin { Role::Admin } else { Role::User },
+                models: a.models.into_iter().filter(|m| !m.is_empty()).collect(),
+                expires,
+                limits: Limits {
+                    rpm: a.rpm,
+                    tpm: a.tpm,
+                    max_concurrent: a.max_concurrent,
+                    daily_tokens: a.daily_tokens,
+                    monthly_tokens: a.monthly_tokens,
+                },
+                secret: None,
+            };
+            let (record, secret) = store.create_key(new).map_err(|e| e.0)?;
+            if a.json.json {
+                let mut v = record.view();
+                v["secret"] = serde_json::Value::String(secret);
+                println!("{v}");
+            } else {
+                println!(
+                    "Created key '{}' ({}). Its secret is shown only now, store it safely:\n\n    {secret}\n",
+                    record.name, record.id
+                );
+            }
+        }
+        KeysCommand::List(j) => {
+            let keys = store.list_keys().map_err(|e| e.0)?;
+            if j.json {
+                let data: Vec<serde_json::Value> = keys.iter().map(KeyRecord::view).collect();
+                println!("{}", serde_json::json!({"object": "list", "data": data}));
+            } else {
+                print!("{}", table(&keys));
+            }
+        }
+        KeysCommand::Show(t) => {
+            let (_, record) = store.find_key(&t.key).map_err(|e| e.0)?;
+            print_record(&record, t.json.json);
+        }
+        KeysCommand::Update(a) => {
+            let update = update_from_args(&a)?;
+            let record = store.update_key(&a.key, &update).map_err(|e| e.0)?;
+            print_record(&record, a.json.json);
+        }
+        KeysCommand::Revoke(t) => {
+            let record = store.revoke_key(&t.key).map_err(|e| e.0)?;
+            print_record(&record, t.json.json);
+        }
+        KeysCommand::Rotate(t) => {
+            let (record, secret) = store.rotate_key(&t.key).map_err(|e| e.0)?;
+            if t.json.json {
+                let mut v = record.view();
+                v["secret"] = serde_json::Value::String(secret);
+                println!("{v}");
+            } else {
+                println!(
+                    "Rotated key '{}' ({}); the old secret no longer works. The new secret is shown only now:\n\n    {secret}\n",
+                    record.name, record.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
+    let limit = |flag: &str, v: &Option<String>| -> Result<Option<Option<u64>>, String> {
+        match v.as_deref() {
+            None => Ok(None),
+            Some("none" | "unlimited") => Ok(Some(None)),
+            Some(n) => n
+                .parse::<u64>()
+                .map(|n| Some(Some(n)))
+                .map_err(|_| format!("invalid --{flag} '{n}': give a whole number or 'none'")),
+        }
+    };
+    Ok(KeyUpdate {
+        name: a.name.clone(),
+        role: match a.role.as_deref() {
+            None => None,
+            Some("user") => Some(Role::User),
+            Some("admin") => Some(Role::Admin),
+            Some(r) => return Err(format!("invalid --role '{r}': use 'user' or 'admin'")),
+        },
+        models: a.models.as_deref().map(|m| {
+            if m == "all" {
+                vec![]
+            } else {
+                m.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            }
+        }),
+        expires: match a.expires.as_deref() {
+            None => None,
+            Some("never" | "none") => Some(None),
+            Some(e) => Some(Some(parse_expiry(e, unix_now())?)),
+        },
+        rpm: limit("rpm", &a.rpm)?,
+        tpm: limit("tpm", &a.tpm)?,
+        max_concurrent: limit("max-concurrent", &a.max_concurrent)?,
+        daily_tokens: limit("daily-tokens", &a.daily_tokens)?,
+        monthly_tokens: limit("monthly-tokens", &a.monthly_tokens)?,
+    })
+}
+
+fn print_record(record: &KeyRecord, json: bool) {
+    if json {
+        println!("{}", record.view());
+    } else {
+        print!("{}", table(std::slice::from_ref(record)));
+    }
+}
+
+/// An aligned table of keys.
+pub fn table(keys: &[KeyRecord]) -> String {
+    let now = unix_now();
+    let date =
+        |t: Option<i64>| t.map(|t| crate::clock::unix_to_rfc3339(t, 0)[..16].replace('T', " ")).unwrap_or("-".into());
+    let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or("-".into());
+    let mut rows = vec![
+        [
+            "ID", "NAME", "PREFIX", "ROLE", "MODELS", "RPM", "TPM", "CONC", "DAY", "MONTH", "CREATED", "EXPIRES",
+            "STATUS",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for k in keys {
+        rows.push(vec![
+            k.id.clone(),
+            k.name.clone(),
+            k.prefix.clone(),
+            format!("{:?}", k.role).to_lowercase(),
+            if k.models.is_empty() { "all".into() } else { k.models.join(",") },
+            opt(k.limits.rpm),
+            opt(k.limits.tpm),
+            opt(k.limits.max_concurrent),
+            opt(k.limits.daily_tokens),
+            opt(k.limits.monthly_tokens),
+            date(Some(k.created)),
+            date(k.expires),
+            k.status(now).to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> =
+            r.iter().zip(&widths).map(|(cell, w)| format!("{cell}{}", " ".repeat(w - cell.chars().count()))).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

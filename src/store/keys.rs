@@ -1,0 +1,531 @@
+//! The keys table: records, the JSON view scripts and the admin API see, and
+//! every change an operator can make (create, update, revoke, rotate).
+//!
+//! Records are stored as JSON under the SHA-256 of the secret, with two
+//! indexes (public id → hash, name → hash) kept in the same transaction.
+//! The secret itself is never stored: `create` and `rotate` return it once.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::auth::{KeyHash, display_prefix, hash_secret, is_valid_secret, new_secret};
+use crate::clock::{parse_expiry, unix_now, unix_to_rfc3339};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+/// Per-key limits; `None` is unlimited. Enforced by the limits and usage code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+}
+
+/// A stored key (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Public id: `key_` + 12 random characters.
+    pub id: String,
+    /// Unique, chosen by the operator.
+    pub name: String,
+    /// `sk_ab12…wxyz`, to recognise a key without revealing it.
+    pub prefix: String,
+    pub role: Role,
+    /// Models the key may use; empty means all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    #[serde(default)]
+    pub expires: Option<i64>,
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl KeyRecord {
+    pub fn decode(raw: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(raw).map_err(|e| StoreError(format!("a key record is unreadable: {e}")))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Not revoked and not expired at `now`.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires.is_none_or(|e| now < e)
+    }
+
+    /// Whether the key may use `model`. `llama3` and `llama3:latest` are the same model.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| same_model(m, model))
+    }
+
+    /// The stable JSON shape of the CLI's `--json` and the admin API.
+    pub fn view(&self) -> serde_json::Value {
+        let time = |t: Option<i64>| t.map(|t| unix_to_rfc3339(t, 0).replace(".000000000Z", "Z"));
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "role": self.role,
+            "models": self.models,
+            "created": time(Some(self.created)),
+            "expires": time(self.expires),
+            "revoked": self.revoked_at.is_some(),
+            "revoked_at": time(self.revoked_at),
+            "status": self.status(unix_now()),
+            "limits": self.limits,
+        })
+    }
+
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires.is_some_and(|e| now >= e) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// Model names compare with `:latest` implied when no tag is given.
+pub fn same_model(a: &str, b: &str) -> bool {
+    fn norm(m: &str) -> std::borrow::Cow<'_, str> {
+        if m.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            m.into()
+        } else {
+            format!("{m}:latest").into()
+        }
+    }
+    norm(a) == norm(b)
+}
+
+/// The settings of a new key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    pub models: Vec<String>,
+    pub expires: Option<i64>,
+    pub limits: Limits,
+    /// Use this secret instead of a random one (bootstrap admin key).
+    pub secret: Option<String>,
+}
+
+/// A change to a key; `None` leaves a field as it is, `Some(None)` clears it.
+/// Also the settings of a key being created (absent fields take defaults).
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub models: Option<Vec<String>>,
+    pub expires: Option<Option<i64>>,
+    pub rpm: Option<Option<u64>>,
+    pub tpm: Option<Option<u64>>,
+    pub max_concurrent: Option<Option<u64>>,
+    pub daily_tokens: Option<Option<u64>>,
+    pub monthly_tokens: Option<Option<u64>>,
+}
+
+impl KeyUpdate {
+    /// Reads settings from the admin API's JSON (the shape of [`KeyRecord::view`]):
+    /// `name`, `role`, `models` (`null` or `[]` = all), `expires` (duration,
+    /// date or time; `null` = never) and `limits` (each `null` = unlimited;
+    /// the limit fields are also accepted at the top level). On error, the
+    /// field at fault and a message.
+    pub fn from_json(v: &serde_json::Value, now: i64) -> Result<Self, (String, String)> {
+        use serde_json::Value;
+        let obj = v.as_object().ok_or_else(|| (String::new(), "The body must be a JSON object.".to_owned()))?;
+        let mut u = KeyUpdate::default();
+        let limit = |field: &str, v: &Value| -> Result<Option<u64>, (String, String)> {
+            match v {
+                Value::Null => Ok(None),
+                v => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| (field.to_owned(), format!("'{field}' must be a whole number or null."))),
+            }
+        };
+        let set_limit = |u: &mut KeyUpdate, field: &str, path: &str, v: &Value| -> Result<(), (String, String)> {
+            let val = Some(limit(path, v)?);
+            match field {
+                "rpm" => u.rpm = val,
+                "tpm" => u.tpm = val,
+                "max_concurrent" => u.max_concurrent = val,
+                "daily_tokens" => u.daily_tokens = val,
+                "monthly_tokens" => u.monthly_tokens = val,
+                _ => return Err((path.to_owned(), format!("Unknown limit '{field}'."))),
+            }
+            Ok(())
+        };
+        for (k, v) in obj {
+            match k.as_str() {
+                "name" => {
+                    u.name =
+                        Some(v.as_str().ok_or(("name".to_owned(), "'name' must be a string.".to_owned()))?.to_owned())
+                }
+                "role" => {
+                    u.role = Some(match v.as_str() {
+                        Some("user") => Role::User,
+                        Some("admin") => Role::Admin,
+                        _ => return Err(("role".into(), "'role' must be \"user\" or \"admin\".".into())),
+                    })
+                }
+                "models" => {
+                    u.models = Some(match v {
+                        Value::Null => vec![],
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|m| m.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or(("models".to_owned(), "'models' must be an array of model names.".to_owned()))?,
+                        _ => return Err(("models".into(), "'models' must be an array of model names or null.".into())),
+                    })
+                }
+                "expires" => {
+                    u.expires = Some(match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(parse_expiry(s, now).map_err(|m| ("expires".to_owned(), m))?),
+                        _ => return Err(("expires".into(), "'expires' must be a duration, a date or null.".into())),
+                    })
+                }
+                "limits" => {
+                    let limits =
+                        v.as_object().ok_or(("limits".to_owned(), "'limits' must be an object.".to_owned()))?;
+                    for (lk, lv) in limits {
+                        set_limit(&mut u, lk, &format!("limits.{lk}"), lv)?;
+                    }
+                }
+                "rpm" | "tpm" | "max_concurrent" | "daily_tokens" | "monthly_tokens" => set_limit(&mut u, k, k, v)?,
+                // Read-only fields of the view are accepted and ignored, so a
+                // fetched key can be sent back with changes.
+                "id" | "prefix" | "created" | "revoked" | "revoked_at" | "status" => {}
+                other => return Err((other.to_owned(), format!("Unknown field '{other}'."))),
+            }
+        }
+        Ok(u)
+    }
+
+    /// The settings of a new key: `name` is required, the rest defaults.
+    pub fn into_new_key(self) -> Result<NewKey, (String, String)> {
+        let name = self.name.ok_or(("name".to_owned(), "A key needs a 'name'.".to_owned()))?;
+        Ok(NewKey {
+            name,
+            role: self.role.unwrap_or(Role::User),
+            models: self.models.unwrap_or_default(),
+            expires: self.expires.flatten(),
+            limits: Limits {
+                rpm: self.rpm.flatten(),
+                tpm: self.tpm.flatten(),
+                max_concurrent: self.max_concurrent.flatten(),
+                daily_tokens: self.daily_tokens.flatten(),
+                monthly_tokens: self.monthly_tokens.flatten(),
+            },
+            secret: None,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+        return Err(StoreError(format!(
+            "invalid key name '{name}': use 1 to 64 letters, digits, '-', '_', '.' or '@'"
+        )));
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    let mut id = String::from("key_");
+    for _ in 0..12 {
+        id.push(fastrand::alphanumeric().to_ascii_lowercase());
+    }
+    id
+}
+
+impl Store {
+    /// Creates a key. Returns its record and its secret (shown once, never stored).
+    pub fn create_key(&self, new: NewKey) -> Result<(KeyRecord, String), StoreError> {
+        validate_name(&new.name)?;
+        let secret = match new.secret {
+            Some(s) if is_valid_secret(&s) => s,
+            Some(_) => {
+                return Err(StoreError(
+                    "a key secret must be 'sk_' followed by at least 43 URL-safe characters".into(),
+                ));
+            }
+            None => new_secret()?,
+        };
+        let hash = hash_secret(&secret);
+        let mut wtxn = self.env.write_txn()?;
+        if self.key_names.get(&wtxn, &new.name)?.is_some() {
+            return Err(StoreError(format!("a key named '{}' already exists", new.name)));
+        }
+        if self.keys.get(&wtxn, &hash)?.is_some() {
+            return Err(StoreError("that secret is already in use".into()));
+        }
+        let mut id = new_id();
+        while self.key_ids.get(&wtxn, &id)?.is_some() {
+            id = new_id();
+        }
+        let record = KeyRecord {
+            id,
+            name: new.name,
+            prefix: display_prefix(&secret),
+            role: new.role,
+            models: new.models,
+            created: unix_now(),
+            expires: new.expires,
+            revoked_at: None,
+            limits: new.limits,
+        };
+        self.keys.put(&mut wtxn, &hash, &record.encode())?;
+        self.key_ids.put(&mut wtxn, &record.id, &hash)?;
+        self.key_names.put(&mut wtxn, &record.name, &hash)?;
+        wtxn.commit()?;
+        Ok((record, secret))
+    }
+
+    /// Finds a key by public id or by name.
+    pub fn find_key(&self, id_or_name: &str) -> Result<(KeyHash, KeyRecord), StoreError> {
+        let rtxn = self.read()?;
+        self.find_in(&rtxn, id_or_name)
+    }
+
+    /// Finds a key inside a transaction (a write transaction reads its own view).
+    fn find_in(&self, txn: &heed::RoTxn<'_>, id_or_name: &str) -> Result<(KeyHash, KeyRecord), StoreError> {
+        let hash = match self.key_ids.get(txn, id_or_name)? {
+            Some(h) => h,
+            None => self
+                .key_names
+                .get(txn, id_or_name)?
+                .ok_or_else(|| StoreError(format!("no key with id or name '{id_or_name}'")))?,
+        };
+        let hash: KeyHash = hash.try_into().map_err(|_| StoreError("a key index entry is unreadable".into()))?;
+        let raw = self
+            .keys
+            .get(txn, &hash)?
+            .ok_or_else(|| StoreError(format!("key '{id_or_name}' is missing its record")))?;
+        Ok((hash, KeyRecord::decode(raw)?))
+    }
+
+    /// All keys, oldest first.
+    pub fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rtxn = self.read()?;
+        let mut out = Vec::new();
+        for item in self.keys.iter(&rtxn)? {
+            let (_, raw) = item?;
+            out.push(KeyRecord::decode(raw)?);
+        }
+        out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        Ok(out)
+    }
+
+    pub fn key_count(&self) -> Result<u64, StoreError> {
+        let rtxn = self.read()?;
+        Ok(self.keys.len(&rtxn)?)
+    }
+
+    /// Applies `update` to a key; takes effect on the next request everywhere.
+    pub fn update_key(&self, id_or_name: &str, update: &KeyUpdate) -> Result<KeyRecord, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let (hash, mut record) = self.find_in(&wtxn, id_or_name)?;
+        if let Some(name) = &update.name
+            && *name != record.name
+        {
+            validate_name(name)?;
+            if self.key_names.get(&wtxn, name)?.is_some() {
+                return Err(StoreError(format!("a key named '{name}' already exists")));
+            }
+            self.key_names.delete(&mut wtxn, &record.name)?;
+            self.key_names.put(&mut wtxn, name, &hash)?;
+            record.name = name.clone();
+        }
+        if let Some(role) = update.role {
+            record.role = role;
+        }
+        if let Some(models) = &update.models {
+            record.models = models.clone();
+        }
+        if let Some(expires) = update.expires {
+            record.expires = expires;
+        }
+        let l = &mut record.limits;
+        for (field, value) in [
+            (&mut l.rpm, update.rpm),
+            (&mut l.tpm, update.tpm),
+            (&mut l.max_concurrent, update.max_concurrent),
+            (&mut l.daily_tokens, update.daily_tokens),
+            (&mut l.monthly_tokens, update.monthly_tokens),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        self.keys.put(&mut wtxn, &hash, &record.encode())?;
+        wtxn.commit()?;
+        Ok(record)
+    }
+
+    /// Revokes a key: its secret stops working on the next request. The record stays.
+    pub fn revoke_key(&self, id_or_name: &str) -> Result<KeyRecord, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let (hash, mut record) = self.find_in(&wtxn, id_or_name)?;
+        if record.revoked_at.is_none() {
+            record.revoked_at = Some(unix_now());
+            self.keys.put(&mut wtxn, &hash, &record.encode())?;
+            wtxn.commit()?;
+        }
+        Ok(record)
+    }
+
+    /// Gives a key a new secret (same id, name and settings); the old secret
+    /// stops working at once. Returns the record and the new secret.
+    pub fn rotate_key(&self, id_or_name: &str) -> Result<(KeyRecord, String), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let (old_hash, mut record) = self.find_in(&wtxn, id_or_name)?;
+        if record.revoked_at.is_some() {
+            return Err(StoreError(format!("key '{}' is revoked; create a new key instead", record.name)));
+        }
+        let secret = new_secret()?;
+        let hash = hash_secret(&secret);
+        record.prefix = display_prefix(&secret);
+        self.keys.delete(&mut wtxn, &old_hash)?;
+        self.keys.put(&mut wtxn, &hash, &record.encode())?;
+        self.key_ids.put(&mut wtxn, &record.id, &hash)?;
+        self.key_names.put(&mut wtxn, &record.name, &hash)?;
+        wtxn.commit()?;
+        Ok((record, secret))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyCache;
+    use crate::store::temp_dir;
+
+    fn new_key(name: &str) -> NewKey {
+        NewKey {
+            name: name.into(),
+            role: Role::User,
+            models: vec![],
+            expires: None,
+            limits: Limits::default(),
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn create_find_list_update_revoke_rotate() {
+        let store = Store::open(&temp_dir("keys")).unwrap();
+        let cache = KeyCache::default();
+        let (rec, secret) = store.create_key(new_key("ci-bot")).unwrap();
+        assert!(rec.id.starts_with("key_") && rec.id.len() == 16);
+        assert_eq!(rec.prefix, display_prefix(&secret));
+        assert!(!rec.encode().windows(10).any(|w| secret.as_bytes().windows(10).any(|s| s == w)), "secret not stored");
+        assert_eq!(store.find_key("ci-bot").unwrap().1, rec);
+        assert_eq!(store.find_key(&rec.id).unwrap().1, rec);
+        assert!(store.create_key(new_key("ci-bot")).unwrap_err().0.contains("already exists"));
+        assert!(cache.authenticate(store, &secret, unix_now()).is_ok());
+
+        let up = KeyUpdate { models: Some(vec!["llama3".into()]), rpm: Some(Some(60)), ..Default::default() };
+        let rec2 = store.update_key("ci-bot", &up).unwrap();
+        assert_eq!(rec2.limits.rpm, Some(60));
+        assert_eq!(cache.authenticate(store, &secret, unix_now()).unwrap().limits.rpm, Some(60), "change seen at once");
+        let rec3 = store.update_key(&rec.id, &KeyUpdate { rpm: Some(None), ..Default::default() }).unwrap();
+        assert_eq!(rec3.limits.rpm, None);
+
+        let (rotated, new_secret) = store.rotate_key("ci-bot").unwrap();
+        assert_eq!(rotated.id, rec.id);
+        assert!(cache.authenticate(store, &secret, unix_now()).is_err(), "old secret stops working");
+        assert!(cache.authenticate(store, &new_secret, unix_now()).is_ok());
+
+        store.revoke_key(&rec.id).unwrap();
+        assert_eq!(cache.authenticate(store, &new_secret, unix_now()).unwrap_err().code, Some("invalid_api_key"));
+        assert_eq!(store.list_keys().unwrap().len(), 1);
+        assert_eq!(store.find_key("ci-bot").unwrap().1.status(unix_now()), "revoked");
+        assert!(store.find_key("nope").unwrap_err().0.contains("no key"));
+    }
+
+    #[test]
+    fn expired_keys_are_refused_with_the_same_error_as_unknown_ones() {
+        let store = Store::open(&temp_dir("expiry")).unwrap();
+        let cache = KeyCache::default();
+        let (_, secret) = store.create_key(NewKey { expires: Some(unix_now() + 100), ..new_key("temp") }).unwrap();
+        assert!(cache.authenticate(store, &secret, unix_now()).is_ok());
+        let expired = cache.authenticate(store, &secret, unix_now() + 101).unwrap_err();
+        let unknown = cache.authenticate(store, "sk_nope", unix_now()).unwrap_err();
+        assert_eq!(expired, unknown);
+    }
+
+    #[test]
+    fn bad_names_and_bootstrap_secrets_are_refused() {
+        let store = Store::open(&temp_dir("names")).unwrap();
+        assert!(store.create_key(new_key("has space")).is_err());
+        assert!(store.create_key(new_key("")).is_err());
+        assert!(store.create_key(NewKey { secret: Some("sk_short".into()), ..new_key("boot") }).is_err());
+        let good = format!("sk_{}", "a".repeat(43));
+        let (rec, secret) = store.create_key(NewKey { secret: Some(good.clone()), ..new_key("boot") }).unwrap();
+        assert_eq!(secret, good);
+        assert_eq!(rec.prefix, "sk_aaaa…aaaa");
+    }
+
+    #[test]
+    fn admin_json_settings_name_the_bad_field() {
+        let now = 1000;
+        let u = KeyUpdate::from_json(&serde_json::json!({"name":"a","role":"admin","models":["llama3"],"expires":"1h","limits":{"rpm":60,"tpm":null},"daily_tokens":5}), now).unwrap();
+        assert_eq!(u.name.as_deref(), Some("a"));
+        assert_eq!(u.role, Some(Role::Admin));
+        assert_eq!(u.expires, Some(Some(now + 3600)));
+        assert_eq!((u.rpm, u.tpm, u.daily_tokens, u.monthly_tokens), (Some(Some(60)), Some(None), Some(Some(5)), None));
+        let k = u.into_new_key().unwrap();
+        assert_eq!(k.limits.rpm, Some(60));
+        for (body, field) in [
+            (serde_json::json!({"name":5}), "name"),
+            (serde_json::json!({"role":"root"}), "role"),
+            (serde_json::json!({"models":"llama3"}), "models"),
+            (serde_json::json!({"expires":"soon"}), "expires"),
+            (serde_json::json!({"limits":{"rpm":-1}}), "limits.rpm"),
+            (serde_json::json!({"rpm":"x"}), "rpm"),
+            (serde_json::json!({"colour":"red"}), "colour"),
+        ] {
+            assert_eq!(KeyUpdate::from_json(&body, now).unwrap_err().0, field, "{body}");
+        }
+        assert_eq!(KeyUpdate::from_json(&serde_json::json!({}), now).unwrap().into_new_key().unwrap_err().0, "name");
+    }
+
+    #[test]
+    fn model_allowlists_imply_latest() {
+        let mut r = KeyRecord {
+            id: "key_x".into(),
+            name: "x".into(),
+            prefix: "p".into(),
+            role: Role::User,
+            models: vec![],
+            created: 0,
+            expires: None,
+            revoked_at: None,
+            limits: Limits::default(),
+        };
+        assert!(r.allows_model("anything"));
+        r.models = vec!["llama3".into(), "qwen3:8b".into()];
+        assert!(r.allows_model("llama3:latest"));
+        assert!(r.allows_model("llama3"));
+        assert!(r.allows_model("qwen3:8b"));
+        assert!(!r.allows_model("qwen3"));
+        assert!(!r.allows_model("mistral"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The LMDB store (through heed): one environment per process in the data
+//! directory, shared by the server and the CLI at the same time.
+//!
+//! LMDB readers take no lock and see every transaction committed before they
+//! began, from any process, so a key revoked by the CLI is refused by a
+//! running server on its next request. Writers serialize on LMDB's own lock
+//! and fsync on commit; the server runs them off its worker threads. The
+//! `meta` table holds the schema version: a newer store is refused, an older
+//! one is migrated forward in one transaction.
+
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The environment and its tables. Opened once per process and never
+/// closed (`&'static`), so workers and threads can share it freely.
+pub struct Store {
+    pub env: &'static Env<WithoutTls>,
+    pub meta: Database<'static, Str, Bytes>,
+    /// SHA-256 of the secret → key record (JSON).
+    pub keys: Database<'static, Bytes, Bytes>,
+    /// Public id → SHA-256 of the secret.
+    pub key_ids: Database<'static, Str, Bytes>,
+    /// Unique name → SHA-256 of the secret.
+    pub key_names: Database<'static, Str, Bytes>,
+    pub dir: PathBuf,
+}
+
+/// A store error, with a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        StoreError(format!("store error: {e}"))
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, checks and migrates the schema.
+    pub fn open(dir: &Path) -> Result<&'static Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", dir.display())))?;
+        let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+        // Address space, not disk: the file grows as data is written.
+        opts.map_size(16 << 30).max_dbs(16).max_readers(1024);
+        // SAFETY: heed requires that the same environment is not opened twice in
+        // one process; every caller goes through `Store::open` once per directory
+        // (the server at startup, each CLI command once), and the env is leaked
+        // so it lives as long as the process.
+        let env = unsafe { opts.open(dir) }
+            .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
+        let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
+        let (meta, keys, key_ids, key_names) = env
+            .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
+                let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
+                let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
+                let key_ids = wdo.create_database::<Str, Bytes>(wtxn, Some("key_ids"))?;
+                let key_names = wdo.create_database::<Str, Bytes>(wtxn, Some("key_names"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names)))
+            })?
+            .unwrap_commit();
+        let mut wtxn = env.write_txn()?;
+        let found = match meta.get(&wtxn, "schema_version")? {
+            Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            Some(_) => return Err(StoreError("the store's schema version is unreadable".into())),
+            None => 0,
+        };
+        if check_schema(found, dir)? {
+            // Migrations from older schemas run here, oldest first, in this
+            // transaction. Schema 0 is an empty store (or one made before
+            // versioning): nothing to convert.
+            meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
+        }
+        wtxn.commit()?;
+        let store = Store { env, meta, keys, key_ids, key_names, dir: dir.to_owned() };
+        Ok(Box::leak(Box::new(store)))
+    }
+
+    /// Sets the recorded schema version (for tests of upgrades and refusals).
+    pub fn set_schema_version(&self, version: u32) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.put(&mut wtxn, "schema_version", &version.to_le_bytes())?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// A read transaction: lock-free, cheap, to be dropped before any `.await`.
+    pub fn read(&self) -> Result<RoTxn<'static, WithoutTls>, StoreError> {
+        Ok(self.env.read_txn()?)
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let rtxn = self.read()?;
+        Ok(match self.meta.get(&rtxn, "schema_version")? {
+            Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            _ => 0,
+        })
+    }
+}
+
+/// Whether a store at schema `found` needs migrating; an error if it is newer than this build.
+fn check_schema(found: u32, dir: &Path) -> Result<bool, StoreError> {
+    if found > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "the store in {} was written by a newer ai-gateway (schema {found}, this build knows {SCHEMA_VERSION}); upgrade ai-gateway or use another --data-dir",
+            dir.display()
+        )));
+    }
+    Ok(found < SCHEMA_VERSION)
+}
+
+#[cfg(test)]
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ai-gateway-test-{name}-{}-{}", std::process::id(), fastrand::u64(..)));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_store_records_the_schema_version() {
+        let dir = temp_dir("schema");
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schemas_are_refused_and_older_ones_migrated() {
+        let dir = Path::new("/data");
+        assert!(check_schema(SCHEMA_VERSION + 1, dir).unwrap_err().0.contains("newer ai-gateway"));
+        assert_eq!(check_schema(0, dir), Ok(true));
+        assert_eq!(check_schema(SCHEMA_VERSION, dir), Ok(false));
+    }
+}
