@@ -5,6 +5,7 @@
 //! against the emulator (NDJSON, the floor).
 //!
 //! usage: token_latency <host:port> <gateway|native> <requests>
+//! (the gateway's key is read from `AI_GATEWAY_KEY`)
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -27,11 +28,17 @@ fn main() {
         }
         _ => ("/api/chat", r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#),
     };
+    let key = std::env::var("AI_GATEWAY_KEY").unwrap_or_default();
     let mut samples: Vec<u128> = Vec::new();
     for _ in 0..requests {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).ok();
-        write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
         let mut r = BufReader::new(s);
         let mut line = String::new();
         loop {
