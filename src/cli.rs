@@ -141,16 +141,8 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                 secret: None,
             };
             let (record, secret) = store.create_key(new).map_err(|e| e.0)?;
-            if a.json.json {
-                let mut v = record.view();
-                v["secret"] = serde_json::Value::String(secret);
-                println!("{v}");
-            } else {
-                println!(
-                    "Created key '{}' ({}). Its secret is shown only now, store it safely:\n\n    {secret}\n",
-                    record.name, record.id
-                );
-            }
+            let what = format!("Created key '{}' ({}).", record.name, record.id);
+            print_secret(&record, &secret, a.json.json, &what);
         }
         KeysCommand::List(j) => {
             let keys = store.list_keys().map_err(|e| e.0)?;
@@ -176,16 +168,8 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
         }
         KeysCommand::Rotate(t) => {
             let (record, secret) = store.rotate_key(&t.key).map_err(|e| e.0)?;
-            if t.json.json {
-                let mut v = record.view();
-                v["secret"] = serde_json::Value::String(secret);
-                println!("{v}");
-            } else {
-                println!(
-                    "Rotated key '{}' ({}); the old secret no longer works. The new secret is shown only now:\n\n    {secret}\n",
-                    record.name, record.id
-                );
-            }
+            let what = format!("Rotated key '{}' ({}); the old secret no longer works.", record.name, record.id);
+            print_secret(&record, &secret, t.json.json, &what);
         }
     }
     Ok(())
@@ -228,6 +212,15 @@ fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
         daily_tokens: limit("daily-tokens", &a.daily_tokens)?,
         monthly_tokens: limit("monthly-tokens", &a.monthly_tokens)?,
     })
+}
+
+/// Prints a new secret: the one time it is shown.
+fn print_secret(record: &KeyRecord, secret: &str, json: bool, what: &str) {
+    if json {
+        println!("{}", record.view_with_secret(secret));
+    } else {
+        println!("{what} Its secret is shown only now, store it safely:\n\n    {secret}\n");
+    }
 }
 
 fn print_record(record: &KeyRecord, json: bool) {

@@ -48,9 +48,7 @@ fn settings(body: &[u8]) -> Result<KeyUpdate, ApiError> {
 }
 
 fn with_secret(record: &KeyRecord, secret: &str) -> Vec<u8> {
-    let mut v = record.view();
-    v["secret"] = serde_json::Value::String(secret.to_owned());
-    v.to_string().into_bytes()
+    record.view_with_secret(secret).to_string().into_bytes()
 }
 
 fn reply(conn: &mut Conn, result: Result<(u16, Vec<u8>), ApiError>) -> After {

@@ -265,14 +265,7 @@ async fn read_body(
             }
             let total = head.len + n as usize;
             while conn.inbuf.len() < total {
-                if !sent_continue {
-                    send_continue(conn).await?;
-                    sent_continue = true;
-                }
-                match conn.fill(timeout).await {
-                    Ok(0) | Err(_) => return Err(None),
-                    Ok(_) => {}
-                }
+                more_body(conn, &mut sent_continue, timeout).await?;
             }
             conn.req.body.extend_from_slice(&conn.inbuf[head.len..total]);
             conn.inbuf.drain(..total);
@@ -300,14 +293,7 @@ async fn read_body(
                 if decoder.is_done() {
                     break;
                 }
-                if !sent_continue {
-                    send_continue(conn).await?;
-                    sent_continue = true;
-                }
-                match conn.fill(timeout).await {
-                    Ok(0) | Err(_) => return Err(None),
-                    Ok(_) => {}
-                }
+                more_body(conn, &mut sent_continue, timeout).await?;
             }
             conn.req.body = body;
             conn.inbuf.drain(..pos);
@@ -316,7 +302,16 @@ async fn read_body(
     }
 }
 
-async fn send_continue(conn: &mut Conn) -> Result<(), Option<ApiError>> {
-    conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-    conn.flush().await.map_err(|_| None)
+/// Reads more of the body, first telling a client that sent
+/// `Expect: 100-continue` to go on. A closed or silent client ends the connection.
+async fn more_body(conn: &mut Conn, sent_continue: &mut bool, timeout: Duration) -> Result<(), Option<ApiError>> {
+    if !*sent_continue {
+        conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        conn.flush().await.map_err(|_| None)?;
+        *sent_continue = true;
+    }
+    match conn.fill(timeout).await {
+        Ok(0) | Err(_) => Err(None),
+        Ok(_) => Ok(()),
+    }
 }

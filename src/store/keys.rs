@@ -89,6 +89,13 @@ impl KeyRecord {
         })
     }
 
+    /// The view with the secret added: the one time it is shown (create, rotate).
+    pub fn view_with_secret(&self, secret: &str) -> serde_json::Value {
+        let mut v = self.view();
+        v["secret"] = serde_json::Value::String(secret.to_owned());
+        v
+    }
+
     pub fn status(&self, now: i64) -> &'static str {
         if self.revoked_at.is_some() {
             "revoked"
