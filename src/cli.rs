@@ -262,10 +262,121 @@ pub fn table(keys: &[KeyRecord]) -> String {
             k.status(now).to_owned(),
         ]);
     }
+    align(&rows)
+}
+
+/// `ai-gateway usage …`
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Only this key (id or name).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// First day (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Group rows by day, model or key.
+    #[arg(long, value_parser = ["day", "model", "key"], default_value = "day")]
+    pub by: String,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// Prints stored usage, grouped.
+pub fn run_usage(args: UsageArgs) -> Result<(), String> {
+    let store = Store::open(&args.data.data_dir).map_err(|e| e.0)?;
+    for (flag, d) in [("from", &args.from), ("to", &args.to)] {
+        if let Some(d) = d
+            && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()
+        {
+            return Err(format!("invalid --{flag} '{d}': use a date like 2026-11-24"));
+        }
+    }
+    let key_id = match &args.key {
+        Some(k) => Some(store.find_key(k).map_err(|e| e.0)?.1.id),
+        None => None,
+    };
+    let groups = crate::usage::query(
+        store,
+        &crate::usage::UsageQuery {
+            key_id: key_id.as_deref(),
+            model: args.model.as_deref(),
+            from: args.from.as_deref(),
+            to: args.to.as_deref(),
+            by: &args.by,
+        },
+    )
+    .map_err(|e| e.0)?;
+    if args.json {
+        println!("{}", crate::usage::groups_json(&args.by, &groups));
+        return Ok(());
+    }
+    let header = [
+        args.by.as_str(),
+        "requests",
+        "errors",
+        "cancelled",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "avg_ms",
+        "max_ms",
+        "avg_first_token_ms",
+    ];
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(name, r)| {
+            let avg = |sum: u64| {
+                if r.requests == 0 { "0".to_owned() } else { format!("{:.1}", sum as f64 / r.requests as f64 / 1000.0) }
+            };
+            vec![
+                name.clone(),
+                r.requests.to_string(),
+                r.errors.to_string(),
+                r.cancelled.to_string(),
+                r.prompt_tokens.to_string(),
+                r.completion_tokens.to_string(),
+                r.tokens().to_string(),
+                avg(r.latency_sum_us),
+                format!("{:.1}", r.latency_max_us as f64 / 1000.0),
+                avg(r.first_token_sum_us),
+            ]
+        })
+        .collect();
+    if args.csv {
+        println!("{}", header.join(","));
+        for r in rows {
+            let cells: Vec<String> = r
+                .iter()
+                .map(|c| if c.contains([',', '"']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.clone() })
+                .collect();
+            println!("{}", cells.join(","));
+        }
+    } else {
+        let mut all = vec![header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>()];
+        all.extend(rows);
+        print!("{}", align(&all));
+    }
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart.
+fn align(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let line: Vec<String> =
             r.iter().zip(&widths).map(|(cell, w)| format!("{cell}{}", " ".repeat(w - cell.chars().count()))).collect();
         out.push_str(line.join("  ").trim_end());

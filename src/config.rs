@@ -57,6 +57,14 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
     pub upstream_idle_timeout: f64,
 
+    /// Milliseconds between usage commits to the store (a crash loses at most this much).
+    #[arg(long, env = "AI_GATEWAY_USAGE_FLUSH_MS", default_value_t = 1000)]
+    pub usage_flush_ms: u64,
+
+    /// Seconds requests in flight get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "AI_GATEWAY_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -86,6 +94,8 @@ pub struct Config {
     pub http: HttpLimits,
     pub upstream_limits: ClientLimits,
     pub data_dir: PathBuf,
+    pub usage_flush: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -121,6 +131,16 @@ impl Config {
                 idle_timeout: secs("upstream-idle-timeout", a.upstream_idle_timeout)?,
             },
             data_dir: a.data.data_dir.clone(),
+            usage_flush: if (1..=3_600_000).contains(&a.usage_flush_ms) {
+                Duration::from_millis(a.usage_flush_ms)
+            } else {
+                return Err(format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms));
+            },
+            shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
+                Duration::from_secs_f64(a.shutdown_grace)
+            } else {
+                return Err(format!("--shutdown-grace must be a number of seconds, got {}", a.shutdown_grace));
+            },
         })
     }
 }

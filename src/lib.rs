@@ -18,3 +18,4 @@ pub mod openai;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod usage;

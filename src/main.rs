@@ -20,19 +20,22 @@ enum Command {
     Serve(ai_gateway::config::ServeArgs),
     /// Manage API keys (works while the gateway runs).
     Keys(ai_gateway::cli::KeysArgs),
+    /// Show recorded usage (works while the gateway runs).
+    Usage(ai_gateway::cli::UsageArgs),
+}
+
+/// A CLI command failed: one line on stderr, exit status 1.
+fn exit_with(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(1)
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => ai_gateway::config::Config::from_args(&args).and_then(ai_gateway::server::run),
-        Command::Keys(args) => {
-            if let Err(msg) = ai_gateway::cli::run_keys(args) {
-                eprintln!("error: {msg}");
-                std::process::exit(1);
-            }
-            return;
-        }
+        Command::Keys(args) => return ai_gateway::cli::run_keys(args).unwrap_or_else(|msg| exit_with(&msg)),
+        Command::Usage(args) => return ai_gateway::cli::run_usage(args).unwrap_or_else(|msg| exit_with(&msg)),
     };
     if let Err(msg) = result {
         ai_gateway::log::error(format_args!("{msg}"));

@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::tcp::TcpOwnedWriteHalf;
 
 use super::{Split, upstream_error, upstream_json};
 use crate::http::chunked::write_chunk_header;
@@ -23,21 +22,12 @@ use crate::openai::chat_request::{ChatPlan, convert_chat};
 use crate::openai::completion::chat_completion;
 use crate::openai::write::Usage;
 use crate::server::Worker;
-use crate::server::conn::{After, Conn, cors};
-use crate::server::watch::ClientWatch;
+use crate::server::conn::{After, Conn, Request, cors};
 use crate::store::keys::KeyRecord;
 
 /// How long to wait for the upstream's end-of-body after the final line
 /// before giving up on reusing the connection.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
-
-/// What became of one chat request, for the caller (and for usage accounting).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChatOutcome {
-    pub usage: Usage,
-    pub client_gone: bool,
-    pub upstream_failed: bool,
-}
 
 pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) -> After {
     // Convert the OpenAI request into the native body.
@@ -54,29 +44,42 @@ pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) 
         conn.error(&crate::auth::model_not_allowed(key, &plan.model));
         return After::KeepAlive;
     }
+    conn.req.outcome.model.push_str(&plan.model);
+    conn.req.outcome.stream = plan.stream;
     let mut request = Vec::with_capacity(native.len() + 160);
     worker.upstream.request(&mut request, "POST", "/api/chat", Some(&native));
 
-    if plan.stream { stream(worker, conn, &plan, &request).await.0 } else { whole(worker, conn, &plan, &request).await }
+    if plan.stream { stream(worker, conn, &plan, &request).await } else { whole(worker, conn, &plan, &request).await }
 }
 
 /// A non-streamed completion: one upstream reply, one JSON response.
 async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> After {
     match upstream_json(worker, conn, request).await {
-        Err(None) => After::Close,
+        Err(None) => {
+            conn.req.outcome.cancelled = true;
+            After::Close
+        }
         Err(Some(e)) => {
+            conn.req.outcome.upstream_failed = true;
             conn.error(&e);
             After::KeepAlive
         }
         Ok((200, body)) => {
             let mut out = Vec::with_capacity(body.len() + 256);
             match chat_completion(&mut out, &conn.req.id, &plan.model, &body) {
-                Ok(_usage) => conn.json(200, &out),
-                Err(e) => conn.error(&e),
+                Ok(usage) => {
+                    conn.req.outcome.usage = usage;
+                    conn.json(200, &out)
+                }
+                Err(e) => {
+                    conn.req.outcome.upstream_failed = true;
+                    conn.error(&e)
+                }
             }
             After::KeepAlive
         }
         Ok((status, body)) => {
+            conn.req.outcome.upstream_failed = true;
             conn.error(&upstream_error(status, &body, &plan.model));
             After::KeepAlive
         }
@@ -84,11 +87,8 @@ async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]
 }
 
 /// A streamed completion: SSE to the client as the upstream produces lines.
-async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> (After, ChatOutcome) {
-    let Some(mut split) = Split::new(conn) else {
-        return (After::Close, ChatOutcome::default());
-    };
-    let mut outcome = ChatOutcome::default();
+async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> After {
+    let Some(mut split) = Split::new(conn) else { return After::Close };
     let sent =
         client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await;
     let ex = match sent {
@@ -108,25 +108,13 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
                 Err(ExchangeError::Api(e)) => e,
                 Err(ExchangeError::ClientGone) => crate::openai::error::ApiError::upstream(status, String::new()),
             };
-            outcome.upstream_failed = true;
-            let after = split.rejoin(conn).await;
-            if after == After::KeepAlive {
-                conn.error(&err);
-            }
-            return (after, outcome);
+            return fail_before_stream(conn, split, err).await;
         }
-        Err(ExchangeError::Api(e)) => {
-            outcome.upstream_failed = true;
-            let after = split.rejoin(conn).await;
-            if after == After::KeepAlive {
-                conn.error(&e);
-            }
-            return (after, outcome);
-        }
+        Err(ExchangeError::Api(e)) => return fail_before_stream(conn, split, e).await,
         Err(ExchangeError::ClientGone) => {
-            outcome.client_gone = true;
+            conn.req.outcome.cancelled = true;
             let _ = split.rejoin(conn).await;
-            return (After::Close, outcome);
+            return After::Close;
         }
     };
 
@@ -136,13 +124,34 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
     let h = if conn.req.origin { cors(h) } else { h };
     h.header("Cache-Control", b"no-cache").connection(conn.req.keep_alive).chunked("text/event-stream");
 
+    conn.req.outcome.status = 200;
     let mut transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
-    let relayed = relay(ex, &mut transcoder, &mut split.watch, &mut split.wr, out, worker).await;
-    outcome.usage = transcoder.usage;
-    outcome.upstream_failed = transcoder.end() == StreamEnd::Failed;
-    outcome.client_gone = relayed.is_err();
+    let relayed = relay(ex, &mut transcoder, &mut split, out, worker, &mut conn.req).await;
+
+    // Account: the final line's counts, or (no final line) the content chunks relayed as an estimate.
+    let o = &mut conn.req.outcome;
+    o.cancelled = relayed.is_err();
+    o.upstream_failed = transcoder.end() == StreamEnd::Failed;
+    if transcoder.end() == StreamEnd::Completed {
+        o.usage = transcoder.usage;
+    } else {
+        o.usage = Usage { prompt_tokens: 0, completion_tokens: transcoder.content_chunks };
+        o.estimated = true;
+    }
     let after = split.rejoin(conn).await;
-    (if relayed.is_err() { After::Close } else { after }, outcome)
+    if relayed.is_err() { After::Close } else { after }
+}
+
+/// An upstream failure before the stream started: a plain JSON error response.
+async fn fail_before_stream(conn: &mut Conn, split: Split, err: crate::openai::error::ApiError) -> After {
+    conn.req.outcome.upstream_failed = true;
+    let after = split.rejoin(conn).await;
+    if after == After::KeepAlive {
+        conn.error(&err);
+    } else {
+        conn.req.outcome.cancelled = true;
+    }
+    after
 }
 
 /// Relays the upstream body through the transcoder to the client until the
@@ -151,11 +160,12 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
 async fn relay(
     ex: client::Exchange,
     t: &mut NdjsonToSse,
-    watch: &mut ClientWatch,
-    wr: &mut TcpOwnedWriteHalf,
+    split: &mut Split,
     mut out: Vec<u8>,
     worker: &Worker,
+    req: &mut Request,
 ) -> Result<(), ()> {
+    let Split { watch, wr } = split;
     let client::Exchange { mut conn, head, body: mut decoder, early } = ex;
     let read_timeout = worker.pool.limits().read_timeout;
     let mut sse = Vec::with_capacity(16 * 1024);
@@ -172,6 +182,9 @@ async fn relay(
         frame(&mut out, &sse, ended);
         sse.clear();
         if !out.is_empty() {
+            if t.content_chunks > 0 {
+                req.first_byte_now();
+            }
             let (res, o) = wr.write_all(out).await;
             out = o;
             out.clear();

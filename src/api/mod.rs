@@ -70,11 +70,12 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     };
 
     // 4. The endpoint.
-    match (route, key) {
+    let api = !route.needs_admin();
+    let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
-        (Route::Models, Some(key)) => models::list(worker, conn, &key).await,
-        (Route::Model(id), Some(key)) => models::retrieve(worker, conn, &key, &id).await,
-        (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, &key).await,
+        (Route::Models, Some(key)) => models::list(worker, conn, key).await,
+        (Route::Model(id), Some(key)) => models::retrieve(worker, conn, key, &id).await,
+        (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key).await,
         (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
         (Route::AdminKey(id), Some(_)) => admin::key(worker, conn, &id).await,
         (Route::AdminKeyRotate(id), Some(_)) => admin::rotate(worker, conn, &id).await,
@@ -82,7 +83,32 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
             conn.error(&crate::auth::missing_key());
             After::KeepAlive
         }
+    };
+
+    // 5. Account: every authenticated API request, in this core's usage.
+    if let (Some(key), true) = (key, api) {
+        record_usage(worker, conn, &key);
     }
+    after
+}
+
+fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord) {
+    let o = &conn.req.outcome;
+    let total_us = conn.req.elapsed_us();
+    let record = crate::usage::UsageRecord {
+        key_id: &key.id,
+        model: &o.model,
+        status: o.status,
+        stream: o.stream,
+        prompt_tokens: o.usage.prompt_tokens,
+        completion_tokens: o.usage.completion_tokens,
+        first_token_us: if o.first_byte_us > 0 { o.first_byte_us } else { total_us },
+        total_us,
+        cancelled: o.cancelled,
+        upstream_failed: o.upstream_failed,
+        estimated: o.estimated,
+    };
+    worker.usage.record(&record, &crate::usage::today());
 }
 
 /// The presented key's record if it is active and may use the route.

@@ -10,7 +10,7 @@
 //! takes the socket apart for a while (see `server::watch`) and puts it back.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -41,9 +41,43 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Set by the handler; sent as `x-request-id`.
     pub id: String,
+    /// When the head was parsed.
+    pub started: Option<Instant>,
+    /// What the handlers learn along the way, for usage and logs.
+    pub outcome: Outcome,
+}
+
+/// What became of a request: filled in by the endpoint, read by accounting.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// The status sent (200 for a stream once it started).
+    pub status: u16,
+    /// The model the client asked for, if any.
+    pub model: String,
+    pub stream: bool,
+    pub usage: crate::openai::write::Usage,
+    /// Microseconds from the head to the first byte of the answer.
+    pub first_byte_us: u64,
+    /// The client went away before the answer was complete.
+    pub cancelled: bool,
+    pub upstream_failed: bool,
+    /// Token counts are estimates (no final line from the upstream).
+    pub estimated: bool,
 }
 
 impl Request {
+    /// Marks the first byte of the answer as sent now (once).
+    pub fn first_byte_now(&mut self) {
+        if self.outcome.first_byte_us == 0 {
+            self.outcome.first_byte_us = self.elapsed_us().max(1);
+        }
+    }
+
+    /// Microseconds since the head was parsed.
+    pub fn elapsed_us(&self) -> u64 {
+        self.started.map(|s| s.elapsed().as_micros() as u64).unwrap_or(0)
+    }
+
     pub fn method(&self) -> Method {
         self.method.unwrap_or(Method::Other)
     }
@@ -69,6 +103,10 @@ impl Request {
         }
         self.body.clear();
         self.id.clear();
+        self.started = Some(Instant::now());
+        let mut model = std::mem::take(&mut self.outcome.model);
+        model.clear();
+        self.outcome = Outcome { model, ..Outcome::default() };
     }
 }
 
@@ -138,6 +176,8 @@ impl Conn {
     }
 
     fn json_with(&mut self, status: u16, body: &[u8], extra: Option<(&str, &str)>) {
+        self.req.outcome.status = status;
+        self.req.first_byte_now();
         let keep_alive = self.req.keep_alive;
         let head_only = self.req.method() == Method::Head;
         let mut h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
@@ -188,7 +228,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             Err(None) => return,
         };
         conn.req.fill(&conn.inbuf, &head);
-        conn.req.id = String::new();
+        if worker.draining.get() {
+            // Shutting down: this is the connection's last request.
+            conn.req.keep_alive = false;
+        }
+        // In flight from here until its response is written: a draining worker waits for it.
+        let _in_flight = InFlight::enter(&worker.in_flight);
 
         // 2. Read the body.
         if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await {
@@ -209,6 +254,22 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         if after == After::Close || !conn.req.keep_alive || conn.stream.is_none() {
             return;
         }
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::cell::Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 

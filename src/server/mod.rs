@@ -10,13 +10,17 @@
 //! by anyone else is a clear startup error, not a shared port.
 
 pub mod conn;
+pub mod shutdown;
 pub mod watch;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
 use crate::auth::KeyCache;
@@ -24,6 +28,7 @@ use crate::config::Config;
 use crate::ollama::client::{Pool, UpstreamTarget};
 use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
+use crate::usage::{UsageAccumulator, UsageWriter, WriterMsg};
 
 /// What one worker thread owns.
 pub struct Worker {
@@ -36,6 +41,14 @@ pub struct Worker {
     pub store: &'static Store,
     /// This core's decoded key records.
     pub keys: KeyCache,
+    /// This core's usage since the last flush.
+    pub usage: UsageAccumulator,
+    /// Where flushed usage goes.
+    pub usage_tx: std::sync::mpsc::Sender<WriterMsg>,
+    /// Requests being handled now (from a parsed head to the response's end).
+    pub in_flight: Cell<usize>,
+    /// Set once this worker is draining: responses close their connections.
+    pub draining: Cell<bool>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -45,6 +58,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let listeners = bind_listeners(config.listen, config.workers)?;
     let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
     bootstrap_admin_key(store)?;
+    shutdown::install()?;
+    let writer = UsageWriter::spawn(store, config.usage_flush);
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -55,13 +70,25 @@ pub fn run(config: Config) -> Result<(), String> {
         let config = config.clone();
         let upstream = upstream.clone();
         let ready = ready_tx.clone();
+        let usage_tx = writer.tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
                 let _ = monoio::utils::bind_to_cpu_set([index % cores]);
                 let pool = Pool::new(config.upstream_limits);
                 let keys = KeyCache::default();
-                let worker = Rc::new(Worker { index, config, upstream, pool, store, keys });
+                let worker = Rc::new(Worker {
+                    index,
+                    config,
+                    upstream,
+                    pool,
+                    store,
+                    keys,
+                    usage: UsageAccumulator::default(),
+                    usage_tx,
+                    in_flight: Cell::new(0),
+                    draining: Cell::new(false),
+                });
                 // Store writes (admin API) fsync: they run on this small pool, never on the worker.
                 let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));
                 let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
@@ -102,6 +129,9 @@ pub fn run(config: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
+    // Every worker has handed over its last usage: commit it and stop.
+    writer.finish();
+    crate::log::info(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
 }
 
@@ -157,15 +187,55 @@ async fn worker_main(
     };
     let _ = ready.send(Ok(driver));
     drop(ready);
-    accept_loop(worker, listener).await;
+
+    let accepting = Canceller::new();
+    monoio::spawn(accept_loop(worker.clone(), listener, accepting.handle()));
+    let flush_every = worker.config.usage_flush;
+    let mut next_flush = Instant::now() + flush_every;
+    // Tick: hand usage to the writer every interval, and watch for a stop request.
+    while !shutdown::requested() {
+        monoio::time::sleep(TICK.min(flush_every)).await;
+        if Instant::now() >= next_flush {
+            flush_usage(&worker);
+            next_flush = Instant::now() + flush_every;
+        }
+    }
+
+    // Drain: stop accepting, let requests in flight finish within the grace period.
+    worker.draining.set(true);
+    let _ = accepting.cancel();
+    let deadline = Instant::now() + worker.config.shutdown_grace;
+    while worker.in_flight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if worker.in_flight.get() > 0 {
+        crate::log::warn(format_args!(
+            "worker {}: {} requests still in flight after the grace period are cut off",
+            worker.index,
+            worker.in_flight.get()
+        ));
+    }
+    flush_usage(&worker);
+    // Returning drops the runtime, closing idle connections and anything left.
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// How often a worker checks for a stop request (and, at most, flushes usage).
+const TICK: Duration = Duration::from_millis(50);
+
+fn flush_usage(worker: &Worker) {
+    let deltas = worker.usage.take();
+    if !deltas.is_empty() {
+        let _ = worker.usage_tx.send(WriterMsg::Deltas(deltas));
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: CancelHandle) {
     loop {
-        match listener.accept().await {
+        match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, _peer)) => {
                 monoio::spawn(conn::serve(worker.clone(), stream));
             }
+            Err(_) if worker.draining.get() => return,
             Err(e) => {
                 // Out of file descriptors (or another transient failure): back off
                 // instead of spinning, and keep serving the connections we have.
@@ -174,7 +244,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                     _ => 10,
                 };
                 crate::log::warn(format_args!("worker {}: accept failed: {e}; retrying in {pause} ms", worker.index));
-                monoio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                monoio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
     }

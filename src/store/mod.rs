@@ -29,6 +29,8 @@ pub struct Store {
     pub key_ids: Database<'static, Str, Bytes>,
     /// Unique name → SHA-256 of the secret.
     pub key_names: Database<'static, Str, Bytes>,
+    /// `key_id \0 YYYY-MM-DD \0 model` → usage rollup (see `usage`).
+    pub usage: Database<'static, Bytes, Bytes>,
     pub dir: PathBuf,
 }
 
@@ -63,13 +65,14 @@ impl Store {
         let env = unsafe { opts.open(dir) }
             .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
-        let (meta, keys, key_ids, key_names) = env
+        let (meta, keys, key_ids, key_names, usage) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
                 let key_ids = wdo.create_database::<Str, Bytes>(wtxn, Some("key_ids"))?;
                 let key_names = wdo.create_database::<Str, Bytes>(wtxn, Some("key_names"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names)))
+                let usage = wdo.create_database::<Bytes, Bytes>(wtxn, Some("usage"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage)))
             })?
             .unwrap_commit();
         let mut wtxn = env.write_txn()?;
@@ -85,7 +88,7 @@ impl Store {
             meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
         }
         wtxn.commit()?;
-        let store = Store { env, meta, keys, key_ids, key_names, dir: dir.to_owned() };
+        let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
         Ok(Box::leak(Box::new(store)))
     }
 

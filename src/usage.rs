@@ -1,0 +1,461 @@
+//! Usage accounting: every authenticated request, rolled up per key, model
+//! and UTC day, and made durable by one writer thread.
+//!
+//! A worker adds each finished request to its own [`UsageAccumulator`]
+//! (plain memory of its core: no atomics shared with other cores, and no
+//! allocation once a key/model/day has been seen). Every flush interval the
+//! worker hands its deltas to the [`UsageWriter`] thread over a channel, and
+//! the writer commits everything it holds in one LMDB transaction; the same
+//! happens at shutdown, so a clean stop loses nothing and a crash loses at
+//! most one interval. Rollups are stored under `key_id \0 YYYY-MM-DD \0
+//! model`, so one key's days are a contiguous range.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::store::{Store, StoreError};
+
+/// What one finished request adds to the books.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageRecord<'a> {
+    pub key_id: &'a str,
+    /// The model the client asked for (`""` for requests without one).
+    pub model: &'a str,
+    pub status: u16,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Microseconds to the first byte of the answer.
+    pub first_token_us: u64,
+    pub total_us: u64,
+    pub cancelled: bool,
+    pub upstream_failed: bool,
+    /// Counts are estimates (a stream the client cancelled has no final line).
+    pub estimated: bool,
+}
+
+/// Totals of one (key, model, day).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rollup {
+    pub requests: u64,
+    pub errors: u64,
+    pub cancelled: u64,
+    pub estimated: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub latency_sum_us: u64,
+    pub latency_max_us: u64,
+    pub first_token_sum_us: u64,
+}
+
+const ROLLUP_BYTES: usize = 9 * 8;
+
+impl Rollup {
+    pub fn add(&mut self, r: &UsageRecord<'_>) {
+        self.requests += 1;
+        self.errors += u64::from(r.status >= 400 || r.upstream_failed);
+        self.cancelled += u64::from(r.cancelled);
+        self.estimated += u64::from(r.estimated);
+        self.prompt_tokens += r.prompt_tokens;
+        self.completion_tokens += r.completion_tokens;
+        self.latency_sum_us += r.total_us;
+        self.latency_max_us = self.latency_max_us.max(r.total_us);
+        self.first_token_sum_us += r.first_token_us;
+    }
+
+    pub fn merge(&mut self, o: &Rollup) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.cancelled += o.cancelled;
+        self.estimated += o.estimated;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.latency_sum_us += o.latency_sum_us;
+        self.latency_max_us = self.latency_max_us.max(o.latency_max_us);
+        self.first_token_sum_us += o.first_token_sum_us;
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    fn fields(&self) -> [u64; 9] {
+        [
+            self.requests,
+            self.errors,
+            self.cancelled,
+            self.estimated,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.latency_sum_us,
+            self.latency_max_us,
+            self.first_token_sum_us,
+        ]
+    }
+
+    pub fn encode(&self) -> [u8; ROLLUP_BYTES] {
+        let mut out = [0u8; ROLLUP_BYTES];
+        for (i, v) in self.fields().iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Rollup> {
+        if b.len() < ROLLUP_BYTES {
+            return None;
+        }
+        let f = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Some(Rollup {
+            requests: f(0),
+            errors: f(1),
+            cancelled: f(2),
+            estimated: f(3),
+            prompt_tokens: f(4),
+            completion_tokens: f(5),
+            latency_sum_us: f(6),
+            latency_max_us: f(7),
+            first_token_sum_us: f(8),
+        })
+    }
+}
+
+/// Today (UTC) as `YYYY-MM-DD`; cached per thread for the second it was computed in.
+pub fn today() -> std::rc::Rc<str> {
+    thread_local! {
+        static CACHE: RefCell<(i64, std::rc::Rc<str>)> = RefCell::new((i64::MIN, std::rc::Rc::from("")));
+    }
+    let now = crate::clock::unix_now();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now {
+            *c = (now, std::rc::Rc::from(day_of(now)));
+        }
+        c.1.clone()
+    })
+}
+
+/// The UTC day of a Unix time, as `YYYY-MM-DD`.
+pub fn day_of(unix: i64) -> String {
+    crate::clock::unix_to_rfc3339(unix, 0)[..10].to_owned()
+}
+
+/// One (key, model, day) and its delta, as sent to the writer.
+pub type Delta = ((String, String, String), Rollup);
+
+/// Day → rollup, for one key and model.
+type Days = HashMap<String, Rollup>;
+
+/// A worker's unflushed usage: key id → model → day → rollup.
+#[derive(Default)]
+pub struct UsageAccumulator {
+    map: RefCell<HashMap<String, HashMap<String, Days>>>,
+}
+
+impl UsageAccumulator {
+    /// Adds a finished request on `day`. Allocates only the first time a
+    /// key, model or day is seen in an interval.
+    pub fn record(&self, r: &UsageRecord<'_>, day: &str) {
+        let mut map = self.map.borrow_mut();
+        let models = match map.get_mut(r.key_id) {
+            Some(m) => m,
+            None => map.entry(r.key_id.to_owned()).or_default(),
+        };
+        let days = match models.get_mut(r.model) {
+            Some(d) => d,
+            None => models.entry(r.model.to_owned()).or_default(),
+        };
+        match days.get_mut(day) {
+            Some(roll) => roll.add(r),
+            None => days.entry(day.to_owned()).or_default().add(r),
+        }
+    }
+
+    /// Takes the deltas gathered so far, leaving the maps' entries in place
+    /// (zeroed) so the next interval does not allocate for the same keys.
+    pub fn take(&self) -> Vec<Delta> {
+        let mut out = Vec::new();
+        let mut map = self.map.borrow_mut();
+        for (key, models) in map.iter_mut() {
+            for (model, days) in models.iter_mut() {
+                for (day, roll) in days.iter_mut() {
+                    if roll.requests > 0 {
+                        out.push(((key.clone(), model.clone(), day.clone()), std::mem::take(roll)));
+                    }
+                }
+            }
+        }
+        // Days roll over: drop entries idle for a whole interval so the map stays small.
+        if out.is_empty() {
+            map.clear();
+        }
+        out
+    }
+}
+
+/// Messages to the writer thread.
+pub enum WriterMsg {
+    Deltas(Vec<Delta>),
+    /// Commit now and answer on the channel (tests).
+    Flush(mpsc::Sender<()>),
+    /// Commit what is pending and end (after every worker sent its last deltas).
+    Stop,
+}
+
+/// The thread that makes usage durable.
+pub struct UsageWriter {
+    pub tx: mpsc::Sender<WriterMsg>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl UsageWriter {
+    pub fn spawn(store: &'static Store, interval: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<WriterMsg>();
+        let thread = std::thread::Builder::new()
+            .name("usage-writer".into())
+            .spawn(move || writer_loop(store, rx, interval))
+            .unwrap_or_else(|e| panic!("cannot start the usage writer thread: {e}"));
+        Self { tx, thread }
+    }
+
+    /// Commits what is pending and stops. Call after the workers sent their
+    /// last deltas (their senders may outlive them: this does not wait for that).
+    pub fn finish(self) {
+        let _ = self.tx.send(WriterMsg::Stop);
+        let _ = self.thread.join();
+    }
+}
+
+fn writer_loop(store: &'static Store, rx: mpsc::Receiver<WriterMsg>, interval: Duration) {
+    let mut pending: HashMap<(String, String, String), Rollup> = HashMap::new();
+    let mut next = std::time::Instant::now() + interval;
+    loop {
+        let wait = next.saturating_duration_since(std::time::Instant::now());
+        let msg = rx.recv_timeout(wait);
+        let mut ack = None;
+        let disconnected = match msg {
+            Ok(WriterMsg::Deltas(d)) => {
+                for (k, r) in d {
+                    pending.entry(k).or_default().merge(&r);
+                }
+                false
+            }
+            Ok(WriterMsg::Flush(done)) => {
+                ack = Some(done);
+                false
+            }
+            Ok(WriterMsg::Stop) => true,
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        if ack.is_some() || disconnected || std::time::Instant::now() >= next {
+            if !pending.is_empty() {
+                match store.add_usage(&pending) {
+                    Ok(()) => pending.clear(),
+                    Err(e) => crate::log::error(format_args!("usage flush failed (kept for the next try): {e}")),
+                }
+            }
+            next = std::time::Instant::now() + interval;
+        }
+        if let Some(done) = ack {
+            let _ = done.send(());
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+/// Key of a rollup in the `usage` table.
+pub fn rollup_key(key_id: &str, day: &str, model: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key_id.len() + day.len() + model.len() + 2);
+    k.extend_from_slice(key_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(day.as_bytes());
+    k.push(0);
+    k.extend_from_slice(model.as_bytes());
+    k
+}
+
+/// One stored rollup, as queries see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub key_id: String,
+    pub day: String,
+    pub model: String,
+    pub rollup: Rollup,
+}
+
+impl Store {
+    /// Adds deltas to the stored rollups, in one transaction.
+    pub fn add_usage(&self, deltas: &HashMap<(String, String, String), Rollup>) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        for ((key_id, model, day), delta) in deltas {
+            let k = rollup_key(key_id, day, model);
+            let mut total = self.usage.get(&wtxn, &k)?.and_then(Rollup::decode).unwrap_or_default();
+            total.merge(delta);
+            self.usage.put(&mut wtxn, &k, &total.encode())?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Stored rollups, optionally for one key, between two days (inclusive, `YYYY-MM-DD`).
+    pub fn usage_rows(
+        &self,
+        key_id: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rtxn = self.read()?;
+        let mut rows = Vec::new();
+        let prefix = key_id.map(|k| {
+            let mut p = k.as_bytes().to_vec();
+            p.push(0);
+            p
+        });
+        type Rows<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
+        let iter: Rows<'_> = match &prefix {
+            Some(p) => Box::new(self.usage.prefix_iter(&rtxn, p)?),
+            None => Box::new(self.usage.iter(&rtxn)?),
+        };
+        for item in iter {
+            let (k, v) = item?;
+            let mut parts = k.splitn(3, |&b| b == 0);
+            let (Some(key), Some(day), Some(model)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let day = String::from_utf8_lossy(day).into_owned();
+            if from.is_some_and(|f| day.as_str() < f) || to.is_some_and(|t| day.as_str() > t) {
+                continue;
+            }
+            let Some(rollup) = Rollup::decode(v) else { continue };
+            rows.push(UsageRow {
+                key_id: String::from_utf8_lossy(key).into_owned(),
+                day,
+                model: String::from_utf8_lossy(model).into_owned(),
+                rollup,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// A usage query: filters and the grouping.
+pub struct UsageQuery<'a> {
+    pub key_id: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    /// `day`, `model` or `key`.
+    pub by: &'a str,
+}
+
+/// Stored usage matching `q`, summed per group (keys by name), sorted by group.
+pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>, StoreError> {
+    let names: HashMap<String, String> = store.list_keys()?.into_iter().map(|k| (k.id, k.name)).collect();
+    let mut groups: std::collections::BTreeMap<String, Rollup> = std::collections::BTreeMap::new();
+    for row in store.usage_rows(q.key_id, q.from, q.to)? {
+        if q.model.is_some_and(|m| !crate::store::keys::same_model(m, &row.model)) {
+            continue;
+        }
+        let group = match q.by {
+            "model" => {
+                if row.model.is_empty() {
+                    "-".to_owned()
+                } else {
+                    row.model
+                }
+            }
+            "key" => names.get(&row.key_id).cloned().unwrap_or(row.key_id),
+            _ => row.day,
+        };
+        groups.entry(group).or_default().merge(&row.rollup);
+    }
+    Ok(groups.into_iter().collect())
+}
+
+/// The JSON shape of a usage query (CLI `--json` and the admin API).
+pub fn groups_json(by: &str, groups: &[(String, Rollup)]) -> serde_json::Value {
+    let data: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|(g, r)| {
+            serde_json::json!({
+                by: g,
+                "requests": r.requests,
+                "errors": r.errors,
+                "cancelled": r.cancelled,
+                "estimated": r.estimated,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "total_tokens": r.tokens(),
+                "latency_ms_sum": r.latency_sum_us / 1000,
+                "latency_ms_max": r.latency_max_us / 1000,
+                "first_token_ms_sum": r.first_token_sum_us / 1000,
+            })
+        })
+        .collect();
+    serde_json::json!({"object": "list", "by": by, "data": data})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<'a>(key: &'a str, model: &'a str, p: u64, c: u64) -> UsageRecord<'a> {
+        UsageRecord {
+            key_id: key,
+            model,
+            status: 200,
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_us: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accumulator_rolls_up_and_hands_out_deltas_once() {
+        let acc = UsageAccumulator::default();
+        acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
+        acc.record(&rec("key_a", "llama3", 1, 1), "2026-11-24");
+        acc.record(&UsageRecord { status: 502, upstream_failed: true, ..rec("key_a", "qwen", 0, 0) }, "2026-11-24");
+        acc.record(&rec("key_b", "llama3", 2, 2), "2026-11-25");
+        let mut d = acc.take();
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0].0, ("key_a".into(), "llama3".into(), "2026-11-24".into()));
+        assert_eq!((d[0].1.requests, d[0].1.prompt_tokens, d[0].1.completion_tokens), (2, 4, 6));
+        assert_eq!(d[1].1.errors, 1);
+        assert!(acc.take().is_empty(), "nothing twice");
+    }
+
+    #[test]
+    fn rollups_round_trip_through_bytes() {
+        let mut r = Rollup::default();
+        r.add(&UsageRecord { cancelled: true, estimated: true, first_token_us: 7, ..rec("k", "m", 1, 2) });
+        assert_eq!(Rollup::decode(&r.encode()), Some(r));
+        assert_eq!(Rollup::decode(&[1, 2]), None);
+    }
+
+    #[test]
+    fn writer_commits_and_queries_filter() {
+        let store = Store::open(&crate::store::temp_dir("usage")).unwrap();
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600));
+        let acc = UsageAccumulator::default();
+        acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
+        acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-25");
+        acc.record(&rec("key_b", "qwen", 1, 1), "2026-11-24");
+        w.tx.send(WriterMsg::Deltas(acc.take())).unwrap();
+        acc.record(&rec("key_a", "llama3", 10, 10), "2026-11-24");
+        w.tx.send(WriterMsg::Deltas(acc.take())).unwrap();
+        let (done, wait) = mpsc::channel();
+        w.tx.send(WriterMsg::Flush(done)).unwrap();
+        wait.recv().unwrap();
+        let rows = store.usage_rows(Some("key_a"), Some("2026-11-24"), Some("2026-11-24")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].rollup.requests, rows[0].rollup.tokens()), (2, 28));
+        assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 3);
+        w.finish();
+    }
+}

@@ -1,0 +1,165 @@
+//! Usage accounting end to end: what the gateway records equals what the
+//! emulator served, after a graceful stop (SIGTERM) and after a crash
+//! (SIGKILL, at most one flush interval lost).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn usage(g: &Proc, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .arg("usage")
+        .arg("--data-dir")
+        .arg(g.data_dir.as_ref().unwrap())
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn totals(v: &Value) -> (u64, u64, u64) {
+    let sum = |f: &str| v["data"].as_array().unwrap().iter().map(|r| r[f].as_u64().unwrap()).sum::<u64>();
+    (sum("requests"), sum("prompt_tokens"), sum("completion_tokens"))
+}
+
+fn chat_with(g: &Proc, key: &str, model: &str, stream: bool, words: usize) -> Response {
+    let content = vec!["word"; words].join(" ");
+    let body =
+        json!({"model": model, "messages": [{"role": "user", "content": content}], "stream": stream}).to_string();
+    let auth = format!("Bearer {key}");
+    request_with(g.addr, "POST", "/v1/chat/completions", Some(&body), &[("Authorization", &auth)])
+}
+
+/// Waits for the process to exit; returns its status code.
+fn wait_exit(g: &mut Proc, limit: Duration) -> Option<i32> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(status)) = g.child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_commits_usage_and_exits_zero() {
+    let m = mock(&["--tokens", "6"]);
+    // A long flush interval: only the shutdown flush can have written the usage.
+    let mut g = gateway(&m, &["--usage-flush-ms", "3600000"]);
+    let a = create_key(&g, "team-a", &[])["secret"].as_str().unwrap().to_owned();
+    let b = create_key(&g, "team-b", &[])["secret"].as_str().unwrap().to_owned();
+    let mut sent = 0;
+    for i in 0..60 {
+        let (key, model) = if i % 3 == 0 { (&b, "qwen3:8b") } else { (&a, "llama3") };
+        let r = chat_with(&g, key, model, i % 2 == 0, 1 + i % 7);
+        assert_eq!(r.status, 200);
+        sent += 1;
+    }
+    // Refused requests are recorded as errors of their key, with no tokens.
+    assert_eq!(chat_with(&g, &a, "nope", false, 1).status, 404);
+
+    // One slow request is in flight when the stop comes; it must finish.
+    configure(&m, json!({"tokens": 5, "token_delay_ms": 100}));
+    let mut s = connect(g.addr);
+    send(
+        &mut s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("llama3", true)),
+        &[("Authorization", &format!("Bearer {a}"))],
+    );
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    r.read_line(&mut first).unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"));
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut r, &mut rest);
+    assert!(rest.contains("data: [DONE]"), "the in-flight stream was completed: {rest}");
+    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0), "{}", g.log_text());
+
+    let st = stats(&m);
+    let (requests, prompt, completion) = totals(&usage(&g, &["--by", "key"]));
+    assert_eq!(requests, sent + 2);
+    assert_eq!(prompt, st["prompt_tokens"].as_u64().unwrap(), "{st}");
+    assert_eq!(completion, st["completion_tokens"].as_u64().unwrap(), "{st}");
+    let by_key = usage(&g, &["--by", "key"]);
+    let a_row = by_key["data"].as_array().unwrap().iter().find(|r| r["key"] == "team-a").unwrap().clone();
+    assert_eq!(a_row["errors"], 1);
+    let by_model = usage(&g, &["--by", "model", "--key", "team-b"]);
+    assert_eq!(by_model["data"][0]["model"], "qwen3:8b");
+    assert_eq!(by_model["data"][0]["requests"], 20);
+}
+
+#[test]
+fn cancelled_streams_are_estimated_within_what_was_relayed() {
+    let m = mock(&["--tokens", "40", "--token-delay-ms", "20"]);
+    let mut g = gateway(&m, &["--usage-flush-ms", "3600000"]);
+    let key = create_key(&g, "canceller", &[])["secret"].as_str().unwrap().to_owned();
+    let mut read_before_cancel = 0u64;
+    for n in [2usize, 5, 9] {
+        let mut s = connect(g.addr);
+        send(
+            &mut s,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat_body("llama3", true)),
+            &[("Authorization", &format!("Bearer {key}"))],
+        );
+        let mut r = BufReader::new(s);
+        let mut seen = 0;
+        let mut line = String::new();
+        while seen < n {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.starts_with("data: {") {
+                seen += 1;
+            }
+        }
+        read_before_cancel += n as u64;
+    }
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 3));
+    // And two that complete.
+    configure(&m, json!({"token_delay_ms": 0}));
+    for _ in 0..2 {
+        assert_eq!(chat_with(&g, &key, "llama3", true, 3).status, 200);
+    }
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
+
+    let st = stats(&m);
+    let v = usage(&g, &[]);
+    let row = &v["data"][0];
+    assert_eq!(row["requests"], 5);
+    assert_eq!(row["cancelled"], 3);
+    assert_eq!(row["estimated"], 3);
+    let completed = st["completion_tokens"].as_u64().unwrap();
+    let recorded = row["completion_tokens"].as_u64().unwrap();
+    // Exact for the completed ones; each cancelled one counts the chunks relayed:
+    // at least what the client read, at most what the emulator wrote.
+    assert!(recorded >= completed + read_before_cancel, "{recorded} vs {st}");
+    assert!(recorded <= completed + st["cancelled_tokens"].as_u64().unwrap(), "{recorded} vs {st}");
+}
+
+#[test]
+fn a_crash_loses_at_most_one_flush_interval() {
+    let m = mock(&["--tokens", "4"]);
+    let mut g = gateway(&m, &["--usage-flush-ms", "100"]);
+    let key = create_key(&g, "crashy", &[])["secret"].as_str().unwrap().to_owned();
+    for i in 0..30 {
+        assert_eq!(chat_with(&g, &key, "llama3", i % 2 == 0, 2).status, 200);
+    }
+    let served = stats(&m)["completion_tokens"].as_u64().unwrap();
+    // Committed within an interval or so, while the server runs (read by another process).
+    assert!(eventually(Duration::from_secs(5), || totals(&usage(&g, &[])).2 == served));
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGKILL) };
+    let _ = wait_exit(&mut g, Duration::from_secs(5));
+    assert_eq!(totals(&usage(&g, &[])).2, served, "the store opens after a crash and keeps what was committed");
+}
