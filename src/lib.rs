@@ -15,6 +15,7 @@ pub mod ids;
 pub mod log;
 pub mod ollama;
 pub mod openai;
+pub mod quota;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -14,6 +14,10 @@ pub enum Route {
     Models,
     /// `models/{id}`; the id is percent-decoded and may contain `/`.
     Model(String),
+    /// `GET usage`: the key's own usage and limits.
+    Usage,
+    /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`
+    AdminUsage,
     /// `GET|POST /admin/v1/keys`
     AdminKeys,
     /// `GET|PATCH|DELETE /admin/v1/keys/{id}`
@@ -30,7 +34,7 @@ impl Route {
 
     /// Whether the route needs a key with the admin role.
     pub fn needs_admin(&self) -> bool {
-        matches!(self, Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_))
+        matches!(self, Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) | Route::AdminUsage)
     }
 }
 
@@ -69,6 +73,7 @@ pub fn route(method: Method, path: &str) -> Routed {
             match rest {
                 "chat/completions" => (Route::ChatCompletions, POST),
                 "models" => (Route::Models, GET),
+                "usage" => (Route::Usage, GET),
                 _ => match rest.strip_prefix("models/") {
                     Some(id) if !id.is_empty() => (Route::Model(percent_decode(id)), GET),
                     _ => return Routed::NotFound,
@@ -89,6 +94,9 @@ pub fn route(method: Method, path: &str) -> Routed {
 
 fn admin_route(rest: &str) -> Option<(Route, &'static str)> {
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest == "usage" {
+        return Some((Route::AdminUsage, GET));
+    }
     if rest == "keys" {
         return Some((Route::AdminKeys, GET_POST));
     }
@@ -101,7 +109,7 @@ fn admin_route(rest: &str) -> Option<(Route, &'static str)> {
 }
 
 /// Decodes `%XX` escapes; malformed escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

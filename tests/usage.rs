@@ -163,3 +163,126 @@ fn a_crash_loses_at_most_one_flush_interval() {
     let _ = wait_exit(&mut g, Duration::from_secs(5));
     assert_eq!(totals(&usage(&g, &[])).2, served, "the store opens after a crash and keeps what was committed");
 }
+
+#[test]
+fn thousands_of_mixed_requests_are_accounted_exactly() {
+    let m = mock(&["--tokens", "5", "--workers", "2"]);
+    let mut g = gateway(&m, &["--usage-flush-ms", "200"]);
+    let keys: Vec<String> =
+        (0..3).map(|i| create_key(&g, &format!("load-{i}"), &[])["secret"].as_str().unwrap().to_owned()).collect();
+    let addr = g.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                for i in 0..250usize {
+                    let key = &keys[(t + i) % 3];
+                    let model = if i % 4 == 0 { "qwen3:8b" } else { "llama3" };
+                    let words = vec!["w"; 1 + (i * 7 + t) % 13].join(" ");
+                    let body =
+                        json!({"model": model, "messages": [{"role": "user", "content": words}], "stream": i % 2 == 0})
+                            .to_string();
+                    send(
+                        &mut s,
+                        "POST",
+                        "/v1/chat/completions",
+                        Some(&body),
+                        &[("Authorization", &format!("Bearer {key}"))],
+                    );
+                    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
+    let st = stats(&m);
+    let (requests, prompt, completion) = totals(&usage(&g, &["--by", "key"]));
+    assert_eq!(requests, 2000);
+    assert_eq!(st["completed"], 2000);
+    assert_eq!(prompt, st["prompt_tokens"].as_u64().unwrap());
+    assert_eq!(completion, st["completion_tokens"].as_u64().unwrap());
+    let by_model = usage(&g, &["--by", "model"]);
+    assert_eq!(by_model["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_spent_daily_quota_is_refused_until_raised_and_survives_a_restart() {
+    let m = mock(&["--tokens", "8"]);
+    let mut g = gateway(&m, &["--usage-flush-ms", "100"]);
+    let dir = g.data_dir.clone().unwrap();
+    let key = create_key(&g, "metered", &["--daily-tokens", "40"])["secret"].as_str().unwrap().to_owned();
+    // Each request: 2 prompt tokens ("hi" + 1) and 8 completion tokens.
+    let mut admitted = 0;
+    let refused = loop {
+        let r = chat_with(&g, &key, "llama3", admitted % 2 == 0, 1);
+        if r.status != 200 {
+            break r;
+        }
+        admitted += 1;
+        assert!(admitted < 10, "the quota never triggered");
+    };
+    assert_eq!(admitted, 4, "40 tokens allow four 10-token requests");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["type"], "insufficient_quota");
+    assert_eq!(refused.json()["error"]["code"], "insufficient_quota");
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+    assert_eq!(stats(&m)["completed"], 4, "refused requests never reach the upstream");
+
+    // The self-service endpoint shows the spend and the limit.
+    let own = get_with(&g, &key, "/v1/usage").json();
+    assert_eq!(own["today"]["total_tokens"], 40);
+    assert_eq!(own["limits"]["daily_tokens"], 40);
+
+    // Across a restart, the quota is still spent.
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
+    let g2 = start(
+        env!("CARGO_BIN_EXE_ai-gateway"),
+        &[
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            m.url(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(chat_with(&g2, &key, "llama3", false, 1).status, 429);
+    // Raising it from the CLI admits the next request.
+    let (c, _, _) = keys_cli(&dir, &["update", "metered", "--daily-tokens", "none"]);
+    assert_eq!(c, 0);
+    assert_eq!(chat_with(&g2, &key, "llama3", false, 1).status, 200);
+}
+
+fn get_with(g: &Proc, key: &str, path: &str) -> Response {
+    request_with(g.addr, "GET", path, None, &[("Authorization", &format!("Bearer {key}"))])
+}
+
+#[test]
+fn admin_usage_api_filters_and_groups() {
+    let m = mock(&["--tokens", "3"]);
+    let g = gateway(&m, &["--usage-flush-ms", "50"]);
+    let a = create_key(&g, "a", &[])["secret"].as_str().unwrap().to_owned();
+    for model in ["llama3", "llama3", "qwen3:8b"] {
+        assert_eq!(chat_with(&g, &a, model, false, 1).status, 200);
+    }
+    let q = |query: &str| get_with(&g, ADMIN_KEY, &format!("/admin/v1/usage?{query}"));
+    assert!(eventually(Duration::from_secs(5), || q("by=key").json()["data"][0]["requests"] == 3));
+    let by_model = q("by=model&key=a").json();
+    assert_eq!(by_model["by"], "model");
+    assert_eq!(by_model["data"][0]["model"], "llama3");
+    assert_eq!(by_model["data"][0]["requests"], 2);
+    assert_eq!(q("model=qwen3%3A8b").json()["data"][0]["requests"], 1);
+    assert_eq!(q("from=2000-01-01&to=2000-01-02").json()["data"], json!([]));
+    assert_eq!(q("by=week").json()["error"]["param"], "by");
+    assert_eq!(q("from=yesterday").json()["error"]["param"], "from");
+    assert_eq!(get_with(&g, &a, "/admin/v1/usage").status, 403);
+}

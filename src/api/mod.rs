@@ -10,6 +10,7 @@ pub mod admin;
 pub mod chat;
 pub mod health;
 pub mod models;
+pub mod usage;
 
 use std::rc::Rc;
 
@@ -69,13 +70,24 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         None
     };
 
-    // 4. The endpoint.
+    // 4. Admit: a key whose token quota is spent is refused until the period rolls over.
     let api = !route.needs_admin();
+    let today = crate::usage::today();
+    if let (Some(k), true, false) = (&key, api, route == Route::Usage)
+        && let Err(e) = worker.quota.admit(worker.store, k, &today)
+    {
+        conn.error_with(&e, ("x-should-retry", "false"));
+        return After::KeepAlive;
+    }
+
+    // 5. The endpoint.
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
         (Route::Models, Some(key)) => models::list(worker, conn, key).await,
         (Route::Model(id), Some(key)) => models::retrieve(worker, conn, key, &id).await,
         (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key).await,
+        (Route::Usage, Some(key)) => usage::own(worker, conn, key),
+        (Route::AdminUsage, Some(_)) => usage::admin(worker, conn),
         (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
         (Route::AdminKey(id), Some(_)) => admin::key(worker, conn, &id).await,
         (Route::AdminKeyRotate(id), Some(_)) => admin::rotate(worker, conn, &id).await,
@@ -85,14 +97,14 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
     };
 
-    // 5. Account: every authenticated API request, in this core's usage.
+    // 6. Account: every authenticated API request, in this core's usage and the quota book.
     if let (Some(key), true) = (key, api) {
-        record_usage(worker, conn, &key);
+        record_usage(worker, conn, &key, &today);
     }
     after
 }
 
-fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord) {
+fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {
     let o = &conn.req.outcome;
     let total_us = conn.req.elapsed_us();
     let record = crate::usage::UsageRecord {
@@ -108,7 +120,11 @@ fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord) {
         upstream_failed: o.upstream_failed,
         estimated: o.estimated,
     };
-    worker.usage.record(&record, &crate::usage::today());
+    worker.usage.record(&record, today);
+    let tokens = record.prompt_tokens + record.completion_tokens;
+    if tokens > 0 {
+        worker.quota.add(worker.store, &key.id, today, tokens);
+    }
 }
 
 /// The presented key's record if it is active and may use the route.

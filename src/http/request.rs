@@ -47,6 +47,8 @@ pub struct RequestHead {
     pub method: Method,
     /// The path without the query string.
     pub path: Range<usize>,
+    /// The query string (after `?`), empty when there is none.
+    pub query: Range<usize>,
     /// HTTP/1.1 (true) or HTTP/1.0 (false).
     pub http11: bool,
     pub framing: BodyFraming,
@@ -123,6 +125,10 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         len,
         method,
         path: at(path.as_bytes()),
+        query: match target.find('?') {
+            Some(q) => at(&target.as_bytes()[q + 1..]),
+            None => at(path.as_bytes()).end..at(path.as_bytes()).end,
+        },
         http11,
         framing: BodyFraming::Empty,
         keep_alive: false,
@@ -248,6 +254,7 @@ mod tests {
         assert_eq!(h.len, s.len());
         assert_eq!(h.method, Method::Post);
         assert_eq!(&s[h.path.clone()], "/api/v1/chat/completions");
+        assert_eq!(&s[h.query.clone()], "x=1");
         assert_eq!(h.framing, BodyFraming::Length(12));
         assert!(h.keep_alive);
         assert_eq!(&s[h.authorization.unwrap()], "Bearer k");
@@ -306,5 +313,8 @@ mod tests {
         let s = "GET http://example.com/v1/models?a HTTP/1.1\r\nHost: a\r\n\r\n";
         let h = parse(s).unwrap().unwrap();
         assert_eq!(&s[h.path], "/v1/models");
+        assert_eq!(&s[h.query], "a");
+        let s = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(parse(s).unwrap().unwrap().query.is_empty());
     }
 }

@@ -32,6 +32,8 @@ pub struct Request {
     pub method: Option<Method>,
     pub method_name: String,
     pub path: String,
+    /// The raw query string (after `?`).
+    pub query: String,
     pub keep_alive: bool,
     /// The client sent `Origin` (a browser): CORS headers are added.
     pub origin: bool,
@@ -66,6 +68,15 @@ pub struct Outcome {
 }
 
 impl Request {
+    /// The value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| crate::routes::percent_decode(&v.replace('+', " ")))
+    }
+
     /// Marks the first byte of the answer as sent now (once).
     pub fn first_byte_now(&mut self) {
         if self.outcome.first_byte_us == 0 {
@@ -90,6 +101,8 @@ impl Request {
         self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
         self.path.clear();
         self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        self.query.clear();
+        self.query.push_str(&String::from_utf8_lossy(&buf[head.query.clone()]));
         self.keep_alive = head.keep_alive;
         self.origin = head.origin.is_some();
         self.access_control_request_headers.clear();
@@ -191,6 +204,11 @@ impl Conn {
     /// Appends an error response to `out`.
     pub fn error(&mut self, err: &ApiError) {
         self.json_with(err.status, &err.body(), None);
+    }
+
+    /// Appends an error response with one extra header.
+    pub fn error_with(&mut self, err: &ApiError, header: (&str, &str)) {
+        self.json_with(err.status, &err.body(), Some(header));
     }
 
     /// Appends a 405 with its `Allow` header.

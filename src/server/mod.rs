@@ -26,6 +26,7 @@ use monoio::net::TcpListener;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::ollama::client::{Pool, UpstreamTarget};
+use crate::quota::QuotaBook;
 use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
 use crate::usage::{UsageAccumulator, UsageWriter, WriterMsg};
@@ -49,6 +50,8 @@ pub struct Worker {
     pub in_flight: Cell<usize>,
     /// Set once this worker is draining: responses close their connections.
     pub draining: Cell<bool>,
+    /// Token totals per key for quotas, shared by all workers.
+    pub quota: Arc<QuotaBook>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -60,6 +63,7 @@ pub fn run(config: Config) -> Result<(), String> {
     bootstrap_admin_key(store)?;
     shutdown::install()?;
     let writer = UsageWriter::spawn(store, config.usage_flush);
+    let quota = Arc::new(QuotaBook::default());
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -71,6 +75,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let upstream = upstream.clone();
         let ready = ready_tx.clone();
         let usage_tx = writer.tx.clone();
+        let quota = quota.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -88,6 +93,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     usage_tx,
                     in_flight: Cell::new(0),
                     draining: Cell::new(false),
+                    quota,
                 });
                 // Store writes (admin API) fsync: they run on this small pool, never on the worker.
                 let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));

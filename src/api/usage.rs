@@ -1,0 +1,90 @@
+//! Usage over HTTP: `GET /v1/usage` for any key (its own usage today and
+//! this month, and its limits) and `GET /admin/v1/usage` for admins (the
+//! same query as `ai-gateway usage`, filters as query parameters).
+//!
+//! Both read committed rollups, which trail live traffic by at most one
+//! flush interval; the token totals a quota is checked against are exact.
+
+use crate::openai::error::ApiError;
+use crate::server::Worker;
+use crate::server::conn::{After, Conn};
+use crate::store::keys::KeyRecord;
+use crate::usage::{Rollup, UsageQuery, groups_json, query};
+
+fn period_json(label: &str, period: &str, r: &Rollup, tokens: u64) -> serde_json::Value {
+    serde_json::json!({
+        label: period,
+        "requests": r.requests,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": tokens,
+    })
+}
+
+/// `GET /v1/usage`: the calling key's own usage and limits.
+pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
+    let today = crate::usage::today();
+    let month_start = format!("{}-01", &today[..7]);
+    let result = worker.store.usage_rows(Some(&key.id), Some(&month_start), Some(&today)).and_then(|rows| {
+        let totals = worker.quota.totals(worker.store, &key.id, &today)?;
+        let (mut day, mut month) = (Rollup::default(), Rollup::default());
+        for row in rows {
+            month.merge(&row.rollup);
+            if row.day == *today {
+                day.merge(&row.rollup);
+            }
+        }
+        Ok(serde_json::json!({
+            "object": "usage",
+            "key": {"id": key.id, "name": key.name},
+            "today": period_json("date", &today, &day, totals.day_tokens),
+            "month": period_json("month", &today[..7], &month, totals.month_tokens),
+            "limits": key.limits,
+        }))
+    });
+    match result {
+        Ok(v) => conn.json(200, v.to_string().as_bytes()),
+        Err(e) => conn.error(&ApiError::upstream(500, format!("The gateway could not read its usage store: {e}."))),
+    }
+    After::KeepAlive
+}
+
+/// `GET /admin/v1/usage?key=&model=&from=&to=&by=`.
+pub fn admin(worker: &Worker, conn: &mut Conn) -> After {
+    let req = &conn.req;
+    let by = req.query_param("by").unwrap_or_else(|| "day".into());
+    let from = req.query_param("from");
+    let to = req.query_param("to");
+    let model = req.query_param("model");
+    let key = req.query_param("key");
+    let checked = (|| {
+        if !matches!(by.as_str(), "day" | "model" | "key") {
+            return Err(ApiError::invalid("by", "'by' must be day, model or key."));
+        }
+        for (name, d) in [("from", &from), ("to", &to)] {
+            if let Some(d) = d
+                && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()
+            {
+                return Err(ApiError::invalid(name, format!("'{name}' must be a date like 2026-11-24.")));
+            }
+        }
+        let key_id = match &key {
+            Some(k) => Some(worker.store.find_key(k).map_err(|e| ApiError::invalid("key", format!("{}.", e.0)))?.1.id),
+            None => None,
+        };
+        let q = UsageQuery {
+            key_id: key_id.as_deref(),
+            model: model.as_deref(),
+            from: from.as_deref(),
+            to: to.as_deref(),
+            by: &by,
+        };
+        query(worker.store, &q)
+            .map_err(|e| ApiError::upstream(500, format!("The gateway could not read its usage store: {e}.")))
+    })();
+    match checked {
+        Ok(groups) => conn.json(200, groups_json(&by, &groups).to_string().as_bytes()),
+        Err(e) => conn.error(&e),
+    }
+    After::KeepAlive
+}
