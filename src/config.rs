@@ -65,6 +65,18 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,
 
+    /// Access log format (one line per request on stdout).
+    #[arg(long, env = "AI_GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::access_log::LogFormat,
+
+    /// Lowest level logged; the access log is at `info` (so `warn` turns it off).
+    #[arg(long, env = "AI_GATEWAY_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: crate::log::Level,
+
+    /// Add per-key series to /metrics (one series per key: mind the cardinality).
+    #[arg(long, env = "AI_GATEWAY_METRICS_PER_KEY")]
+    pub metrics_per_key: bool,
+
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -96,6 +108,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub usage_flush: Duration,
     pub shutdown_grace: Duration,
+    pub log_format: crate::access_log::LogFormat,
+    pub log_level: crate::log::Level,
+    pub metrics_per_key: bool,
 }
 
 impl Config {
@@ -136,6 +151,9 @@ impl Config {
             } else {
                 return Err(format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms));
             },
+            log_format: a.log_format,
+            log_level: a.log_level,
+            metrics_per_key: a.metrics_per_key,
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

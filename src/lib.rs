@@ -5,6 +5,7 @@
 //! proxied chat completion: convert → forward → transcode). `ARCHITECTURE.md`
 //! at the repository root is the map.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod log;
+pub mod metrics;
 pub mod ollama;
 pub mod openai;
 pub mod quota;

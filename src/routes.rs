@@ -16,6 +16,8 @@ pub enum Route {
     Model(String),
     /// `GET usage`: the key's own usage and limits.
     Usage,
+    /// `GET /metrics`: Prometheus text (admin key, or loopback without a key).
+    Metrics,
     /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`
     AdminUsage,
     /// `GET|POST /admin/v1/keys`
@@ -27,6 +29,20 @@ pub enum Route {
 }
 
 impl Route {
+    /// The route's name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::ChatCompletions => "chat_completions",
+            Route::Models => "models",
+            Route::Model(_) => "model",
+            Route::Usage => "usage",
+            Route::Metrics => "metrics",
+            Route::AdminUsage => "admin_usage",
+            Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) => "admin_keys",
+        }
+    }
+
     /// Whether the route needs an API key (everything but the health check).
     pub fn needs_key(&self) -> bool {
         !matches!(self, Route::Health)
@@ -34,7 +50,10 @@ impl Route {
 
     /// Whether the route needs a key with the admin role.
     pub fn needs_admin(&self) -> bool {
-        matches!(self, Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) | Route::AdminUsage)
+        matches!(
+            self,
+            Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) | Route::AdminUsage | Route::Metrics
+        )
     }
 }
 
@@ -61,6 +80,7 @@ const GET_PATCH_DELETE: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
 pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
         "/healthz" => (Route::Health, GET),
+        "/metrics" => (Route::Metrics, GET),
         _ if path.starts_with("/admin/v1/") => match admin_route(&path["/admin/v1/".len()..]) {
             Some(r) => r,
             None => return Routed::NotFound,

@@ -211,6 +211,7 @@ fn unreachable_upstream_is_502_and_silent_upstream_is_504() {
         child: std::process::Command::new("true").spawn().unwrap(),
         addr,
         log: Default::default(),
+        out: Default::default(),
         data_dir: None,
     };
     let g = gateway(&fake, &[]);

@@ -199,16 +199,66 @@ fn thousands_of_mixed_requests_are_accounted_exactly() {
     for t in threads {
         t.join().unwrap();
     }
+    // Then some streams the clients cancel mid-way (the emulator now paces its tokens).
+    configure(&m, json!({"tokens": 30, "token_delay_ms": 10}));
+    let mut read_before_cancel = 0u64;
+    for i in 0..20usize {
+        let mut s = connect(g.addr);
+        let key = &keys[i % 3];
+        send(
+            &mut s,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat_body("llama3", true)),
+            &[("Authorization", &format!("Bearer {key}"))],
+        );
+        let mut r = BufReader::new(s);
+        let (mut seen, mut line) = (0, String::new());
+        while seen < 1 + i % 4 {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            seen += usize::from(line.starts_with("data: {"));
+        }
+        read_before_cancel += seen as u64;
+    }
+    assert!(eventually(Duration::from_secs(10), || stats(&m)["cancelled"] == 20));
     unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
     let st = stats(&m);
-    let (requests, prompt, completion) = totals(&usage(&g, &["--by", "key"]));
-    assert_eq!(requests, 2000);
+    let v = usage(&g, &["--by", "key"]);
+    let (requests, prompt, completion) = totals(&v);
+    assert_eq!(requests, 2020);
     assert_eq!(st["completed"], 2000);
+    // Exact for the completed requests (cancelled ones have no final line, so no prompt count).
     assert_eq!(prompt, st["prompt_tokens"].as_u64().unwrap());
-    assert_eq!(completion, st["completion_tokens"].as_u64().unwrap());
+    let served = st["completion_tokens"].as_u64().unwrap();
+    let cancelled_written = st["cancelled_tokens"].as_u64().unwrap();
+    assert!(completion >= served + read_before_cancel, "{completion} vs {st}");
+    assert!(completion <= served + cancelled_written, "{completion} vs {st}");
+    let sum = |f: &str| v["data"].as_array().unwrap().iter().map(|r| r[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("cancelled"), sum("estimated")), (20, 20));
+    eprintln!(
+        "exactness: recorded prompt {prompt} = served {}; recorded completion {completion} = served {served} + estimates {} (client read {read_before_cancel}, emulator wrote {cancelled_written})",
+        st["prompt_tokens"],
+        completion - served
+    );
     let by_model = usage(&g, &["--by", "model"]);
     assert_eq!(by_model["data"].as_array().unwrap().len(), 2);
+    // The same numbers as a table and as CSV.
+    let run = |fmt: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+            .args(["usage", "--data-dir", g.data_dir.as_ref().unwrap().to_str().unwrap(), "--by", "model"])
+            .args((!fmt.is_empty()).then_some(fmt))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = run("--csv");
+    assert!(csv.starts_with("model,requests,errors,cancelled,prompt_tokens,completion_tokens,total_tokens"));
+    assert_eq!(csv.lines().count(), 3);
+    let table = run("");
+    assert!(table.lines().next().unwrap().starts_with("MODEL"));
+    assert!(table.contains("llama3") && table.contains("qwen3:8b"));
 }
 
 #[test]

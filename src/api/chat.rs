@@ -46,6 +46,7 @@ pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) 
     }
     conn.req.outcome.model.push_str(&plan.model);
     conn.req.outcome.stream = plan.stream;
+    conn.req.outcome.user = plan.user.clone();
     let mut request = Vec::with_capacity(native.len() + 160);
     worker.upstream.request(&mut request, "POST", "/api/chat", Some(&native));
 

@@ -57,10 +57,17 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     // 2. Name the request: a chat completion's id doubles as its request id.
     conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions { "chatcmpl-" } else { "req-" });
 
+    conn.req.route = route.label();
+
     // 3. Authenticate: the key's live record, read now, so changes apply at once.
-    let key = if route.needs_key() {
+    // (Metrics may be scraped from loopback without a key.)
+    let loopback_scrape = route == Route::Metrics && conn.req.peer_loopback && conn.req.authorization.is_none();
+    let key = if route.needs_key() && !loopback_scrape {
         match authenticate(worker, conn, &route) {
-            Ok(k) => Some(k),
+            Ok(k) => {
+                conn.req.key_id.push_str(&k.id);
+                Some(k)
+            }
             Err(e) => {
                 conn.error(&e);
                 return After::KeepAlive;
@@ -76,6 +83,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     if let (Some(k), true, false) = (&key, api, route == Route::Usage)
         && let Err(e) = worker.quota.admit(worker.store, k, &today)
     {
+        conn.req.outcome.quota_refused = true;
         conn.error_with(&e, ("x-should-retry", "false"));
         return After::KeepAlive;
     }
@@ -83,6 +91,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     // 5. The endpoint.
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
+        (Route::Metrics, _) => {
+            let text = worker.all_metrics.render();
+            conn.text(200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes());
+            After::KeepAlive
+        }
         (Route::Models, Some(key)) => models::list(worker, conn, key).await,
         (Route::Model(id), Some(key)) => models::retrieve(worker, conn, key, &id).await,
         (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key).await,

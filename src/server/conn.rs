@@ -45,6 +45,12 @@ pub struct Request {
     pub id: String,
     /// When the head was parsed.
     pub started: Option<Instant>,
+    /// The authenticated key's public id (empty before authentication).
+    pub key_id: String,
+    /// The route's label (`""` before routing).
+    pub route: &'static str,
+    /// The client connects from a loopback address.
+    pub peer_loopback: bool,
     /// What the handlers learn along the way, for usage and logs.
     pub outcome: Outcome,
 }
@@ -65,6 +71,10 @@ pub struct Outcome {
     pub upstream_failed: bool,
     /// Token counts are estimates (no final line from the upstream).
     pub estimated: bool,
+    /// OpenAI's `user` field, when the client sent one.
+    pub user: Option<String>,
+    /// Refused because a token quota was spent.
+    pub quota_refused: bool,
 }
 
 impl Request {
@@ -117,6 +127,8 @@ impl Request {
         self.body.clear();
         self.id.clear();
         self.started = Some(Instant::now());
+        self.key_id.clear();
+        self.route = "";
         let mut model = std::mem::take(&mut self.outcome.model);
         model.clear();
         self.outcome = Outcome { model, ..Outcome::default() };
@@ -206,6 +218,15 @@ impl Conn {
         self.json_with(err.status, &err.body(), None);
     }
 
+    /// Appends a non-JSON response (metrics text).
+    pub fn text(&mut self, status: u16, content_type: &str, body: &[u8]) {
+        self.req.outcome.status = status;
+        let keep_alive = self.req.keep_alive;
+        let head_only = self.req.method() == Method::Head;
+        let h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
+        h.connection(keep_alive).body(content_type, body, head_only);
+    }
+
     /// Appends an error response with one extra header.
     pub fn error_with(&mut self, err: &ApiError, header: (&str, &str)) {
         self.json_with(err.status, &err.body(), Some(header));
@@ -227,9 +248,10 @@ pub fn cors(h: ResponseHead<'_>) -> ResponseHead<'_> {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
+    conn.req.peer_loopback = peer.ip().is_loopback();
     let limits = worker.config.http;
     loop {
         // 1. Read and parse the head (idle timeout before the first byte, header timeout after).
@@ -251,7 +273,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             conn.req.keep_alive = false;
         }
         // In flight from here until its response is written: a draining worker waits for it.
-        let _in_flight = InFlight::enter(&worker.in_flight);
+        let _in_flight = InFlight::enter(&worker);
 
         // 2. Read the body.
         if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await {
@@ -260,13 +282,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
                 conn.req.id = crate::ids::request_id("req-");
                 conn.error(&err);
                 let _ = conn.flush().await;
+                worker.access_log.log(&conn.req, "");
             }
             return;
         }
 
         // 3. Route and handle; the handler writes the response.
         let after = crate::api::handle(&worker, &mut conn).await;
-        if !conn.out.is_empty() && conn.flush().await.is_err() {
+        let written = conn.out.is_empty() || conn.flush().await.is_ok();
+        worker.access_log.log(&conn.req, &conn.req.key_id);
+        record_metrics(&worker, &conn.req);
+        if !written {
             return;
         }
         if after == After::Close || !conn.req.keep_alive || conn.stream.is_none() {
@@ -275,20 +301,48 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     }
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a std::cell::Cell<usize>);
+/// Counts a request in flight for as long as it lives (for draining and for metrics).
+struct InFlight<'a>(&'a Worker);
 
 impl<'a> InFlight<'a> {
-    fn enter(count: &'a std::cell::Cell<usize>) -> Self {
-        count.set(count.get() + 1);
-        Self(count)
+    fn enter(worker: &'a Worker) -> Self {
+        worker.in_flight.set(worker.in_flight.get() + 1);
+        worker.metrics.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(worker)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
+        self.0.metrics.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Counts a finished request in this worker's metrics.
+fn record_metrics(worker: &Worker, req: &Request) {
+    let o = &req.outcome;
+    let upstream = !o.model.is_empty() && o.status != 0 && !o.quota_refused;
+    let upstream_error = o.upstream_failed.then_some(match o.status {
+        200 => "stream",
+        504 => "timeout",
+        502 => "unavailable",
+        _ => "status",
+    });
+    let m = crate::metrics::RequestMetrics {
+        route: if req.route.is_empty() { "unknown" } else { req.route },
+        status: o.status,
+        model: &o.model,
+        key_id: &req.key_id,
+        prompt_tokens: o.usage.prompt_tokens,
+        completion_tokens: o.usage.completion_tokens,
+        upstream_us: upstream.then(|| req.elapsed_us()),
+        first_token_us: (upstream && o.first_byte_us > 0).then_some(o.first_byte_us),
+        upstream_error,
+        rate_limited: false,
+        quota_refused: o.quota_refused,
+    };
+    worker.metrics.record(&m, worker.config.metrics_per_key);
 }
 
 /// Reads until a whole head is buffered. `Ok(None)`: the client closed or

@@ -16,15 +16,17 @@ pub mod watch;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
+use crate::access_log::AccessLog;
 use crate::auth::KeyCache;
 use crate::config::Config;
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::ollama::client::{Pool, UpstreamTarget};
 use crate::quota::QuotaBook;
 use crate::store::Store;
@@ -52,6 +54,12 @@ pub struct Worker {
     pub draining: Cell<bool>,
     /// Token totals per key for quotas, shared by all workers.
     pub quota: Arc<QuotaBook>,
+    /// This core's access log buffer.
+    pub access_log: AccessLog,
+    /// This core's metrics (written only here, read by scrapes).
+    pub metrics: Arc<WorkerMetrics>,
+    /// Every worker's metrics, for `/metrics`.
+    pub all_metrics: Arc<Metrics>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -64,6 +72,11 @@ pub fn run(config: Config) -> Result<(), String> {
     shutdown::install()?;
     let writer = UsageWriter::spawn(store, config.usage_flush);
     let quota = Arc::new(QuotaBook::default());
+    crate::log::set_level(config.log_level);
+    let (access_tx, access_thread) = crate::access_log::spawn_writer();
+    let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
+    let all_metrics =
+        Arc::new(Metrics { workers: worker_metrics.clone(), driver: OnceLock::new(), per_key: config.metrics_per_key });
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -76,6 +89,9 @@ pub fn run(config: Config) -> Result<(), String> {
         let ready = ready_tx.clone();
         let usage_tx = writer.tx.clone();
         let quota = quota.clone();
+        let access_log = AccessLog::new(access_tx.clone(), config.log_format);
+        let metrics = worker_metrics[index].clone();
+        let all_metrics = all_metrics.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -94,6 +110,9 @@ pub fn run(config: Config) -> Result<(), String> {
                     in_flight: Cell::new(0),
                     draining: Cell::new(false),
                     quota,
+                    access_log,
+                    metrics,
+                    all_metrics,
                 });
                 // Store writes (admin API) fsync: they run on this small pool, never on the worker.
                 let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));
@@ -126,7 +145,7 @@ pub fn run(config: Config) -> Result<(), String> {
             Err(_) => return Err("a worker stopped during startup".into()),
         }
     }
-    crate::log::info(format_args!(
+    crate::log::always(format_args!(
         "ai-gateway listening on {local} (driver {driver}, {} workers), upstream {} ({})",
         threads.len(),
         upstream.url,
@@ -135,9 +154,11 @@ pub fn run(config: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
-    // Every worker has handed over its last usage: commit it and stop.
+    // Every worker has handed over its last usage and log lines: commit, write, stop.
     writer.finish();
-    crate::log::info(format_args!("ai-gateway stopped; usage committed"));
+    let _ = access_tx.send(Vec::new());
+    let _ = access_thread.join();
+    crate::log::always(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
 }
 
@@ -191,6 +212,7 @@ async fn worker_main(
             return;
         }
     };
+    let _ = worker.all_metrics.driver.set(driver);
     let _ = ready.send(Ok(driver));
     drop(ready);
 
@@ -201,6 +223,7 @@ async fn worker_main(
     // Tick: hand usage to the writer every interval, and watch for a stop request.
     while !shutdown::requested() {
         monoio::time::sleep(TICK.min(flush_every)).await;
+        worker.access_log.flush();
         if Instant::now() >= next_flush {
             flush_usage(&worker);
             next_flush = Instant::now() + flush_every;
@@ -222,6 +245,7 @@ async fn worker_main(
         ));
     }
     flush_usage(&worker);
+    worker.access_log.flush();
     // Returning drops the runtime, closing idle connections and anything left.
 }
 
@@ -238,8 +262,8 @@ fn flush_usage(worker: &Worker) {
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: CancelHandle) {
     loop {
         match listener.cancelable_accept(stop.clone()).await {
-            Ok((stream, _peer)) => {
-                monoio::spawn(conn::serve(worker.clone(), stream));
+            Ok((stream, peer)) => {
+                monoio::spawn(conn::serve(worker.clone(), stream, peer));
             }
             Err(_) if worker.draining.get() => return,
             Err(e) => {

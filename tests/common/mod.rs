@@ -23,6 +23,8 @@ pub struct Proc {
     pub addr: SocketAddr,
     /// Everything it wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// Everything it wrote to stdout so far (the gateway's access log).
+    pub out: Arc<Mutex<String>>,
     /// The gateway's `--data-dir`, if it has one.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -78,6 +80,10 @@ impl Proc {
         self.log.lock().unwrap().clone()
     }
 
+    pub fn stdout_text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -86,12 +92,23 @@ impl Proc {
 /// Starts `bin` with `args`, waits for its "listening on ADDR" line.
 pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
     let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let out_sink = out.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let mut o = out_sink.lock().unwrap();
+            o.push_str(&line);
+            o.push('\n');
+        }
+    });
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();
     let sink = log.clone();
@@ -117,7 +134,7 @@ pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
             panic!("{bin} did not start; log:\n{}", log.lock().unwrap());
         }
     };
-    Proc { child, addr, log, data_dir: None }
+    Proc { child, addr, log, out, data_dir: None }
 }
 
 pub fn mock(args: &[&str]) -> Proc {

@@ -1,0 +1,285 @@
+//! Prometheus metrics at `GET /metrics` (text exposition format 0.0.4).
+//!
+//! Each worker counts into its own [`WorkerMetrics`]; only that worker
+//! writes it, so the lock inside is uncontended except for the moment a
+//! scrape reads it. A scrape sums all workers. Per-key series are off by
+//! default (`--metrics-per-key`), since a gateway with many keys would
+//! otherwise grow the series without bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use parking_lot::Mutex;
+
+/// Histogram bucket bounds, in seconds.
+const BOUNDS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    /// Count per bucket (not cumulative); the last one is +Inf.
+    buckets: [u64; BOUNDS.len() + 1],
+    sum_us: u64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, us: u64) {
+        let secs = us as f64 / 1e6;
+        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        self.buckets[i] += 1;
+        self.sum_us += us;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+        self.count += o.count;
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BOUNDS.iter().enumerate() {
+            cumulative += self.buckets[i];
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BOUNDS.len()];
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    requests: HashMap<(&'static str, u16), u64>,
+    /// model → (prompt, completion)
+    tokens: HashMap<String, (u64, u64)>,
+    upstream_latency: Histogram,
+    first_token: Histogram,
+    rate_limited: u64,
+    quota_refused: u64,
+    upstream_errors: HashMap<&'static str, u64>,
+    /// key id → (requests, tokens), only with `--metrics-per-key`.
+    per_key: HashMap<String, (u64, u64)>,
+}
+
+/// What one finished request adds to the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestMetrics<'a> {
+    pub route: &'static str,
+    pub status: u16,
+    pub model: &'a str,
+    pub key_id: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Set for requests that went to the upstream.
+    pub upstream_us: Option<u64>,
+    pub first_token_us: Option<u64>,
+    pub upstream_error: Option<&'static str>,
+    pub rate_limited: bool,
+    pub quota_refused: bool,
+}
+
+/// One worker's metrics.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    counters: Mutex<Counters>,
+    /// Requests in flight on this worker.
+    pub in_flight: AtomicI64,
+}
+
+impl WorkerMetrics {
+    pub fn record(&self, m: &RequestMetrics<'_>, per_key: bool) {
+        let mut c = self.counters.lock();
+        *c.requests.entry((m.route, m.status)).or_default() += 1;
+        if !m.model.is_empty() && m.prompt_tokens + m.completion_tokens > 0 {
+            let t = match c.tokens.get_mut(m.model) {
+                Some(t) => t,
+                None => c.tokens.entry(m.model.to_owned()).or_default(),
+            };
+            t.0 += m.prompt_tokens;
+            t.1 += m.completion_tokens;
+        }
+        if let Some(us) = m.upstream_us {
+            c.upstream_latency.observe(us);
+        }
+        if let Some(us) = m.first_token_us {
+            c.first_token.observe(us);
+        }
+        if let Some(kind) = m.upstream_error {
+            *c.upstream_errors.entry(kind).or_default() += 1;
+        }
+        c.rate_limited += u64::from(m.rate_limited);
+        c.quota_refused += u64::from(m.quota_refused);
+        if per_key && !m.key_id.is_empty() {
+            let k = match c.per_key.get_mut(m.key_id) {
+                Some(k) => k,
+                None => c.per_key.entry(m.key_id.to_owned()).or_default(),
+            };
+            k.0 += 1;
+            k.1 += m.prompt_tokens + m.completion_tokens;
+        }
+    }
+}
+
+/// All workers' metrics, for scrapes.
+pub struct Metrics {
+    pub workers: Vec<Arc<WorkerMetrics>>,
+    /// The I/O driver the workers run on (set once they started).
+    pub driver: std::sync::OnceLock<&'static str>,
+    pub per_key: bool,
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut total = Counters::default();
+        let mut in_flight = 0;
+        for w in &self.workers {
+            in_flight += w.in_flight.load(Ordering::Relaxed);
+            let c = w.counters.lock();
+            for (k, v) in &c.requests {
+                *total.requests.entry(*k).or_default() += v;
+            }
+            for (k, v) in &c.tokens {
+                let t = total.tokens.entry(k.clone()).or_default();
+                t.0 += v.0;
+                t.1 += v.1;
+            }
+            total.upstream_latency.merge(&c.upstream_latency);
+            total.first_token.merge(&c.first_token);
+            total.rate_limited += c.rate_limited;
+            total.quota_refused += c.quota_refused;
+            for (k, v) in &c.upstream_errors {
+                *total.upstream_errors.entry(k).or_default() += v;
+            }
+            for (k, v) in &c.per_key {
+                let t = total.per_key.entry(k.clone()).or_default();
+                t.0 += v.0;
+                t.1 += v.1;
+            }
+        }
+        let mut out = String::with_capacity(4096);
+        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
+            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+        };
+        help(&mut out, "ai_gateway_info", "gauge", "Version and I/O driver of this gateway.");
+        let _ = writeln!(
+            out,
+            "ai_gateway_info{{version=\"{}\",driver=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.driver.get().copied().unwrap_or("unknown")
+        );
+        help(&mut out, "ai_gateway_requests_total", "counter", "Requests by route and status.");
+        for ((route, status), n) in total.requests.iter().collect::<BTreeMap<_, _>>() {
+            let _ = writeln!(out, "ai_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        }
+        help(&mut out, "ai_gateway_tokens_total", "counter", "Tokens by model and kind.");
+        for (model, (p, c)) in total.tokens.iter().collect::<BTreeMap<_, _>>() {
+            let model = label(model);
+            let _ = writeln!(out, "ai_gateway_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {p}");
+            let _ = writeln!(out, "ai_gateway_tokens_total{{model=\"{model}\",kind=\"completion\"}} {c}");
+        }
+        help(&mut out, "ai_gateway_in_flight_requests", "gauge", "Requests being served now.");
+        let _ = writeln!(out, "ai_gateway_in_flight_requests {in_flight}");
+        help(
+            &mut out,
+            "ai_gateway_upstream_latency_seconds",
+            "histogram",
+            "Duration of requests served by the upstream.",
+        );
+        total.upstream_latency.render(&mut out, "ai_gateway_upstream_latency_seconds");
+        help(&mut out, "ai_gateway_time_to_first_token_seconds", "histogram", "Time to the first byte of the answer.");
+        total.first_token.render(&mut out, "ai_gateway_time_to_first_token_seconds");
+        help(&mut out, "ai_gateway_rate_limited_total", "counter", "Requests refused by a rate limit.");
+        let _ = writeln!(out, "ai_gateway_rate_limited_total {}", total.rate_limited);
+        help(
+            &mut out,
+            "ai_gateway_quota_refused_total",
+            "counter",
+            "Requests refused because a token quota was spent.",
+        );
+        let _ = writeln!(out, "ai_gateway_quota_refused_total {}", total.quota_refused);
+        help(&mut out, "ai_gateway_upstream_errors_total", "counter", "Upstream failures by kind.");
+        for kind in ["unavailable", "timeout", "status", "stream"] {
+            let n = total.upstream_errors.get(kind).copied().unwrap_or(0);
+            let _ = writeln!(out, "ai_gateway_upstream_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        if self.per_key {
+            help(&mut out, "ai_gateway_key_requests_total", "counter", "Requests by key id.");
+            for (key, (n, _)) in total.per_key.iter().collect::<BTreeMap<_, _>>() {
+                let _ = writeln!(out, "ai_gateway_key_requests_total{{key_id=\"{}\"}} {n}", label(key));
+            }
+            help(&mut out, "ai_gateway_key_tokens_total", "counter", "Tokens by key id.");
+            for (key, (_, t)) in total.per_key.iter().collect::<BTreeMap<_, _>>() {
+                let _ = writeln!(out, "ai_gateway_key_tokens_total{{key_id=\"{}\"}} {t}", label(key));
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_sums_of_all_workers() {
+        let a = Arc::new(WorkerMetrics::default());
+        let b = Arc::new(WorkerMetrics::default());
+        let chat = RequestMetrics {
+            route: "chat_completions",
+            status: 200,
+            model: "llama3",
+            key_id: "key_1",
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            upstream_us: Some(20_000),
+            first_token_us: Some(3_000),
+            ..Default::default()
+        };
+        a.record(&chat, true);
+        b.record(&chat, true);
+        b.record(
+            &RequestMetrics {
+                route: "chat_completions",
+                status: 502,
+                upstream_error: Some("unavailable"),
+                ..Default::default()
+            },
+            true,
+        );
+        b.record(
+            &RequestMetrics { route: "chat_completions", status: 429, quota_refused: true, ..Default::default() },
+            true,
+        );
+        a.in_flight.store(2, Ordering::Relaxed);
+        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true }.render();
+        for line in [
+            "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"} 2",
+            "ai_gateway_requests_total{route=\"chat_completions\",status=\"502\"} 1",
+            "ai_gateway_tokens_total{model=\"llama3\",kind=\"prompt\"} 6",
+            "ai_gateway_tokens_total{model=\"llama3\",kind=\"completion\"} 10",
+            "ai_gateway_in_flight_requests 2",
+            "ai_gateway_upstream_latency_seconds_bucket{le=\"0.025\"} 2",
+            "ai_gateway_upstream_latency_seconds_count 2",
+            "ai_gateway_time_to_first_token_seconds_bucket{le=\"0.005\"} 2",
+            "ai_gateway_quota_refused_total 1",
+            "ai_gateway_upstream_errors_total{kind=\"unavailable\"} 1",
+            "ai_gateway_key_tokens_total{key_id=\"key_1\"} 16",
+            "ai_gateway_info{version=\"0.1.0\",driver=\"io_uring\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Metrics and the access log, from the outside.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Scrapes `/metrics` with a key, or with no Authorization header at all.
+fn metrics(g: &Proc, key: Option<&str>) -> Response {
+    match key {
+        Some(k) => request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {k}"))]),
+        None => {
+            let mut s = connect(g.addr);
+            std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            read_response(&mut std::io::BufReader::new(s), false).unwrap()
+        }
+    }
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn metrics_count_requests_tokens_and_errors() {
+    let m = mock(&["--tokens", "4"]);
+    let g = gateway(&m, &["--metrics-per-key"]);
+    let user = create_key(&g, "user", &[])["secret"].as_str().unwrap().to_owned();
+    for stream in [false, true, false] {
+        assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", stream)).status, 200);
+    }
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama9", false)).status, 404);
+    let auth = format!("Bearer {user}");
+    assert_eq!(
+        request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &auth)]).status,
+        403,
+        "user keys may not scrape"
+    );
+
+    let r = metrics(&g, None);
+    assert_eq!(r.status, 200, "loopback scrapes need no key");
+    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let t = r.text();
+    assert_eq!(value(&t, "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"}"), 3.0);
+    assert_eq!(value(&t, "ai_gateway_requests_total{route=\"chat_completions\",status=\"404\"}"), 1.0);
+    assert_eq!(value(&t, "ai_gateway_requests_total{route=\"metrics\",status=\"403\"}"), 1.0);
+    let st = stats(&m);
+    assert_eq!(
+        value(&t, "ai_gateway_tokens_total{model=\"llama3\",kind=\"completion\"}"),
+        st["completion_tokens"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value(&t, "ai_gateway_tokens_total{model=\"llama3\",kind=\"prompt\"}"),
+        st["prompt_tokens"].as_f64().unwrap()
+    );
+    assert_eq!(value(&t, "ai_gateway_upstream_latency_seconds_count"), 4.0);
+    assert_eq!(value(&t, "ai_gateway_time_to_first_token_seconds_count"), 4.0);
+    assert_eq!(value(&t, "ai_gateway_upstream_errors_total{kind=\"status\"}"), 1.0);
+    assert_eq!(value(&t, "ai_gateway_in_flight_requests"), 1.0, "the scrape itself is in flight");
+    assert!(t.contains("ai_gateway_info{version=\""));
+    assert!(t.contains("ai_gateway_key_requests_total{key_id=\"key_"));
+    assert!(!t.contains(ADMIN_KEY) && !t.contains(&user));
+    assert_eq!(metrics(&g, Some(ADMIN_KEY)).status, 200);
+}
+
+#[test]
+fn access_log_has_one_line_per_request_and_no_secrets() {
+    let m = mock(&["--tokens", "2"]);
+    let g = gateway(&m, &["--log-format", "json"]);
+    let body = json!({"model":"llama3","messages":[{"role":"user","content":"hi"}],"user":"alice"}).to_string();
+    let r = post(g.addr, "/v1/chat/completions", &body);
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_eq!(get(g.addr, "/healthz").status, 200);
+    let bad = format!("sk_{}", "q".repeat(43));
+    request_with(g.addr, "GET", "/v1/models", None, &[("Authorization", &format!("Bearer {bad}"))]);
+    assert!(eventually(Duration::from_secs(5), || g.stdout_text().lines().count() >= 3));
+    let lines: Vec<Value> = g.stdout_text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let chat = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap();
+    assert_eq!(chat["status"], 200);
+    assert_eq!(chat["model"], "llama3");
+    assert_eq!(chat["user"], "alice");
+    assert_eq!(chat["completion_tokens"], 2);
+    assert!(chat["key_id"].as_str().unwrap().starts_with("key_"));
+    assert!(chat["total_ms"].as_f64().unwrap() > 0.0);
+    assert!(lines.iter().any(|l| l["path"] == "/v1/models" && l["status"] == 401 && l["key_id"].is_null()));
+    let all = g.stdout_text() + &g.log_text();
+    assert!(!all.contains(&bad) && !all.contains(ADMIN_KEY), "no secret in any output");
+}
+
+#[test]
+fn text_access_log_and_log_level() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+    assert!(eventually(Duration::from_secs(5), || g.stdout_text().contains("INFO access id=chatcmpl-")));
+    assert!(g.stdout_text().contains(" status=200 "));
+
+    let mut quiet = gateway(&m, &["--log-level", "warn"]);
+    assert_eq!(post(quiet.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+    // A graceful stop writes out whatever was buffered: nothing, below warn.
+    unsafe { libc::kill(quiet.child.id() as i32, libc::SIGTERM) };
+    let status = quiet.child.wait().unwrap();
+    assert!(status.success());
+    assert!(eventually(Duration::from_secs(5), || quiet.log_text().contains("stopped")));
+    assert_eq!(quiet.stdout_text(), "", "no access log below warn");
+}
