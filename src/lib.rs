@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod ollama;

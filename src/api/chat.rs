@@ -16,20 +16,26 @@ use monoio::io::AsyncWriteRentExt;
 use super::{Split, upstream_error, upstream_json};
 use crate::http::chunked::write_chunk_header;
 use crate::http::response::ResponseHead;
+use crate::limits::{Admission, Limiters};
 use crate::ollama::client::{self, ExchangeError, read_owned};
 use crate::ollama::transcode::{NdjsonToSse, StreamEnd};
 use crate::openai::chat_request::{ChatPlan, convert_chat};
 use crate::openai::completion::chat_completion;
 use crate::openai::write::Usage;
 use crate::server::Worker;
-use crate::server::conn::{After, Conn, Request, cors};
+use crate::server::conn::{After, Conn, Request};
 use crate::store::keys::KeyRecord;
 
 /// How long to wait for the upstream's end-of-body after the final line
 /// before giving up on reusing the connection.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) -> After {
+pub async fn completions(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    key: &KeyRecord,
+    admission: Option<&mut Admission>,
+) -> After {
     // Convert the OpenAI request into the native body.
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
     let plan = match convert_chat(&conn.req.body, &mut native) {
@@ -43,6 +49,14 @@ pub async fn completions(worker: &Rc<Worker>, conn: &mut Conn, key: &KeyRecord) 
     if !key.allows_model(&plan.model) {
         conn.error(&crate::auth::model_not_allowed(key, &plan.model));
         return After::KeepAlive;
+    }
+    // Its token rate: admitted while not in debt, with max_tokens reserved.
+    if let Some(a) = admission {
+        let now = crate::limits::now_ns();
+        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, plan.max_tokens.unwrap_or(0), now) {
+            super::rate_limited(worker, conn, key, &e, wait_ms, now);
+            return After::KeepAlive;
+        }
     }
     conn.req.outcome.model.push_str(&plan.model);
     conn.req.outcome.stream = plan.stream;
@@ -121,8 +135,7 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
 
     // The stream's response head goes out at once, with whatever the first read brought.
     let mut out = Vec::with_capacity(16 * 1024);
-    let h = ResponseHead::new(&mut out, 200).header("x-request-id", conn.req.id.as_bytes());
-    let h = if conn.req.origin { cors(h) } else { h };
+    let h = conn.req.common_headers(ResponseHead::new(&mut out, 200));
     h.header("Cache-Control", b"no-cache").connection(conn.req.keep_alive).chunked("text/event-stream");
 
     conn.req.outcome.status = 200;

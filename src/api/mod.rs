@@ -87,6 +87,22 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         conn.error_with(&e, ("x-should-retry", "false"));
         return After::KeepAlive;
     }
+    // ...and its rate limits: requests per minute and requests in flight (tokens per
+    // minute are admitted by the endpoint, which knows the request's max_tokens).
+    let mut admission = None;
+    if let (Some(k), true) = (&key, api) {
+        let now = crate::limits::now_ns();
+        match worker.limiters.admit(k, now) {
+            Ok(a) => {
+                conn.req.headers = crate::limits::headers(k, a.limiter(), now);
+                admission = Some(a);
+            }
+            Err((e, wait_ms)) => {
+                rate_limited(worker, conn, k, &e, wait_ms, now);
+                return After::KeepAlive;
+            }
+        }
+    }
 
     // 5. The endpoint.
     let after = match (route, key.as_ref()) {
@@ -98,7 +114,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
         (Route::Models, Some(key)) => models::list(worker, conn, key).await,
         (Route::Model(id), Some(key)) => models::retrieve(worker, conn, key, &id).await,
-        (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key).await,
+        (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key, admission.as_mut()).await,
         (Route::Usage, Some(key)) => usage::own(worker, conn, key),
         (Route::AdminUsage, Some(_)) => usage::admin(worker, conn),
         (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
@@ -110,11 +126,26 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
     };
 
-    // 6. Account: every authenticated API request, in this core's usage and the quota book.
+    // 6. Account: every authenticated API request, in this core's usage, the quota
+    // book and the token rate (the reservation made at admission is settled).
     if let (Some(key), true) = (key, api) {
         record_usage(worker, conn, &key, &today);
+        if let Some(a) = &admission {
+            let used = conn.req.outcome.usage.prompt_tokens + conn.req.outcome.usage.completion_tokens;
+            crate::limits::Limiters::settle_tokens(&key, a, used, crate::limits::now_ns());
+        }
     }
     after
+}
+
+/// Answers a request refused by a rate limit: the 429 with `retry-after`,
+/// `retry-after-ms` and the key's rate-limit headers (SPEC.md §3–§4).
+pub fn rate_limited(worker: &Worker, conn: &mut Conn, key: &KeyRecord, e: &ApiError, wait_ms: u64, now: u64) {
+    conn.req.outcome.rate_limited = true;
+    conn.req.headers = crate::limits::headers(key, &worker.limiters.limiter_of(&key.id), now);
+    conn.req.headers.push(("retry-after", wait_ms.div_ceil(1000).max(1).to_string()));
+    conn.req.headers.push(("retry-after-ms", wait_ms.to_string()));
+    conn.error(e);
 }
 
 fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {

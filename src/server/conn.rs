@@ -47,6 +47,8 @@ pub struct Request {
     pub started: Option<Instant>,
     /// The authenticated key's public id (empty before authentication).
     pub key_id: String,
+    /// Headers every response to this request carries (the key's rate-limit state).
+    pub headers: Vec<(&'static str, String)>,
     /// The route's label (`""` before routing).
     pub route: &'static str,
     /// The client connects from a loopback address.
@@ -75,9 +77,21 @@ pub struct Outcome {
     pub user: Option<String>,
     /// Refused because a token quota was spent.
     pub quota_refused: bool,
+    /// Refused by a rate limit.
+    pub rate_limited: bool,
 }
 
 impl Request {
+    /// Adds the headers every response to this request carries: the request
+    /// id, the key's rate-limit state, CORS for browsers.
+    pub fn common_headers<'o>(&self, h: ResponseHead<'o>) -> ResponseHead<'o> {
+        let mut h = h.header("x-request-id", self.id.as_bytes());
+        for (name, value) in &self.headers {
+            h = h.header(name, value.as_bytes());
+        }
+        if self.origin { cors(h) } else { h }
+    }
+
     /// The value of a query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query
@@ -128,6 +142,7 @@ impl Request {
         self.id.clear();
         self.started = Some(Instant::now());
         self.key_id.clear();
+        self.headers.clear();
         self.route = "";
         let mut model = std::mem::take(&mut self.outcome.model);
         model.clear();
@@ -205,11 +220,10 @@ impl Conn {
         self.req.first_byte_now();
         let keep_alive = self.req.keep_alive;
         let head_only = self.req.method() == Method::Head;
-        let mut h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
+        let mut h = self.req.common_headers(ResponseHead::new(&mut self.out, status));
         if let Some((name, value)) = extra {
             h = h.header(name, value.as_bytes());
         }
-        let h = if self.req.origin { cors(h) } else { h };
         h.connection(keep_alive).body("application/json", body, head_only);
     }
 
@@ -322,7 +336,7 @@ impl Drop for InFlight<'_> {
 /// Counts a finished request in this worker's metrics.
 fn record_metrics(worker: &Worker, req: &Request) {
     let o = &req.outcome;
-    let upstream = !o.model.is_empty() && o.status != 0 && !o.quota_refused;
+    let upstream = !o.model.is_empty() && o.status != 0 && !o.quota_refused && !o.rate_limited;
     let upstream_error = o.upstream_failed.then_some(match o.status {
         200 => "stream",
         504 => "timeout",
@@ -339,7 +353,7 @@ fn record_metrics(worker: &Worker, req: &Request) {
         upstream_us: upstream.then(|| req.elapsed_us()),
         first_token_us: (upstream && o.first_byte_us > 0).then_some(o.first_byte_us),
         upstream_error,
-        rate_limited: false,
+        rate_limited: o.rate_limited,
         quota_refused: o.quota_refused,
     };
     worker.metrics.record(&m, worker.config.metrics_per_key);

@@ -26,6 +26,7 @@ use monoio::net::TcpListener;
 use crate::access_log::AccessLog;
 use crate::auth::KeyCache;
 use crate::config::Config;
+use crate::limits::{LimiterBook, Limiters};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::ollama::client::{Pool, UpstreamTarget};
 use crate::quota::QuotaBook;
@@ -60,6 +61,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// Every worker's metrics, for `/metrics`.
     pub all_metrics: Arc<Metrics>,
+    /// The keys' rate limiters (shared state, this core's cache of it).
+    pub limiters: Limiters,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -72,6 +75,7 @@ pub fn run(config: Config) -> Result<(), String> {
     shutdown::install()?;
     let writer = UsageWriter::spawn(store, config.usage_flush);
     let quota = Arc::new(QuotaBook::default());
+    let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
@@ -92,6 +96,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let access_log = AccessLog::new(access_tx.clone(), config.log_format);
         let metrics = worker_metrics[index].clone();
         let all_metrics = all_metrics.clone();
+        let limiter_book = limiter_book.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -113,6 +118,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     access_log,
                     metrics,
                     all_metrics,
+                    limiters: Limiters::new(limiter_book),
                 });
                 // Store writes (admin API) fsync: they run on this small pool, never on the worker.
                 let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));

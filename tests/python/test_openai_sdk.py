@@ -183,3 +183,22 @@ def test_async_client_streams_too(gateway, user_key):
         return text
 
     assert asyncio.run(run()) == EIGHT_TOKENS
+
+
+def test_default_retries_ride_out_a_brief_rate_limit(gateway):
+    key = gateway.create_key("python-limited-rate", "--rpm", "60")
+    no_retry = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    for _ in range(60):
+        no_retry.chat.completions.create(model="llama3", messages=ask())
+    with pytest.raises(openai.RateLimitError) as e:
+        no_retry.chat.completions.create(model="llama3", messages=ask())
+    assert e.value.status_code == 429 and e.value.code == "rate_limit_exceeded"
+    assert e.value.body["type"] == "requests"
+    assert int(e.value.response.headers["retry-after-ms"]) <= 1000
+
+    # The SDK's defaults (2 retries, honouring retry-after-ms) wait about a second and succeed.
+    default = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key)
+    r = default.chat.completions.with_raw_response.create(model="llama3", messages=ask())
+    assert r.http_response.status_code == 200
+    assert r.retries_taken >= 1
+    assert r.parse().choices[0].message.content == EIGHT_TOKENS

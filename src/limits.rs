@@ -1,0 +1,344 @@
+//! Per-key rate limits, exact across cores: requests per minute (`rpm`),
+//! tokens per minute (`tpm`) and requests in flight (`max_concurrent`).
+//!
+//! Each key has one [`KeyLimiter`], shared by all workers through an `Arc`
+//! (each core caches the `Arc`, so finding it takes no lock after the first
+//! request). Both per-minute limits are GCRA: the state is a single
+//! "theoretical arrival time" in an `AtomicU64`, a request costs one
+//! emission interval (60 s / limit) per unit, and it is admitted while the
+//! bucket (capacity = the limit, refilled continuously) is not overdrawn.
+//! Admission is one compare-and-swap, so the limit holds exactly however
+//! many cores race for it. Tokens are charged when a response ends, from
+//! the real usage; a request's `max_tokens` is reserved at admission and the
+//! difference settled at the end, so concurrent large requests overshoot by
+//! at most one request's worth. The limit values come from the key's live
+//! record on every request, so a change made with the CLI applies at once.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::RwLock;
+
+use crate::openai::error::ApiError;
+use crate::store::keys::KeyRecord;
+
+const MINUTE_NS: u64 = 60_000_000_000;
+
+/// Nanoseconds since the process started (monotonic).
+pub fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + MINUTE_NS
+}
+
+/// A GCRA bucket on one atomic: the theoretical arrival time, in ns.
+#[derive(Debug, Default)]
+pub struct Gcra {
+    tat: AtomicU64,
+}
+
+/// The state of a bucket as the rate-limit headers report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Nanoseconds until the bucket is full again.
+    pub reset_ns: u64,
+}
+
+impl Gcra {
+    /// Takes `cost` units if the bucket allows it (capacity `limit` per
+    /// minute). On refusal, the nanoseconds to wait.
+    pub fn take(&self, limit: u64, cost: u64, now: u64) -> Result<(), u64> {
+        let interval = MINUTE_NS / limit.max(1);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let base = tat.max(now);
+            let new_tat = base.saturating_add(interval.saturating_mul(cost));
+            if new_tat > now + MINUTE_NS {
+                return Err(new_tat - now - MINUTE_NS);
+            }
+            match self.tat.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Admits while the bucket is not overdrawn, reserving `cost` (which may
+    /// overdraw it: a reservation is settled later). On refusal, the wait.
+    pub fn reserve(&self, limit: u64, cost: u64, now: u64) -> Result<(), u64> {
+        let interval = MINUTE_NS / limit.max(1);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            if tat > now + MINUTE_NS {
+                return Err(tat - now - MINUTE_NS);
+            }
+            let new_tat = tat.max(now).saturating_add(interval.saturating_mul(cost));
+            match self.tat.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Adjusts the bucket by `delta` units (positive: more used than
+    /// reserved; negative: give back).
+    pub fn settle(&self, limit: u64, delta: i64, now: u64) {
+        let interval = MINUTE_NS / limit.max(1);
+        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+            let base = tat.max(now);
+            Some(if delta >= 0 {
+                base.saturating_add(interval.saturating_mul(delta as u64))
+            } else {
+                // Never give back more than brings the bucket to full.
+                tat.saturating_sub(interval.saturating_mul(delta.unsigned_abs())).max(now.min(tat))
+            })
+        });
+    }
+
+    pub fn state(&self, limit: u64, now: u64) -> BucketState {
+        let interval = MINUTE_NS / limit.max(1);
+        let used_ns = self.tat.load(Ordering::Relaxed).saturating_sub(now);
+        let remaining = (MINUTE_NS.saturating_sub(used_ns) / interval).min(limit);
+        BucketState { limit, remaining, reset_ns: used_ns }
+    }
+}
+
+/// One key's limiter state, shared by all cores.
+#[derive(Debug, Default)]
+pub struct KeyLimiter {
+    pub requests: Gcra,
+    pub tokens: Gcra,
+    pub in_flight: AtomicU64,
+}
+
+/// Every key's limiter, by key id.
+#[derive(Default)]
+pub struct LimiterBook {
+    shared: RwLock<HashMap<String, Arc<KeyLimiter>>>,
+}
+
+impl LimiterBook {
+    fn get(&self, key_id: &str) -> Arc<KeyLimiter> {
+        if let Some(l) = self.shared.read().get(key_id) {
+            return l.clone();
+        }
+        self.shared.write().entry(key_id.to_owned()).or_default().clone()
+    }
+}
+
+/// A worker's view of the book: the `Arc`s it has already looked up.
+pub struct Limiters {
+    book: Arc<LimiterBook>,
+    local: RefCell<HashMap<String, Arc<KeyLimiter>>>,
+}
+
+/// Held while a request is in flight; releases its concurrency slot on drop,
+/// whatever path the request ends by.
+pub struct Admission {
+    limiter: Arc<KeyLimiter>,
+    counted: bool,
+    /// Tokens reserved at admission, to settle against the real usage.
+    pub reserved_tokens: u64,
+}
+
+impl Admission {
+    pub fn limiter(&self) -> &KeyLimiter {
+        &self.limiter
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.counted {
+            self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Formats a duration as OpenAI does in `x-ratelimit-reset-*` (`1s`, `6m0s`, `250ms`).
+pub fn reset_text(ns: u64) -> String {
+    let ms = ns.div_ceil(1_000_000);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms.div_ceil(1000);
+    if secs < 60 { format!("{secs}s") } else { format!("{}m{}s", secs / 60, secs % 60) }
+}
+
+fn limited(key: &KeyRecord, kind: &'static str, what: &str, limit: u64, wait_ns: u64) -> (ApiError, u64) {
+    let wait_ms = wait_ns.div_ceil(1_000_000).max(1);
+    let mut e = ApiError::bad_request(format!(
+        "Rate limit reached for key '{}' on {what}: limit {limit}. Try again in {}.",
+        key.name,
+        reset_text(wait_ns)
+    ));
+    e.status = 429;
+    e.kind = kind;
+    e.code = Some("rate_limit_exceeded");
+    (e, wait_ms)
+}
+
+impl Limiters {
+    pub fn new(book: Arc<LimiterBook>) -> Self {
+        Self { book, local: RefCell::new(HashMap::new()) }
+    }
+
+    /// The shared limiter of a key.
+    pub fn limiter_of(&self, key_id: &str) -> Arc<KeyLimiter> {
+        self.limiter(key_id)
+    }
+
+    fn limiter(&self, key_id: &str) -> Arc<KeyLimiter> {
+        if let Some(l) = self.local.borrow().get(key_id) {
+            return l.clone();
+        }
+        let l = self.book.get(key_id);
+        self.local.borrow_mut().insert(key_id.to_owned(), l.clone());
+        l
+    }
+
+    /// Admits a request of `key` against its request rate and concurrency.
+    /// On refusal: the 429 and the milliseconds to wait.
+    pub fn admit(&self, key: &KeyRecord, now: u64) -> Result<Admission, (ApiError, u64)> {
+        let limiter = self.limiter(&key.id);
+        let mut admission = Admission { limiter, counted: false, reserved_tokens: 0 };
+        if let Some(max) = key.limits.max_concurrent {
+            let before = admission.limiter.in_flight.fetch_add(1, Ordering::AcqRel);
+            admission.counted = true;
+            if before >= max {
+                // Dropping the admission gives the slot back.
+                let mut e = ApiError::bad_request(format!(
+                    "Rate limit reached for key '{}' on concurrent requests: limit {max}. Try again when one of them has finished.",
+                    key.name
+                ));
+                e.status = 429;
+                e.kind = "requests";
+                e.code = Some("rate_limit_exceeded");
+                return Err((e, 1000));
+            }
+        }
+        if let Some(rpm) = key.limits.rpm
+            && let Err(wait) = admission.limiter.requests.take(rpm, 1, now)
+        {
+            return Err(limited(key, "requests", "requests per minute", rpm, wait));
+        }
+        Ok(admission)
+    }
+
+    /// Admits `reserve` tokens against the key's token rate (while the bucket is not in debt).
+    pub fn admit_tokens(
+        key: &KeyRecord,
+        admission: &mut Admission,
+        reserve: u64,
+        now: u64,
+    ) -> Result<(), (ApiError, u64)> {
+        let Some(tpm) = key.limits.tpm else { return Ok(()) };
+        match admission.limiter.tokens.reserve(tpm, reserve, now) {
+            Ok(()) => {
+                admission.reserved_tokens = reserve;
+                Ok(())
+            }
+            Err(wait) => Err(limited(key, "tokens", "tokens per minute", tpm, wait)),
+        }
+    }
+
+    /// Charges the real token usage of a finished request.
+    pub fn settle_tokens(key: &KeyRecord, admission: &Admission, used: u64, now: u64) {
+        if let Some(tpm) = key.limits.tpm {
+            let delta = used as i64 - admission.reserved_tokens as i64;
+            if delta != 0 {
+                admission.limiter.tokens.settle(tpm, delta, now);
+            }
+        }
+    }
+}
+
+/// The `x-ratelimit-*` headers of a key's limits, as (name, value) pairs.
+pub fn headers(key: &KeyRecord, limiter: &KeyLimiter, now: u64) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    if let Some(rpm) = key.limits.rpm {
+        let s = limiter.requests.state(rpm, now);
+        h.push(("x-ratelimit-limit-requests", s.limit.to_string()));
+        h.push(("x-ratelimit-remaining-requests", s.remaining.to_string()));
+        h.push(("x-ratelimit-reset-requests", reset_text(s.reset_ns)));
+    }
+    if let Some(tpm) = key.limits.tpm {
+        let s = limiter.tokens.state(tpm, now);
+        h.push(("x-ratelimit-limit-tokens", s.limit.to_string()));
+        h.push(("x-ratelimit-remaining-tokens", s.remaining.to_string()));
+        h.push(("x-ratelimit-reset-tokens", reset_text(s.reset_ns)));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn gcra_allows_a_burst_of_the_limit_then_refills_continuously() {
+        let g = Gcra::default();
+        let t0 = 100 * SEC;
+        for i in 0..60 {
+            assert!(g.take(60, 1, t0).is_ok(), "request {i} of the burst");
+        }
+        let wait = g.take(60, 1, t0).unwrap_err();
+        assert_eq!(wait, SEC, "one more after one emission interval");
+        assert!(g.take(60, 1, t0 + SEC - 1).is_err());
+        assert!(g.take(60, 1, t0 + SEC).is_ok());
+        let s = g.state(60, t0 + SEC);
+        assert_eq!((s.limit, s.remaining), (60, 0));
+        let later = g.state(60, t0 + 61 * SEC);
+        assert_eq!(later.remaining, 60);
+    }
+
+    #[test]
+    fn gcra_is_exact_when_threads_race() {
+        let g = Arc::new(Gcra::default());
+        let now = 500 * SEC;
+        let admitted = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (g, admitted) = (g.clone(), admitted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if g.take(1000, 1, now).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn token_reservations_settle_and_debt_refuses() {
+        let g = Gcra::default();
+        let now = 100 * SEC;
+        // 600 tpm: reserve 500, then use only 100: 400 go back.
+        assert!(g.reserve(600, 500, now).is_ok());
+        g.settle(600, -400, now);
+        assert_eq!(g.state(600, now).remaining, 500);
+        // Overdraw with a large reservation: admitted (not in debt before), then refused.
+        assert!(g.reserve(600, 1000, now).is_ok());
+        assert!(g.reserve(600, 1, now).is_err());
+    }
+
+    #[test]
+    fn reset_text_looks_like_openais() {
+        assert_eq!(reset_text(250_000_000), "250ms");
+        assert_eq!(reset_text(SEC), "1s");
+        assert_eq!(reset_text(360 * SEC), "6m0s");
+        assert_eq!(reset_text(0), "0ms");
+    }
+}

@@ -1,0 +1,183 @@
+//! Rate limits from the outside: exact admission across workers and
+//! connections, the 429 contract, concurrency caps proved by the emulator's
+//! own in-flight maximum, token limits, and CLI changes applied at once.
+
+mod common;
+
+use std::io::BufReader;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn chat_as(g: &Proc, key: &str, body: &str) -> Response {
+    request_with(g.addr, "POST", "/v1/chat/completions", Some(body), &[("Authorization", &format!("Bearer {key}"))])
+}
+
+#[test]
+fn requests_per_minute_are_exact_across_workers_and_connections() {
+    let m = mock(&["--tokens", "1", "--workers", "2"]);
+    let g = gateway(&m, &["--workers", "2"]);
+    let key = create_key(&g, "hammer", &["--rpm", "300"])["secret"].as_str().unwrap().to_owned();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let run_for = Duration::from_millis(1500);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let (key, admitted, refused) = (key.clone(), admitted.clone(), refused.clone());
+            let addr = g.addr;
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let body = chat_body("llama3", false);
+                let auth = format!("Bearer {key}");
+                while start.elapsed() < run_for {
+                    send(&mut s, "POST", "/v1/chat/completions", Some(&body), &[("Authorization", &auth)]);
+                    let resp = read_response(&mut r, false).unwrap();
+                    match resp.status {
+                        200 => admitted.fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = start.elapsed();
+    let admitted = admitted.load(Ordering::Relaxed);
+    // Capacity 300 at once, then one every 200 ms.
+    let refill_max = (elapsed.as_millis() / 200) as u64 + 1;
+    assert!(refused.load(Ordering::Relaxed) > 1000, "the key was hammered well past its limit");
+    assert!(admitted >= 300 && admitted <= 300 + refill_max, "admitted {admitted} in {elapsed:?}");
+    assert_eq!(stats(&m)["completed"].as_u64().unwrap(), admitted, "refused requests never reach the upstream");
+    eprintln!(
+        "rpm 300: admitted {admitted} of {} in {elapsed:?} (allowance 300 + up to {refill_max})",
+        admitted + refused.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn the_429_contract_and_rate_limit_headers() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    let dir = g.data_dir.clone().unwrap();
+    let key = create_key(&g, "ci-bot", &["--rpm", "2", "--tpm", "100000"])["secret"].as_str().unwrap().to_owned();
+    let body = chat_body("llama3", false);
+    let ok = chat_as(&g, &key, &body);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(ok.header("x-ratelimit-remaining-requests"), Some("1"));
+    assert_eq!(ok.header("x-ratelimit-reset-requests"), Some("30s"));
+    assert_eq!(ok.header("x-ratelimit-limit-tokens"), Some("100000"));
+    assert!(ok.header("x-ratelimit-remaining-tokens").is_some());
+    assert_eq!(chat_as(&g, &key, &body).status, 200);
+    let r = chat_as(&g, &key, &body);
+    assert_eq!(r.status, 429);
+    let e = &r.json()["error"];
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("requests"), Some("rate_limit_exceeded")));
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("'ci-bot'")
+            && msg.contains("requests per minute")
+            && msg.contains("limit 2")
+            && msg.contains("Try again in"),
+        "{msg}"
+    );
+    let ms: u64 = r.header("retry-after-ms").unwrap().parse().unwrap();
+    assert!(ms > 25_000 && ms <= 30_000, "{ms}");
+    assert_eq!(r.header("retry-after"), Some(ms.div_ceil(1000).to_string().as_str()));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    // Models and the usage endpoint carry the headers too.
+    let (c, _, _) = keys_cli(&dir, &["update", "ci-bot", "--rpm", "none"]);
+    assert_eq!(c, 0);
+    let models = request_with(g.addr, "GET", "/v1/models", None, &[("Authorization", &format!("Bearer {key}"))]);
+    assert_eq!(models.status, 200, "the CLI change applied on the next request");
+    assert_eq!(models.header("x-ratelimit-limit-requests"), None, "no request limit, no request headers");
+    assert_eq!(models.header("x-ratelimit-limit-tokens"), Some("100000"));
+    let text = metrics_text(&g);
+    assert!(text.contains("ai_gateway_rate_limited_total 1"), "{text}");
+}
+
+fn metrics_text(g: &Proc) -> String {
+    request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {ADMIN_KEY}"))]).text()
+}
+
+#[test]
+fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
+    let m = mock(&["--tokens", "8", "--token-delay-ms", "40"]);
+    let g = gateway(&m, &[]);
+    let key = create_key(&g, "busy", &["--max-concurrent", "3"])["secret"].as_str().unwrap().to_owned();
+    let statuses: Vec<u16> = {
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let key = key.clone();
+                let addr = g.addr;
+                std::thread::spawn(move || {
+                    let mut s = connect(addr);
+                    send(
+                        &mut s,
+                        "POST",
+                        "/v1/chat/completions",
+                        Some(&chat_body("llama3", true)),
+                        &[("Authorization", &format!("Bearer {key}"))],
+                    );
+                    let mut r = BufReader::new(s);
+                    if i == 0 {
+                        // This client leaves mid-stream: its slot must come back too.
+                        let mut line = String::new();
+                        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+                        return 0;
+                    }
+                    read_response(&mut r, false).unwrap().status
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let st = stats(&m);
+    assert!(st["max_in_flight"].as_u64().unwrap() <= 3, "{st}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 2, "{statuses:?}");
+    // All slots are free again: three at once succeed.
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 0));
+    configure(&m, json!({"token_delay_ms": 0}));
+    for _ in 0..3 {
+        assert_eq!(chat_as(&g, &key, &chat_body("llama3", false)).status, 200);
+    }
+}
+
+#[test]
+fn tokens_per_minute_refuse_while_in_debt() {
+    let m = mock(&["--tokens", "8"]);
+    let g = gateway(&m, &[]);
+    let key = create_key(&g, "tokens", &["--tpm", "100"])["secret"].as_str().unwrap().to_owned();
+    // Each request: 6 prompt ("Say hello to the test" + 1) + 8 completion = 14 tokens.
+    let mut admitted = 0;
+    let refused = loop {
+        let r = chat_as(&g, &key, &chat_body("llama3", admitted % 2 == 0));
+        if r.status != 200 {
+            break r;
+        }
+        admitted += 1;
+        assert!(admitted <= 12, "the token limit never triggered");
+    };
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["type"], "tokens");
+    assert!(refused.header("retry-after-ms").is_some());
+    // 100 tokens a minute: seven requests (98 tokens) leave it not yet in debt, the
+    // eighth overdraws it by one request's worth, the ninth is refused.
+    assert_eq!(admitted, 8);
+    let st = stats(&m);
+    assert_eq!(st["prompt_tokens"].as_u64().unwrap() + st["completion_tokens"].as_u64().unwrap(), 8 * 14);
+    // A reservation larger than what is left is admitted once (not in debt yet) and settled.
+    let big = json!({"model":"llama3","messages":[{"role":"user","content":"hi"}],"max_tokens":5000}).to_string();
+    let key2 = create_key(&g, "reserver", &["--tpm", "1000"])["secret"].as_str().unwrap().to_owned();
+    assert_eq!(chat_as(&g, &key2, &big).status, 200);
+    assert_eq!(chat_as(&g, &key2, &big).status, 200, "the 5000 reserved were settled to the 10 used");
+}
