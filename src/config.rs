@@ -53,6 +53,19 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_MAX_IDLE", default_value_t = 64)]
     pub upstream_max_idle: usize,
 
+    /// Generations in flight to the upstream at once (match it to the Ollama host's
+    /// parallelism, OLLAMA_NUM_PARALLEL times the models loaded); more wait in the fair queue.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_MAX_CONCURRENT", default_value_t = 64)]
+    pub upstream_max_concurrent: usize,
+
+    /// Requests that may wait for an upstream slot; beyond that, 503 at once.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_QUEUE", default_value_t = 1024)]
+    pub upstream_queue: usize,
+
+    /// Seconds a request may wait for an upstream slot before a 503.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_QUEUE_TIMEOUT", default_value_t = 120.0)]
+    pub upstream_queue_timeout: f64,
+
     /// Seconds an idle upstream connection is kept before it is dropped.
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
     pub upstream_idle_timeout: f64,
@@ -111,6 +124,9 @@ pub struct Config {
     pub log_format: crate::access_log::LogFormat,
     pub log_level: crate::log::Level,
     pub metrics_per_key: bool,
+    pub upstream_max_concurrent: usize,
+    pub upstream_queue: usize,
+    pub upstream_queue_timeout: Duration,
 }
 
 impl Config {
@@ -154,6 +170,13 @@ impl Config {
             log_format: a.log_format,
             log_level: a.log_level,
             metrics_per_key: a.metrics_per_key,
+            upstream_max_concurrent: if a.upstream_max_concurrent == 0 {
+                return Err("--upstream-max-concurrent must be at least 1".into());
+            } else {
+                a.upstream_max_concurrent
+            },
+            upstream_queue: a.upstream_queue,
+            upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

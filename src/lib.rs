@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod queue;
 pub mod quota;
 pub mod routes;
 pub mod server;

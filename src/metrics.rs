@@ -133,6 +133,8 @@ pub struct Metrics {
     /// The I/O driver the workers run on (set once they started).
     pub driver: std::sync::OnceLock<&'static str>,
     pub per_key: bool,
+    /// The fair upstream queue, for its gauges.
+    pub gate: Option<Arc<crate::queue::UpstreamGate>>,
 }
 
 impl Metrics {
@@ -194,6 +196,13 @@ impl Metrics {
             "Duration of requests served by the upstream.",
         );
         total.upstream_latency.render(&mut out, "ai_gateway_upstream_latency_seconds");
+        if let Some(gate) = &self.gate {
+            let load = gate.load();
+            help(&mut out, "ai_gateway_upstream_in_flight", "gauge", "Generations in flight to the upstream.");
+            let _ = writeln!(out, "ai_gateway_upstream_in_flight {}", load.in_flight);
+            help(&mut out, "ai_gateway_upstream_queue_depth", "gauge", "Requests waiting for an upstream slot.");
+            let _ = writeln!(out, "ai_gateway_upstream_queue_depth {}", load.queued);
+        }
         help(&mut out, "ai_gateway_time_to_first_token_seconds", "histogram", "Time to the first byte of the answer.");
         total.first_token.render(&mut out, "ai_gateway_time_to_first_token_seconds");
         help(&mut out, "ai_gateway_rate_limited_total", "counter", "Requests refused by a rate limit.");
@@ -264,7 +273,7 @@ mod tests {
             true,
         );
         a.in_flight.store(2, Ordering::Relaxed);
-        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true }.render();
+        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true, gate: None }.render();
         for line in [
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"} 2",
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"502\"} 1",

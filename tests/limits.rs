@@ -181,3 +181,105 @@ fn tokens_per_minute_refuse_while_in_debt() {
     assert_eq!(chat_as(&g, &key2, &big).status, 200);
     assert_eq!(chat_as(&g, &key2, &big).status, 200, "the 5000 reserved were settled to the 10 used");
 }
+
+/// Sends a streamed chat and waits for its end; returns the status and when it finished.
+fn timed_stream(addr: std::net::SocketAddr, key: &str) -> (u16, Instant) {
+    let mut s = connect(addr);
+    send(
+        &mut s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("llama3", true)),
+        &[("Authorization", &format!("Bearer {key}"))],
+    );
+    let status = read_response(&mut BufReader::new(s), false).unwrap().status;
+    (status, Instant::now())
+}
+
+fn queue_depth(g: &Proc) -> u64 {
+    let text = metrics_text(g);
+    text.lines()
+        .find_map(|l| l.strip_prefix("ai_gateway_upstream_queue_depth "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_fair_queue_serves_a_light_key_while_a_heavy_backlog_drains() {
+    // Each generation takes about 200 ms; two run at a time.
+    let m = mock(&["--tokens", "5", "--token-delay-ms", "40"]);
+    let g = gateway(&m, &["--upstream-max-concurrent", "2"]);
+    let heavy = create_key(&g, "heavy", &[])["secret"].as_str().unwrap().to_owned();
+    let light = create_key(&g, "light", &[])["secret"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let heavy_threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, key) = (g.addr, heavy.clone());
+            std::thread::spawn(move || timed_stream(addr, &key))
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || queue_depth(&g) >= 15), "the heavy backlog is queued");
+    let light_threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, key) = (g.addr, light.clone());
+            std::thread::spawn(move || timed_stream(addr, &key))
+        })
+        .collect();
+    let light_done: Vec<(u16, Instant)> = light_threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let heavy_done: Vec<(u16, Instant)> = heavy_threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(light_done.iter().chain(&heavy_done).all(|(s, _)| *s == 200));
+    let light_last = light_done.iter().map(|(_, t)| *t).max().unwrap();
+    let heavy_last = heavy_done.iter().map(|(_, t)| *t).max().unwrap();
+    let heavy_after_light = heavy_done.iter().filter(|(_, t)| *t > light_last).count();
+    assert!(
+        heavy_after_light >= 8,
+        "the light key was served while the heavy backlog drained ({heavy_after_light} heavy left)"
+    );
+    assert!(stats(&m)["max_in_flight"].as_u64().unwrap() <= 2, "{}", stats(&m));
+    eprintln!(
+        "fairness: light key's 3 requests done after {:?}; heavy key's 20 after {:?}; {heavy_after_light} heavy still queued or running then",
+        light_last - started,
+        heavy_last - started
+    );
+}
+
+#[test]
+fn a_full_queue_is_503_at_once_and_a_client_that_leaves_the_queue_is_dropped() {
+    let m = mock(&["--tokens", "5", "--token-delay-ms", "100"]);
+    let g =
+        gateway(&m, &["--upstream-max-concurrent", "1", "--upstream-queue", "2", "--upstream-queue-timeout", "0.3"]);
+    let key = create_key(&g, "q", &[])["secret"].as_str().unwrap().to_owned();
+    // One running, one waiting whose client leaves, one waiting.
+    let running = {
+        let (addr, k) = (g.addr, key.clone());
+        std::thread::spawn(move || timed_stream(addr, &k))
+    };
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 1));
+    let mut leaver = connect(g.addr);
+    send(
+        &mut leaver,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("llama3", false)),
+        &[("Authorization", &format!("Bearer {key}"))],
+    );
+    assert!(eventually(Duration::from_secs(5), || queue_depth(&g) == 1));
+    drop(leaver);
+    assert!(eventually(Duration::from_secs(5), || queue_depth(&g) == 0), "the leaver was dropped from the queue");
+    // Two queued fill the queue; the next is refused at once.
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, k) = (g.addr, key.clone());
+            std::thread::spawn(move || timed_stream(addr, &k))
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || queue_depth(&g) == 2));
+    let r = chat_as(&g, &key, &chat_body("llama3", false));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "upstream_overloaded");
+    // The queued ones wait at most the queue timeout (0.3 s) behind a 0.5 s generation: 503 too.
+    let waited: Vec<u16> = waiters.into_iter().map(|t| t.join().unwrap().0).collect();
+    assert!(waited.contains(&503), "{waited:?}");
+    assert_eq!(running.join().unwrap().0, 200);
+    assert_eq!(stats(&m)["by_endpoint"]["chat"], 1, "only the running request reached the upstream");
+}

@@ -64,12 +64,16 @@ pub async fn completions(
     let mut request = Vec::with_capacity(native.len() + 160);
     worker.upstream.request(&mut request, "POST", "/api/chat", Some(&native));
 
-    if plan.stream { stream(worker, conn, &plan, &request).await } else { whole(worker, conn, &plan, &request).await }
+    if plan.stream {
+        stream(worker, conn, &plan, &request, &key.id).await
+    } else {
+        whole(worker, conn, &plan, &request, &key.id).await
+    }
 }
 
 /// A non-streamed completion: one upstream reply, one JSON response.
-async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> After {
-    match upstream_json(worker, conn, request).await {
+async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8], key_id: &str) -> After {
+    match upstream_json(worker, conn, request, Some(key_id)).await {
         Err(None) => {
             conn.req.outcome.cancelled = true;
             After::Close
@@ -102,8 +106,18 @@ async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]
 }
 
 /// A streamed completion: SSE to the client as the upstream produces lines.
-async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]) -> After {
+async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8], key_id: &str) -> After {
     let Some(mut split) = Split::new(conn) else { return After::Close };
+    // Wait our turn for an upstream slot; it is held until the stream ends.
+    let _slot = match super::upstream_slot(worker, &mut split.watch, key_id).await {
+        Ok(p) => p,
+        Err(ExchangeError::Api(e)) => return fail_before_stream(conn, split, e).await,
+        Err(ExchangeError::ClientGone) => {
+            conn.req.outcome.cancelled = true;
+            let _ = split.rejoin(conn).await;
+            return After::Close;
+        }
+    };
     let sent =
         client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await;
     let ex = match sent {

@@ -21,6 +21,7 @@ use crate::http::response::ResponseHead;
 use crate::ollama::client::{self, ExchangeError};
 use crate::openai::completion::native_error_message;
 use crate::openai::error::ApiError;
+use crate::queue::{Permit, overloaded};
 use crate::routes::{Route, Routed};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn, MAX_HEAD, cors};
@@ -240,11 +241,17 @@ pub async fn upstream_json(
     worker: &Worker,
     conn: &mut Conn,
     request: &[u8],
+    queue_as: Option<&str>,
 ) -> Result<(u16, Vec<u8>), Option<ApiError>> {
     let Some(mut split) = Split::new(conn) else {
         return Err(None);
     };
     let result = async {
+        // A generation waits its turn for an upstream slot (listings do not).
+        let _slot = match queue_as {
+            Some(key_id) => Some(upstream_slot(worker, &mut split.watch, key_id).await?),
+            None => None,
+        };
         let ex = client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024))
             .await?;
         let status = ex.head.status;
@@ -267,6 +274,20 @@ pub async fn upstream_json(
                 Err(Some(e))
             }
         }
+    }
+}
+
+/// Waits in the fair upstream queue for a slot, watching the client.
+pub async fn upstream_slot(worker: &Worker, watch: &mut ClientWatch, key_id: &str) -> Result<Permit, ExchangeError> {
+    let limit = worker.config.upstream_queue_timeout;
+    match watch.race(monoio::time::timeout(limit, worker.gate.acquire(key_id))).await {
+        None => Err(ExchangeError::ClientGone),
+        Some(Err(_)) => Err(ExchangeError::Api(overloaded(format!(
+            "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
+            limit.as_secs_f64()
+        )))),
+        Some(Ok(Err(e))) => Err(ExchangeError::Api(e)),
+        Some(Ok(Ok(permit))) => Ok(permit),
     }
 }
 

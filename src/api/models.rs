@@ -88,7 +88,7 @@ pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
 async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Option<ApiError>> {
     let mut request = Vec::with_capacity(128);
     worker.upstream.request(&mut request, "GET", "/api/tags", None);
-    match upstream_json(worker, conn, &request).await? {
+    match upstream_json(worker, conn, &request, None).await? {
         (200, body) => models_from_tags(&body).map_err(Some),
         (status, body) => Err(Some(upstream_error(status, &body, ""))),
     }

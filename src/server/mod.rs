@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::limits::{LimiterBook, Limiters};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::ollama::client::{Pool, UpstreamTarget};
+use crate::queue::UpstreamGate;
 use crate::quota::QuotaBook;
 use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
@@ -63,6 +64,8 @@ pub struct Worker {
     pub all_metrics: Arc<Metrics>,
     /// The keys' rate limiters (shared state, this core's cache of it).
     pub limiters: Limiters,
+    /// The fair upstream queue, shared by all workers.
+    pub gate: Arc<UpstreamGate>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -78,9 +81,14 @@ pub fn run(config: Config) -> Result<(), String> {
     let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::access_log::spawn_writer();
+    let gate = UpstreamGate::new(config.upstream_max_concurrent, config.upstream_queue);
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
-    let all_metrics =
-        Arc::new(Metrics { workers: worker_metrics.clone(), driver: OnceLock::new(), per_key: config.metrics_per_key });
+    let all_metrics = Arc::new(Metrics {
+        workers: worker_metrics.clone(),
+        driver: OnceLock::new(),
+        per_key: config.metrics_per_key,
+        gate: Some(gate.clone()),
+    });
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -97,6 +105,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let metrics = worker_metrics[index].clone();
         let all_metrics = all_metrics.clone();
         let limiter_book = limiter_book.clone();
+        let gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -119,6 +128,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     metrics,
                     all_metrics,
                     limiters: Limiters::new(limiter_book),
+                    gate,
                 });
                 // Store writes (admin API) fsync: they run on this small pool, never on the worker.
                 let blocking = Box::new(monoio::blocking::DefaultThreadPool::new(1));

@@ -1,0 +1,252 @@
+//! The fair upstream queue: at most `--upstream-max-concurrent` generations
+//! in flight to Ollama, the rest waiting in a bounded queue served
+//! round-robin across keys.
+//!
+//! A GPU host runs a few generations at a time; everything beyond that only
+//! piles up in Ollama's own queue, where one client with a hundred requests
+//! starves everyone behind it. Here each key has its own FIFO and a freed
+//! slot goes to the next key in turn, so a key with a long backlog delays
+//! another key's request by at most one slot per key ahead of it. A full
+//! queue is a fast 503 `upstream_overloaded`, a wait longer than
+//! `--upstream-queue-timeout` too; a waiting request whose client leaves is
+//! dropped from the queue. The gate is shared by all workers: its lock is
+//! taken once to enter and once to leave, never per token, and a slot freed
+//! on one core wakes the waiter on another (monoio's cross-thread wakers).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::openai::error::ApiError;
+
+/// One queued request.
+struct Waiter {
+    granted: bool,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct GateState {
+    in_flight: usize,
+    queued: usize,
+    /// Keys with waiters, in turn order.
+    turn: VecDeque<String>,
+    waiters: HashMap<String, VecDeque<Arc<Mutex<Waiter>>>>,
+}
+
+/// The gate in front of the upstream.
+pub struct UpstreamGate {
+    max_in_flight: usize,
+    queue_cap: usize,
+    state: Mutex<GateState>,
+}
+
+/// A slot of the upstream; freed (and handed to the next waiter) on drop.
+pub struct Permit {
+    gate: Arc<UpstreamGate>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.release();
+    }
+}
+
+/// Gauges for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateLoad {
+    pub in_flight: usize,
+    pub queued: usize,
+}
+
+pub fn overloaded(message: String) -> ApiError {
+    let mut e = ApiError::upstream(503, message);
+    e.code = Some("upstream_overloaded");
+    e
+}
+
+impl UpstreamGate {
+    pub fn new(max_in_flight: usize, queue_cap: usize) -> Arc<Self> {
+        Arc::new(Self { max_in_flight: max_in_flight.max(1), queue_cap, state: Mutex::new(GateState::default()) })
+    }
+
+    pub fn load(&self) -> GateLoad {
+        let s = self.state.lock();
+        GateLoad { in_flight: s.in_flight, queued: s.queued }
+    }
+
+    /// Waits for a slot for a request of `key`. Dropping the future leaves the queue.
+    pub fn acquire(self: &Arc<Self>, key: &str) -> Acquire {
+        let mut s = self.state.lock();
+        if s.in_flight < self.max_in_flight && s.queued == 0 {
+            s.in_flight += 1;
+            return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(())), key: String::new() };
+        }
+        if s.queued >= self.queue_cap {
+            let msg = format!(
+                "The model server is busy: {} requests are running and {} waiting, the most this gateway queues. Try again shortly.",
+                s.in_flight, s.queued
+            );
+            return Acquire { gate: self.clone(), waiter: None, ready: Some(Err(overloaded(msg))), key: String::new() };
+        }
+        let waiter = Arc::new(Mutex::new(Waiter { granted: false, waker: None }));
+        let st = &mut *s;
+        let list = st.waiters.entry(key.to_owned()).or_default();
+        if list.is_empty() {
+            st.turn.push_back(key.to_owned());
+        }
+        list.push_back(waiter.clone());
+        st.queued += 1;
+        Acquire { gate: self.clone(), waiter: Some(waiter), ready: None, key: key.to_owned() }
+    }
+
+    /// Frees a slot and hands it to the next key in turn.
+    fn release(&self) {
+        let mut s = self.state.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        while s.in_flight < self.max_in_flight {
+            let Some(key) = s.turn.pop_front() else { break };
+            let Some(list) = s.waiters.get_mut(&key) else { continue };
+            let Some(next) = list.pop_front() else {
+                s.waiters.remove(&key);
+                continue;
+            };
+            if list.is_empty() {
+                s.waiters.remove(&key);
+            } else {
+                s.turn.push_back(key);
+            }
+            s.queued -= 1;
+            s.in_flight += 1;
+            let mut w = next.lock();
+            w.granted = true;
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Takes a waiter out of the queue (its client left, or it timed out).
+    /// Returns true if it had been granted a slot meanwhile (the caller then owns it).
+    fn leave(&self, key: &str, waiter: &Arc<Mutex<Waiter>>) -> bool {
+        let mut s = self.state.lock();
+        if waiter.lock().granted {
+            return true;
+        }
+        if let Some(list) = s.waiters.get_mut(key)
+            && let Some(i) = list.iter().position(|w| Arc::ptr_eq(w, waiter))
+        {
+            list.remove(i);
+            if list.is_empty() {
+                s.waiters.remove(key);
+                s.turn.retain(|k| k != key);
+            }
+            s.queued -= 1;
+        }
+        false
+    }
+}
+
+/// The future of [`UpstreamGate::acquire`].
+pub struct Acquire {
+    gate: Arc<UpstreamGate>,
+    waiter: Option<Arc<Mutex<Waiter>>>,
+    ready: Option<Result<(), ApiError>>,
+    key: String,
+}
+
+impl Future for Acquire {
+    type Output = Result<Permit, ApiError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.ready.take() {
+            return Poll::Ready(r.map(|_| Permit { gate: self.gate.clone() }));
+        }
+        let Some(waiter) = self.waiter.clone() else {
+            return Poll::Ready(Err(overloaded("The upstream queue was left.".into())));
+        };
+        let mut w = waiter.lock();
+        if w.granted {
+            drop(w);
+            self.waiter = None;
+            return Poll::Ready(Ok(Permit { gate: self.gate.clone() }));
+        }
+        w.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire {
+    fn drop(&mut self) {
+        // Left the queue before being served: give up the place, or the slot
+        // if it was granted in the meantime.
+        if let Some(waiter) = self.waiter.take()
+            && self.gate.leave(&self.key, &waiter)
+        {
+            self.gate.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn poll(f: &mut Acquire) -> Option<Result<Permit, ApiError>> {
+        let waker = Waker::from(Arc::new(Flag(false.into())));
+        match Pin::new(f).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn slots_go_round_robin_across_keys() {
+        let gate = UpstreamGate::new(1, 100);
+        let first = poll(&mut gate.acquire("heavy")).unwrap().unwrap();
+        let mut heavy: Vec<Acquire> = (0..5).map(|_| gate.acquire("heavy")).collect();
+        let mut light = gate.acquire("light");
+        assert!(heavy.iter_mut().all(|a| poll(a).is_none()) && poll(&mut light).is_none());
+        assert_eq!(gate.load(), GateLoad { in_flight: 1, queued: 6 });
+        drop(first);
+        // Heavy queued first, so one heavy request goes, then the light one.
+        let h1 = poll(&mut heavy[0]).unwrap().unwrap();
+        assert!(poll(&mut light).is_none());
+        drop(h1);
+        let l = poll(&mut light).unwrap().unwrap();
+        assert!(poll(&mut heavy[1]).is_none());
+        drop(l);
+        assert!(poll(&mut heavy[1]).unwrap().is_ok());
+    }
+
+    #[test]
+    fn full_queue_is_refused_and_leaving_frees_the_place() {
+        let gate = UpstreamGate::new(1, 2);
+        let p = poll(&mut gate.acquire("a")).unwrap().unwrap();
+        let mut w1 = gate.acquire("a");
+        let w2 = gate.acquire("b");
+        assert!(poll(&mut w1).is_none());
+        let e = poll(&mut gate.acquire("c")).unwrap().err().unwrap();
+        assert_eq!((e.status, e.code), (503, Some("upstream_overloaded")));
+        drop(w2);
+        assert_eq!(gate.load().queued, 1);
+        drop(p);
+        assert!(poll(&mut w1).unwrap().is_ok());
+        // A granted-but-abandoned slot comes back.
+        let mut w3 = gate.acquire("a");
+        drop(w1);
+        assert!(poll(&mut w3).is_some());
+    }
+}
