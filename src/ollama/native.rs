@@ -49,9 +49,6 @@ const MAX_DEPTH: u32 = 128;
 
 /// Reads one native line (or a whole non-streamed response body).
 pub fn parse_native_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
-    if std::str::from_utf8(line).is_err() {
-        return Err(ScanError("upstream line is not valid UTF-8"));
-    }
     let mut c = Cursor { b: line, i: 0 };
     let mut out = NativeLine::default();
     c.ws();
@@ -72,12 +69,20 @@ pub fn parse_native_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
                 b"done_reason" => out.done_reason = c.opt_string()?,
                 b"prompt_eval_count" => out.prompt_eval_count = c.count()?,
                 b"eval_count" => out.eval_count = c.count()?,
-                b"created_at" => out.created_at = c.opt_string()?,
+                // Only read (as a date), never copied: no UTF-8 check needed.
+                b"created_at" => {
+                    out.created_at = if c.peek()? == b'n' {
+                        c.literal(b"null")?;
+                        None
+                    } else {
+                        Some(c.string()?)
+                    }
+                }
                 b"response" => out.content = c.opt_string()?.unwrap_or(b""),
                 b"thinking" => out.thinking = c.opt_string()?.unwrap_or(b""),
                 b"error" => {
                     out.error = Some(if c.peek()? == b'"' {
-                        NativeError::Message(c.string()?)
+                        NativeError::Message(c.copied_string()?)
                     } else {
                         c.skip_value()?;
                         NativeError::Other
@@ -135,8 +140,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a string and returns its escaped body (between the quotes).
-    /// Escapes are checked for shape; control characters are refused, so the
-    /// body is always a valid JSON string body.
+    /// Escapes are checked for shape; the rest is checked only by
+    /// [`Self::copied_string`], for the strings that are copied into output.
     #[inline]
     fn string(&mut self) -> Result<&'a [u8], ScanError> {
         self.expect(b'"')?;
@@ -147,9 +152,6 @@ impl<'a> Cursor<'a> {
             let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
                 return Err(ScanError("unterminated string in upstream JSON"));
             };
-            if rest[..off].iter().any(|&c| c < 0x20) {
-                return Err(ScanError("control character in upstream string"));
-            }
             self.i += off;
             if self.b[self.i] == b'"' {
                 let body = &self.b[start..self.i];
@@ -172,13 +174,27 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A string, or `null` (None). Other types are an error.
+    /// A string whose body is copied into the gateway's output: it must also
+    /// be valid UTF-8 without raw control characters, so that the copy is a
+    /// valid JSON string body. Only these strings pay for the check.
+    fn copied_string(&mut self) -> Result<&'a [u8], ScanError> {
+        let body = self.string()?;
+        if body.iter().any(|&c| c < 0x20) {
+            return Err(ScanError("control character in upstream string"));
+        }
+        if !body.is_ascii() && std::str::from_utf8(body).is_err() {
+            return Err(ScanError("upstream string is not valid UTF-8"));
+        }
+        Ok(body)
+    }
+
+    /// A copied string, or `null` (None). Other types are an error.
     fn opt_string(&mut self) -> Result<Option<&'a [u8]>, ScanError> {
         if self.peek()? == b'n' {
             self.literal(b"null")?;
             Ok(None)
         } else {
-            self.string().map(Some)
+            self.copied_string().map(Some)
         }
     }
 
