@@ -73,6 +73,15 @@ struct Knobs {
     /// Stop sending (but keep the connection open) after this many tokens.
     #[arg(long)]
     stall_after: Option<u64>,
+    /// Send a line that is not JSON after this many tokens.
+    #[arg(long)]
+    garbage_after: Option<u64>,
+    /// Send one line of this many bytes (a huge content token) after the first token.
+    #[arg(long)]
+    huge_line_bytes: Option<u64>,
+    /// Answer every generation with this HTTP status and an `{"error": ...}` body.
+    #[arg(long)]
+    fail_status: Option<u16>,
     /// Put the last token on the final (done) line.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     final_content: bool,
@@ -526,6 +535,16 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     let in_flight = stats.in_flight.fetch_add(1, Relaxed) + 1;
     let _guard = InFlight(&stats.in_flight);
     stats.max_in_flight.fetch_max(in_flight, Relaxed);
+    if let Some(status) = knobs.fail_status {
+        let msg = match status {
+            400 => "invalid options: num_ctx must be positive".to_owned(),
+            404 => format!("model '{model}' not found"),
+            _ => format!("the emulator was told to fail with {status}"),
+        };
+        stats.errors_sent.fetch_add(1, Relaxed);
+        respond_error(&mut out, status, &msg);
+        return write(wr, &mut out).await;
+    }
     if knobs.busy || knobs.max_pending.is_some_and(|m| in_flight > m) {
         respond_error(&mut out, 503, "server busy, please try again.  maximum pending requests exceeded");
         return write(wr, &mut out).await;
@@ -650,6 +669,27 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
             let _ = write(wr, &mut out).await;
             *wr = None;
             return false;
+        }
+        if knobs.garbage_after == Some(i) {
+            chunk(&mut out, b"<html>502 Bad Gateway</html>");
+            out.extend_from_slice(b"0\r\n\r\n");
+            stats.errors_sent.fetch_add(1, Relaxed);
+            return write(wr, &mut out).await;
+        }
+        if i == 1
+            && let Some(n) = knobs.huge_line_bytes
+        {
+            // One enormous token line, written in pieces as a real server would.
+            let head = br#"{"model":"m","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":""#;
+            let mut line = Vec::with_capacity(n as usize + 64);
+            line.extend_from_slice(head);
+            line.resize(head.len() + n as usize, b'x');
+            line.extend_from_slice(br#""},"done":false}"#);
+            chunk(&mut out, &line);
+            if !write(wr, &mut out).await {
+                stats.cancelled.fetch_add(1, Relaxed);
+                return false;
+            }
         }
         if knobs.stall_after == Some(i) {
             let _ = write(wr, &mut out).await;

@@ -97,9 +97,12 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
     if has_bare_lf(&buf[..len]) {
         return Err(HeadError::Bad("request head lines must end with CRLF"));
     }
+    // Where a sub-slice of `buf` sits in it (an empty range for anything else).
     let at = |s: &[u8]| -> Range<usize> {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-        start..start + s.len()
+        match (s.as_ptr() as usize).checked_sub(buf.as_ptr() as usize) {
+            Some(start) if start + s.len() <= buf.len() => start..start + s.len(),
+            _ => 0..0,
+        }
     };
 
     let method = match req.method.unwrap_or("") {
@@ -214,7 +217,8 @@ fn request_path(target: &str) -> Option<&str> {
         let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
         match rest.find('/') {
             Some(i) => &rest[i..],
-            None => "/",
+            // `http://host` alone: an empty path, read as `/`.
+            None => &rest[rest.len()..],
         }
     };
     Some(match target.find('?') {
@@ -306,6 +310,16 @@ mod tests {
         let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
         assert!(matches!(parse("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Bad(_))));
+    }
+
+    #[test]
+    fn absolute_form_without_a_path_does_not_panic() {
+        // Found by fuzzing: the path was a literal outside the buffer.
+        let s = b"GET http://s HTTP/1.1\r\nHostCont: aeer-EncoDing: `chun:ket;\xff\xff\xff\xff\xff\r\n\r\n";
+        let _ = parse_request_head(s, 64 * 1024);
+        let s = "GET http://example.com HTTP/1.1\r\nHost: a\r\n\r\n";
+        let h = parse(s).unwrap().unwrap();
+        assert_eq!(&s[h.path], "");
     }
 
     #[test]

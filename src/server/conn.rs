@@ -125,6 +125,9 @@ impl Request {
         self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
         self.path.clear();
         self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        if self.path.is_empty() {
+            self.path.push('/');
+        }
         self.query.clear();
         self.query.push_str(&String::from_utf8_lossy(&buf[head.query.clone()]));
         self.keep_alive = head.keep_alive;
@@ -170,12 +173,7 @@ pub enum After {
 
 impl Conn {
     fn new(stream: TcpStream) -> Self {
-        Self {
-            stream: Some(stream),
-            inbuf: Vec::with_capacity(8 * 1024),
-            out: Vec::with_capacity(8 * 1024),
-            req: Request::default(),
-        }
+        Self { stream: Some(stream), inbuf: Vec::with_capacity(1024), out: Vec::new(), req: Request::default() }
     }
 
     /// Writes `out` to the client and clears it.
@@ -195,8 +193,10 @@ impl Conn {
         let Some(stream) = self.stream.as_mut() else {
             return Err(std::io::Error::other("connection is split"));
         };
-        if self.inbuf.capacity() - self.inbuf.len() < 4096 {
-            self.inbuf.reserve(16 * 1024);
+        // Buffers start small (an idle connection holds little) and double as needed.
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        if spare < 512 {
+            self.inbuf.reserve(self.inbuf.capacity().clamp(1024, 256 * 1024));
         }
         let len = self.inbuf.len();
         let buf = std::mem::take(&mut self.inbuf);
@@ -362,6 +362,7 @@ fn record_metrics(worker: &Worker, req: &Request) {
 /// Reads until a whole head is buffered. `Ok(None)`: the client closed or
 /// went idle between requests. `Err(Some)`: answer with this error and close.
 async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<Option<RequestHead>, Option<ApiError>> {
+    let mut deadline: Option<Instant> = None;
     loop {
         if !conn.inbuf.is_empty() {
             match parse_request_head(&conn.inbuf, MAX_HEAD) {
@@ -381,7 +382,14 @@ async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<
                 }
             }
         }
-        let timeout = if conn.inbuf.is_empty() { idle } else { header };
+        // Idle: wait up to the idle timeout for a first byte. Once a head has
+        // begun, all of it must arrive by one deadline (a client dripping a
+        // byte at a time does not reset it).
+        let timeout = if conn.inbuf.is_empty() {
+            idle
+        } else {
+            deadline.get_or_insert_with(|| Instant::now() + header).saturating_duration_since(Instant::now())
+        };
         match conn.fill(timeout).await {
             Ok(0) => {
                 return if conn.inbuf.is_empty() { Ok(None) } else { Err(None) };

@@ -72,6 +72,7 @@ pub struct Worker {
 /// Returns an error message for startup failures.
 pub fn run(config: Config) -> Result<(), String> {
     let upstream = Arc::new(UpstreamTarget::resolve(&config.upstream)?);
+    raise_fd_limit();
     let listeners = bind_listeners(config.listen, config.workers)?;
     let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
     bootstrap_admin_key(store)?;
@@ -176,6 +177,23 @@ pub fn run(config: Config) -> Result<(), String> {
     let _ = access_thread.join();
     crate::log::always(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: every client and
+/// upstream connection is a file descriptor, and the usual soft limit (1024)
+/// is far below what one gateway holds. When descriptors still run out,
+/// the accept loop backs off instead of spinning.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                crate::log::warn(format_args!("could not raise the open-file limit above {}", lim.rlim_cur));
+            }
+        }
+    }
 }
 
 /// On an empty store, creates the first admin key: from `AI_GATEWAY_ADMIN_KEY`

@@ -53,8 +53,13 @@ impl From<heed::Error> for StoreError {
 impl Store {
     /// Opens (creating if needed) the store in `dir`, checks and migrates the schema.
     pub fn open(dir: &Path) -> Result<&'static Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", dir.display())))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", dir.display())))?;
+            // Only the gateway's user may read the store (key hashes, usage).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
         let mut opts = EnvOpenOptions::new().read_txn_without_tls();
         // Address space, not disk: the file grows as data is written.
         opts.map_size(16 << 30).max_dbs(16).max_readers(1024);

@@ -1,0 +1,87 @@
+//! The invariants the fuzz targets check, as plain functions: the cargo-fuzz
+//! targets in `fuzz/` call them on generated inputs, and `tests/fuzz_corpus.rs`
+//! calls them on every committed corpus and regression input, so the suite
+//! replays what fuzzing found without needing a fuzzer. Each panics when an
+//! invariant breaks.
+
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::request::parse_request_head;
+use crate::ollama::transcode::NdjsonToSse;
+use crate::openai::chat_request::convert_chat;
+
+/// The head parser never panics, and what it accepts is consistent.
+pub fn request_head(data: &[u8]) {
+    if let Ok(Some(h)) = parse_request_head(data, 64 * 1024) {
+        assert!(h.len <= data.len());
+        assert!(h.path.end <= h.len && h.query.end <= h.len);
+        for r in [&h.origin, &h.authorization, &h.x_api_key, &h.host].into_iter().flatten() {
+            assert!(r.end <= h.len);
+        }
+    }
+}
+
+/// The chunked decoder gives the same body however its input is split
+/// (the first byte chooses the split).
+pub fn chunked(data: &[u8]) {
+    let Some((&first, input)) = data.split_first() else { return };
+    let split = 1 + first as usize % 17;
+    let mut whole = ChunkedDecoder::new();
+    let mut a = Vec::new();
+    let ra = whole.decode(input, &mut |d| a.extend_from_slice(d));
+    let mut pieces = ChunkedDecoder::new();
+    let mut b = Vec::new();
+    let mut used = 0;
+    let mut failed = false;
+    for p in input.chunks(split) {
+        if pieces.is_done() {
+            break;
+        }
+        match pieces.decode(p, &mut |d| b.extend_from_slice(d)) {
+            Ok(n) => used += n,
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    if let (Ok(n), false) = (ra, failed) {
+        assert_eq!(whole.is_done(), pieces.is_done());
+        if whole.is_done() {
+            assert_eq!(n, used);
+        }
+        assert_eq!(a, b);
+    }
+}
+
+/// Whatever the upstream sends, split however (the first byte chooses), the
+/// transcoder's output is well-formed SSE whose data is valid JSON or `[DONE]`.
+pub fn transcode(data: &[u8]) {
+    let Some((&first, input)) = data.split_first() else { return };
+    let split = 1 + first as usize % 64;
+    let mut t = NdjsonToSse::new("chatcmpl-fuzz", "m\"odel", first & 1 == 1);
+    let mut out = Vec::new();
+    for piece in input.chunks(split) {
+        t.feed(piece, &mut out);
+    }
+    t.finish(&mut out);
+    let text = std::str::from_utf8(&out).expect("SSE output is UTF-8");
+    assert!(text.ends_with("\n\n"));
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let payload = event.strip_prefix("data: ").expect("every event is one data line");
+        assert!(!payload.contains('\n'));
+        if payload != "[DONE]" {
+            serde_json::from_str::<serde_json::Value>(payload).expect("data is valid JSON");
+        }
+    }
+}
+
+/// Any request body either converts to a valid JSON native body or is a 400.
+pub fn chat_request(data: &[u8]) {
+    let mut out = Vec::new();
+    match convert_chat(data, &mut out) {
+        Ok(_) => {
+            serde_json::from_slice::<serde_json::Value>(&out).expect("native body is valid JSON");
+        }
+        Err(e) => assert_eq!(e.status, 400),
+    }
+}

@@ -1,0 +1,259 @@
+//! The fault matrix: a failing upstream and hostile clients. Each test
+//! checks the client's exact answer, that the gateway keeps serving, and
+//! that its in-flight count returns to zero.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn last_event(resp: &Response) -> Value {
+    let events = sse_events(&resp.text());
+    serde_json::from_str(events.last().expect("at least one event")).unwrap()
+}
+
+fn in_flight(g: &Proc) -> f64 {
+    let text =
+        request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {ADMIN_KEY}"))]).text();
+    text.lines().find_map(|l| l.strip_prefix("ai_gateway_in_flight_requests ")).and_then(|v| v.parse().ok()).unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_non_json_line_ends_the_stream_with_an_error_event() {
+    let m = mock(&["--tokens", "5", "--garbage-after", "2"]);
+    let g = gateway(&m, &[]);
+    let resp = post(g.addr, "/v1/chat/completions", &chat_body("llama3", true));
+    assert_eq!(resp.status, 200);
+    let e = last_event(&resp);
+    assert_eq!(e["error"]["code"], "upstream_error");
+    assert!(e["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(get(g.addr, "/healthz").status, 200);
+    assert_eq!(in_flight(&g), 1.0, "only the scrape itself");
+}
+
+#[test]
+fn a_10_mib_line_ends_the_stream_and_memory_stays_bounded() {
+    let m = mock(&["--tokens", "3", "--huge-line-bytes", &(10 * 1024 * 1024).to_string()]);
+    let g = gateway(&m, &[]);
+    let round = || {
+        for _ in 0..4 {
+            let resp = post(g.addr, "/v1/chat/completions", &chat_body("llama3", true));
+            let e = last_event(&resp);
+            assert!(e["error"]["message"].as_str().unwrap().contains("longer than"), "{e}");
+        }
+        rss_kib(g.child.id())
+    };
+    // Each stream stops buffering at the 2 MiB line limit; what the allocator
+    // keeps after the first rounds is reused, not added to.
+    let warm = round();
+    let after = (0..3).map(|_| round()).max().unwrap();
+    assert!(after < warm + 8 * 1024, "RSS grew from {warm} KiB to {after} KiB");
+    assert!(after < 96 * 1024, "{after} KiB");
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+}
+
+#[test]
+fn a_stalled_stream_times_out_with_an_error_event() {
+    let m = mock(&["--tokens", "5", "--stall-after", "2"]);
+    let g = gateway(&m, &["--upstream-first-byte-timeout", "0.3"]);
+    let resp = post(g.addr, "/v1/chat/completions", &chat_body("llama3", true));
+    assert_eq!(resp.status, 200);
+    let e = last_event(&resp);
+    assert!(e["error"]["message"].as_str().unwrap().contains("timed out"), "{e}");
+    // The emulator sees its connection closed: the generation is cancelled.
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 1));
+    assert_eq!(in_flight(&g), 1.0);
+}
+
+#[test]
+fn upstream_error_statuses_are_mapped() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    for (status, code, kind) in [
+        (400, "upstream_error", "api_error"),
+        (404, "model_not_found", "invalid_request_error"),
+        (500, "upstream_error", "api_error"),
+        (503, "upstream_error", "api_error"),
+    ] {
+        configure(&m, json!({"fail_status": status}));
+        for stream in [false, true] {
+            let resp = post(g.addr, "/v1/chat/completions", &chat_body("llama3", stream));
+            assert_eq!(resp.status, status, "{}", resp.text());
+            assert_eq!(resp.header("content-type"), Some("application/json"));
+            let e = &resp.json()["error"];
+            assert_eq!((e["code"].as_str(), e["type"].as_str()), (Some(code), Some(kind)), "{status}");
+        }
+    }
+    configure(&m, json!({"fail_status": null}));
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+    // The failures are in the metrics and the usage, as errors.
+    let text =
+        request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {ADMIN_KEY}"))]).text();
+    assert!(text.contains("ai_gateway_upstream_errors_total{kind=\"status\"} 8"), "{text}");
+    let usage = request_with(g.addr, "GET", "/v1/usage", None, &[]).json();
+    assert_eq!(usage["object"], "usage");
+}
+
+#[test]
+fn slowloris_is_cut_off_at_the_header_timeout_while_others_are_served() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--header-timeout", "1"]);
+    let addr = g.addr;
+    let slow = std::thread::spawn(move || {
+        let mut s = connect(addr);
+        let started = Instant::now();
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let mut probe = [0u8; 1];
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            if let Ok(0) = std::io::Read::read(&mut s, &mut probe) {
+                return started.elapsed();
+            }
+        }
+        started.elapsed()
+    });
+    // Meanwhile others are served normally.
+    for _ in 0..20 {
+        assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+    }
+    let cut_after = slow.join().unwrap();
+    assert!(cut_after < Duration::from_secs(4), "the slow client was cut off ({cut_after:?})");
+}
+
+#[test]
+fn ten_thousand_idle_connections_do_not_stop_service() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    let idle: Vec<_> = (0..10_000).map(|_| std::net::TcpStream::connect(g.addr).unwrap()).collect();
+    let resp = post(g.addr, "/v1/chat/completions", &chat_body("llama3", true));
+    assert!(resp.text().ends_with("data: [DONE]\n\n"));
+    assert!(rss_kib(g.child.id()) < 150 * 1024, "{} KiB", rss_kib(g.child.id()));
+    drop(idle);
+    assert_eq!(get(g.addr, "/healthz").status, 200);
+}
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_without_spinning_and_recovers() {
+    let m = mock(&[]);
+    let dir = temp_data_dir();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &m.url(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--workers",
+        "1",
+    ])
+    .env("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY);
+    // SAFETY: setrlimit is async-signal-safe; it only limits the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut g = spawn_gateway(cmd);
+    g.data_dir = Some(dir);
+    let conns: Vec<_> = (0..120).filter_map(|_| std::net::TcpStream::connect(g.addr).ok()).collect();
+    assert!(eventually(Duration::from_secs(5), || g.log_text().contains("accept failed")), "{}", g.log_text());
+    let before = cpu_ticks(g.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(g.child.id()) - before;
+    assert!(used < 30, "the accept loop spun: {used} ticks in 1 s");
+    drop(conns);
+    // Once descriptors are free again, new requests are served.
+    assert!(eventually(Duration::from_secs(10), || {
+        let mut s = connect(g.addr);
+        send(&mut s, "GET", "/healthz", None, &[]);
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        read_response(&mut BufReader::new(s), false).is_some_and(|r| r.status == 200)
+    }));
+}
+
+fn spawn_gateway(mut cmd: std::process::Command) -> Proc {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on ") {
+                let _ = tx.send(line[i + 13..].split_whitespace().next().unwrap_or("").to_owned());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap().parse().unwrap();
+    Proc { child, addr, log, out: Default::default(), data_dir: None }
+}
+
+#[test]
+fn a_client_that_leaves_before_its_head_is_complete_costs_nothing_upstream() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    for _ in 0..20 {
+        let mut s = connect(g.addr);
+        s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le").unwrap();
+    }
+    let mut s = connect(g.addr);
+    s.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n{{\"model\"").as_bytes()).unwrap();
+    drop(s);
+    assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
+    assert_eq!(stats(&m)["by_endpoint"]["chat"], 1);
+    assert_eq!(in_flight(&g), 1.0);
+}
+
+/// (Tabs or spaces around the value are optional whitespace in HTTP and are
+/// accepted; a space before the colon, a folded or repeated header are not.)
+#[test]
+fn obfuscated_transfer_encodings_are_refused() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    for te in [
+        "Transfer-Encoding : chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        " Transfer-Encoding: chunked",
+    ] {
+        let mut s = connect(g.addr);
+        s.write_all(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{te}\r\n\r\n0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r, false).unwrap();
+        assert_eq!(resp.status, 400, "{te:?}");
+        assert!(read_response(&mut r, false).is_none(), "closed after {te:?}");
+    }
+}
