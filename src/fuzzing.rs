@@ -85,3 +85,22 @@ pub fn chat_request(data: &[u8]) {
         Err(e) => assert_eq!(e.status, 400),
     }
 }
+
+/// The upstream response parser never panics; a body decoded from a head it
+/// accepted is never longer than the input, however the input is split.
+pub fn upstream_response(data: &[u8]) {
+    use crate::ollama::client::{BodyDecoder, parse_response_head};
+    let Some((&first, input)) = data.split_first() else { return };
+    let split = 1 + first as usize % 23;
+    if let Ok(Some((head, len))) = parse_response_head(input) {
+        assert!(len <= input.len());
+        let mut decoder = BodyDecoder::new(head.body);
+        let mut body = 0usize;
+        for piece in input[len..].chunks(split) {
+            if decoder.feed(piece, &mut |d| body += d.len()).is_err() {
+                return;
+            }
+        }
+        assert!(body <= input.len() - len);
+    }
+}

@@ -41,6 +41,12 @@ fn metrics_count_requests_tokens_and_errors() {
         "user keys may not scrape"
     );
 
+    // A response reaches its client just before the gateway counts it: scrape until settled.
+    let settled = |t: &str| {
+        t.lines().any(|l| l == "ai_gateway_requests_total{route=\"metrics\",status=\"403\"} 1")
+            && t.lines().any(|l| l == "ai_gateway_in_flight_requests 1")
+    };
+    assert!(eventually(Duration::from_secs(5), || settled(&metrics(&g, None).text())));
     let r = metrics(&g, None);
     assert_eq!(r.status, 200, "loopback scrapes need no key");
     assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));

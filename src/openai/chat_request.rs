@@ -157,6 +157,9 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     let req: ChatRequest<'_> = parse_json(body)?;
 
     let model = match req.model {
+        Some(m) if m.len() > MAX_MODEL_NAME => {
+            return Err(ApiError::invalid("model", format!("The model name is longer than {MAX_MODEL_NAME} bytes.")));
+        }
         Some(m) if !m.trim().is_empty() => m,
         _ => {
             return Err(ApiError::invalid("model", "You must provide a model parameter."));
@@ -307,6 +310,9 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
         }
     }
 }
+
+/// Longest model name accepted (Ollama's names are far shorter).
+const MAX_MODEL_NAME: usize = 512;
 
 /// Deepest nesting passed through to the upstream in raw fields (`tools`, a schema).
 const MAX_PASSTHROUGH_DEPTH: usize = 64;
