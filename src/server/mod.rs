@@ -252,16 +252,13 @@ async fn worker_main(
 
     let accepting = Canceller::new();
     monoio::spawn(accept_loop(worker.clone(), listener, accepting.handle()));
-    let flush_every = worker.config.usage_flush;
-    let mut next_flush = Instant::now() + flush_every;
-    // Tick: hand usage to the writer every interval, and watch for a stop request.
+    // Tick: hand usage to the writer, flush the access log, watch for a stop request.
     while !shutdown::requested() {
-        monoio::time::sleep(TICK.min(flush_every)).await;
+        monoio::time::sleep(TICK.min(worker.config.usage_flush)).await;
         worker.access_log.flush();
-        if Instant::now() >= next_flush {
-            flush_usage(&worker);
-            next_flush = Instant::now() + flush_every;
-        }
+        // Usage goes to the writer every tick, so that what a crash can lose is
+        // only what the writer has not committed yet: at most one flush interval.
+        flush_usage(&worker);
     }
 
     // Drain: stop accepting, let requests in flight finish within the grace period.
