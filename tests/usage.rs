@@ -357,7 +357,7 @@ fn kill_9_under_load_then_restart_keeps_keys_and_loses_at_most_the_last_interval
                         &mut s,
                         "POST",
                         "/v1/chat/completions",
-                        Some(&chat_body("llama3", done % 2 == 0)),
+                        Some(&chat_body("llama3", done.is_multiple_of(2))),
                         &[("Authorization", &auth)],
                     );
                     match read_response(&mut BufReader::new(s), false) {
