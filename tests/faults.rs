@@ -88,7 +88,7 @@ fn a_stalled_stream_times_out_with_an_error_event() {
 #[test]
 fn upstream_error_statuses_are_mapped() {
     let m = mock(&[]);
-    let g = gateway(&m, &[]);
+    let g = gateway(&m, &["--usage-flush-ms", "50"]);
     for (status, code, kind) in [
         (400, "upstream_error", "api_error"),
         (404, "model_not_found", "invalid_request_error"),
@@ -110,8 +110,13 @@ fn upstream_error_statuses_are_mapped() {
     let text =
         request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {ADMIN_KEY}"))]).text();
     assert!(text.contains("ai_gateway_upstream_errors_total{kind=\"status\"} 8"), "{text}");
-    let usage = request_with(g.addr, "GET", "/v1/usage", None, &[]).json();
-    assert_eq!(usage["object"], "usage");
+    let usage = || request_with(g.addr, "GET", "/admin/v1/usage?by=key", None, &[]).json();
+    assert!(
+        eventually(Duration::from_secs(5), || usage()["data"][0]["errors"] == 8 && usage()["data"][0]["requests"] == 9),
+        "{}",
+        usage()
+    );
+    assert!(eventually(Duration::from_secs(5), || in_flight(&g) == 1.0));
 }
 
 #[test]
