@@ -115,7 +115,7 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
     let key = create_key(&g, "busy", &["--max-concurrent", "3"])["secret"].as_str().unwrap().to_owned();
     let statuses: Vec<u16> = {
         let threads: Vec<_> = (0..10)
-            .map(|i| {
+            .map(|_| {
                 let key = key.clone();
                 let addr = g.addr;
                 std::thread::spawn(move || {
@@ -127,14 +127,7 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
                         Some(&chat_body("llama3", true)),
                         &[("Authorization", &format!("Bearer {key}"))],
                     );
-                    let mut r = BufReader::new(s);
-                    if i == 0 {
-                        // This client leaves mid-stream: its slot must come back too.
-                        let mut line = String::new();
-                        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
-                        return 0;
-                    }
-                    read_response(&mut r, false).unwrap().status
+                    read_response(&mut BufReader::new(s), false).unwrap().status
                 })
             })
             .collect();
@@ -144,8 +137,22 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
     assert!(st["max_in_flight"].as_u64().unwrap() <= 3, "{st}");
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 2, "{statuses:?}");
+    // A client that leaves mid-stream gives its slot back too. (Measured apart from the
+    // burst above: the emulator notices the closed connection a moment after the
+    // gateway has freed the slot, so overlapping them would blur its in-flight figure.)
+    let mut s = connect(g.addr);
+    send(
+        &mut s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("llama3", true)),
+        &[("Authorization", &format!("Bearer {key}"))],
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut BufReader::new(s.try_clone().unwrap()), &mut line).unwrap();
+    drop(s);
     // All slots are free again: three at once succeed.
-    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 0));
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 0 && stats(&m)["cancelled"] == 1));
     configure(&m, json!({"token_delay_ms": 0}));
     for _ in 0..3 {
         assert_eq!(chat_as(&g, &key, &chat_body("llama3", false)).status, 200);

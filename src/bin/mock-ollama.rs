@@ -533,7 +533,10 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
         return write(wr, &mut out).await;
     }
     let in_flight = stats.in_flight.fetch_add(1, Relaxed) + 1;
-    let _guard = InFlight(&stats.in_flight);
+    // The generation is in flight until its last byte is produced; the guard is
+    // dropped just before the final write, so a client that has read everything
+    // never sees this request still counted.
+    let guard = InFlight(&stats.in_flight);
     stats.max_in_flight.fetch_max(in_flight, Relaxed);
     if let Some(status) = knobs.fail_status {
         let msg = match status {
@@ -642,6 +645,7 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
             reply["thinking"] = json!(thinking_text);
         }
         respond(&mut out, 200, "application/json; charset=utf-8", &go_json(&reply));
+        drop(guard);
         if !write(wr, &mut out).await {
             stats.cancelled.fetch_add(1, Relaxed);
             return false;
@@ -739,6 +743,7 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
         _ => "",
     };
     chunk(&mut out, &go_json(&final_line(last, started.elapsed())));
+    drop(guard);
     out.extend_from_slice(b"0\r\n\r\n");
     if !write(wr, &mut out).await {
         stats.cancelled.fetch_add(1, Relaxed);
