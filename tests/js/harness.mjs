@@ -2,6 +2,7 @@
 // Each prints "listening on ADDR" in its first log line; we wait for it.
 
 import { spawn, execFileSync } from "node:child_process";
+import http from "node:http";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
@@ -34,6 +35,30 @@ export function start(bin, args, env = {}) {
   });
 }
 
+// A plain node:http POST (the emulator's knobs), retried a few times on a
+// transient failure before it counts as one.
+export async function postJson(url, body, attempts = 3) {
+  for (let i = 1; ; i++) {
+    try {
+      const { status, text } = await new Promise((resolve, reject) => {
+        const req = http.request(url, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
+          let text = "";
+          res.setEncoding("utf8");
+          res.on("data", (d) => (text += d));
+          res.on("end", () => resolve({ status: res.statusCode, text }));
+        });
+        req.on("error", reject);
+        req.end(JSON.stringify(body));
+      });
+      if (status !== 200) throw new Error(`${url}: ${status} ${text}`);
+      return JSON.parse(text);
+    } catch (e) {
+      if (i >= attempts) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 export async function startPair(mockArgs = []) {
   const mock = await start(MOCK, ["--listen", "127.0.0.1:0", ...mockArgs]);
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "ai-gateway-js-"));
@@ -49,10 +74,7 @@ export async function startPair(mockArgs = []) {
         encoding: "utf8",
       }),
     ).secret;
-  mock.configure = async (knobs) => {
-    const r = await fetch(`${mock.url}/_config`, { method: "POST", body: JSON.stringify(knobs) });
-    if (r.status !== 200) throw new Error(await r.text());
-  };
+  mock.configure = (knobs) => postJson(`${mock.url}/_config`, knobs);
   return {
     mock,
     gateway,
