@@ -123,17 +123,7 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
             .map(|_| {
                 let key = key.clone();
                 let addr = g.addr;
-                std::thread::spawn(move || {
-                    let mut s = connect(addr);
-                    send(
-                        &mut s,
-                        "POST",
-                        "/v1/chat/completions",
-                        Some(&chat_body("llama3", true)),
-                        &[("Authorization", &format!("Bearer {key}"))],
-                    );
-                    read_response(&mut BufReader::new(s), false).unwrap().status
-                })
+                std::thread::spawn(move || read_response(&mut open_stream(addr, Some(&key)), false).unwrap().status)
             })
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
@@ -145,17 +135,10 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
     // A client that leaves mid-stream gives its slot back too. (Measured apart from the
     // burst above: the emulator notices the closed connection a moment after the
     // gateway has freed the slot, so overlapping them would blur its in-flight figure.)
-    let mut s = connect(g.addr);
-    send(
-        &mut s,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("llama3", true)),
-        &[("Authorization", &format!("Bearer {key}"))],
-    );
+    let mut r = open_stream(g.addr, Some(&key));
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut BufReader::new(s.try_clone().unwrap()), &mut line).unwrap();
-    drop(s);
+    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+    drop(r);
     // All slots are free again: three at once succeed.
     assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 0 && stats(&m)["cancelled"] == 1));
     configure(&m, json!({"token_delay_ms": 0}));
@@ -196,15 +179,7 @@ fn tokens_per_minute_refuse_while_in_debt() {
 
 /// Sends a streamed chat and waits for its end; returns the status and when it finished.
 fn timed_stream(addr: std::net::SocketAddr, key: &str) -> (u16, Instant) {
-    let mut s = connect(addr);
-    send(
-        &mut s,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("llama3", true)),
-        &[("Authorization", &format!("Bearer {key}"))],
-    );
-    let status = read_response(&mut BufReader::new(s), false).unwrap().status;
+    let status = read_response(&mut open_stream(addr, Some(key)), false).unwrap().status;
     (status, Instant::now())
 }
 

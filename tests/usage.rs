@@ -67,15 +67,7 @@ fn sigterm_finishes_in_flight_requests_commits_usage_and_exits_zero() {
 
     // One slow request is in flight when the stop comes; it must finish.
     configure(&m, json!({"tokens": 5, "token_delay_ms": 100}));
-    let mut s = connect(g.addr);
-    send(
-        &mut s,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat_body("llama3", true)),
-        &[("Authorization", &format!("Bearer {a}"))],
-    );
-    let mut r = BufReader::new(s);
+    let mut r = open_stream(g.addr, Some(&a));
     let mut first = String::new();
     r.read_line(&mut first).unwrap();
     assert!(first.starts_with("HTTP/1.1 200"));
@@ -105,15 +97,7 @@ fn cancelled_streams_are_estimated_within_what_was_relayed() {
     let key = create_key(&g, "canceller", &[])["secret"].as_str().unwrap().to_owned();
     let mut read_before_cancel = 0u64;
     for n in [2usize, 5, 9] {
-        let mut s = connect(g.addr);
-        send(
-            &mut s,
-            "POST",
-            "/v1/chat/completions",
-            Some(&chat_body("llama3", true)),
-            &[("Authorization", &format!("Bearer {key}"))],
-        );
-        let mut r = BufReader::new(s);
+        let mut r = open_stream(g.addr, Some(&key));
         let mut seen = 0;
         let mut line = String::new();
         while seen < n {
@@ -131,8 +115,7 @@ fn cancelled_streams_are_estimated_within_what_was_relayed() {
     for _ in 0..2 {
         assert_eq!(chat_with(&g, &key, "llama3", true, 3).status, 200);
     }
-    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
+    assert_eq!(terminate(&mut g), Some(0));
 
     let st = stats(&m);
     let v = usage(&g, &[]);
@@ -203,16 +186,7 @@ fn thousands_of_mixed_requests_are_accounted_exactly() {
     configure(&m, json!({"tokens": 30, "token_delay_ms": 10}));
     let mut read_before_cancel = 0u64;
     for i in 0..20usize {
-        let mut s = connect(g.addr);
-        let key = &keys[i % 3];
-        send(
-            &mut s,
-            "POST",
-            "/v1/chat/completions",
-            Some(&chat_body("llama3", true)),
-            &[("Authorization", &format!("Bearer {key}"))],
-        );
-        let mut r = BufReader::new(s);
+        let mut r = open_stream(g.addr, Some(&keys[i % 3]));
         let (mut seen, mut line) = (0, String::new());
         while seen < 1 + i % 4 {
             line.clear();
@@ -222,8 +196,7 @@ fn thousands_of_mixed_requests_are_accounted_exactly() {
         read_before_cancel += seen as u64;
     }
     assert!(eventually(Duration::from_secs(10), || stats(&m)["cancelled"] == 20));
-    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
+    assert_eq!(terminate(&mut g), Some(0));
     let st = stats(&m);
     let v = usage(&g, &["--by", "key"]);
     let (requests, prompt, completion) = totals(&v);
@@ -290,21 +263,8 @@ fn a_spent_daily_quota_is_refused_until_raised_and_survives_a_restart() {
     assert_eq!(own["limits"]["daily_tokens"], 40);
 
     // Across a restart, the quota is still spent.
-    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(wait_exit(&mut g, Duration::from_secs(10)), Some(0));
-    let g2 = start(
-        env!("CARGO_BIN_EXE_ai-gateway"),
-        &[
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--upstream".into(),
-            m.url(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-        ],
-        &[],
-    );
+    assert_eq!(terminate(&mut g), Some(0));
+    let g2 = gateway_on(&m, &dir);
     assert_eq!(chat_with(&g2, &key, "llama3", false, 1).status, 429);
     // Raising it from the CLI admits the next request.
     let (c, _, _) = keys_cli(&dir, &["update", "metered", "--daily-tokens", "none"]);
@@ -380,19 +340,7 @@ fn kill_9_under_load_then_restart_keeps_keys_and_loses_at_most_the_last_interval
     }
     let served = stats(&m)["completion_tokens"].as_u64().unwrap() / 3;
     // Restart on the same store: it opens, the key still works, usage is there.
-    let g2 = start(
-        env!("CARGO_BIN_EXE_ai-gateway"),
-        &[
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--upstream".into(),
-            m.url(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-        ],
-        &[],
-    );
+    let g2 = gateway_on(&m, &dir);
     assert_eq!(chat_with(&g2, &key, "llama3", false, 1).status, 200, "keys intact after kill -9");
     let v = usage(&g, &[]);
     let recorded = totals(&v).0;

@@ -328,3 +328,36 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn chat_body(model: &str, stream: bool) -> String {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello to the test"}], "stream": stream}).to_string()
 }
+
+/// Sends a streamed chat as `key` (the admin key when `None`) on a fresh
+/// connection; returns the reader of its response.
+pub fn open_stream(addr: SocketAddr, key: Option<&str>) -> BufReader<TcpStream> {
+    let mut s = connect(addr);
+    let auth = format!("Bearer {}", key.unwrap_or(ADMIN_KEY));
+    send(&mut s, "POST", "/v1/chat/completions", Some(&chat_body("llama3", true)), &[("Authorization", &auth)]);
+    BufReader::new(s)
+}
+
+/// Sends SIGTERM and waits (up to 10 s) for the process to end; its exit code.
+pub fn terminate(p: &mut Proc) -> Option<i32> {
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Starts another gateway on an existing data directory (which it does not remove).
+pub fn gateway_on(upstream: &Proc, dir: &std::path::Path) -> Proc {
+    let args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", &upstream.url(), "--data-dir", &dir.display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[])
+}
