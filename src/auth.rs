@@ -66,39 +66,34 @@ pub fn presented_key(authorization: Option<&str>) -> Option<&str> {
 }
 
 pub fn missing_key() -> ApiError {
-    let mut e = ApiError::bad_request(
+    ApiError::new(
+        401,
+        "invalid_request_error",
+        "missing_api_key",
         "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>' (or in x-api-key).",
-    );
-    e.status = 401;
-    e.code = Some("missing_api_key");
-    e
+    )
 }
 
 /// One message for unknown, revoked and expired keys: a caller learns nothing.
 pub fn invalid_key() -> ApiError {
-    let mut e = ApiError::bad_request(
+    ApiError::new(
+        401,
+        "invalid_request_error",
+        "invalid_api_key",
         "Incorrect API key provided. Check the key, or ask the gateway's administrator for a new one.",
-    );
-    e.status = 401;
-    e.code = Some("invalid_api_key");
-    e
+    )
 }
 
 pub fn model_not_allowed(key: &KeyRecord, model: &str) -> ApiError {
-    let mut e = ApiError::invalid(
-        "model",
-        format!("The key '{}' may not use the model '{model}'. Allowed models: {}.", key.name, key.models.join(", ")),
-    );
-    e.status = 403;
-    e.code = Some("model_not_allowed");
+    let message =
+        format!("The key '{}' may not use the model '{model}'. Allowed models: {}.", key.name, key.models.join(", "));
+    let mut e = ApiError::new(403, "invalid_request_error", "model_not_allowed", message);
+    e.param = Some("model".into());
     e
 }
 
 pub fn admin_required() -> ApiError {
-    let mut e = ApiError::bad_request("This endpoint needs a key with the admin role.");
-    e.status = 403;
-    e.code = Some("admin_required");
-    e
+    ApiError::new(403, "invalid_request_error", "admin_required", "This endpoint needs a key with the admin role.")
 }
 
 /// A decoded record and the stored bytes it was decoded from.
@@ -120,9 +115,7 @@ impl KeyCache {
         let hash = hash_secret(secret);
         let record = self.lookup(store, &hash).map_err(|e| {
             crate::log::error(format_args!("key lookup failed: {e}"));
-            let mut err = ApiError::upstream(500, "The gateway could not read its key store.".into());
-            err.code = Some("internal_error");
-            err
+            ApiError::new(500, "api_error", "internal_error", "The gateway could not read its key store.")
         })?;
         match record {
             Some(r) if r.is_active(now) => Ok(r),

@@ -171,15 +171,12 @@ pub fn reset_text(ns: u64) -> String {
 
 fn limited(key: &KeyRecord, kind: &'static str, what: &str, limit: u64, wait_ns: u64) -> (ApiError, u64) {
     let wait_ms = wait_ns.div_ceil(1_000_000).max(1);
-    let mut e = ApiError::bad_request(format!(
+    let message = format!(
         "Rate limit reached for key '{}' on {what}: limit {limit}. Try again in {}.",
         key.name,
         reset_text(wait_ns)
-    ));
-    e.status = 429;
-    e.kind = kind;
-    e.code = Some("rate_limit_exceeded");
-    (e, wait_ms)
+    );
+    (ApiError::new(429, kind, "rate_limit_exceeded", message), wait_ms)
 }
 
 impl Limiters {
@@ -211,14 +208,11 @@ impl Limiters {
             admission.counted = true;
             if before >= max {
                 // Dropping the admission gives the slot back.
-                let mut e = ApiError::bad_request(format!(
+                let message = format!(
                     "Rate limit reached for key '{}' on concurrent requests: limit {max}. Try again when one of them has finished.",
                     key.name
-                ));
-                e.status = 429;
-                e.kind = "requests";
-                e.code = Some("rate_limit_exceeded");
-                return Err((e, 1000));
+                );
+                return Err((ApiError::new(429, "requests", "rate_limit_exceeded", message), 1000));
             }
         }
         if let Some(rpm) = key.limits.rpm

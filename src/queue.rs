@@ -64,9 +64,7 @@ pub struct GateLoad {
 }
 
 pub fn overloaded(message: String) -> ApiError {
-    let mut e = ApiError::upstream(503, message);
-    e.code = Some("upstream_overloaded");
-    e
+    ApiError::new(503, "api_error", "upstream_overloaded", message)
 }
 
 impl UpstreamGate {

@@ -111,14 +111,9 @@ impl QuotaBook {
 }
 
 fn spent(key: &KeyRecord, period: &str, limit: u64, used: u64, resets: &str) -> ApiError {
-    let mut e = ApiError::bad_request(format!(
-        "Key '{}' has used its {period} token quota ({used} of {limit} tokens). It resets {resets}.",
-        key.name
-    ));
-    e.status = 429;
-    e.kind = "insufficient_quota";
-    e.code = Some("insufficient_quota");
-    e
+    let message =
+        format!("Key '{}' has used its {period} token quota ({used} of {limit} tokens). It resets {resets}.", key.name);
+    ApiError::new(429, "insufficient_quota", "insufficient_quota", message)
 }
 
 #[cfg(test)]

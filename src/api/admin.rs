@@ -15,17 +15,12 @@ use crate::store::{Store, StoreError};
 
 fn store_error(e: StoreError) -> ApiError {
     if e.0.starts_with("no key") {
-        let mut err = ApiError::bad_request(format!("{}.", e.0));
-        err.status = 404;
-        err.code = Some("key_not_found");
-        err
+        ApiError::new(404, "invalid_request_error", "key_not_found", format!("{}.", e.0))
     } else if e.0.contains("already exists") || e.0.starts_with("invalid key name") || e.0.contains("is revoked") {
         ApiError::invalid("name", format!("{}.", e.0))
     } else {
         crate::log::error(format_args!("admin API: {e}"));
-        let mut err = ApiError::upstream(500, "The gateway could not update its key store.".into());
-        err.code = Some("internal_error");
-        err
+        ApiError::new(500, "api_error", "internal_error", "The gateway could not update its key store.")
     }
 }
 

@@ -19,7 +19,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    /// An error with its status, `type`, `code` and message (and no `param`).
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self { status, kind, code: Some(code), param: None, message: message.into() }
     }
 

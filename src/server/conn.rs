@@ -369,16 +369,13 @@ async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<
                 Ok(Some(h)) => return Ok(Some(h)),
                 Ok(None) => {}
                 Err(HeadError::TooLarge) => {
-                    let mut e =
-                        ApiError::bad_request("The request head is larger than 64 KiB or has too many headers.");
-                    e.status = 431;
-                    return Err(Some(e));
+                    let msg = "The request head is larger than 64 KiB or has too many headers.";
+                    return Err(Some(ApiError::new(431, "invalid_request_error", "invalid_request", msg)));
                 }
                 Err(HeadError::Bad(msg)) => return Err(Some(ApiError::bad_request(msg))),
                 Err(HeadError::UnsupportedExpect) => {
-                    let mut e = ApiError::bad_request("Only 'Expect: 100-continue' is supported.");
-                    e.status = 417;
-                    return Err(Some(e));
+                    let msg = "Only 'Expect: 100-continue' is supported.";
+                    return Err(Some(ApiError::new(417, "invalid_request_error", "invalid_request", msg)));
                 }
             }
         }
