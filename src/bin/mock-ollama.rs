@@ -3,7 +3,9 @@
 //! It is a real HTTP server that speaks Ollama's native API as SPEC.md §1
 //! describes it, byte for byte in shape (Go-style `\u003c` escapes, chunked
 //! NDJSON flushed per line, RFC 3339 nanosecond timestamps, the final line's
-//! metrics), so the gateway can be tested and measured without a GPU.
+//! metrics), so the gateway can be tested and measured without a GPU. Like
+//! Ollama it also serves the OpenAI-compatible `/v1/chat/completions` and
+//! `/v1/models`, which other gateways call (the load comparison uses them).
 //! Behaviour is set by flags at start and can be changed at run time with
 //! `POST /_config` (same names, JSON); `GET /_stats` reports what it served
 //! (requests, prompt and completion tokens, generations cancelled by the
@@ -282,7 +284,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         shared.stats.requests.fetch_add(1, Relaxed);
         let keep_alive = req.keep_alive;
         let generation =
-            matches!(req.path.as_str(), "/api/chat" | "/api/generate" | "/api/embed") && req.method == Method::Post;
+            matches!(req.path.as_str(), "/api/chat" | "/api/generate" | "/api/embed" | "/v1/chat/completions")
+                && req.method == Method::Post;
         if generation {
             let Some(s) = stream.take() else { return };
             let (rd, wr) = s.into_split();
@@ -375,6 +378,17 @@ fn respond_error(out: &mut Vec<u8>, status: u16, message: &str) {
     respond(out, status, "application/json; charset=utf-8", &go_json(&json!({ "error": message })));
 }
 
+/// An error in the shape of the endpoint asked: native `{"error": "..."}` or OpenAI's object.
+fn fail(out: &mut Vec<u8>, openai: bool, status: u16, message: &str) {
+    if openai {
+        let kind = if status < 500 { "invalid_request_error" } else { "api_error" };
+        let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+        respond(out, status, "application/json", &body.to_string().into_bytes());
+    } else {
+        respond_error(out, status, message);
+    }
+}
+
 /// Serializes like Go's encoding/json: compact, with `<`, `>`, `&` escaped.
 fn go_json(v: &Value) -> Vec<u8> {
     let s = v.to_string();
@@ -440,6 +454,17 @@ fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
         (Method::Get, "/api/version") => {
             stats.version.fetch_add(1, Relaxed);
             respond(out, 200, "application/json; charset=utf-8", br#"{"version":"0.12.6"}"#);
+        }
+        (Method::Get, "/v1/models") => {
+            stats.tags.fetch_add(1, Relaxed);
+            let data: Vec<Value> = shared
+                .knobs
+                .read()
+                .models
+                .iter()
+                .map(|m| json!({"id": m, "object": "model", "created": 1_777_000_000u64, "owned_by": "library"}))
+                .collect();
+            respond(out, 200, "application/json", &json!({"object": "list", "data": data}).to_string().into_bytes());
         }
         (Method::Get, "/api/ps") => respond(out, 200, "application/json; charset=utf-8", br#"{"models":[]}"#),
         (Method::Get, "/_stats") => {
@@ -508,9 +533,11 @@ enum Line {
 async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut Option<TcpOwnedWriteHalf>) -> bool {
     let stats = &shared.stats;
     let knobs = shared.knobs.read().clone();
+    // Ollama's own OpenAI-compatible endpoint: same generation, OpenAI's shapes.
+    let openai = req.path == "/v1/chat/completions";
     let mut out = Vec::with_capacity(4096);
     let endpoint = match req.path.as_str() {
-        "/api/chat" => &stats.chat,
+        "/api/chat" | "/v1/chat/completions" => &stats.chat,
         "/api/generate" => &stats.generate,
         _ => &stats.embed,
     };
@@ -519,17 +546,17 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     let v: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            respond_error(&mut out, 400, "invalid character 'x' looking for beginning of value");
+            fail(&mut out, openai, 400, "invalid character 'x' looking for beginning of value");
             return write(wr, &mut out).await;
         }
     };
     let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
     if model.is_empty() {
-        respond_error(&mut out, 400, "model is required");
+        fail(&mut out, openai, 400, "model is required");
         return write(wr, &mut out).await;
     }
     if find_model(&knobs, &model).is_none() {
-        respond_error(&mut out, 404, &format!("model '{model}' not found"));
+        fail(&mut out, openai, 404, &format!("model '{model}' not found"));
         return write(wr, &mut out).await;
     }
     let in_flight = stats.in_flight.fetch_add(1, Relaxed) + 1;
@@ -545,11 +572,11 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
             _ => format!("the emulator was told to fail with {status}"),
         };
         stats.errors_sent.fetch_add(1, Relaxed);
-        respond_error(&mut out, status, &msg);
+        fail(&mut out, openai, status, &msg);
         return write(wr, &mut out).await;
     }
     if knobs.busy || knobs.max_pending.is_some_and(|m| in_flight > m) {
-        respond_error(&mut out, 503, "server busy, please try again.  maximum pending requests exceeded");
+        fail(&mut out, openai, 503, "server busy, please try again.  maximum pending requests exceeded");
         return write(wr, &mut out).await;
     }
     if knobs.never_respond {
@@ -564,8 +591,8 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     }
 
     // Plan the reply.
-    let chat = req.path == "/api/chat";
-    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let chat = req.path == "/api/chat" || openai;
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(!openai);
     let wants_think = v.get("think").is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
     let thinking = if knobs.thinking > 0 {
         knobs.thinking
@@ -574,7 +601,11 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     } else {
         0
     };
-    let limit = v.pointer("/options/num_predict").and_then(Value::as_u64);
+    let limit = if openai {
+        v.get("max_completion_tokens").or(v.get("max_tokens")).and_then(Value::as_u64)
+    } else {
+        v.pointer("/options/num_predict").and_then(Value::as_u64)
+    };
     let offers_tools = v.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
     let answered_tool = v
         .get("messages")
@@ -633,6 +664,19 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
                 Line::ToolCall(c) => calls.push(c.clone()),
             }
         }
+        if openai {
+            let reply = openai::completion(&model, &content, &thinking_text, &calls, done_reason, prompt, eval_count);
+            respond(&mut out, 200, "application/json", &reply.to_string().into_bytes());
+            drop(guard);
+            if !write(wr, &mut out).await {
+                stats.cancelled.fetch_add(1, Relaxed);
+                return false;
+            }
+            stats.completed.fetch_add(1, Relaxed);
+            stats.prompt_tokens.fetch_add(prompt, Relaxed);
+            stats.completion_tokens.fetch_add(eval_count, Relaxed);
+            return true;
+        }
         let mut reply = final_line(&content, started.elapsed());
         if chat {
             if !thinking_text.is_empty() {
@@ -657,7 +701,8 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     }
 
     // Streamed: one chunk per line, flushed per line.
-    ResponseHead::new(&mut out, 200).chunked("application/x-ndjson");
+    ResponseHead::new(&mut out, 200).chunked(if openai { "text/event-stream" } else { "application/x-ndjson" });
+    let sse = openai::Stream::new(&model, &v);
     let last_on_final = knobs.final_content && matches!(lines.last(), Some(Line::Content(_)));
     let body_lines = if last_on_final { lines.len() - 1 } else { lines.len() };
     let mut written = 0u64;
@@ -721,7 +766,11 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
                 json!({"model":model,"created_at":now_rfc3339(),"message":{"role":"assistant","content":"","tool_calls":[call]},"done":false})
             }
         };
-        chunk(&mut out, &go_json(&line));
+        if openai {
+            sse.line(&mut out, &line);
+        } else {
+            chunk(&mut out, &go_json(&line));
+        }
         if knobs.token_delay_ms > 0 || knobs.stamp_tokens {
             if !write(wr, &mut out).await {
                 stats.cancelled.fetch_add(1, Relaxed);
@@ -742,7 +791,11 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
         (true, Some(Line::Content(c))) => c.as_str(),
         _ => "",
     };
-    chunk(&mut out, &go_json(&final_line(last, started.elapsed())));
+    if openai {
+        sse.finish(&mut out, last, done_reason, prompt, eval_count);
+    } else {
+        chunk(&mut out, &go_json(&final_line(last, started.elapsed())));
+    }
     drop(guard);
     out.extend_from_slice(b"0\r\n\r\n");
     if !write(wr, &mut out).await {
@@ -861,4 +914,114 @@ async fn write(wr: &mut Option<TcpOwnedWriteHalf>, out: &mut Vec<u8>) -> bool {
 /// Sleeps, unless the client closes first (false).
 async fn sleep_or_gone(watch: &mut ClientWatch, ms: u64) -> bool {
     watch.race(monoio::time::sleep(Duration::from_millis(ms))).await.is_some()
+}
+
+/// Ollama's OpenAI-compatible `/v1/chat/completions`, which some gateways call
+/// instead of the native API: the same generation in OpenAI's object shapes,
+/// streamed as SSE chunks ending with `data: [DONE]`.
+mod openai {
+    use ai_gateway::http::chunked::write_chunk_header;
+    use serde_json::{Value, json};
+
+    fn created() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    fn id() -> String {
+        format!("chatcmpl-{}", fastrand::u32(..1000))
+    }
+
+    /// OpenAI's form of a native tool call: arguments as a JSON string.
+    fn tool_call(c: &Value, index: usize) -> Value {
+        let f = &c["function"];
+        json!({"id": c["id"], "index": index, "type": "function",
+            "function": {"name": f["name"], "arguments": f["arguments"].to_string()}})
+    }
+
+    fn usage(prompt: u64, completion: u64) -> Value {
+        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    }
+
+    /// A non-streamed `chat.completion`.
+    pub fn completion(
+        model: &str,
+        content: &str,
+        thinking: &str,
+        calls: &[Value],
+        done_reason: &str,
+        prompt: u64,
+        completion: u64,
+    ) -> Value {
+        let mut message = json!({"role": "assistant", "content": content});
+        if !thinking.is_empty() {
+            message["reasoning"] = json!(thinking);
+        }
+        let mut finish = done_reason;
+        if !calls.is_empty() {
+            message["tool_calls"] = calls.iter().enumerate().map(|(i, c)| tool_call(c, i)).collect();
+            finish = "tool_calls";
+        }
+        json!({"id": id(), "object": "chat.completion", "created": created(), "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage(prompt, completion)})
+    }
+
+    /// One streamed reply's chunks.
+    pub struct Stream {
+        id: String,
+        model: String,
+        created: u64,
+        include_usage: bool,
+    }
+
+    impl Stream {
+        pub fn new(model: &str, request: &Value) -> Self {
+            let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            Self { id: id(), model: model.to_owned(), created: created(), include_usage }
+        }
+
+        fn event(&self, out: &mut Vec<u8>, delta: Value, finish: Option<&str>) {
+            let chunk = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            data(out, chunk.to_string().as_bytes());
+        }
+
+        /// The chunk for one native (not final) line.
+        pub fn line(&self, out: &mut Vec<u8>, native: &Value) {
+            let m = &native["message"];
+            let mut delta = json!({"role": "assistant", "content": m["content"]});
+            if let Some(t) = m.get("thinking") {
+                delta["reasoning"] = t.clone();
+            }
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                delta["tool_calls"] = calls.iter().enumerate().map(|(i, c)| tool_call(c, i)).collect();
+            }
+            self.event(out, delta, None);
+        }
+
+        /// The last content (if any), the finish reason, usage if asked for, `[DONE]`.
+        pub fn finish(&self, out: &mut Vec<u8>, last: &str, done_reason: &str, prompt: u64, completion: u64) {
+            if !last.is_empty() {
+                self.event(out, json!({"role": "assistant", "content": last}), None);
+            }
+            self.event(out, json!({"role": "assistant", "content": ""}), Some(done_reason));
+            if self.include_usage {
+                let chunk = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                    "model": self.model, "system_fingerprint": "fp_ollama", "choices": [],
+                    "usage": usage(prompt, completion)});
+                data(out, chunk.to_string().as_bytes());
+            }
+            data(out, b"[DONE]");
+        }
+    }
+
+    /// One SSE event as one HTTP chunk.
+    fn data(out: &mut Vec<u8>, payload: &[u8]) {
+        write_chunk_header(out, payload.len() + 8);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\n\n\r\n");
+    }
 }
