@@ -119,7 +119,8 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
         }
     };
     let sent =
-        client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024)).await;
+        client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(client::READ_CHUNK))
+            .await;
     let ex = match sent {
         Ok(ex) if ex.head.status == 200 => ex,
         Ok(ex) => {
@@ -148,7 +149,7 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
     };
 
     // The stream's response head goes out at once, with whatever the first read brought.
-    let mut out = Vec::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(1024);
     let h = conn.req.common_headers(ResponseHead::new(&mut out, 200));
     h.header("Cache-Control", b"no-cache").connection(conn.req.keep_alive).chunked("text/event-stream");
 
@@ -196,7 +197,7 @@ async fn relay(
     let Split { watch, wr } = split;
     let client::Exchange { mut conn, head, body: mut decoder, early } = ex;
     let read_timeout = worker.pool.limits().read_timeout;
-    let mut sse = Vec::with_capacity(16 * 1024);
+    let mut sse = Vec::with_capacity(1024);
     let mut buf = early;
     loop {
         // Decode what arrived and transcode it.

@@ -252,8 +252,14 @@ pub async fn upstream_json(
             Some(key_id) => Some(upstream_slot(worker, &mut split.watch, key_id).await?),
             None => None,
         };
-        let ex = client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(16 * 1024))
-            .await?;
+        let ex = client::send(
+            &worker.upstream,
+            &worker.pool,
+            request,
+            &mut split.watch,
+            Vec::with_capacity(client::READ_CHUNK),
+        )
+        .await?;
         let status = ex.head.status;
         let (body, reusable) =
             client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, MAX_UPSTREAM_BODY).await?;

@@ -280,11 +280,16 @@ impl From<ApiError> for ExchangeError {
     }
 }
 
+/// First size of an upstream read buffer.
+pub const READ_CHUNK: usize = 4096;
+
 /// One read on an owned connection; the connection travels with the future
 /// so that dropping it (client gone, timeout) closes the upstream socket.
+/// The buffer starts small (a streamed token line is a few hundred bytes, and
+/// thousands of streams may be open) and doubles while a large body fills it.
 pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, std::io::Result<usize>, Vec<u8>) {
-    if buf.capacity() - buf.len() < 8 * 1024 {
-        buf.reserve(16 * 1024);
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(buf.capacity().max(READ_CHUNK));
     }
     let len = buf.len();
     let (res, slice) = conn.read(buf.slice_mut(len..)).await;

@@ -301,8 +301,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: std::net::Socket
             return;
         }
 
-        // 3. Route and handle; the handler writes the response.
-        let after = crate::api::handle(&worker, &mut conn).await;
+        // 3. Route and handle; the handler writes the response. Its state (several KB,
+        // most of it for the streaming path) lives on the heap for the request only,
+        // so an idle keep-alive connection holds just this loop's small state.
+        let after = Box::pin(crate::api::handle(&worker, &mut conn)).await;
         let written = conn.out.is_empty() || conn.flush().await.is_ok();
         worker.access_log.log(&conn.req, &conn.req.key_id);
         record_metrics(&worker, &conn.req);
