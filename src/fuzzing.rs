@@ -57,6 +57,12 @@ pub fn chunked(data: &[u8]) {
 /// transcoder's output is well-formed SSE whose data is valid JSON or `[DONE]`.
 pub fn transcode(data: &[u8]) {
     let Some((&first, input)) = data.split_first() else { return };
+    // A line the token fast path takes reads the same through the general scanner.
+    for line in input.split(|&b| b == b'\n') {
+        if let Some(fast) = crate::ollama::native::token_line(line) {
+            assert_eq!(Ok(fast), crate::ollama::native::scan_line(line));
+        }
+    }
     let split = 1 + first as usize % 64;
     let mut t = NdjsonToSse::new("chatcmpl-fuzz", "m\"odel", first & 1 == 1);
     let mut out = Vec::new();
