@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
             role: Role::User,
             models: vec!["llama3".into(), "qwen3:8b".into()],
             expires: Some(4_102_444_800),
-            limits: limits.clone(),
+            limits,
             secret: None,
         };
         secret = store.create_key(new).unwrap().1;
