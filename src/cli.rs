@@ -283,7 +283,7 @@ pub struct UsageArgs {
     #[arg(long)]
     pub to: Option<String>,
     /// Group rows by day, model or key.
-    #[arg(long, value_parser = ["day", "model", "key"], default_value = "day")]
+    #[arg(long, value_parser = ["day", "model", "served_model", "key"], default_value = "day")]
     pub by: String,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]

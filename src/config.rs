@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::aliases::Aliases;
 use crate::ollama::client::ClientLimits;
 
 /// `ai-gateway serve` options.
@@ -20,9 +21,26 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
-    /// Ollama base URL (plain HTTP).
-    #[arg(long, env = "AI_GATEWAY_UPSTREAM", default_value = "http://127.0.0.1:11434")]
-    pub upstream: String,
+    /// Configuration file (TOML): every setting below by its name with `_`
+    /// (e.g. `upstream_max_concurrent = 8`), plus an `[aliases]` table.
+    /// Precedence: file < environment < flags.
+    #[arg(long, env = "AI_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Ollama base URL (plain HTTP). Repeat the flag (or separate with commas)
+    /// for several hosts.
+    #[arg(
+        long = "upstream",
+        env = "AI_GATEWAY_UPSTREAM",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:11434"
+    )]
+    pub upstream: Vec<String>,
+
+    /// Seconds between health checks of each upstream host (`/api/version`;
+    /// its model list from `/api/tags` every tenth check).
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_HEALTH_INTERVAL", default_value_t = 2.0)]
+    pub upstream_health_interval: f64,
 
     /// Worker threads, one per core, each pinned with its own listener (default: number of cores).
     #[arg(long, env = "AI_GATEWAY_WORKERS")]
@@ -114,7 +132,10 @@ pub struct HttpLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub upstream: String,
+    pub upstreams: Vec<String>,
+    pub upstream_health_interval: Duration,
+    /// Model aliases from the config file's `[aliases]`.
+    pub aliases: Aliases,
     pub workers: usize,
     pub http: HttpLimits,
     pub upstream_limits: ClientLimits,
@@ -130,7 +151,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// Validates the arguments; `aliases` come from the config file.
     pub fn from_args(a: &ServeArgs) -> Result<Self, String> {
+        Self::with_aliases(a, Aliases::default())
+    }
+
+    pub fn with_aliases(a: &ServeArgs, aliases: Aliases) -> Result<Self, String> {
         let secs = |name: &str, v: f64| -> Result<Duration, String> {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))
@@ -148,7 +174,16 @@ impl Config {
         }
         Ok(Self {
             listen: a.listen,
-            upstream: a.upstream.clone(),
+            upstreams: {
+                let list: Vec<String> =
+                    a.upstream.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+                if list.is_empty() {
+                    return Err("--upstream needs at least one URL".into());
+                }
+                list
+            },
+            upstream_health_interval: secs("upstream-health-interval", a.upstream_health_interval)?,
+            aliases,
             workers,
             http: HttpLimits {
                 max_body: a.max_body_bytes,

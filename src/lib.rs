@@ -6,11 +6,13 @@
 //! at the repository root is the map.
 
 pub mod access_log;
+pub mod aliases;
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod fuzzing;
 pub mod http;
 pub mod ids;
@@ -24,4 +26,5 @@ pub mod quota;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod upstreams;
 pub mod usage;

@@ -1,7 +1,7 @@
 //! The `ai-gateway` command line: `serve` runs the gateway, `keys` manages
 //! API keys. Nothing else lives here.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,9 +38,15 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    let cli = Cli::parse();
+    // A config file's settings become the defaults of the flags (file < env < flags).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (command, aliases) =
+        ai_gateway::config_file::apply(Cli::command(), &args).unwrap_or_else(|msg| exit_with(&msg));
+    let cli = Cli::from_arg_matches(&command.get_matches_from(&args)).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Serve(args) => ai_gateway::config::Config::from_args(&args).and_then(ai_gateway::server::run),
+        Command::Serve(args) => {
+            ai_gateway::config::Config::with_aliases(&args, aliases).and_then(ai_gateway::server::run)
+        }
         Command::Keys(args) => return ai_gateway::cli::run_keys(args).unwrap_or_else(|msg| exit_with(&msg)),
         Command::Usage(args) => return ai_gateway::cli::run_usage(args).unwrap_or_else(|msg| exit_with(&msg)),
     };

@@ -134,7 +134,7 @@ pub struct Metrics {
     pub driver: std::sync::OnceLock<&'static str>,
     pub per_key: bool,
     /// The fair upstream queue, for its gauges.
-    pub gate: Option<Arc<crate::queue::UpstreamGate>>,
+    pub upstreams: Option<Arc<crate::upstreams::Upstreams>>,
 }
 
 impl Metrics {
@@ -196,12 +196,26 @@ impl Metrics {
             "Duration of requests served by the upstream.",
         );
         total.upstream_latency.render(&mut out, "ai_gateway_upstream_latency_seconds");
-        if let Some(gate) = &self.gate {
-            let load = gate.load();
+        if let Some(upstreams) = &self.upstreams {
+            let load = upstreams.load();
             help(&mut out, "ai_gateway_upstream_in_flight", "gauge", "Generations in flight to the upstream.");
             let _ = writeln!(out, "ai_gateway_upstream_in_flight {}", load.in_flight);
             help(&mut out, "ai_gateway_upstream_queue_depth", "gauge", "Requests waiting for an upstream slot.");
             let _ = writeln!(out, "ai_gateway_upstream_queue_depth {}", load.queued);
+            help(
+                &mut out,
+                "ai_gateway_upstream_healthy",
+                "gauge",
+                "1 while the upstream host passes its health checks.",
+            );
+            for h in &upstreams.hosts {
+                let _ = writeln!(
+                    out,
+                    "ai_gateway_upstream_healthy{{host=\"{}\"}} {}",
+                    label(&h.target.url),
+                    u8::from(h.healthy())
+                );
+            }
         }
         help(&mut out, "ai_gateway_time_to_first_token_seconds", "histogram", "Time to the first byte of the answer.");
         total.first_token.render(&mut out, "ai_gateway_time_to_first_token_seconds");
@@ -273,7 +287,7 @@ mod tests {
             true,
         );
         a.in_flight.store(2, Ordering::Relaxed);
-        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true, gate: None }.render();
+        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true, upstreams: None }.render();
         for line in [
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"} 2",
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"502\"} 1",

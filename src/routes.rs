@@ -10,7 +10,12 @@ use crate::http::request::Method;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// `GET /readyz`: ready when some upstream host is healthy.
+    Ready,
     ChatCompletions,
+    /// Legacy text completions (`/completions`, autocomplete and fill-in-the-middle).
+    Completions,
+    Embeddings,
     Models,
     /// `models/{id}`; the id is percent-decoded and may contain `/`.
     Model(String),
@@ -33,7 +38,10 @@ impl Route {
     pub fn label(&self) -> &'static str {
         match self {
             Route::Health => "health",
+            Route::Ready => "ready",
             Route::ChatCompletions => "chat_completions",
+            Route::Completions => "completions",
+            Route::Embeddings => "embeddings",
             Route::Models => "models",
             Route::Model(_) => "model",
             Route::Usage => "usage",
@@ -43,9 +51,9 @@ impl Route {
         }
     }
 
-    /// Whether the route needs an API key (everything but the health check).
+    /// Whether the route needs an API key (everything but the health checks).
     pub fn needs_key(&self) -> bool {
-        !matches!(self, Route::Health)
+        !matches!(self, Route::Health | Route::Ready)
     }
 
     /// Whether the route needs a key with the admin role.
@@ -80,6 +88,7 @@ const GET_PATCH_DELETE: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
 pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
         "/healthz" => (Route::Health, GET),
+        "/readyz" => (Route::Ready, GET),
         "/metrics" => (Route::Metrics, GET),
         _ if path.starts_with("/admin/v1/") => match admin_route(&path["/admin/v1/".len()..]) {
             Some(r) => r,
@@ -92,6 +101,8 @@ pub fn route(method: Method, path: &str) -> Routed {
             let rest = rest.strip_suffix('/').unwrap_or(rest);
             match rest {
                 "chat/completions" => (Route::ChatCompletions, POST),
+                "completions" => (Route::Completions, POST),
+                "embeddings" => (Route::Embeddings, POST),
                 "models" => (Route::Models, GET),
                 "usage" => (Route::Usage, GET),
                 _ => match rest.strip_prefix("models/") {

@@ -17,6 +17,16 @@ use std::time::Duration;
 
 use crate::store::{Store, StoreError};
 
+/// The model label a request is recorded under: the requested name, or
+/// `requested \0 served` when an alias sent it to another model.
+pub fn model_label<'a>(requested: &'a str, served: &str) -> std::borrow::Cow<'a, str> {
+    if served.is_empty() || served == requested {
+        std::borrow::Cow::Borrowed(requested)
+    } else {
+        std::borrow::Cow::Owned(format!("{requested}\0{served}"))
+    }
+}
+
 /// What one finished request adds to the books.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UsageRecord<'a> {
@@ -284,7 +294,10 @@ pub fn rollup_key(key_id: &str, day: &str, model: &str) -> Vec<u8> {
 pub struct UsageRow {
     pub key_id: String,
     pub day: String,
+    /// The model the client asked for.
     pub model: String,
+    /// The model that served it (differs when the name was an alias).
+    pub served_model: String,
     pub rollup: Rollup,
 }
 
@@ -330,10 +343,16 @@ impl Store {
                 continue;
             }
             let Some(rollup) = Rollup::decode(v) else { continue };
+            // A request served under an alias is stored as `requested \0 served`.
+            let (model, served) = match model.iter().position(|&b| b == 0) {
+                Some(p) => (&model[..p], &model[p + 1..]),
+                None => (model, model),
+            };
             rows.push(UsageRow {
                 key_id: String::from_utf8_lossy(key).into_owned(),
                 day,
                 model: String::from_utf8_lossy(model).into_owned(),
+                served_model: String::from_utf8_lossy(served).into_owned(),
                 rollup,
             });
         }
@@ -347,7 +366,7 @@ pub struct UsageQuery<'a> {
     pub model: Option<&'a str>,
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    /// `day`, `model` or `key`.
+    /// `day`, `model` (as requested), `served_model` or `key`.
     pub by: &'a str,
 }
 
@@ -356,7 +375,8 @@ pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>,
     let names: HashMap<String, String> = store.list_keys()?.into_iter().map(|k| (k.id, k.name)).collect();
     let mut groups: std::collections::BTreeMap<String, Rollup> = std::collections::BTreeMap::new();
     for row in store.usage_rows(q.key_id, q.from, q.to)? {
-        if q.model.is_some_and(|m| !crate::store::keys::same_model(m, &row.model)) {
+        let same = crate::store::keys::same_model;
+        if q.model.is_some_and(|m| !same(m, &row.model) && !same(m, &row.served_model)) {
             continue;
         }
         let group = match q.by {
@@ -365,6 +385,13 @@ pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>,
                     "-".to_owned()
                 } else {
                     row.model
+                }
+            }
+            "served_model" => {
+                if row.served_model.is_empty() {
+                    "-".to_owned()
+                } else {
+                    row.served_model
                 }
             }
             "key" => names.get(&row.key_id).cloned().unwrap_or(row.key_id),

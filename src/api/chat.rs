@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 
-use super::{Split, upstream_error, upstream_json};
+use super::{Answer, Call, Split, upstream_call, upstream_error, upstream_json};
 use crate::http::chunked::write_chunk_header;
 use crate::http::response::ResponseHead;
 use crate::limits::{Admission, Limiters};
-use crate::ollama::client::{self, ExchangeError, read_owned};
+use crate::ollama::client::{self, ExchangeError, Pool, read_owned};
 use crate::ollama::transcode::{NdjsonToSse, StreamEnd};
-use crate::openai::chat_request::{ChatPlan, convert_chat};
+use crate::openai::chat_request::convert_chat_with;
 use crate::openai::completion::chat_completion;
+use crate::openai::error::ApiError;
 use crate::openai::write::Usage;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn, Request};
@@ -38,42 +39,63 @@ pub async fn completions(
 ) -> After {
     // Convert the OpenAI request into the native body.
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
-    let plan = match convert_chat(&conn.req.body, &mut native) {
+    let plan = match convert_chat_with(&conn.req.body, &worker.config.aliases, &mut native) {
         Ok(p) => p,
         Err(e) => {
             conn.error(&e);
             return After::KeepAlive;
         }
     };
-    // The key's model allowlist.
-    if !key.allows_model(&plan.model) {
-        conn.error(&crate::auth::model_not_allowed(key, &plan.model));
+    if admit(worker, conn, key, admission, &plan.model, &plan.served_model, plan.max_tokens).is_none() {
         return After::KeepAlive;
     }
-    // Its token rate: admitted while not in debt, with max_tokens reserved.
-    if let Some(a) = admission {
-        let now = crate::limits::now_ns();
-        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, plan.max_tokens.unwrap_or(0), now) {
-            super::rate_limited(worker, conn, key, &e, wait_ms, now);
-            return After::KeepAlive;
-        }
-    }
-    conn.req.outcome.model.push_str(&plan.model);
     conn.req.outcome.stream = plan.stream;
     conn.req.outcome.user = plan.user.clone();
-    let mut request = Vec::with_capacity(native.len() + 160);
-    worker.upstream.request(&mut request, "POST", "/api/chat", Some(&native));
-
+    let call = Call::generation("/api/chat", &native, &plan.served_model, &key.id);
     if plan.stream {
-        stream(worker, conn, &plan, &request, &key.id).await
+        let transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
+        stream(worker, conn, &plan.model, transcoder, &call).await
     } else {
-        whole(worker, conn, &plan, &request, &key.id).await
+        whole(worker, conn, &plan.model, &call, chat_completion).await
     }
 }
 
+/// The checks between conversion and the upstream, for every generating
+/// endpoint: the key's model allowlist (the requested name or the model
+/// that serves it) and its token rate (admitted while not in debt, with
+/// `max_tokens` reserved). Records the models in the request's outcome.
+/// `None`: the refusal has been answered.
+pub(super) fn admit(
+    worker: &Worker,
+    conn: &mut Conn,
+    key: &KeyRecord,
+    admission: Option<&mut Admission>,
+    model: &str,
+    served_model: &str,
+    max_tokens: Option<u64>,
+) -> Option<()> {
+    if !key.allows_model(model) && !key.allows_model(served_model) {
+        conn.error(&crate::auth::model_not_allowed(key, model));
+        return None;
+    }
+    if let Some(a) = admission {
+        let now = crate::limits::now_ns();
+        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, max_tokens.unwrap_or(0), now) {
+            super::rate_limited(worker, conn, key, &e, wait_ms, now);
+            return None;
+        }
+    }
+    conn.req.outcome.model.push_str(model);
+    conn.req.outcome.served_model.push_str(served_model);
+    Some(())
+}
+
+/// Writes the client's JSON for a native reply: `(out, id, model, native body)`.
+pub(super) type Render = fn(&mut Vec<u8>, &str, &str, &[u8]) -> Result<Usage, ApiError>;
+
 /// A non-streamed completion: one upstream reply, one JSON response.
-async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8], key_id: &str) -> After {
-    match upstream_json(worker, conn, request, Some(key_id)).await {
+pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &Call<'_>, render: Render) -> After {
+    match upstream_json(worker, conn, call).await {
         Err(None) => {
             conn.req.outcome.cancelled = true;
             After::Close
@@ -85,7 +107,7 @@ async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]
         }
         Ok((200, body)) => {
             let mut out = Vec::with_capacity(body.len() + 256);
-            match chat_completion(&mut out, &conn.req.id, &plan.model, &body) {
+            match render(&mut out, &conn.req.id, model, &body) {
                 Ok(usage) => {
                     conn.req.outcome.usage = usage;
                     conn.json(200, &out)
@@ -99,41 +121,37 @@ async fn whole(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8]
         }
         Ok((status, body)) => {
             conn.req.outcome.upstream_failed = true;
-            conn.error(&upstream_error(status, &body, &plan.model));
+            conn.error(&upstream_error(status, &body, model));
             After::KeepAlive
         }
     }
 }
 
-/// A streamed completion: SSE to the client as the upstream produces lines.
-async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8], key_id: &str) -> After {
+/// A streamed completion: SSE to the client as the upstream produces lines,
+/// through `transcoder` (chat or text chunks).
+pub(super) async fn stream(
+    worker: &Worker,
+    conn: &mut Conn,
+    model: &str,
+    mut transcoder: NdjsonToSse,
+    call: &Call<'_>,
+) -> After {
     let Some(mut split) = Split::new(conn) else { return After::Close };
-    // Wait our turn for an upstream slot; it is held until the stream ends.
-    let _slot = match super::upstream_slot(worker, &mut split.watch, key_id).await {
-        Ok(p) => p,
-        Err(ExchangeError::Api(e)) => return fail_before_stream(conn, split, e).await,
-        Err(ExchangeError::ClientGone) => {
-            conn.req.outcome.cancelled = true;
-            let _ = split.rejoin(conn).await;
-            return After::Close;
-        }
-    };
-    let sent =
-        client::send(&worker.upstream, &worker.pool, request, &mut split.watch, Vec::with_capacity(client::READ_CHUNK))
-            .await;
-    let ex = match sent {
-        Ok(ex) if ex.head.status == 200 => ex,
-        Ok(ex) => {
+    // A host, our turn in its queue (the slot is held until the stream ends), its response head.
+    let sent = upstream_call(worker, &mut split.watch, call).await;
+    let read_timeout = worker.config.upstream_limits.read_timeout;
+    let (ex, pool, _slot) = match sent {
+        Ok(Answer { ex, host, permit }) if ex.head.status == 200 => (ex, &worker.pools[host.index], permit),
+        Ok(Answer { ex, host, .. }) => {
             // An error before the stream started is a plain JSON response.
             let status = ex.head.status;
-            let read =
-                client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, 1024 * 1024).await;
+            let read = client::read_full_body(ex, &mut split.watch, read_timeout, 1024 * 1024).await;
             let err = match read {
                 Ok((body, reusable)) => {
                     if let Some(c) = reusable {
-                        worker.pool.put(c);
+                        worker.pools[host.index].put(c);
                     }
-                    upstream_error(status, &body, &plan.model)
+                    upstream_error(status, &body, model)
                 }
                 Err(ExchangeError::Api(e)) => e,
                 Err(ExchangeError::ClientGone) => crate::openai::error::ApiError::upstream(status, String::new()),
@@ -154,8 +172,7 @@ async fn stream(worker: &Worker, conn: &mut Conn, plan: &ChatPlan, request: &[u8
     h.header("Cache-Control", b"no-cache").connection(conn.req.keep_alive).chunked("text/event-stream");
 
     conn.req.outcome.status = 200;
-    let mut transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
-    let relayed = relay(ex, &mut transcoder, &mut split, out, worker, &mut conn.req).await;
+    let relayed = relay(ex, &mut transcoder, &mut split, out, pool, read_timeout, &mut conn.req).await;
 
     // Account: the final line's counts, or (no final line) the content chunks relayed as an estimate.
     let o = &mut conn.req.outcome;
@@ -191,12 +208,12 @@ async fn relay(
     t: &mut NdjsonToSse,
     split: &mut Split,
     mut out: Vec<u8>,
-    worker: &Worker,
+    pool: &Pool,
+    read_timeout: Duration,
     req: &mut Request,
 ) -> Result<(), ()> {
     let Split { watch, wr } = split;
     let client::Exchange { mut conn, head, body: mut decoder, early } = ex;
-    let read_timeout = worker.pool.limits().read_timeout;
     let mut sse = Vec::with_capacity(1024);
     let mut buf = early;
     loop {
@@ -265,7 +282,7 @@ async fn relay(
             conn = c;
             buf = b;
         }
-        worker.pool.put(conn);
+        pool.put(conn);
     }
     Ok(())
 }

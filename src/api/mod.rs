@@ -8,11 +8,14 @@
 
 pub mod admin;
 pub mod chat;
+pub mod completions;
+pub mod embeddings;
 pub mod health;
 pub mod models;
 pub mod usage;
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::Splitable;
 use monoio::net::tcp::TcpOwnedWriteHalf;
@@ -27,6 +30,7 @@ use crate::server::Worker;
 use crate::server::conn::{After, Conn, MAX_HEAD, cors};
 use crate::server::watch::{ClientWatch, WatchEnd};
 use crate::store::keys::{KeyRecord, Role};
+use crate::upstreams::Host;
 
 /// Largest non-streamed upstream reply the gateway buffers.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -56,7 +60,11 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         }
     };
     // 2. Name the request: a chat completion's id doubles as its request id.
-    conn.req.id = crate::ids::request_id(if route == Route::ChatCompletions { "chatcmpl-" } else { "req-" });
+    conn.req.id = crate::ids::request_id(match route {
+        Route::ChatCompletions => "chatcmpl-",
+        Route::Completions => "cmpl-",
+        _ => "req-",
+    });
 
     conn.req.route = route.label();
 
@@ -108,6 +116,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     // 5. The endpoint.
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
+        (Route::Ready, _) => health::readyz(worker, conn),
         (Route::Metrics, _) => {
             let text = worker.all_metrics.render();
             conn.text(200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes());
@@ -116,6 +125,8 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         (Route::Models, Some(key)) => models::list(worker, conn, key).await,
         (Route::Model(id), Some(key)) => models::retrieve(worker, conn, key, &id).await,
         (Route::ChatCompletions, Some(key)) => chat::completions(worker, conn, key, admission.as_mut()).await,
+        (Route::Completions, Some(key)) => completions::completions(worker, conn, key, admission.as_mut()).await,
+        (Route::Embeddings, Some(key)) => embeddings::embeddings(worker, conn, key, admission.as_mut()).await,
         (Route::Usage, Some(key)) => usage::own(worker, conn, key),
         (Route::AdminUsage, Some(_)) => usage::admin(worker, conn),
         (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
@@ -152,9 +163,10 @@ pub fn rate_limited(worker: &Worker, conn: &mut Conn, key: &KeyRecord, e: &ApiEr
 fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {
     let o = &conn.req.outcome;
     let total_us = conn.req.elapsed_us();
+    let model = crate::usage::model_label(&o.model, &o.served_model);
     let record = crate::usage::UsageRecord {
         key_id: &key.id,
-        model: &o.model,
+        model: &model,
         status: o.status,
         stream: o.stream,
         prompt_tokens: o.usage.prompt_tokens,
@@ -234,37 +246,91 @@ impl Split {
     }
 }
 
+/// A call to an upstream host. The request bytes are written for the host
+/// chosen (its `Host` header and base path).
+pub struct Call<'a> {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub body: Option<&'a [u8]>,
+    /// The model asked for (the host must serve it); `""` for listings.
+    pub model: &'a str,
+    /// A generation waits its turn in the host's fair queue as this key;
+    /// listings (`None`) do not queue.
+    pub queue_as: Option<&'a str>,
+    /// Only this host (by index), no failover: for per-host listings.
+    pub only: Option<usize>,
+}
+
+impl<'a> Call<'a> {
+    /// A generation (`POST` with a body, queued as the key).
+    pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str) -> Self {
+        Self { method: "POST", path, body: Some(body), model, queue_as: Some(key_id), only: None }
+    }
+}
+
+/// A response head from the host that answered, with the slot held in its queue.
+pub struct Answer {
+    pub ex: client::Exchange,
+    pub host: Arc<Host>,
+    /// The host's queue slot; freed when the answer is dropped.
+    pub permit: Option<Permit>,
+}
+
+/// Chooses a host, waits for its slot, sends the request and waits for the
+/// response head, watching the client all the while. A host that cannot be
+/// reached (connection refused, timed out, or closed before any response
+/// byte) is taken out and the request goes to the next host, so a host
+/// going down costs a client nothing unless every host is down.
+pub async fn upstream_call(worker: &Worker, watch: &mut ClientWatch, call: &Call<'_>) -> Result<Answer, ExchangeError> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut request = Vec::with_capacity(call.body.map_or(0, <[u8]>::len) + 192);
+    loop {
+        let host = match call.only {
+            Some(i) => worker.upstreams.hosts.get(i).filter(|_| tried.is_empty()),
+            None => worker.upstreams.choose(call.model, &tried),
+        };
+        let Some(host) = host.cloned() else {
+            return Err(ApiError::upstream_unavailable("no model server is configured").into());
+        };
+        let permit = match call.queue_as {
+            Some(key_id) => Some(upstream_slot(worker, &host, watch, key_id).await?),
+            None => None,
+        };
+        host.target.request(&mut request, call.method, call.path, call.body);
+        let pool = &worker.pools[host.index];
+        match client::send(&host.target, pool, &request, watch, Vec::with_capacity(client::READ_CHUNK)).await {
+            Ok(ex) => return Ok(Answer { ex, host, permit }),
+            Err(ExchangeError::Api(e)) if e.code == Some("upstream_unavailable") => {
+                host.connection_failed(&e.message);
+                tried.push(host.index);
+                if call.only.is_some() || tried.len() >= worker.upstreams.hosts.len() {
+                    return Err(ExchangeError::Api(e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Calls the upstream and reads its whole (JSON) reply, watching the client.
 /// Returns the status and body, or the error to answer with; `Err(None)`
 /// means the client went away.
 pub async fn upstream_json(
     worker: &Worker,
     conn: &mut Conn,
-    request: &[u8],
-    queue_as: Option<&str>,
+    call: &Call<'_>,
 ) -> Result<(u16, Vec<u8>), Option<ApiError>> {
     let Some(mut split) = Split::new(conn) else {
         return Err(None);
     };
     let result = async {
-        // A generation waits its turn for an upstream slot (listings do not).
-        let _slot = match queue_as {
-            Some(key_id) => Some(upstream_slot(worker, &mut split.watch, key_id).await?),
-            None => None,
-        };
-        let ex = client::send(
-            &worker.upstream,
-            &worker.pool,
-            request,
-            &mut split.watch,
-            Vec::with_capacity(client::READ_CHUNK),
-        )
-        .await?;
+        let Answer { ex, host, permit } = upstream_call(worker, &mut split.watch, call).await?;
         let status = ex.head.status;
-        let (body, reusable) =
-            client::read_full_body(ex, &mut split.watch, worker.pool.limits().read_timeout, MAX_UPSTREAM_BODY).await?;
+        let read_timeout = worker.config.upstream_limits.read_timeout;
+        let (body, reusable) = client::read_full_body(ex, &mut split.watch, read_timeout, MAX_UPSTREAM_BODY).await?;
+        drop(permit);
         if let Some(c) = reusable {
-            worker.pool.put(c);
+            worker.pools[host.index].put(c);
         }
         Ok::<_, ExchangeError>((status, body))
     }
@@ -283,10 +349,15 @@ pub async fn upstream_json(
     }
 }
 
-/// Waits in the fair upstream queue for a slot, watching the client.
-pub async fn upstream_slot(worker: &Worker, watch: &mut ClientWatch, key_id: &str) -> Result<Permit, ExchangeError> {
+/// Waits in a host's fair queue for a slot, watching the client.
+pub async fn upstream_slot(
+    worker: &Worker,
+    host: &Host,
+    watch: &mut ClientWatch,
+    key_id: &str,
+) -> Result<Permit, ExchangeError> {
     let limit = worker.config.upstream_queue_timeout;
-    match watch.race(monoio::time::timeout(limit, worker.gate.acquire(key_id))).await {
+    match watch.race(monoio::time::timeout(limit, host.gate.acquire(key_id))).await {
         None => Err(ExchangeError::ClientGone),
         Some(Err(_)) => Err(ExchangeError::Api(overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",

@@ -3,13 +3,14 @@
 //! Each tag becomes `{"id","object":"model","created","owned_by"}` (SPEC.md
 //! §2): `id` is the tag's `model` (else `name`), `created` its `modified_at`
 //! in Unix seconds, `owned_by` the namespace before the last `/` or
-//! `library`. An empty list is `[]`, never `null`.
+//! `library`. An empty list is `[]`, never `null`. With several hosts the
+//! list is the union of what the healthy hosts serve; aliases follow.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{upstream_error, upstream_json};
+use super::{Call, upstream_error, upstream_json};
 use crate::openai::chat_request::parse_json;
 use crate::openai::error::ApiError;
 use crate::openai::write::{json_string, number};
@@ -85,20 +86,58 @@ pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
     out
 }
 
+/// Every model the healthy hosts serve (each listed once, in host order),
+/// then the aliases, with their target's details when it is served.
 async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Option<ApiError>> {
-    let mut request = Vec::with_capacity(128);
-    worker.upstream.request(&mut request, "GET", "/api/tags", None);
-    match upstream_json(worker, conn, &request, None).await? {
-        (200, body) => models_from_tags(&body).map_err(Some),
-        (status, body) => Err(Some(upstream_error(status, &body, ""))),
+    let hosts = &worker.upstreams.hosts;
+    let healthy: Vec<usize> = hosts.iter().filter(|h| h.healthy()).map(|h| h.index).collect();
+    let ask = if healthy.is_empty() { (0..hosts.len()).collect() } else { healthy };
+    let mut models: Vec<ModelEntry> = Vec::new();
+    let (mut answered, mut failure) = (false, None);
+    for i in ask {
+        let call = Call { method: "GET", path: "/api/tags", body: None, model: "", queue_as: None, only: Some(i) };
+        let listed = match upstream_json(worker, conn, &call).await {
+            Ok((200, body)) => models_from_tags(&body),
+            Ok((status, body)) => Err(upstream_error(status, &body, "")),
+            Err(None) => return Err(None),
+            Err(Some(e)) => Err(e),
+        };
+        match listed {
+            Ok(list) => {
+                answered = true;
+                for m in list {
+                    if !models.iter().any(|x| x.id == m.id) {
+                        models.push(m);
+                    }
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
     }
+    if !answered {
+        return Err(Some(failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered"))));
+    }
+    for (alias, target) in worker.config.aliases.iter() {
+        if models.iter().any(|m| m.id == alias) {
+            continue;
+        }
+        let t = models.iter().find(|m| crate::store::keys::same_model(&m.id, target));
+        let (created, owned_by) = t.map_or((0, "library".to_owned()), |t| (t.created, t.owned_by.clone()));
+        models.push(ModelEntry { id: alias.to_owned(), created, owned_by });
+    }
+    Ok(models)
+}
+
+/// A key sees the models it may use: by name, or through an alias's target.
+fn visible(worker: &Worker, key: &KeyRecord, id: &str) -> bool {
+    key.allows_model(id) || key.allows_model(worker.config.aliases.resolve(id))
 }
 
 pub async fn list(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
     match fetch(worker, conn).await {
         Ok(mut models) => {
             // A key sees only the models it may use.
-            models.retain(|m| key.allows_model(&m.id));
+            models.retain(|m| visible(worker, key, &m.id));
             conn.json(200, &list_body(&models))
         }
         Err(Some(e)) => conn.error(&e),
@@ -111,7 +150,7 @@ pub async fn retrieve(worker: &Worker, conn: &mut Conn, key: &KeyRecord, id: &st
     match fetch(worker, conn).await {
         Ok(mut models) => {
             // A model the key may not use does not exist for it.
-            models.retain(|m| key.allows_model(&m.id));
+            models.retain(|m| visible(worker, key, &m.id));
             // `llama3` finds `llama3:latest`, as Ollama resolves it.
             let latest = format!("{id}:latest");
             match models.iter().find(|m| m.id == id).or_else(|| models.iter().find(|m| m.id == latest)) {

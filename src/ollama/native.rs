@@ -58,8 +58,9 @@ pub fn parse_native_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
     scan_line(line)
 }
 
-/// The shape Ollama writes for nearly every streamed chat token, byte for byte:
-/// `{"model":"M","created_at":"T","message":{"role":"assistant","content":"C"},"done":false}`.
+/// The shape Ollama writes for nearly every streamed token, byte for byte:
+/// `{"model":"M","created_at":"T","message":{"role":"assistant","content":"C"},"done":false}`
+/// (chat) or `{"model":"M","created_at":"T","response":"C","done":false}` (generate).
 /// Matching the fixed parts as literals skips scanning keys one by one (a
 /// third of the transcoder's time per token). Any difference at all — other
 /// keys, another order, whitespace, an escape in the model name — returns
@@ -71,6 +72,9 @@ pub(crate) fn token_line(line: &[u8]) -> Option<NativeLine<'_>> {
     const AFTER_MODEL: &[u8] = b"\",\"created_at\":\"";
     const AFTER_DATE: &[u8] = b"\",\"message\":{\"role\":\"assistant\",\"content\":\"";
     const TAIL: &[u8] = b"},\"done\":false}";
+    // `/api/generate` writes `"response":"C","done":false}` after the date.
+    const AFTER_DATE_GENERATE: &[u8] = b"\",\"response\":\"";
+    const TAIL_GENERATE: &[u8] = b",\"done\":false}";
     // A quote that closes a plain string (no escapes in it): its offset in `b`.
     let plain_end = |b: &[u8]| match memchr::memchr2(b'"', b'\\', b) {
         Some(p) if b[p] == b'"' => Some(p),
@@ -81,10 +85,14 @@ pub(crate) fn token_line(line: &[u8]) -> Option<NativeLine<'_>> {
     let rest = rest[model_end..].strip_prefix(AFTER_MODEL)?;
     let date_end = plain_end(rest)?;
     let created_at = &rest[..date_end];
-    let rest = rest[date_end..].strip_prefix(AFTER_DATE)?;
+    let rest = &rest[date_end..];
+    let (rest, tail) = match rest.strip_prefix(AFTER_DATE) {
+        Some(r) => (r, TAIL),
+        None => (rest.strip_prefix(AFTER_DATE_GENERATE)?, TAIL_GENERATE),
+    };
     let mut c = Cursor { b: rest, i: 0 };
     let content = c.copied_body().ok()?;
-    if &rest[c.i..] != TAIL {
+    if &rest[c.i..] != tail {
         return None;
     }
     Some(NativeLine { content, created_at: Some(created_at), ..NativeLine::default() })
@@ -442,7 +450,8 @@ mod tests {
 
     #[test]
     fn the_token_line_fast_path_agrees_with_the_scanner() {
-        let accepted: [&[u8]; 4] = [
+        let accepted: [&[u8]; 5] = [
+            br#"{"model":"qwen2.5-coder:1.5b","created_at":"2026-11-24T17:15:24Z","response":"fn \u003c","done":false}"#,
             br#"{"model":"llama3","created_at":"2026-11-24T17:15:24.097767Z","message":{"role":"assistant","content":"Hel"},"done":false}"#,
             br#"{"model":"qwen3:8b","created_at":"2026-11-24T17:15:24Z","message":{"role":"assistant","content":""},"done":false}"#,
             br#"{"model":"m","created_at":"x","message":{"role":"assistant","content":"a \u003cb\u003e \"q\"\n\\"},"done":false}"#,

@@ -39,6 +39,9 @@ pub struct NdjsonToSse {
     /// The model name the client asked for, as a JSON string literal.
     model_json: Vec<u8>,
     include_usage: bool,
+    /// A legacy text completion (`/api/generate` → `text_completion` chunks)
+    /// rather than a chat completion.
+    text: bool,
     /// Bytes of a line that has not ended yet.
     partial: Vec<u8>,
     sent_chunk: bool,
@@ -54,6 +57,18 @@ pub struct NdjsonToSse {
 impl NdjsonToSse {
     /// `id` is the completion id (`chatcmpl-…`), `model` the name the client sent.
     pub fn new(id: &str, model: &str, include_usage: bool) -> Self {
+        Self::with_kind(id, model, include_usage, false)
+    }
+
+    /// The transcoder for a streamed legacy completion (`cmpl-…`): native
+    /// `/api/generate` lines become `text_completion` chunks whose
+    /// `choices[0].text` carries the escaped `response` bytes as they are;
+    /// thinking lines have no place in that shape and are not relayed.
+    pub fn completion(id: &str, model: &str, include_usage: bool) -> Self {
+        Self::with_kind(id, model, include_usage, true)
+    }
+
+    fn with_kind(id: &str, model: &str, include_usage: bool, text: bool) -> Self {
         let mut model_json = Vec::with_capacity(model.len() + 2);
         write::json_string(&mut model_json, model);
         Self {
@@ -61,6 +76,7 @@ impl NdjsonToSse {
             id: id.to_owned(),
             model_json,
             include_usage,
+            text,
             partial: Vec::new(),
             sent_chunk: false,
             made_tool_calls: false,
@@ -160,6 +176,9 @@ impl NdjsonToSse {
         if self.envelope.is_empty() {
             self.build_envelope(&native);
         }
+        if self.text {
+            return self.text_line(out, &native);
+        }
         let has_thinking = !native.thinking.is_empty();
         let has_body = !native.content.is_empty() || native.tool_calls.is_some();
         let empty_final = native.done && !has_thinking && !has_body && self.sent_chunk;
@@ -187,7 +206,11 @@ impl NdjsonToSse {
         let e = &mut self.envelope;
         e.extend_from_slice(b"data: {\"id\":\"");
         e.extend_from_slice(self.id.as_bytes());
-        e.extend_from_slice(b"\",\"object\":\"chat.completion.chunk\",\"created\":");
+        e.extend_from_slice(if self.text {
+            b"\",\"object\":\"text_completion\",\"created\":"
+        } else {
+            b"\",\"object\":\"chat.completion.chunk\",\"created\":"
+        });
         write::number(e, created);
         e.extend_from_slice(b",\"model\":");
         e.extend_from_slice(&self.model_json);
@@ -224,6 +247,39 @@ impl NdjsonToSse {
         true
     }
 
+    /// A line of a text completion: a chunk for its text (and one, empty, for
+    /// a completion that produced nothing), then the final chunks.
+    fn text_line(&mut self, out: &mut Vec<u8>, native: &NativeLine<'_>) {
+        if !native.content.is_empty() || (native.done && !self.sent_chunk) {
+            if !native.content.is_empty() {
+                self.content_chunks += 1;
+            }
+            self.text_chunk(out, native.content, None);
+            self.sent_chunk = true;
+        }
+        if native.done {
+            self.usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+            self.text_chunk(out, b"", Some(write::finish_reason(native.done_reason, false)));
+            self.usage_and_done(out);
+        }
+    }
+
+    fn text_chunk(&self, out: &mut Vec<u8>, text: &[u8], finish: Option<&str>) {
+        out.extend_from_slice(&self.envelope);
+        out.extend_from_slice(b"\"choices\":[{\"text\":\"");
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(reason) => {
+                out.push(b'"');
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\"}]");
+            }
+            None => out.extend_from_slice(b"null}]"),
+        }
+        self.chunk_tail(out);
+    }
+
     fn chunk_tail(&self, out: &mut Vec<u8>) {
         if self.include_usage {
             out.extend_from_slice(b",\"usage\":null");
@@ -238,6 +294,11 @@ impl NdjsonToSse {
         out.extend_from_slice(write::finish_reason(last.done_reason, self.made_tool_calls).as_bytes());
         out.extend_from_slice(b"\"}]");
         self.chunk_tail(out);
+        self.usage_and_done(out);
+    }
+
+    /// The usage chunk (when asked for), `[DONE]`, and the end.
+    fn usage_and_done(&mut self, out: &mut Vec<u8>) {
         if self.include_usage {
             out.extend_from_slice(&self.envelope);
             out.extend_from_slice(b"\"choices\":[],");

@@ -15,12 +15,15 @@ use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::write::json_string;
+use crate::aliases::Aliases;
 
 /// What the gateway needs to know about a chat request after converting it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatPlan {
     /// The model name the client asked for.
     pub model: String,
+    /// The model that serves it (after alias resolution).
+    pub served_model: String,
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
@@ -77,9 +80,9 @@ struct ChatRequest<'a> {
 }
 
 #[derive(Deserialize)]
-struct StreamOptions {
+pub(crate) struct StreamOptions {
     #[serde(default)]
-    include_usage: Option<bool>,
+    pub(crate) include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -152,19 +155,28 @@ struct ImageUrl<'a> {
     url: Cow<'a, str>,
 }
 
-/// Parses an OpenAI chat request and writes the native `/api/chat` body into `out`.
+/// Parses an OpenAI chat request and writes the native `/api/chat` body into `out`
+/// (no aliases).
 pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError> {
+    convert_chat_with(body, &Aliases::default(), out)
+}
+
+/// The requested model name, checked: present, not blank, not absurdly long.
+pub(crate) fn model_name(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ApiError> {
+    match model {
+        Some(m) if m.len() > MAX_MODEL_NAME => {
+            Err(ApiError::invalid("model", format!("The model name is longer than {MAX_MODEL_NAME} bytes.")))
+        }
+        Some(m) if !m.trim().is_empty() => Ok(m),
+        _ => Err(ApiError::invalid("model", "You must provide a model parameter.")),
+    }
+}
+
+/// [`convert_chat`], with the upstream model chosen through `aliases`.
+pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<ChatPlan, ApiError> {
     let req: ChatRequest<'_> = parse_json(body)?;
 
-    let model = match req.model {
-        Some(m) if m.len() > MAX_MODEL_NAME => {
-            return Err(ApiError::invalid("model", format!("The model name is longer than {MAX_MODEL_NAME} bytes.")));
-        }
-        Some(m) if !m.trim().is_empty() => m,
-        _ => {
-            return Err(ApiError::invalid("model", "You must provide a model parameter."));
-        }
-    };
+    let model = model_name(req.model)?;
     let messages = match req.messages {
         Some(m) if !m.is_empty() => m,
         Some(_) => {
@@ -188,9 +200,10 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     };
     let stream = req.stream.unwrap_or(false);
 
+    let served = aliases.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
-    json_string(out, &model);
+    json_string(out, served);
     out.extend_from_slice(b",\"messages\":[");
     write_messages(out, &messages)?;
     out.extend_from_slice(b"],\"stream\":");
@@ -244,10 +257,7 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     options.uint("num_predict", req.max_completion_tokens.or(req.max_tokens));
     options.float("temperature", req.temperature);
     options.float("top_p", req.top_p);
-    if let Some(seed) = req.seed {
-        options.key("seed");
-        options.out.extend_from_slice(itoa::Buffer::new().format(seed).as_bytes());
-    }
+    options.int("seed", req.seed);
     options.float("frequency_penalty", req.frequency_penalty);
     options.float("presence_penalty", req.presence_penalty);
     if let Some(stop) = req.stop {
@@ -272,6 +282,7 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError
     out.push(b'}');
 
     Ok(ChatPlan {
+        served_model: served.to_owned(),
         model: model.into_owned(),
         stream,
         include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -368,31 +379,38 @@ fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiErr
 
 /// Writes the `options` object, only when some option is set (so that the
 /// model's own defaults apply to everything the client left out).
-struct Options<'o> {
-    out: &'o mut Vec<u8>,
+pub(crate) struct Options<'o> {
+    pub(crate) out: &'o mut Vec<u8>,
     opened: bool,
 }
 
 impl<'o> Options<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
         Self { out, opened: false }
     }
 
-    fn key(&mut self, name: &str) {
+    pub(crate) fn key(&mut self, name: &str) {
         self.out.extend_from_slice(if self.opened { b",\"" } else { b",\"options\":{\"" });
         self.opened = true;
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
     }
 
-    fn uint(&mut self, name: &str, v: Option<u64>) {
+    pub(crate) fn uint(&mut self, name: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.key(name);
             self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
 
-    fn float(&mut self, name: &str, v: Option<f64>) {
+    pub(crate) fn int(&mut self, name: &str, v: Option<i64>) {
+        if let Some(v) = v {
+            self.key(name);
+            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+    }
+
+    pub(crate) fn float(&mut self, name: &str, v: Option<f64>) {
         if let Some(v) = v {
             self.key(name);
             // serde_json writes finite floats in their shortest round-trip form.
@@ -400,14 +418,14 @@ impl<'o> Options<'o> {
         }
     }
 
-    fn close(self) {
+    pub(crate) fn close(self) {
         if self.opened {
             self.out.push(b'}');
         }
     }
 }
 
-fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError> {
+pub(crate) fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError> {
     let raw = stop.get();
     let bad = || ApiError::invalid("stop", "'stop' must be a string or an array of strings.");
     match raw.as_bytes().first() {

@@ -1,4 +1,5 @@
-//! Ollama's non-streamed chat reply → an OpenAI `chat.completion` object.
+//! Ollama's non-streamed replies → OpenAI objects: a chat reply becomes a
+//! `chat.completion`, a generate reply a `text_completion`.
 //!
 //! The native reply is one JSON object like a stream's final line with the
 //! whole content accumulated. It is read with the same zero-copy scanner as
@@ -44,6 +45,35 @@ pub fn chat_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) ->
     }
     out.extend_from_slice(b"},\"finish_reason\":\"");
     out.extend_from_slice(write::finish_reason(native.done_reason, made_tool_calls).as_bytes());
+    out.extend_from_slice(b"\"}],");
+    write::usage(out, usage);
+    out.push(b'}');
+    Ok(usage)
+}
+
+/// Writes the `text_completion` JSON (legacy completions) for the native
+/// `/api/generate` reply `body` into `out`. Thinking has no place in that
+/// object and is left out.
+pub fn text_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) -> Result<Usage, ApiError> {
+    let native = parse_native_line(body.trim_ascii())
+        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
+    if let Some(err) = native.error {
+        return Err(ApiError::upstream(502, native_error_message(err)));
+    }
+    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+    let created = native.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
+
+    out.clear();
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\",\"object\":\"text_completion\",\"created\":");
+    write::number(out, created);
+    out.extend_from_slice(b",\"model\":");
+    write::json_string(out, model);
+    out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"text\":\"");
+    out.extend_from_slice(native.content);
+    out.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
+    out.extend_from_slice(write::finish_reason(native.done_reason, false).as_bytes());
     out.extend_from_slice(b"\"}],");
     write::usage(out, usage);
     out.push(b'}');
@@ -98,6 +128,18 @@ mod tests {
         );
         assert_eq!(v["usage"], json!({"prompt_tokens":0,"completion_tokens":7,"total_tokens":7}));
         assert_eq!(v["model"], "gpt-4o");
+    }
+
+    #[test]
+    fn a_generate_reply_becomes_a_text_completion() {
+        let body = br#"{"model":"qwen2.5-coder","created_at":"2025-11-24T17:15:24.19314Z","response":"x \u003c y","thinking":"hm","done":true,"done_reason":"length","prompt_eval_count":12,"eval_count":4}"#;
+        let mut out = Vec::new();
+        let usage = text_completion(&mut out, "cmpl-abc", "gpt-3.5-turbo-instruct", body).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":"cmpl-abc","object":"text_completion","created":1764004524,"model":"gpt-3.5-turbo-instruct","system_fingerprint":"fp_ollama","choices":[{"text":"x \u003c y","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":4,"total_tokens":16}}"#
+        );
+        assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 4 });
     }
 
     #[test]

@@ -4,5 +4,7 @@
 
 pub mod chat_request;
 pub mod completion;
+pub mod completion_request;
+pub mod embeddings;
 pub mod error;
 pub mod write;

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub status: u16,
     /// The model the client asked for, if any.
     pub model: String,
+    /// The model that served it (after alias resolution).
+    pub served_model: String,
     pub stream: bool,
     pub usage: crate::openai::write::Usage,
     /// Microseconds from the head to the first byte of the answer.

@@ -28,20 +28,21 @@ use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::limits::{LimiterBook, Limiters};
 use crate::metrics::{Metrics, WorkerMetrics};
-use crate::ollama::client::{Pool, UpstreamTarget};
-use crate::queue::UpstreamGate;
+use crate::ollama::client::Pool;
 use crate::quota::QuotaBook;
 use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
+use crate::upstreams::Upstreams;
 use crate::usage::{UsageAccumulator, UsageWriter, WriterMsg};
 
 /// What one worker thread owns.
 pub struct Worker {
     pub index: usize,
     pub config: Arc<Config>,
-    pub upstream: Arc<UpstreamTarget>,
-    /// Idle keep-alive connections to the upstream, this core's only.
-    pub pool: Pool,
+    /// The Ollama hosts, their health and fair queues (shared by all workers).
+    pub upstreams: Arc<Upstreams>,
+    /// Idle keep-alive connections to each host (by host index), this core's only.
+    pub pools: Vec<Pool>,
     /// The key store (LMDB), shared by every worker and process.
     pub store: &'static Store,
     /// This core's decoded key records.
@@ -64,14 +65,18 @@ pub struct Worker {
     pub all_metrics: Arc<Metrics>,
     /// The keys' rate limiters (shared state, this core's cache of it).
     pub limiters: Limiters,
-    /// The fair upstream queue, shared by all workers.
-    pub gate: Arc<UpstreamGate>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
 /// Returns an error message for startup failures.
 pub fn run(config: Config) -> Result<(), String> {
-    let upstream = Arc::new(UpstreamTarget::resolve(&config.upstream)?);
+    let upstreams = Upstreams::new(
+        &config.upstreams,
+        config.upstream_max_concurrent,
+        config.upstream_queue,
+        config.upstream_health_interval,
+        config.upstream_limits.connect_timeout,
+    )?;
     raise_fd_limit();
     let listeners = bind_listeners(config.listen, config.workers)?;
     let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
@@ -82,14 +87,16 @@ pub fn run(config: Config) -> Result<(), String> {
     let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::access_log::spawn_writer();
-    let gate = UpstreamGate::new(config.upstream_max_concurrent, config.upstream_queue);
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
     let all_metrics = Arc::new(Metrics {
         workers: worker_metrics.clone(),
         driver: OnceLock::new(),
         per_key: config.metrics_per_key,
-        gate: Some(gate.clone()),
+        upstreams: Some(upstreams.clone()),
     });
+    let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker =
+        upstreams.spawn_checker(stop_checks.clone()).map_err(|e| format!("cannot start the health checker: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -98,7 +105,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut threads = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let config = config.clone();
-        let upstream = upstream.clone();
+        let upstreams = upstreams.clone();
         let ready = ready_tx.clone();
         let usage_tx = writer.tx.clone();
         let quota = quota.clone();
@@ -106,18 +113,17 @@ pub fn run(config: Config) -> Result<(), String> {
         let metrics = worker_metrics[index].clone();
         let all_metrics = all_metrics.clone();
         let limiter_book = limiter_book.clone();
-        let gate = gate.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
                 let _ = monoio::utils::bind_to_cpu_set([index % cores]);
-                let pool = Pool::new(config.upstream_limits);
+                let pools = upstreams.hosts.iter().map(|_| Pool::new(config.upstream_limits)).collect();
                 let keys = KeyCache::default();
                 let worker = Rc::new(Worker {
                     index,
                     config,
-                    upstream,
-                    pool,
+                    upstreams,
+                    pools,
                     store,
                     keys,
                     usage: UsageAccumulator::default(),
@@ -129,7 +135,6 @@ pub fn run(config: Config) -> Result<(), String> {
                     metrics,
                     all_metrics,
                     limiters: Limiters::new(limiter_book),
-                    gate,
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {
@@ -156,15 +161,17 @@ pub fn run(config: Config) -> Result<(), String> {
             Err(_) => return Err("a worker stopped during startup".into()),
         }
     }
+    let hosts: Vec<String> = upstreams.hosts.iter().map(|h| format!("{} ({})", h.target.url, h.target.addr)).collect();
     crate::log::always(format_args!(
-        "ai-gateway listening on {local} (driver {driver}, {} workers), upstream {} ({})",
+        "ai-gateway listening on {local} (driver {driver}, {} workers), upstream {}",
         threads.len(),
-        upstream.url,
-        upstream.addr
+        hosts.join(", ")
     ));
     for t in threads {
         let _ = t.join();
     }
+    stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = checker.join();
     // Every worker has handed over its last usage and log lines: commit, write, stop.
     writer.finish();
     let _ = access_tx.send(Vec::new());

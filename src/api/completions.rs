@@ -1,0 +1,44 @@
+//! `POST /v1/completions`: legacy text completions, what IDE autocomplete
+//! calls (with a `suffix` for fill-in-the-middle). Convert → forward to
+//! `/api/generate` → answer a `text_completion`, whole or streamed; the
+//! forwarding, client watch, transcoding and accounting are chat's own.
+
+use std::rc::Rc;
+
+use super::Call;
+use super::chat::{admit, stream, whole};
+use crate::limits::Admission;
+use crate::ollama::transcode::NdjsonToSse;
+use crate::openai::completion::text_completion;
+use crate::openai::completion_request::convert_completion;
+use crate::server::Worker;
+use crate::server::conn::{After, Conn};
+use crate::store::keys::KeyRecord;
+
+pub async fn completions(
+    worker: &Rc<Worker>,
+    conn: &mut Conn,
+    key: &KeyRecord,
+    admission: Option<&mut Admission>,
+) -> After {
+    let mut native = Vec::with_capacity(conn.req.body.len() + 64);
+    let plan = match convert_completion(&conn.req.body, &worker.config.aliases, &mut native) {
+        Ok(p) => p,
+        Err(e) => {
+            conn.error(&e);
+            return After::KeepAlive;
+        }
+    };
+    if admit(worker, conn, key, admission, &plan.model, &plan.served_model, plan.max_tokens).is_none() {
+        return After::KeepAlive;
+    }
+    conn.req.outcome.stream = plan.stream;
+    conn.req.outcome.user = plan.user.clone();
+    let call = Call::generation("/api/generate", &native, &plan.served_model, &key.id);
+    if plan.stream {
+        let transcoder = NdjsonToSse::completion(&conn.req.id, &plan.model, plan.include_usage);
+        stream(worker, conn, &plan.model, transcoder, &call).await
+    } else {
+        whole(worker, conn, &plan.model, &call, text_completion).await
+    }
+}

@@ -1,0 +1,250 @@
+//! Several Ollama hosts: which are up, which models each serves, and which
+//! one a request goes to.
+//!
+//! Teams that outgrow one GPU box run several Ollama hosts. Each configured
+//! host has its own fair queue (`--upstream-max-concurrent` applies per
+//! host) and, in every worker, its own pool of idle connections. A request
+//! goes to a healthy host that has its model (learned from `/api/tags`),
+//! the one with the fewest generations in flight and queued; when no host
+//! is known to have the model, any healthy host is asked (it answers 404 if
+//! it truly lacks it); when no host is healthy, every host is tried anyway,
+//! so stale health never blocks a host that came back.
+//!
+//! A checker thread asks every host `/api/version` each
+//! `--upstream-health-interval` (plain blocking I/O, off the workers' cores)
+//! and refreshes its model list from `/api/tags` every tenth check and on
+//! recovery. A host is taken out after two failed checks in a row, or at
+//! once when a request cannot connect to it (the request is then retried on
+//! another host, see `api::upstream_call`); one good check puts it back.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::ollama::client::UpstreamTarget;
+use crate::queue::UpstreamGate;
+
+/// Failed checks in a row that take a host out.
+const FAILURES_TO_REMOVE: u32 = 2;
+/// Model lists are refreshed every this many checks (and on recovery).
+const TAGS_EVERY: u64 = 10;
+/// Largest health or tags reply read.
+const MAX_CHECK_REPLY: usize = 8 * 1024 * 1024;
+
+/// One Ollama host and what is known about it.
+pub struct Host {
+    pub index: usize,
+    pub target: UpstreamTarget,
+    /// Its fair queue, shared by all workers.
+    pub gate: Arc<UpstreamGate>,
+    healthy: AtomicBool,
+    failures: AtomicU32,
+    checks: AtomicU64,
+    /// Models it serves (from `/api/tags`), `None` until first learned.
+    models: Mutex<Option<Vec<String>>>,
+    version: Mutex<String>,
+    last_error: Mutex<String>,
+}
+
+impl Host {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Whether the host is known to serve `model` (`llama3` = `llama3:latest`).
+    /// `None`: its list is not known yet.
+    pub fn has_model(&self, model: &str) -> Option<bool> {
+        let models = self.models.lock();
+        models.as_ref().map(|list| list.iter().any(|m| crate::store::keys::same_model(m, model)))
+    }
+
+    /// A request could not reach the host: take it out until a check succeeds.
+    pub fn connection_failed(&self, error: &str) {
+        self.failures.fetch_add(1, Relaxed);
+        if self.healthy.swap(false, Relaxed) {
+            crate::log::warn(format_args!("upstream {} taken out: {error}", self.target.url));
+        }
+        *self.last_error.lock() = error.to_owned();
+    }
+
+    fn check_failed(&self, error: String) {
+        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        if n >= FAILURES_TO_REMOVE && self.healthy.swap(false, Relaxed) {
+            crate::log::warn(format_args!("upstream {} taken out after {n} failed checks: {error}", self.target.url));
+        }
+        *self.last_error.lock() = error;
+    }
+
+    fn check_passed(&self, version: String) -> bool {
+        self.failures.store(0, Relaxed);
+        *self.version.lock() = version;
+        let recovered = !self.healthy.swap(true, Relaxed);
+        if recovered {
+            crate::log::info(format_args!("upstream {} is back", self.target.url));
+        }
+        recovered
+    }
+
+    /// Generations in flight plus queued on this host.
+    pub fn load(&self) -> usize {
+        let l = self.gate.load();
+        l.in_flight + l.queued
+    }
+
+    /// The host's state for `/readyz` and the dashboard.
+    pub fn view(&self) -> serde_json::Value {
+        let load = self.gate.load();
+        serde_json::json!({
+            "url": self.target.url,
+            "healthy": self.healthy(),
+            "version": *self.version.lock(),
+            "in_flight": load.in_flight,
+            "queued": load.queued,
+            "models": self.models.lock().as_ref().map(Vec::len),
+            "last_error": Some(self.last_error.lock().clone()).filter(|e| !e.is_empty()),
+        })
+    }
+}
+
+/// Every configured host.
+pub struct Upstreams {
+    pub hosts: Vec<Arc<Host>>,
+    interval: Duration,
+    check_timeout: Duration,
+}
+
+impl Upstreams {
+    /// Resolves every URL (blocking: call at startup). Hosts start healthy;
+    /// the first check runs at once.
+    pub fn new(
+        urls: &[String],
+        max_concurrent: usize,
+        queue: usize,
+        interval: Duration,
+        check_timeout: Duration,
+    ) -> Result<Arc<Self>, String> {
+        if urls.is_empty() {
+            return Err("at least one --upstream is needed".into());
+        }
+        let mut hosts = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let target = UpstreamTarget::resolve(url)?;
+            if hosts.iter().any(|h: &Arc<Host>| h.target.addr == target.addr && h.target.base_path == target.base_path)
+            {
+                return Err(format!("upstream '{url}' is configured twice"));
+            }
+            hosts.push(Arc::new(Host {
+                index,
+                target,
+                gate: UpstreamGate::new(max_concurrent, queue),
+                healthy: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+                checks: AtomicU64::new(0),
+                models: Mutex::new(None),
+                version: Mutex::new(String::new()),
+                last_error: Mutex::new(String::new()),
+            }));
+        }
+        Ok(Arc::new(Self { hosts, interval, check_timeout }))
+    }
+
+    /// The host for a request for `model`, skipping the hosts in `tried`.
+    pub fn choose(&self, model: &str, tried: &[usize]) -> Option<&Arc<Host>> {
+        let open = || self.hosts.iter().filter(|h| !tried.contains(&h.index));
+        let by_load = |h: &&Arc<Host>| (h.load(), h.index);
+        open()
+            .filter(|h| h.healthy() && h.has_model(model) != Some(false))
+            .min_by_key(by_load)
+            .or_else(|| open().filter(|h| h.healthy()).min_by_key(by_load))
+            .or_else(|| open().min_by_key(by_load))
+    }
+
+    /// True when some host is healthy.
+    pub fn ready(&self) -> bool {
+        self.hosts.iter().any(|h| h.healthy())
+    }
+
+    /// Generations in flight and queued over all hosts.
+    pub fn load(&self) -> crate::queue::GateLoad {
+        let mut total = crate::queue::GateLoad { in_flight: 0, queued: 0 };
+        for h in &self.hosts {
+            let l = h.gate.load();
+            total.in_flight += l.in_flight;
+            total.queued += l.queued;
+        }
+        total
+    }
+
+    /// Starts the checker thread; it runs until `stop` is set.
+    pub fn spawn_checker(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let this = self.clone();
+        std::thread::Builder::new().name("upstream-check".into()).spawn(move || {
+            while !stop.load(Relaxed) {
+                for h in &this.hosts {
+                    this.check(h);
+                }
+                // Sleep in small steps so a shutdown is not held up.
+                let mut left = this.interval;
+                while !left.is_zero() && !stop.load(Relaxed) {
+                    let step = left.min(Duration::from_millis(100));
+                    std::thread::sleep(step);
+                    left -= step;
+                }
+            }
+        })
+    }
+
+    fn check(&self, h: &Host) {
+        let n = h.checks.fetch_add(1, Relaxed);
+        match get(&h.target, "/api/version", self.check_timeout) {
+            Ok(body) => {
+                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                let recovered = h.check_passed(version);
+                if recovered || n.is_multiple_of(TAGS_EVERY) || h.models.lock().is_none() {
+                    match get(&h.target, "/api/tags", self.check_timeout) {
+                        Ok(body) => match crate::api::models::models_from_tags(&body) {
+                            Ok(list) => *h.models.lock() = Some(list.into_iter().map(|m| m.id).collect()),
+                            Err(e) => *h.last_error.lock() = e.message.into_owned(),
+                        },
+                        Err(e) => *h.last_error.lock() = e,
+                    }
+                }
+            }
+            Err(e) => h.check_failed(e),
+        }
+    }
+}
+
+/// A blocking `GET` of `path` on the host; the body of a 200 reply.
+fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut request = Vec::with_capacity(128);
+    target.request(&mut request, "GET", path, None);
+    // One request per connection: close-delimited replies are fine too.
+    let head_end = request.len() - 2;
+    request.truncate(head_end);
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    s.write_all(&request).map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::with_capacity(4096);
+    s.take(MAX_CHECK_REPLY as u64).read_to_end(&mut reply).map_err(|e| format!("read: {e}"))?;
+    let (head, len) = match crate::ollama::client::parse_response_head(&reply) {
+        Ok(Some(h)) => h,
+        _ => return Err(format!("{path}: not an HTTP response")),
+    };
+    if head.status != 200 {
+        return Err(format!("{path}: status {}", head.status));
+    }
+    let mut body = Vec::new();
+    let mut decoder = crate::ollama::client::BodyDecoder::new(head.body);
+    decoder.feed(&reply[len..], &mut |d| body.extend_from_slice(d)).map_err(|_| format!("{path}: bad body"))?;
+    Ok(body)
+}
