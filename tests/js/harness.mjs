@@ -35,20 +35,20 @@ export function start(bin, args, env = {}) {
   });
 }
 
-// A plain node:http POST (the emulator's knobs), retried a few times on a
-// transient failure before it counts as one.
-export async function postJson(url, body, attempts = 3) {
+// A plain node:http request to the emulator (its knobs, its counters),
+// retried a few times on a transient failure before it counts as one.
+export async function postJson(url, body, attempts = 3, method = "POST") {
   for (let i = 1; ; i++) {
     try {
       const { status, text } = await new Promise((resolve, reject) => {
-        const req = http.request(url, { method: "POST", headers: { "content-type": "application/json" } }, (res) => {
+        const req = http.request(url, { method, headers: { "content-type": "application/json" } }, (res) => {
           let text = "";
           res.setEncoding("utf8");
           res.on("data", (d) => (text += d));
           res.on("end", () => resolve({ status: res.statusCode, text }));
         });
         req.on("error", reject);
-        req.end(JSON.stringify(body));
+        req.end(body === undefined ? undefined : JSON.stringify(body));
       });
       if (status !== 200) throw new Error(`${url}: ${status} ${text}`);
       return JSON.parse(text);
@@ -75,6 +75,7 @@ export async function startPair(mockArgs = []) {
       }),
     ).secret;
   mock.configure = (knobs) => postJson(`${mock.url}/_config`, knobs);
+  mock.stats = () => postJson(`${mock.url}/_stats`, undefined, 3, "GET");
   return {
     mock,
     gateway,

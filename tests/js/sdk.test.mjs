@@ -163,3 +163,49 @@ test("a model outside the key's allowlist is PermissionDeniedError", async () =>
   for await (const m of limited.models.list()) ids.push(m.id);
   assert.deepEqual(ids, ["qwen3:8b"]);
 });
+
+test("completion with a suffix (fill-in-the-middle) is a text_completion", async () => {
+  const before = (await pair.mock.stats()).by_endpoint.generate;
+  const r = await client.completions.create({
+    model: "qwen3:8b",
+    prompt: "def add(a, b):",
+    suffix: "return c",
+    max_tokens: 3,
+  });
+  assert.equal(r.object, "text_completion");
+  assert.match(r.id, /^cmpl-[A-Za-z0-9]{24,}$/);
+  assert.equal(r.choices[0].text, "Hello world!");
+  assert.equal(r.choices[0].finish_reason, "length");
+  // 1 + three prompt words + two suffix words: the suffix reached Ollama's /api/generate.
+  assert.deepEqual(r.usage, { prompt_tokens: 6, completion_tokens: 3, total_tokens: 9 });
+  assert.equal((await pair.mock.stats()).by_endpoint.generate, before + 1);
+});
+
+test("streamed completion reassembles its text", async () => {
+  const stream = await client.completions.create({ model: "llama3", prompt: "Once", stream: true });
+  let text = "";
+  let finish = null;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.text ?? "";
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(text, EIGHT_TOKENS);
+  assert.equal(finish, "stop");
+});
+
+test("embeddings as float and as base64 (decoded by the SDK) agree", async () => {
+  const input = ["first chunk of code", "second"];
+  const asFloat = await client.embeddings.create({ model: "nomic-embed-text", input, encoding_format: "float" });
+  // Without encoding_format the SDK asks for base64 and decodes the little-endian f32 itself.
+  const asB64 = await client.embeddings.create({ model: "nomic-embed-text", input });
+  assert.deepEqual(asFloat.data.map((d) => d.index), [0, 1]);
+  assert.equal(asFloat.data[0].embedding.length, 16);
+  for (let i = 0; i < 2; i++) {
+    asFloat.data[i].embedding.forEach((x, j) => assert.ok(Math.abs(x - asB64.data[i].embedding[j]) < 1e-6));
+  }
+  assert.deepEqual(asFloat.usage, { prompt_tokens: 5, total_tokens: 5 });
+  const raw = await client.embeddings
+    .create({ model: "nomic-embed-text", input: "x", encoding_format: "base64" })
+    .asResponse();
+  assert.equal(typeof (await raw.json()).data[0].embedding, "string");
+});

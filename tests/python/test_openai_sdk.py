@@ -202,3 +202,53 @@ def test_default_retries_ride_out_a_brief_rate_limit(gateway):
     assert r.http_response.status_code == 200
     assert r.retries_taken >= 1
     assert r.parse().choices[0].message.content == EIGHT_TOKENS
+
+
+def test_completion_with_suffix_fill_in_the_middle(client, mock):
+    before = mock.stats()["by_endpoint"]["generate"]
+    r = client.completions.create(model="qwen3:8b", prompt="def add(a, b):", suffix="return c", max_tokens=3)
+    assert r.object == "text_completion"
+    assert r.id.startswith("cmpl-")
+    assert r.model == "qwen3:8b"
+    assert r.choices[0].text == "Hello world!"
+    assert r.choices[0].finish_reason == "length"
+    # 1 + three prompt words + two suffix words: the suffix reached Ollama's /api/generate.
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (6, 3, 9)
+    assert mock.stats()["by_endpoint"]["generate"] == before + 1
+
+
+def test_completion_stream_reassembles_text(client):
+    stream = client.completions.create(
+        model="llama3", prompt="Once", stream=True, stream_options={"include_usage": True}
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == EIGHT_TOKENS
+    assert finish == "stop"
+    assert usage.completion_tokens == 8
+
+
+def test_embeddings_float_and_base64_agree(client):
+    inputs = ["first chunk of code", "second"]
+    as_float = client.embeddings.create(model="nomic-embed-text", input=inputs, encoding_format="float")
+    # Without encoding_format the SDK asks for base64 and decodes the little-endian f32 itself.
+    as_b64 = client.embeddings.create(model="nomic-embed-text", input=inputs)
+    assert [d.index for d in as_float.data] == [0, 1]
+    assert len(as_float.data[0].embedding) == 16
+    for f, b in zip(as_float.data, as_b64.data):
+        assert b.embedding == pytest.approx(f.embedding, rel=1e-6, abs=1e-7)
+    assert as_float.usage.prompt_tokens == 5 and as_float.usage.total_tokens == 5
+    assert as_float.model == "nomic-embed-text"
+    raw = client.embeddings.with_raw_response.create(model="nomic-embed-text", input="x", encoding_format="base64")
+    assert isinstance(raw.http_response.json()["data"][0]["embedding"], str)
+
+
+def test_embeddings_errors_are_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="nomic-embed-text", input=[])
+    assert e.value.status_code == 400
