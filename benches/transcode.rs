@@ -31,6 +31,49 @@ fn stream_512() -> String {
     s
 }
 
+/// A 512-token `/api/generate` stream (autocomplete): content lines, the final line.
+fn generate_512() -> String {
+    let words = ["fn", " add", "(a", ": i32", ")", " -\\u003e", " i32", " {\\n", "    a", " + b"];
+    let mut s = String::new();
+    for i in 0..511 {
+        s += &format!(
+            r#"{{"model":"qwen2.5-coder:1.5b","created_at":"2026-11-24T17:15:24.097767Z","response":"{}","done":false}}"#,
+            words[i % words.len()]
+        );
+        s.push('\n');
+    }
+    s += r#"{"model":"qwen2.5-coder:1.5b","created_at":"2026-11-24T17:15:30.19314Z","response":"","done":true,"done_reason":"length","total_duration":182242375,"load_duration":41295167,"prompt_eval_count":26,"prompt_eval_duration":24573166,"eval_count":512,"eval_duration":115959084}"#;
+    s.push('\n');
+    s
+}
+
+/// The completions transcoder (text chunks) on a generate stream, beside the
+/// chat transcoder on the same number of lines and the memcpy floor.
+fn bench_completion(c: &mut Criterion) {
+    let input = generate_512();
+    let mut g = c.benchmark_group("generate_to_text_completion_512_tokens");
+    g.throughput(Throughput::Bytes(input.len() as u64));
+    let mut out = Vec::with_capacity(512 * 1024);
+    g.bench_function("zero_copy", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut t = NdjsonToSse::completion("cmpl-0123456789abcdefghijklmnopq", "qwen2.5-coder:1.5b", true);
+            for piece in input.as_bytes().chunks(700) {
+                t.feed(black_box(piece), &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    let mut copy = vec![0u8; input.len()];
+    g.bench_function("memcpy_floor", |b| {
+        b.iter(|| {
+            copy.copy_from_slice(black_box(input.as_bytes()));
+            black_box(copy[0])
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let input = stream_512();
     let lines = input.lines().count() as u64;
@@ -64,5 +107,5 @@ fn bench(c: &mut Criterion) {
     eprintln!("(stream of {lines} native lines, {} bytes)", input.len());
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_completion);
 criterion_main!(benches);

@@ -64,7 +64,12 @@ pub fn transcode(data: &[u8]) {
         }
     }
     let split = 1 + first as usize % 64;
-    let mut t = NdjsonToSse::new("chatcmpl-fuzz", "m\"odel", first & 1 == 1);
+    // Bit 1 picks the chat or the text-completion form.
+    let mut t = if first & 2 == 2 {
+        NdjsonToSse::completion("cmpl-fuzz", "m\"odel", first & 1 == 1)
+    } else {
+        NdjsonToSse::new("chatcmpl-fuzz", "m\"odel", first & 1 == 1)
+    };
     let mut out = Vec::new();
     for piece in input.chunks(split) {
         t.feed(piece, &mut out);
@@ -109,4 +114,46 @@ pub fn upstream_response(data: &[u8]) {
         }
         assert!(body <= input.len() - len);
     }
+}
+
+/// Any completions request body converts to a valid JSON native body or is a 400.
+pub fn completion_request(data: &[u8]) {
+    let aliases = fuzz_aliases();
+    let mut out = Vec::new();
+    match crate::openai::completion_request::convert_completion(data, &aliases, &mut out) {
+        Ok(plan) => {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("native body is valid JSON");
+            assert_eq!(v["model"].as_str(), Some(plan.served_model.as_str()));
+            assert!(v["prompt"].is_string());
+        }
+        Err(e) => assert_eq!(e.status, 400),
+    }
+}
+
+/// Embeddings: a request body (first byte even) converts to valid JSON or is
+/// a 400; an upstream reply (odd) becomes a valid OpenAI list or an error.
+pub fn embeddings(data: &[u8]) {
+    use crate::openai::embeddings::{EmbeddingsPlan, convert_embeddings, embeddings_response};
+    let Some((&first, input)) = data.split_first() else { return };
+    let mut out = Vec::new();
+    if first % 2 == 0 {
+        match convert_embeddings(input, &fuzz_aliases(), &mut out) {
+            Ok(_) => {
+                serde_json::from_slice::<serde_json::Value>(&out).expect("native body is valid JSON");
+            }
+            Err(e) => assert_eq!(e.status, 400),
+        }
+    } else {
+        let plan =
+            EmbeddingsPlan { model: "m\"x".into(), served_model: "m".into(), base64: first & 2 == 2, user: None };
+        if embeddings_response(&mut out, &plan, input).is_ok() {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("response is valid JSON");
+            assert_eq!(v["object"], "list");
+        }
+    }
+}
+
+fn fuzz_aliases() -> crate::aliases::Aliases {
+    let map = std::collections::BTreeMap::from([("gpt-4o".to_owned(), "llama3:latest".to_owned())]);
+    crate::aliases::Aliases::new(map).unwrap_or_default()
 }

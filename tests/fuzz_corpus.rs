@@ -46,3 +46,13 @@ fn chat_request_corpus_and_regressions() {
 fn upstream_response_corpus_and_regressions() {
     assert!(replay("upstream_response", ai_gateway::fuzzing::upstream_response) > 0);
 }
+
+#[test]
+fn completion_request_corpus_and_regressions() {
+    assert!(replay("completion_request", ai_gateway::fuzzing::completion_request) > 0);
+}
+
+#[test]
+fn embeddings_corpus_and_regressions() {
+    assert!(replay("embeddings", ai_gateway::fuzzing::embeddings) > 0);
+}
