@@ -5,11 +5,13 @@
 //! keep-alive connections (each makes one small request, then sits idle), so
 //! that memory can be read with both loads in place.
 //!
-//! usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds]
+//! usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]
 //! `native` posts to `/api/chat` and counts NDJSON lines, `openai` to
 //! `/v1/chat/completions` and counts SSE events. Request headers (a key, a
 //! peer's routing headers) come from `PERF_HEADERS`, `Name: value|Name: value`,
-//! as for the other perf/run tools. `hold-seconds` keeps the
+//! as for the other perf/run tools. `rounds` repeats the whole batch (one
+//! stream fifty times gives a time to first token worth a percentile).
+//! `hold-seconds` keeps the
 //! idle connections open that long after the streams end, so that a harness
 //! can read the server's memory meanwhile. It prints one Markdown table row:
 //! | streams | completed | events | TTFT p50 | TTFT p99 | gap p50 | gap p99 | gap max |
@@ -31,7 +33,7 @@ struct Sample {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds]");
+        eprintln!("usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]");
         std::process::exit(2);
     }
     let Ok(addr) = args[1].parse::<SocketAddr>() else {
@@ -42,6 +44,7 @@ fn main() {
     let streams: usize = args[3].parse().unwrap_or(1);
     let idle: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
     let hold: u64 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let rounds: usize = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     raise_fd_limit(streams + idle + 64);
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build();
     let Ok(mut rt) = rt else {
@@ -49,21 +52,24 @@ fn main() {
         std::process::exit(1);
     };
     let code = match &mut rt {
-        monoio::FusionRuntime::Uring(rt) => rt.block_on(run(addr, mode, streams, idle, hold)),
-        monoio::FusionRuntime::Legacy(rt) => rt.block_on(run(addr, mode, streams, idle, hold)),
+        monoio::FusionRuntime::Uring(rt) => rt.block_on(run(addr, mode, streams, idle, hold, rounds)),
+        monoio::FusionRuntime::Legacy(rt) => rt.block_on(run(addr, mode, streams, idle, hold, rounds)),
     };
     std::process::exit(code);
 }
 
-async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: u64) -> i32 {
+async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: u64, rounds: usize) -> i32 {
     let (path, pattern): (&str, &[u8]) = match mode.as_str() {
         "openai" => ("/v1/chat/completions", b"data: {"),
         _ => ("/api/chat", b"{\"model\""),
     };
     let mut headers = String::new();
     for h in std::env::var("PERF_HEADERS").unwrap_or_default().split('|').filter(|h| h.contains(':')) {
-        headers.push_str(h.trim());
-        headers.push_str("\r\n");
+        // The body's type is ours to set, once.
+        if !h.trim().to_ascii_lowercase().starts_with("content-type:") {
+            headers.push_str(h.trim());
+            headers.push_str("\r\n");
+        }
     }
     let body = r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let request = Rc::new(
@@ -87,31 +93,33 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
         }
     }
 
-    // Connect every stream first, then start them together.
-    let mut conns = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                conns.push(s);
-            }
-            Err(e) => {
-                eprintln!("stream_load: connect failed after {} streams: {e}", conns.len());
-                return 1;
+    let mut samples = Vec::with_capacity(streams * rounds);
+    let mut failures = 0;
+    for _ in 0..rounds {
+        // Connect every stream first, then start them together.
+        let mut conns = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conns.push(s);
+                }
+                Err(e) => {
+                    eprintln!("stream_load: connect failed after {} streams: {e}", conns.len());
+                    return 1;
+                }
             }
         }
-    }
-    let tasks: Vec<_> =
-        conns.into_iter().map(|s| monoio::spawn(one(s, Rc::clone(&request), pattern.to_vec()))).collect();
-    let mut samples = Vec::with_capacity(streams);
-    let mut failures = 0;
-    for t in tasks {
-        match t.await {
-            Ok(s) => samples.push(s),
-            Err(e) => {
-                failures += 1;
-                if failures <= 3 {
-                    eprintln!("stream_load: a stream failed: {e}");
+        let tasks: Vec<_> =
+            conns.into_iter().map(|s| monoio::spawn(one(s, Rc::clone(&request), pattern.to_vec()))).collect();
+        for t in tasks {
+            match t.await {
+                Ok(s) => samples.push(s),
+                Err(e) => {
+                    failures += 1;
+                    if failures <= 3 {
+                        eprintln!("stream_load: a stream failed: {e}");
+                    }
                 }
             }
         }
@@ -129,8 +137,9 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
     let q = |v: &[Duration], p: f64| {
         if v.is_empty() { f64::NAN } else { v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3 }
     };
+    let label = if rounds > 1 { format!("{streams} × {rounds} rounds") } else { streams.to_string() };
     println!(
-        "| {streams} | {} | {events} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        "| {label} | {} | {events} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
         samples.len(),
         q(&ttft, 0.5),
         q(&ttft, 0.99),
