@@ -33,7 +33,9 @@ struct Sample {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]");
+        eprintln!(
+            "usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]"
+        );
         std::process::exit(2);
     }
     let Ok(addr) = args[1].parse::<SocketAddr>() else {

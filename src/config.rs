@@ -37,6 +37,12 @@ pub struct ServeArgs {
     )]
     pub upstream: Vec<String>,
 
+    /// The gateway's external base URL as clients reach it (e.g.
+    /// `https://ai.example.com`), shown in the docs page's snippets; without
+    /// it the page uses the request's `Host`.
+    #[arg(long, env = "AI_GATEWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Seconds between health checks of each upstream host (`/api/version`;
     /// its model list from `/api/tags` every tenth check).
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_HEALTH_INTERVAL", default_value_t = 2.0)]
@@ -134,6 +140,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub upstreams: Vec<String>,
     pub upstream_health_interval: Duration,
+    /// `--public-url`, without a trailing slash.
+    pub public_url: Option<String>,
     /// Model aliases from the config file's `[aliases]`.
     pub aliases: Aliases,
     pub workers: usize,
@@ -183,6 +191,15 @@ impl Config {
                 list
             },
             upstream_health_interval: secs("upstream-health-interval", a.upstream_health_interval)?,
+            public_url: match a.public_url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
+                None | Some("") => None,
+                Some(u)
+                    if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) =>
+                {
+                    Some(u.to_owned())
+                }
+                Some(u) => return Err(format!("--public-url must be an http:// or https:// URL, got '{u}'")),
+            },
             aliases,
             workers,
             http: HttpLimits {

@@ -28,3 +28,4 @@ pub mod server;
 pub mod store;
 pub mod upstreams;
 pub mod usage;
+pub mod web;

@@ -135,9 +135,63 @@ pub struct Metrics {
     pub per_key: bool,
     /// The fair upstream queue, for its gauges.
     pub upstreams: Option<Arc<crate::upstreams::Upstreams>>,
+    /// Cumulative totals sampled every [`LIVE_EVERY`], for the dashboard's live view.
+    pub live: Mutex<std::collections::VecDeque<LiveSample>>,
+}
+
+/// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
+pub const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const LIVE_KEEP: usize = 150;
+
+/// Cumulative requests and tokens at one moment (Unix milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LiveSample {
+    pub t: u64,
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 impl Metrics {
+    /// Requests in flight now, over all workers.
+    pub fn in_flight(&self) -> i64 {
+        self.workers.iter().map(|w| w.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Adds a sample of the cumulative totals (called every [`LIVE_EVERY`] by worker 0).
+    pub fn sample_live(&self) {
+        let (mut requests, mut tokens) = (0, 0);
+        for w in &self.workers {
+            let c = w.counters.lock();
+            requests += c.requests.values().sum::<u64>();
+            tokens += c.tokens.values().map(|(p, c)| p + c).sum::<u64>();
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut live = self.live.lock();
+        if live.len() == LIVE_KEEP {
+            live.pop_front();
+        }
+        live.push_back(LiveSample { t, requests, tokens });
+    }
+
+    /// The live view: in flight, the samples, the upstream hosts.
+    pub fn live_json(&self) -> serde_json::Value {
+        let samples: Vec<LiveSample> = self.live.lock().iter().copied().collect();
+        let (hosts, load) = match &self.upstreams {
+            Some(u) => (u.hosts.iter().map(|h| h.view()).collect(), u.load()),
+            None => (Vec::new(), crate::queue::GateLoad { in_flight: 0, queued: 0 }),
+        };
+        serde_json::json!({
+            "in_flight": self.in_flight(),
+            "upstream": {"in_flight": load.in_flight, "queued": load.queued},
+            "every_ms": LIVE_EVERY.as_millis() as u64,
+            "samples": samples,
+            "hosts": hosts,
+        })
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut total = Counters::default();
@@ -287,7 +341,14 @@ mod tests {
             true,
         );
         a.in_flight.store(2, Ordering::Relaxed);
-        let text = Metrics { workers: vec![a, b], driver: "io_uring".into(), per_key: true, upstreams: None }.render();
+        let text = Metrics {
+            workers: vec![a, b],
+            driver: "io_uring".into(),
+            per_key: true,
+            upstreams: None,
+            live: Default::default(),
+        }
+        .render();
         for line in [
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"} 2",
             "ai_gateway_requests_total{route=\"chat_completions\",status=\"502\"} 1",

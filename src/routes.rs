@@ -31,6 +31,14 @@ pub enum Route {
     AdminKey(String),
     /// `POST /admin/v1/keys/{id}/rotate`
     AdminKeyRotate(String),
+    /// `GET /admin/v1/live`: in flight, recent totals, upstream hosts (the dashboard's live view).
+    AdminLive,
+    /// `GET /`: the docs page.
+    Docs,
+    /// `GET /dashboard`: the admin dashboard (its data comes from the admin API).
+    Dashboard,
+    /// `GET /assets/{name}`: the pages' stylesheet and scripts.
+    Asset(String),
 }
 
 impl Route {
@@ -48,19 +56,26 @@ impl Route {
             Route::Metrics => "metrics",
             Route::AdminUsage => "admin_usage",
             Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) => "admin_keys",
+            Route::AdminLive => "admin_live",
+            Route::Docs | Route::Dashboard | Route::Asset(_) => "web",
         }
     }
 
     /// Whether the route needs an API key (everything but the health checks).
     pub fn needs_key(&self) -> bool {
-        !matches!(self, Route::Health | Route::Ready)
+        !matches!(self, Route::Health | Route::Ready | Route::Docs | Route::Dashboard | Route::Asset(_))
     }
 
     /// Whether the route needs a key with the admin role.
     pub fn needs_admin(&self) -> bool {
         matches!(
             self,
-            Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) | Route::AdminUsage | Route::Metrics
+            Route::AdminKeys
+                | Route::AdminKey(_)
+                | Route::AdminKeyRotate(_)
+                | Route::AdminUsage
+                | Route::AdminLive
+                | Route::Metrics
         )
     }
 }
@@ -89,6 +104,9 @@ pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
         "/healthz" => (Route::Health, GET),
         "/readyz" => (Route::Ready, GET),
+        "/" => (Route::Docs, GET),
+        "/dashboard" | "/dashboard/" => (Route::Dashboard, GET),
+        _ if path.starts_with("/assets/") => (Route::Asset(path["/assets/".len()..].to_owned()), GET),
         "/metrics" => (Route::Metrics, GET),
         _ if path.starts_with("/admin/v1/") => match admin_route(&path["/admin/v1/".len()..]) {
             Some(r) => r,
@@ -127,6 +145,9 @@ fn admin_route(rest: &str) -> Option<(Route, &'static str)> {
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest == "usage" {
         return Some((Route::AdminUsage, GET));
+    }
+    if rest == "live" {
+        return Some((Route::AdminLive, GET));
     }
     if rest == "keys" {
         return Some((Route::AdminKeys, GET_POST));
@@ -194,7 +215,12 @@ mod tests {
         assert_eq!(route(Method::Options, "/v1/chat/completions"), Routed::Preflight { allow: POST });
         assert_eq!(route(Method::Get, "/v2/models"), Routed::NotFound);
         assert_eq!(route(Method::Get, "/v1/models/"), Routed::Endpoint(Route::Models));
-        assert_eq!(route(Method::Get, "/"), Routed::NotFound);
+        assert_eq!(route(Method::Get, "/"), Routed::Endpoint(Route::Docs));
+        assert_eq!(route(Method::Get, "/dashboard"), Routed::Endpoint(Route::Dashboard));
+        assert_eq!(route(Method::Get, "/assets/style.css"), Routed::Endpoint(Route::Asset("style.css".into())));
+        assert_eq!(route(Method::Post, "/"), Routed::MethodNotAllowed { allow: GET });
+        assert_eq!(route(Method::Get, "/nothing"), Routed::NotFound);
+        assert!(!Route::Docs.needs_key() && Route::AdminLive.needs_admin());
     }
 
     #[test]

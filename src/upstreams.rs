@@ -62,6 +62,11 @@ impl Host {
         models.as_ref().map(|list| list.iter().any(|m| crate::store::keys::same_model(m, model)))
     }
 
+    /// The models it served at its last listing (empty until known).
+    pub fn models(&self) -> Vec<String> {
+        self.models.lock().clone().unwrap_or_default()
+    }
+
     /// A request could not reach the host: take it out until a check succeeds.
     pub fn connection_failed(&self, error: &str) {
         self.failures.fetch_add(1, Relaxed);

@@ -366,7 +366,7 @@ pub struct UsageQuery<'a> {
     pub model: Option<&'a str>,
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    /// `day`, `model` (as requested), `served_model` or `key`.
+    /// `day`, `model` (as requested), `served_model`, `key` or `day_model`.
     pub by: &'a str,
 }
 
@@ -395,6 +395,8 @@ pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>,
                 }
             }
             "key" => names.get(&row.key_id).cloned().unwrap_or(row.key_id),
+            // Both, for charts of a day's tokens stacked by model.
+            "day_model" => format!("{}\t{}", row.day, if row.model.is_empty() { "-" } else { &row.model }),
             _ => row.day,
         };
         groups.entry(group).or_default().merge(&row.rollup);
@@ -407,8 +409,7 @@ pub fn groups_json(by: &str, groups: &[(String, Rollup)]) -> serde_json::Value {
     let data: Vec<serde_json::Value> = groups
         .iter()
         .map(|(g, r)| {
-            serde_json::json!({
-                by: g,
+            let mut row = serde_json::json!({
                 "requests": r.requests,
                 "errors": r.errors,
                 "cancelled": r.cancelled,
@@ -419,7 +420,15 @@ pub fn groups_json(by: &str, groups: &[(String, Rollup)]) -> serde_json::Value {
                 "latency_ms_sum": r.latency_sum_us / 1000,
                 "latency_ms_max": r.latency_max_us / 1000,
                 "first_token_ms_sum": r.first_token_sum_us / 1000,
-            })
+            });
+            match (by, g.split_once('\t')) {
+                ("day_model", Some((day, model))) => {
+                    row["day"] = day.into();
+                    row["model"] = model.into();
+                }
+                _ => row[by] = g.as_str().into(),
+            }
+            row
         })
         .collect();
     serde_json::json!({"object": "list", "by": by, "data": data})

@@ -65,9 +65,24 @@ pub async fn keys(worker: &Worker, conn: &mut Conn) -> After {
             Err(e) => Err(e),
         }
     } else {
-        store.list_keys().map_err(store_error).map(|list| {
-            let data: Vec<serde_json::Value> = list.iter().map(KeyRecord::view).collect();
-            (200, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes())
+        store.list_keys().map_err(store_error).and_then(|list| {
+            // The last day each key was used, from the committed usage rollups.
+            let mut last_used: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+            for row in store.usage_rows(None, None, None).map_err(store_error)? {
+                let day = last_used.entry(row.key_id).or_default();
+                if *day < row.day {
+                    *day = row.day;
+                }
+            }
+            let data: Vec<serde_json::Value> = list
+                .iter()
+                .map(|k| {
+                    let mut v = k.view();
+                    v["last_used"] = last_used.get(&k.id).cloned().into();
+                    v
+                })
+                .collect();
+            Ok((200, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()))
         })
     };
     reply(conn, result)

@@ -117,6 +117,13 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
         (Route::Ready, _) => health::readyz(worker, conn),
+        (Route::Docs, _) => crate::web::docs(worker, conn),
+        (Route::Dashboard, _) => crate::web::dashboard(conn),
+        (Route::Asset(name), _) => crate::web::asset(conn, &name),
+        (Route::AdminLive, Some(_)) => {
+            conn.json(200, worker.all_metrics.live_json().to_string().as_bytes());
+            After::KeepAlive
+        }
         (Route::Metrics, _) => {
             let text = worker.all_metrics.render();
             conn.text(200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes());

@@ -58,8 +58,8 @@ pub fn admin(worker: &Worker, conn: &mut Conn) -> After {
     let model = req.query_param("model");
     let key = req.query_param("key");
     let checked = (|| {
-        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key") {
-            return Err(ApiError::invalid("by", "'by' must be day, model, served_model or key."));
+        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "day_model") {
+            return Err(ApiError::invalid("by", "'by' must be day, model, served_model, key or day_model."));
         }
         for (name, d) in [("from", &from), ("to", &to)] {
             if let Some(d) = d

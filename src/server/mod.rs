@@ -93,6 +93,7 @@ pub fn run(config: Config) -> Result<(), String> {
         driver: OnceLock::new(),
         per_key: config.metrics_per_key,
         upstreams: Some(upstreams.clone()),
+        live: Default::default(),
     });
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checker =
@@ -253,10 +254,16 @@ async fn worker_main(
 
     let accepting = Canceller::new();
     monoio::spawn(accept_loop(worker.clone(), listener, accepting.handle()));
-    // Tick: hand usage to the writer, flush the access log, watch for a stop request.
+    // Tick: hand usage to the writer, flush the access log, watch for a stop request;
+    // worker 0 also samples the totals for the dashboard's live view.
+    let mut next_sample = Instant::now();
     while !shutdown::requested() {
         monoio::time::sleep(TICK.min(worker.config.usage_flush)).await;
         worker.access_log.flush();
+        if worker.index == 0 && Instant::now() >= next_sample {
+            worker.all_metrics.sample_live();
+            next_sample += crate::metrics::LIVE_EVERY;
+        }
         // Usage goes to the writer every tick, so that what a crash can lose is
         // only what the writer has not committed yet: at most one flush interval.
         flush_usage(&worker);

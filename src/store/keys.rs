@@ -218,7 +218,7 @@ impl KeyUpdate {
                 "rpm" | "tpm" | "max_concurrent" | "daily_tokens" | "monthly_tokens" => set_limit(&mut u, k, k, v)?,
                 // Read-only fields of the view are accepted and ignored, so a
                 // fetched key can be sent back with changes.
-                "id" | "prefix" | "created" | "revoked" | "revoked_at" | "status" => {}
+                "id" | "prefix" | "created" | "revoked" | "revoked_at" | "status" | "last_used" => {}
                 other => return Err((other.to_owned(), format!("Unknown field '{other}'."))),
             }
         }

@@ -59,12 +59,12 @@ export async function postJson(url, body, attempts = 3, method = "POST") {
   }
 }
 
-export async function startPair(mockArgs = []) {
+export async function startPair(mockArgs = [], gatewayArgs = []) {
   const mock = await start(MOCK, ["--listen", "127.0.0.1:0", ...mockArgs]);
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "ai-gateway-js-"));
   const gateway = await start(
     GATEWAY,
-    ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url, "--data-dir", dataDir],
+    ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url, "--data-dir", dataDir, ...gatewayArgs],
     { AI_GATEWAY_ADMIN_KEY: ADMIN_KEY },
   );
   // Keys are created with the CLI, in another process, while the server runs.
