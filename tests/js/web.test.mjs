@@ -85,9 +85,19 @@ test("the docs page shows this gateway's URL and models, and its copied snippet 
   const body = await page.textContent("body");
   assert.doesNotMatch(body, /sk_[A-Za-z0-9_-]{20,}/, "the docs page shows no key");
 
-  const paint = await page.evaluate(() => performance.getEntriesByName("first-contentful-paint")[0]?.startTime);
-  writeFileSync(path.join(OUT, "first-paint.txt"), `docs page first contentful paint: ${paint} ms\n`);
-  console.log(`docs page first contentful paint: ${paint} ms`);
+  // First contentful paint, recorded (not asserted: timings belong to measurements, not tests).
+  const paints = [];
+  for (let i = 0; i < 7; i++) {
+    const p = await context.newPage();
+    await p.goto(`${pair.gateway.url}/`);
+    await p.waitForFunction(() => performance.getEntriesByName("first-contentful-paint").length > 0);
+    paints.push(await p.evaluate(() => performance.getEntriesByName("first-contentful-paint")[0].startTime));
+    await p.close();
+  }
+  paints.sort((a, b) => a - b);
+  const line = `docs page first contentful paint over ${paints.length} loads: median ${paints[3]} ms (${paints.join(", ")})`;
+  writeFileSync(path.join(OUT, "first-paint.txt"), `${line}\n`);
+  console.log(line);
 
   // Copy the chat snippet with its button and run what the clipboard holds.
   await page.click("button[data-copy=curl-chat]");
@@ -174,13 +184,29 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
     (e) => e instanceof OpenAI.PermissionDeniedError,
   );
 
+  // Rotate it: a new secret is shown once, the old one stops working at once.
+  await page.click("#keys-table tr:has-text('web-user') button:has-text('Rotate')");
+  await page.waitForSelector("#secret-box:not(.hidden)");
+  await page.waitForFunction((old) => {
+    const v = document.querySelector("#secret-value").textContent;
+    return v.startsWith("sk_") && v !== old;
+  }, secret);
+  const rotated = await page.textContent("#secret-value");
+  await page.click("#secret-done");
+  await assert.rejects(
+    client.chat.completions.create({ model: "llama3", messages: [{ role: "user", content: "hi" }] }),
+    (e) => e instanceof OpenAI.AuthenticationError && e.status === 401,
+  );
+  const renewed = new OpenAI({ baseURL: `${pair.gateway.url}/v1`, apiKey: rotated, maxRetries: 0 });
+  assert.equal((await renewed.chat.completions.create({ model: "llama3", messages: [{ role: "user", content: "hi" }] })).object, "chat.completion");
+
   // Revoke it (the confirmation is accepted) and the API refuses it at once.
   await page.click("#nav a[data-view=keys]");
   await page.click("#keys-table tr:has-text('web-user') button.danger");
   await page.waitForSelector("#keys-table tr:has-text('web-user') .pill.revoked");
   await page.screenshot({ path: path.join(OUT, "keys.png"), fullPage: true });
   await assert.rejects(
-    client.chat.completions.create({ model: "llama3", messages: [{ role: "user", content: "hi" }] }),
+    renewed.chat.completions.create({ model: "llama3", messages: [{ role: "user", content: "hi" }] }),
     (e) => e instanceof OpenAI.AuthenticationError && e.status === 401,
   );
   await page.close();
