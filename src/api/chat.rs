@@ -56,7 +56,7 @@ pub async fn completions(
         let transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
         stream(worker, conn, &plan.model, transcoder, &call).await
     } else {
-        whole(worker, conn, &plan.model, &call, chat_completion).await
+        whole(worker, conn, &plan.model, &call, &chat_completion).await
     }
 }
 
@@ -91,10 +91,10 @@ pub(super) fn admit(
 }
 
 /// Writes the client's JSON for a native reply: `(out, id, model, native body)`.
-pub(super) type Render = fn(&mut Vec<u8>, &str, &str, &[u8]) -> Result<Usage, ApiError>;
+pub(super) type Render<'r> = &'r dyn Fn(&mut Vec<u8>, &str, &str, &[u8]) -> Result<Usage, ApiError>;
 
 /// A non-streamed completion: one upstream reply, one JSON response.
-pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &Call<'_>, render: Render) -> After {
+pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &Call<'_>, render: Render<'_>) -> After {
     match upstream_json(worker, conn, call).await {
         Err(None) => {
             conn.req.outcome.cancelled = true;

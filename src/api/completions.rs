@@ -39,6 +39,6 @@ pub async fn completions(
         let transcoder = NdjsonToSse::completion(&conn.req.id, &plan.model, plan.include_usage);
         stream(worker, conn, &plan.model, transcoder, &call).await
     } else {
-        whole(worker, conn, &plan.model, &call, text_completion).await
+        whole(worker, conn, &plan.model, &call, &text_completion).await
     }
 }

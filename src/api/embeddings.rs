@@ -4,8 +4,8 @@
 
 use std::rc::Rc;
 
-use super::chat::admit;
-use super::{Call, upstream_error, upstream_json};
+use super::Call;
+use super::chat::{admit, whole};
 use crate::limits::Admission;
 use crate::openai::embeddings::{convert_embeddings, embeddings_response};
 use crate::server::Worker;
@@ -31,34 +31,6 @@ pub async fn embeddings(
     }
     conn.req.outcome.user = plan.user.clone();
     let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id);
-    match upstream_json(worker, conn, &call).await {
-        Err(None) => {
-            conn.req.outcome.cancelled = true;
-            After::Close
-        }
-        Err(Some(e)) => {
-            conn.req.outcome.upstream_failed = true;
-            conn.error(&e);
-            After::KeepAlive
-        }
-        Ok((200, body)) => {
-            let mut out = Vec::with_capacity(body.len() + 256);
-            match embeddings_response(&mut out, &plan, &body) {
-                Ok(usage) => {
-                    conn.req.outcome.usage = usage;
-                    conn.json(200, &out)
-                }
-                Err(e) => {
-                    conn.req.outcome.upstream_failed = true;
-                    conn.error(&e)
-                }
-            }
-            After::KeepAlive
-        }
-        Ok((status, body)) => {
-            conn.req.outcome.upstream_failed = true;
-            conn.error(&upstream_error(status, &body, &plan.model));
-            After::KeepAlive
-        }
-    }
+    let render = |out: &mut Vec<u8>, _: &str, _: &str, body: &[u8]| embeddings_response(out, &plan, body);
+    whole(worker, conn, &plan.model, &call, &render).await
 }

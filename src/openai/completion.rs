@@ -8,27 +8,14 @@
 
 use super::error::ApiError;
 use super::write::{self, Usage};
-use crate::ollama::native::{NativeError, parse_native_line};
+use crate::ollama::native::{NativeError, NativeLine, parse_native_line};
 
 /// Writes the `chat.completion` JSON for the native reply `body` into `out`.
 /// `model` is the name the client asked for.
 pub fn chat_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) -> Result<Usage, ApiError> {
-    let native = parse_native_line(body.trim_ascii())
-        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
-    if let Some(err) = native.error {
-        return Err(ApiError::upstream(502, native_error_message(err)));
-    }
-    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
-    let created = native.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
-
-    out.clear();
-    out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"\",\"object\":\"chat.completion\",\"created\":");
-    write::number(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write::json_string(out, model);
-    out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
+    let (native, usage) = read_reply(body)?;
+    object_head(out, id, "chat.completion", &native, model);
+    out.extend_from_slice(b"\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
     out.extend_from_slice(native.content);
     out.push(b'"');
     if !native.thinking.is_empty() {
@@ -55,22 +42,9 @@ pub fn chat_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) ->
 /// `/api/generate` reply `body` into `out`. Thinking has no place in that
 /// object and is left out.
 pub fn text_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) -> Result<Usage, ApiError> {
-    let native = parse_native_line(body.trim_ascii())
-        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
-    if let Some(err) = native.error {
-        return Err(ApiError::upstream(502, native_error_message(err)));
-    }
-    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
-    let created = native.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
-
-    out.clear();
-    out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b"\",\"object\":\"text_completion\",\"created\":");
-    write::number(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write::json_string(out, model);
-    out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"text\":\"");
+    let (native, usage) = read_reply(body)?;
+    object_head(out, id, "text_completion", &native, model);
+    out.extend_from_slice(b"\"choices\":[{\"text\":\"");
     out.extend_from_slice(native.content);
     out.extend_from_slice(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
     out.extend_from_slice(write::finish_reason(native.done_reason, false).as_bytes());
@@ -78,6 +52,33 @@ pub fn text_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) ->
     write::usage(out, usage);
     out.push(b'}');
     Ok(usage)
+}
+
+/// The native reply read, an upstream error turned into the client's, and its token counts.
+fn read_reply(body: &[u8]) -> Result<(NativeLine<'_>, Usage), ApiError> {
+    let native = parse_native_line(body.trim_ascii())
+        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
+    if let Some(err) = native.error {
+        return Err(ApiError::upstream(502, native_error_message(err)));
+    }
+    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+    Ok((native, usage))
+}
+
+/// Clears `out` and writes `{"id":…,"object":…,"created":…,"model":…,"system_fingerprint":"fp_ollama",`;
+/// `created` is the reply's `created_at` in Unix seconds.
+fn object_head(out: &mut Vec<u8>, id: &str, object: &str, native: &NativeLine<'_>, model: &str) {
+    let created = native.created_at.and_then(crate::clock::rfc3339_to_unix).unwrap_or_else(crate::clock::unix_now);
+    out.clear();
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\",\"object\":\"");
+    out.extend_from_slice(object.as_bytes());
+    out.extend_from_slice(b"\",\"created\":");
+    write::number(out, created);
+    out.extend_from_slice(b",\"model\":");
+    write::json_string(out, model);
+    out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",");
 }
 
 /// The text of an upstream `{"error": …}` value.
