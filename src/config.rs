@@ -160,11 +160,7 @@ pub struct Config {
 
 impl Config {
     /// Validates the arguments; `aliases` come from the config file.
-    pub fn from_args(a: &ServeArgs) -> Result<Self, String> {
-        Self::with_aliases(a, Aliases::default())
-    }
-
-    pub fn with_aliases(a: &ServeArgs, aliases: Aliases) -> Result<Self, String> {
+    pub fn from_args(a: &ServeArgs, aliases: Aliases) -> Result<Self, String> {
         let secs = |name: &str, v: f64| -> Result<Duration, String> {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))

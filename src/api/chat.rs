@@ -19,6 +19,7 @@ use crate::http::response::ResponseHead;
 use crate::limits::{Admission, Limiters};
 use crate::ollama::client::{self, ExchangeError, Pool, read_owned};
 use crate::ollama::transcode::{NdjsonToSse, StreamEnd};
+use crate::openai::Plan;
 use crate::openai::chat_request::convert_chat_with;
 use crate::openai::completion::chat_completion;
 use crate::openai::error::ApiError;
@@ -37,20 +38,10 @@ pub async fn completions(
     key: &KeyRecord,
     admission: Option<&mut Admission>,
 ) -> After {
-    // Convert the OpenAI request into the native body.
+    // Convert the OpenAI request into the native body, then admit it.
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
-    let plan = match convert_chat_with(&conn.req.body, &worker.config.aliases, &mut native) {
-        Ok(p) => p,
-        Err(e) => {
-            conn.error(&e);
-            return After::KeepAlive;
-        }
-    };
-    if admit(worker, conn, key, admission, &plan.model, &plan.served_model, plan.max_tokens).is_none() {
-        return After::KeepAlive;
-    }
-    conn.req.outcome.stream = plan.stream;
-    conn.req.outcome.user = plan.user.clone();
+    let converted = convert_chat_with(&conn.req.body, &worker.config.aliases, &mut native);
+    let Some(plan) = admit(worker, conn, key, admission, converted) else { return After::KeepAlive };
     let call = Call::generation("/api/chat", &native, &plan.served_model, &key.id);
     if plan.stream {
         let transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
@@ -60,34 +51,44 @@ pub async fn completions(
     }
 }
 
-/// The checks between conversion and the upstream, for every generating
-/// endpoint: the key's model allowlist (the requested name or the model
-/// that serves it) and its token rate (admitted while not in debt, with
-/// `max_tokens` reserved). Records the models in the request's outcome.
-/// `None`: the refusal has been answered.
-pub(super) fn admit(
+/// The steps between conversion and the upstream, for every endpoint that
+/// generates: a request that did not convert is answered with its 400; then
+/// the key's model allowlist (the requested name or the model that serves
+/// it) and its token rate (admitted while not in debt, with `max_tokens`
+/// reserved). Records the plan in the request's outcome. `None`: the
+/// refusal has been answered.
+pub(super) fn admit<P: AsRef<Plan>>(
     worker: &Worker,
     conn: &mut Conn,
     key: &KeyRecord,
     admission: Option<&mut Admission>,
-    model: &str,
-    served_model: &str,
-    max_tokens: Option<u64>,
-) -> Option<()> {
-    if !key.allows_model(model) && !key.allows_model(served_model) {
-        conn.error(&crate::auth::model_not_allowed(key, model));
+    converted: Result<P, ApiError>,
+) -> Option<P> {
+    let converted = match converted {
+        Ok(c) => c,
+        Err(e) => {
+            conn.error(&e);
+            return None;
+        }
+    };
+    let plan = converted.as_ref();
+    if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
+        conn.error(&crate::auth::model_not_allowed(key, &plan.model));
         return None;
     }
     if let Some(a) = admission {
         let now = crate::limits::now_ns();
-        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, max_tokens.unwrap_or(0), now) {
+        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, plan.max_tokens.unwrap_or(0), now) {
             super::rate_limited(worker, conn, key, &e, wait_ms, now);
             return None;
         }
     }
-    conn.req.outcome.model.push_str(model);
-    conn.req.outcome.served_model.push_str(served_model);
-    Some(())
+    let o = &mut conn.req.outcome;
+    o.model.push_str(&plan.model);
+    o.served_model.push_str(&plan.served_model);
+    o.stream = plan.stream;
+    o.user.clone_from(&plan.user);
+    Some(converted)
 }
 
 /// Writes the client's JSON for a native reply: `(out, id, model, native body)`.

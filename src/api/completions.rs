@@ -22,18 +22,8 @@ pub async fn completions(
     admission: Option<&mut Admission>,
 ) -> After {
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
-    let plan = match convert_completion(&conn.req.body, &worker.config.aliases, &mut native) {
-        Ok(p) => p,
-        Err(e) => {
-            conn.error(&e);
-            return After::KeepAlive;
-        }
-    };
-    if admit(worker, conn, key, admission, &plan.model, &plan.served_model, plan.max_tokens).is_none() {
-        return After::KeepAlive;
-    }
-    conn.req.outcome.stream = plan.stream;
-    conn.req.outcome.user = plan.user.clone();
+    let converted = convert_completion(&conn.req.body, &worker.config.aliases, &mut native);
+    let Some(plan) = admit(worker, conn, key, admission, converted) else { return After::KeepAlive };
     let call = Call::generation("/api/generate", &native, &plan.served_model, &key.id);
     if plan.stream {
         let transcoder = NdjsonToSse::completion(&conn.req.id, &plan.model, plan.include_usage);

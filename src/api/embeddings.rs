@@ -7,7 +7,7 @@ use std::rc::Rc;
 use super::Call;
 use super::chat::{admit, whole};
 use crate::limits::Admission;
-use crate::openai::embeddings::{convert_embeddings, embeddings_response};
+use crate::openai::embeddings::{EmbeddingsPlan, convert_embeddings, embeddings_response};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
@@ -19,18 +19,11 @@ pub async fn embeddings(
     admission: Option<&mut Admission>,
 ) -> After {
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
-    let plan = match convert_embeddings(&conn.req.body, &worker.config.aliases, &mut native) {
-        Ok(p) => p,
-        Err(e) => {
-            conn.error(&e);
-            return After::KeepAlive;
-        }
-    };
-    if admit(worker, conn, key, admission, &plan.model, &plan.served_model, None).is_none() {
+    let converted = convert_embeddings(&conn.req.body, &worker.config.aliases, &mut native);
+    let Some(EmbeddingsPlan { plan, base64 }) = admit(worker, conn, key, admission, converted) else {
         return After::KeepAlive;
-    }
-    conn.req.outcome.user = plan.user.clone();
+    };
     let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id);
-    let render = |out: &mut Vec<u8>, _: &str, _: &str, body: &[u8]| embeddings_response(out, &plan, body);
+    let render = |out: &mut Vec<u8>, _: &str, model: &str, body: &[u8]| embeddings_response(out, model, base64, body);
     whole(worker, conn, &plan.model, &call, &render).await
 }

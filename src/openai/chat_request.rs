@@ -13,25 +13,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::Plan;
 use super::error::ApiError;
 use super::write::json_string;
 use crate::aliases::Aliases;
-
-/// What the gateway needs to know about a chat request after converting it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatPlan {
-    /// The model name the client asked for.
-    pub model: String,
-    /// The model that serves it (after alias resolution).
-    pub served_model: String,
-    pub stream: bool,
-    /// `stream_options.include_usage`.
-    pub include_usage: bool,
-    /// OpenAI's `user` field, recorded with the usage.
-    pub user: Option<String>,
-    /// `max_completion_tokens` or `max_tokens`.
-    pub max_tokens: Option<u64>,
-}
 
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
@@ -157,7 +142,7 @@ struct ImageUrl<'a> {
 
 /// Parses an OpenAI chat request and writes the native `/api/chat` body into `out`
 /// (no aliases).
-pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<ChatPlan, ApiError> {
+pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     convert_chat_with(body, &Aliases::default(), out)
 }
 
@@ -173,7 +158,7 @@ pub(crate) fn model_name(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, Ap
 }
 
 /// [`convert_chat`], with the upstream model chosen through `aliases`.
-pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<ChatPlan, ApiError> {
+pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     let req: ChatRequest<'_> = parse_json(body)?;
 
     let model = model_name(req.model)?;
@@ -253,17 +238,18 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
         }
     }
 
-    let mut options = Options::new(out);
-    options.uint("num_predict", req.max_completion_tokens.or(req.max_tokens));
-    options.float("temperature", req.temperature);
-    options.float("top_p", req.top_p);
-    options.int("seed", req.seed);
-    options.float("frequency_penalty", req.frequency_penalty);
-    options.float("presence_penalty", req.presence_penalty);
-    if let Some(stop) = req.stop {
-        write_stop(&mut options, stop)?;
-    }
-    options.close();
+    write_options(
+        out,
+        &Sampling {
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            frequency_penalty: req.frequency_penalty,
+            presence_penalty: req.presence_penalty,
+            stop: req.stop,
+        },
+    )?;
 
     if let Some(t) = think {
         out.extend_from_slice(b",\"think\":");
@@ -281,7 +267,7 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
     }
     out.push(b'}');
 
-    Ok(ChatPlan {
+    Ok(Plan {
         served_model: served.to_owned(),
         model: model.into_owned(),
         stream,
@@ -377,40 +363,67 @@ fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiErr
     })
 }
 
-/// Writes the `options` object, only when some option is set (so that the
-/// model's own defaults apply to everything the client left out).
-pub(crate) struct Options<'o> {
-    pub(crate) out: &'o mut Vec<u8>,
+/// The sampling options chat and completions share, as the client sent them.
+pub(crate) struct Sampling<'a> {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<i64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub stop: Option<&'a RawValue>,
+}
+
+/// Writes Ollama's `options` object for `s`: only the options the client set,
+/// so that the model's own defaults apply to the rest (SPEC.md §2).
+pub(crate) fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError> {
+    let mut options = Options::new(out);
+    options.uint("num_predict", s.max_tokens);
+    options.float("temperature", s.temperature);
+    options.float("top_p", s.top_p);
+    options.int("seed", s.seed);
+    options.float("frequency_penalty", s.frequency_penalty);
+    options.float("presence_penalty", s.presence_penalty);
+    if let Some(stop) = s.stop {
+        write_stop(&mut options, stop)?;
+    }
+    options.close();
+    Ok(())
+}
+
+/// Writes the `options` object, only when some option is set.
+struct Options<'o> {
+    out: &'o mut Vec<u8>,
     opened: bool,
 }
 
 impl<'o> Options<'o> {
-    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
+    fn new(out: &'o mut Vec<u8>) -> Self {
         Self { out, opened: false }
     }
 
-    pub(crate) fn key(&mut self, name: &str) {
+    fn key(&mut self, name: &str) {
         self.out.extend_from_slice(if self.opened { b",\"" } else { b",\"options\":{\"" });
         self.opened = true;
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
     }
 
-    pub(crate) fn uint(&mut self, name: &str, v: Option<u64>) {
+    fn uint(&mut self, name: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.key(name);
             self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
 
-    pub(crate) fn int(&mut self, name: &str, v: Option<i64>) {
+    fn int(&mut self, name: &str, v: Option<i64>) {
         if let Some(v) = v {
             self.key(name);
             self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         }
     }
 
-    pub(crate) fn float(&mut self, name: &str, v: Option<f64>) {
+    fn float(&mut self, name: &str, v: Option<f64>) {
         if let Some(v) = v {
             self.key(name);
             // serde_json writes finite floats in their shortest round-trip form.
@@ -418,14 +431,14 @@ impl<'o> Options<'o> {
         }
     }
 
-    pub(crate) fn close(self) {
+    fn close(self) {
         if self.opened {
             self.out.push(b'}');
         }
     }
 }
 
-pub(crate) fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError> {
+fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError> {
     let raw = stop.get();
     let bad = || ApiError::invalid("stop", "'stop' must be a string or an array of strings.");
     match raw.as_bytes().first() {
@@ -684,7 +697,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn convert(req: Value) -> Result<(Value, ChatPlan), ApiError> {
+    fn convert(req: Value) -> Result<(Value, Plan), ApiError> {
         let mut out = Vec::new();
         let plan = convert_chat(req.to_string().as_bytes(), &mut out)?;
         let native: Value = serde_json::from_slice(&out).expect("native body is valid JSON");

@@ -13,24 +13,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::chat_request::{Options, StreamOptions, model_name, parse_json, write_stop};
+use super::Plan;
+use super::chat_request::{Sampling, StreamOptions, model_name, parse_json, write_options};
 use super::error::ApiError;
 use super::write::json_string;
 use crate::aliases::Aliases;
-
-/// What the gateway needs to know about a completions request after converting it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompletionPlan {
-    /// The model name the client asked for.
-    pub model: String,
-    /// The model that serves it (after alias resolution).
-    pub served_model: String,
-    pub stream: bool,
-    /// `stream_options.include_usage`.
-    pub include_usage: bool,
-    pub user: Option<String>,
-    pub max_tokens: Option<u64>,
-}
 
 #[derive(Deserialize)]
 struct CompletionRequest<'a> {
@@ -71,7 +58,7 @@ struct CompletionRequest<'a> {
 }
 
 /// Parses a completions request and writes the native `/api/generate` body into `out`.
-pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<CompletionPlan, ApiError> {
+pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     let req: CompletionRequest<'_> = parse_json(body)?;
     let model = model_name(req.model)?;
     let prompt = prompt_literal(req.prompt)?;
@@ -111,20 +98,21 @@ pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
     }
     out.extend_from_slice(b",\"stream\":");
     out.extend_from_slice(if stream { b"true" } else { b"false" });
-    let mut options = Options::new(out);
-    options.uint("num_predict", req.max_tokens);
-    options.float("temperature", req.temperature);
-    options.float("top_p", req.top_p);
-    options.int("seed", req.seed);
-    options.float("frequency_penalty", req.frequency_penalty);
-    options.float("presence_penalty", req.presence_penalty);
-    if let Some(stop) = req.stop {
-        write_stop(&mut options, stop)?;
-    }
-    options.close();
+    write_options(
+        out,
+        &Sampling {
+            max_tokens: req.max_tokens,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            frequency_penalty: req.frequency_penalty,
+            presence_penalty: req.presence_penalty,
+            stop: req.stop,
+        },
+    )?;
     out.push(b'}');
 
-    Ok(CompletionPlan {
+    Ok(Plan {
         served_model: served.to_owned(),
         model: model.into_owned(),
         stream,
@@ -166,7 +154,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn convert(body: Value) -> Result<(CompletionPlan, Value), ApiError> {
+    fn convert(body: Value) -> Result<(Plan, Value), ApiError> {
         let aliases = Aliases::new(BTreeMap::from([("gpt-3.5-turbo-instruct".into(), "qwen2.5-coder:1.5b".into())]))
             .map_err(ApiError::bad_request)?;
         let mut out = Vec::new();

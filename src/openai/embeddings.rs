@@ -12,21 +12,25 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::Plan;
 use super::chat_request::{model_name, parse_json};
 use super::error::ApiError;
 use super::write::{self, Usage};
 use crate::aliases::Aliases;
 
-/// What the gateway needs to know about an embeddings request after converting it.
+/// An embeddings request after converting it: the common plan and how the
+/// vectors are to be encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddingsPlan {
-    /// The model name the client asked for.
-    pub model: String,
-    /// The model that serves it (after alias resolution).
-    pub served_model: String,
+    pub plan: Plan,
     /// `encoding_format: "base64"`.
     pub base64: bool,
-    pub user: Option<String>,
+}
+
+impl AsRef<Plan> for EmbeddingsPlan {
+    fn as_ref(&self) -> &Plan {
+        &self.plan
+    }
 }
 
 #[derive(Deserialize)]
@@ -72,12 +76,13 @@ pub fn convert_embeddings(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
         write::number(out, d);
     }
     out.push(b'}');
-    Ok(EmbeddingsPlan {
+    let plan = Plan {
         served_model: served.to_owned(),
         model: model.into_owned(),
-        base64,
         user: req.user.map(Cow::into_owned),
-    })
+        ..Plan::default()
+    };
+    Ok(EmbeddingsPlan { plan, base64 })
 }
 
 /// The input as JSON for Ollama: a string, or a non-empty array of strings.
@@ -113,8 +118,9 @@ struct NativeEmbed<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// Writes the OpenAI `list` of embeddings for the native reply `body` into `out`.
-pub fn embeddings_response(out: &mut Vec<u8>, plan: &EmbeddingsPlan, body: &[u8]) -> Result<Usage, ApiError> {
+/// Writes the OpenAI `list` of embeddings for the native reply `body` into
+/// `out`; `model` is the name the client asked for.
+pub fn embeddings_response(out: &mut Vec<u8>, model: &str, base64: bool, body: &[u8]) -> Result<Usage, ApiError> {
     let bad = || ApiError::upstream(502, "The model server sent an embeddings reply that is not valid.".into());
     let native: NativeEmbed<'_> = serde_json::from_slice(body).map_err(|_| bad())?;
     if let Some(e) = native.error {
@@ -134,7 +140,7 @@ pub fn embeddings_response(out: &mut Vec<u8>, plan: &EmbeddingsPlan, body: &[u8]
         out.extend_from_slice(b"{\"object\":\"embedding\",\"index\":");
         write::number(out, i);
         out.extend_from_slice(b",\"embedding\":");
-        if plan.base64 {
+        if base64 {
             floats.clear();
             floats.extend(serde_json::from_str::<Vec<f32>>(v.get()).map_err(|_| bad())?);
             bytes.clear();
@@ -155,7 +161,7 @@ pub fn embeddings_response(out: &mut Vec<u8>, plan: &EmbeddingsPlan, body: &[u8]
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"model\":");
-    write::json_string(out, &plan.model);
+    write::json_string(out, model);
     out.extend_from_slice(b",\"usage\":{\"prompt_tokens\":");
     write::number(out, usage.prompt_tokens);
     out.extend_from_slice(b",\"total_tokens\":");
@@ -171,14 +177,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn plan(base64: bool) -> EmbeddingsPlan {
-        EmbeddingsPlan {
-            model: "text-embedding-3-small".into(),
-            served_model: "nomic-embed-text".into(),
-            base64,
-            user: None,
-        }
-    }
+    const MODEL: &str = "text-embedding-3-small";
 
     #[test]
     fn request_maps_and_checks_its_fields() {
@@ -194,7 +193,11 @@ mod tests {
             json!({"model": "nomic-embed-text:latest", "input": ["a", "b \"c\""], "dimensions": 8})
         );
         assert!(p.base64);
-        assert_eq!(p.model, "text-embedding-3-small");
+        assert_eq!(
+            (p.plan.model.as_str(), p.plan.served_model.as_str()),
+            ("text-embedding-3-small", "nomic-embed-text:latest")
+        );
+        assert_eq!(p.plan.user.as_deref(), Some("indexer"));
         let p = convert_embeddings(br#"{"model":"m","input":""}"#, &aliases, &mut out).unwrap();
         assert!(!p.base64);
         assert_eq!(out, br#"{"model":"m","input":""}"#);
@@ -217,7 +220,7 @@ mod tests {
     fn float_vectors_are_copied_and_base64_is_little_endian_f32() {
         let native = br#"{"model":"nomic-embed-text","embeddings":[[0.1,-0.2,0.3],[1,2]],"total_duration":1,"prompt_eval_count":5}"#;
         let mut out = Vec::new();
-        let usage = embeddings_response(&mut out, &plan(false), native).unwrap();
+        let usage = embeddings_response(&mut out, MODEL, false, native).unwrap();
         assert_eq!(usage.prompt_tokens, 5);
         assert_eq!(
             serde_json::from_slice::<Value>(&out).unwrap(),
@@ -225,12 +228,12 @@ mod tests {
                 {"object":"embedding","index":1,"embedding":[1,2]}],"model":"text-embedding-3-small",
                 "usage":{"prompt_tokens":5,"total_tokens":5}})
         );
-        embeddings_response(&mut out, &plan(true), native).unwrap();
+        embeddings_response(&mut out, MODEL, true, native).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"][0]["embedding"], "zczMPc3MTL6amZk+");
-        assert!(embeddings_response(&mut out, &plan(false), b"<html>").is_err());
-        assert!(embeddings_response(&mut out, &plan(false), br#"{"embeddings":[7]}"#).is_err());
-        let e = embeddings_response(&mut out, &plan(false), br#"{"error":"model is required"}"#).unwrap_err();
+        assert!(embeddings_response(&mut out, MODEL, false, b"<html>").is_err());
+        assert!(embeddings_response(&mut out, MODEL, false, br#"{"embeddings":[7]}"#).is_err());
+        let e = embeddings_response(&mut out, MODEL, false, br#"{"error":"model is required"}"#).unwrap_err();
         assert_eq!(e.message, "model is required");
     }
 }
