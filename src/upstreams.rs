@@ -159,6 +159,10 @@ impl Upstreams {
 
     /// The host for a request for `model`, skipping the hosts in `tried`.
     pub fn choose(&self, model: &str, tried: &[usize]) -> Option<&Arc<Host>> {
+        // One host (the usual set-up): nothing to weigh, so no lock is taken per request.
+        if let [only] = self.hosts.as_slice() {
+            return Some(only).filter(|h| !tried.contains(&h.index));
+        }
         let open = || self.hosts.iter().filter(|h| !tried.contains(&h.index));
         let by_load = |h: &&Arc<Host>| (h.load(), h.index);
         open()
@@ -252,4 +256,41 @@ fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>
     let mut decoder = crate::ollama::client::BodyDecoder::new(head.body);
     decoder.feed(&reply[len..], &mut |d| body.extend_from_slice(d)).map_err(|_| format!("{path}: bad body"))?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(n: usize) -> Arc<Upstreams> {
+        let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 40001 + i)).collect();
+        Upstreams::new(&urls, 4, 16, Duration::from_secs(1), Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn chooses_a_healthy_host_with_the_model_then_any_healthy_then_any() {
+        let u = hosts(3);
+        *u.hosts[0].models.lock() = Some(vec!["llama3:latest".into()]);
+        *u.hosts[1].models.lock() = Some(vec!["qwen3:8b".into()]);
+        assert_eq!(u.choose("qwen3:8b", &[]).map(|h| h.index), Some(1));
+        // Host 2's list is not known yet: it may have the model, and comes first by index after 1.
+        assert_eq!(u.choose("qwen3:8b", &[1]).map(|h| h.index), Some(2));
+        assert_eq!(u.choose("llama3", &[]).map(|h| h.index), Some(0));
+        u.hosts[0].connection_failed("refused");
+        assert_eq!(u.choose("llama3", &[]).map(|h| h.index), Some(2));
+        u.hosts[2].connection_failed("refused");
+        assert_eq!(u.choose("llama3", &[]).map(|h| h.index), Some(1), "a healthy host, though it lacks the model");
+        u.hosts[1].connection_failed("refused");
+        assert_eq!(u.choose("llama3", &[]).map(|h| h.index), Some(0), "every host down: try them anyway");
+        assert_eq!(u.choose("llama3", &[0, 1, 2]).map(|h| h.index), None);
+        assert!(!u.ready());
+    }
+
+    #[test]
+    fn one_host_is_always_the_choice_until_tried() {
+        let u = hosts(1);
+        u.hosts[0].connection_failed("refused");
+        assert_eq!(u.choose("anything", &[]).map(|h| h.index), Some(0));
+        assert!(u.choose("anything", &[0]).is_none());
+    }
 }
