@@ -194,11 +194,13 @@ fn with_every_host_down_requests_fail_fast_and_readyz_says_so() {
         let _ = m.child.kill();
         let _ = m.child.wait();
     }
-    let started = std::time::Instant::now();
     let r = post(g.addr, "/v1/chat/completions", &chat_body("llama3", false));
     assert_eq!(r.status, 502, "{}", r.text());
-    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "upstream_unavailable");
+    // Failing fast: the refusal itself, not a connect timeout running out.
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("refused") && !message.contains("timed out"), "{message}");
     assert!(eventually(Duration::from_secs(5), || get(g.addr, "/readyz").status == 503));
     let v = get(g.addr, "/readyz").json();
     assert_eq!(v["status"], "unavailable");
