@@ -154,12 +154,12 @@ pub(super) async fn stream(
                     }
                     upstream_error(status, &body, model)
                 }
-                Err(ExchangeError::Api(e)) => e,
+                Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => e,
                 Err(ExchangeError::ClientGone) => crate::openai::error::ApiError::upstream(status, String::new()),
             };
             return fail_before_stream(conn, split, err).await;
         }
-        Err(ExchangeError::Api(e)) => return fail_before_stream(conn, split, e).await,
+        Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => return fail_before_stream(conn, split, e).await,
         Err(ExchangeError::ClientGone) => {
             conn.req.outcome.cancelled = true;
             let _ = split.rejoin(conn).await;

@@ -307,7 +307,7 @@ pub async fn upstream_call(worker: &Worker, watch: &mut ClientWatch, call: &Call
         let pool = &worker.pools[host.index];
         match client::send(&host.target, pool, &request, watch, Vec::with_capacity(client::READ_CHUNK)).await {
             Ok(ex) => return Ok(Answer { ex, host, permit }),
-            Err(ExchangeError::Api(e)) if e.code == Some("upstream_unavailable") => {
+            Err(ExchangeError::Unreachable(e)) => {
                 host.connection_failed(&e.message);
                 tried.push(host.index);
                 if call.only.is_some() || tried.len() >= worker.upstreams.hosts.len() {
@@ -346,7 +346,7 @@ pub async fn upstream_json(
     match result {
         Ok(r) if after == After::KeepAlive => Ok(r),
         Ok(_) | Err(ExchangeError::ClientGone) => Err(None),
-        Err(ExchangeError::Api(e)) => {
+        Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => {
             if after == After::Close {
                 Err(None)
             } else {

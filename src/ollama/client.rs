@@ -272,6 +272,9 @@ pub enum ExchangeError {
     ClientGone,
     /// An error to send the client.
     Api(ApiError),
+    /// The host could not be reached: refused, timed out, or closed before
+    /// any response byte. Nothing was generated, so another host may be tried.
+    Unreachable(ApiError),
 }
 
 impl From<ApiError> for ExchangeError {
@@ -323,7 +326,8 @@ pub async fn send(
                 continue;
             }
             Err((HeadFailure::DeadBeforeResponse(e), _)) => {
-                return Err(ApiError::upstream_unavailable(&format!("connection lost before the response: {e}")).into());
+                let e = ApiError::upstream_unavailable(&format!("connection lost before the response: {e}"));
+                return Err(ExchangeError::Unreachable(e));
             }
             Err((HeadFailure::ClientGone, _)) => return Err(ExchangeError::ClientGone),
             Err((HeadFailure::Timeout, _)) => {
@@ -351,8 +355,13 @@ async fn connect(
     let attempt = monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr));
     match watch.race(attempt).await {
         None => Err(ExchangeError::ClientGone),
-        Some(Err(_)) => Err(ApiError::upstream_unavailable(&format!("connecting to {} timed out", target.url)).into()),
-        Some(Ok(Err(e))) => Err(ApiError::upstream_unavailable(&format!("{}: {e}", target.url)).into()),
+        Some(Err(_)) => Err(ExchangeError::Unreachable(ApiError::upstream_unavailable(&format!(
+            "connecting to {} timed out",
+            target.url
+        )))),
+        Some(Ok(Err(e))) => {
+            Err(ExchangeError::Unreachable(ApiError::upstream_unavailable(&format!("{}: {e}", target.url))))
+        }
         Some(Ok(Ok(conn))) => {
             let _ = conn.set_nodelay(true);
             Ok(conn)
