@@ -245,6 +245,7 @@ test("values from the store render as text, never as markup", async () => {
     await page.waitForTimeout(100);
     legend = await page.textContent("#tokens-legend");
   }
+  assert.ok(legend.includes(XSS), `the model name shows in the chart legend as text: ${legend}`);
   await page.selectOption("#usage-form select[name=key]", { label: "xss-probe" });
   await page.click("#usage-form button[type=submit]");
   await page.waitForTimeout(300);
