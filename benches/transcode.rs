@@ -5,7 +5,8 @@
 use std::hint::black_box;
 
 use ai_gateway::ollama::transcode::{NdjsonToSse, plain};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 
 /// 16 thinking lines, 495 content lines with escapes, a tool call, the final line.
 fn stream_512() -> String {
@@ -47,23 +48,24 @@ fn generate_512() -> String {
     s
 }
 
-/// The completions transcoder (text chunks) on a generate stream, beside the
-/// chat transcoder on the same number of lines and the memcpy floor.
-fn bench_completion(c: &mut Criterion) {
-    let input = generate_512();
-    let mut g = c.benchmark_group("generate_to_text_completion_512_tokens");
-    g.throughput(Throughput::Bytes(input.len() as u64));
+/// The fast transcoder over `input`, fed in reads of a few lines each as
+/// they come off a socket; `make` builds a fresh one per stream.
+fn zero_copy(g: &mut BenchmarkGroup<'_, WallTime>, input: &str, make: impl Fn() -> NdjsonToSse) {
     let mut out = Vec::with_capacity(512 * 1024);
     g.bench_function("zero_copy", |b| {
         b.iter(|| {
             out.clear();
-            let mut t = NdjsonToSse::completion("cmpl-0123456789abcdefghijklmnopq", "qwen2.5-coder:1.5b", true);
+            let mut t = make();
             for piece in input.as_bytes().chunks(700) {
                 t.feed(black_box(piece), &mut out);
             }
             black_box(out.len())
         })
     });
+}
+
+/// Copying the same bytes once: the floor no transcoder can beat.
+fn memcpy_floor(g: &mut BenchmarkGroup<'_, WallTime>, input: &str) {
     let mut copy = vec![0u8; input.len()];
     g.bench_function("memcpy_floor", |b| {
         b.iter(|| {
@@ -71,6 +73,17 @@ fn bench_completion(c: &mut Criterion) {
             black_box(copy[0])
         })
     });
+}
+
+/// The completions transcoder (text chunks) on a generate stream, beside the memcpy floor.
+fn bench_completion(c: &mut Criterion) {
+    let input = generate_512();
+    let mut g = c.benchmark_group("generate_to_text_completion_512_tokens");
+    g.throughput(Throughput::Bytes(input.len() as u64));
+    zero_copy(&mut g, &input, || {
+        NdjsonToSse::completion("cmpl-0123456789abcdefghijklmnopq", "qwen2.5-coder:1.5b", true)
+    });
+    memcpy_floor(&mut g, &input);
     g.finish();
 }
 
@@ -79,30 +92,13 @@ fn bench(c: &mut Criterion) {
     let lines = input.lines().count() as u64;
     let mut g = c.benchmark_group("ndjson_to_sse_512_tokens");
     g.throughput(Throughput::Bytes(input.len() as u64));
-    let mut out = Vec::with_capacity(512 * 1024);
-    g.bench_function("zero_copy", |b| {
-        b.iter(|| {
-            out.clear();
-            let mut t = NdjsonToSse::new("chatcmpl-0123456789abcdefghijklmnopq", "llama3", true);
-            // Reads of a few lines each, as they come off a socket.
-            for piece in input.as_bytes().chunks(700) {
-                t.feed(black_box(piece), &mut out);
-            }
-            black_box(out.len())
-        })
-    });
+    zero_copy(&mut g, &input, || NdjsonToSse::new("chatcmpl-0123456789abcdefghijklmnopq", "llama3", true));
     g.bench_function("plain_serde_json", |b| {
         b.iter(|| {
             black_box(plain::transcode("chatcmpl-0123456789abcdefghijklmnopq", "llama3", true, black_box(&input)).len())
         })
     });
-    let mut copy = vec![0u8; input.len()];
-    g.bench_function("memcpy_floor", |b| {
-        b.iter(|| {
-            copy.copy_from_slice(black_box(input.as_bytes()));
-            black_box(copy[0])
-        })
-    });
+    memcpy_floor(&mut g, &input);
     g.finish();
     eprintln!("(stream of {lines} native lines, {} bytes)", input.len());
 }
