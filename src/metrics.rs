@@ -195,9 +195,8 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut total = Counters::default();
-        let mut in_flight = 0;
+        let in_flight = self.in_flight();
         for w in &self.workers {
-            in_flight += w.in_flight.load(Ordering::Relaxed);
             let c = w.counters.lock();
             for (k, v) in &c.requests {
                 *total.requests.entry(*k).or_default() += v;
