@@ -117,7 +117,7 @@ impl Host {
 
 /// Every configured host.
 pub struct Upstreams {
-    pub hosts: Vec<Arc<Host>>,
+    pub hosts: Vec<Host>,
     interval: Duration,
     check_timeout: Duration,
 }
@@ -138,11 +138,10 @@ impl Upstreams {
         let mut hosts = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
             let target = UpstreamTarget::resolve(url)?;
-            if hosts.iter().any(|h: &Arc<Host>| h.target.addr == target.addr && h.target.base_path == target.base_path)
-            {
+            if hosts.iter().any(|h: &Host| h.target.addr == target.addr && h.target.base_path == target.base_path) {
                 return Err(format!("upstream '{url}' is configured twice"));
             }
-            hosts.push(Arc::new(Host {
+            hosts.push(Host {
                 index,
                 target,
                 gate: UpstreamGate::new(max_concurrent, queue),
@@ -152,19 +151,19 @@ impl Upstreams {
                 models: Mutex::new(None),
                 version: Mutex::new(String::new()),
                 last_error: Mutex::new(String::new()),
-            }));
+            });
         }
         Ok(Arc::new(Self { hosts, interval, check_timeout }))
     }
 
     /// The host for a request for `model`, skipping the hosts in `tried`.
-    pub fn choose(&self, model: &str, tried: &[usize]) -> Option<&Arc<Host>> {
+    pub fn choose(&self, model: &str, tried: &[usize]) -> Option<&Host> {
         // One host (the usual set-up): nothing to weigh, so no lock is taken per request.
         if let [only] = self.hosts.as_slice() {
             return Some(only).filter(|h| !tried.contains(&h.index));
         }
         let open = || self.hosts.iter().filter(|h| !tried.contains(&h.index));
-        let by_load = |h: &&Arc<Host>| (h.load(), h.index);
+        let by_load = |h: &&Host| (h.load(), h.index);
         open()
             .filter(|h| h.healthy() && h.has_model(model) != Some(false))
             .min_by_key(by_load)

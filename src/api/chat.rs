@@ -142,7 +142,7 @@ pub(super) async fn stream(
     let sent = upstream_call(worker, &mut split.watch, call).await;
     let read_timeout = worker.config.upstream_limits.read_timeout;
     let (ex, pool, _slot) = match sent {
-        Ok(Answer { ex, host, permit }) if ex.head.status == 200 => (ex, &worker.pools[host.index], permit),
+        Ok(Answer { ex, host, permit }) if ex.head.status == 200 => (ex, &worker.pools[host], permit),
         Ok(Answer { ex, host, .. }) => {
             // An error before the stream started is a plain JSON response.
             let status = ex.head.status;
@@ -150,7 +150,7 @@ pub(super) async fn stream(
             let err = match read {
                 Ok((body, reusable)) => {
                     if let Some(c) = reusable {
-                        worker.pools[host.index].put(c);
+                        worker.pools[host].put(c);
                     }
                     upstream_error(status, &body, model)
                 }

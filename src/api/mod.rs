@@ -15,7 +15,6 @@ pub mod models;
 pub mod usage;
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::io::Splitable;
 use monoio::net::tcp::TcpOwnedWriteHalf;
@@ -278,7 +277,8 @@ impl<'a> Call<'a> {
 /// A response head from the host that answered, with the slot held in its queue.
 pub struct Answer {
     pub ex: client::Exchange,
-    pub host: Arc<Host>,
+    /// Which host answered (its index, for its connection pool).
+    pub host: usize,
     /// The host's queue slot; freed when the answer is dropped.
     pub permit: Option<Permit>,
 }
@@ -296,17 +296,17 @@ pub async fn upstream_call(worker: &Worker, watch: &mut ClientWatch, call: &Call
             Some(i) => worker.upstreams.hosts.get(i).filter(|_| tried.is_empty()),
             None => worker.upstreams.choose(call.model, &tried),
         };
-        let Some(host) = host.cloned() else {
+        let Some(host) = host else {
             return Err(ApiError::upstream_unavailable("no model server is configured").into());
         };
         let permit = match call.queue_as {
-            Some(key_id) => Some(upstream_slot(worker, &host, watch, key_id).await?),
+            Some(key_id) => Some(upstream_slot(worker, host, watch, key_id).await?),
             None => None,
         };
         host.target.request(&mut request, call.method, call.path, call.body);
         let pool = &worker.pools[host.index];
         match client::send(&host.target, pool, &request, watch, Vec::with_capacity(client::READ_CHUNK)).await {
-            Ok(ex) => return Ok(Answer { ex, host, permit }),
+            Ok(ex) => return Ok(Answer { ex, host: host.index, permit }),
             Err(ExchangeError::Unreachable(e)) => {
                 host.connection_failed(&e.message);
                 tried.push(host.index);
@@ -337,7 +337,7 @@ pub async fn upstream_json(
         let (body, reusable) = client::read_full_body(ex, &mut split.watch, read_timeout, MAX_UPSTREAM_BODY).await?;
         drop(permit);
         if let Some(c) = reusable {
-            worker.pools[host.index].put(c);
+            worker.pools[host].put(c);
         }
         Ok::<_, ExchangeError>((status, body))
     }
