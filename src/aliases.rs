@@ -9,6 +9,10 @@
 
 use std::collections::BTreeMap;
 
+/// Longest alias or target name, in bytes: a usage record's store key holds
+/// both (with the key id and the day) and must stay under LMDB's 511 bytes.
+pub const MAX_ALIAS_NAME: usize = 200;
+
 /// The alias table, fixed at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Aliases {
@@ -23,6 +27,14 @@ impl Aliases {
             if alias.trim().is_empty() || target.trim().is_empty() {
                 return Err(format!("alias '{alias}' = '{target}': names must not be empty"));
             }
+            // Both names go into usage records' store keys together.
+            for name in [alias, target] {
+                if name.len() > MAX_ALIAS_NAME || name.chars().any(char::is_control) {
+                    return Err(format!(
+                        "alias '{alias}' = '{target}': names must be at most {MAX_ALIAS_NAME} bytes, without control characters"
+                    ));
+                }
+            }
             if map.contains_key(target) {
                 return Err(format!("alias '{alias}' points at '{target}', which is itself an alias"));
             }
@@ -33,6 +45,11 @@ impl Aliases {
     /// The model that serves `requested`: its target, or the name itself.
     pub fn resolve<'a>(&'a self, requested: &'a str) -> &'a str {
         self.map.get(requested).map(String::as_str).unwrap_or(requested)
+    }
+
+    /// Whether `name` is one of the aliases.
+    pub fn is_alias(&self, name: &str) -> bool {
+        self.map.contains_key(name)
     }
 
     /// Every alias and its target, in name order.
@@ -57,5 +74,7 @@ mod tests {
         let chain = BTreeMap::from([("a".to_owned(), "b".to_owned()), ("b".to_owned(), "c".to_owned())]);
         assert!(Aliases::new(chain).unwrap_err().contains("itself an alias"));
         assert!(Aliases::new(BTreeMap::from([("x".to_owned(), String::new())])).is_err());
+        assert!(Aliases::new(BTreeMap::from([("x".to_owned(), "m".repeat(201))])).is_err());
+        assert!(Aliases::new(BTreeMap::from([("a\tb".to_owned(), "m".to_owned())])).is_err());
     }
 }

@@ -137,6 +137,8 @@ pub struct Metrics {
     pub upstreams: Option<Arc<crate::upstreams::Upstreams>>,
     /// Cumulative totals sampled every [`LIVE_EVERY`], for the dashboard's live view.
     pub live: Mutex<std::collections::VecDeque<LiveSample>>,
+    /// The usage writer's counters.
+    pub usage_writer: Arc<crate::usage::WriterStats>,
 }
 
 /// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
@@ -286,6 +288,24 @@ impl Metrics {
             let n = total.upstream_errors.get(kind).copied().unwrap_or(0);
             let _ = writeln!(out, "ai_gateway_upstream_errors_total{{kind=\"{kind}\"}} {n}");
         }
+        let writer = &self.usage_writer;
+        help(
+            &mut out,
+            "ai_gateway_usage_dropped_total",
+            "counter",
+            "Usage records that could not be stored and were dropped (each is logged).",
+        );
+        let _ = writeln!(out, "ai_gateway_usage_dropped_total {}", writer.dropped.load(Ordering::Relaxed));
+        help(
+            &mut out,
+            "ai_gateway_usage_commit_failures_total",
+            "counter",
+            "Usage commits that failed; their records were kept for the next try.",
+        );
+        let _ =
+            writeln!(out, "ai_gateway_usage_commit_failures_total {}", writer.failed_commits.load(Ordering::Relaxed));
+        help(&mut out, "ai_gateway_usage_pending", "gauge", "Usage records waiting for a commit.");
+        let _ = writeln!(out, "ai_gateway_usage_pending {}", writer.pending.load(Ordering::Relaxed));
         if self.per_key {
             help(&mut out, "ai_gateway_key_requests_total", "counter", "Requests by key id.");
             for (key, (n, _)) in total.per_key.iter().collect::<BTreeMap<_, _>>() {
@@ -346,6 +366,7 @@ mod tests {
             per_key: true,
             upstreams: None,
             live: Default::default(),
+            usage_writer: Default::default(),
         }
         .render();
         for line in [

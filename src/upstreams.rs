@@ -171,6 +171,11 @@ impl Upstreams {
             .or_else(|| open().min_by_key(by_load))
     }
 
+    /// True when some host is known to serve `model` (from its last listing).
+    pub fn serves(&self, model: &str) -> bool {
+        self.hosts.iter().any(|h| h.has_model(model) == Some(true))
+    }
+
     /// True when some host is healthy.
     pub fn ready(&self) -> bool {
         self.hosts.iter().any(|h| h.healthy())

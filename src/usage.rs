@@ -12,10 +12,16 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use crate::store::{Store, StoreError};
+
+/// What a request for a model that no host serves is recorded under, so that
+/// made-up names cannot add a row each (parentheses are not allowed in
+/// Ollama's model names, so no real model is ever called this).
+pub const UNKNOWN_MODEL: &str = "(unknown)";
 
 /// The model label a request is recorded under: the requested name, or
 /// `requested \0 served` when an alias sent it to another model.
@@ -214,38 +220,58 @@ pub enum WriterMsg {
     Stop,
 }
 
+/// What the writer reports to `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Deltas that could never be written (each was logged) and were dropped.
+    pub dropped: AtomicU64,
+    /// Commits that failed; their deltas were kept for the next try.
+    pub failed_commits: AtomicU64,
+    /// Deltas waiting for a commit now.
+    pub pending: AtomicU64,
+}
+
 /// The thread that makes usage durable.
 pub struct UsageWriter {
     pub tx: mpsc::Sender<WriterMsg>,
-    thread: std::thread::JoinHandle<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
 impl UsageWriter {
-    pub fn spawn(store: &'static Store, interval: Duration) -> Self {
+    pub fn spawn(store: &'static Store, interval: Duration, stats: Arc<WriterStats>) -> Self {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let thread = std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || writer_loop(store, rx, interval))
+            .spawn(move || writer_loop(store, rx, interval, &stats))
             .unwrap_or_else(|e| panic!("cannot start the usage writer thread: {e}"));
         Self { tx, thread }
     }
 
     /// Commits what is pending and stops. Call after the workers sent their
     /// last deltas (their senders may outlive them: this does not wait for that).
-    pub fn finish(self) {
+    /// An error says what could not be committed.
+    pub fn finish(self) -> Result<(), String> {
         let _ = self.tx.send(WriterMsg::Stop);
-        let _ = self.thread.join();
+        self.thread.join().unwrap_or_else(|_| Err("the usage writer thread panicked".into()))
     }
 }
 
-fn writer_loop(store: &'static Store, rx: mpsc::Receiver<WriterMsg>, interval: Duration) {
-    let mut pending: HashMap<(String, String, String), Rollup> = HashMap::new();
+/// Pending deltas by (key id, model, day).
+type Pending = HashMap<(String, String, String), Rollup>;
+
+fn writer_loop(
+    store: &'static Store,
+    rx: mpsc::Receiver<WriterMsg>,
+    interval: Duration,
+    stats: &WriterStats,
+) -> Result<(), String> {
+    let mut pending: Pending = HashMap::new();
     let mut next = std::time::Instant::now() + interval;
     loop {
         let wait = next.saturating_duration_since(std::time::Instant::now());
         let msg = rx.recv_timeout(wait);
         let mut ack = None;
-        let disconnected = match msg {
+        let stop = match msg {
             Ok(WriterMsg::Deltas(d)) => {
                 for (k, r) in d {
                     pending.entry(k).or_default().merge(&r);
@@ -260,23 +286,89 @@ fn writer_loop(store: &'static Store, rx: mpsc::Receiver<WriterMsg>, interval: D
             Err(mpsc::RecvTimeoutError::Timeout) => false,
             Err(mpsc::RecvTimeoutError::Disconnected) => true,
         };
-        if ack.is_some() || disconnected || std::time::Instant::now() >= next {
-            if !pending.is_empty() {
-                match store.add_usage(&pending) {
-                    Ok(()) => pending.clear(),
-                    Err(e) => crate::log::error(format_args!("usage flush failed (kept for the next try): {e}")),
+        if ack.is_some() || stop || std::time::Instant::now() >= next {
+            let mut result = commit(store, &mut pending, stats);
+            // The last commit gets a few more tries before the loss is reported.
+            for _ in 0..3 {
+                if !stop || result.is_ok() {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(100));
+                result = commit(store, &mut pending, stats);
+            }
+            stats.pending.store(pending.len() as u64, Relaxed);
+            if let Err(e) = &result {
+                stats.failed_commits.fetch_add(1, Relaxed);
+                crate::log::error(format_args!(
+                    "usage commit failed ({} records kept for the next try): {e}",
+                    pending.len()
+                ));
+            }
+            if stop && let Err(e) = result {
+                let tokens: u64 = pending.values().map(Rollup::tokens).sum();
+                let requests: u64 = pending.values().map(|r| r.requests).sum();
+                return Err(format!(
+                    "usage of {requests} requests ({tokens} tokens) could not be committed to {}: {e}",
+                    store.dir.display()
+                ));
             }
             next = std::time::Instant::now() + interval;
         }
         if let Some(done) = ack {
             let _ = done.send(());
         }
-        if disconnected {
-            return;
+        if stop {
+            return Ok(());
         }
     }
 }
+
+/// Commits `pending`, emptying it of what was written. All of it goes in one
+/// transaction; when that fails, each delta is tried alone, so that one that
+/// can never be written (logged, counted and dropped) does not hold back
+/// the others. An error means the store itself failed (a full disk): what
+/// was not written stays pending.
+fn commit(store: &Store, pending: &mut Pending, stats: &WriterStats) -> Result<(), StoreError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if store.add_usage(pending).is_ok() {
+        pending.clear();
+        return Ok(());
+    }
+    let keys: Vec<(String, String, String)> = pending.keys().cloned().collect();
+    for k in keys {
+        let Some(delta) = pending.get(&k) else { continue };
+        match store.add_usage_delta(&k, delta) {
+            Ok(()) => {}
+            Err(DeltaError::Unwritable(e)) => {
+                stats.dropped.fetch_add(1, Relaxed);
+                crate::log::error(format_args!(
+                    "usage of key {} on {} ({} requests, {} tokens) cannot be stored and is dropped: {e}",
+                    k.0,
+                    k.2,
+                    delta.requests,
+                    delta.tokens()
+                ));
+            }
+            Err(DeltaError::Store(e)) => return Err(e),
+        }
+        pending.remove(&k);
+    }
+    Ok(())
+}
+
+/// Why one delta was not written.
+#[derive(Debug)]
+pub enum DeltaError {
+    /// This delta can never be written (its store key is too long).
+    Unwritable(StoreError),
+    /// The store failed; another try may succeed.
+    Store(StoreError),
+}
+
+/// Longest key LMDB stores (its compile-time default).
+pub const MAX_STORE_KEY: usize = 511;
 
 /// Key of a rollup in the `usage` table.
 pub fn rollup_key(key_id: &str, day: &str, model: &str) -> Vec<u8> {
@@ -307,12 +399,37 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         for ((key_id, model, day), delta) in deltas {
             let k = rollup_key(key_id, day, model);
+            if k.len() > MAX_STORE_KEY {
+                return Err(StoreError(format!("a usage key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len())));
+            }
             let mut total = self.usage.get(&wtxn, &k)?.and_then(Rollup::decode).unwrap_or_default();
             total.merge(delta);
             self.usage.put(&mut wtxn, &k, &total.encode())?;
         }
         wtxn.commit()?;
         Ok(())
+    }
+
+    /// Adds one delta in a transaction of its own.
+    pub fn add_usage_delta(
+        &self,
+        (key_id, model, day): &(String, String, String),
+        delta: &Rollup,
+    ) -> Result<(), DeltaError> {
+        let k = rollup_key(key_id, day, model);
+        if k.len() > MAX_STORE_KEY {
+            let e = StoreError(format!("its store key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len()));
+            return Err(DeltaError::Unwritable(e));
+        }
+        let unwritable = |e: heed::Error| match e {
+            heed::Error::Mdb(heed::MdbError::BadValSize) => DeltaError::Unwritable(e.into()),
+            e => DeltaError::Store(e.into()),
+        };
+        let mut wtxn = self.env.write_txn().map_err(unwritable)?;
+        let mut total = self.usage.get(&wtxn, &k).map_err(unwritable)?.and_then(Rollup::decode).unwrap_or_default();
+        total.merge(delta);
+        self.usage.put(&mut wtxn, &k, &total.encode()).map_err(unwritable)?;
+        wtxn.commit().map_err(unwritable)
     }
 
     /// Stored rollups, optionally for one key, between two days (inclusive, `YYYY-MM-DD`).
@@ -477,7 +594,7 @@ mod tests {
     #[test]
     fn writer_commits_and_queries_filter() {
         let store = Store::open(&crate::store::temp_dir("usage")).unwrap();
-        let w = UsageWriter::spawn(store, Duration::from_secs(3600));
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default());
         let acc = UsageAccumulator::default();
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-25");
@@ -492,6 +609,31 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].rollup.requests, rows[0].rollup.tokens()), (2, 28));
         assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 3);
-        w.finish();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_delta_that_cannot_be_stored_is_dropped_and_counted_and_the_rest_commit() {
+        let store = Store::open(&crate::store::temp_dir("usage-bad")).unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), stats.clone());
+        let acc = UsageAccumulator::default();
+        let long = "m".repeat(600);
+        acc.record(&rec("key_a", &long, 3, 5), "2026-11-24");
+        acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
+        acc.record(&rec("key_b", "qwen", 1, 1), "2026-11-24");
+        w.tx.send(WriterMsg::Deltas(acc.take())).unwrap();
+        let (done, wait) = mpsc::channel();
+        w.tx.send(WriterMsg::Flush(done)).unwrap();
+        wait.recv().unwrap();
+        assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 2, "the two good deltas committed");
+        assert_eq!(stats.dropped.load(Relaxed), 1);
+        assert_eq!(stats.pending.load(Relaxed), 0, "nothing is retried forever");
+        // Later usage still commits.
+        acc.record(&rec("key_a", "llama3", 1, 1), "2026-11-24");
+        w.tx.send(WriterMsg::Deltas(acc.take())).unwrap();
+        w.finish().unwrap();
+        let rows = store.usage_rows(Some("key_a"), None, None).unwrap();
+        assert_eq!(rows[0].rollup.requests, 2);
     }
 }

@@ -146,11 +146,18 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     convert_chat_with(body, &Aliases::default(), out)
 }
 
-/// The requested model name, checked: present, not blank, not absurdly long.
+/// The requested model name, checked: present, not blank, at most
+/// [`MAX_MODEL_NAME`] bytes and free of control characters. The name becomes
+/// part of usage records' store keys and of reports, so a client must not be
+/// able to make it long enough to overflow a key or to forge a column with a
+/// NUL, a tab or a newline.
 pub(crate) fn model_name(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ApiError> {
     match model {
         Some(m) if m.len() > MAX_MODEL_NAME => {
             Err(ApiError::invalid("model", format!("The model name is longer than {MAX_MODEL_NAME} bytes.")))
+        }
+        Some(m) if m.chars().any(char::is_control) => {
+            Err(ApiError::invalid("model", "The model name must not contain control characters."))
         }
         Some(m) if !m.trim().is_empty() => Ok(m),
         _ => Err(ApiError::invalid("model", "You must provide a model parameter.")),
@@ -308,8 +315,10 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
     }
 }
 
-/// Longest model name accepted (Ollama's names are far shorter).
-const MAX_MODEL_NAME: usize = 512;
+/// Longest model name accepted, in bytes. Ollama's names are far shorter, and
+/// a usage record's store key (key id, day, requested and served name) stays
+/// well inside LMDB's 511-byte key limit.
+pub const MAX_MODEL_NAME: usize = 256;
 
 /// Deepest nesting passed through to the upstream in raw fields (`tools`, a schema).
 const MAX_PASSTHROUGH_DEPTH: usize = 64;

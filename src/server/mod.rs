@@ -82,7 +82,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
     bootstrap_admin_key(store)?;
     shutdown::install()?;
-    let writer = UsageWriter::spawn(store, config.usage_flush);
+    let writer_stats = Arc::new(crate::usage::WriterStats::default());
+    let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone());
     let quota = Arc::new(QuotaBook::default());
     let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
@@ -94,6 +95,7 @@ pub fn run(config: Config) -> Result<(), String> {
         per_key: config.metrics_per_key,
         upstreams: Some(upstreams.clone()),
         live: Default::default(),
+        usage_writer: writer_stats,
     });
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checker =
@@ -174,9 +176,10 @@ pub fn run(config: Config) -> Result<(), String> {
     stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = checker.join();
     // Every worker has handed over its last usage and log lines: commit, write, stop.
-    writer.finish();
+    let committed = writer.finish();
     let _ = access_tx.send(Vec::new());
     let _ = access_thread.join();
+    committed.map_err(|e| format!("ai-gateway stopped, but {e}"))?;
     crate::log::always(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
 }
