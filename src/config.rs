@@ -56,9 +56,13 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Seconds a client has to send a whole request head (and between body reads).
+    /// Seconds a client has to send a whole request head (and the longest pause between body reads).
     #[arg(long, env = "AI_GATEWAY_HEADER_TIMEOUT", default_value_t = 10.0)]
     pub header_timeout: f64,
+
+    /// Seconds a client has to send a whole request body, counted from the end of its head.
+    #[arg(long, env = "AI_GATEWAY_BODY_TIMEOUT", default_value_t = 60.0)]
+    pub body_timeout: f64,
 
     /// Seconds an idle keep-alive connection is kept open.
     #[arg(long, env = "AI_GATEWAY_IDLE_TIMEOUT", default_value_t = 75.0)]
@@ -131,6 +135,8 @@ pub struct DataArgs {
 pub struct HttpLimits {
     pub max_body: usize,
     pub header_timeout: Duration,
+    /// The deadline for a whole request body.
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
 }
 
@@ -201,6 +207,7 @@ impl Config {
             http: HttpLimits {
                 max_body: a.max_body_bytes,
                 header_timeout: secs("header-timeout", a.header_timeout)?,
+                body_timeout: secs("body-timeout", a.body_timeout)?,
                 idle_timeout: secs("idle-timeout", a.idle_timeout)?,
             },
             upstream_limits: ClientLimits {

@@ -86,7 +86,7 @@ fn oversized_head_is_431_and_oversized_body_is_413() {
     let mut s = connect(g.addr);
     let chunk = "y".repeat(600);
     s.write_all(
-        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
     )
     .unwrap();
     let resp = read_response(&mut BufReader::new(s), false).unwrap();

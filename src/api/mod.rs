@@ -26,7 +26,7 @@ use crate::openai::error::ApiError;
 use crate::queue::{Permit, overloaded};
 use crate::routes::{Route, Routed};
 use crate::server::Worker;
-use crate::server::conn::{After, Conn, MAX_HEAD, cors};
+use crate::server::conn::{After, Conn, MAX_HEAD, Outcome, cors};
 use crate::server::watch::{ClientWatch, WatchEnd};
 use crate::store::keys::{KeyRecord, Role};
 use crate::upstreams::Host;
@@ -34,28 +34,36 @@ use crate::upstreams::Host;
 /// Largest non-streamed upstream reply the gateway buffers.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
-/// Serves one parsed request; the response is left in `conn.out` (or was
-/// already written, for streams).
-pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
+/// A request accepted from its head: its route and its key (when the route needs one).
+pub struct Accepted {
+    route: Route,
+    key: Option<Rc<KeyRecord>>,
+}
+
+/// Decides from the head alone whether a request is served: routes it
+/// (answering preflights, 404 and 405), names it, and authenticates its key.
+/// The server calls this before reading the body, so an unknown client
+/// never gets to upload one. `None`: the answer is in `conn.out`.
+pub fn accept(worker: &Worker, conn: &mut Conn) -> Option<Accepted> {
     // 1. Route.
     let route = match crate::routes::route(conn.req.method(), &conn.req.path) {
         Routed::Endpoint(r) => r,
         Routed::Preflight { allow } => {
             conn.req.id = crate::ids::request_id("req-");
             preflight(conn, allow);
-            return After::KeepAlive;
+            return None;
         }
         Routed::MethodNotAllowed { allow } => {
             conn.req.id = crate::ids::request_id("req-");
             let e = ApiError::method_not_allowed(&conn.req.method_name, &conn.req.path, allow);
             conn.method_not_allowed(&e, allow);
-            return After::KeepAlive;
+            return None;
         }
         Routed::NotFound => {
             conn.req.id = crate::ids::request_id("req-");
             let e = ApiError::unknown_url(&conn.req.method_name, &conn.req.path);
             conn.error(&e);
-            return After::KeepAlive;
+            return None;
         }
     };
     // 2. Name the request: a chat completion's id doubles as its request id.
@@ -64,7 +72,6 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
         Route::Completions => "cmpl-",
         _ => "req-",
     });
-
     conn.req.route = route.label();
 
     // 3. Authenticate: the key's live record, read now, so changes apply at once.
@@ -78,13 +85,19 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn) -> After {
             }
             Err(e) => {
                 conn.error(&e);
-                return After::KeepAlive;
+                return None;
             }
         }
     } else {
         None
     };
+    Some(Accepted { route, key })
+}
 
+/// Serves an accepted request whose body has been read; the response is
+/// left in `conn.out` (or was already written, for streams).
+pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) -> After {
+    let Accepted { route, key } = accepted;
     // 4. Admit: a key whose token quota is spent is refused until the period rolls over.
     let api = !route.needs_admin();
     let today = crate::usage::today();
@@ -166,10 +179,30 @@ pub fn rate_limited(worker: &Worker, conn: &mut Conn, key: &KeyRecord, e: &ApiEr
     conn.error(e);
 }
 
+/// The model name a finished request is recorded under, in usage and
+/// metrics: what the client asked for when a model served it, when some
+/// host lists it or when it is an alias; otherwise one fixed label, so a key
+/// spraying made-up names cannot grow the usage table or the metrics.
+pub fn recorded_model<'o>(worker: &Worker, o: &'o Outcome) -> std::borrow::Cow<'o, str> {
+    if model_known(worker, o) {
+        crate::usage::model_label(&o.model, &o.served_model)
+    } else {
+        std::borrow::Cow::Borrowed(crate::usage::UNKNOWN_MODEL)
+    }
+}
+
+/// Whether the request's model is one worth a label of its own (see [`recorded_model`]).
+pub fn model_known(worker: &Worker, o: &Outcome) -> bool {
+    o.model.is_empty()
+        || o.status == 200
+        || worker.config.aliases.is_alias(&o.model)
+        || worker.upstreams.serves(&o.served_model)
+}
+
 fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {
     let o = &conn.req.outcome;
     let total_us = conn.req.elapsed_us();
-    let model = crate::usage::model_label(&o.model, &o.served_model);
+    let model = recorded_model(worker, o);
     let record = crate::usage::UsageRecord {
         key_id: &key.id,
         model: &model,

@@ -6,9 +6,19 @@
 //! stream path never copies a chunk to strip its framing. The grammar is the
 //! strict one (CRLF only, hex sizes of at most 15 digits, bounded extensions
 //! and trailers): a peer that frames oddly gets an error, not a guess.
+//!
+//! Every byte that is not body data is bounded here, because a client sends
+//! them before anyone knows whether it may: an extension is at most
+//! [`MAX_EXTENSION`] bytes, the trailer section at most [`MAX_TRAILER_LINES`]
+//! lines and [`MAX_TRAILER_BYTES`] bytes in all, and [`ChunkedDecoder::framing_bytes`]
+//! counts the framing so the caller can refuse a body that is mostly framing.
 
-/// Longest chunk extension or trailer line accepted, in bytes.
-const MAX_LINE: usize = 4096;
+/// Longest chunk extension accepted (after the size, up to its CR), in bytes.
+pub const MAX_EXTENSION: usize = 1024;
+/// Most trailer lines after the last chunk.
+pub const MAX_TRAILER_LINES: usize = 16;
+/// Most bytes of trailer lines in all.
+pub const MAX_TRAILER_BYTES: usize = 4096;
 /// Most hex digits in a chunk size (15 digits cannot overflow a u64).
 const MAX_SIZE_DIGITS: u8 = 15;
 
@@ -49,7 +59,13 @@ pub struct ChunkedDecoder {
     /// Bytes of data left in the current chunk (or the size being read).
     remaining: u64,
     digits: u8,
+    /// Bytes of the current extension.
     line: usize,
+    /// Trailer lines and bytes so far.
+    trailer_lines: usize,
+    trailer_bytes: usize,
+    /// Bytes consumed that were framing, not data.
+    framing: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -60,7 +76,7 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        Self { state: State::Size, remaining: 0, digits: 0, line: 0 }
+        Self { state: State::Size, remaining: 0, digits: 0, line: 0, trailer_lines: 0, trailer_bytes: 0, framing: 0 }
     }
 
     /// True once the whole body, trailers included, has been read.
@@ -68,11 +84,29 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Bytes consumed so far that were framing (sizes, extensions, CRLFs,
+    /// trailers) rather than body data.
+    pub fn framing_bytes(&self) -> u64 {
+        self.framing
+    }
+
     /// Decodes from `input`, calling `on_data` with each run of body data in
     /// order. Returns how many bytes of `input` belong to this body: all of
     /// them unless the body ended inside `input`, in which case the rest is
     /// the start of whatever follows on the connection.
     pub fn decode(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<usize, ChunkedError> {
+        let mut data = 0u64;
+        let result = self.decode_inner(input, &mut |d| {
+            data += d.len() as u64;
+            on_data(d)
+        });
+        if let Ok(used) = result {
+            self.framing += used as u64 - data;
+        }
+        result
+    }
+
+    fn decode_inner(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<usize, ChunkedError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -105,7 +139,7 @@ impl ChunkedDecoder {
                         return Err(ChunkedError("chunk size line must end with CRLF"));
                     } else {
                         self.line += 1;
-                        if self.line > MAX_LINE {
+                        if self.line > MAX_EXTENSION {
                             return Err(ChunkedError("chunk extension is too long"));
                         }
                     }
@@ -150,19 +184,27 @@ impl ChunkedDecoder {
                 State::TrailerStart => {
                     if b == b'\r' {
                         self.state = State::EndLf;
+                    } else if b == b'\n' {
+                        return Err(ChunkedError("chunked body must end with CRLF"));
                     } else {
+                        self.trailer_lines += 1;
+                        if self.trailer_lines > MAX_TRAILER_LINES {
+                            return Err(ChunkedError("too many trailer lines"));
+                        }
                         self.state = State::Trailer;
-                        self.line = 1;
+                        self.trailer_bytes += 1;
                     }
                     i += 1;
                 }
                 State::Trailer => {
                     if b == b'\r' {
                         self.state = State::TrailerLf;
+                    } else if b == b'\n' {
+                        return Err(ChunkedError("trailer line must end with CRLF"));
                     } else {
-                        self.line += 1;
-                        if self.line > MAX_LINE {
-                            return Err(ChunkedError("chunked trailer is too long"));
+                        self.trailer_bytes += 1;
+                        if self.trailer_bytes > MAX_TRAILER_BYTES {
+                            return Err(ChunkedError("chunked trailers are too long"));
                         }
                     }
                     i += 1;
@@ -247,6 +289,26 @@ mod tests {
         for bad in [&b"x\r\n"[..], b"5\nhello\r\n", b"2\r\nabc\r\n", b"1234567890abcdef0\r\n", b"\r\n"] {
             assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn framing_is_bounded_and_counted() {
+        // Endless trailer lines stop at the line limit, long ones at the byte limit.
+        let many = format!("0\r\n{}", "X: y\r\n".repeat(MAX_TRAILER_LINES + 1));
+        assert_eq!(decode_all(many.as_bytes(), 7).unwrap_err().0, "too many trailer lines");
+        let long = format!("0\r\nX: {}\r\n\r\n", "a".repeat(MAX_TRAILER_BYTES));
+        assert_eq!(decode_all(long.as_bytes(), 100).unwrap_err().0, "chunked trailers are too long");
+        let ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_EXTENSION + 1));
+        assert_eq!(decode_all(ext.as_bytes(), 64).unwrap_err().0, "chunk extension is too long");
+        // A bare LF in a trailer is refused, as everywhere else: no request hides behind it.
+        for bad in [&b"0\r\nX: y\nGET / HTTP/1.1\r\n\r\n"[..], b"0\r\n\n"] {
+            assert!(decode_all(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut d = ChunkedDecoder::new();
+        let body = b"5\r\nhello\r\n1;a=b\r\n!\r\n0\r\nT: 1\r\n\r\n";
+        let used = d.decode(body, &mut |_| {}).unwrap();
+        assert_eq!(used, body.len());
+        assert_eq!(d.framing_bytes(), body.len() as u64 - 6);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::Worker;
+use crate::config::HttpLimits;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, HeadError, Method, RequestHead, parse_request_head};
 use crate::http::response::ResponseHead;
@@ -284,37 +285,118 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: std::net::Socket
             Err(None) => return,
         };
         conn.req.fill(&conn.inbuf, &head);
+        conn.inbuf.drain(..head.len);
         if worker.draining.get() {
             // Shutting down: this is the connection's last request.
             conn.req.keep_alive = false;
         }
         // In flight from here until its response is written: a draining worker waits for it.
-        let _in_flight = InFlight::enter(&worker);
+        let in_flight = InFlight::enter(&worker);
 
-        // 2. Read the body.
-        if let Err(err) = read_body(&mut conn, &head, limits.max_body, limits.header_timeout).await {
+        // 2. Accept the request or not from its head alone: its declared size,
+        // its route and its key. Nothing of the body is read, nor `100
+        // Continue` sent, before this. A refused request's body is skipped when
+        // it is already here; otherwise the connection closes after the answer.
+        let keep_alive = conn.req.keep_alive;
+        let buffered = buffered_body_len(&conn.inbuf, head.framing);
+        conn.req.keep_alive = keep_alive && buffered.is_some();
+        let accepted = match head.framing {
+            BodyFraming::Length(n) if n > limits.max_body as u64 => {
+                conn.req.id = crate::ids::request_id("req-");
+                conn.error(&ApiError::request_too_large(limits.max_body));
+                None
+            }
+            _ => crate::api::accept(&worker, &mut conn),
+        };
+        let Some(accepted) = accepted else {
+            if let Some(n) = buffered {
+                conn.inbuf.drain(..n);
+            }
+            let written = conn.flush().await.is_ok();
+            account(&worker, &conn.req);
+            drop(in_flight);
+            if !written || !conn.req.keep_alive {
+                linger(&mut conn).await;
+                return;
+            }
+            continue;
+        };
+        conn.req.keep_alive = keep_alive;
+
+        // 3. Read the body, within its deadline.
+        if let Err(err) = read_body(&mut conn, &head, &limits).await {
             if let Some(err) = err {
                 conn.req.keep_alive = false;
-                conn.req.id = crate::ids::request_id("req-");
                 conn.error(&err);
                 let _ = conn.flush().await;
-                worker.access_log.log(&conn.req, "");
+                account(&worker, &conn.req);
+                drop(in_flight);
+                if err.status != 408 {
+                    linger(&mut conn).await;
+                }
             }
             return;
         }
 
-        // 3. Route and handle; the handler writes the response. Its state (several KB,
+        // 4. Handle; the endpoint writes the response. Its state (several KB,
         // most of it for the streaming path) lives on the heap for the request only,
         // so an idle keep-alive connection holds just this loop's small state.
-        let after = Box::pin(crate::api::handle(&worker, &mut conn)).await;
+        let after = Box::pin(crate::api::handle(&worker, &mut conn, accepted)).await;
         let written = conn.out.is_empty() || conn.flush().await.is_ok();
-        worker.access_log.log(&conn.req, &conn.req.key_id);
-        record_metrics(&worker, &conn.req);
+        account(&worker, &conn.req);
+        drop(in_flight);
         if !written {
             return;
         }
         if after == After::Close || !conn.req.keep_alive || conn.stream.is_none() {
             return;
+        }
+    }
+}
+
+/// The access log line and the metrics of a finished request.
+fn account(worker: &Worker, req: &Request) {
+    worker.access_log.log(req, &req.key_id);
+    record_metrics(worker, req);
+}
+
+/// Most bytes read and thrown away after refusing a request whose body is
+/// still coming, and for how long: enough for the client to finish sending
+/// and read the answer instead of meeting a reset, not enough to hold a
+/// connection open.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose client may still be sending: ends our side,
+/// then reads and discards (a bounded amount, for a bounded time) so the
+/// kernel does not answer the unread bytes with a reset that could destroy
+/// the response before the client reads it.
+async fn linger(conn: &mut Conn) {
+    let Some(stream) = conn.stream.as_mut() else { return };
+    if monoio::io::AsyncWriteRent::shutdown(stream).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        conn.inbuf.clear();
+        match conn.fill(deadline.saturating_duration_since(Instant::now())).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
+    }
+}
+
+/// The length of the request's body when all of it is in `buf` already
+/// (which starts right after the head); `None` while some is still to come.
+fn buffered_body_len(buf: &[u8], framing: BodyFraming) -> Option<usize> {
+    match framing {
+        BodyFraming::Empty => Some(0),
+        BodyFraming::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),
+        BodyFraming::Chunked => {
+            let mut d = ChunkedDecoder::new();
+            let used = d.decode(buf, &mut |_| {}).ok()?;
+            d.is_done().then_some(used)
         }
     }
 }
@@ -350,7 +432,7 @@ fn record_metrics(worker: &Worker, req: &Request) {
     let m = crate::metrics::RequestMetrics {
         route: if req.route.is_empty() { "unknown" } else { req.route },
         status: o.status,
-        model: &o.model,
+        model: if crate::api::model_known(worker, o) { &o.model } else { crate::usage::UNKNOWN_MODEL },
         key_id: &req.key_id,
         prompt_tokens: o.usage.prompt_tokens,
         completion_tokens: o.usage.completion_tokens,
@@ -401,73 +483,104 @@ async fn read_head(conn: &mut Conn, idle: Duration, header: Duration) -> Result<
     }
 }
 
-/// Reads the body into `conn.req.body` and consumes the request's bytes from
-/// `inbuf`. `Err(Some)` answers and closes; `Err(None)` just closes.
-async fn read_body(
-    conn: &mut Conn,
-    head: &RequestHead,
-    max_body: usize,
-    timeout: Duration,
-) -> Result<(), Option<ApiError>> {
+/// A chunked body may carry this much framing (sizes, extensions, CRLFs,
+/// trailers) beyond the size of its data; more is a body made of framing.
+const FRAMING_ALLOWANCE: u64 = 64 * 1024;
+
+/// Reads the body into `conn.req.body`, consuming its bytes from `inbuf` as
+/// they are decoded (so framing never piles up in memory). The whole body
+/// must arrive by one deadline. `Err(Some)` answers and closes; `Err(None)`
+/// just closes.
+async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits) -> Result<(), Option<ApiError>> {
+    let deadline = Instant::now() + limits.body_timeout;
     let mut sent_continue = !head.expect_continue;
-    match head.framing {
-        BodyFraming::Empty => {
-            conn.inbuf.drain(..head.len);
-            Ok(())
-        }
-        BodyFraming::Length(n) => {
-            if n > max_body as u64 {
-                return Err(Some(ApiError::request_too_large(max_body)));
-            }
-            let total = head.len + n as usize;
-            while conn.inbuf.len() < total {
-                more_body(conn, &mut sent_continue, timeout).await?;
-            }
-            conn.req.body.extend_from_slice(&conn.inbuf[head.len..total]);
-            conn.inbuf.drain(..total);
-            Ok(())
-        }
-        BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
-            let mut pos = head.len;
-            let mut body = std::mem::take(&mut conn.req.body);
-            let mut too_big = false;
-            loop {
-                let used = decoder
-                    .decode(&conn.inbuf[pos..], &mut |d| {
-                        if body.len() + d.len() > max_body {
-                            too_big = true;
-                        } else {
-                            body.extend_from_slice(d);
-                        }
-                    })
-                    .map_err(|e| Some(ApiError::bad_request(format!("Invalid chunked request body: {}.", e.0))))?;
-                pos += used;
-                if too_big {
-                    return Err(Some(ApiError::request_too_large(max_body)));
+    let mut body = std::mem::take(&mut conn.req.body);
+    let result = async {
+        match head.framing {
+            BodyFraming::Empty => Ok(()),
+            BodyFraming::Length(n) => {
+                // Within the body limit: checked when the request was accepted.
+                let mut left = n as usize;
+                loop {
+                    let take = left.min(conn.inbuf.len());
+                    body.extend_from_slice(&conn.inbuf[..take]);
+                    conn.inbuf.drain(..take);
+                    left -= take;
+                    if left == 0 {
+                        return Ok(());
+                    }
+                    more_body(conn, &mut sent_continue, deadline, limits).await?;
                 }
-                if decoder.is_done() {
-                    break;
-                }
-                more_body(conn, &mut sent_continue, timeout).await?;
             }
-            conn.req.body = body;
-            conn.inbuf.drain(..pos);
-            Ok(())
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut too_big = false;
+                loop {
+                    let used = decoder
+                        .decode(&conn.inbuf, &mut |d| {
+                            if body.len() + d.len() > limits.max_body {
+                                too_big = true;
+                            } else {
+                                body.extend_from_slice(d);
+                            }
+                        })
+                        .map_err(|e| Some(ApiError::bad_request(format!("Invalid chunked request body: {}.", e.0))))?;
+                    conn.inbuf.drain(..used);
+                    if too_big {
+                        return Err(Some(ApiError::request_too_large(limits.max_body)));
+                    }
+                    if decoder.framing_bytes() > body.len() as u64 + FRAMING_ALLOWANCE {
+                        return Err(Some(ApiError::bad_request(
+                            "Invalid chunked request body: it is mostly framing (chunks too small or extensions too long).",
+                        )));
+                    }
+                    if decoder.is_done() {
+                        return Ok(());
+                    }
+                    more_body(conn, &mut sent_continue, deadline, limits).await?;
+                }
+            }
         }
     }
+    .await;
+    conn.req.body = body;
+    // A large upload grew the read buffer; an idle connection should not keep it.
+    if conn.inbuf.capacity() > 64 * 1024 && conn.inbuf.len() <= 16 * 1024 {
+        conn.inbuf.shrink_to(16 * 1024);
+    }
+    result
 }
 
 /// Reads more of the body, first telling a client that sent
-/// `Expect: 100-continue` to go on. A closed or silent client ends the connection.
-async fn more_body(conn: &mut Conn, sent_continue: &mut bool, timeout: Duration) -> Result<(), Option<ApiError>> {
+/// `Expect: 100-continue` to go on. A client that closes ends the
+/// connection; one that is too slow gets a 408.
+async fn more_body(
+    conn: &mut Conn,
+    sent_continue: &mut bool,
+    deadline: Instant,
+    limits: &HttpLimits,
+) -> Result<(), Option<ApiError>> {
     if !*sent_continue {
         conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         conn.flush().await.map_err(|_| None)?;
         *sent_continue = true;
     }
-    match conn.fill(timeout).await {
-        Ok(0) | Err(_) => Err(None),
+    let left = deadline.saturating_duration_since(Instant::now());
+    let too_slow = || {
+        let msg = format!(
+            "The request body did not arrive in time (the whole body within {}s, no pause longer than {}s).",
+            limits.body_timeout.as_secs_f64(),
+            limits.header_timeout.as_secs_f64()
+        );
+        Some(ApiError::new(408, "invalid_request_error", "request_timeout", msg))
+    };
+    if left.is_zero() {
+        return Err(too_slow());
+    }
+    match conn.fill(left.min(limits.header_timeout)).await {
+        Ok(0) => Err(None),
         Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(too_slow()),
+        Err(_) => Err(None),
     }
 }

@@ -361,3 +361,13 @@ pub fn gateway_on(upstream: &Proc, dir: &std::path::Path) -> Proc {
             .collect();
     start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[])
 }
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}

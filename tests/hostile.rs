@@ -1,0 +1,210 @@
+//! Hostile clients, with an ordinary key or with none: each test pins one
+//! way a client tried to stall accounting, dodge its limits or its usage, or
+//! grow the gateway's memory, and checks that it no longer works.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn usage_cli(g: &Proc, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(["usage", "--data-dir", g.data_dir.as_ref().unwrap().to_str().unwrap(), "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn requests_of(v: &Value, group: &str, name: &str) -> u64 {
+    v["data"].as_array().unwrap().iter().find(|r| r[group] == name).map_or(0, |r| r["requests"].as_u64().unwrap())
+}
+
+fn chat_as(g: &Proc, key: &str, body: &Value) -> Response {
+    request_with(
+        g.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        &[("Authorization", &format!("Bearer {key}"))],
+    )
+}
+
+fn chat_for(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[test]
+fn a_model_name_that_no_store_key_can_hold_is_refused_and_accounting_goes_on() {
+    let m = mock(&[]);
+    let mut g = gateway(&m, &["--usage-flush-ms", "50"]);
+    let key = create_key(&g, "sprayer", &[])["secret"].as_str().unwrap().to_owned();
+    for model in ["m".repeat(484), "m".repeat(257), "llama3\0forged".to_owned(), "llama3\nx".to_owned()] {
+        let r = chat_as(&g, &key, &chat_for(&model));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(
+            (r.json()["error"]["type"].as_str(), r.json()["error"]["param"].as_str()),
+            (Some("invalid_request_error"), Some("model"))
+        );
+    }
+    assert_eq!(chat_as(&g, &key, &chat_for(&"m".repeat(256))).status, 404, "256 bytes is still a name");
+    assert_eq!(chat_as(&g, &key, &chat_for("llama3")).status, 200);
+    // Accounting is not stalled: the good request is committed while the server runs.
+    assert!(
+        eventually(Duration::from_secs(5), || requests_of(&usage_cli(&g, &["--by", "model"]), "model", "llama3") == 1)
+    );
+    assert_eq!(terminate(&mut g), Some(0));
+}
+
+#[test]
+fn made_up_model_names_are_recorded_under_one_label() {
+    let m = mock(&[]);
+    let mut g = gateway(&m, &[]);
+    let key = create_key(&g, "inventor", &[])["secret"].as_str().unwrap().to_owned();
+    for i in 0..40 {
+        assert_eq!(chat_as(&g, &key, &chat_for(&format!("no-such-model-{i}"))).status, 404);
+    }
+    assert_eq!(chat_as(&g, &key, &chat_for("llama3")).status, 200);
+    assert_eq!(terminate(&mut g), Some(0));
+    let v = usage_cli(&g, &["--by", "model"]);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(requests_of(&v, "model", "(unknown)"), 40);
+    assert_eq!(requests_of(&v, "model", "llama3"), 1);
+}
+
+/// Sends `head`, then keeps writing `piece` until the gateway stops reading
+/// (or `limit` bytes went out); returns how much was written.
+fn flood(s: &mut std::net::TcpStream, head: &str, piece: &[u8], limit: usize) -> usize {
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut sent = 0;
+    while sent < limit {
+        match s.write(piece) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_trailer_flood_is_refused_and_memory_stays_flat() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--workers", "1"]);
+    let before = rss_kib(g.child.id());
+    let line = format!("X: {}\r\n", "a".repeat(1000));
+    let piece = line.repeat(64);
+    // With a key: the trailer section ends at its limit, with a 400.
+    let mut s = connect(g.addr);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+    );
+    let sent = flood(&mut s, &head, piece.as_bytes(), 64 << 20);
+    let resp = read_response(&mut BufReader::new(s), false).expect("an answer");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("trailer"), "{}", resp.text());
+    assert!(sent < 32 << 20, "the gateway stopped reading ({sent} bytes sent)");
+    // Without a key: refused from the head; the body is never buffered.
+    let mut s = connect(g.addr);
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+    let sent = flood(&mut s, head, piece.as_bytes(), 64 << 20);
+    assert!(sent < 32 << 20, "the gateway stopped reading ({sent} bytes sent)");
+    let after = rss_kib(g.child.id());
+    assert!(after < before + 8 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert_eq!(get(g.addr, "/healthz").status, 200);
+}
+
+#[test]
+fn a_bare_lf_in_a_trailer_cannot_hide_a_pipelined_request() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    let mut s = connect(g.addr);
+    let body = chat_body("llama3", false);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\nX: y\nGET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let resp = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(read_response(&mut r, false).is_none(), "nothing else is answered on that connection");
+    assert_eq!(stats(&m)["by_endpoint"]["chat"], 0);
+}
+
+#[test]
+fn continue_is_sent_only_to_an_accepted_request() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    for (auth, status) in [("", 401), ("Authorization: Bearer sk_wrong\r\n", 401)] {
+        let mut s = connect(g.addr);
+        s.write_all(
+            format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 8000000\r\nExpect: 100-continue\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let resp = read_response(&mut r, false).unwrap();
+        assert_eq!(resp.status, status, "no 100 Continue first");
+        assert_eq!(resp.header("connection"), Some("close"));
+    }
+    // A route that does not exist is refused from its head too.
+    let mut s = connect(g.addr);
+    s.write_all(b"POST /v1/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut BufReader::new(s), false).unwrap().status, 404);
+}
+
+#[test]
+fn a_body_must_arrive_by_one_deadline() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--header-timeout", "1", "--body-timeout", "2"]);
+    let mut s = connect(g.addr);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: 100\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    // One byte every 300 ms: never a pause as long as the header timeout, and
+    // the whole body would take 30 s.
+    let mut writer = s.try_clone().unwrap();
+    let started = Instant::now();
+    let drip = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let resp = read_response(&mut BufReader::new(s), false).expect("an answer before the body ends");
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    drop(drip);
+}
+
+#[test]
+fn a_too_large_body_sent_without_expect_gets_a_readable_413() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--max-body-bytes", "1000"]);
+    for auth in ["", "Authorization: Bearer sk_nobody\r\n"] {
+        let mut s = connect(g.addr);
+        let body = vec![b'x'; 2 << 20];
+        s.write_all(
+            format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n", body.len())
+                .as_bytes(),
+        )
+        .unwrap();
+        let _ = s.write_all(&body);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+        assert!(text.contains("request_too_large"), "{text}");
+    }
+}
