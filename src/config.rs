@@ -98,6 +98,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
     pub upstream_idle_timeout: f64,
 
+    /// Completion tokens reserved at admission for a request that sets no
+    /// `max_tokens`, against its key's token rate and quotas (settled to the
+    /// real count when it ends).
+    #[arg(long, env = "AI_GATEWAY_COMPLETION_RESERVATION", default_value_t = 256)]
+    pub completion_reservation: u64,
+
     /// Milliseconds between usage commits to the store (a crash loses at most this much).
     #[arg(long, env = "AI_GATEWAY_USAGE_FLUSH_MS", default_value_t = 1000)]
     pub usage_flush_ms: u64,
@@ -162,6 +168,8 @@ pub struct Config {
     pub upstream_max_concurrent: usize,
     pub upstream_queue: usize,
     pub upstream_queue_timeout: Duration,
+    /// Completion tokens reserved for a request without `max_tokens`.
+    pub completion_reservation: u64,
 }
 
 impl Config {
@@ -232,6 +240,7 @@ impl Config {
             },
             upstream_queue: a.upstream_queue,
             upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
+            completion_reservation: a.completion_reservation,
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod config_file;
+pub mod estimate;
 pub mod fuzzing;
 pub mod http;
 pub mod ids;

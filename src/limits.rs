@@ -141,8 +141,10 @@ pub struct Limiters {
 pub struct Admission {
     limiter: Arc<KeyLimiter>,
     counted: bool,
-    /// Tokens reserved at admission, to settle against the real usage.
+    /// Tokens reserved against the token rate at admission, to settle against the real usage.
     pub reserved_tokens: u64,
+    /// Tokens reserved against the key's quotas (see `quota`), likewise.
+    pub quota_reserved: u64,
 }
 
 impl Admission {
@@ -202,7 +204,7 @@ impl Limiters {
     /// On refusal: the 429 and the milliseconds to wait.
     pub fn admit(&self, key: &KeyRecord, now: u64) -> Result<Admission, (ApiError, u64)> {
         let limiter = self.limiter(&key.id);
-        let mut admission = Admission { limiter, counted: false, reserved_tokens: 0 };
+        let mut admission = Admission { limiter, counted: false, reserved_tokens: 0, quota_reserved: 0 };
         if let Some(max) = key.limits.max_concurrent {
             let before = admission.limiter.in_flight.fetch_add(1, Ordering::AcqRel);
             admission.counted = true;

@@ -5,9 +5,17 @@
 //! in the store (so the count survives restarts) before this process
 //! records anything for the key, and every finished request adds to it
 //! straight away, so the count is exact across workers without waiting for
-//! the usage writer. A request is admitted while the totals are under the
-//! limits; once admitted it may finish even if it overshoots, and the next
-//! one is refused with 429 `insufficient_quota` until the period rolls over.
+//! the usage writer.
+//!
+//! Concurrent requests must not all see the same unspent quota, so a request
+//! reserves its estimated cost (prompt estimate plus its completion budget)
+//! when it is admitted, and settles it against the real count when it ends.
+//! A request is admitted while the totals plus the reservations of the
+//! key's requests in flight are under the limits; once admitted it may
+//! finish even if it overshoots, and the next one is refused with 429
+//! `insufficient_quota` until the period rolls over. What a quota can be
+//! overshot by is thus one request's reservation plus what the estimates
+//! missed (the README states it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +35,8 @@ pub struct PeriodTotals {
     /// `YYYY-MM`
     pub month: String,
     pub month_tokens: u64,
+    /// Tokens reserved by the key's requests in flight (whatever their day).
+    pub reserved: u64,
 }
 
 impl PeriodTotals {
@@ -57,7 +67,7 @@ impl QuotaBook {
         // First sight of this key in this process: start from what is committed.
         let month_start = format!("{}-01", &today[..7]);
         let mut t = PeriodTotals { day: today.to_owned(), month: today[..7].to_owned(), ..Default::default() };
-        for row in store.usage_rows(Some(key_id), Some(&month_start), Some(today))? {
+        for row in store.usage_range(key_id, &month_start, today)? {
             t.month_tokens += row.rollup.tokens();
             if row.day == today {
                 t.day_tokens += row.rollup.tokens();
@@ -74,45 +84,77 @@ impl QuotaBook {
         Ok(t.clone())
     }
 
-    /// Admits a request of `key`, or the 429 to send when a quota is spent.
+    /// Admits a request of `key`, or the 429 to send when a quota is spent
+    /// (counting what its requests in flight have reserved).
     pub fn admit(&self, store: &Store, key: &KeyRecord, today: &str) -> Result<(), ApiError> {
-        if key.limits.daily_tokens.is_none() && key.limits.monthly_tokens.is_none() {
-            return Ok(());
-        }
-        let t = self.totals(store, &key.id, today).map_err(|e| {
-            crate::log::error(format_args!("quota lookup failed: {e}"));
-            ApiError::upstream(500, "The gateway could not read its usage store.".into())
-        })?;
-        if let Some(limit) = key.limits.daily_tokens
-            && t.day_tokens >= limit
-        {
-            return Err(spent(key, "daily", limit, t.day_tokens, "at 00:00 UTC"));
-        }
-        if let Some(limit) = key.limits.monthly_tokens
-            && t.month_tokens >= limit
-        {
-            return Err(spent(key, "monthly", limit, t.month_tokens, "on the 1st of next month, 00:00 UTC"));
-        }
-        Ok(())
+        self.reserve(store, key, today, 0).map(|_| ())
     }
 
-    /// Adds a finished request's tokens.
-    pub fn add(&self, store: &Store, key_id: &str, today: &str, tokens: u64) {
+    /// Admits a request of `key` as [`admit`](Self::admit) does and reserves
+    /// `tokens` for it. Returns what was reserved (nothing for a key without
+    /// quotas), to hand back to [`settle`](Self::settle).
+    pub fn reserve(&self, store: &Store, key: &KeyRecord, today: &str, tokens: u64) -> Result<u64, ApiError> {
+        if key.limits.daily_tokens.is_none() && key.limits.monthly_tokens.is_none() {
+            return Ok(0);
+        }
+        let e = self.entry(store, &key.id, today).map_err(|e| {
+            crate::log::error(format_args!("quota lookup failed: {e}"));
+            ApiError::new(500, "api_error", "internal_error", "The gateway could not read its usage store.")
+        })?;
+        let mut t = e.lock();
+        t.roll(today);
+        if let Some(limit) = key.limits.daily_tokens
+            && t.day_tokens + t.reserved >= limit
+        {
+            return Err(spent(key, "daily", limit, t.day_tokens, t.reserved, "at 00:00 UTC"));
+        }
+        if let Some(limit) = key.limits.monthly_tokens
+            && t.month_tokens + t.reserved >= limit
+        {
+            return Err(spent(
+                key,
+                "monthly",
+                limit,
+                t.month_tokens,
+                t.reserved,
+                "on the 1st of next month, 00:00 UTC",
+            ));
+        }
+        t.reserved += tokens;
+        Ok(tokens)
+    }
+
+    /// Settles a finished request: its reservation is released and its real
+    /// tokens are counted.
+    pub fn settle(&self, store: &Store, key_id: &str, today: &str, reserved: u64, tokens: u64) {
+        if reserved == 0 && tokens == 0 {
+            return;
+        }
         match self.entry(store, key_id, today) {
             Ok(e) => {
                 let mut t = e.lock();
                 t.roll(today);
+                t.reserved = t.reserved.saturating_sub(reserved);
                 t.day_tokens += tokens;
                 t.month_tokens += tokens;
             }
             Err(e) => crate::log::error(format_args!("quota update failed: {e}")),
         }
     }
+
+    /// Adds a finished request's tokens (one that reserved nothing).
+    pub fn add(&self, store: &Store, key_id: &str, today: &str, tokens: u64) {
+        self.settle(store, key_id, today, 0, tokens);
+    }
 }
 
-fn spent(key: &KeyRecord, period: &str, limit: u64, used: u64, resets: &str) -> ApiError {
-    let message =
-        format!("Key '{}' has used its {period} token quota ({used} of {limit} tokens). It resets {resets}.", key.name);
+fn spent(key: &KeyRecord, period: &str, limit: u64, used: u64, reserved: u64, resets: &str) -> ApiError {
+    let in_flight =
+        if reserved > 0 { format!(", {reserved} more reserved by requests in flight") } else { String::new() };
+    let message = format!(
+        "Key '{}' has used its {period} token quota ({used} of {limit} tokens{in_flight}). It resets {resets}.",
+        key.name
+    );
     ApiError::new(429, "insufficient_quota", "insufficient_quota", message)
 }
 
@@ -155,6 +197,16 @@ mod tests {
         book.add(store, &key.id, "2026-11-25", 20);
         assert!(book.admit(store, &key, "2026-11-25").unwrap_err().message.contains("monthly"));
         // Next month: fresh.
+        assert!(book.admit(store, &key, "2026-12-01").is_ok());
+        // Reservations of requests in flight count until they settle.
+        assert_eq!(book.reserve(store, &key, "2026-12-01", 60).unwrap(), 60);
+        assert_eq!(book.reserve(store, &key, "2026-12-01", 60).unwrap(), 60);
+        let e = book.reserve(store, &key, "2026-12-01", 60).unwrap_err();
+        assert!(e.message.contains("120 more reserved"), "{}", e.message);
+        book.settle(store, &key.id, "2026-12-01", 60, 10);
+        book.settle(store, &key.id, "2026-12-01", 60, 10);
+        let t = book.totals(store, &key.id, "2026-12-01").unwrap();
+        assert_eq!((t.day_tokens, t.reserved), (20, 0));
         assert!(book.admit(store, &key, "2026-12-01").is_ok());
         // No quotas: always admitted.
         key.limits = Limits::default();

@@ -432,49 +432,70 @@ impl Store {
         wtxn.commit().map_err(unwritable)
     }
 
-    /// Stored rollups, optionally for one key, between two days (inclusive, `YYYY-MM-DD`).
+    /// Stored rollups, optionally for one key, between two days (inclusive,
+    /// `YYYY-MM-DD`). For one key only its range of days is read; without a
+    /// key the whole table is (admin reports, run off the worker threads).
     pub fn usage_rows(
         &self,
         key_id: Option<&str>,
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<Vec<UsageRow>, StoreError> {
+        if let Some(key_id) = key_id {
+            return self.usage_range(key_id, from.unwrap_or("0000-00-00"), to.unwrap_or("9999-12-31"));
+        }
         let rtxn = self.read()?;
         let mut rows = Vec::new();
-        let prefix = key_id.map(|k| {
-            let mut p = k.as_bytes().to_vec();
-            p.push(0);
-            p
-        });
-        type Rows<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
-        let iter: Rows<'_> = match &prefix {
-            Some(p) => Box::new(self.usage.prefix_iter(&rtxn, p)?),
-            None => Box::new(self.usage.iter(&rtxn)?),
-        };
-        for item in iter {
+        for item in self.usage.iter(&rtxn)? {
             let (k, v) = item?;
-            let mut parts = k.splitn(3, |&b| b == 0);
-            let (Some(key), Some(day), Some(model)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            let day = String::from_utf8_lossy(day).into_owned();
-            if from.is_some_and(|f| day.as_str() < f) || to.is_some_and(|t| day.as_str() > t) {
-                continue;
+            if let Some(row) = usage_row(k, v)
+                && from.is_none_or(|f| row.day.as_str() >= f)
+                && to.is_none_or(|t| row.day.as_str() <= t)
+            {
+                rows.push(row);
             }
-            let Some(rollup) = Rollup::decode(v) else { continue };
-            // A request served under an alias is stored as `requested \0 served`.
-            let (model, served) = match model.iter().position(|&b| b == 0) {
-                Some(p) => (&model[..p], &model[p + 1..]),
-                None => (model, model),
-            };
-            rows.push(UsageRow {
-                key_id: String::from_utf8_lossy(key).into_owned(),
-                day,
-                model: String::from_utf8_lossy(model).into_owned(),
-                served_model: String::from_utf8_lossy(served).into_owned(),
-                rollup,
-            });
         }
         Ok(rows)
     }
+
+    /// One key's rollups from day `from` to day `to` (inclusive): a bounded
+    /// range of the table, since one key's rows are ordered by day.
+    pub fn usage_range(&self, key_id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
+        use std::ops::Bound;
+        let rtxn = self.read()?;
+        let start = rollup_key(key_id, from, "");
+        // Just past every model of day `to`: `key \0 to \x01`.
+        let mut end = rollup_key(key_id, to, "");
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let range = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
+        let mut rows = Vec::new();
+        for item in self.usage.range(&rtxn, &range)? {
+            let (k, v) = item?;
+            rows.extend(usage_row(k, v));
+        }
+        Ok(rows)
+    }
+}
+
+/// Reads one stored rollup (`None` for a key that is not in the table's shape).
+fn usage_row(k: &[u8], v: &[u8]) -> Option<UsageRow> {
+    let mut parts = k.splitn(3, |&b| b == 0);
+    let (key, day, model) = (parts.next()?, parts.next()?, parts.next()?);
+    let rollup = Rollup::decode(v)?;
+    // A request served under an alias is stored as `requested \0 served`.
+    let (model, served) = match model.iter().position(|&b| b == 0) {
+        Some(p) => (&model[..p], &model[p + 1..]),
+        None => (model, model),
+    };
+    Some(UsageRow {
+        key_id: String::from_utf8_lossy(key).into_owned(),
+        day: String::from_utf8_lossy(day).into_owned(),
+        model: String::from_utf8_lossy(model).into_owned(),
+        served_model: String::from_utf8_lossy(served).into_owned(),
+        rollup,
+    })
 }
 
 /// A usage query: filters and the grouping.

@@ -208,3 +208,111 @@ fn a_too_large_body_sent_without_expect_gets_a_readable_413() {
         assert!(text.contains("request_too_large"), "{text}");
     }
 }
+
+/// Opens a streamed chat with `prompt` as `key`, reads `events` content
+/// events, and closes the connection.
+fn cancel_after(g: &Proc, key: &str, prompt: &str, events: usize) {
+    let mut s = connect(g.addr);
+    let body =
+        json!({"model": "llama3", "messages": [{"role": "user", "content": prompt}], "stream": true, "max_tokens": 5});
+    send(
+        &mut s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        &[("Authorization", &format!("Bearer {key}"))],
+    );
+    let mut r = BufReader::new(s);
+    let (mut seen, mut line) = (0, String::new());
+    while seen < events {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut r, &mut line).unwrap() > 0, "stream ended early");
+        seen += usize::from(line.starts_with("data: {"));
+    }
+}
+
+#[test]
+fn a_request_that_reached_the_model_pays_for_its_prompt_however_it_ends() {
+    let m = mock(&["--tokens", "40", "--token-delay-ms", "20"]);
+    let mut g = gateway(&m, &[]);
+    let key = create_key(&g, "leaver", &[])["secret"].as_str().unwrap().to_owned();
+    let prompt = vec!["word"; 5000].join(" ");
+    for _ in 0..3 {
+        cancel_after(&g, &key, &prompt, 3);
+    }
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 3));
+    // A non-streamed request abandoned while the model works on it.
+    configure(&m, json!({"first_token_delay_ms": 3000}));
+    let mut s = connect(g.addr);
+    let body = json!({"model": "llama3", "messages": [{"role": "user", "content": prompt}]}).to_string();
+    send(&mut s, "POST", "/v1/chat/completions", Some(&body), &[("Authorization", &format!("Bearer {key}"))]);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 1));
+    drop(s);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 4));
+    assert_eq!(terminate(&mut g), Some(0));
+    let v = usage_cli(&g, &[]);
+    let row = &v["data"][0];
+    assert_eq!(
+        (row["requests"].as_u64(), row["cancelled"].as_u64(), row["estimated"].as_u64()),
+        (Some(4), Some(4), Some(4))
+    );
+    // The emulator counts 5,001 tokens for that prompt; each request pays an
+    // estimate of the same order, never nothing.
+    let prompt_tokens = row["prompt_tokens"].as_u64().unwrap();
+    assert!((4 * 2500..=4 * 10_000).contains(&prompt_tokens), "{prompt_tokens}");
+}
+
+/// Fires `n` chat requests at once as `key`; returns how many were answered 200.
+fn burst(g: &Proc, key: &str, n: usize, body: &Value) -> usize {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, key, body, barrier) = (g.addr, key.to_owned(), body.to_string(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                barrier.wait();
+                send(
+                    &mut s,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&body),
+                    &[("Authorization", &format!("Bearer {key}"))],
+                );
+                read_response(&mut BufReader::new(s), false).unwrap().status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).filter(|&s| s == 200).count()
+}
+
+#[test]
+fn quotas_and_token_rates_hold_under_concurrency() {
+    let m = mock(&["--tokens", "8", "--first-token-delay-ms", "300", "--workers", "2"]);
+    let mut g = gateway(&m, &[]);
+    let quota = create_key(&g, "quota", &["--daily-tokens", "100"])["secret"].as_str().unwrap().to_owned();
+    let rate = create_key(&g, "rate", &["--tpm", "100"])["secret"].as_str().unwrap().to_owned();
+    let body = json!({"model": "llama3", "messages": [{"role": "user", "content": "Say hello to the test"}], "max_tokens": 20});
+    let served_quota = burst(&g, &quota, 50, &body);
+    let served_rate = burst(&g, &rate, 50, &body);
+    assert_eq!(terminate(&mut g), Some(0));
+    let v = usage_cli(&g, &["--by", "key"]);
+    let tokens = |name: &str| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == name)
+            .map_or(0, |r| r["total_tokens"].as_u64().unwrap())
+    };
+    // One request costs 14 tokens here (6 prompt + 8 completion) and reserves
+    // its prompt estimate plus max_tokens (20): the limit can be passed by at
+    // most that one reservation (README, "Limits and quotas").
+    let bound = 100 + 40;
+    eprintln!(
+        "50 at once: daily quota 100 served {served_quota} ({} tokens); tpm 100 served {served_rate} ({} tokens)",
+        tokens("quota"),
+        tokens("rate")
+    );
+    assert!(served_quota >= 1 && tokens("quota") <= bound, "quota: {} tokens in {served_quota}", tokens("quota"));
+    assert!(served_rate >= 1 && tokens("rate") <= bound, "tpm: {} tokens in {served_rate}", tokens("rate"));
+}

@@ -202,8 +202,11 @@ fn thousands_of_mixed_requests_are_accounted_exactly() {
     let (requests, prompt, completion) = totals(&v);
     assert_eq!(requests, 2020);
     assert_eq!(st["completed"], 2000);
-    // Exact for the completed requests (cancelled ones have no final line, so no prompt count).
-    assert_eq!(prompt, st["prompt_tokens"].as_u64().unwrap());
+    // Exact for the completed requests; a cancelled one has no final line and
+    // pays its prompt's estimate (the emulator counts 6 for it; the raw
+    // estimate is 13, calibrated towards the real counts as replies come in).
+    let served_prompt = st["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt >= served_prompt + 20 && prompt <= served_prompt + 20 * 26, "{prompt} vs {st}");
     let served = st["completion_tokens"].as_u64().unwrap();
     let cancelled_written = st["cancelled_tokens"].as_u64().unwrap();
     assert!(completion >= served + read_before_cancel, "{completion} vs {st}");
@@ -211,8 +214,8 @@ fn thousands_of_mixed_requests_are_accounted_exactly() {
     let sum = |f: &str| v["data"].as_array().unwrap().iter().map(|r| r[f].as_u64().unwrap()).sum::<u64>();
     assert_eq!((sum("cancelled"), sum("estimated")), (20, 20));
     eprintln!(
-        "exactness: recorded prompt {prompt} = served {}; recorded completion {completion} = served {served} + estimates {} (client read {read_before_cancel}, emulator wrote {cancelled_written})",
-        st["prompt_tokens"],
+        "exactness: recorded prompt {prompt} = served {served_prompt} + estimates {}; recorded completion {completion} = served {served} + estimates {} (client read {read_before_cancel}, emulator wrote {cancelled_written})",
+        prompt - served_prompt,
         completion - served
     );
     let by_model = usage(&g, &["--by", "model"]);

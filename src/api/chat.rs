@@ -41,7 +41,7 @@ pub async fn completions(
     // Convert the OpenAI request into the native body, then admit it.
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
     let converted = convert_chat_with(&conn.req.body, &worker.config.aliases, &mut native);
-    let Some(plan) = admit(worker, conn, key, admission, converted) else { return After::KeepAlive };
+    let Some(plan) = admit(worker, conn, key, admission, converted, &native) else { return After::KeepAlive };
     let call = Call::generation("/api/chat", &native, &plan.served_model, &key.id);
     if plan.stream {
         let transcoder = NdjsonToSse::new(&conn.req.id, &plan.model, plan.include_usage);
@@ -54,15 +54,18 @@ pub async fn completions(
 /// The steps between conversion and the upstream, for every endpoint that
 /// generates: a request that did not convert is answered with its 400; then
 /// the key's model allowlist (the requested name or the model that serves
-/// it) and its token rate (admitted while not in debt, with `max_tokens`
-/// reserved). Records the plan in the request's outcome. `None`: the
-/// refusal has been answered.
+/// it); then its estimated cost (the prompt estimated from the `native`
+/// body, plus `max_tokens` or the default completion reservation) is
+/// reserved against the key's quotas and token rate (each admits while not
+/// spent or in debt). Records the plan in the request's outcome. `None`:
+/// the refusal has been answered.
 pub(super) fn admit<P: AsRef<Plan>>(
     worker: &Worker,
     conn: &mut Conn,
     key: &KeyRecord,
     admission: Option<&mut Admission>,
     converted: Result<P, ApiError>,
+    native: &[u8],
 ) -> Option<P> {
     let converted = match converted {
         Ok(c) => c,
@@ -76,14 +79,30 @@ pub(super) fn admit<P: AsRef<Plan>>(
         conn.error(&crate::auth::model_not_allowed(key, &plan.model));
         return None;
     }
+    let raw = crate::estimate::count(native).raw_tokens();
+    let prompt = worker.calibration.estimate(&plan.served_model, raw);
+    let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
+    let cost = prompt.saturating_add(completion);
     if let Some(a) = admission {
+        let today = crate::usage::today();
+        match worker.quota.reserve(worker.store, key, &today, cost) {
+            Ok(reserved) => a.quota_reserved = reserved,
+            Err(e) => {
+                conn.req.outcome.quota_refused = true;
+                conn.error_with(&e, ("x-should-retry", "false"));
+                return None;
+            }
+        }
         let now = crate::limits::now_ns();
-        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, plan.max_tokens.unwrap_or(0), now) {
+        if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, cost, now) {
+            worker.quota.settle(worker.store, &key.id, &today, std::mem::take(&mut a.quota_reserved), 0);
             super::rate_limited(worker, conn, key, &e, wait_ms, now);
             return None;
         }
     }
     let o = &mut conn.req.outcome;
+    o.prompt_raw = raw;
+    o.prompt_estimate = prompt;
     o.model.push_str(&plan.model);
     o.served_model.push_str(&plan.served_model);
     o.stream = plan.stream;
@@ -98,7 +117,13 @@ pub(super) type Render<'r> = &'r dyn Fn(&mut Vec<u8>, &str, &str, &[u8]) -> Resu
 pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &Call<'_>, render: Render<'_>) -> After {
     match upstream_json(worker, conn, call).await {
         Err(None) => {
-            conn.req.outcome.cancelled = true;
+            let o = &mut conn.req.outcome;
+            o.cancelled = true;
+            if call.sent.get() {
+                // The model had the request: its prompt is paid for, by estimate.
+                o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
+                o.estimated = true;
+            }
             After::Close
         }
         Err(Some(e)) => {
@@ -161,7 +186,12 @@ pub(super) async fn stream(
         }
         Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => return fail_before_stream(conn, split, e).await,
         Err(ExchangeError::ClientGone) => {
-            conn.req.outcome.cancelled = true;
+            let o = &mut conn.req.outcome;
+            o.cancelled = true;
+            if call.sent.get() {
+                o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
+                o.estimated = true;
+            }
             let _ = split.rejoin(conn).await;
             return After::Close;
         }
@@ -175,14 +205,15 @@ pub(super) async fn stream(
     conn.req.outcome.status = 200;
     let relayed = relay(ex, &mut transcoder, &mut split, out, pool, read_timeout, &mut conn.req).await;
 
-    // Account: the final line's counts, or (no final line) the content chunks relayed as an estimate.
+    // Account: the final line's counts, or (no final line) the prompt's
+    // estimate and the content chunks relayed.
     let o = &mut conn.req.outcome;
     o.cancelled = relayed.is_err();
     o.upstream_failed = transcoder.end() == StreamEnd::Failed;
     if transcoder.end() == StreamEnd::Completed {
         o.usage = transcoder.usage;
     } else {
-        o.usage = Usage { prompt_tokens: 0, completion_tokens: transcoder.content_chunks };
+        o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: transcoder.content_chunks };
         o.estimated = true;
     }
     let after = split.rejoin(conn).await;

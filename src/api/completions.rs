@@ -23,7 +23,7 @@ pub async fn completions(
 ) -> After {
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
     let converted = convert_completion(&conn.req.body, &worker.config.aliases, &mut native);
-    let Some(plan) = admit(worker, conn, key, admission, converted) else { return After::KeepAlive };
+    let Some(plan) = admit(worker, conn, key, admission, converted, &native) else { return After::KeepAlive };
     let call = Call::generation("/api/generate", &native, &plan.served_model, &key.id);
     if plan.stream {
         let transcoder = NdjsonToSse::completion(&conn.req.id, &plan.model, plan.include_usage);

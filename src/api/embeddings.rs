@@ -20,7 +20,7 @@ pub async fn embeddings(
 ) -> After {
     let mut native = Vec::with_capacity(conn.req.body.len() + 64);
     let converted = convert_embeddings(&conn.req.body, &worker.config.aliases, &mut native);
-    let Some(EmbeddingsPlan { plan, base64 }) = admit(worker, conn, key, admission, converted) else {
+    let Some(EmbeddingsPlan { plan, base64 }) = admit(worker, conn, key, admission, converted, &native) else {
         return After::KeepAlive;
     };
     let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id);

@@ -158,12 +158,17 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
     };
 
     // 6. Account: every authenticated API request, in this core's usage, the quota
-    // book and the token rate (the reservation made at admission is settled).
+    // book and the token rate (the reservations made at admission are settled).
     if let (Some(key), true) = (key, api) {
-        record_usage(worker, conn, &key, &today);
+        let quota_reserved = admission.as_ref().map_or(0, |a| a.quota_reserved);
+        record_usage(worker, conn, &key, &today, quota_reserved);
         if let Some(a) = &admission {
             let used = conn.req.outcome.usage.prompt_tokens + conn.req.outcome.usage.completion_tokens;
             crate::limits::Limiters::settle_tokens(&key, a, used, crate::limits::now_ns());
+        }
+        let o = &conn.req.outcome;
+        if !o.estimated && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
+            worker.calibration.observe(&o.served_model, o.prompt_raw, o.usage.prompt_tokens);
         }
     }
     after
@@ -199,7 +204,7 @@ pub fn model_known(worker: &Worker, o: &Outcome) -> bool {
         || worker.upstreams.serves(&o.served_model)
 }
 
-fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {
+fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str, quota_reserved: u64) {
     let o = &conn.req.outcome;
     let total_us = conn.req.elapsed_us();
     let model = recorded_model(worker, o);
@@ -218,9 +223,7 @@ fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str) {
     };
     worker.usage.record(&record, today);
     let tokens = record.prompt_tokens + record.completion_tokens;
-    if tokens > 0 {
-        worker.quota.add(worker.store, &key.id, today, tokens);
-    }
+    worker.quota.settle(worker.store, &key.id, today, quota_reserved, tokens);
 }
 
 /// The presented key's record if it is active and may use the route.
@@ -298,12 +301,28 @@ pub struct Call<'a> {
     pub queue_as: Option<&'a str>,
     /// Only this host (by index), no failover: for per-host listings.
     pub only: Option<usize>,
+    /// Set once the request was written to a host: from then on the model
+    /// may be working on it, and a request that ends early pays for its prompt.
+    pub sent: std::cell::Cell<bool>,
 }
 
 impl<'a> Call<'a> {
     /// A generation (`POST` with a body, queued as the key).
     pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str) -> Self {
-        Self { method: "POST", path, body: Some(body), model, queue_as: Some(key_id), only: None }
+        Self {
+            method: "POST",
+            path,
+            body: Some(body),
+            model,
+            queue_as: Some(key_id),
+            only: None,
+            sent: Default::default(),
+        }
+    }
+
+    /// A listing (`GET`) from one host, not queued.
+    pub fn listing(path: &'static str, host: usize) -> Self {
+        Self { method: "GET", path, body: None, model: "", queue_as: None, only: Some(host), sent: Default::default() }
     }
 }
 
@@ -338,7 +357,9 @@ pub async fn upstream_call(worker: &Worker, watch: &mut ClientWatch, call: &Call
         };
         host.target.request(&mut request, call.method, call.path, call.body);
         let pool = &worker.pools[host.index];
-        match client::send(&host.target, pool, &request, watch, Vec::with_capacity(client::READ_CHUNK)).await {
+        match client::send(&host.target, pool, &request, watch, Vec::with_capacity(client::READ_CHUNK), &call.sent)
+            .await
+        {
             Ok(ex) => return Ok(Answer { ex, host: host.index, permit }),
             Err(ExchangeError::Unreachable(e)) => {
                 host.connection_failed(&e.message);

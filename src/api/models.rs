@@ -95,7 +95,7 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Opti
     let mut models: Vec<ModelEntry> = Vec::new();
     let (mut answered, mut failure) = (false, None);
     for i in ask {
-        let call = Call { method: "GET", path: "/api/tags", body: None, model: "", queue_as: None, only: Some(i) };
+        let call = Call::listing("/api/tags", i);
         let listed = match upstream_json(worker, conn, &call).await {
             Ok((200, body)) => models_from_tags(&body),
             Ok((status, body)) => Err(upstream_error(status, &body, "")),

@@ -300,13 +300,16 @@ pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, st
 }
 
 /// Sends `request` (head and body, already written) and waits for the
-/// response head, watching the client all the while.
+/// response head, watching the client all the while. `sent` is set once the
+/// request has been written to the upstream (from then on the model may be
+/// working on it).
 pub async fn send(
     target: &UpstreamTarget,
     pool: &Pool,
     request: &[u8],
     watch: &mut ClientWatch,
     buf: Vec<u8>,
+    sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, ExchangeError> {
     let limits = pool.limits();
     let mut buf = buf;
@@ -319,7 +322,7 @@ pub async fn send(
             None => connect(target, limits.connect_timeout, watch).await?,
         };
         buf.clear();
-        match exchange_head(conn, request, buf, limits.read_timeout, watch).await {
+        match exchange_head(conn, request, buf, limits.read_timeout, watch, sent).await {
             Ok(ex) => return Ok(ex),
             Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
                 buf = b;
@@ -375,12 +378,14 @@ async fn exchange_head(
     buf: Vec<u8>,
     read_timeout: Duration,
     watch: &mut ClientWatch,
+    sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
     // The request is small next to the socket buffer: write it whole.
     let (res, _) = conn.write_all(request.to_vec()).await;
     if let Err(e) = res {
         return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
     }
+    sent.set(true);
     let mut buf = buf;
     let deadline = Instant::now() + read_timeout;
     loop {

@@ -118,6 +118,7 @@ pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
         stream,
         include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         user: req.user.map(Cow::into_owned),
+        generates: true,
         max_tokens: req.max_tokens,
     })
 }

@@ -25,6 +25,9 @@ pub struct Plan {
     pub user: Option<String>,
     /// Completion tokens asked for at most (`max_completion_tokens` or `max_tokens`).
     pub max_tokens: Option<u64>,
+    /// The request generates tokens (chat, completions), rather than only
+    /// reading its input (embeddings): a completion budget is reserved for it.
+    pub generates: bool,
 }
 
 impl AsRef<Plan> for Plan {

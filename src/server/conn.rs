@@ -82,6 +82,11 @@ pub struct Outcome {
     pub quota_refused: bool,
     /// Refused by a rate limit.
     pub rate_limited: bool,
+    /// The prompt's uncalibrated estimate (see `estimate`), for calibration.
+    pub prompt_raw: u64,
+    /// The prompt's estimate: what a request that reached the model and ended
+    /// without a final line is charged.
+    pub prompt_estimate: u64,
 }
 
 impl Request {

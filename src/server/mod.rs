@@ -65,6 +65,8 @@ pub struct Worker {
     pub all_metrics: Arc<Metrics>,
     /// The keys' rate limiters (shared state, this core's cache of it).
     pub limiters: Limiters,
+    /// This core's per-model calibration of prompt estimates.
+    pub calibration: crate::estimate::Calibration,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -138,6 +140,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     metrics,
                     all_metrics,
                     limiters: Limiters::new(limiter_book),
+                    calibration: Default::default(),
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {

@@ -1,0 +1,170 @@
+//! Token estimates: what a request's prompt will cost before Ollama counts it.
+//!
+//! Ollama reports the real count (`prompt_eval_count`) only in a reply's
+//! final line, but the gateway needs a number sooner: to reserve a request's
+//! tokens against its key's token rate and quota at admission, and to charge
+//! a request that reached the model but ended without a final line (the
+//! client left, the stream failed, the gateway stopped). The estimate reads
+//! the native body the request was converted into, so every protocol is
+//! estimated the same way:
+//!
+//! - every string value counts its bytes, at [`BYTES_PER_TOKEN`] bytes a
+//!   token (model names, roles and image data excepted), and so do the
+//!   object keys of tool definitions and calls (they are part of the prompt);
+//! - each message adds [`TOKENS_PER_MESSAGE`] (the chat template's markers),
+//!   each image [`TOKENS_PER_IMAGE`], each request [`TOKENS_PER_REQUEST`].
+//!
+//! That raw figure is then scaled per model by a [`Calibration`]: the ratio
+//! of the real `prompt_eval_count` to the raw figure, learned from every
+//! reply that reports one (a moving average, bounded to ×0.1..×10), so the
+//! estimate follows each model's tokenizer and template as traffic goes by.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Bytes of text per token before calibration (English prose and code run 3.5–4.5).
+pub const BYTES_PER_TOKEN: u64 = 4;
+/// A chat template's tokens around one message.
+pub const TOKENS_PER_MESSAGE: u64 = 4;
+/// Tokens one image costs before calibration (a 336-pixel CLIP tile is 576).
+pub const TOKENS_PER_IMAGE: u64 = 576;
+/// Tokens around the whole prompt (template start and the reply's header).
+pub const TOKENS_PER_REQUEST: u64 = 3;
+
+/// What a native body holds, as counted for the estimate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub text_bytes: u64,
+    pub messages: u64,
+    pub images: u64,
+}
+
+impl Counts {
+    /// The uncalibrated estimate, in tokens.
+    pub fn raw_tokens(&self) -> u64 {
+        self.text_bytes.div_ceil(BYTES_PER_TOKEN)
+            + self.messages * TOKENS_PER_MESSAGE
+            + self.images * TOKENS_PER_IMAGE
+            + TOKENS_PER_REQUEST
+    }
+}
+
+/// Counts the text, messages and images of a native request body (valid JSON,
+/// as the converters write it). One pass over the bytes, no allocation.
+pub fn count(native: &[u8]) -> Counts {
+    let mut c = Counts::default();
+    let mut depth = 0usize;
+    // The last key seen, and the depth it was seen at.
+    let mut key: &[u8] = b"";
+    let mut i = 0;
+    while i < native.len() {
+        match native[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < native.len() && native[j] != b'"' {
+                    j += if native[j] == b'\\' { 2 } else { 1 };
+                }
+                let s = &native[start..j.min(native.len())];
+                let mut k = j + 1;
+                while k < native.len() && native[k].is_ascii_whitespace() {
+                    k += 1;
+                }
+                if native.get(k) == Some(&b':') {
+                    // A key: the message's own fields are structure, a tool's are prompt.
+                    key = s;
+                    if key == b"role" && depth == 3 {
+                        c.messages += 1;
+                    }
+                    if depth > 3 {
+                        c.text_bytes += s.len() as u64;
+                    }
+                } else {
+                    match key {
+                        b"model" | b"role" | b"format" => {}
+                        b"images" => c.images += 1,
+                        _ => c.text_bytes += s.len() as u64,
+                    }
+                }
+                i = j;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    c
+}
+
+/// Most models a worker keeps a calibration for.
+const MAX_MODELS: usize = 256;
+/// The ratio is kept in thousandths.
+const ONE: u64 = 1000;
+
+/// Per-model ratios of real to raw prompt counts, learned by one worker.
+#[derive(Default)]
+pub struct Calibration {
+    ratios: RefCell<HashMap<String, u64>>,
+}
+
+impl Calibration {
+    /// The calibrated estimate of a prompt whose raw estimate is `raw`.
+    pub fn estimate(&self, model: &str, raw: u64) -> u64 {
+        let ratio = self.ratios.borrow().get(model).copied().unwrap_or(ONE);
+        (raw * ratio).div_ceil(ONE).max(1)
+    }
+
+    /// Learns from a reply whose real prompt count is known.
+    pub fn observe(&self, model: &str, raw: u64, real: u64) {
+        if raw == 0 || real == 0 {
+            return;
+        }
+        let seen = (real * ONE / raw).clamp(ONE / 10, ONE * 10);
+        let mut ratios = self.ratios.borrow_mut();
+        match ratios.get_mut(model) {
+            // A moving average over about the last eight replies.
+            Some(r) => *r = (*r * 7 + seen).div_ceil(8),
+            None => {
+                if ratios.len() >= MAX_MODELS {
+                    ratios.clear();
+                }
+                ratios.insert(model.to_owned(), seen);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_text_messages_and_images_but_not_structure() {
+        let body = br#"{"model":"llama3:latest","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say \"hi\"","images":["aGVsbG8=","d29ybGQ="]}],"stream":true,"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],"options":{"num_predict":5}}"#;
+        let c = count(body);
+        assert_eq!(c.messages, 2);
+        assert_eq!(c.images, 2);
+        // "Be brief." 9 + "Say \"hi\"" 10 (escaped) + tool: "function" 8, keys name 4,
+        // parameters 10, type 4, "get" 3, "object" 6.
+        assert_eq!(c.text_bytes, 9 + 10 + 8 + 4 + 3 + 10 + 4 + 6);
+        assert_eq!(c.raw_tokens(), 54u64.div_ceil(4) + 8 + 2 * 576 + 3);
+        let prompt = count(br#"{"model":"m","prompt":"def add(a, b):","suffix":"return c","stream":false}"#);
+        assert_eq!((prompt.text_bytes, prompt.messages), (22, 0));
+    }
+
+    #[test]
+    fn calibration_follows_the_real_counts_and_stays_bounded() {
+        let c = Calibration::default();
+        assert_eq!(c.estimate("m", 100), 100);
+        c.observe("m", 100, 50);
+        assert_eq!(c.estimate("m", 100), 50);
+        for _ in 0..40 {
+            c.observe("m", 100, 80);
+        }
+        assert!((79..=81).contains(&c.estimate("m", 100)), "{}", c.estimate("m", 100));
+        c.observe("x", 10, 1_000_000);
+        assert_eq!(c.estimate("x", 10), 100, "at most ten times the raw figure");
+        assert_eq!(c.estimate("other", 7), 7);
+    }
+}
