@@ -6,10 +6,14 @@
 //! piles up in Ollama's own queue, where one client with a hundred requests
 //! starves everyone behind it. Here each key has its own FIFO and a freed
 //! slot goes to the next key in turn, so a key with a long backlog delays
-//! another key's request by at most one slot per key ahead of it. A full
-//! queue is a fast 503 `upstream_overloaded`, a wait longer than
-//! `--upstream-queue-timeout` too; a waiting request whose client leaves is
-//! dropped from the queue. The gate is shared by all workers: its lock is
+//! another key's request by at most one slot per key ahead of it. The
+//! waiting places are shared fairly too: when the queue is full, a key
+//! holding fewer than its share (the places divided by the keys waiting)
+//! takes the newest place of the key holding the most, if that key holds
+//! more than its share; otherwise the newcomer gets a fast 503
+//! `upstream_overloaded`. So one key filling the queue cannot turn every
+//! other key away. A wait longer than `--upstream-queue-timeout` is a 503
+//! too; a waiting request whose client leaves is dropped from the queue. The gate is shared by all workers: its lock is
 //! taken once to enter and once to leave, never per token, and a slot freed
 //! on one core wakes the waiter on another (monoio's cross-thread wakers).
 
@@ -23,9 +27,19 @@ use parking_lot::Mutex;
 
 use crate::openai::error::ApiError;
 
+/// Where a queued request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Waiting,
+    /// A slot was handed to it.
+    Granted,
+    /// Its place was given to another key's request (it held more than its share).
+    Evicted,
+}
+
 /// One queued request.
 struct Waiter {
-    granted: bool,
+    standing: Standing,
     waker: Option<Waker>,
 }
 
@@ -84,14 +98,14 @@ impl UpstreamGate {
             s.in_flight += 1;
             return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(())), key: String::new() };
         }
-        if s.queued >= self.queue_cap {
+        if s.queued >= self.queue_cap && !s.evict_for(key, self.queue_cap) {
             let msg = format!(
                 "The model server is busy: {} requests are running and {} waiting, the most this gateway queues. Try again shortly.",
                 s.in_flight, s.queued
             );
             return Acquire { gate: self.clone(), waiter: None, ready: Some(Err(overloaded(msg))), key: String::new() };
         }
-        let waiter = Arc::new(Mutex::new(Waiter { granted: false, waker: None }));
+        let waiter = Arc::new(Mutex::new(Waiter { standing: Standing::Waiting, waker: None }));
         let st = &mut *s;
         let list = st.waiters.entry(key.to_owned()).or_default();
         if list.is_empty() {
@@ -121,7 +135,7 @@ impl UpstreamGate {
             s.queued -= 1;
             s.in_flight += 1;
             let mut w = next.lock();
-            w.granted = true;
+            w.standing = Standing::Granted;
             if let Some(waker) = w.waker.take() {
                 waker.wake();
             }
@@ -132,8 +146,10 @@ impl UpstreamGate {
     /// Returns true if it had been granted a slot meanwhile (the caller then owns it).
     fn leave(&self, key: &str, waiter: &Arc<Mutex<Waiter>>) -> bool {
         let mut s = self.state.lock();
-        if waiter.lock().granted {
-            return true;
+        match waiter.lock().standing {
+            Standing::Granted => return true,
+            Standing::Evicted => return false,
+            Standing::Waiting => {}
         }
         if let Some(list) = s.waiters.get_mut(key)
             && let Some(i) = list.iter().position(|w| Arc::ptr_eq(w, waiter))
@@ -146,6 +162,37 @@ impl UpstreamGate {
             s.queued -= 1;
         }
         false
+    }
+}
+
+impl GateState {
+    /// Makes room in a full queue for a request of `key`, if `key` holds less
+    /// than its fair share of the `cap` places and another key holds more:
+    /// that key's newest waiter loses its place. Returns whether room was made.
+    fn evict_for(&mut self, key: &str, cap: usize) -> bool {
+        let mine = self.waiters.get(key).map_or(0, VecDeque::len);
+        let keys = self.waiters.len() + usize::from(mine == 0);
+        let share = cap.div_ceil(keys.max(1));
+        let Some((hog, most)) = self.waiters.iter().map(|(k, l)| (k, l.len())).max_by_key(|&(_, n)| n) else {
+            return false;
+        };
+        if mine >= share || most <= share {
+            return false;
+        }
+        let hog = hog.clone();
+        let Some(list) = self.waiters.get_mut(&hog) else { return false };
+        let Some(newest) = list.pop_back() else { return false };
+        if list.is_empty() {
+            self.waiters.remove(&hog);
+            self.turn.retain(|k| *k != hog);
+        }
+        self.queued -= 1;
+        let mut w = newest.lock();
+        w.standing = Standing::Evicted;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+        true
     }
 }
 
@@ -168,13 +215,26 @@ impl Future for Acquire {
             return Poll::Ready(Err(overloaded("The upstream queue was left.".into())));
         };
         let mut w = waiter.lock();
-        if w.granted {
-            drop(w);
-            self.waiter = None;
-            return Poll::Ready(Ok(Permit { gate: self.gate.clone() }));
+        match w.standing {
+            Standing::Granted => {
+                drop(w);
+                self.waiter = None;
+                Poll::Ready(Ok(Permit { gate: self.gate.clone() }))
+            }
+            Standing::Evicted => {
+                drop(w);
+                self.waiter = None;
+                Poll::Ready(Err(overloaded(
+                    "The model server is busy and this key holds more than its share of the waiting places: \
+                     its newest request gave its place to another key's. Try again shortly."
+                        .into(),
+                )))
+            }
+            Standing::Waiting => {
+                w.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
-        w.waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
@@ -227,6 +287,31 @@ mod tests {
         assert!(poll(&mut heavy[1]).is_none());
         drop(l);
         assert!(poll(&mut heavy[1]).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_key_that_fills_the_queue_gives_its_newest_place_to_another_key() {
+        let gate = UpstreamGate::new(2, 10);
+        let running: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("hog")).unwrap().unwrap()).collect();
+        let mut hog: Vec<Acquire> = (0..10).map(|_| gate.acquire("hog")).collect();
+        assert!(hog.iter_mut().all(|a| poll(a).is_none()));
+        assert_eq!(gate.load().queued, 10);
+        // The hog cannot queue an eleventh.
+        assert!(poll(&mut gate.acquire("hog")).unwrap().is_err());
+        // Another key is let in; the hog's newest is refused instead.
+        let mut light = gate.acquire("light");
+        assert!(poll(&mut light).is_none());
+        let e = poll(&mut hog[9]).unwrap().err().unwrap();
+        assert_eq!((e.status, e.code), (503, Some("upstream_overloaded")));
+        assert!(hog[..9].iter_mut().all(|a| poll(a).is_none()));
+        assert_eq!(gate.load().queued, 10);
+        // Keys keep their share: five each when two keys wait.
+        let mut others: Vec<Acquire> = (0..4).map(|_| gate.acquire("light")).collect();
+        assert!(others.iter_mut().all(|a| poll(a).is_none()));
+        assert!(poll(&mut gate.acquire("light")).unwrap().is_err(), "light holds its share of five");
+        assert!(hog[5..9].iter_mut().all(|a| poll(a).unwrap().is_err()), "the hog's four newest gave way");
+        assert!(hog[..5].iter_mut().all(|a| poll(a).is_none()));
+        drop(running);
     }
 
     #[test]

@@ -316,3 +316,38 @@ fn quotas_and_token_rates_hold_under_concurrency() {
     assert!(served_quota >= 1 && tokens("quota") <= bound, "quota: {} tokens in {served_quota}", tokens("quota"));
     assert!(served_rate >= 1 && tokens("rate") <= bound, "tpm: {} tokens in {served_rate}", tokens("rate"));
 }
+
+fn queue_depth(g: &Proc) -> u64 {
+    let text =
+        request_with(g.addr, "GET", "/metrics", None, &[("Authorization", &format!("Bearer {ADMIN_KEY}"))]).text();
+    text.lines().find_map(|l| l.strip_prefix("ai_gateway_upstream_queue_depth ")).and_then(|v| v.parse().ok()).unwrap()
+}
+
+#[test]
+fn a_key_that_fills_the_queue_does_not_turn_other_keys_away() {
+    let m = mock(&["--tokens", "2", "--first-token-delay-ms", "300"]);
+    let g = gateway(&m, &["--upstream-max-concurrent", "2", "--upstream-queue", "10"]);
+    let hog = create_key(&g, "hog", &[])["secret"].as_str().unwrap().to_owned();
+    let light = create_key(&g, "light", &[])["secret"].as_str().unwrap().to_owned();
+    let body = chat_for("llama3");
+    let hogs: Vec<_> = (0..12)
+        .map(|_| {
+            let (g_addr, hog, body) = (g.addr, hog.clone(), body.to_string());
+            std::thread::spawn(move || {
+                request_with(
+                    g_addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&body),
+                    &[("Authorization", &format!("Bearer {hog}"))],
+                )
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || queue_depth(&g) == 10), "2 running, 10 waiting");
+    let r = chat_as(&g, &light, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let statuses: Vec<u16> = hogs.into_iter().map(|t| t.join().unwrap().status).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 11, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 1, "the hog's newest gave way: {statuses:?}");
+}
