@@ -104,6 +104,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_COMPLETION_RESERVATION", default_value_t = 256)]
     pub completion_reservation: u64,
 
+    /// Days of usage rollups kept; older days are deleted (at start and every
+    /// six hours). 0 keeps them forever.
+    #[arg(long, env = "AI_GATEWAY_USAGE_RETENTION_DAYS", default_value_t = 400)]
+    pub usage_retention_days: u32,
+
     /// Milliseconds between usage commits to the store (a crash loses at most this much).
     #[arg(long, env = "AI_GATEWAY_USAGE_FLUSH_MS", default_value_t = 1000)]
     pub usage_flush_ms: u64,
@@ -161,6 +166,8 @@ pub struct Config {
     pub upstream_limits: ClientLimits,
     pub data_dir: PathBuf,
     pub usage_flush: Duration,
+    /// Days of usage kept (0: forever).
+    pub usage_retention_days: u32,
     pub shutdown_grace: Duration,
     pub log_format: crate::access_log::LogFormat,
     pub log_level: crate::log::Level,
@@ -230,6 +237,7 @@ impl Config {
             } else {
                 return Err(format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms));
             },
+            usage_retention_days: a.usage_retention_days,
             log_format: a.log_format,
             log_level: a.log_level,
             metrics_per_key: a.metrics_per_key,

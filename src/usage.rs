@@ -237,12 +237,17 @@ pub struct UsageWriter {
     thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
+/// How often rollups older than the retention are deleted (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
+
 impl UsageWriter {
-    pub fn spawn(store: &'static Store, interval: Duration, stats: Arc<WriterStats>) -> Self {
+    /// Starts the writer: it commits every `interval`, and keeps rollups for
+    /// `retention_days` days (0: forever).
+    pub fn spawn(store: &'static Store, interval: Duration, stats: Arc<WriterStats>, retention_days: u32) -> Self {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let thread = std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || writer_loop(store, rx, interval, &stats))
+            .spawn(move || writer_loop(store, rx, interval, &stats, retention_days))
             .unwrap_or_else(|e| panic!("cannot start the usage writer thread: {e}"));
         Self { tx, thread }
     }
@@ -264,10 +269,21 @@ fn writer_loop(
     rx: mpsc::Receiver<WriterMsg>,
     interval: Duration,
     stats: &WriterStats,
+    retention_days: u32,
 ) -> Result<(), String> {
     let mut pending: Pending = HashMap::new();
     let mut next = std::time::Instant::now() + interval;
+    let mut next_prune = std::time::Instant::now();
     loop {
+        if retention_days > 0 && std::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            let before = day_of(crate::clock::unix_now() - i64::from(retention_days) * 86_400);
+            match store.prune_usage(&before) {
+                Ok(0) => {}
+                Ok(n) => crate::log::info(format_args!("deleted {n} usage rollups from before {before} (retention)")),
+                Err(e) => crate::log::error(format_args!("usage retention: {e}")),
+            }
+        }
         let wait = next.saturating_duration_since(std::time::Instant::now());
         let msg = rx.recv_timeout(wait);
         let mut ack = None;
@@ -458,6 +474,34 @@ impl Store {
         Ok(rows)
     }
 
+    /// Deletes the rollups of days before `before` (`YYYY-MM-DD`). Returns how many.
+    pub fn prune_usage(&self, before: &str) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            // In batches, so one transaction never holds millions of keys.
+            let mut wtxn = self.env.write_txn()?;
+            let mut doomed = Vec::new();
+            for item in self.usage.iter(&wtxn)? {
+                let (k, _) = item?;
+                let day = k.split(|&b| b == 0).nth(1).unwrap_or(b"");
+                if day < before.as_bytes() {
+                    doomed.push(k.to_vec());
+                    if doomed.len() == 100_000 {
+                        break;
+                    }
+                }
+            }
+            for k in &doomed {
+                self.usage.delete(&mut wtxn, k)?;
+            }
+            wtxn.commit()?;
+            deleted += doomed.len() as u64;
+            if doomed.len() < 100_000 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// One key's rollups from day `from` to day `to` (inclusive): a bounded
     /// range of the table, since one key's rows are ordered by day.
     pub fn usage_range(&self, key_id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
@@ -615,7 +659,7 @@ mod tests {
     #[test]
     fn writer_commits_and_queries_filter() {
         let store = Store::open(&crate::store::temp_dir("usage")).unwrap();
-        let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default());
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default(), 0);
         let acc = UsageAccumulator::default();
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-25");
@@ -634,10 +678,40 @@ mod tests {
     }
 
     #[test]
+    fn one_keys_range_of_days_and_retention() {
+        let store = Store::open(&crate::store::temp_dir("usage-range")).unwrap();
+        let mut pending = HashMap::new();
+        for (key, day, model) in [
+            ("key_a", "2025-01-31", "m"),
+            ("key_a", "2026-10-31", "m"),
+            ("key_a", "2026-11-01", "m"),
+            ("key_a", "2026-11-01", "m\0x"),
+            ("key_a", "2026-11-24", "zz"),
+            ("key_a", "2026-11-25", "m"),
+            ("key_ab", "2026-11-02", "m"),
+            ("key_b", "2026-11-02", "m"),
+        ] {
+            let mut r = Rollup::default();
+            r.add(&rec(key, model, 1, 1));
+            pending.insert((key.to_owned(), model.to_owned(), day.to_owned()), r);
+        }
+        store.add_usage(&pending).unwrap();
+        let days = |rows: Vec<UsageRow>| rows.into_iter().map(|r| r.day).collect::<Vec<_>>();
+        assert_eq!(
+            days(store.usage_range("key_a", "2026-11-01", "2026-11-24").unwrap()),
+            ["2026-11-01", "2026-11-01", "2026-11-24"]
+        );
+        assert_eq!(store.usage_rows(Some("key_a"), None, None).unwrap().len(), 6);
+        assert_eq!(store.prune_usage("2026-11-01").unwrap(), 2);
+        assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 6);
+        assert_eq!(store.prune_usage("2026-11-01").unwrap(), 0);
+    }
+
+    #[test]
     fn a_delta_that_cannot_be_stored_is_dropped_and_counted_and_the_rest_commit() {
         let store = Store::open(&crate::store::temp_dir("usage-bad")).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let w = UsageWriter::spawn(store, Duration::from_secs(3600), stats.clone());
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), stats.clone(), 0);
         let acc = UsageAccumulator::default();
         let long = "m".repeat(600);
         acc.record(&rec("key_a", &long, 3, 5), "2026-11-24");

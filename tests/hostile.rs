@@ -351,3 +351,67 @@ fn a_key_that_fills_the_queue_does_not_turn_other_keys_away() {
     assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 11, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 1, "the hog's newest gave way: {statuses:?}");
 }
+
+/// A store with an admin key ([`ADMIN_KEY`]), a user key, and `days` × `models`
+/// usage rollups of that user key over the last `days` days. Returns the
+/// directory and the user key's secret.
+fn seeded_store(days: i64, models: usize) -> (std::path::PathBuf, String) {
+    use ai_gateway::store::Store;
+    use ai_gateway::store::keys::{Limits, NewKey, Role};
+    use ai_gateway::usage::{Rollup, UsageRecord, day_of};
+    let dir = temp_data_dir();
+    let store = Store::open(&dir).unwrap();
+    let key = |name: &str, role, secret: Option<&str>| NewKey {
+        name: name.into(),
+        role,
+        models: vec![],
+        expires: None,
+        limits: Limits::default(),
+        secret: secret.map(str::to_owned),
+    };
+    store.create_key(key("admin", Role::Admin, Some(ADMIN_KEY))).unwrap();
+    let (user, secret) = store.create_key(key("heavy-user", Role::User, None)).unwrap();
+    let now = ai_gateway::clock::unix_now();
+    let mut pending = std::collections::HashMap::new();
+    for d in 0..days {
+        let day = day_of(now - d * 86_400);
+        for m in 0..models {
+            let mut r = Rollup::default();
+            r.add(&UsageRecord { key_id: &user.id, model: "m", status: 200, prompt_tokens: 1, ..Default::default() });
+            pending.insert((user.id.clone(), format!("model-{m}"), day.clone()), r);
+        }
+    }
+    store.add_usage(&pending).unwrap();
+    (dir, secret)
+}
+
+#[test]
+fn reports_over_a_large_store_do_not_hold_up_the_worker() {
+    // 400 days of 600 models: 240,000 rollups.
+    let (dir, secret) = seeded_store(400, 600);
+    let m = mock(&[]);
+    let g = gateway_in(&m, dir, &["--workers", "1"]);
+    // The admin listing reads the whole usage table (for "last used"); with one
+    // worker, a health check sent meanwhile is answered first.
+    let mut listing = connect(g.addr);
+    send(&mut listing, "GET", "/admin/v1/keys", None, &[]);
+    std::thread::sleep(Duration::from_millis(50));
+    let health = get(g.addr, "/healthz");
+    assert_eq!(health.status, 200);
+    listing.set_nonblocking(true).unwrap();
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(listing.peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the health check waited for the listing"
+    );
+    listing.set_nonblocking(false).unwrap();
+    let keys = read_response(&mut BufReader::new(listing), false).unwrap();
+    assert_eq!(keys.status, 200);
+    assert!(keys.text().contains("heavy-user"));
+    // A key's own usage reads this month's days only.
+    let own = request_with(g.addr, "GET", "/v1/usage", None, &[("Authorization", &format!("Bearer {secret}"))]).json();
+    let today = own["today"]["date"].as_str().unwrap().to_owned();
+    let day_of_month: u64 = today[8..10].parse().unwrap();
+    assert_eq!(own["today"]["requests"], 600);
+    assert_eq!(own["month"]["requests"].as_u64().unwrap(), day_of_month * 600);
+}

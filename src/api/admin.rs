@@ -65,27 +65,47 @@ pub async fn keys(worker: &Worker, conn: &mut Conn) -> After {
             Err(e) => Err(e),
         }
     } else {
-        store.list_keys().map_err(store_error).and_then(|list| {
-            // The last day each key was used, from the committed usage rollups.
-            let mut last_used: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-            for row in store.usage_rows(None, None, None).map_err(store_error)? {
-                let day = last_used.entry(row.key_id).or_default();
-                if *day < row.day {
-                    *day = row.day;
-                }
-            }
-            let data: Vec<serde_json::Value> = list
-                .iter()
-                .map(|k| {
-                    let mut v = k.view();
-                    v["last_used"] = last_used.get(&k.id).cloned().into();
-                    v
-                })
-                .collect();
-            Ok((200, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()))
-        })
+        // Reads every key and the usage table: on the blocking pool, not on this worker.
+        off_worker(store, list_keys).await.map(|body| (200, body))
     };
     reply(conn, result)
+}
+
+/// The key list with each key's last day of use (from the committed rollups).
+fn list_keys(store: &'static Store) -> Result<Vec<u8>, StoreError> {
+    let list = store.list_keys()?;
+    let mut last_used: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for row in store.usage_rows(None, None, None)? {
+        let day = last_used.entry(row.key_id).or_default();
+        if *day < row.day {
+            *day = row.day;
+        }
+    }
+    let data: Vec<serde_json::Value> = list
+        .iter()
+        .map(|k| {
+            let mut v = k.view();
+            v["last_used"] = last_used.get(&k.id).cloned().into();
+            v
+        })
+        .collect();
+    Ok(serde_json::json!({"object": "list", "data": data}).to_string().into_bytes())
+}
+
+/// Runs a long store read (a listing, a report) on the blocking pool, so the
+/// worker goes on serving other requests meanwhile.
+pub async fn off_worker<R: Send + 'static>(
+    store: &'static Store,
+    f: impl FnOnce(&'static Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, ApiError> {
+    let read_failed = |e: StoreError| {
+        crate::log::error(format_args!("store read failed: {e}"));
+        ApiError::new(500, "api_error", "internal_error", "The gateway could not read its store.")
+    };
+    match monoio::spawn_blocking(move || f(store)).await {
+        Ok(r) => r.map_err(read_failed),
+        Err(_) => Err(read_failed(StoreError("the blocking pool stopped".into()))),
+    }
 }
 
 /// `GET|PATCH|DELETE /admin/v1/keys/{id}`.

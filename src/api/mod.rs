@@ -147,7 +147,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
         (Route::Completions, Some(key)) => completions::completions(worker, conn, key, admission.as_mut()).await,
         (Route::Embeddings, Some(key)) => embeddings::embeddings(worker, conn, key, admission.as_mut()).await,
         (Route::Usage, Some(key)) => usage::own(worker, conn, key),
-        (Route::AdminUsage, Some(_)) => usage::admin(worker, conn),
+        (Route::AdminUsage, Some(_)) => usage::admin(worker, conn).await,
         (Route::AdminKeys, Some(_)) => admin::keys(worker, conn).await,
         (Route::AdminKey(id), Some(_)) => admin::key(worker, conn, &id).await,
         (Route::AdminKeyRotate(id), Some(_)) => admin::rotate(worker, conn, &id).await,

@@ -44,13 +44,22 @@ pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
     });
     match result {
         Ok(v) => conn.json(200, v.to_string().as_bytes()),
-        Err(e) => conn.error(&ApiError::upstream(500, format!("The gateway could not read its usage store: {e}."))),
+        Err(e) => {
+            crate::log::error(format_args!("usage read failed: {e}"));
+            conn.error(&ApiError::new(
+                500,
+                "api_error",
+                "internal_error",
+                "The gateway could not read its usage store.",
+            ))
+        }
     }
     After::KeepAlive
 }
 
-/// `GET /admin/v1/usage?key=&model=&from=&to=&by=`.
-pub fn admin(worker: &Worker, conn: &mut Conn) -> After {
+/// `GET /admin/v1/usage?key=&model=&from=&to=&by=`. The query may read the
+/// whole usage table, so it runs on the blocking pool, not on the worker.
+pub async fn admin(worker: &Worker, conn: &mut Conn) -> After {
     let req = &conn.req;
     let by = req.query_param("by").unwrap_or_else(|| "day".into());
     let from = req.query_param("from");
@@ -72,17 +81,26 @@ pub fn admin(worker: &Worker, conn: &mut Conn) -> After {
             Some(k) => Some(worker.store.find_key(k).map_err(|e| ApiError::invalid("key", format!("{}.", e.0)))?.1.id),
             None => None,
         };
-        let q = UsageQuery {
-            key_id: key_id.as_deref(),
-            model: model.as_deref(),
-            from: from.as_deref(),
-            to: to.as_deref(),
-            by: &by,
-        };
-        query(worker.store, &q)
-            .map_err(|e| ApiError::upstream(500, format!("The gateway could not read its usage store: {e}.")))
+        Ok(key_id)
     })();
-    match checked {
+    let result = match checked {
+        Ok(key_id) => {
+            let by = by.clone();
+            super::admin::off_worker(worker.store, move |store| {
+                let q = UsageQuery {
+                    key_id: key_id.as_deref(),
+                    model: model.as_deref(),
+                    from: from.as_deref(),
+                    to: to.as_deref(),
+                    by: &by,
+                };
+                query(store, &q)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(groups) => conn.json(200, groups_json(&by, &groups).to_string().as_bytes()),
         Err(e) => conn.error(&e),
     }

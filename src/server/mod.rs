@@ -85,7 +85,7 @@ pub fn run(config: Config) -> Result<(), String> {
     bootstrap_admin_key(store)?;
     shutdown::install()?;
     let writer_stats = Arc::new(crate::usage::WriterStats::default());
-    let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone());
+    let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), config.usage_retention_days);
     let quota = Arc::new(QuotaBook::default());
     let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);

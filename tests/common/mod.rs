@@ -352,6 +352,20 @@ pub fn terminate(p: &mut Proc) -> Option<i32> {
     None
 }
 
+/// Starts a gateway on an existing data directory (removed when it is dropped),
+/// with extra arguments and no bootstrap key.
+pub fn gateway_in(upstream: &Proc, dir: std::path::PathBuf, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", &upstream.url(), "--data-dir", &dir.display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[]);
+    p.data_dir = Some(dir);
+    p
+}
+
 /// Starts another gateway on an existing data directory (which it does not remove).
 pub fn gateway_on(upstream: &Proc, dir: &std::path::Path) -> Proc {
     let args: Vec<String> =
