@@ -94,6 +94,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_QUEUE_TIMEOUT", default_value_t = 120.0)]
     pub upstream_queue_timeout: f64,
 
+    /// Bytes of non-streamed upstream replies held in memory at once, over
+    /// all requests (one reply may be up to 64 MiB); beyond it, 503.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub upstream_buffer_bytes: usize,
+
     /// Seconds an idle upstream connection is kept before it is dropped.
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_IDLE_TIMEOUT", default_value_t = 30.0)]
     pub upstream_idle_timeout: f64,
@@ -177,6 +182,8 @@ pub struct Config {
     pub upstream_queue_timeout: Duration,
     /// Completion tokens reserved for a request without `max_tokens`.
     pub completion_reservation: u64,
+    /// Bytes of non-streamed replies held at once.
+    pub upstream_buffer_bytes: usize,
 }
 
 impl Config {
@@ -249,6 +256,7 @@ impl Config {
             upstream_queue: a.upstream_queue,
             upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
             completion_reservation: a.completion_reservation,
+            upstream_buffer_bytes: a.upstream_buffer_bytes,
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

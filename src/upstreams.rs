@@ -118,6 +118,8 @@ impl Host {
 /// Every configured host.
 pub struct Upstreams {
     pub hosts: Vec<Host>,
+    /// What all workers may hold of non-streamed replies at once.
+    pub buffers: crate::ollama::client::BufferBudget,
     interval: Duration,
     check_timeout: Duration,
 }
@@ -131,6 +133,7 @@ impl Upstreams {
         queue: usize,
         interval: Duration,
         check_timeout: Duration,
+        buffer_budget: usize,
     ) -> Result<Arc<Self>, String> {
         if urls.is_empty() {
             return Err("at least one --upstream is needed".into());
@@ -153,7 +156,8 @@ impl Upstreams {
                 last_error: Mutex::new(String::new()),
             });
         }
-        Ok(Arc::new(Self { hosts, interval, check_timeout }))
+        let buffers = crate::ollama::client::BufferBudget::new(buffer_budget);
+        Ok(Arc::new(Self { hosts, buffers, interval, check_timeout }))
     }
 
     /// The host for a request for `model`, skipping the hosts in `tried`.
@@ -268,7 +272,7 @@ mod tests {
 
     fn hosts(n: usize) -> Arc<Upstreams> {
         let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 40001 + i)).collect();
-        Upstreams::new(&urls, 4, 16, Duration::from_secs(1), Duration::from_secs(1)).unwrap()
+        Upstreams::new(&urls, 4, 16, Duration::from_secs(1), Duration::from_secs(1), 1 << 20).unwrap()
     }
 
     #[test]

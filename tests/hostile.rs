@@ -415,3 +415,48 @@ fn reports_over_a_large_store_do_not_hold_up_the_worker() {
     assert_eq!(own["today"]["requests"], 600);
     assert_eq!(own["month"]["requests"].as_u64().unwrap(), day_of_month * 600);
 }
+
+/// An embeddings request of `inputs` distinct strings.
+fn embed_body(inputs: usize) -> String {
+    let input: Vec<String> = (0..inputs).map(|i| format!("chunk number {i} of the codebase")).collect();
+    json!({"model": "nomic-embed-text", "input": input}).to_string()
+}
+
+#[test]
+fn large_buffered_replies_share_a_budget_and_memory_comes_back() {
+    let m = mock(&["--embed-dimensions", "768", "--workers", "2"]);
+    let g = gateway(&m, &["--upstream-buffer-bytes", "16000000"]);
+    let baseline = rss_kib(g.child.id());
+    // 1,000 inputs × 768 floats: a native reply of about 6 MB each, so that
+    // not all eight fit in the budget at once.
+    let body = embed_body(1000);
+    let run = |n: usize| {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (addr, body) = (g.addr, body.clone());
+                std::thread::spawn(move || post(addr, "/v1/embeddings", &body))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>()
+    };
+    let mut peak = 0;
+    for _ in 0..3 {
+        let replies = run(8);
+        peak = peak.max(rss_kib(g.child.id()));
+        for r in &replies {
+            match r.status {
+                200 => assert_eq!(r.json()["data"].as_array().unwrap().len(), 1000),
+                503 => assert_eq!(r.json()["error"]["code"], "gateway_overloaded", "{}", r.text()),
+                s => panic!("status {s}: {}", r.text()),
+            }
+        }
+        assert!(replies.iter().any(|r| r.status == 200));
+    }
+    // One reply alone always fits; one that can never fit is refused, not buffered.
+    assert_eq!(post(g.addr, "/v1/embeddings", &body).status, 200);
+    let r = post(g.addr, "/v1/embeddings", &embed_body(3000));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("gateway_overloaded")));
+    let after = rss_kib(g.child.id());
+    eprintln!("embeddings burst: RSS {baseline} KiB before, {peak} KiB at most after a round, {after} KiB after");
+    assert!(after < baseline + 40 * 1024, "RSS {baseline} KiB before, {after} KiB after");
+}

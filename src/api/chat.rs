@@ -131,9 +131,16 @@ pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &
             conn.error(&e);
             After::KeepAlive
         }
-        Ok((200, body)) => {
+        Ok(mut reply) if reply.status == 200 => {
+            // The converted reply is a second copy: it counts against the budget too.
+            if !reply.lease.cover(2 * reply.body.len() + 256) {
+                conn.req.outcome.upstream_failed = true;
+                conn.error(&crate::ollama::client::over_budget(&reply.lease));
+                return After::KeepAlive;
+            }
+            let body = &reply.body;
             let mut out = Vec::with_capacity(body.len() + 256);
-            match render(&mut out, &conn.req.id, model, &body) {
+            match render(&mut out, &conn.req.id, model, body) {
                 Ok(usage) => {
                     conn.req.outcome.usage = usage;
                     conn.json(200, &out)
@@ -145,9 +152,9 @@ pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &
             }
             After::KeepAlive
         }
-        Ok((status, body)) => {
+        Ok(reply) => {
             conn.req.outcome.upstream_failed = true;
-            conn.error(&upstream_error(status, &body, model));
+            conn.error(&upstream_error(reply.status, &reply.body, model));
             After::KeepAlive
         }
     }
@@ -171,7 +178,8 @@ pub(super) async fn stream(
         Ok(Answer { ex, host, .. }) => {
             // An error before the stream started is a plain JSON response.
             let status = ex.head.status;
-            let read = client::read_full_body(ex, &mut split.watch, read_timeout, 1024 * 1024).await;
+            let mut lease = worker.upstreams.buffers.lease();
+            let read = client::read_full_body(ex, &mut split.watch, read_timeout, 1024 * 1024, &mut lease).await;
             let err = match read {
                 Ok((body, reusable)) => {
                     if let Some(c) = reusable {

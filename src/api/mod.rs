@@ -373,14 +373,22 @@ pub async fn upstream_call(worker: &Worker, watch: &mut ClientWatch, call: &Call
     }
 }
 
+/// An upstream reply read whole: its status, its body, and the body's share
+/// of the gateway's buffer budget (held until the reply is dropped).
+pub struct WholeReply<'w> {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub lease: client::BufferLease<'w>,
+}
+
 /// Calls the upstream and reads its whole (JSON) reply, watching the client.
-/// Returns the status and body, or the error to answer with; `Err(None)`
-/// means the client went away.
-pub async fn upstream_json(
-    worker: &Worker,
+/// Returns the reply, or the error to answer with; `Err(None)` means the
+/// client went away.
+pub async fn upstream_json<'w>(
+    worker: &'w Worker,
     conn: &mut Conn,
     call: &Call<'_>,
-) -> Result<(u16, Vec<u8>), Option<ApiError>> {
+) -> Result<WholeReply<'w>, Option<ApiError>> {
     let Some(mut split) = Split::new(conn) else {
         return Err(None);
     };
@@ -388,12 +396,14 @@ pub async fn upstream_json(
         let Answer { ex, host, permit } = upstream_call(worker, &mut split.watch, call).await?;
         let status = ex.head.status;
         let read_timeout = worker.config.upstream_limits.read_timeout;
-        let (body, reusable) = client::read_full_body(ex, &mut split.watch, read_timeout, MAX_UPSTREAM_BODY).await?;
+        let mut lease = worker.upstreams.buffers.lease();
+        let (body, reusable) =
+            client::read_full_body(ex, &mut split.watch, read_timeout, MAX_UPSTREAM_BODY, &mut lease).await?;
         drop(permit);
         if let Some(c) = reusable {
             worker.pools[host].put(c);
         }
-        Ok::<_, ExchangeError>((status, body))
+        Ok::<_, ExchangeError>(WholeReply { status, body, lease })
     }
     .await;
     let after = split.rejoin(conn).await;

@@ -97,8 +97,8 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Opti
     for i in ask {
         let call = Call::listing("/api/tags", i);
         let listed = match upstream_json(worker, conn, &call).await {
-            Ok((200, body)) => models_from_tags(&body),
-            Ok((status, body)) => Err(upstream_error(status, &body, "")),
+            Ok(r) if r.status == 200 => models_from_tags(&r.body),
+            Ok(r) => Err(upstream_error(r.status, &r.body, "")),
             Err(None) => return Err(None),
             Err(Some(e)) => Err(e),
         };

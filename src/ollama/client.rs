@@ -428,20 +428,118 @@ async fn exchange_head(
     }
 }
 
-/// Reads the rest of a (small) body into memory, up to `limit` bytes.
-/// Returns the body and the connection when it may go back to the pool.
+/// The bytes of non-streamed upstream replies that all workers may hold in
+/// memory at once. Each reply takes its share as it is read (a
+/// [`BufferLease`]) and gives it back when it is dropped, so a burst of
+/// large replies (embeddings of many inputs) meets a clear 503 instead of
+/// growing the gateway without bound.
+#[derive(Debug)]
+pub struct BufferBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl BufferBudget {
+    pub fn new(limit: usize) -> Self {
+        Self { limit, used: Default::default() }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An empty lease on this budget.
+    pub fn lease(&self) -> BufferLease<'_> {
+        BufferLease { budget: self, held: 0 }
+    }
+}
+
+/// A reply's share of the [`BufferBudget`]; returned when dropped.
+#[derive(Debug)]
+pub struct BufferLease<'a> {
+    budget: &'a BufferBudget,
+    held: usize,
+}
+
+impl BufferLease<'_> {
+    /// Makes the lease cover `total` bytes; false (and unchanged) when the
+    /// budget cannot give that much.
+    pub fn cover(&mut self, total: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        if total <= self.held {
+            return true;
+        }
+        let more = total - self.held;
+        let granted = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| (u + more <= self.budget.limit).then_some(u + more))
+            .is_ok();
+        if granted {
+            self.held = total;
+        }
+        granted
+    }
+}
+
+/// A lease at least this large hands its memory back to the OS when it ends.
+const RETURN_TO_OS: usize = 4 * 1024 * 1024;
+
+impl Drop for BufferLease<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
+        if self.held >= RETURN_TO_OS {
+            // The allocator keeps freed pages for reuse; after a large reply
+            // that would hold the burst's peak for good. Rare and cheap next
+            // to reading megabytes.
+            // SAFETY: mi_collect takes a plain flag and only touches the
+            // calling thread's heap.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
+    }
+}
+
+/// The answer when a reply would not fit in the buffer budget.
+pub fn over_budget(lease: &BufferLease<'_>) -> ApiError {
+    ApiError::new(
+        503,
+        "api_error",
+        "gateway_overloaded",
+        format!(
+            "The gateway is holding as many large replies as it may ({} bytes); try again shortly.",
+            lease.budget.limit
+        ),
+    )
+}
+
+/// Reads the rest of a (small) body into memory, up to `limit` bytes, each
+/// byte covered by `lease`. Returns the body and the connection when it may
+/// go back to the pool.
 pub async fn read_full_body(
     ex: Exchange,
     watch: &mut ClientWatch,
     read_timeout: Duration,
     limit: usize,
+    lease: &mut BufferLease<'_>,
 ) -> Result<(Vec<u8>, Option<TcpStream>), ExchangeError> {
     let Exchange { mut conn, head, body: mut decoder, early } = ex;
     let mut body = Vec::new();
+    if let BodyKind::Length(n) = head.body
+        && n <= limit as u64
+        && lease.cover(n as usize)
+    {
+        body.reserve_exact(n as usize);
+    }
     let too_big = std::cell::Cell::new(false);
+    let no_budget = std::cell::Cell::new(false);
     let mut sink = |d: &[u8]| {
         if body.len() + d.len() > limit {
             too_big.set(true);
+        } else if body.len() + d.len() > body.capacity()
+            && !lease.cover((body.len() + d.len()).max(body.capacity() * 2))
+        {
+            no_budget.set(true);
         } else {
             body.extend_from_slice(d);
         }
@@ -449,7 +547,7 @@ pub async fn read_full_body(
     let bad_body = |e: ChunkedError| ApiError::upstream(502, format!("The model server sent a bad body: {}.", e.0));
     decoder.feed(&early, &mut sink).map_err(bad_body)?;
     let mut buf = early;
-    while !decoder.is_done() && !too_big.get() {
+    while !decoder.is_done() && !too_big.get() && !no_budget.get() {
         buf.clear();
         let (c, res, b) = match watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await {
             None => return Err(ExchangeError::ClientGone),
@@ -474,6 +572,9 @@ pub async fn read_full_body(
         return Err(
             ApiError::upstream(502, format!("The model server's response is larger than {limit} bytes.")).into()
         );
+    }
+    if no_budget.get() {
+        return Err(over_budget(lease).into());
     }
     let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof();
     Ok((body, reusable.then_some(conn)))

@@ -118,56 +118,114 @@ struct NativeEmbed<'a> {
     error: Option<&'a RawValue>,
 }
 
-/// Writes the OpenAI `list` of embeddings for the native reply `body` into
-/// `out`; `model` is the name the client asked for.
-pub fn embeddings_response(out: &mut Vec<u8>, model: &str, base64: bool, body: &[u8]) -> Result<Usage, ApiError> {
-    let bad = || ApiError::upstream(502, "The model server sent an embeddings reply that is not valid.".into());
-    let native: NativeEmbed<'_> = serde_json::from_slice(body).map_err(|_| bad())?;
-    if let Some(e) = native.error {
-        let message = serde_json::from_str::<String>(e.get())
-            .unwrap_or_else(|_| "The model server reported an error.".to_owned());
-        return Err(ApiError::upstream(502, message));
+/// The OpenAI `list` of embeddings for a native reply, written in pieces:
+/// a reply of many long vectors is sent as it is converted, so the gateway
+/// never holds a second full copy of it.
+pub struct EmbeddingsReply<'a> {
+    native: NativeEmbed<'a>,
+    model: &'a str,
+    base64: bool,
+    /// The next vector to write; `None` once the head is still to come.
+    next: Option<usize>,
+    done: bool,
+    floats: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+fn bad_reply() -> ApiError {
+    ApiError::upstream(502, "The model server sent an embeddings reply that is not valid.".into())
+}
+
+impl<'a> EmbeddingsReply<'a> {
+    /// Reads the native reply `body`; `model` is the name the client asked for.
+    pub fn parse(body: &'a [u8], model: &'a str, base64: bool) -> Result<Self, ApiError> {
+        let native: NativeEmbed<'_> = serde_json::from_slice(body).map_err(|_| bad_reply())?;
+        if let Some(e) = native.error {
+            let message = serde_json::from_str::<String>(e.get())
+                .unwrap_or_else(|_| "The model server reported an error.".to_owned());
+            return Err(ApiError::upstream(502, message));
+        }
+        // Every vector is checked before anything is sent.
+        if native.embeddings.iter().any(|v| !v.get().starts_with('[')) {
+            return Err(bad_reply());
+        }
+        Ok(Self { native, model, base64, next: None, done: false, floats: Vec::new(), bytes: Vec::new() })
     }
-    let usage = Usage { prompt_tokens: native.prompt_eval_count.unwrap_or(0), completion_tokens: 0 };
-    out.clear();
-    out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
-    let mut floats: Vec<f32> = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
-    for (i, v) in native.embeddings.iter().enumerate() {
+
+    pub fn usage(&self) -> Usage {
+        Usage { prompt_tokens: self.native.prompt_eval_count.unwrap_or(0), completion_tokens: 0 }
+    }
+
+    /// Appends the next piece of the reply to `out`, at least `at_least`
+    /// bytes unless the reply ends first. Returns false once all of it has
+    /// been written.
+    pub fn write_next(&mut self, out: &mut Vec<u8>, at_least: usize) -> Result<bool, ApiError> {
+        if self.done {
+            return Ok(false);
+        }
+        let start = out.len();
+        let mut i = match self.next {
+            Some(i) => i,
+            None => {
+                out.extend_from_slice(b"{\"object\":\"list\",\"data\":[");
+                0
+            }
+        };
+        while i < self.native.embeddings.len() && out.len() - start < at_least {
+            self.vector(out, i)?;
+            i += 1;
+        }
+        self.next = Some(i);
+        if i == self.native.embeddings.len() {
+            let usage = self.usage();
+            out.extend_from_slice(b"],\"model\":");
+            write::json_string(out, self.model);
+            out.extend_from_slice(b",\"usage\":{\"prompt_tokens\":");
+            write::number(out, usage.prompt_tokens);
+            out.extend_from_slice(b",\"total_tokens\":");
+            write::number(out, usage.prompt_tokens);
+            out.extend_from_slice(b"}}");
+            self.done = true;
+        }
+        Ok(true)
+    }
+
+    fn vector(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), ApiError> {
+        let v = self.native.embeddings[i];
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"object\":\"embedding\",\"index\":");
         write::number(out, i);
         out.extend_from_slice(b",\"embedding\":");
-        if base64 {
-            floats.clear();
-            floats.extend(serde_json::from_str::<Vec<f32>>(v.get()).map_err(|_| bad())?);
-            bytes.clear();
-            bytes.extend(floats.iter().flat_map(|f| f.to_le_bytes()));
+        if self.base64 {
+            self.floats.clear();
+            self.floats.extend(serde_json::from_str::<Vec<f32>>(v.get()).map_err(|_| bad_reply())?);
+            self.bytes.clear();
+            self.bytes.extend(self.floats.iter().flat_map(|f| f.to_le_bytes()));
             out.push(b'"');
             let start = out.len();
-            out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
-            let n =
-                base64::engine::general_purpose::STANDARD.encode_slice(&bytes, &mut out[start..]).map_err(|_| bad())?;
+            out.resize(start + base64::encoded_len(self.bytes.len(), true).unwrap_or(0), 0);
+            let n = base64::engine::general_purpose::STANDARD
+                .encode_slice(&self.bytes, &mut out[start..])
+                .map_err(|_| bad_reply())?;
             out.truncate(start + n);
             out.push(b'"');
         } else {
-            if !v.get().starts_with('[') {
-                return Err(bad());
-            }
             out.extend_from_slice(v.get().as_bytes());
         }
         out.push(b'}');
+        Ok(())
     }
-    out.extend_from_slice(b"],\"model\":");
-    write::json_string(out, model);
-    out.extend_from_slice(b",\"usage\":{\"prompt_tokens\":");
-    write::number(out, usage.prompt_tokens);
-    out.extend_from_slice(b",\"total_tokens\":");
-    write::number(out, usage.prompt_tokens);
-    out.extend_from_slice(b"}}");
-    Ok(usage)
+}
+
+/// Writes the whole OpenAI `list` of embeddings for the native reply `body`
+/// into `out` (tests and fuzzing; the endpoint sends it in pieces).
+pub fn embeddings_response(out: &mut Vec<u8>, model: &str, base64: bool, body: &[u8]) -> Result<Usage, ApiError> {
+    let mut reply = EmbeddingsReply::parse(body, model, base64)?;
+    out.clear();
+    while reply.write_next(out, usize::MAX)? {}
+    Ok(reply.usage())
 }
 
 #[cfg(test)]
@@ -233,6 +291,16 @@ mod tests {
         assert_eq!(v["data"][0]["embedding"], "zczMPc3MTL6amZk+");
         assert!(embeddings_response(&mut out, MODEL, false, b"<html>").is_err());
         assert!(embeddings_response(&mut out, MODEL, false, br#"{"embeddings":[7]}"#).is_err());
+        // In pieces, the same bytes.
+        embeddings_response(&mut out, MODEL, true, native).unwrap();
+        let whole_b64 = out.clone();
+        let mut reply = EmbeddingsReply::parse(native, MODEL, true).unwrap();
+        let mut pieces = Vec::new();
+        let mut n = 0;
+        while reply.write_next(&mut pieces, 1).unwrap() {
+            n += 1;
+        }
+        assert_eq!((pieces, n), (whole_b64, 3));
         let e = embeddings_response(&mut out, MODEL, false, br#"{"error":"model is required"}"#).unwrap_err();
         assert_eq!(e.message, "model is required");
     }

@@ -78,6 +78,7 @@ pub fn run(config: Config) -> Result<(), String> {
         config.upstream_queue,
         config.upstream_health_interval,
         config.upstream_limits.connect_timeout,
+        config.upstream_buffer_bytes,
     )?;
     raise_fd_limit();
     let listeners = bind_listeners(config.listen, config.workers)?;
