@@ -130,6 +130,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_LOG_LEVEL", value_enum, default_value = "info")]
     pub log_level: crate::log::Level,
 
+    /// A second address serving `GET /metrics` without a key, for a
+    /// Prometheus that cannot send one (bind it where only the scraper can
+    /// reach it). On the main address `/metrics` always needs an admin key.
+    #[arg(long, env = "AI_GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Add per-key series to /metrics (one series per key: mind the cardinality).
     #[arg(long, env = "AI_GATEWAY_METRICS_PER_KEY")]
     pub metrics_per_key: bool,
@@ -177,6 +183,8 @@ pub struct Config {
     pub log_format: crate::access_log::LogFormat,
     pub log_level: crate::log::Level,
     pub metrics_per_key: bool,
+    /// The keyless metrics listener, when the operator opts in.
+    pub metrics_listen: Option<SocketAddr>,
     pub upstream_max_concurrent: usize,
     pub upstream_queue: usize,
     pub upstream_queue_timeout: Duration,
@@ -248,6 +256,7 @@ impl Config {
             log_format: a.log_format,
             log_level: a.log_level,
             metrics_per_key: a.metrics_per_key,
+            metrics_listen: a.metrics_listen,
             upstream_max_concurrent: if a.upstream_max_concurrent == 0 {
                 return Err("--upstream-max-concurrent must be at least 1".into());
             } else {

@@ -21,7 +21,7 @@ pub enum Route {
     Model(String),
     /// `GET usage`: the key's own usage and limits.
     Usage,
-    /// `GET /metrics`: Prometheus text (admin key, or loopback without a key).
+    /// `GET /metrics`: Prometheus text (admin key; keyless only on `--metrics-listen`).
     Metrics,
     /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`
     AdminUsage,

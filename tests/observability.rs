@@ -46,9 +46,9 @@ fn metrics_count_requests_tokens_and_errors() {
         t.lines().any(|l| l == "ai_gateway_requests_total{route=\"metrics\",status=\"403\"} 1")
             && t.lines().any(|l| l == "ai_gateway_in_flight_requests 1")
     };
-    assert!(eventually(Duration::from_secs(5), || settled(&metrics(&g, None).text())));
-    let r = metrics(&g, None);
-    assert_eq!(r.status, 200, "loopback scrapes need no key");
+    assert!(eventually(Duration::from_secs(5), || settled(&metrics(&g, Some(ADMIN_KEY)).text())));
+    let r = metrics(&g, Some(ADMIN_KEY));
+    assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let t = r.text();
     assert_eq!(value(&t, "ai_gateway_requests_total{route=\"chat_completions\",status=\"200\"}"), 3.0);
@@ -70,7 +70,43 @@ fn metrics_count_requests_tokens_and_errors() {
     assert!(t.contains("ai_gateway_info{version=\""));
     assert!(t.contains("ai_gateway_key_requests_total{key_id=\"key_"));
     assert!(!t.contains(ADMIN_KEY) && !t.contains(&user));
-    assert_eq!(metrics(&g, Some(ADMIN_KEY)).status, 200);
+    assert_eq!(metrics(&g, None).status, 401, "no keyless scrapes on the API's address, loopback or not");
+}
+
+#[test]
+fn keyless_scrapes_only_on_the_metrics_listener_and_readyz_says_little_without_a_key() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--metrics-listen", "127.0.0.1:0"]);
+    let log = g.log_text();
+    let addr: std::net::SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("metrics without a key on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the metrics address in the log")
+        .parse()
+        .unwrap();
+    let mut s = connect(addr);
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("ai_gateway_requests_total"));
+    let mut s = connect(addr);
+    std::io::Write::write_all(&mut s, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut std::io::BufReader::new(s), false).unwrap().status, 404, "only the metrics");
+    assert_eq!(metrics(&g, None).status, 401);
+    // /readyz: ready or not for anyone; the hosts' details for an admin key only.
+    let mut s = connect(g.addr);
+    std::io::Write::write_all(&mut s, b"GET /readyz HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\n\r\n")
+        .unwrap();
+    let anonymous = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+    assert_eq!(anonymous.json(), json!({"status": "ready"}));
+    let user = create_key(&g, "user", &[])["secret"].as_str().unwrap().to_owned();
+    let as_user = request_with(g.addr, "GET", "/readyz", None, &[("Authorization", &format!("Bearer {user}"))]);
+    assert_eq!(as_user.json(), json!({"status": "ready"}));
+    let as_admin = get(g.addr, "/readyz").json();
+    assert_eq!(as_admin["hosts"][0]["url"], m.url());
+    let wrong = request_with(g.addr, "GET", "/readyz", None, &[("Authorization", "Bearer sk_wrong")]);
+    assert_eq!(wrong.status, 401);
 }
 
 #[test]

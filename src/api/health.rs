@@ -11,13 +11,19 @@ pub fn healthz(conn: &mut Conn) -> After {
     After::KeepAlive
 }
 
-/// `GET /readyz`: 200 when some upstream host is healthy, else 503; the
-/// body lists every host's state (health, version, load, models known).
-/// Like `/healthz` it needs no key, for load balancers and orchestrators.
-pub fn readyz(worker: &Worker, conn: &mut Conn) -> After {
+/// `GET /readyz`: 200 when some upstream host is healthy, else 503. Like
+/// `/healthz` it needs no key, for load balancers and orchestrators, and then
+/// says only ready or not; with an admin key (`details`) the body lists every
+/// host's state (URL, health, version, load, models known, last error).
+pub fn readyz(worker: &Worker, conn: &mut Conn, details: bool) -> After {
     let ready = worker.upstreams.ready();
-    let hosts: Vec<serde_json::Value> = worker.upstreams.hosts.iter().map(|h| h.view()).collect();
-    let body = serde_json::json!({"status": if ready { "ready" } else { "unavailable" }, "hosts": hosts});
+    let status = if ready { "ready" } else { "unavailable" };
+    let body = if details {
+        let hosts: Vec<serde_json::Value> = worker.upstreams.hosts.iter().map(|h| h.view()).collect();
+        serde_json::json!({"status": status, "hosts": hosts})
+    } else {
+        serde_json::json!({"status": status})
+    };
     conn.json(if ready { 200 } else { 503 }, body.to_string().as_bytes());
     After::KeepAlive
 }

@@ -75,9 +75,9 @@ pub fn accept(worker: &Worker, conn: &mut Conn) -> Option<Accepted> {
     conn.req.route = route.label();
 
     // 3. Authenticate: the key's live record, read now, so changes apply at once.
-    // (Metrics may be scraped from loopback without a key.)
-    let loopback_scrape = route == Route::Metrics && conn.req.peer_loopback && conn.req.authorization.is_none();
-    let key = if route.needs_key() && !loopback_scrape {
+    // A route that needs no key still checks one that is presented (an admin
+    // key shows `/readyz` in full).
+    let key = if route.needs_key() || conn.req.authorization.is_some() {
         match authenticate(worker, conn, &route) {
             Ok(k) => {
                 conn.req.key_id.push_str(&k.id);
@@ -128,7 +128,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
     // 5. The endpoint.
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
-        (Route::Ready, _) => health::readyz(worker, conn),
+        (Route::Ready, key) => health::readyz(worker, conn, key.is_some_and(|k| k.role == Role::Admin)),
         (Route::Docs, _) => crate::web::docs(worker, conn),
         (Route::Dashboard, _) => crate::web::dashboard(conn),
         (Route::Asset(name), _) => crate::web::asset(conn, &name),

@@ -52,8 +52,6 @@ pub struct Request {
     pub headers: Vec<(&'static str, String)>,
     /// The route's label (`""` before routing).
     pub route: &'static str,
-    /// The client connects from a loopback address.
-    pub peer_loopback: bool,
     /// What the handlers learn along the way, for usage and logs.
     pub outcome: Outcome,
 }
@@ -270,10 +268,9 @@ pub fn cors(h: ResponseHead<'_>) -> ResponseHead<'_> {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: std::net::SocketAddr) {
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
-    conn.req.peer_loopback = peer.ip().is_loopback();
     let limits = worker.config.http;
     loop {
         // 1. Read and parse the head (idle timeout before the first byte, header timeout after).

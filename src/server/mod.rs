@@ -10,6 +10,7 @@
 //! by anyone else is a clear startup error, not a shared port.
 
 pub mod conn;
+pub mod scrape;
 pub mod shutdown;
 pub mod watch;
 
@@ -100,6 +101,10 @@ pub fn run(config: Config) -> Result<(), String> {
         live: Default::default(),
         usage_writer: writer_stats,
     });
+    if let Some(addr) = config.metrics_listen {
+        let bound = scrape::spawn(addr, all_metrics.clone())?;
+        crate::log::info(format_args!("metrics without a key on {bound} (GET /metrics)"));
+    }
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checker =
         upstreams.spawn_checker(stop_checks.clone()).map_err(|e| format!("cannot start the health checker: {e}"))?;
@@ -308,8 +313,8 @@ fn flush_usage(worker: &Worker) {
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, stop: CancelHandle) {
     loop {
         match listener.cancelable_accept(stop.clone()).await {
-            Ok((stream, peer)) => {
-                monoio::spawn(conn::serve(worker.clone(), stream, peer));
+            Ok((stream, _)) => {
+                monoio::spawn(conn::serve(worker.clone(), stream));
             }
             Err(_) if worker.draining.get() => return,
             Err(e) => {

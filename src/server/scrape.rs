@@ -1,0 +1,76 @@
+//! The keyless metrics listener (`--metrics-listen`), for a Prometheus that
+//! cannot send an admin key.
+//!
+//! On the main address `/metrics` needs an admin key: behind a same-host TLS
+//! proxy every request comes from loopback, so "loopback needs no key" would
+//! make the metrics public (and readable by a DNS-rebinding page in a
+//! browser on the host). An operator who wants keyless scrapes opts in with
+//! a second address, bound where only the scraper reaches it. It serves
+//! `GET /metrics` and nothing else, one connection at a time on its own
+//! thread (plain blocking I/O with short timeouts), so it never touches a
+//! worker and a slow scraper delays only other scrapes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::request::{Method, parse_request_head};
+use crate::http::response::ResponseHead;
+use crate::metrics::Metrics;
+
+/// How long a scraper has to send its request and read the answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Binds `addr` and serves scrapes on a thread of its own until the process ends.
+pub fn spawn(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("metrics-listen".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &metrics);
+            }
+        })
+        .map_err(|e| format!("cannot start the metrics listener: {e}"))?;
+    Ok(bound)
+}
+
+fn answer(mut s: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request_head(&buf, MAX_HEAD) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(_) => return Ok(()),
+        }
+    };
+    let mut out = Vec::new();
+    let path = &buf[head.path.clone()];
+    if matches!(head.method, Method::Get | Method::Head) && path == b"/metrics" {
+        let text = metrics.render();
+        ResponseHead::new(&mut out, 200).connection(false).body(
+            "text/plain; version=0.0.4; charset=utf-8",
+            text.as_bytes(),
+            head.method == Method::Head,
+        );
+    } else {
+        ResponseHead::new(&mut out, 404).connection(false).body(
+            "text/plain",
+            b"only GET /metrics is served here\n",
+            false,
+        );
+    }
+    s.write_all(&out)
+}
