@@ -460,3 +460,49 @@ fn large_buffered_replies_share_a_budget_and_memory_comes_back() {
     eprintln!("embeddings burst: RSS {baseline} KiB before, {peak} KiB at most after a round, {after} KiB after");
     assert!(after < baseline + 40 * 1024, "RSS {baseline} KiB before, {after} KiB after");
 }
+
+#[test]
+fn requests_cut_off_at_the_grace_deadline_are_ended_recorded_and_logged() {
+    let m = mock(&["--tokens", "200", "--token-delay-ms", "50"]);
+    let mut g = gateway(&m, &["--shutdown-grace", "1", "--log-format", "json"]);
+    let key = create_key(&g, "late", &[])["secret"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {key}");
+    // A stream that would take 10 s, and a non-streamed request still waiting.
+    let mut stream = connect(g.addr);
+    send(&mut stream, "POST", "/v1/chat/completions", Some(&chat_body("llama3", true)), &[("Authorization", &auth)]);
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.starts_with("data: {") {
+        line.clear();
+        std::io::BufRead::read_line(&mut stream, &mut line).unwrap();
+    }
+    configure(&m, json!({"first_token_delay_ms": 20_000}));
+    let mut whole = connect(g.addr);
+    send(&mut whole, "POST", "/v1/chat/completions", Some(&chat_body("llama3", false)), &[("Authorization", &auth)]);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 2));
+    assert_eq!(terminate(&mut g), Some(0));
+    // The stream ends with an error event and its terminating chunk.
+    let rest = read_response_body_rest(&mut stream);
+    assert!(rest.contains("shutting down"), "{rest}");
+    assert!(rest.ends_with("0\r\n\r\n"), "a proper end: {rest:?}");
+    let r = read_response(&mut BufReader::new(whole), false).expect("an answer");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("gateway_shutting_down")));
+    // Both are in the access log and the usage, cancelled and estimated.
+    let log: Vec<Value> = g.stdout_text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let chats: Vec<&Value> = log.iter().filter(|l| l["path"] == "/v1/chat/completions").collect();
+    assert_eq!(chats.len(), 2, "{log:?}");
+    assert!(chats.iter().all(|l| l["cancelled"] == true && l["estimated"] == true));
+    let row = usage_cli(&g, &[])["data"][0].clone();
+    assert_eq!(
+        (row["requests"].as_u64(), row["cancelled"].as_u64(), row["estimated"].as_u64()),
+        (Some(2), Some(2), Some(2))
+    );
+    assert!(row["prompt_tokens"].as_u64().unwrap() > 0 && row["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+/// What a chunked response still sends, raw, until the connection closes.
+fn read_response_body_rest(r: &mut BufReader<std::net::TcpStream>) -> String {
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    String::from_utf8_lossy(&rest).into_owned()
+}

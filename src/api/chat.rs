@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 
-use super::{Answer, Call, Split, upstream_call, upstream_error, upstream_json};
+use super::{Answer, Call, NoReply, Split, upstream_call, upstream_error, upstream_json};
 use crate::http::chunked::write_chunk_header;
 use crate::http::response::ResponseHead;
 use crate::limits::{Admission, Limiters};
@@ -116,21 +116,7 @@ pub(super) type Render<'r> = &'r dyn Fn(&mut Vec<u8>, &str, &str, &[u8]) -> Resu
 /// A non-streamed completion: one upstream reply, one JSON response.
 pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &Call<'_>, render: Render<'_>) -> After {
     match upstream_json(worker, conn, call).await {
-        Err(None) => {
-            let o = &mut conn.req.outcome;
-            o.cancelled = true;
-            if call.sent.get() {
-                // The model had the request: its prompt is paid for, by estimate.
-                o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
-                o.estimated = true;
-            }
-            After::Close
-        }
-        Err(Some(e)) => {
-            conn.req.outcome.upstream_failed = true;
-            conn.error(&e);
-            After::KeepAlive
-        }
+        Err(no_reply) => no_reply.answer(conn, call.sent.get()),
         Ok(mut reply) if reply.status == 200 => {
             // The converted reply is a second copy: it counts against the budget too.
             if !reply.lease.cover(2 * reply.body.len() + 256) {
@@ -169,7 +155,7 @@ pub(super) async fn stream(
     mut transcoder: NdjsonToSse,
     call: &Call<'_>,
 ) -> After {
-    let Some(mut split) = Split::new(conn) else { return After::Close };
+    let Some(mut split) = Split::new(worker, conn) else { return After::Close };
     // A host, our turn in its queue (the slot is held until the stream ends), its response head.
     let sent = upstream_call(worker, &mut split.watch, call).await;
     let read_timeout = worker.config.upstream_limits.read_timeout;
@@ -188,20 +174,16 @@ pub(super) async fn stream(
                     upstream_error(status, &body, model)
                 }
                 Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => e,
-                Err(ExchangeError::ClientGone) => crate::openai::error::ApiError::upstream(status, String::new()),
+                Err(ExchangeError::CutOff) => ApiError::shutting_down(),
+                Err(ExchangeError::ClientGone) => ApiError::upstream(status, String::new()),
             };
             return fail_before_stream(conn, split, err).await;
         }
         Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => return fail_before_stream(conn, split, e).await,
-        Err(ExchangeError::ClientGone) => {
-            let o = &mut conn.req.outcome;
-            o.cancelled = true;
-            if call.sent.get() {
-                o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
-                o.estimated = true;
-            }
-            let _ = split.rejoin(conn).await;
-            return After::Close;
+        Err(e @ (ExchangeError::ClientGone | ExchangeError::CutOff)) => {
+            let after = split.rejoin(conn).await;
+            let cut_off = matches!(e, ExchangeError::CutOff) && after == After::KeepAlive;
+            return if cut_off { NoReply::CutOff } else { NoReply::ClientGone }.answer(conn, call.sent.get());
         }
     };
 
@@ -216,8 +198,8 @@ pub(super) async fn stream(
     // Account: the final line's counts, or (no final line) the prompt's
     // estimate and the content chunks relayed.
     let o = &mut conn.req.outcome;
-    o.cancelled = relayed.is_err();
-    o.upstream_failed = transcoder.end() == StreamEnd::Failed;
+    o.cancelled = relayed != Relayed::Done;
+    o.upstream_failed = relayed == Relayed::Done && transcoder.end() == StreamEnd::Failed;
     if transcoder.end() == StreamEnd::Completed {
         o.usage = transcoder.usage;
     } else {
@@ -225,7 +207,20 @@ pub(super) async fn stream(
         o.estimated = true;
     }
     let after = split.rejoin(conn).await;
-    if relayed.is_err() { After::Close } else { after }
+    if relayed == Relayed::Done { after } else { After::Close }
+}
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relayed {
+    /// To its end: the final line, or an error event for an upstream failure.
+    Done,
+    /// The client went away (the upstream connection was dropped, which
+    /// cancels the generation).
+    ClientGone,
+    /// The gateway's stop cut it off: the client got an error event and the
+    /// stream's end; the upstream connection was dropped.
+    CutOff,
 }
 
 /// An upstream failure before the stream started: a plain JSON error response.
@@ -241,8 +236,7 @@ async fn fail_before_stream(conn: &mut Conn, split: Split, err: crate::openai::e
 }
 
 /// Relays the upstream body through the transcoder to the client until the
-/// stream ends. `Err(())`: the client went away (the upstream connection
-/// was dropped, which cancels the generation).
+/// stream ends.
 async fn relay(
     ex: client::Exchange,
     t: &mut NdjsonToSse,
@@ -251,7 +245,7 @@ async fn relay(
     pool: &Pool,
     read_timeout: Duration,
     req: &mut Request,
-) -> Result<(), ()> {
+) -> Relayed {
     let Split { watch, wr } = split;
     let client::Exchange { mut conn, head, body: mut decoder, early } = ex;
     let mut sse = Vec::with_capacity(1024);
@@ -275,7 +269,7 @@ async fn relay(
             out = o;
             out.clear();
             if res.is_err() {
-                return Err(());
+                return Relayed::ClientGone;
             }
         }
         if ended {
@@ -285,12 +279,18 @@ async fn relay(
         buf.clear();
         let next = watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await;
         let (c, res, b) = match next {
-            None => return Err(()),
+            None if watch.cut_off() => {
+                t.fail(&mut sse, b"the gateway is shutting down and cut this stream off");
+                frame(&mut out, &sse, true);
+                let (res, _) = wr.write_all(out).await;
+                return if res.is_ok() { Relayed::CutOff } else { Relayed::ClientGone };
+            }
+            None => return Relayed::ClientGone,
             Some(Err(_)) => {
                 t.fail(&mut sse, b"the model server stopped sending (read timed out)");
                 frame(&mut out, &sse, true);
                 let (res, _) = wr.write_all(out).await;
-                return res.map(|_| ()).map_err(|_| ());
+                return if res.is_ok() { Relayed::Done } else { Relayed::ClientGone };
             }
             Some(Ok(r)) => r,
         };
@@ -314,17 +314,17 @@ async fn relay(
             buf.clear();
             let wait = deadline.saturating_duration_since(Instant::now());
             let Some(Ok((c, Ok(n), b))) = watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await else {
-                return Ok(());
+                return Relayed::Done;
             };
             if n == 0 || decoder.feed(&b, &mut |_| {}).is_err() {
-                return Ok(());
+                return Relayed::Done;
             }
             conn = c;
             buf = b;
         }
         pool.put(conn);
     }
-    Ok(())
+    Relayed::Done
 }
 
 /// Wraps the SSE bytes in one HTTP chunk (and the terminating chunk when the stream ended).

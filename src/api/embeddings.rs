@@ -12,7 +12,6 @@ use crate::http::chunked::write_chunk_header;
 use crate::http::response::ResponseHead;
 use crate::limits::Admission;
 use crate::openai::embeddings::{EmbeddingsPlan, EmbeddingsReply, convert_embeddings};
-use crate::openai::write::Usage;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
@@ -34,20 +33,7 @@ pub async fn embeddings(
     let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id);
     let reply = match upstream_json(worker, conn, &call).await {
         Ok(reply) => reply,
-        Err(None) => {
-            let o = &mut conn.req.outcome;
-            o.cancelled = true;
-            if call.sent.get() {
-                o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
-                o.estimated = true;
-            }
-            return After::Close;
-        }
-        Err(Some(e)) => {
-            conn.req.outcome.upstream_failed = true;
-            conn.error(&e);
-            return After::KeepAlive;
-        }
+        Err(no_reply) => return no_reply.answer(conn, call.sent.get()),
     };
     if reply.status != 200 {
         conn.req.outcome.upstream_failed = true;

@@ -263,11 +263,12 @@ pub struct Split {
 }
 
 impl Split {
-    pub fn new(conn: &mut Conn) -> Option<Self> {
+    pub fn new(worker: &Worker, conn: &mut Conn) -> Option<Self> {
         let stream = conn.stream.take()?;
         let (rd, wr) = stream.into_split();
         let buf = std::mem::take(&mut conn.inbuf);
-        Some(Self { watch: ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024), wr })
+        let watch = ClientWatch::start(rd, buf, MAX_HEAD + 1024 * 1024).with_cutoff(worker.cutoff.clone());
+        Some(Self { watch, wr })
     }
 
     /// Puts the connection back together. Returns `After::Close` when the
@@ -382,15 +383,14 @@ pub struct WholeReply<'w> {
 }
 
 /// Calls the upstream and reads its whole (JSON) reply, watching the client.
-/// Returns the reply, or the error to answer with; `Err(None)` means the
-/// client went away.
+/// Returns the reply, or why there is none.
 pub async fn upstream_json<'w>(
     worker: &'w Worker,
     conn: &mut Conn,
     call: &Call<'_>,
-) -> Result<WholeReply<'w>, Option<ApiError>> {
-    let Some(mut split) = Split::new(conn) else {
-        return Err(None);
+) -> Result<WholeReply<'w>, NoReply> {
+    let Some(mut split) = Split::new(worker, conn) else {
+        return Err(NoReply::ClientGone);
     };
     let result = async {
         let Answer { ex, host, permit } = upstream_call(worker, &mut split.watch, call).await?;
@@ -409,12 +409,51 @@ pub async fn upstream_json<'w>(
     let after = split.rejoin(conn).await;
     match result {
         Ok(r) if after == After::KeepAlive => Ok(r),
-        Ok(_) | Err(ExchangeError::ClientGone) => Err(None),
+        Err(ExchangeError::CutOff) if after == After::KeepAlive => Err(NoReply::CutOff),
+        Ok(_) | Err(ExchangeError::ClientGone | ExchangeError::CutOff) => Err(NoReply::ClientGone),
         Err(ExchangeError::Api(e) | ExchangeError::Unreachable(e)) => {
             if after == After::Close {
-                Err(None)
+                Err(NoReply::ClientGone)
             } else {
-                Err(Some(e))
+                Err(NoReply::Error(e))
+            }
+        }
+    }
+}
+
+/// Why an upstream call brought no reply to answer with.
+pub enum NoReply {
+    /// The client went away (the upstream connection was closed).
+    ClientGone,
+    /// The gateway's stop cut the request off; its client is still there.
+    CutOff,
+    /// An error to answer with.
+    Error(ApiError),
+}
+
+impl NoReply {
+    /// Records how the request ended and answers the client when it is
+    /// still there. A request the model already had (`sent`) that ends
+    /// without a reply pays for its prompt, by estimate.
+    pub fn answer(self, conn: &mut Conn, sent: bool) -> After {
+        let o = &mut conn.req.outcome;
+        match self {
+            NoReply::Error(e) => {
+                o.upstream_failed = true;
+                conn.error(&e);
+                After::KeepAlive
+            }
+            NoReply::ClientGone | NoReply::CutOff => {
+                o.cancelled = true;
+                if sent {
+                    o.usage = crate::openai::write::Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
+                    o.estimated = true;
+                }
+                if matches!(self, NoReply::CutOff) {
+                    conn.req.keep_alive = false;
+                    conn.error(&ApiError::shutting_down());
+                }
+                After::Close
             }
         }
     }
@@ -429,6 +468,7 @@ pub async fn upstream_slot(
 ) -> Result<Permit, ExchangeError> {
     let limit = worker.config.upstream_queue_timeout;
     match watch.race(monoio::time::timeout(limit, host.gate.acquire(key_id))).await {
+        None if watch.cut_off() => Err(ExchangeError::CutOff),
         None => Err(ExchangeError::ClientGone),
         Some(Err(_)) => Err(ExchangeError::Api(overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",

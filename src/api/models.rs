@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Call, upstream_error, upstream_json};
+use super::{Call, NoReply, upstream_error, upstream_json};
 use crate::openai::chat_request::parse_json;
 use crate::openai::error::ApiError;
 use crate::openai::write::{json_string, number};
@@ -88,7 +88,7 @@ pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
 
 /// Every model the healthy hosts serve (each listed once, in host order),
 /// then the aliases, with their target's details when it is served.
-async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Option<ApiError>> {
+async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, NoReply> {
     let hosts = &worker.upstreams.hosts;
     let healthy: Vec<usize> = hosts.iter().filter(|h| h.healthy()).map(|h| h.index).collect();
     let ask = if healthy.is_empty() { (0..hosts.len()).collect() } else { healthy };
@@ -99,8 +99,8 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Opti
         let listed = match upstream_json(worker, conn, &call).await {
             Ok(r) if r.status == 200 => models_from_tags(&r.body),
             Ok(r) => Err(upstream_error(r.status, &r.body, "")),
-            Err(None) => return Err(None),
-            Err(Some(e)) => Err(e),
+            Err(NoReply::Error(e)) => Err(e),
+            Err(no_reply) => return Err(no_reply),
         };
         match listed {
             Ok(list) => {
@@ -115,7 +115,9 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, Opti
         }
     }
     if !answered {
-        return Err(Some(failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered"))));
+        return Err(NoReply::Error(
+            failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered")),
+        ));
     }
     for (alias, target) in worker.config.aliases.iter() {
         if models.iter().any(|m| m.id == alias) {
@@ -140,8 +142,7 @@ pub async fn list(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
             models.retain(|m| visible(worker, key, &m.id));
             conn.json(200, &list_body(&models))
         }
-        Err(Some(e)) => conn.error(&e),
-        Err(None) => return After::Close,
+        Err(no_reply) => return no_reply.answer(conn, false),
     }
     After::KeepAlive
 }
@@ -162,8 +163,7 @@ pub async fn retrieve(worker: &Worker, conn: &mut Conn, key: &KeyRecord, id: &st
                 None => conn.error(&ApiError::model_not_found(id)),
             }
         }
-        Err(Some(e)) => conn.error(&e),
-        Err(None) => return After::Close,
+        Err(no_reply) => return no_reply.answer(conn, false),
     }
     After::KeepAlive
 }

@@ -270,6 +270,9 @@ pub struct Exchange {
 pub enum ExchangeError {
     /// The client went away; the upstream connection has been closed.
     ClientGone,
+    /// The gateway's stop cut the request off (its grace period ran out);
+    /// the upstream connection has been closed, the client is still there.
+    CutOff,
     /// An error to send the client.
     Api(ApiError),
     /// The host could not be reached: refused, timed out, or closed before
@@ -281,6 +284,11 @@ impl From<ApiError> for ExchangeError {
     fn from(e: ApiError) -> Self {
         ExchangeError::Api(e)
     }
+}
+
+/// Why a race against the client watch ended without its operation.
+fn left(watch: &ClientWatch) -> ExchangeError {
+    if watch.cut_off() { ExchangeError::CutOff } else { ExchangeError::ClientGone }
 }
 
 /// First size of an upstream read buffer.
@@ -332,7 +340,7 @@ pub async fn send(
                 let e = ApiError::upstream_unavailable(&format!("connection lost before the response: {e}"));
                 return Err(ExchangeError::Unreachable(e));
             }
-            Err((HeadFailure::ClientGone, _)) => return Err(ExchangeError::ClientGone),
+            Err((HeadFailure::Left, _)) => return Err(left(watch)),
             Err((HeadFailure::Timeout, _)) => {
                 return Err(ApiError::upstream_timeout("no response").into());
             }
@@ -345,7 +353,8 @@ pub async fn send(
 
 enum HeadFailure {
     DeadBeforeResponse(String),
-    ClientGone,
+    /// The client left, or the cutoff fired.
+    Left,
     Timeout,
     Protocol(&'static str),
 }
@@ -357,7 +366,7 @@ async fn connect(
 ) -> Result<TcpStream, ExchangeError> {
     let attempt = monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr));
     match watch.race(attempt).await {
-        None => Err(ExchangeError::ClientGone),
+        None => Err(left(watch)),
         Some(Err(_)) => Err(ExchangeError::Unreachable(ApiError::upstream_unavailable(&format!(
             "connecting to {} timed out",
             target.url
@@ -391,7 +400,7 @@ async fn exchange_head(
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         let (c, res, b) = match watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await {
-            None => return Err((HeadFailure::ClientGone, Vec::new())),
+            None => return Err((HeadFailure::Left, Vec::new())),
             Some(Err(_)) => return Err((HeadFailure::Timeout, Vec::new())),
             Some(Ok(out)) => out,
         };
@@ -550,7 +559,7 @@ pub async fn read_full_body(
     while !decoder.is_done() && !too_big.get() && !no_budget.get() {
         buf.clear();
         let (c, res, b) = match watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await {
-            None => return Err(ExchangeError::ClientGone),
+            None => return Err(left(watch)),
             Some(Err(_)) => {
                 return Err(ApiError::upstream_timeout("the response body stalled").into());
             }

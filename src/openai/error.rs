@@ -89,6 +89,16 @@ impl ApiError {
         Self::new(504, "api_error", "upstream_timeout", format!("The model server did not answer in time ({what})."))
     }
 
+    /// The gateway is stopping and its grace period for requests in flight ran out.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            503,
+            "api_error",
+            "gateway_shutting_down",
+            "The gateway is shutting down and could not finish this request in time. Try again.",
+        )
+    }
+
     /// An upstream error passed on with the upstream's status and message.
     pub fn upstream(status: u16, message: String) -> Self {
         Self::new(status, "api_error", "upstream_error", message)

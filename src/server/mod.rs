@@ -68,6 +68,9 @@ pub struct Worker {
     pub limiters: Limiters,
     /// This core's per-model calibration of prompt estimates.
     pub calibration: crate::estimate::Calibration,
+    /// Fired when a stop's grace period runs out: requests still waiting on
+    /// the upstream end at once, properly.
+    pub cutoff: Rc<watch::Cutoff>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -147,6 +150,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     all_metrics,
                     limiters: Limiters::new(limiter_book),
                     calibration: Default::default(),
+                    cutoff: Default::default(),
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {
@@ -289,11 +293,19 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if worker.in_flight.get() > 0 {
+        // Out of time: every request still waiting on the upstream ends now,
+        // properly (an error for its client, an end to its stream, its usage
+        // and its log line); what cannot end in a moment more is dropped.
         crate::log::warn(format_args!(
             "worker {}: {} requests still in flight after the grace period are cut off",
             worker.index,
             worker.in_flight.get()
         ));
+        worker.cutoff.fire();
+        let last = Instant::now() + CUTOFF_WAIT;
+        while worker.in_flight.get() > 0 && Instant::now() < last {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     flush_usage(&worker);
     worker.access_log.flush();
@@ -302,6 +314,10 @@ async fn worker_main(
 
 /// How often a worker checks for a stop request (and, at most, flushes usage).
 const TICK: Duration = Duration::from_millis(50);
+
+/// How long requests cut off at the end of the grace period get to write
+/// their last bytes and be accounted.
+const CUTOFF_WAIT: Duration = Duration::from_secs(1);
 
 fn flush_usage(worker: &Worker) {
     let deltas = worker.usage.take();

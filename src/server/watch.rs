@@ -17,10 +17,18 @@
 //! io_uring operations of a small proxied request (measured: 60k → 64k tiny
 //! requests per second). A client leaving within that first millisecond is
 //! noticed a millisecond late.
+//!
+//! A watch can also follow the worker's [`Cutoff`]: when a stop's grace
+//! period runs out, every wait raced against a watch ends at once as if the
+//! client had left, and [`ClientWatch::cut_off`] tells the request to end
+//! properly instead (an error for its client, its usage recorded).
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -54,11 +62,38 @@ enum State {
     Empty,
 }
 
+/// The end of a stop's grace period on one worker: fired once, it wakes
+/// every request waiting in a [`ClientWatch::race`].
+#[derive(Default)]
+pub struct Cutoff {
+    fired: Cell<bool>,
+    /// The waiting requests' wakers, by watch.
+    waiting: RefCell<HashMap<u64, Waker>>,
+    next_id: Cell<u64>,
+}
+
+impl Cutoff {
+    /// Ends every raced wait now and from now on.
+    pub fn fire(&self) {
+        self.fired.set(true);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for (_, w) in waiting {
+            w.wake();
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.get()
+    }
+}
+
 /// A parked read on the client's half of a connection.
 pub struct ClientWatch {
     state: State,
     arm_at: Instant,
     canceller: Canceller,
+    /// The worker's cutoff and this watch's place in it (once registered).
+    cutoff: Option<(Rc<Cutoff>, Option<u64>)>,
 }
 
 impl ClientWatch {
@@ -66,12 +101,44 @@ impl ClientWatch {
     /// from the client that are not consumed yet; new bytes are appended, up
     /// to `limit` in all.
     pub fn start(rd: TcpOwnedReadHalf, buf: Vec<u8>, limit: usize) -> Self {
-        Self { state: State::Waiting(rd, buf, limit), arm_at: Instant::now() + ARM_AFTER, canceller: Canceller::new() }
+        Self {
+            state: State::Waiting(rd, buf, limit),
+            arm_at: Instant::now() + ARM_AFTER,
+            canceller: Canceller::new(),
+            cutoff: None,
+        }
+    }
+
+    /// Also ends every race when `cutoff` fires.
+    pub fn with_cutoff(mut self, cutoff: Rc<Cutoff>) -> Self {
+        self.cutoff = Some((cutoff, None));
+        self
     }
 
     /// True once the client is known to be gone.
     pub fn client_gone(&self) -> bool {
         matches!(self.state, State::Done((_, _, WatchEnd::Gone)))
+    }
+
+    /// True once the worker's stop has cut its requests off.
+    pub fn cut_off(&self) -> bool {
+        self.cutoff.as_ref().is_some_and(|(c, _)| c.fired())
+    }
+
+    /// Whether the cutoff has fired; if not, makes sure it will wake this task.
+    fn poll_cutoff(&mut self, waker: &Waker) -> bool {
+        let Some((cutoff, id)) = &mut self.cutoff else { return false };
+        if cutoff.fired() {
+            return true;
+        }
+        // A watch lives in one task, whose waker does not change: register once.
+        if id.is_none() {
+            let n = cutoff.next_id.get();
+            cutoff.next_id.set(n + 1);
+            cutoff.waiting.borrow_mut().insert(n, waker.clone());
+            *id = Some(n);
+        }
+        false
     }
 
     fn arm(&mut self) {
@@ -90,9 +157,10 @@ impl ClientWatch {
         self.client_gone()
     }
 
-    /// Runs `op` until it completes or the client goes away (`None`).
-    /// Dropping `op` on a disconnect is intended: it owns the upstream
-    /// connection, and closing that is how Ollama learns to stop.
+    /// Runs `op` until it completes, or the client goes away or the worker's
+    /// cutoff fires (`None`; [`cut_off`](Self::cut_off) tells which).
+    /// Dropping `op` then is intended: it owns the upstream connection, and
+    /// closing that is how Ollama learns to stop.
     pub async fn race<F: Future>(&mut self, op: F) -> Option<F::Output> {
         let mut op = std::pin::pin!(op);
         let mut arm_timer = std::pin::pin!(match self.state {
@@ -102,6 +170,9 @@ impl ClientWatch {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(v) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
+            }
+            if self.poll_cutoff(cx.waker()) {
+                return Poll::Ready(None);
             }
             if let Some(t) = arm_timer.as_mut().as_pin_mut() {
                 if t.poll(cx).is_pending() {
@@ -118,15 +189,31 @@ impl ClientWatch {
     /// Stops watching and returns the read half, the buffer (with any bytes
     /// the client pipelined) and how the watch ended.
     pub async fn finish(mut self) -> WatchOutput {
+        self.leave_cutoff();
         match std::mem::replace(&mut self.state, State::Empty) {
             State::Waiting(rd, buf, _) => (rd, buf, WatchEnd::Cancelled),
             State::Done(out) => out,
             State::Armed(fut) => {
-                let _ = self.canceller.cancel();
+                let _ = std::mem::replace(&mut self.canceller, Canceller::new()).cancel();
                 fut.await
             }
             State::Empty => unreachable!("a watch is only empty while changing state"),
         }
+    }
+}
+
+impl ClientWatch {
+    fn leave_cutoff(&mut self) {
+        if let Some((cutoff, Some(id))) = &mut self.cutoff {
+            cutoff.waiting.borrow_mut().remove(id);
+        }
+        self.cutoff = self.cutoff.take().map(|(c, _)| (c, None));
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        self.leave_cutoff();
     }
 }
 
