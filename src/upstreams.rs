@@ -10,10 +10,12 @@
 //! it truly lacks it); when no host is healthy, every host is tried anyway,
 //! so stale health never blocks a host that came back.
 //!
-//! A checker thread asks every host `/api/version` each
+//! A checker thread per host asks it `/api/version` each
 //! `--upstream-health-interval` (plain blocking I/O, off the workers' cores)
 //! and refreshes its model list from `/api/tags` every tenth check and on
-//! recovery. A host is taken out after two failed checks in a row, or at
+//! recovery. Every check has one deadline for all of it (connect, send,
+//! read), and each host has its own thread, so a host that drips its reply
+//! fails its own check and delays no other host's. A host is taken out after two failed checks in a row, or at
 //! once when a request cannot connect to it (the request is then retried on
 //! another host, see `api::upstream_call`); one good check puts it back.
 
@@ -196,23 +198,28 @@ impl Upstreams {
         total
     }
 
-    /// Starts the checker thread; it runs until `stop` is set.
-    pub fn spawn_checker(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let this = self.clone();
-        std::thread::Builder::new().name("upstream-check".into()).spawn(move || {
-            while !stop.load(Relaxed) {
-                for h in &this.hosts {
-                    this.check(h);
-                }
-                // Sleep in small steps so a shutdown is not held up.
-                let mut left = this.interval;
-                while !left.is_zero() && !stop.load(Relaxed) {
-                    let step = left.min(Duration::from_millis(100));
-                    std::thread::sleep(step);
-                    left -= step;
-                }
-            }
-        })
+    /// Starts a checker thread per host; they run until `stop` is set.
+    pub fn spawn_checkers(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        (0..self.hosts.len())
+            .map(|i| {
+                let (this, stop) = (self.clone(), stop.clone());
+                std::thread::Builder::new().name(format!("upstream-check-{i}")).spawn(move || {
+                    while !stop.load(Relaxed) {
+                        this.check(&this.hosts[i]);
+                        // Sleep in small steps so a shutdown is not held up.
+                        let mut left = this.interval;
+                        while !left.is_zero() && !stop.load(Relaxed) {
+                            let step = left.min(Duration::from_millis(100));
+                            std::thread::sleep(step);
+                            left -= step;
+                        }
+                    }
+                })
+            })
+            .collect()
     }
 
     fn check(&self, h: &Host) {
@@ -239,11 +246,16 @@ impl Upstreams {
     }
 }
 
-/// A blocking `GET` of `path` on the host; the body of a 200 reply.
+/// A blocking `GET` of `path` on the host; the body of a 200 reply. All of
+/// it must be done within `timeout`, however the host paces its bytes.
 fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        let d = deadline.saturating_duration_since(std::time::Instant::now());
+        if d.is_zero() { Err(format!("{path}: no complete answer within {}s", timeout.as_secs_f64())) } else { Ok(d) }
+    };
     let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
     let mut request = Vec::with_capacity(128);
     target.request(&mut request, "GET", path, None);
     // One request per connection: close-delimited replies are fine too.
@@ -252,7 +264,18 @@ fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>
     request.extend_from_slice(b"Connection: close\r\n\r\n");
     s.write_all(&request).map_err(|e| format!("write: {e}"))?;
     let mut reply = Vec::with_capacity(4096);
-    s.take(MAX_CHECK_REPLY as u64).read_to_end(&mut reply).map_err(|e| format!("read: {e}"))?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if reply.len() + n > MAX_CHECK_REPLY => return Err(format!("{path}: reply too large")),
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if deadline <= std::time::Instant::now() => left().map(|_| ())?,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
     let (head, len) = match crate::ollama::client::parse_response_head(&reply) {
         Ok(Some(h)) => h,
         _ => return Err(format!("{path}: not an HTTP response")),

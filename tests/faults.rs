@@ -317,3 +317,84 @@ fn a_refused_upstream_connection_is_a_prompt_502() {
         eprintln!("502 after {took:?}");
     }
 }
+
+#[test]
+fn bytes_an_upstream_sends_unasked_never_answer_a_later_request() {
+    let m = mock(&["--tokens", "3", "--extra-response-after-ms", "30"]);
+    let g = gateway(&m, &["--workers", "1"]);
+    let body = chat_body("llama3", false);
+    // A forged response arrives on the idle pooled connection after a reply:
+    // the next request must not read it as its answer.
+    for round in 1..=3u64 {
+        let r = post(g.addr, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200);
+        assert!(!r.text().contains("FORGED"), "round {round}: {}", r.text());
+        assert!(eventually(Duration::from_secs(5), || stats(&m)["extra_responses"] == round));
+    }
+    // Bytes right after a response, in the same read, keep it out of the pool too.
+    configure(&m, json!({"extra_response_after_ms": 0}));
+    let before = stats(&m)["connections"].as_u64().unwrap();
+    for _ in 0..3 {
+        let r = post(g.addr, "/v1/chat/completions", &body);
+        assert!(!r.text().contains("FORGED"), "{}", r.text());
+    }
+    // Three connections for three requests (and one for this stats request).
+    assert_eq!(stats(&m)["connections"].as_u64().unwrap() - before, 3 + 1, "each reply overran: no reuse");
+}
+
+#[test]
+fn an_interim_response_in_the_same_read_as_the_final_one_is_not_a_wait() {
+    let m = mock(&["--interim-continue", "true"]);
+    let g = gateway(&m, &["--upstream-first-byte-timeout", "5"]);
+    let started = Instant::now();
+    let r = post(g.addr, "/v1/chat/completions", &chat_body("llama3", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered without waiting out the first-byte timeout");
+}
+
+#[test]
+fn a_host_that_drips_its_health_reply_does_not_freeze_the_other_hosts_checks() {
+    // A host that answers its checks one byte every 200 ms, forever.
+    let drip = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let drip_addr = drip.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in drip.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                while s.write_all(b" ").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    let mut other = mock(&[]);
+    let dir = temp_data_dir();
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--upstream",
+        &format!("http://{drip_addr}"),
+        "--upstream",
+        &other.url(),
+        "--upstream-health-interval",
+        "0.2",
+        "--upstream-connect-timeout",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut g = start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY)]);
+    g.data_dir = Some(dir);
+    let healthy = |g: &Proc, i: usize| get(g.addr, "/readyz").json()["hosts"][i]["healthy"] == true;
+    assert!(eventually(Duration::from_secs(10), || !healthy(&g, 0)), "the dripping host fails its checks");
+    assert!(healthy(&g, 1));
+    let _ = other.child.kill();
+    let _ = other.child.wait();
+    assert!(eventually(Duration::from_secs(5), || !healthy(&g, 1)), "the dead host is seen dead");
+}

@@ -306,8 +306,9 @@ async fn relay(
             Ok(_) => {}
         }
     }
-    // The final line came; reuse the connection once its body is complete.
-    if t.end() == StreamEnd::Completed && head.keep_alive && !decoder.ends_at_eof() {
+    // The final line came; reuse the connection once its body is complete
+    // (and only if nothing came after it).
+    if t.end() == StreamEnd::Completed && head.keep_alive && !decoder.ends_at_eof() && !decoder.overran() {
         let deadline = Instant::now() + DRAIN_WAIT;
         let mut buf = buf;
         while !decoder.is_done() {
@@ -322,7 +323,9 @@ async fn relay(
             conn = c;
             buf = b;
         }
-        pool.put(conn);
+        if !decoder.overran() {
+            pool.put(conn);
+        }
     }
     Relayed::Done
 }

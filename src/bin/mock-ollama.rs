@@ -105,6 +105,14 @@ struct Knobs {
     /// Embedding dimensions when the request gives none.
     #[arg(long, default_value_t = 16)]
     embed_dimensions: usize,
+    /// After a non-streamed chat reply, send a second, unasked-for response
+    /// on the same connection this many milliseconds later (a misbehaving
+    /// upstream; 0: in the same write).
+    #[arg(long)]
+    extra_response_after_ms: Option<u64>,
+    /// Answer with a `100 Continue` interim response in the same write as the final one.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    interim_continue: bool,
 }
 
 impl Default for Knobs {
@@ -136,6 +144,10 @@ struct Stats {
     errors_sent: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
+    /// Unasked-for responses sent (`extra_response_after_ms`).
+    extra_responses: AtomicU64,
 }
 
 impl Stats {
@@ -153,6 +165,8 @@ impl Stats {
             "errors_sent": g(&self.errors_sent),
             "in_flight": g(&self.in_flight),
             "max_in_flight": g(&self.max_in_flight),
+            "connections": g(&self.connections),
+            "extra_responses": g(&self.extra_responses),
         })
     }
 
@@ -173,6 +187,8 @@ impl Stats {
             &self.completion_tokens,
             &self.errors_sent,
             &self.max_in_flight,
+            &self.connections,
+            &self.extra_responses,
         ] {
             a.store(0, Relaxed);
         }
@@ -274,6 +290,7 @@ struct Req {
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    shared.stats.connections.fetch_add(1, Relaxed);
     let mut stream = Some(stream);
     let mut inbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
@@ -688,8 +705,14 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
         } else if !thinking_text.is_empty() {
             reply["thinking"] = json!(thinking_text);
         }
+        if knobs.interim_continue {
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
         respond(&mut out, 200, "application/json; charset=utf-8", &go_json(&reply));
         drop(guard);
+        if knobs.extra_response_after_ms == Some(0) {
+            forged_response(&mut out, &model);
+        }
         if !write(wr, &mut out).await {
             stats.cancelled.fetch_add(1, Relaxed);
             return false;
@@ -697,6 +720,18 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
         stats.completed.fetch_add(1, Relaxed);
         stats.prompt_tokens.fetch_add(prompt, Relaxed);
         stats.completion_tokens.fetch_add(eval_count, Relaxed);
+        if let Some(ms) = knobs.extra_response_after_ms {
+            if ms > 0 {
+                if !sleep_or_gone(watch, ms).await {
+                    return false;
+                }
+                forged_response(&mut out, &model);
+                if !write(wr, &mut out).await {
+                    return false;
+                }
+            }
+            stats.extra_responses.fetch_add(1, Relaxed);
+        }
         return true;
     }
 
@@ -807,6 +842,13 @@ async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &mut 
     stats.prompt_tokens.fetch_add(prompt, Relaxed);
     stats.completion_tokens.fetch_add(eval_count, Relaxed);
     true
+}
+
+/// A complete chat reply nobody asked for, saying `FORGED`.
+fn forged_response(out: &mut Vec<u8>, model: &str) {
+    let reply = json!({"model":model,"created_at":now_rfc3339(),"message":{"role":"assistant","content":"FORGED"},
+        "done":true,"done_reason":"stop","prompt_eval_count":1,"eval_count":1});
+    respond(out, 200, "application/json; charset=utf-8", &go_json(&reply));
 }
 
 fn stamp() -> String {

@@ -111,12 +111,20 @@ impl Pool {
         self.limits
     }
 
-    /// The most recently used idle connection that has not expired.
+    /// The most recently used idle connection that has not expired and is
+    /// still quiet. A connection the upstream closed, or wrote to while it
+    /// sat idle, is dropped: bytes nobody asked for must never be read as
+    /// the answer to the next request (which may be another key's).
     fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
         idle.retain(|(_, since)| now.duration_since(*since) < self.limits.idle_timeout);
-        idle.pop().map(|(s, _)| s)
+        while let Some((s, _)) = idle.pop() {
+            if quiet(&s) {
+                return Some(s);
+            }
+        }
+        None
     }
 
     /// Returns a connection whose last response was read completely.
@@ -131,6 +139,17 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()
     }
+}
+
+/// True when nothing can be read from an idle connection: no bytes, no
+/// end of stream, no error. One non-blocking peek.
+fn quiet(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which outlives the call;
+    // the descriptor is the open socket `s` owns.
+    let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// How an upstream response body is delimited.
@@ -213,32 +232,44 @@ pub struct BodyDecoder {
     kind: BodyKind,
     remaining: u64,
     chunked: ChunkedDecoder,
+    /// Bytes came after the end of the body.
+    overran: bool,
 }
 
 impl BodyDecoder {
     pub fn new(kind: BodyKind) -> Self {
         let remaining = if let BodyKind::Length(n) = kind { n } else { 0 };
-        Self { kind, remaining, chunked: ChunkedDecoder::new() }
+        Self { kind, remaining, chunked: ChunkedDecoder::new(), overran: false }
     }
 
     /// Feeds raw bytes, calling `on_data` with body data. Bytes past the end
-    /// of the body are ignored (an upstream may not pipeline).
+    /// of the body are not data: an upstream may not send anything unasked,
+    /// so they mark the connection as one never to reuse ([`overran`](Self::overran)).
     pub fn feed(&mut self, input: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<(), ChunkedError> {
-        match self.kind {
-            BodyKind::None => {}
-            BodyKind::Close => on_data(input),
+        let used = match self.kind {
+            BodyKind::None => 0,
+            BodyKind::Close => {
+                on_data(input);
+                input.len()
+            }
             BodyKind::Length(_) => {
                 let take = (input.len() as u64).min(self.remaining) as usize;
                 if take > 0 {
                     on_data(&input[..take]);
                 }
                 self.remaining -= take as u64;
+                take
             }
-            BodyKind::Chunked => {
-                self.chunked.decode(input, on_data)?;
-            }
-        }
+            BodyKind::Chunked => self.chunked.decode(input, on_data)?,
+        };
+        self.overran |= used < input.len();
         Ok(())
+    }
+
+    /// True when bytes came after the end of the body: the connection is out
+    /// of step with its requests and must not go back to the pool.
+    pub fn overran(&self) -> bool {
+        self.overran
     }
 
     /// True once the body is complete (a close-delimited body completes at EOF).
@@ -398,6 +429,19 @@ async fn exchange_head(
     let mut buf = buf;
     let deadline = Instant::now() + read_timeout;
     loop {
+        // Interim (1xx) responses are skipped; the final one may already be buffered behind them.
+        match parse_response_head(&buf) {
+            Ok(Some((head, len))) if (100..200).contains(&head.status) => {
+                buf.drain(..len);
+                continue;
+            }
+            Ok(Some((head, len))) => {
+                let early = buf.split_off(len);
+                return Ok(Exchange { conn, head, body: BodyDecoder::new(head.body), early });
+            }
+            Ok(None) => {}
+            Err(m) => return Err((HeadFailure::Protocol(m), buf)),
+        }
         let wait = deadline.saturating_duration_since(Instant::now());
         let (c, res, b) = match watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await {
             None => return Err((HeadFailure::Left, Vec::new())),
@@ -420,19 +464,6 @@ async fn exchange_head(
                 return Err((HeadFailure::Protocol("connection failed inside the response head"), buf));
             }
             Ok(_) => {}
-        }
-        match parse_response_head(&buf) {
-            Ok(None) => continue,
-            Err(m) => return Err((HeadFailure::Protocol(m), buf)),
-            Ok(Some((head, len))) => {
-                // 1xx interim responses are skipped.
-                if (100..200).contains(&head.status) {
-                    buf.drain(..len);
-                    continue;
-                }
-                let early = buf.split_off(len);
-                return Ok(Exchange { conn, head, body: BodyDecoder::new(head.body), early });
-            }
         }
     }
 }
@@ -585,6 +616,6 @@ pub async fn read_full_body(
     if no_budget.get() {
         return Err(over_budget(lease).into());
     }
-    let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof();
+    let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof() && !decoder.overran();
     Ok((body, reusable.then_some(conn)))
 }

@@ -109,8 +109,8 @@ pub fn run(config: Config) -> Result<(), String> {
         crate::log::info(format_args!("metrics without a key on {bound} (GET /metrics)"));
     }
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checker =
-        upstreams.spawn_checker(stop_checks.clone()).map_err(|e| format!("cannot start the health checker: {e}"))?;
+    let checkers =
+        upstreams.spawn_checkers(stop_checks.clone()).map_err(|e| format!("cannot start the health checker: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -187,7 +187,9 @@ pub fn run(config: Config) -> Result<(), String> {
         let _ = t.join();
     }
     stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = checker.join();
+    for c in checkers {
+        let _ = c.join();
+    }
     // Every worker has handed over its last usage and log lines: commit, write, stop.
     let committed = writer.finish();
     let _ = access_tx.send(Vec::new());
