@@ -122,7 +122,10 @@ pub struct UpdateArgs {
 
 /// Runs a `keys` command; prints its result. Errors are returned as one line.
 pub fn run_keys(args: KeysArgs) -> Result<(), String> {
-    let store = Store::open(&args.data.data_dir).map_err(|e| e.0)?;
+    // Listing and showing only read: they work on a store the user may only read.
+    let read_only = matches!(args.command, KeysCommand::List(_) | KeysCommand::Show(_));
+    let store = if read_only { Store::open_read_only(&args.data.data_dir) } else { Store::open(&args.data.data_dir) }
+        .map_err(|e| e.0)?;
     match args.command {
         KeysCommand::Create(a) => {
             let expires = a.expires.as_deref().map(|e| parse_expiry(e, unix_now())).transpose()?;
@@ -295,7 +298,7 @@ pub struct UsageArgs {
 
 /// Prints stored usage, grouped.
 pub fn run_usage(args: UsageArgs) -> Result<(), String> {
-    let store = Store::open(&args.data.data_dir).map_err(|e| e.0)?;
+    let store = Store::open_read_only(&args.data.data_dir).map_err(|e| e.0)?;
     for (flag, d) in [("from", &args.from), ("to", &args.to)] {
         if let Some(d) = d
             && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()

@@ -90,3 +90,60 @@ fn settings_come_from_the_environment_too() {
     assert!(g.log_text().contains("1 workers"), "{}", g.log_text());
     assert_eq!(post(g.addr, "/v1/chat/completions", &chat_body("llama3", false)).status, 200);
 }
+
+#[test]
+fn one_server_per_data_directory_and_the_cli_works_beside_it_and_on_a_read_only_store() {
+    let m = mock(&[]);
+    let mut g = gateway(&m, &[]);
+    let dir = g.data_dir.clone().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &m.url(), "--data-dir", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(dir.to_str().unwrap()) && err.contains(&format!("process {}", g.child.id())), "{err}");
+    // The CLI works beside the running server.
+    create_key(&g, "beside", &[]);
+    let (code, out, err) = keys_cli(&dir, &["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("beside"));
+    assert_eq!(terminate(&mut g), Some(0));
+
+    // A store the user may only read: listing, showing and usage work; changes are refused.
+    use std::os::unix::fs::PermissionsExt;
+    let as_reader = |args: &[&str]| {
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            // Root reads and writes anything: run as nobody instead.
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_ai-gateway")]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        };
+        let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = as_reader(&["keys", "--data-dir", d, "list", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("beside"), "{out}");
+    let (code, out, err) = as_reader(&["keys", "--data-dir", d, "show", "beside"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("beside"));
+    let (code, _, err) = as_reader(&["usage", "--json", "--data-dir", d]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = as_reader(&["keys", "--data-dir", d, "create", "--name", "nope"]);
+    assert_ne!(code, Some(0));
+    assert!(err.starts_with("error: "), "{err}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

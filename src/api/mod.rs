@@ -75,9 +75,10 @@ pub fn accept(worker: &Worker, conn: &mut Conn) -> Option<Accepted> {
     conn.req.route = route.label();
 
     // 3. Authenticate: the key's live record, read now, so changes apply at once.
-    // A route that needs no key still checks one that is presented (an admin
-    // key shows `/readyz` in full).
-    let key = if route.needs_key() || conn.req.authorization.is_some() {
+    // `/readyz` needs no key, but checks one that is presented (an admin key
+    // shows it in full).
+    let optional = route == Route::Ready && crate::auth::presented_key(conn.req.authorization.as_deref()).is_some();
+    let key = if route.needs_key() || optional {
         match authenticate(worker, conn, &route) {
             Ok(k) => {
                 conn.req.key_id.push_str(&k.id);

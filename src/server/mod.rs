@@ -87,6 +87,8 @@ pub fn run(config: Config) -> Result<(), String> {
     raise_fd_limit();
     let listeners = bind_listeners(config.listen, config.workers)?;
     let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
+    // Held for the life of the process: one server per data directory.
+    let _serving = crate::store::lock::ServeLock::acquire(&config.data_dir)?;
     bootstrap_admin_key(store)?;
     shutdown::install()?;
     let writer_stats = Arc::new(crate::usage::WriterStats::default());

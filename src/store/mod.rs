@@ -9,11 +9,12 @@
 //! one is migrated forward in one transaction.
 
 pub mod keys;
+pub mod lock;
 
 use std::path::{Path, PathBuf};
 
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -94,6 +95,56 @@ impl Store {
         }
         wtxn.commit()?;
         let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
+        Ok(Box::leak(Box::new(store)))
+    }
+
+    /// Opens an existing store for reading only (`keys list`, `keys show`,
+    /// `usage`): nothing is created, migrated or written, so it works beside
+    /// a running server and on a store the user may only read. When LMDB's
+    /// lock file cannot be written either, the store is read without it
+    /// (LMDB's reader table), which is safe while nothing writes to it.
+    pub fn open_read_only(dir: &Path) -> Result<&'static Store, StoreError> {
+        if !dir.join("data.mdb").exists() {
+            return Err(StoreError(format!(
+                "there is no store in {} (start the gateway once, or give --data-dir)",
+                dir.display()
+            )));
+        }
+        let open = |flags: EnvFlags| {
+            let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+            opts.map_size(16 << 30).max_dbs(16).max_readers(1024);
+            // SAFETY: READ_ONLY never writes; NO_LOCK is used only when the lock
+            // file is not writable, for a store nothing else writes (see above).
+            // Each directory is opened once per process, as in `open`.
+            unsafe {
+                opts.flags(flags);
+                opts.open(dir)
+            }
+        };
+        let env = match open(EnvFlags::READ_ONLY) {
+            Err(heed::Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                open(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK)
+            }
+            other => other,
+        }
+        .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
+        let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
+        let tables = env
+            .open_databases_and_commit(env.read_txn()?, |dbo, rtxn| -> Result<_, heed::Error> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    dbo.open_database::<Str, Bytes>(rtxn, Some("meta"))?,
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("keys"))?,
+                    dbo.open_database::<Str, Bytes>(rtxn, Some("key_ids"))?,
+                    dbo.open_database::<Str, Bytes>(rtxn, Some("key_names"))?,
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
+                )))
+            })?
+            .unwrap_commit();
+        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage)) = tables else {
+            return Err(StoreError(format!("the store in {} is not initialized yet", dir.display())));
+        };
+        let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
+        check_schema(store.schema_version()?, dir)?;
         Ok(Box::leak(Box::new(store)))
     }
 
