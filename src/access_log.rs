@@ -130,15 +130,42 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, req: &Request, key_id: &
 }
 
 /// A text-format value: `-` when empty, whitespace turned into `_` so a line
-/// splits on spaces.
+/// splits on spaces, and other control characters written as `\xNN` /
+/// `\u{NNNN}` so no value can move a terminal's cursor or forge a line.
 fn text_field(out: &mut Vec<u8>, s: &str) {
     if s.is_empty() {
         out.push(b'-');
-    } else if s.is_ascii() {
-        out.extend(s.bytes().map(|b| if b.is_ascii_whitespace() { b'_' } else { b }));
+    } else if s.bytes().all(|b| b.is_ascii_graphic()) {
+        out.extend_from_slice(s.as_bytes());
     } else {
-        out.extend_from_slice(s.replace(char::is_whitespace, "_").as_bytes());
+        use std::io::Write;
+        for c in s.chars() {
+            if c.is_whitespace() {
+                out.push(b'_');
+            } else if c.is_control() {
+                let _ = if c.is_ascii() {
+                    write!(out, "\\x{:02x}", c as u32)
+                } else {
+                    write!(out, "\\u{{{:04x}}}", c as u32)
+                };
+            } else {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
     }
+}
+
+/// Longest client-given value (OpenAI's `user`) kept for the log, in bytes.
+pub const MAX_CLIENT_VALUE: usize = 256;
+
+/// `s` cut to at most [`MAX_CLIENT_VALUE`] bytes (on a character boundary).
+pub fn capped(s: &str) -> &str {
+    let mut end = s.len().min(MAX_CLIENT_VALUE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Microseconds as milliseconds with two decimals (`1234` → `1.23`).
@@ -177,11 +204,11 @@ mod tests {
     #[test]
     fn text_values_and_milliseconds() {
         let mut out = Vec::new();
-        for s in ["", "a b\tc", "café au lait", "x"] {
+        for s in ["", "a b\tc", "café au lait", "x", "\u{1b}[2J\u{0}\u{9b}"] {
             text_field(&mut out, s);
             out.push(b'|');
         }
-        assert_eq!(String::from_utf8(out).unwrap(), "-|a_b_c|café_au_lait|x|");
+        assert_eq!(String::from_utf8(out).unwrap(), "-|a_b_c|café_au_lait|x|\\x1b[2J\\x00\\u{009b}|");
         for (us, text) in
             [(0, "0.00"), (4, "0.00"), (5, "0.01"), (1234, "1.23"), (1235, "1.24"), (987_654_321, "987654.32")]
         {

@@ -54,15 +54,17 @@ pub fn display_prefix(secret: &str) -> String {
 }
 
 /// The key a request carries: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+/// Strict, as RFC 6750 has it: the scheme, one or more spaces, then a token
+/// of base64url-like characters (no tab, no other whitespace, nothing after).
 pub fn presented_key(authorization: Option<&str>) -> Option<&str> {
-    let v = authorization?.trim();
+    let v = authorization?.trim_matches(' ');
     let key = match v.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim_start_matches(' '),
         Some(_) => return None,
-        None if v.eq_ignore_ascii_case("bearer") => return None,
         None => v,
     };
-    if key.is_empty() { None } else { Some(key) }
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    (!key.is_empty() && key.bytes().all(token) && !key.eq_ignore_ascii_case("bearer")).then_some(key)
 }
 
 pub fn missing_key() -> ApiError {
@@ -174,6 +176,9 @@ mod tests {
         assert_eq!(presented_key(Some("Basic abc")), None);
         assert_eq!(presented_key(Some("Bearer ")), None);
         assert_eq!(presented_key(None), None);
+        for bad in ["Bearer\tsk_x", "Bearer \tsk_x", "Bearer sk_x extra", "Bearer sk_\u{1b}x", "Bearer"] {
+            assert_eq!(presented_key(Some(bad)), None, "{bad:?}");
+        }
     }
 
     #[test]

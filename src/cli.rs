@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use crate::clock::{parse_expiry, unix_now};
 use crate::config::DataArgs;
 use crate::store::Store;
-use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role};
+use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role, models_from_arg};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -60,9 +60,9 @@ pub struct CreateArgs {
     /// Give the key the admin role (admin API access).
     #[arg(long)]
     pub admin: bool,
-    /// Models the key may use, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub models: Vec<String>,
+    /// Models the key may use, comma-separated, or `all` (the default).
+    #[arg(long)]
+    pub models: Option<String>,
     /// Expiry: a duration (30d, 12h, 90m) or a date (2026-12-31, 00:00 UTC).
     #[arg(long)]
     pub expires: Option<String>,
@@ -132,7 +132,7 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
             let new = NewKey {
                 name: a.name,
                 role: if a.admin { Role::Admin } else { Role::User },
-                models: a.models.into_iter().filter(|m| !m.is_empty()).collect(),
+                models: a.models.as_deref().map(models_from_arg).transpose()?.unwrap_or_default(),
                 expires,
                 limits: Limits {
                     rpm: a.rpm,
@@ -197,13 +197,7 @@ fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
             Some("admin") => Some(Role::Admin),
             Some(r) => return Err(format!("invalid --role '{r}': use 'user' or 'admin'")),
         },
-        models: a.models.as_deref().map(|m| {
-            if m == "all" {
-                vec![]
-            } else {
-                m.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-            }
-        }),
+        models: a.models.as_deref().map(models_from_arg).transpose()?,
         expires: match a.expires.as_deref() {
             None => None,
             Some("never" | "none") => Some(None),

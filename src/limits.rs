@@ -217,8 +217,9 @@ impl Limiters {
                 return Err((ApiError::new(429, "requests", "rate_limit_exceeded", message), 1000));
             }
         }
+        // A limit of 0 admits nothing (a bucket of one would admit one a minute).
         if let Some(rpm) = key.limits.rpm
-            && let Err(wait) = admission.limiter.requests.take(rpm, 1, now)
+            && let Err(wait) = if rpm == 0 { Err(MINUTE_NS) } else { admission.limiter.requests.take(rpm, 1, now) }
         {
             return Err(limited(key, "requests", "requests per minute", rpm, wait));
         }
@@ -233,7 +234,9 @@ impl Limiters {
         now: u64,
     ) -> Result<(), (ApiError, u64)> {
         let Some(tpm) = key.limits.tpm else { return Ok(()) };
-        match admission.limiter.tokens.reserve(tpm, reserve, now) {
+        // A limit of 0 admits nothing (a bucket of one would admit one a minute).
+        let reserved = if tpm == 0 { Err(MINUTE_NS) } else { admission.limiter.tokens.reserve(tpm, reserve, now) };
+        match reserved {
             Ok(()) => {
                 admission.reserved_tokens = reserve;
                 Ok(())

@@ -506,3 +506,71 @@ fn read_response_body_rest(r: &mut BufReader<std::net::TcpStream>) -> String {
     let _ = r.read_to_end(&mut rest);
     String::from_utf8_lossy(&rest).into_owned()
 }
+
+#[test]
+fn small_ones_user_field_credentials_zero_limits_and_all_models() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    // The `user` field reaches the access log capped, and escaped in text.
+    let user = format!("\u{1b}[2J\u{1b}[31mroot\n{}", "u".repeat(7 << 20));
+    let body = json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "user": user}).to_string();
+    assert_eq!(
+        request_with(g.addr, "POST", "/v1/chat/completions", Some(&body), &[("Content-Type", "application/json")])
+            .status,
+        200
+    );
+    assert!(eventually(Duration::from_secs(5), || g.stdout_text().contains("INFO access id=chatcmpl-")));
+    let line = g.stdout_text().lines().find(|l| l.contains("id=chatcmpl-")).unwrap().to_owned();
+    assert!(line.len() < 2048, "{} bytes", line.len());
+    assert!(!line.contains('\u{1b}'), "{line}");
+    assert!(line.contains("user=\\x1b[2J\\x1b[31mroot_uuu"), "{line}");
+
+    // Two Authorization headers: 400, not "the last one wins". A tab is not a space.
+    let user_key = create_key(&g, "plain", &[])["secret"].as_str().unwrap().to_owned();
+    let mut s = connect(g.addr);
+    s.write_all(
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_nobody\r\nAuthorization: Bearer {user_key}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut BufReader::new(s), false).unwrap().status, 400);
+    for auth in [format!("Bearer\t{user_key}"), format!("Bearer \t{user_key}"), format!("Bearer {user_key}\tx")] {
+        let r = request_with(g.addr, "GET", "/v1/models", None, &[("Authorization", &auth)]);
+        assert_eq!(r.status, 401, "{auth:?}");
+    }
+    assert_eq!(
+        request_with(g.addr, "GET", "/v1/models", None, &[("Authorization", &format!("Bearer  {user_key}"))]).status,
+        200
+    );
+
+    // A limit of 0 refuses every request.
+    for flag in ["--rpm", "--tpm"] {
+        let zero = create_key(&g, &format!("zero{flag}"), &[flag, "0"])["secret"].as_str().unwrap().to_owned();
+        for _ in 0..2 {
+            let r = chat_as(&g, &zero, &chat_for("llama3"));
+            assert_eq!(r.status, 429, "{flag}: {}", r.text());
+        }
+    }
+
+    // "All models" is an explicit choice; an emptied list is refused, not read as "all".
+    let key = create_key(&g, "picky", &[]);
+    assert_eq!(key["models"], "all");
+    let id = key["id"].as_str().unwrap();
+    let patch = |body: Value| request(g.addr, "PATCH", &format!("/admin/v1/keys/{id}"), Some(&body.to_string()));
+    let r = patch(json!({"models": ["llama3"]}));
+    assert_eq!(r.json()["models"], json!(["llama3"]));
+    for emptied in [json!({"models": []}), json!({"models": null}), json!({"models": [""]})] {
+        let r = patch(emptied.clone());
+        assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("models")), "{emptied}");
+    }
+    assert_eq!(patch(json!({"models": "all"})).json()["models"], "all");
+    let dir = g.data_dir.as_ref().unwrap();
+    let (code, _, err) = keys_cli(dir, &["update", "picky", "--models", ""]);
+    assert_ne!(code, 0);
+    assert!(err.contains("'all'"), "{err}");
+    let (code, _, _) = keys_cli(dir, &["update", "picky", "--models", " , "]);
+    assert_ne!(code, 0);
+    let (code, out, err) = keys_cli(dir, &["update", "picky", "--models", "all", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["models"], "all");
+}

@@ -115,7 +115,7 @@ async function loadKeys() {
         el("td", {}, el("code", {}, k.id)),
         el("td", {}, el("code", {}, k.prefix)),
         el("td", {}, k.role),
-        el("td", {}, k.models.length ? k.models.join(", ") : "all"),
+        el("td", {}, k.models === "all" ? "all" : k.models.join(", ")),
         el("td", {}, limitsText(k.limits)),
         el("td", {}, day(k.created)),
         el("td", {}, day(k.expires)),
@@ -149,8 +149,9 @@ function settingsFrom(form, creating) {
     out.name = f.get("name").trim();
     out.role = f.get("role");
   }
-  const models = f.get("models").split(",").map((m) => m.trim()).filter(Boolean);
-  out.models = models;
+  // "All models" is a choice of its own: an emptied list is sent as it is,
+  // and the API refuses it, rather than quietly opening every model.
+  out.models = f.get("all_models") ? "all" : f.get("models").split(",").map((m) => m.trim()).filter(Boolean);
   for (const [k] of LIMITS) {
     const v = f.get(k).trim();
     out[k] = v === "" ? null : Number(v);
@@ -182,7 +183,10 @@ function editKey(k) {
   const form = $("edit-form");
   $("edit-name").textContent = k.name;
   $("edit-error").textContent = "";
-  form.elements.models.value = k.models.join(", ");
+  const all = k.models === "all";
+  form.elements.all_models.checked = all;
+  form.elements.models.value = all ? "" : k.models.join(", ");
+  form.elements.models.disabled = all;
   for (const [f] of LIMITS) form.elements[f].value = k.limits?.[f] ?? "";
   form.elements.expires.value = k.expires ? day(k.expires) : "";
   form.dataset.key = k.id;
@@ -437,6 +441,13 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("create-form").addEventListener("submit", createKey);
   $("edit-form").addEventListener("submit", saveEdit);
+  // The model list is typed only when "All models" is off.
+  for (const form of [$("create-form"), $("edit-form")]) {
+    form.elements.all_models.addEventListener("change", (e) => {
+      form.elements.models.disabled = e.target.checked;
+      if (!e.target.checked) form.elements.models.focus();
+    });
+  }
   $("secret-copy").addEventListener("click", () => navigator.clipboard?.writeText($("secret-value").textContent));
   $("secret-done").addEventListener("click", () => {
     $("secret-value").textContent = "";

@@ -106,7 +106,7 @@ pub(super) fn admit<P: AsRef<Plan>>(
     o.model.push_str(&plan.model);
     o.served_model.push_str(&plan.served_model);
     o.stream = plan.stream;
-    o.user.clone_from(&plan.user);
+    o.user = plan.user.as_deref().map(|u| crate::access_log::capped(u).to_owned());
     Some(converted)
 }
 

@@ -180,8 +180,15 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
             }
             head.host = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"authorization") {
+            // Two credentials are ambiguous (which one is checked?): refused, never "the last wins".
+            if head.authorization.is_some() {
+                return Err(HeadError::Bad("duplicate Authorization header"));
+            }
             head.authorization = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"x-api-key") {
+            if head.x_api_key.is_some() {
+                return Err(HeadError::Bad("duplicate x-api-key header"));
+            }
             head.x_api_key = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"origin") {
             head.origin = Some(at(value));
@@ -283,6 +290,8 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
             "POST / HTTP/1.1\nHost: a\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nx-api-key: a\r\nX-Api-Key: b\r\n\r\n",
         ] {
             assert!(matches!(parse(s), Err(HeadError::Bad(_))), "accepted: {s:?}");
         }

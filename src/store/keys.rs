@@ -79,7 +79,7 @@ impl KeyRecord {
             "name": self.name,
             "prefix": self.prefix,
             "role": self.role,
-            "models": self.models,
+            "models": self.models_view(),
             "created": time(Some(self.created)),
             "expires": time(self.expires),
             "revoked": self.revoked_at.is_some(),
@@ -87,6 +87,11 @@ impl KeyRecord {
             "status": self.status(unix_now()),
             "limits": self.limits,
         })
+    }
+
+    /// `"all"`, or the list of models the key may use.
+    pub fn models_view(&self) -> serde_json::Value {
+        if self.models.is_empty() { "all".into() } else { self.models.clone().into() }
     }
 
     /// The view with the secret added: the one time it is shown (create, rotate).
@@ -117,6 +122,48 @@ pub fn same_model(a: &str, b: &str) -> bool {
         }
     }
     norm(a) == norm(b)
+}
+
+/// A key's models from the admin API: `"all"`, or a non-empty array of
+/// names. An empty list is refused rather than read as "all": a list emptied
+/// by mistake must not open every model.
+fn models_from_json(v: &serde_json::Value) -> Result<Vec<String>, (String, String)> {
+    let err = |m: &str| Err(("models".to_owned(), m.to_owned()));
+    match v {
+        serde_json::Value::String(s) if s == "all" => Ok(vec![]),
+        serde_json::Value::Array(a) if a.is_empty() => {
+            err("'models' is empty, which would allow no model: list the models, or send \"all\" for every model.")
+        }
+        serde_json::Value::Array(a) => match a.iter().map(|m| m.as_str().filter(|s| !s.trim().is_empty())).collect() {
+            Some(list) => Ok(parse_model_list(list)),
+            None => err("'models' must be an array of model names, or \"all\"."),
+        },
+        _ => err("'models' must be an array of model names, or \"all\" for every model."),
+    }
+}
+
+/// Trimmed, de-duplicated model names (in the order given).
+fn parse_model_list(names: Vec<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names.into_iter().map(str::trim) {
+        if !out.iter().any(|m| m == n) {
+            out.push(n.to_owned());
+        }
+    }
+    out
+}
+
+/// A key's models from the command line: `all`, or names separated by
+/// commas. An empty list is refused (see [`models_from_json`]).
+pub fn models_from_arg(arg: &str) -> Result<Vec<String>, String> {
+    if arg.trim() == "all" {
+        return Ok(vec![]);
+    }
+    let names: Vec<&str> = arg.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if names.is_empty() {
+        return Err("--models is empty, which would allow no model: list the models, or give 'all'".into());
+    }
+    Ok(parse_model_list(names))
 }
 
 /// The settings of a new key.
@@ -190,17 +237,7 @@ impl KeyUpdate {
                         _ => return Err(("role".into(), "'role' must be \"user\" or \"admin\".".into())),
                     })
                 }
-                "models" => {
-                    u.models = Some(match v {
-                        Value::Null => vec![],
-                        Value::Array(a) => a
-                            .iter()
-                            .map(|m| m.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
-                            .collect::<Option<Vec<_>>>()
-                            .ok_or(("models".to_owned(), "'models' must be an array of model names.".to_owned()))?,
-                        _ => return Err(("models".into(), "'models' must be an array of model names or null.".into())),
-                    })
-                }
+                "models" => u.models = Some(models_from_json(v)?),
                 "expires" => {
                     u.expires = Some(match v {
                         Value::Null => None,
@@ -504,6 +541,9 @@ mod tests {
             (serde_json::json!({"name":5}), "name"),
             (serde_json::json!({"role":"root"}), "role"),
             (serde_json::json!({"models":"llama3"}), "models"),
+            (serde_json::json!({"models":[]}), "models"),
+            (serde_json::json!({"models":null}), "models"),
+            (serde_json::json!({"models":[" "]}), "models"),
             (serde_json::json!({"expires":"soon"}), "expires"),
             (serde_json::json!({"limits":{"rpm":-1}}), "limits.rpm"),
             (serde_json::json!({"rpm":"x"}), "rpm"),

@@ -66,7 +66,7 @@ async function signIn(page) {
 test("the docs page shows this gateway's URL and models, and its copied snippet runs", async () => {
   // The page lists what the health checker learned from the emulator.
   for (let i = 0; i < 50; i++) {
-    const ready = await (await fetch(`${pair.gateway.url}/readyz`)).json();
+    const ready = await (await fetch(`${pair.gateway.url}/readyz`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json();
     if (ready.hosts[0].models) break;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -173,6 +173,11 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.click("#nav a[data-view=keys]");
   await page.click("#keys-table tr:has-text('web-user') button:has-text('Edit')");
   await page.fill("#edit-form input[name=tpm]", "5000");
+  // Its models were "all": that is a choice of its own, and an emptied list is refused.
+  assert.ok(await page.isChecked("#edit-form input[name=all_models]"));
+  await page.uncheck("#edit-form input[name=all_models]");
+  await page.click("#edit-form button[value=save]");
+  await page.waitForFunction(() => document.querySelector("#edit-error").textContent.includes("would allow no model"));
   await page.fill("#edit-form input[name=models]", "llama3, qwen3:8b");
   await page.fill("#edit-form input[name=expires]", "2099-01-01");
   await page.click("#edit-form button[value=save]");
@@ -228,11 +233,16 @@ test("values from the store render as text, never as markup", async () => {
   });
   assert.equal(created.status, 201);
   const secret = (await created.json()).secret;
-  await fetch(`${pair.gateway.url}/v1/chat/completions`, {
+  // A name no host serves is recorded as "(unknown)": the emulator serves this one for a moment.
+  const served = (await pair.mock.configure({})).models;
+  await pair.mock.configure({ models: [...served, XSS] });
+  const chat = await fetch(`${pair.gateway.url}/v1/chat/completions`, {
     method: "POST",
     headers: { Authorization: `Bearer ${secret}`, "Content-Type": "application/json" },
     body: JSON.stringify({ model: XSS, messages: [{ role: "user", content: "x" }] }),
   });
+  assert.equal(chat.status, 200);
+  await pair.mock.configure({ models: served });
 
   const page = await newPage();
   await signIn(page);
