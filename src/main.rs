@@ -38,6 +38,13 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+    // A file-size limit (ulimit -f) must not kill the process in the middle
+    // of a store commit: the write fails instead, and the commit is retried
+    // or its loss reported at shutdown.
+    // SAFETY: setting a signal's disposition to "ignore" takes plain integers.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // A config file's settings become the defaults of the flags (file < env < flags).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let (command, aliases) =

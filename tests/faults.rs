@@ -178,7 +178,7 @@ fn running_out_of_file_descriptors_backs_off_without_spinning_and_recovers() {
             Ok(())
         });
     }
-    let mut g = spawn_gateway(cmd);
+    let mut g = spawn_logged(cmd);
     g.data_dir = Some(dir);
     let conns: Vec<_> = (0..120).filter_map(|_| std::net::TcpStream::connect(g.addr).ok()).collect();
     assert!(eventually(Duration::from_secs(5), || g.log_text().contains("accept failed")), "{}", g.log_text());
@@ -194,28 +194,6 @@ fn running_out_of_file_descriptors_backs_off_without_spinning_and_recovers() {
         s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         read_response(&mut BufReader::new(s), false).is_some_and(|r| r.status == 200)
     }));
-}
-
-fn spawn_gateway(mut cmd: std::process::Command) -> Proc {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on ") {
-                let _ = tx.send(line[i + 13..].split_whitespace().next().unwrap_or("").to_owned());
-            }
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap().parse().unwrap();
-    Proc { child, addr, log, out: Default::default(), data_dir: None }
 }
 
 #[test]

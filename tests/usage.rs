@@ -359,3 +359,60 @@ fn kill_9_under_load_then_restart_keeps_keys_and_loses_at_most_the_last_interval
     let bound = per_second * (0.200 + 0.050 + 0.100);
     assert!((missing as f64) <= bound, "{missing} missing of {served}; one interval is about {:.0}", per_second * 0.2);
 }
+
+#[test]
+fn a_final_commit_that_fails_makes_shutdown_say_so_and_fail() {
+    use std::os::unix::process::CommandExt;
+    let models: Vec<String> = (0..3000).map(|i| format!("model-{i}")).collect();
+    let m = mock(&["--models", &models.join(","), "--tokens", "1", "--workers", "2"]);
+    // The store, with a key, made by the CLI; then the gateway may grow its
+    // files by little more than that: a full disk, as far as it can tell.
+    let dir = temp_data_dir();
+    let (code, out, err) = keys_cli(&dir, &["create", "--name", "filler", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let key = serde_json::from_str::<Value>(&out).unwrap()["secret"].as_str().unwrap().to_owned();
+    let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+    let limit = size("data.mdb").max(size("lock.mdb")) + 32 * 1024;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--upstream", &m.url(), "--usage-flush-ms", "100"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit in the child before exec only fills a struct it is given.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut g = spawn_logged(cmd);
+    g.data_dir = Some(dir);
+    // A row per model: far more than the files may grow by.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (addr, key, models) = (g.addr, key.clone(), models.clone());
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                for model in models.iter().skip(t).step_by(4) {
+                    let body = json!({"model": model, "messages": [{"role": "user", "content": "x"}]}).to_string();
+                    send(&mut s, "POST", "/v1/chat/completions", Some(&body), &[("Authorization", &format!("Bearer {key}"))]);
+                    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || g.log_text().contains("usage commit failed")), "{}", g.log_text());
+    let code = terminate(&mut g);
+    let log = g.log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("could not be committed"), "{log}");
+    assert!(!log.contains("usage committed"), "{log}");
+}

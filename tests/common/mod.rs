@@ -92,10 +92,18 @@ impl Proc {
 /// Starts `bin` with `args`, waits for its "listening on ADDR" line.
 pub fn start(bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_logged(cmd)
+}
+
+/// Starts a prepared command, keeps what it writes, and waits for its
+/// "listening on ADDR" line.
+pub fn spawn_logged(mut cmd: Command) -> Proc {
+    let bin = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
     let stderr = child.stderr.take().unwrap();
     let stdout = child.stdout.take().unwrap();
