@@ -21,8 +21,43 @@ pub fn request_head(data: &[u8]) {
 }
 
 /// The chunked decoder gives the same body however its input is split
-/// (the first byte chooses the split).
+/// (the first byte chooses the split); every byte it consumes is either data
+/// or counted framing; and a finished body's trailer section (from its last
+/// size line on) is within the bounds on trailer lines and bytes.
 pub fn chunked(data: &[u8]) {
+    chunked_splits(data);
+    chunked_framing(data);
+}
+
+fn chunked_framing(data: &[u8]) {
+    use crate::http::chunked::{MAX_TRAILER_BYTES, MAX_TRAILER_LINES};
+    let mut d = ChunkedDecoder::new();
+    let mut body = 0usize;
+    let mut last_data_end = 0usize;
+    let base = data.as_ptr() as usize;
+    if let Ok(used) = d.decode(data, &mut |x| {
+        body += x.len();
+        last_data_end = x.as_ptr() as usize - base + x.len();
+    }) {
+        assert!(used <= data.len());
+        assert_eq!(d.framing_bytes() as usize + body, used, "every consumed byte is data or framing");
+        if d.is_done() {
+            // After the last data come its CRLF, the `0` size line (perhaps
+            // with an extension), the trailer lines and the final CRLF.
+            let mut tail = &data[last_data_end..used];
+            if body > 0 {
+                tail = &tail[2..];
+            }
+            let size_line = tail.iter().position(|&b| b == b'\n').map_or(tail.len(), |p| p + 1);
+            let trailers = &tail[size_line..];
+            let lines = trailers.split(|&b| b == b'\n').count() - 2;
+            assert!(lines <= MAX_TRAILER_LINES, "{lines} trailer lines");
+            assert!(trailers.len() - 2 - 2 * lines <= MAX_TRAILER_BYTES, "trailer bytes");
+        }
+    }
+}
+
+fn chunked_splits(data: &[u8]) {
     let Some((&first, input)) = data.split_first() else { return };
     let split = 1 + first as usize % 17;
     let mut whole = ChunkedDecoder::new();
