@@ -400,7 +400,13 @@ fn a_final_commit_that_fails_makes_shutdown_say_so_and_fail() {
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 for model in models.iter().skip(t).step_by(4) {
                     let body = json!({"model": model, "messages": [{"role": "user", "content": "x"}]}).to_string();
-                    send(&mut s, "POST", "/v1/chat/completions", Some(&body), &[("Authorization", &format!("Bearer {key}"))]);
+                    send(
+                        &mut s,
+                        "POST",
+                        "/v1/chat/completions",
+                        Some(&body),
+                        &[("Authorization", &format!("Bearer {key}"))],
+                    );
                     assert_eq!(read_response(&mut r, false).unwrap().status, 200);
                 }
             })
