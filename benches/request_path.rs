@@ -65,7 +65,13 @@ fn bench(c: &mut Criterion) {
                 ..Default::default()
             };
             usage.record(&record, &day);
-            quota.add(store, &key.id, &day, 146);
+            quota.settle(
+                store,
+                &key.id,
+                &day,
+                0,
+                ai_gateway::openai::write::Usage { prompt_tokens: 46, completion_tokens: 100 },
+            );
             Limiters::settle_tokens(&key, &a, 146, now);
             black_box(a);
         })
@@ -85,7 +91,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let record = UsageRecord { key_id: &key.id, model: "llama3", status: 200, ..Default::default() };
             usage.record(black_box(&record), &day);
-            quota.add(store, &key.id, &day, 146);
+            quota.settle(
+                store,
+                &key.id,
+                &day,
+                0,
+                ai_gateway::openai::write::Usage { prompt_tokens: 46, completion_tokens: 100 },
+            );
         })
     });
     g.finish();

@@ -1,11 +1,13 @@
 //! Token quotas per key: `daily_tokens` and `monthly_tokens` (UTC calendar).
 //!
-//! The book holds, for each key this process has served, its token totals
-//! for the current day and month. An entry starts from the committed usage
-//! in the store (so the count survives restarts) before this process
+//! The book holds, for each key this process has served, its totals for the
+//! current day and month: requests, prompt and completion tokens. An entry
+//! starts from the committed usage in the store (one bounded read of the
+//! month's days, so the count survives restarts) before this process
 //! records anything for the key, and every finished request adds to it
 //! straight away, so the count is exact across workers without waiting for
-//! the usage writer.
+//! the usage writer. `GET /v1/usage` answers from it too, without reading
+//! the store.
 //!
 //! Concurrent requests must not all see the same unspent quota, so a request
 //! reserves its estimated cost (prompt estimate plus its completion budget)
@@ -23,18 +25,39 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::openai::error::ApiError;
+use crate::openai::write::Usage;
 use crate::store::keys::KeyRecord;
 use crate::store::{Store, StoreError};
+
+/// What a key used in one period.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Counts {
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    fn add(&mut self, requests: u64, usage: Usage) {
+        self.requests += requests;
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+    }
+}
 
 /// One key's totals for the current day and month.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PeriodTotals {
     /// `YYYY-MM-DD`
     pub day: String,
-    pub day_tokens: u64,
+    pub today: Counts,
     /// `YYYY-MM`
     pub month: String,
-    pub month_tokens: u64,
+    pub this_month: Counts,
     /// Tokens reserved by the key's requests in flight (whatever their day).
     pub reserved: u64,
 }
@@ -44,11 +67,11 @@ impl PeriodTotals {
     fn roll(&mut self, today: &str) {
         if self.day != today {
             self.day = today.to_owned();
-            self.day_tokens = 0;
+            self.today = Counts::default();
         }
         if self.month != today[..7] {
             self.month = today[..7].to_owned();
-            self.month_tokens = 0;
+            self.this_month = Counts::default();
         }
     }
 }
@@ -68,9 +91,11 @@ impl QuotaBook {
         let month_start = format!("{}-01", &today[..7]);
         let mut t = PeriodTotals { day: today.to_owned(), month: today[..7].to_owned(), ..Default::default() };
         for row in store.usage_range(key_id, &month_start, today)? {
-            t.month_tokens += row.rollup.tokens();
+            let r = &row.rollup;
+            let usage = Usage { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens };
+            t.this_month.add(r.requests, usage);
             if row.day == today {
-                t.day_tokens += row.rollup.tokens();
+                t.today.add(r.requests, usage);
             }
         }
         Ok(self.entries.write().entry(key_id.to_owned()).or_insert_with(|| Arc::new(Mutex::new(t))).clone())
@@ -103,48 +128,45 @@ impl QuotaBook {
         })?;
         let mut t = e.lock();
         t.roll(today);
+        let (day, month) = (t.today.tokens(), t.this_month.tokens());
         if let Some(limit) = key.limits.daily_tokens
-            && t.day_tokens + t.reserved >= limit
+            && day + t.reserved >= limit
         {
-            return Err(spent(key, "daily", limit, t.day_tokens, t.reserved, "at 00:00 UTC"));
+            return Err(spent(key, "daily", limit, day, t.reserved, "at 00:00 UTC"));
         }
         if let Some(limit) = key.limits.monthly_tokens
-            && t.month_tokens + t.reserved >= limit
+            && month + t.reserved >= limit
         {
-            return Err(spent(
-                key,
-                "monthly",
-                limit,
-                t.month_tokens,
-                t.reserved,
-                "on the 1st of next month, 00:00 UTC",
-            ));
+            return Err(spent(key, "monthly", limit, month, t.reserved, "on the 1st of next month, 00:00 UTC"));
         }
         t.reserved += tokens;
         Ok(tokens)
     }
 
-    /// Settles a finished request: its reservation is released and its real
-    /// tokens are counted.
-    pub fn settle(&self, store: &Store, key_id: &str, today: &str, reserved: u64, tokens: u64) {
-        if reserved == 0 && tokens == 0 {
-            return;
-        }
+    /// Releases a reservation of a request that was then refused.
+    pub fn release(&self, store: &Store, key_id: &str, today: &str, reserved: u64) {
+        self.update(store, key_id, today, |t| t.reserved = t.reserved.saturating_sub(reserved));
+    }
+
+    /// Settles a finished request: its reservation is released and the
+    /// request and its real tokens are counted.
+    pub fn settle(&self, store: &Store, key_id: &str, today: &str, reserved: u64, usage: Usage) {
+        self.update(store, key_id, today, |t| {
+            t.reserved = t.reserved.saturating_sub(reserved);
+            t.today.add(1, usage);
+            t.this_month.add(1, usage);
+        });
+    }
+
+    fn update(&self, store: &Store, key_id: &str, today: &str, f: impl FnOnce(&mut PeriodTotals)) {
         match self.entry(store, key_id, today) {
             Ok(e) => {
                 let mut t = e.lock();
                 t.roll(today);
-                t.reserved = t.reserved.saturating_sub(reserved);
-                t.day_tokens += tokens;
-                t.month_tokens += tokens;
+                f(&mut t);
             }
             Err(e) => crate::log::error(format_args!("quota update failed: {e}")),
         }
-    }
-
-    /// Adds a finished request's tokens (one that reserved nothing).
-    pub fn add(&self, store: &Store, key_id: &str, today: &str, tokens: u64) {
-        self.settle(store, key_id, today, 0, tokens);
     }
 }
 
@@ -187,14 +209,15 @@ mod tests {
         store.add_usage(&pending).unwrap();
         let book = QuotaBook::default();
         assert!(book.admit(store, &key, "2026-11-24").is_ok());
-        assert_eq!(book.totals(store, &key.id, "2026-11-24").unwrap().day_tokens, 30);
-        book.add(store, &key.id, "2026-11-24", 75);
+        assert_eq!(book.totals(store, &key.id, "2026-11-24").unwrap().today.tokens(), 30);
+        let used = |n| Usage { prompt_tokens: n, completion_tokens: 0 };
+        book.settle(store, &key.id, "2026-11-24", 0, used(75));
         let e = book.admit(store, &key, "2026-11-24").unwrap_err();
         assert_eq!((e.status, e.kind, e.code), (429, "insufficient_quota", Some("insufficient_quota")));
         assert!(e.message.contains("daily"));
         // Next day: the daily quota is fresh, the monthly one (135 of 150) is not spent yet.
         assert!(book.admit(store, &key, "2026-11-25").is_ok());
-        book.add(store, &key.id, "2026-11-25", 20);
+        book.settle(store, &key.id, "2026-11-25", 0, used(20));
         assert!(book.admit(store, &key, "2026-11-25").unwrap_err().message.contains("monthly"));
         // Next month: fresh.
         assert!(book.admit(store, &key, "2026-12-01").is_ok());
@@ -203,10 +226,10 @@ mod tests {
         assert_eq!(book.reserve(store, &key, "2026-12-01", 60).unwrap(), 60);
         let e = book.reserve(store, &key, "2026-12-01", 60).unwrap_err();
         assert!(e.message.contains("120 more reserved"), "{}", e.message);
-        book.settle(store, &key.id, "2026-12-01", 60, 10);
-        book.settle(store, &key.id, "2026-12-01", 60, 10);
+        book.settle(store, &key.id, "2026-12-01", 60, used(10));
+        book.release(store, &key.id, "2026-12-01", 60);
         let t = book.totals(store, &key.id, "2026-12-01").unwrap();
-        assert_eq!((t.day_tokens, t.reserved), (20, 0));
+        assert_eq!((t.today.tokens(), t.today.requests, t.reserved), (10, 1, 0));
         assert!(book.admit(store, &key, "2026-12-01").is_ok());
         // No quotas: always admitted.
         key.limits = Limits::default();

@@ -95,7 +95,7 @@ pub(super) fn admit<P: AsRef<Plan>>(
         }
         let now = crate::limits::now_ns();
         if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, cost, now) {
-            worker.quota.settle(worker.store, &key.id, &today, std::mem::take(&mut a.quota_reserved), 0);
+            worker.quota.release(worker.store, &key.id, &today, std::mem::take(&mut a.quota_reserved));
             super::rate_limited(worker, conn, key, &e, wait_ms, now);
             return None;
         }

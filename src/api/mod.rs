@@ -223,8 +223,7 @@ fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str, quot
         estimated: o.estimated,
     };
     worker.usage.record(&record, today);
-    let tokens = record.prompt_tokens + record.completion_tokens;
-    worker.quota.settle(worker.store, &key.id, today, quota_reserved, tokens);
+    worker.quota.settle(worker.store, &key.id, today, quota_reserved, o.usage);
 }
 
 /// The presented key's record if it is active and may use the route.

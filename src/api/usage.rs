@@ -2,48 +2,42 @@
 //! this month, and its limits) and `GET /admin/v1/usage` for admins (the
 //! same query as `ai-gateway usage`, filters as query parameters).
 //!
-//! Both read committed rollups, which trail live traffic by at most one
-//! flush interval; the token totals a quota is checked against are exact.
+//! The first answers from the exact in-memory totals the quotas use; the
+//! second reads committed rollups, which trail live traffic by at most one
+//! flush interval.
 
 use crate::openai::error::ApiError;
+use crate::quota::Counts;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
-use crate::usage::{Rollup, UsageQuery, groups_json, query};
+use crate::usage::{UsageQuery, groups_json, query};
 
-fn period_json(label: &str, period: &str, r: &Rollup, tokens: u64) -> serde_json::Value {
+fn period_json(label: &str, period: &str, c: &Counts) -> serde_json::Value {
     serde_json::json!({
         label: period,
-        "requests": r.requests,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": tokens,
+        "requests": c.requests,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.tokens(),
     })
 }
 
-/// `GET /v1/usage`: the calling key's own usage and limits.
+/// `GET /v1/usage`: the calling key's own usage and limits, from the
+/// in-memory totals the quotas use (exact, and no store read per call).
 pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
     let today = crate::usage::today();
-    let month_start = format!("{}-01", &today[..7]);
-    let result = worker.store.usage_rows(Some(&key.id), Some(&month_start), Some(&today)).and_then(|rows| {
-        let totals = worker.quota.totals(worker.store, &key.id, &today)?;
-        let (mut day, mut month) = (Rollup::default(), Rollup::default());
-        for row in rows {
-            month.merge(&row.rollup);
-            if row.day == *today {
-                day.merge(&row.rollup);
-            }
+    match worker.quota.totals(worker.store, &key.id, &today) {
+        Ok(t) => {
+            let v = serde_json::json!({
+                "object": "usage",
+                "key": {"id": key.id, "name": key.name},
+                "today": period_json("date", &today, &t.today),
+                "month": period_json("month", &today[..7], &t.this_month),
+                "limits": key.limits,
+            });
+            conn.json(200, v.to_string().as_bytes())
         }
-        Ok(serde_json::json!({
-            "object": "usage",
-            "key": {"id": key.id, "name": key.name},
-            "today": period_json("date", &today, &day, totals.day_tokens),
-            "month": period_json("month", &today[..7], &month, totals.month_tokens),
-            "limits": key.limits,
-        }))
-    });
-    match result {
-        Ok(v) => conn.json(200, v.to_string().as_bytes()),
         Err(e) => {
             crate::log::error(format_args!("usage read failed: {e}"));
             conn.error(&ApiError::new(
