@@ -96,12 +96,20 @@ fn one_server_per_data_directory_and_the_cli_works_beside_it_and_on_a_read_only_
     let m = mock(&[]);
     let mut g = gateway(&m, &[]);
     let dir = g.data_dir.clone().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+    let mut second = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &m.url(), "--data-dir", dir.to_str().unwrap()])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let exited = eventually(std::time::Duration::from_secs(10), || second.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "a second server on the same directory kept running: {err}");
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains(dir.to_str().unwrap()) && err.contains(&format!("process {}", g.child.id())), "{err}");
     // The CLI works beside the running server.
