@@ -5,9 +5,10 @@
 
 use std::hint::black_box;
 
-use ai_gateway::auth::{KeyCache, hash_secret};
+use ai_gateway::policy::auth::KeyCache;
 use ai_gateway::store::Store;
 use ai_gateway::store::keys::{Limits, NewKey, Role};
+use ai_gateway::store::secret::hash_secret;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {

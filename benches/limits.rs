@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use ai_gateway::limits::{LimiterBook, Limiters, now_ns};
+use ai_gateway::policy::limits::{LimiterBook, Limiters, now_ns};
 use ai_gateway::store::keys::{KeyRecord, Limits, Role};
 use criterion::{Criterion, criterion_group, criterion_main};
 

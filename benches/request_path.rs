@@ -9,12 +9,13 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use ai_gateway::auth::KeyCache;
-use ai_gateway::limits::{LimiterBook, Limiters, now_ns};
-use ai_gateway::quota::QuotaBook;
+use ai_gateway::accounting::usage::{UsageAccumulator, UsageRecord};
+use ai_gateway::clock::today;
+use ai_gateway::policy::auth::KeyCache;
+use ai_gateway::policy::limits::{LimiterBook, Limiters, now_ns};
+use ai_gateway::policy::quota::QuotaBook;
 use ai_gateway::store::Store;
 use ai_gateway::store::keys::{Limits, NewKey, Role};
-use ai_gateway::usage::{UsageAccumulator, UsageRecord, today};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
@@ -70,7 +71,7 @@ fn bench(c: &mut Criterion) {
                 &key.id,
                 &day,
                 0,
-                ai_gateway::openai::write::Usage { prompt_tokens: 46, completion_tokens: 100 },
+                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100 },
             );
             Limiters::settle_tokens(&key, &a, 146, now);
             black_box(a);
@@ -96,7 +97,7 @@ fn bench(c: &mut Criterion) {
                 &key.id,
                 &day,
                 0,
-                ai_gateway::openai::write::Usage { prompt_tokens: 46, completion_tokens: 100 },
+                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100 },
             );
         })
     });

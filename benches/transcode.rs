@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use ai_gateway::ollama::transcode::{NdjsonToSse, plain};
+use ai_gateway::openai::stream::{NdjsonToSse, plain};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 

@@ -4,7 +4,8 @@
 
 use std::hint::black_box;
 
-use ai_gateway::usage::{UsageAccumulator, UsageRecord, today};
+use ai_gateway::accounting::usage::{UsageAccumulator, UsageRecord};
+use ai_gateway::clock::today;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {

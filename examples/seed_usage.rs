@@ -4,9 +4,10 @@
 //! usage: seed_usage <data-dir> <admin-secret> <days> <models>
 //! Prints the user key's secret. The admin key gets `admin-secret`.
 
+use ai_gateway::clock::day_of;
 use ai_gateway::store::Store;
 use ai_gateway::store::keys::{Limits, NewKey, Role};
-use ai_gateway::usage::{Rollup, UsageRecord, day_of};
+use ai_gateway::store::usage::Rollup;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -31,8 +32,7 @@ fn main() {
         let day = day_of(now - d * 86_400);
         let mut pending = std::collections::HashMap::new();
         for m in 0..models {
-            let mut r = Rollup::default();
-            r.add(&UsageRecord { key_id: &user.id, model: "m", status: 200, prompt_tokens: 10, ..Default::default() });
+            let r = Rollup { requests: 1, prompt_tokens: 10, ..Default::default() };
             pending.insert((user.id.clone(), format!("model-{m}"), day.clone()), r);
         }
         store.add_usage(&pending).unwrap_or_else(|e| panic!("{e}"));

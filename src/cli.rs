@@ -304,9 +304,9 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
         Some(k) => Some(store.find_key(k).map_err(|e| e.0)?.1.id),
         None => None,
     };
-    let groups = crate::usage::query(
+    let groups = crate::accounting::usage::query(
         store,
-        &crate::usage::UsageQuery {
+        &crate::accounting::usage::UsageQuery {
             key_id: key_id.as_deref(),
             model: args.model.as_deref(),
             from: args.from.as_deref(),
@@ -316,7 +316,7 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
     )
     .map_err(|e| e.0)?;
     if args.json {
-        println!("{}", crate::usage::groups_json(&args.by, &groups));
+        println!("{}", crate::accounting::usage::groups_json(&args.by, &groups));
         return Ok(());
     }
     let header = [

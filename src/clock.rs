@@ -106,6 +106,26 @@ pub fn unix_to_rfc3339(secs: i64, nanos: u32) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Today (UTC) as `YYYY-MM-DD`; cached per thread for the second it was computed in.
+pub fn today() -> std::rc::Rc<str> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(i64, std::rc::Rc<str>)> = std::cell::RefCell::new((i64::MIN, std::rc::Rc::from("")));
+    }
+    let now = crate::clock::unix_now();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now {
+            *c = (now, std::rc::Rc::from(day_of(now)));
+        }
+        c.1.clone()
+    })
+}
+
+/// The UTC day of a Unix time, as `YYYY-MM-DD`.
+pub fn day_of(unix: i64) -> String {
+    crate::clock::unix_to_rfc3339(unix, 0)[..10].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

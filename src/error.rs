@@ -108,17 +108,17 @@ impl ApiError {
     pub fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.message.len());
         out.extend_from_slice(b"{\"error\":{\"message\":");
-        super::write::json_string(&mut out, &self.message);
+        super::json::json_string(&mut out, &self.message);
         out.extend_from_slice(b",\"type\":");
-        super::write::json_string(&mut out, self.kind);
+        super::json::json_string(&mut out, self.kind);
         out.extend_from_slice(b",\"param\":");
         match &self.param {
-            Some(p) => super::write::json_string(&mut out, p),
+            Some(p) => super::json::json_string(&mut out, p),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"code\":");
         match self.code {
-            Some(c) => super::write::json_string(&mut out, c),
+            Some(c) => super::json::json_string(&mut out, c),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}}");

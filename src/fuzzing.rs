@@ -6,8 +6,8 @@
 
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::parse_request_head;
-use crate::ollama::transcode::NdjsonToSse;
 use crate::openai::chat_request::convert_chat;
+use crate::openai::stream::NdjsonToSse;
 
 /// The head parser never panics, and what it accepts is consistent.
 pub fn request_head(data: &[u8]) {
@@ -94,8 +94,8 @@ pub fn transcode(data: &[u8]) {
     let Some((&first, input)) = data.split_first() else { return };
     // A line the token fast path takes reads the same through the general scanner.
     for line in input.split(|&b| b == b'\n') {
-        if let Some(fast) = crate::ollama::native::token_line(line) {
-            assert_eq!(Ok(fast), crate::ollama::native::scan_line(line));
+        if let Some(fast) = crate::upstream::native::token_line(line) {
+            assert_eq!(Ok(fast), crate::upstream::native::scan_line(line));
         }
     }
     let split = 1 + first as usize % 64;
@@ -135,7 +135,7 @@ pub fn chat_request(data: &[u8]) {
 /// The upstream response parser never panics; a body decoded from a head it
 /// accepted is never longer than the input, however the input is split.
 pub fn upstream_response(data: &[u8]) {
-    use crate::ollama::client::{BodyDecoder, parse_response_head};
+    use crate::upstream::client::{BodyDecoder, parse_response_head};
     let Some((&first, input)) = data.split_first() else { return };
     let split = 1 + first as usize % 23;
     if let Ok(Some((head, len))) = parse_response_head(input) {
@@ -186,7 +186,7 @@ pub fn embeddings(data: &[u8]) {
     }
 }
 
-fn fuzz_aliases() -> crate::aliases::Aliases {
+fn fuzz_aliases() -> crate::config::aliases::Aliases {
     let map = std::collections::BTreeMap::from([("gpt-4o".to_owned(), "llama3:latest".to_owned())]);
-    crate::aliases::Aliases::new(map).unwrap_or_default()
+    crate::config::aliases::Aliases::new(map).unwrap_or_default()
 }

@@ -10,15 +10,8 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::mpsc;
 
-use crate::log::Level;
+use crate::log::{Level, LogFormat};
 use crate::server::conn::Request;
-
-/// How lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// A buffer is handed to the writer thread once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;

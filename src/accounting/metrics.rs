@@ -134,11 +134,11 @@ pub struct Metrics {
     pub driver: std::sync::OnceLock<&'static str>,
     pub per_key: bool,
     /// The fair upstream queue, for its gauges.
-    pub upstreams: Option<Arc<crate::upstreams::Upstreams>>,
+    pub upstreams: Option<Arc<crate::upstream::hosts::Upstreams>>,
     /// Cumulative totals sampled every [`LIVE_EVERY`], for the dashboard's live view.
     pub live: Mutex<std::collections::VecDeque<LiveSample>>,
     /// The usage writer's counters.
-    pub usage_writer: Arc<crate::usage::WriterStats>,
+    pub usage_writer: Arc<crate::accounting::usage::WriterStats>,
 }
 
 /// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
@@ -183,7 +183,7 @@ impl Metrics {
         let samples: Vec<LiveSample> = self.live.lock().iter().copied().collect();
         let (hosts, load) = match &self.upstreams {
             Some(u) => (u.hosts.iter().map(|h| h.view()).collect(), u.load()),
-            None => (Vec::new(), crate::queue::GateLoad { in_flight: 0, queued: 0 }),
+            None => (Vec::new(), crate::upstream::gate::GateLoad { in_flight: 0, queued: 0 }),
         };
         serde_json::json!({
             "in_flight": self.in_flight(),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use crate::store::usage::{DeltaError, Rollup};
 use crate::store::{Store, StoreError};
 
 /// What a request for a model that no host serves is recorded under, so that
@@ -52,110 +53,20 @@ pub struct UsageRecord<'a> {
     pub estimated: bool,
 }
 
-/// Totals of one (key, model, day).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rollup {
-    pub requests: u64,
-    pub errors: u64,
-    pub cancelled: u64,
-    pub estimated: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub latency_sum_us: u64,
-    pub latency_max_us: u64,
-    pub first_token_sum_us: u64,
-}
-
-const ROLLUP_BYTES: usize = 9 * 8;
-
-impl Rollup {
-    pub fn add(&mut self, r: &UsageRecord<'_>) {
-        self.requests += 1;
-        self.errors += u64::from(r.status >= 400 || r.upstream_failed);
-        self.cancelled += u64::from(r.cancelled);
-        self.estimated += u64::from(r.estimated);
-        self.prompt_tokens += r.prompt_tokens;
-        self.completion_tokens += r.completion_tokens;
-        self.latency_sum_us += r.total_us;
-        self.latency_max_us = self.latency_max_us.max(r.total_us);
-        self.first_token_sum_us += r.first_token_us;
+impl UsageRecord<'_> {
+    /// Adds this request to `roll`.
+    pub fn add_to(&self, roll: &mut Rollup) {
+        let r = self;
+        roll.requests += 1;
+        roll.errors += u64::from(r.status >= 400 || r.upstream_failed);
+        roll.cancelled += u64::from(r.cancelled);
+        roll.estimated += u64::from(r.estimated);
+        roll.prompt_tokens += r.prompt_tokens;
+        roll.completion_tokens += r.completion_tokens;
+        roll.latency_sum_us += r.total_us;
+        roll.latency_max_us = roll.latency_max_us.max(r.total_us);
+        roll.first_token_sum_us += r.first_token_us;
     }
-
-    pub fn merge(&mut self, o: &Rollup) {
-        self.requests += o.requests;
-        self.errors += o.errors;
-        self.cancelled += o.cancelled;
-        self.estimated += o.estimated;
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
-        self.latency_sum_us += o.latency_sum_us;
-        self.latency_max_us = self.latency_max_us.max(o.latency_max_us);
-        self.first_token_sum_us += o.first_token_sum_us;
-    }
-
-    pub fn tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
-    }
-
-    fn fields(&self) -> [u64; 9] {
-        [
-            self.requests,
-            self.errors,
-            self.cancelled,
-            self.estimated,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.latency_sum_us,
-            self.latency_max_us,
-            self.first_token_sum_us,
-        ]
-    }
-
-    pub fn encode(&self) -> [u8; ROLLUP_BYTES] {
-        let mut out = [0u8; ROLLUP_BYTES];
-        for (i, v) in self.fields().iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        out
-    }
-
-    pub fn decode(b: &[u8]) -> Option<Rollup> {
-        if b.len() < ROLLUP_BYTES {
-            return None;
-        }
-        let f = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        Some(Rollup {
-            requests: f(0),
-            errors: f(1),
-            cancelled: f(2),
-            estimated: f(3),
-            prompt_tokens: f(4),
-            completion_tokens: f(5),
-            latency_sum_us: f(6),
-            latency_max_us: f(7),
-            first_token_sum_us: f(8),
-        })
-    }
-}
-
-/// Today (UTC) as `YYYY-MM-DD`; cached per thread for the second it was computed in.
-pub fn today() -> std::rc::Rc<str> {
-    thread_local! {
-        static CACHE: RefCell<(i64, std::rc::Rc<str>)> = RefCell::new((i64::MIN, std::rc::Rc::from("")));
-    }
-    let now = crate::clock::unix_now();
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != now {
-            *c = (now, std::rc::Rc::from(day_of(now)));
-        }
-        c.1.clone()
-    })
-}
-
-/// The UTC day of a Unix time, as `YYYY-MM-DD`.
-pub fn day_of(unix: i64) -> String {
-    crate::clock::unix_to_rfc3339(unix, 0)[..10].to_owned()
 }
 
 /// One (key, model, day) and its delta, as sent to the writer.
@@ -184,8 +95,8 @@ impl UsageAccumulator {
             None => models.entry(r.model.to_owned()).or_default(),
         };
         match days.get_mut(day) {
-            Some(roll) => roll.add(r),
-            None => days.entry(day.to_owned()).or_default().add(r),
+            Some(roll) => r.add_to(roll),
+            None => r.add_to(days.entry(day.to_owned()).or_default()),
         }
     }
 
@@ -277,7 +188,7 @@ fn writer_loop(
     loop {
         if retention_days > 0 && std::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
-            let before = day_of(crate::clock::unix_now() - i64::from(retention_days) * 86_400);
+            let before = crate::clock::day_of(crate::clock::unix_now() - i64::from(retention_days) * 86_400);
             match store.prune_usage(&before) {
                 Ok(0) => {}
                 Ok(n) => crate::log::info(format_args!("deleted {n} usage rollups from before {before} (retention)")),
@@ -372,174 +283,6 @@ fn commit(store: &Store, pending: &mut Pending, stats: &WriterStats) -> Result<(
         pending.remove(&k);
     }
     Ok(())
-}
-
-/// Why one delta was not written.
-#[derive(Debug)]
-pub enum DeltaError {
-    /// This delta can never be written (its store key is too long).
-    Unwritable(StoreError),
-    /// The store failed; another try may succeed.
-    Store(StoreError),
-}
-
-/// Longest key LMDB stores (its compile-time default).
-pub const MAX_STORE_KEY: usize = 511;
-
-/// Key of a rollup in the `usage` table.
-pub fn rollup_key(key_id: &str, day: &str, model: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key_id.len() + day.len() + model.len() + 2);
-    k.extend_from_slice(key_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(day.as_bytes());
-    k.push(0);
-    k.extend_from_slice(model.as_bytes());
-    k
-}
-
-/// One stored rollup, as queries see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRow {
-    pub key_id: String,
-    pub day: String,
-    /// The model the client asked for.
-    pub model: String,
-    /// The model that served it (differs when the name was an alias).
-    pub served_model: String,
-    pub rollup: Rollup,
-}
-
-impl Store {
-    /// Adds deltas to the stored rollups, in one transaction.
-    pub fn add_usage(&self, deltas: &HashMap<(String, String, String), Rollup>) -> Result<(), StoreError> {
-        let mut wtxn = self.env.write_txn()?;
-        for ((key_id, model, day), delta) in deltas {
-            let k = rollup_key(key_id, day, model);
-            if k.len() > MAX_STORE_KEY {
-                return Err(StoreError(format!("a usage key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len())));
-            }
-            let mut total = self.usage.get(&wtxn, &k)?.and_then(Rollup::decode).unwrap_or_default();
-            total.merge(delta);
-            self.usage.put(&mut wtxn, &k, &total.encode())?;
-        }
-        wtxn.commit()?;
-        Ok(())
-    }
-
-    /// Adds one delta in a transaction of its own.
-    pub fn add_usage_delta(
-        &self,
-        (key_id, model, day): &(String, String, String),
-        delta: &Rollup,
-    ) -> Result<(), DeltaError> {
-        let k = rollup_key(key_id, day, model);
-        if k.len() > MAX_STORE_KEY {
-            let e = StoreError(format!("its store key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len()));
-            return Err(DeltaError::Unwritable(e));
-        }
-        let unwritable = |e: heed::Error| match e {
-            heed::Error::Mdb(heed::MdbError::BadValSize) => DeltaError::Unwritable(e.into()),
-            e => DeltaError::Store(e.into()),
-        };
-        let mut wtxn = self.env.write_txn().map_err(unwritable)?;
-        let mut total = self.usage.get(&wtxn, &k).map_err(unwritable)?.and_then(Rollup::decode).unwrap_or_default();
-        total.merge(delta);
-        self.usage.put(&mut wtxn, &k, &total.encode()).map_err(unwritable)?;
-        wtxn.commit().map_err(unwritable)
-    }
-
-    /// Stored rollups, optionally for one key, between two days (inclusive,
-    /// `YYYY-MM-DD`). For one key only its range of days is read; without a
-    /// key the whole table is (admin reports, run off the worker threads).
-    pub fn usage_rows(
-        &self,
-        key_id: Option<&str>,
-        from: Option<&str>,
-        to: Option<&str>,
-    ) -> Result<Vec<UsageRow>, StoreError> {
-        if let Some(key_id) = key_id {
-            return self.usage_range(key_id, from.unwrap_or("0000-00-00"), to.unwrap_or("9999-12-31"));
-        }
-        let rtxn = self.read()?;
-        let mut rows = Vec::new();
-        for item in self.usage.iter(&rtxn)? {
-            let (k, v) = item?;
-            if let Some(row) = usage_row(k, v)
-                && from.is_none_or(|f| row.day.as_str() >= f)
-                && to.is_none_or(|t| row.day.as_str() <= t)
-            {
-                rows.push(row);
-            }
-        }
-        Ok(rows)
-    }
-
-    /// Deletes the rollups of days before `before` (`YYYY-MM-DD`). Returns how many.
-    pub fn prune_usage(&self, before: &str) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        loop {
-            // In batches, so one transaction never holds millions of keys.
-            let mut wtxn = self.env.write_txn()?;
-            let mut doomed = Vec::new();
-            for item in self.usage.iter(&wtxn)? {
-                let (k, _) = item?;
-                let day = k.split(|&b| b == 0).nth(1).unwrap_or(b"");
-                if day < before.as_bytes() {
-                    doomed.push(k.to_vec());
-                    if doomed.len() == 100_000 {
-                        break;
-                    }
-                }
-            }
-            for k in &doomed {
-                self.usage.delete(&mut wtxn, k)?;
-            }
-            wtxn.commit()?;
-            deleted += doomed.len() as u64;
-            if doomed.len() < 100_000 {
-                return Ok(deleted);
-            }
-        }
-    }
-
-    /// One key's rollups from day `from` to day `to` (inclusive): a bounded
-    /// range of the table, since one key's rows are ordered by day.
-    pub fn usage_range(&self, key_id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
-        use std::ops::Bound;
-        let rtxn = self.read()?;
-        let start = rollup_key(key_id, from, "");
-        // Just past every model of day `to`: `key \0 to \x01`.
-        let mut end = rollup_key(key_id, to, "");
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
-        let range = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
-        let mut rows = Vec::new();
-        for item in self.usage.range(&rtxn, &range)? {
-            let (k, v) = item?;
-            rows.extend(usage_row(k, v));
-        }
-        Ok(rows)
-    }
-}
-
-/// Reads one stored rollup (`None` for a key that is not in the table's shape).
-fn usage_row(k: &[u8], v: &[u8]) -> Option<UsageRow> {
-    let mut parts = k.splitn(3, |&b| b == 0);
-    let (key, day, model) = (parts.next()?, parts.next()?, parts.next()?);
-    let rollup = Rollup::decode(v)?;
-    // A request served under an alias is stored as `requested \0 served`.
-    let (model, served) = match model.iter().position(|&b| b == 0) {
-        Some(p) => (&model[..p], &model[p + 1..]),
-        None => (model, model),
-    };
-    Some(UsageRow {
-        key_id: String::from_utf8_lossy(key).into_owned(),
-        day: String::from_utf8_lossy(day).into_owned(),
-        model: String::from_utf8_lossy(model).into_owned(),
-        served_model: String::from_utf8_lossy(served).into_owned(),
-        rollup,
-    })
 }
 
 /// A usage query: filters and the grouping.
@@ -649,14 +392,6 @@ mod tests {
     }
 
     #[test]
-    fn rollups_round_trip_through_bytes() {
-        let mut r = Rollup::default();
-        r.add(&UsageRecord { cancelled: true, estimated: true, first_token_us: 7, ..rec("k", "m", 1, 2) });
-        assert_eq!(Rollup::decode(&r.encode()), Some(r));
-        assert_eq!(Rollup::decode(&[1, 2]), None);
-    }
-
-    #[test]
     fn writer_commits_and_queries_filter() {
         let store = Store::open(&crate::store::temp_dir("usage")).unwrap();
         let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default(), 0);
@@ -675,36 +410,6 @@ mod tests {
         assert_eq!((rows[0].rollup.requests, rows[0].rollup.tokens()), (2, 28));
         assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 3);
         w.finish().unwrap();
-    }
-
-    #[test]
-    fn one_keys_range_of_days_and_retention() {
-        let store = Store::open(&crate::store::temp_dir("usage-range")).unwrap();
-        let mut pending = HashMap::new();
-        for (key, day, model) in [
-            ("key_a", "2025-01-31", "m"),
-            ("key_a", "2026-10-31", "m"),
-            ("key_a", "2026-11-01", "m"),
-            ("key_a", "2026-11-01", "m\0x"),
-            ("key_a", "2026-11-24", "zz"),
-            ("key_a", "2026-11-25", "m"),
-            ("key_ab", "2026-11-02", "m"),
-            ("key_b", "2026-11-02", "m"),
-        ] {
-            let mut r = Rollup::default();
-            r.add(&rec(key, model, 1, 1));
-            pending.insert((key.to_owned(), model.to_owned(), day.to_owned()), r);
-        }
-        store.add_usage(&pending).unwrap();
-        let days = |rows: Vec<UsageRow>| rows.into_iter().map(|r| r.day).collect::<Vec<_>>();
-        assert_eq!(
-            days(store.usage_range("key_a", "2026-11-01", "2026-11-24").unwrap()),
-            ["2026-11-01", "2026-11-01", "2026-11-24"]
-        );
-        assert_eq!(store.usage_rows(Some("key_a"), None, None).unwrap().len(), 6);
-        assert_eq!(store.prune_usage("2026-11-01").unwrap(), 2);
-        assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 6);
-        assert_eq!(store.prune_usage("2026-11-01").unwrap(), 0);
     }
 
     #[test]

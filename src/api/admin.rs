@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::openai::error::ApiError;
+use crate::error::ApiError;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::{KeyRecord, KeyUpdate};
@@ -36,7 +36,7 @@ async fn write<R: Send + 'static>(
 }
 
 fn settings(body: &[u8]) -> Result<KeyUpdate, ApiError> {
-    let v: serde_json::Value = crate::openai::chat_request::parse_json(if body.is_empty() { b"{}" } else { body })?;
+    let v: serde_json::Value = crate::json::parse_json(if body.is_empty() { b"{}" } else { body })?;
     KeyUpdate::from_json(&v, crate::clock::unix_now()).map_err(|(field, msg)| {
         if field.is_empty() { ApiError::bad_request(msg) } else { ApiError::invalid(field, Cow::Owned(msg)) }
     })

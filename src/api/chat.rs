@@ -14,19 +14,19 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRentExt;
 
 use super::{Answer, Call, NoReply, Split, upstream_call, upstream_error, upstream_json};
+use crate::error::ApiError;
 use crate::http::chunked::write_chunk_header;
 use crate::http::response::ResponseHead;
-use crate::limits::{Admission, Limiters};
-use crate::ollama::client::{self, ExchangeError, Pool, read_owned};
-use crate::ollama::transcode::{NdjsonToSse, StreamEnd};
-use crate::openai::Plan;
 use crate::openai::chat_request::convert_chat_with;
 use crate::openai::completion::chat_completion;
-use crate::openai::error::ApiError;
-use crate::openai::write::Usage;
+use crate::openai::stream::{NdjsonToSse, StreamEnd};
+use crate::policy::limits::{Admission, Limiters};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn, Request};
 use crate::store::keys::KeyRecord;
+use crate::upstream::client::{self, ExchangeError, Pool, read_owned};
+use crate::upstream::native::Usage;
+use crate::upstream::native_request::Plan;
 
 /// How long to wait for the upstream's end-of-body after the final line
 /// before giving up on reusing the connection.
@@ -76,15 +76,15 @@ pub(super) fn admit<P: AsRef<Plan>>(
     };
     let plan = converted.as_ref();
     if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
-        conn.error(&crate::auth::model_not_allowed(key, &plan.model));
+        conn.error(&crate::policy::auth::model_not_allowed(key, &plan.model));
         return None;
     }
-    let raw = crate::estimate::count(native).raw_tokens();
+    let raw = crate::upstream::estimate::count(native).raw_tokens();
     let prompt = worker.calibration.estimate(&plan.served_model, raw);
     let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
     let cost = prompt.saturating_add(completion);
     if let Some(a) = admission {
-        let today = crate::usage::today();
+        let today = crate::clock::today();
         match worker.quota.reserve(worker.store, key, &today, cost) {
             Ok(reserved) => a.quota_reserved = reserved,
             Err(e) => {
@@ -93,7 +93,7 @@ pub(super) fn admit<P: AsRef<Plan>>(
                 return None;
             }
         }
-        let now = crate::limits::now_ns();
+        let now = crate::policy::limits::now_ns();
         if let Err((e, wait_ms)) = Limiters::admit_tokens(key, a, cost, now) {
             worker.quota.release(worker.store, &key.id, &today, std::mem::take(&mut a.quota_reserved));
             super::rate_limited(worker, conn, key, &e, wait_ms, now);
@@ -106,7 +106,7 @@ pub(super) fn admit<P: AsRef<Plan>>(
     o.model.push_str(&plan.model);
     o.served_model.push_str(&plan.served_model);
     o.stream = plan.stream;
-    o.user = plan.user.as_deref().map(|u| crate::access_log::capped(u).to_owned());
+    o.user = plan.user.as_deref().map(|u| crate::accounting::access_log::capped(u).to_owned());
     Some(converted)
 }
 
@@ -121,7 +121,7 @@ pub(super) async fn whole(worker: &Worker, conn: &mut Conn, model: &str, call: &
             // The converted reply is a second copy: it counts against the budget too.
             if !reply.lease.cover(2 * reply.body.len() + 256) {
                 conn.req.outcome.upstream_failed = true;
-                conn.error(&crate::ollama::client::over_budget(&reply.lease));
+                conn.error(&crate::upstream::client::over_budget(&reply.lease));
                 return After::KeepAlive;
             }
             let body = &reply.body;
@@ -224,7 +224,7 @@ enum Relayed {
 }
 
 /// An upstream failure before the stream started: a plain JSON error response.
-async fn fail_before_stream(conn: &mut Conn, split: Split, err: crate::openai::error::ApiError) -> After {
+async fn fail_before_stream(conn: &mut Conn, split: Split, err: crate::error::ApiError) -> After {
     conn.req.outcome.upstream_failed = true;
     let after = split.rejoin(conn).await;
     if after == After::KeepAlive {

@@ -7,10 +7,10 @@ use std::rc::Rc;
 
 use super::Call;
 use super::chat::{admit, stream, whole};
-use crate::limits::Admission;
-use crate::ollama::transcode::NdjsonToSse;
 use crate::openai::completion::text_completion;
 use crate::openai::completion_request::convert_completion;
+use crate::openai::stream::NdjsonToSse;
+use crate::policy::limits::Admission;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;

@@ -12,24 +12,26 @@ pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod models;
+pub mod routes;
 pub mod usage;
+pub mod web;
 
 use std::rc::Rc;
 
 use monoio::io::Splitable;
 use monoio::net::tcp::TcpOwnedWriteHalf;
 
+use crate::api::routes::{Route, Routed};
+use crate::error::ApiError;
 use crate::http::response::ResponseHead;
-use crate::ollama::client::{self, ExchangeError};
+use crate::http::watch::{ClientWatch, WatchEnd};
 use crate::openai::completion::native_error_message;
-use crate::openai::error::ApiError;
-use crate::queue::{Permit, overloaded};
-use crate::routes::{Route, Routed};
 use crate::server::Worker;
-use crate::server::conn::{After, Conn, MAX_HEAD, Outcome, cors};
-use crate::server::watch::{ClientWatch, WatchEnd};
+use crate::server::conn::{After, Conn, MAX_HEAD, cors};
 use crate::store::keys::{KeyRecord, Role};
-use crate::upstreams::Host;
+use crate::upstream::client::{self, ExchangeError};
+use crate::upstream::gate::{Permit, overloaded};
+use crate::upstream::hosts::Host;
 
 /// Largest non-streamed upstream reply the gateway buffers.
 pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -46,7 +48,7 @@ pub struct Accepted {
 /// never gets to upload one. `None`: the answer is in `conn.out`.
 pub fn accept(worker: &Worker, conn: &mut Conn) -> Option<Accepted> {
     // 1. Route.
-    let route = match crate::routes::route(conn.req.method(), &conn.req.path) {
+    let route = match crate::api::routes::route(conn.req.method(), &conn.req.path) {
         Routed::Endpoint(r) => r,
         Routed::Preflight { allow } => {
             conn.req.id = crate::ids::request_id("req-");
@@ -77,7 +79,8 @@ pub fn accept(worker: &Worker, conn: &mut Conn) -> Option<Accepted> {
     // 3. Authenticate: the key's live record, read now, so changes apply at once.
     // `/readyz` needs no key, but checks one that is presented (an admin key
     // shows it in full).
-    let optional = route == Route::Ready && crate::auth::presented_key(conn.req.authorization.as_deref()).is_some();
+    let optional =
+        route == Route::Ready && crate::policy::auth::presented_key(conn.req.authorization.as_deref()).is_some();
     let key = if route.needs_key() || optional {
         match authenticate(worker, conn, &route) {
             Ok(k) => {
@@ -101,7 +104,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
     let Accepted { route, key } = accepted;
     // 4. Admit: a key whose token quota is spent is refused until the period rolls over.
     let api = !route.needs_admin();
-    let today = crate::usage::today();
+    let today = crate::clock::today();
     if let (Some(k), true, false) = (&key, api, route == Route::Usage)
         && let Err(e) = worker.quota.admit(worker.store, k, &today)
     {
@@ -113,10 +116,10 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
     // minute are admitted by the endpoint, which knows the request's max_tokens).
     let mut admission = None;
     if let (Some(k), true) = (&key, api) {
-        let now = crate::limits::now_ns();
+        let now = crate::policy::limits::now_ns();
         match worker.limiters.admit(k, now) {
             Ok(a) => {
-                conn.req.headers = crate::limits::headers(k, a.limiter(), now);
+                conn.req.headers = crate::policy::limits::headers(k, a.limiter(), now);
                 admission = Some(a);
             }
             Err((e, wait_ms)) => {
@@ -130,9 +133,9 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
     let after = match (route, key.as_ref()) {
         (Route::Health, _) => health::healthz(conn),
         (Route::Ready, key) => health::readyz(worker, conn, key.is_some_and(|k| k.role == Role::Admin)),
-        (Route::Docs, _) => crate::web::docs(worker, conn),
-        (Route::Dashboard, _) => crate::web::dashboard(conn),
-        (Route::Asset(name), _) => crate::web::asset(conn, &name),
+        (Route::Docs, _) => crate::api::web::docs(worker, conn),
+        (Route::Dashboard, _) => crate::api::web::dashboard(conn),
+        (Route::Asset(name), _) => crate::api::web::asset(conn, &name),
         (Route::AdminLive, Some(_)) => {
             conn.json(200, worker.all_metrics.live_json().to_string().as_bytes());
             After::KeepAlive
@@ -153,7 +156,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
         (Route::AdminKey(id), Some(_)) => admin::key(worker, conn, &id).await,
         (Route::AdminKeyRotate(id), Some(_)) => admin::rotate(worker, conn, &id).await,
         (_, None) => {
-            conn.error(&crate::auth::missing_key());
+            conn.error(&crate::policy::auth::missing_key());
             After::KeepAlive
         }
     };
@@ -165,7 +168,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
         record_usage(worker, conn, &key, &today, quota_reserved);
         if let Some(a) = &admission {
             let used = conn.req.outcome.usage.prompt_tokens + conn.req.outcome.usage.completion_tokens;
-            crate::limits::Limiters::settle_tokens(&key, a, used, crate::limits::now_ns());
+            crate::policy::limits::Limiters::settle_tokens(&key, a, used, crate::policy::limits::now_ns());
         }
         let o = &conn.req.outcome;
         if !o.estimated && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
@@ -179,7 +182,7 @@ pub async fn handle(worker: &Rc<Worker>, conn: &mut Conn, accepted: Accepted) ->
 /// `retry-after-ms` and the key's rate-limit headers (SPEC.md §3–§4).
 pub fn rate_limited(worker: &Worker, conn: &mut Conn, key: &KeyRecord, e: &ApiError, wait_ms: u64, now: u64) {
     conn.req.outcome.rate_limited = true;
-    conn.req.headers = crate::limits::headers(key, &worker.limiters.limiter_of(&key.id), now);
+    conn.req.headers = crate::policy::limits::headers(key, &worker.limiters.limiter_of(&key.id), now);
     conn.req.headers.push(("retry-after", wait_ms.div_ceil(1000).max(1).to_string()));
     conn.req.headers.push(("retry-after-ms", wait_ms.to_string()));
     conn.error(e);
@@ -189,16 +192,16 @@ pub fn rate_limited(worker: &Worker, conn: &mut Conn, key: &KeyRecord, e: &ApiEr
 /// metrics: what the client asked for when a model served it, when some
 /// host lists it or when it is an alias; otherwise one fixed label, so a key
 /// spraying made-up names cannot grow the usage table or the metrics.
-pub fn recorded_model<'o>(worker: &Worker, o: &'o Outcome) -> std::borrow::Cow<'o, str> {
+pub fn recorded_model<'o>(worker: &Worker, o: &'o crate::accounting::outcome::Outcome) -> std::borrow::Cow<'o, str> {
     if model_known(worker, o) {
-        crate::usage::model_label(&o.model, &o.served_model)
+        crate::accounting::usage::model_label(&o.model, &o.served_model)
     } else {
-        std::borrow::Cow::Borrowed(crate::usage::UNKNOWN_MODEL)
+        std::borrow::Cow::Borrowed(crate::accounting::usage::UNKNOWN_MODEL)
     }
 }
 
 /// Whether the request's model is one worth a label of its own (see [`recorded_model`]).
-pub fn model_known(worker: &Worker, o: &Outcome) -> bool {
+pub fn model_known(worker: &Worker, o: &crate::accounting::outcome::Outcome) -> bool {
     o.model.is_empty()
         || o.status == 200
         || worker.config.aliases.is_alias(&o.model)
@@ -209,7 +212,7 @@ fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str, quot
     let o = &conn.req.outcome;
     let total_us = conn.req.elapsed_us();
     let model = recorded_model(worker, o);
-    let record = crate::usage::UsageRecord {
+    let record = crate::accounting::usage::UsageRecord {
         key_id: &key.id,
         model: &model,
         status: o.status,
@@ -228,10 +231,11 @@ fn record_usage(worker: &Worker, conn: &Conn, key: &KeyRecord, today: &str, quot
 
 /// The presented key's record if it is active and may use the route.
 fn authenticate(worker: &Worker, conn: &Conn, route: &Route) -> Result<Rc<KeyRecord>, ApiError> {
-    let secret = crate::auth::presented_key(conn.req.authorization.as_deref()).ok_or_else(crate::auth::missing_key)?;
+    let secret = crate::policy::auth::presented_key(conn.req.authorization.as_deref())
+        .ok_or_else(crate::policy::auth::missing_key)?;
     let key = worker.keys.authenticate(worker.store, secret, crate::clock::unix_now())?;
     if route.needs_admin() && key.role != Role::Admin {
-        return Err(crate::auth::admin_required());
+        return Err(crate::policy::auth::admin_required());
     }
     Ok(key)
 }
@@ -446,7 +450,7 @@ impl NoReply {
             NoReply::ClientGone | NoReply::CutOff => {
                 o.cancelled = true;
                 if sent {
-                    o.usage = crate::openai::write::Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
+                    o.usage = crate::upstream::native::Usage { prompt_tokens: o.prompt_estimate, completion_tokens: 0 };
                     o.estimated = true;
                 }
                 if matches!(self, NoReply::CutOff) {
@@ -486,7 +490,7 @@ pub fn upstream_error(status: u16, body: &[u8], model: &str) -> ApiError {
     if status == 404 {
         return ApiError::model_not_found(model);
     }
-    let message = crate::ollama::native::parse_native_line(body.trim_ascii())
+    let message = crate::upstream::native::parse_native_line(body.trim_ascii())
         .ok()
         .and_then(|l| l.error)
         .map(native_error_message)

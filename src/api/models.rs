@@ -6,33 +6,12 @@
 //! `library`. An empty list is `[]`, never `null`. With several hosts the
 //! list is the union of what the healthy hosts serve; aliases follow.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
-
 use super::{Call, NoReply, upstream_error, upstream_json};
-use crate::openai::chat_request::parse_json;
-use crate::openai::error::ApiError;
-use crate::openai::write::{json_string, number};
+use crate::error::ApiError;
+use crate::json::{json_string, number};
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
-
-#[derive(Deserialize)]
-struct Tags<'a> {
-    #[serde(borrow, default)]
-    models: Option<Vec<Tag<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct Tag<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    modified_at: Option<Cow<'a, str>>,
-}
 
 /// One OpenAI model object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,22 +23,8 @@ pub struct ModelEntry {
 
 /// Reads an `/api/tags` reply into model entries.
 pub fn models_from_tags(body: &[u8]) -> Result<Vec<ModelEntry>, ApiError> {
-    let tags: Tags<'_> =
-        parse_json(body).map_err(|_| ApiError::upstream(502, "The model server sent an invalid model list.".into()))?;
-    Ok(tags
-        .models
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|t| {
-            let id = t.model.filter(|m| !m.is_empty()).or(t.name)?.into_owned();
-            let created = t.modified_at.and_then(|m| crate::clock::rfc3339_to_unix(m.as_bytes())).unwrap_or(0);
-            let owned_by = match id.rsplit_once('/') {
-                Some((ns, _)) => ns.rsplit('/').next().unwrap_or(ns).to_owned(),
-                None => "library".to_owned(),
-            };
-            Some(ModelEntry { id, created, owned_by })
-        })
-        .collect())
+    let tags = crate::upstream::tags::parse_tags(body).map_err(|m| ApiError::upstream(502, m.to_owned()))?;
+    Ok(tags.into_iter().map(|t| ModelEntry { id: t.name, created: t.modified, owned_by: t.namespace }).collect())
 }
 
 fn write_model(out: &mut Vec<u8>, m: &ModelEntry) {

@@ -6,12 +6,12 @@
 //! second reads committed rollups, which trail live traffic by at most one
 //! flush interval.
 
-use crate::openai::error::ApiError;
-use crate::quota::Counts;
+use crate::accounting::usage::{UsageQuery, groups_json, query};
+use crate::error::ApiError;
+use crate::policy::quota::Counts;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
-use crate::usage::{UsageQuery, groups_json, query};
 
 fn period_json(label: &str, period: &str, c: &Counts) -> serde_json::Value {
     serde_json::json!({
@@ -26,7 +26,7 @@ fn period_json(label: &str, period: &str, c: &Counts) -> serde_json::Value {
 /// `GET /v1/usage`: the calling key's own usage and limits, from the
 /// in-memory totals the quotas use (exact, and no store read per call).
 pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
-    let today = crate::usage::today();
+    let today = crate::clock::today();
     match worker.quota.totals(worker.store, &key.id, &today) {
         Ok(t) => {
             let v = serde_json::json!({

@@ -16,13 +16,13 @@ use crate::http::response::ResponseHead;
 use crate::server::Worker;
 use crate::server::conn::{After, Conn};
 
-const DOCS: &str = include_str!("../web/docs.html");
-const DASHBOARD: &str = include_str!("../web/dashboard.html");
+const DOCS: &str = include_str!("../../web/docs.html");
+const DASHBOARD: &str = include_str!("../../web/dashboard.html");
 /// `(name, content type, body)` of every asset.
 const ASSETS: [(&str, &str, &str); 3] = [
-    ("style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
-    ("docs.js", "text/javascript; charset=utf-8", include_str!("../web/docs.js")),
-    ("dashboard.js", "text/javascript; charset=utf-8", include_str!("../web/dashboard.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../../web/style.css")),
+    ("docs.js", "text/javascript; charset=utf-8", include_str!("../../web/docs.js")),
+    ("dashboard.js", "text/javascript; charset=utf-8", include_str!("../../web/dashboard.js")),
 ];
 
 /// The policy of every page: this origin only, nothing inline, never framed.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ai_gateway::http::chunked::{ChunkedDecoder, write_chunk_header};
 use ai_gateway::http::request::{BodyFraming, Method, parse_request_head};
 use ai_gateway::http::response::ResponseHead;
-use ai_gateway::server::watch::ClientWatch;
+use ai_gateway::http::watch::ClientWatch;
 use clap::Parser;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
@@ -313,7 +313,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             inbuf = buf;
             let Some(wr) = wr else { return };
             let hangup = shared.knobs.read().hangup_after_reply;
-            if !ok || end != ai_gateway::server::watch::WatchEnd::Cancelled || !keep_alive || hangup {
+            if !ok || end != ai_gateway::http::watch::WatchEnd::Cancelled || !keep_alive || hangup {
                 return;
             }
             match rd.reunite(wr) {

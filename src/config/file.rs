@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::Command;
 
-use crate::aliases::Aliases;
+use crate::config::aliases::Aliases;
 
 /// Reads the config file named on the command line (or in the environment),
 /// if any, and returns the command with the file's values as defaults of the

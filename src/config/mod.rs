@@ -5,14 +5,16 @@
 //! reference and the README table can be checked against it; [`ServeArgs`]
 //! is turned into the validated [`Config`] the workers share.
 
+pub mod aliases;
+pub mod file;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::aliases::Aliases;
-use crate::ollama::client::ClientLimits;
+use crate::config::aliases::Aliases;
 
 /// `ai-gateway serve` options.
 #[derive(Debug, Clone, Args)]
@@ -124,7 +126,7 @@ pub struct ServeArgs {
 
     /// Access log format (one line per request on stdout).
     #[arg(long, env = "AI_GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: crate::access_log::LogFormat,
+    pub log_format: crate::log::LogFormat,
 
     /// Lowest level logged; the access log is at `info` (so `warn` turns it off).
     #[arg(long, env = "AI_GATEWAY_LOG_LEVEL", value_enum, default_value = "info")]
@@ -150,6 +152,16 @@ pub struct DataArgs {
     /// Directory of the LMDB store (keys; created on first start).
     #[arg(long, env = "AI_GATEWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// Tunables of the upstream client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and between two reads of the body.
+    pub read_timeout: Duration,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
 }
 
 /// Limits of the client-facing HTTP server.
@@ -180,7 +192,7 @@ pub struct Config {
     /// Days of usage kept (0: forever).
     pub usage_retention_days: u32,
     pub shutdown_grace: Duration,
-    pub log_format: crate::access_log::LogFormat,
+    pub log_format: crate::log::LogFormat,
     pub log_level: crate::log::Level,
     pub metrics_per_key: bool,
     /// The keyless metrics listener, when the operator opts in.

@@ -3,9 +3,11 @@
 //! Both the server side (clients talking to the gateway) and the client side
 //! (the gateway talking to Ollama) use these pieces: strict request-head
 //! parsing ([`request`]), the chunked codec ([`chunked`]) and response writing
-//! ([`response`]). There is no framework: the connection loop in
-//! `server::conn` and the upstream client in `ollama::client` drive them.
+//! ([`response`]), and the parked read that notices a client leaving
+//! ([`watch`]). There is no framework: the connection loop in `server::conn`
+//! and the upstream client in `upstream::client` drive them.
 
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod watch;

@@ -13,10 +13,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::Plan;
-use super::error::ApiError;
-use super::write::json_string;
-use crate::aliases::Aliases;
+use crate::config::aliases::Aliases;
+use crate::error::ApiError;
+use crate::json::{json_string, parse_json};
+use crate::upstream::native_request::Plan;
+use crate::upstream::native_request::{Sampling, model_name, write_options};
 
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
@@ -146,24 +147,6 @@ pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     convert_chat_with(body, &Aliases::default(), out)
 }
 
-/// The requested model name, checked: present, not blank, at most
-/// [`MAX_MODEL_NAME`] bytes and free of control characters. The name becomes
-/// part of usage records' store keys and of reports, so a client must not be
-/// able to make it long enough to overflow a key or to forge a column with a
-/// NUL, a tab or a newline.
-pub(crate) fn model_name(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ApiError> {
-    match model {
-        Some(m) if m.len() > MAX_MODEL_NAME => {
-            Err(ApiError::invalid("model", format!("The model name is longer than {MAX_MODEL_NAME} bytes.")))
-        }
-        Some(m) if m.chars().any(char::is_control) => {
-            Err(ApiError::invalid("model", "The model name must not contain control characters."))
-        }
-        Some(m) if !m.trim().is_empty() => Ok(m),
-        _ => Err(ApiError::invalid("model", "You must provide a model parameter.")),
-    }
-}
-
 /// [`convert_chat`], with the upstream model chosen through `aliases`.
 pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     let req: ChatRequest<'_> = parse_json(body)?;
@@ -285,42 +268,6 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
     })
 }
 
-/// Parses JSON into `T`; on failure, parses again to name the field at fault.
-pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(v) => Ok(v),
-        Err(first) => {
-            if std::str::from_utf8(body).is_err() {
-                return Err(ApiError::bad_request("The request body is not valid UTF-8."));
-            }
-            if first.is_syntax() || first.is_eof() {
-                return Err(ApiError::bad_request(format!(
-                    "The request body is not valid JSON ({first}). Send a JSON object."
-                )));
-            }
-            let mut de = serde_json::Deserializer::from_slice(body);
-            let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
-                Ok(_) => {
-                    return Err(ApiError::bad_request(format!("Invalid request body: {first}.")));
-                }
-                Err(e) => e,
-            };
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            if path == "." || path.is_empty() {
-                Err(ApiError::bad_request(format!("Invalid request body: {inner}.")))
-            } else {
-                Err(ApiError::invalid(path.clone(), format!("Invalid value for '{path}': {inner}.")))
-            }
-        }
-    }
-}
-
-/// Longest model name accepted, in bytes. Ollama's names are far shorter, and
-/// a usage record's store key (key id, day, requested and served name) stays
-/// well inside LMDB's 511-byte key limit.
-pub const MAX_MODEL_NAME: usize = 256;
-
 /// Deepest nesting passed through to the upstream in raw fields (`tools`, a schema).
 const MAX_PASSTHROUGH_DEPTH: usize = 64;
 
@@ -371,106 +318,6 @@ fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiErr
             ));
         }
     })
-}
-
-/// The sampling options chat and completions share, as the client sent them.
-pub(crate) struct Sampling<'a> {
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub seed: Option<i64>,
-    pub frequency_penalty: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    pub stop: Option<&'a RawValue>,
-}
-
-/// Writes Ollama's `options` object for `s`: only the options the client set,
-/// so that the model's own defaults apply to the rest (SPEC.md §2).
-pub(crate) fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError> {
-    let mut options = Options::new(out);
-    options.uint("num_predict", s.max_tokens);
-    options.float("temperature", s.temperature);
-    options.float("top_p", s.top_p);
-    options.int("seed", s.seed);
-    options.float("frequency_penalty", s.frequency_penalty);
-    options.float("presence_penalty", s.presence_penalty);
-    if let Some(stop) = s.stop {
-        write_stop(&mut options, stop)?;
-    }
-    options.close();
-    Ok(())
-}
-
-/// Writes the `options` object, only when some option is set.
-struct Options<'o> {
-    out: &'o mut Vec<u8>,
-    opened: bool,
-}
-
-impl<'o> Options<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
-        Self { out, opened: false }
-    }
-
-    fn key(&mut self, name: &str) {
-        self.out.extend_from_slice(if self.opened { b",\"" } else { b",\"options\":{\"" });
-        self.opened = true;
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    fn uint(&mut self, name: &str, v: Option<u64>) {
-        if let Some(v) = v {
-            self.key(name);
-            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-        }
-    }
-
-    fn int(&mut self, name: &str, v: Option<i64>) {
-        if let Some(v) = v {
-            self.key(name);
-            self.out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-        }
-    }
-
-    fn float(&mut self, name: &str, v: Option<f64>) {
-        if let Some(v) = v {
-            self.key(name);
-            // serde_json writes finite floats in their shortest round-trip form.
-            let _ = serde_json::to_writer(&mut *self.out, &v);
-        }
-    }
-
-    fn close(self) {
-        if self.opened {
-            self.out.push(b'}');
-        }
-    }
-}
-
-fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError> {
-    let raw = stop.get();
-    let bad = || ApiError::invalid("stop", "'stop' must be a string or an array of strings.");
-    match raw.as_bytes().first() {
-        Some(b'n') => Ok(()),
-        Some(b'"') => {
-            options.key("stop");
-            options.out.push(b'[');
-            options.out.extend_from_slice(raw.as_bytes());
-            options.out.push(b']');
-            Ok(())
-        }
-        Some(b'[') => {
-            let list: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| bad())?;
-            if list.iter().any(|s| !s.get().starts_with('"')) {
-                return Err(bad());
-            }
-            options.key("stop");
-            options.out.extend_from_slice(raw.as_bytes());
-            Ok(())
-        }
-        _ => Err(bad()),
-    }
 }
 
 fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), ApiError> {

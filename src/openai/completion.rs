@@ -6,9 +6,11 @@
 //! the stream (`ollama::native`), and the completion is written directly,
 //! copying the escaped content bytes across.
 
-use super::error::ApiError;
-use super::write::{self, Usage};
-use crate::ollama::native::{NativeError, NativeLine, parse_native_line};
+use super::write;
+use crate::error::ApiError;
+use crate::json;
+use crate::upstream::native::Usage;
+use crate::upstream::native::{NativeError, NativeLine, parse_native_line};
 
 /// Writes the `chat.completion` JSON for the native reply `body` into `out`.
 /// `model` is the name the client asked for.
@@ -75,9 +77,9 @@ fn object_head(out: &mut Vec<u8>, id: &str, object: &str, native: &NativeLine<'_
     out.extend_from_slice(b"\",\"object\":\"");
     out.extend_from_slice(object.as_bytes());
     out.extend_from_slice(b"\",\"created\":");
-    write::number(out, created);
+    json::number(out, created);
     out.extend_from_slice(b",\"model\":");
-    write::json_string(out, model);
+    json::json_string(out, model);
     out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",");
 }
 

@@ -13,11 +13,13 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::Plan;
-use super::chat_request::{Sampling, StreamOptions, model_name, parse_json, write_options};
-use super::error::ApiError;
-use super::write::json_string;
-use crate::aliases::Aliases;
+use super::chat_request::StreamOptions;
+use crate::config::aliases::Aliases;
+use crate::error::ApiError;
+use crate::json::json_string;
+use crate::json::parse_json;
+use crate::upstream::native_request::Plan;
+use crate::upstream::native_request::{Sampling, model_name, write_options};
 
 #[derive(Deserialize)]
 struct CompletionRequest<'a> {

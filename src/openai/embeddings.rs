@@ -12,11 +12,13 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::Plan;
-use super::chat_request::{model_name, parse_json};
-use super::error::ApiError;
-use super::write::{self, Usage};
-use crate::aliases::Aliases;
+use crate::config::aliases::Aliases;
+use crate::error::ApiError;
+use crate::json;
+use crate::json::parse_json;
+use crate::upstream::native::Usage;
+use crate::upstream::native_request::Plan;
+use crate::upstream::native_request::model_name;
 
 /// An embeddings request after converting it: the common plan and how the
 /// vectors are to be encoded.
@@ -68,12 +70,12 @@ pub fn convert_embeddings(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
     let served = aliases.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
-    write::json_string(out, served);
+    json::json_string(out, served);
     out.extend_from_slice(b",\"input\":");
     out.extend_from_slice(input.as_bytes());
     if let Some(d) = req.dimensions {
         out.extend_from_slice(b",\"dimensions\":");
-        write::number(out, d);
+        json::number(out, d);
     }
     out.push(b'}');
     let plan = Plan {
@@ -179,11 +181,11 @@ impl<'a> EmbeddingsReply<'a> {
         if i == self.native.embeddings.len() {
             let usage = self.usage();
             out.extend_from_slice(b"],\"model\":");
-            write::json_string(out, self.model);
+            json::json_string(out, self.model);
             out.extend_from_slice(b",\"usage\":{\"prompt_tokens\":");
-            write::number(out, usage.prompt_tokens);
+            json::number(out, usage.prompt_tokens);
             out.extend_from_slice(b",\"total_tokens\":");
-            write::number(out, usage.prompt_tokens);
+            json::number(out, usage.prompt_tokens);
             out.extend_from_slice(b"}}");
             self.done = true;
         }
@@ -196,7 +198,7 @@ impl<'a> EmbeddingsReply<'a> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"object\":\"embedding\",\"index\":");
-        write::number(out, i);
+        json::number(out, i);
         out.extend_from_slice(b",\"embedding\":");
         if self.base64 {
             self.floats.clear();

@@ -4,30 +4,15 @@
 //! values and serialized: the shapes are fixed (SPEC.md §2) and the variable
 //! parts are either numbers or string bodies that are already escaped. The
 //! non-streamed completion (`openai::completion`) and the stream transcoder
-//! (`ollama::transcode`) share these so both say the same thing the same way.
+//! (`openai::stream`) share these so both say the same thing the same way.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Token counts of one response.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-/// Appends a Rust string as a JSON string literal (with quotes).
-pub fn json_string(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping writes into a Vec without failing.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// Appends a decimal number.
-pub fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
+use crate::json::{json_string, number};
+use crate::upstream::native::Usage;
 
 /// Appends `"usage":{...}` without a leading comma.
 pub fn usage(out: &mut Vec<u8>, u: Usage) {

@@ -1,10 +1,9 @@
-//! API keys on the request path: the secret format, its hash, and the
+//! API keys on the request path: the key a request presents, and the
 //! per-request check.
 //!
-//! A secret is `sk_` + 43 URL-safe base64 characters of 32 bytes from the OS
-//! random source (256 bits). Only its SHA-256 is stored; a request's key is
-//! hashed and looked up by that hash, so there is no byte-by-byte comparison
-//! of secrets to time. Each request reads the key's record from LMDB
+//! Only a secret's SHA-256 is stored (see `store::secret`); a request's key
+//! is hashed and looked up by that hash, so there is no byte-by-byte
+//! comparison of secrets to time. Each request reads the key's record from LMDB
 //! (lock-free, sub-microsecond) so that a revocation or change made anywhere
 //! — another worker, the CLI in another process — applies to the very next
 //! request. Decoding the record is skipped when its bytes are the ones this
@@ -14,44 +13,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use base64::Engine;
-use sha2::{Digest, Sha256};
-
-use crate::openai::error::ApiError;
+use crate::error::ApiError;
 use crate::store::keys::KeyRecord;
+use crate::store::secret::{KeyHash, hash_secret};
 use crate::store::{Store, StoreError};
-
-/// SHA-256 of a secret: how keys are stored and found.
-pub type KeyHash = [u8; 32];
-
-/// Random characters after `sk_`.
-pub const SECRET_CHARS: usize = 43;
-
-/// A fresh secret from the OS random source.
-pub fn new_secret() -> Result<String, StoreError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError(format!("the OS random source failed: {e}")))?;
-    Ok(format!("sk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
-}
-
-/// Whether `s` has the shape of a secret (used for bootstrap keys given by the operator).
-pub fn is_valid_secret(s: &str) -> bool {
-    s.strip_prefix("sk_").is_some_and(|r| {
-        r.len() >= SECRET_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
-}
-
-pub fn hash_secret(secret: &str) -> KeyHash {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// What lists show instead of the secret: `sk_ab12…wxyz`.
-pub fn display_prefix(secret: &str) -> String {
-    let body = secret.strip_prefix("sk_").unwrap_or(secret);
-    let head: String = body.chars().take(4).collect();
-    let tail: String = body.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("sk_{head}…{tail}")
-}
 
 /// The key a request carries: `Authorization: Bearer <key>` or `x-api-key: <key>`.
 /// Strict, as RFC 6750 has it: the scheme, one or more spaces, then a token
@@ -152,23 +117,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_are_long_random_and_url_safe() {
-        let a = new_secret().unwrap();
-        let b = new_secret().unwrap();
-        assert_ne!(a, b);
-        assert!(is_valid_secret(&a), "{a}");
-        assert_eq!(a.len(), 3 + SECRET_CHARS);
-        assert!(!is_valid_secret("sk_short"));
-        assert!(!is_valid_secret(&format!("pk_{}", &a[3..])));
-        assert!(!is_valid_secret(&format!("{a}!")));
-    }
-
-    #[test]
-    fn display_prefix_hides_the_middle() {
-        assert_eq!(display_prefix("sk_ab12cdefghijklmnopqrstuvwxyz0123456789ABCDwxyz"), "sk_ab12…wxyz");
-    }
-
-    #[test]
     fn presented_key_reads_bearer_and_bare_values() {
         assert_eq!(presented_key(Some("Bearer sk_x")), Some("sk_x"));
         assert_eq!(presented_key(Some("bearer   sk_x ")), Some("sk_x"));
@@ -179,11 +127,5 @@ mod tests {
         for bad in ["Bearer\tsk_x", "Bearer \tsk_x", "Bearer sk_x extra", "Bearer sk_\u{1b}x", "Bearer"] {
             assert_eq!(presented_key(Some(bad)), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn hash_is_sha256() {
-        let h = hash_secret("abc");
-        assert_eq!(h[..4], [0xba, 0x78, 0x16, 0xbf]);
     }
 }

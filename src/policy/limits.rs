@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
-use crate::openai::error::ApiError;
+use crate::error::ApiError;
 use crate::store::keys::KeyRecord;
 
 const MINUTE_NS: u64 = 60_000_000_000;

@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::openai::error::ApiError;
-use crate::openai::write::Usage;
+use crate::error::ApiError;
 use crate::store::keys::KeyRecord;
 use crate::store::{Store, StoreError};
+use crate::upstream::native::Usage;
 
 /// What a key used in one period.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,7 @@ fn spent(key: &KeyRecord, period: &str, limit: u64, used: u64, reserved: u64, re
 mod tests {
     use super::*;
     use crate::store::keys::{Limits, NewKey, Role};
-    use crate::usage::{Rollup, UsageRecord};
+    use crate::store::usage::Rollup;
 
     #[test]
     fn quotas_count_committed_and_new_usage_and_roll_over() {
@@ -202,8 +202,7 @@ mod tests {
         // 60 tokens committed earlier this month, 30 of them today.
         let mut pending = HashMap::new();
         for (day, tokens) in [("2026-11-03", 30), ("2026-11-24", 30)] {
-            let mut r = Rollup::default();
-            r.add(&UsageRecord { key_id: &key.id, model: "m", prompt_tokens: tokens, ..Default::default() });
+            let r = Rollup { requests: 1, prompt_tokens: tokens, ..Default::default() };
             pending.insert((key.id.clone(), "m".to_owned(), day.to_owned()), r);
         }
         store.add_usage(&pending).unwrap();

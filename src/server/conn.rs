@@ -17,11 +17,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::Worker;
+use crate::accounting::outcome::Outcome;
 use crate::config::HttpLimits;
+use crate::error::ApiError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, HeadError, Method, RequestHead, parse_request_head};
 use crate::http::response::ResponseHead;
-use crate::openai::error::ApiError;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -56,37 +57,6 @@ pub struct Request {
     pub outcome: Outcome,
 }
 
-/// What became of a request: filled in by the endpoint, read by accounting.
-#[derive(Debug, Default, Clone)]
-pub struct Outcome {
-    /// The status sent (200 for a stream once it started).
-    pub status: u16,
-    /// The model the client asked for, if any.
-    pub model: String,
-    /// The model that served it (after alias resolution).
-    pub served_model: String,
-    pub stream: bool,
-    pub usage: crate::openai::write::Usage,
-    /// Microseconds from the head to the first byte of the answer.
-    pub first_byte_us: u64,
-    /// The client went away before the answer was complete.
-    pub cancelled: bool,
-    pub upstream_failed: bool,
-    /// Token counts are estimates (no final line from the upstream).
-    pub estimated: bool,
-    /// OpenAI's `user` field, when the client sent one.
-    pub user: Option<String>,
-    /// Refused because a token quota was spent.
-    pub quota_refused: bool,
-    /// Refused by a rate limit.
-    pub rate_limited: bool,
-    /// The prompt's uncalibrated estimate (see `estimate`), for calibration.
-    pub prompt_raw: u64,
-    /// The prompt's estimate: what a request that reached the model and ended
-    /// without a final line is charged.
-    pub prompt_estimate: u64,
-}
-
 impl Request {
     /// Adds the headers every response to this request carries: the request
     /// id, the key's rate-limit state, CORS for browsers.
@@ -104,7 +74,7 @@ impl Request {
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| crate::routes::percent_decode(&v.replace('+', " ")))
+            .map(|(_, v)| crate::api::routes::percent_decode(&v.replace('+', " ")))
     }
 
     /// Marks the first byte of the answer as sent now (once).
@@ -431,10 +401,10 @@ fn record_metrics(worker: &Worker, req: &Request) {
         502 => "unavailable",
         _ => "status",
     });
-    let m = crate::metrics::RequestMetrics {
+    let m = crate::accounting::metrics::RequestMetrics {
         route: if req.route.is_empty() { "unknown" } else { req.route },
         status: o.status,
-        model: if crate::api::model_known(worker, o) { &o.model } else { crate::usage::UNKNOWN_MODEL },
+        model: if crate::api::model_known(worker, o) { &o.model } else { crate::accounting::usage::UNKNOWN_MODEL },
         key_id: &req.key_id,
         prompt_tokens: o.usage.prompt_tokens,
         completion_tokens: o.usage.completion_tokens,

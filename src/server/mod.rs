@@ -12,7 +12,6 @@
 pub mod conn;
 pub mod scrape;
 pub mod shutdown;
-pub mod watch;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -24,17 +23,17 @@ use std::time::{Duration, Instant};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
-use crate::access_log::AccessLog;
-use crate::auth::KeyCache;
+use crate::accounting::access_log::AccessLog;
+use crate::accounting::metrics::{Metrics, WorkerMetrics};
+use crate::accounting::usage::{UsageAccumulator, UsageWriter, WriterMsg};
 use crate::config::Config;
-use crate::limits::{LimiterBook, Limiters};
-use crate::metrics::{Metrics, WorkerMetrics};
-use crate::ollama::client::Pool;
-use crate::quota::QuotaBook;
+use crate::policy::auth::KeyCache;
+use crate::policy::limits::{LimiterBook, Limiters};
+use crate::policy::quota::QuotaBook;
 use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
-use crate::upstreams::Upstreams;
-use crate::usage::{UsageAccumulator, UsageWriter, WriterMsg};
+use crate::upstream::client::Pool;
+use crate::upstream::hosts::Upstreams;
 
 /// What one worker thread owns.
 pub struct Worker {
@@ -67,10 +66,10 @@ pub struct Worker {
     /// The keys' rate limiters (shared state, this core's cache of it).
     pub limiters: Limiters,
     /// This core's per-model calibration of prompt estimates.
-    pub calibration: crate::estimate::Calibration,
+    pub calibration: crate::upstream::estimate::Calibration,
     /// Fired when a stop's grace period runs out: requests still waiting on
     /// the upstream end at once, properly.
-    pub cutoff: Rc<watch::Cutoff>,
+    pub cutoff: Rc<crate::http::watch::Cutoff>,
 }
 
 /// Binds, starts the workers and serves until the process is stopped.
@@ -91,12 +90,12 @@ pub fn run(config: Config) -> Result<(), String> {
     let _serving = crate::store::lock::ServeLock::acquire(&config.data_dir)?;
     bootstrap_admin_key(store)?;
     shutdown::install()?;
-    let writer_stats = Arc::new(crate::usage::WriterStats::default());
+    let writer_stats = Arc::new(crate::accounting::usage::WriterStats::default());
     let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), config.usage_retention_days);
     let quota = Arc::new(QuotaBook::default());
     let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
-    let (access_tx, access_thread) = crate::access_log::spawn_writer();
+    let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
     let all_metrics = Arc::new(Metrics {
         workers: worker_metrics.clone(),
@@ -111,8 +110,8 @@ pub fn run(config: Config) -> Result<(), String> {
         crate::log::info(format_args!("metrics without a key on {bound} (GET /metrics)"));
     }
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checkers =
-        upstreams.spawn_checkers(stop_checks.clone()).map_err(|e| format!("cannot start the health checker: {e}"))?;
+    let checkers = crate::upstream::health::spawn_checkers(&upstreams, stop_checks.clone())
+        .map_err(|e| format!("cannot start the health checker: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -282,7 +281,7 @@ async fn worker_main(
         worker.access_log.flush();
         if worker.index == 0 && Instant::now() >= next_sample {
             worker.all_metrics.sample_live();
-            next_sample += crate::metrics::LIVE_EVERY;
+            next_sample += crate::accounting::metrics::LIVE_EVERY;
         }
         // Usage goes to the writer every tick, so that what a crash can lose is
         // only what the writer has not committed yet: at most one flush interval.

@@ -15,9 +15,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accounting::metrics::Metrics;
 use crate::http::request::{Method, parse_request_head};
 use crate::http::response::ResponseHead;
-use crate::metrics::Metrics;
 
 /// How long a scraper has to send its request and read the answer.
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
-use crate::auth::{KeyHash, display_prefix, hash_secret, is_valid_secret, new_secret};
 use crate::clock::{parse_expiry, unix_now, unix_to_rfc3339};
+use crate::store::secret::{KeyHash, display_prefix, hash_secret, is_valid_secret, new_secret};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,7 +458,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::KeyCache;
+    use crate::policy::auth::KeyCache;
     use crate::store::temp_dir;
 
     fn new_key(name: &str) -> NewKey {

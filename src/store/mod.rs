@@ -10,6 +10,8 @@
 
 pub mod keys;
 pub mod lock;
+pub mod secret;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 

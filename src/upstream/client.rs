@@ -18,9 +18,10 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::config::ClientLimits;
+use crate::error::ApiError;
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
-use crate::openai::error::ApiError;
-use crate::server::watch::ClientWatch;
+use crate::http::watch::ClientWatch;
 
 /// Where the upstream is, resolved at startup.
 #[derive(Debug, Clone)]
@@ -84,16 +85,6 @@ impl UpstreamTarget {
             out.extend_from_slice(b"\r\n");
         }
     }
-}
-
-/// Tunables of the upstream client.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientLimits {
-    pub connect_timeout: Duration,
-    /// Longest wait for the response head, and between two reads of the body.
-    pub read_timeout: Duration,
-    pub max_idle: usize,
-    pub idle_timeout: Duration,
 }
 
 /// A worker's idle upstream connections.

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::openai::error::ApiError;
+use crate::error::ApiError;
 
 /// Where a queued request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

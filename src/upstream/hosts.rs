@@ -10,32 +10,22 @@
 //! it truly lacks it); when no host is healthy, every host is tried anyway,
 //! so stale health never blocks a host that came back.
 //!
-//! A checker thread per host asks it `/api/version` each
-//! `--upstream-health-interval` (plain blocking I/O, off the workers' cores)
-//! and refreshes its model list from `/api/tags` every tenth check and on
-//! recovery. Every check has one deadline for all of it (connect, send,
-//! read), and each host has its own thread, so a host that drips its reply
-//! fails its own check and delays no other host's. A host is taken out after two failed checks in a row, or at
-//! once when a request cannot connect to it (the request is then retried on
-//! another host, see `api::upstream_call`); one good check puts it back.
+//! A host is taken out after two failed health checks in a row (see
+//! [`super::health`]), or at once when a request cannot connect to it (the
+//! request is then retried on another host, see `api::proxy`); one good
+//! check puts it back.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::ollama::client::UpstreamTarget;
-use crate::queue::UpstreamGate;
+use super::client::{BufferBudget, UpstreamTarget};
+use super::gate::UpstreamGate;
 
 /// Failed checks in a row that take a host out.
 const FAILURES_TO_REMOVE: u32 = 2;
-/// Model lists are refreshed every this many checks (and on recovery).
-const TAGS_EVERY: u64 = 10;
-/// Largest health or tags reply read.
-const MAX_CHECK_REPLY: usize = 8 * 1024 * 1024;
 
 /// One Ollama host and what is known about it.
 pub struct Host {
@@ -45,11 +35,12 @@ pub struct Host {
     pub gate: Arc<UpstreamGate>,
     healthy: AtomicBool,
     failures: AtomicU32,
-    checks: AtomicU64,
+    /// Health checks made so far.
+    pub(super) checks: AtomicU64,
     /// Models it serves (from `/api/tags`), `None` until first learned.
-    models: Mutex<Option<Vec<String>>>,
+    pub(super) models: Mutex<Option<Vec<String>>>,
     version: Mutex<String>,
-    last_error: Mutex<String>,
+    pub(super) last_error: Mutex<String>,
 }
 
 impl Host {
@@ -78,7 +69,7 @@ impl Host {
         *self.last_error.lock() = error.to_owned();
     }
 
-    fn check_failed(&self, error: String) {
+    pub(super) fn check_failed(&self, error: String) {
         let n = self.failures.fetch_add(1, Relaxed) + 1;
         if n >= FAILURES_TO_REMOVE && self.healthy.swap(false, Relaxed) {
             crate::log::warn(format_args!("upstream {} taken out after {n} failed checks: {error}", self.target.url));
@@ -86,7 +77,7 @@ impl Host {
         *self.last_error.lock() = error;
     }
 
-    fn check_passed(&self, version: String) -> bool {
+    pub(super) fn check_passed(&self, version: String) -> bool {
         self.failures.store(0, Relaxed);
         *self.version.lock() = version;
         let recovered = !self.healthy.swap(true, Relaxed);
@@ -121,9 +112,11 @@ impl Host {
 pub struct Upstreams {
     pub hosts: Vec<Host>,
     /// What all workers may hold of non-streamed replies at once.
-    pub buffers: crate::ollama::client::BufferBudget,
-    interval: Duration,
-    check_timeout: Duration,
+    pub buffers: BufferBudget,
+    /// Time between two health checks of a host.
+    pub(super) interval: Duration,
+    /// Deadline of one health check.
+    pub(super) check_timeout: Duration,
 }
 
 impl Upstreams {
@@ -158,7 +151,7 @@ impl Upstreams {
                 last_error: Mutex::new(String::new()),
             });
         }
-        let buffers = crate::ollama::client::BufferBudget::new(buffer_budget);
+        let buffers = BufferBudget::new(buffer_budget);
         Ok(Arc::new(Self { hosts, buffers, interval, check_timeout }))
     }
 
@@ -188,8 +181,8 @@ impl Upstreams {
     }
 
     /// Generations in flight and queued over all hosts.
-    pub fn load(&self) -> crate::queue::GateLoad {
-        let mut total = crate::queue::GateLoad { in_flight: 0, queued: 0 };
+    pub fn load(&self) -> super::gate::GateLoad {
+        let mut total = super::gate::GateLoad { in_flight: 0, queued: 0 };
         for h in &self.hosts {
             let l = h.gate.load();
             total.in_flight += l.in_flight;
@@ -197,96 +190,6 @@ impl Upstreams {
         }
         total
     }
-
-    /// Starts a checker thread per host; they run until `stop` is set.
-    pub fn spawn_checkers(
-        self: &Arc<Self>,
-        stop: Arc<AtomicBool>,
-    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-        (0..self.hosts.len())
-            .map(|i| {
-                let (this, stop) = (self.clone(), stop.clone());
-                std::thread::Builder::new().name(format!("upstream-check-{i}")).spawn(move || {
-                    while !stop.load(Relaxed) {
-                        this.check(&this.hosts[i]);
-                        // Sleep in small steps so a shutdown is not held up.
-                        let mut left = this.interval;
-                        while !left.is_zero() && !stop.load(Relaxed) {
-                            let step = left.min(Duration::from_millis(100));
-                            std::thread::sleep(step);
-                            left -= step;
-                        }
-                    }
-                })
-            })
-            .collect()
-    }
-
-    fn check(&self, h: &Host) {
-        let n = h.checks.fetch_add(1, Relaxed);
-        match get(&h.target, "/api/version", self.check_timeout) {
-            Ok(body) => {
-                let version = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
-                    .unwrap_or_default();
-                let recovered = h.check_passed(version);
-                if recovered || n.is_multiple_of(TAGS_EVERY) || h.models.lock().is_none() {
-                    match get(&h.target, "/api/tags", self.check_timeout) {
-                        Ok(body) => match crate::api::models::models_from_tags(&body) {
-                            Ok(list) => *h.models.lock() = Some(list.into_iter().map(|m| m.id).collect()),
-                            Err(e) => *h.last_error.lock() = e.message.into_owned(),
-                        },
-                        Err(e) => *h.last_error.lock() = e,
-                    }
-                }
-            }
-            Err(e) => h.check_failed(e),
-        }
-    }
-}
-
-/// A blocking `GET` of `path` on the host; the body of a 200 reply. All of
-/// it must be done within `timeout`, however the host paces its bytes.
-fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let deadline = std::time::Instant::now() + timeout;
-    let left = || {
-        let d = deadline.saturating_duration_since(std::time::Instant::now());
-        if d.is_zero() { Err(format!("{path}: no complete answer within {}s", timeout.as_secs_f64())) } else { Ok(d) }
-    };
-    let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
-    let mut request = Vec::with_capacity(128);
-    target.request(&mut request, "GET", path, None);
-    // One request per connection: close-delimited replies are fine too.
-    let head_end = request.len() - 2;
-    request.truncate(head_end);
-    request.extend_from_slice(b"Connection: close\r\n\r\n");
-    s.write_all(&request).map_err(|e| format!("write: {e}"))?;
-    let mut reply = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) if reply.len() + n > MAX_CHECK_REPLY => return Err(format!("{path}: reply too large")),
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) if deadline <= std::time::Instant::now() => left().map(|_| ())?,
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let (head, len) = match crate::ollama::client::parse_response_head(&reply) {
-        Ok(Some(h)) => h,
-        _ => return Err(format!("{path}: not an HTTP response")),
-    };
-    if head.status != 200 {
-        return Err(format!("{path}: status {}", head.status));
-    }
-    let mut body = Vec::new();
-    let mut decoder = crate::ollama::client::BodyDecoder::new(head.body);
-    decoder.feed(&reply[len..], &mut |d| body.extend_from_slice(d)).map_err(|_| format!("{path}: bad body"))?;
-    Ok(body)
 }
 
 #[cfg(test)]

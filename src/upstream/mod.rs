@@ -1,7 +1,18 @@
-//! Everything about the upstream: the HTTP client and its per-core pool
-//! ([`client`]), the zero-copy reader of native lines ([`native`]) and the
-//! NDJSON → SSE stream transcoder ([`transcode`]).
+//! Reaching Ollama: which hosts there are and which are up ([`hosts`],
+//! [`health`]), what each serves ([`tags`]), the fair queue in front of each
+//! ([`gate`]), the HTTP client and its per-core pool ([`client`]), the
+//! native request body ([`native_request`]) and the zero-copy reader of
+//! native reply lines ([`native`]), and prompt estimates ([`estimate`]).
+//!
+//! This side speaks only Ollama's native API: it knows nothing of OpenAI
+//! or any other client protocol (the fronts read native lines and write
+//! native requests; never the reverse).
 
 pub mod client;
+pub mod estimate;
+pub mod gate;
+pub mod health;
+pub mod hosts;
 pub mod native;
-pub mod transcode;
+pub mod native_request;
+pub mod tags;

@@ -444,6 +444,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Token counts of one response (a final line's `prompt_eval_count` and `eval_count`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,33 @@
+//! What became of a request: written by the phases of its life, read by the
+//! accounting at its end (usage, quotas, metrics, access log).
+
+/// What became of a request: filled in by the endpoint, read by accounting.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// The status sent (200 for a stream once it started).
+    pub status: u16,
+    /// The model the client asked for, if any.
+    pub model: String,
+    /// The model that served it (after alias resolution).
+    pub served_model: String,
+    pub stream: bool,
+    pub usage: crate::upstream::native::Usage,
+    /// Microseconds from the head to the first byte of the answer.
+    pub first_byte_us: u64,
+    /// The client went away before the answer was complete.
+    pub cancelled: bool,
+    pub upstream_failed: bool,
+    /// Token counts are estimates (no final line from the upstream).
+    pub estimated: bool,
+    /// OpenAI's `user` field, when the client sent one.
+    pub user: Option<String>,
+    /// Refused because a token quota was spent.
+    pub quota_refused: bool,
+    /// Refused by a rate limit.
+    pub rate_limited: bool,
+    /// The prompt's uncalibrated estimate (see `estimate`), for calibration.
+    pub prompt_raw: u64,
+    /// The prompt's estimate: what a request that reached the model and ended
+    /// without a final line is charged.
+    pub prompt_estimate: u64,
+}

@@ -1,0 +1,113 @@
+//! Health checks of the Ollama hosts, off the workers.
+//!
+//! A checker thread per host asks it `/api/version` each
+//! `--upstream-health-interval` (plain blocking I/O, off the workers' cores)
+//! and refreshes its model list from `/api/tags` every tenth check and on
+//! recovery. Every check has one deadline for all of it (connect, send,
+//! read), and each host has its own thread, so a host that drips its reply
+//! fails its own check and delays no other host's.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::client::UpstreamTarget;
+use super::hosts::{Host, Upstreams};
+
+/// Model lists are refreshed every this many checks (and on recovery).
+const TAGS_EVERY: u64 = 10;
+/// Largest health or tags reply read.
+const MAX_CHECK_REPLY: usize = 8 * 1024 * 1024;
+
+/// Starts a checker thread per host; they run until `stop` is set.
+pub fn spawn_checkers(
+    upstreams: &Arc<Upstreams>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..upstreams.hosts.len())
+        .map(|i| {
+            let (this, stop) = (upstreams.clone(), stop.clone());
+            std::thread::Builder::new().name(format!("upstream-check-{i}")).spawn(move || {
+                while !stop.load(Relaxed) {
+                    check(&this.hosts[i], this.check_timeout);
+                    // Sleep in small steps so a shutdown is not held up.
+                    let mut left = this.interval;
+                    while !left.is_zero() && !stop.load(Relaxed) {
+                        let step = left.min(Duration::from_millis(100));
+                        std::thread::sleep(step);
+                        left -= step;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// One check of one host.
+fn check(h: &Host, timeout: Duration) {
+    let n = h.checks.fetch_add(1, Relaxed);
+    match get(&h.target, "/api/version", timeout) {
+        Ok(body) => {
+            let version = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let recovered = h.check_passed(version);
+            if recovered || n.is_multiple_of(TAGS_EVERY) || h.models.lock().is_none() {
+                match get(&h.target, "/api/tags", timeout) {
+                    Ok(body) => match super::tags::parse_tags(&body) {
+                        Ok(list) => *h.models.lock() = Some(list.into_iter().map(|t| t.name).collect()),
+                        Err(e) => *h.last_error.lock() = e.to_owned(),
+                    },
+                    Err(e) => *h.last_error.lock() = e,
+                }
+            }
+        }
+        Err(e) => h.check_failed(e),
+    }
+}
+
+/// A blocking `GET` of `path` on the host; the body of a 200 reply. All of
+/// it must be done within `timeout`, however the host paces its bytes.
+fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        let d = deadline.saturating_duration_since(std::time::Instant::now());
+        if d.is_zero() { Err(format!("{path}: no complete answer within {}s", timeout.as_secs_f64())) } else { Ok(d) }
+    };
+    let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+    let mut request = Vec::with_capacity(128);
+    target.request(&mut request, "GET", path, None);
+    // One request per connection: close-delimited replies are fine too.
+    let head_end = request.len() - 2;
+    request.truncate(head_end);
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    s.write_all(&request).map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if reply.len() + n > MAX_CHECK_REPLY => return Err(format!("{path}: reply too large")),
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if deadline <= std::time::Instant::now() => left().map(|_| ())?,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let (head, len) = match crate::upstream::client::parse_response_head(&reply) {
+        Ok(Some(h)) => h,
+        _ => return Err(format!("{path}: not an HTTP response")),
+    };
+    if head.status != 200 {
+        return Err(format!("{path}: status {}", head.status));
+    }
+    let mut body = Vec::new();
+    let mut decoder = crate::upstream::client::BodyDecoder::new(head.body);
+    decoder.feed(&reply[len..], &mut |d| body.extend_from_slice(d)).map_err(|_| format!("{path}: bad body"))?;
+    Ok(body)
+}
