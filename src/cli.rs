@@ -125,7 +125,7 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
     // Listing and showing only read: they work on a store the user may only read.
     let read_only = matches!(args.command, KeysCommand::List(_) | KeysCommand::Show(_));
     let store = if read_only { Store::open_read_only(&args.data.data_dir) } else { Store::open(&args.data.data_dir) }
-        .map_err(|e| e.0)?;
+        .map_err(|e| e.to_string())?;
     match args.command {
         KeysCommand::Create(a) => {
             let expires = a.expires.as_deref().map(|e| parse_expiry(e, unix_now())).transpose()?;
@@ -143,12 +143,12 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                 },
                 secret: None,
             };
-            let (record, secret) = store.create_key(new).map_err(|e| e.0)?;
+            let (record, secret) = store.create_key(new).map_err(|e| e.to_string())?;
             let what = format!("Created key '{}' ({}).", record.name, record.id);
             print_secret(&record, &secret, a.json.json, &what);
         }
         KeysCommand::List(j) => {
-            let keys = store.list_keys().map_err(|e| e.0)?;
+            let keys = store.list_keys().map_err(|e| e.to_string())?;
             if j.json {
                 let data: Vec<serde_json::Value> = keys.iter().map(KeyRecord::view).collect();
                 println!("{}", serde_json::json!({"object": "list", "data": data}));
@@ -157,20 +157,20 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
             }
         }
         KeysCommand::Show(t) => {
-            let (_, record) = store.find_key(&t.key).map_err(|e| e.0)?;
+            let (_, record) = store.find_key(&t.key).map_err(|e| e.to_string())?;
             print_record(&record, t.json.json);
         }
         KeysCommand::Update(a) => {
             let update = update_from_args(&a)?;
-            let record = store.update_key(&a.key, &update).map_err(|e| e.0)?;
+            let record = store.update_key(&a.key, &update).map_err(|e| e.to_string())?;
             print_record(&record, a.json.json);
         }
         KeysCommand::Revoke(t) => {
-            let record = store.revoke_key(&t.key).map_err(|e| e.0)?;
+            let record = store.revoke_key(&t.key).map_err(|e| e.to_string())?;
             print_record(&record, t.json.json);
         }
         KeysCommand::Rotate(t) => {
-            let (record, secret) = store.rotate_key(&t.key).map_err(|e| e.0)?;
+            let (record, secret) = store.rotate_key(&t.key).map_err(|e| e.to_string())?;
             let what = format!("Rotated key '{}' ({}); the old secret no longer works.", record.name, record.id);
             print_secret(&record, &secret, t.json.json, &what);
         }
@@ -292,7 +292,7 @@ pub struct UsageArgs {
 
 /// Prints stored usage, grouped.
 pub fn run_usage(args: UsageArgs) -> Result<(), String> {
-    let store = Store::open_read_only(&args.data.data_dir).map_err(|e| e.0)?;
+    let store = Store::open_read_only(&args.data.data_dir).map_err(|e| e.to_string())?;
     for (flag, d) in [("from", &args.from), ("to", &args.to)] {
         if let Some(d) = d
             && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()
@@ -301,7 +301,7 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
         }
     }
     let key_id = match &args.key {
-        Some(k) => Some(store.find_key(k).map_err(|e| e.0)?.1.id),
+        Some(k) => Some(store.find_key(k).map_err(|e| e.to_string())?.1.id),
         None => None,
     };
     let groups = crate::accounting::usage::query(
@@ -314,7 +314,7 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
             by: &args.by,
         },
     )
-    .map_err(|e| e.0)?;
+    .map_err(|e| e.to_string())?;
     if args.json {
         println!("{}", crate::accounting::usage::groups_json(&args.by, &groups));
         return Ok(());

@@ -11,6 +11,20 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// A host that is down: its address, bound by nobody listening.
+fn down_host() -> (Proc, socket2::Socket) {
+    let held = hold_port("127.0.0.1:0".parse().unwrap());
+    let addr = held.local_addr().unwrap().as_socket().unwrap();
+    let proc = Proc {
+        child: std::process::Command::new("true").spawn().unwrap(),
+        addr,
+        log: Default::default(),
+        out: Default::default(),
+        data_dir: None,
+    };
+    (proc, held)
+}
+
 fn hosts(g: &Proc) -> Vec<Value> {
     get(g.addr, "/readyz").json()["hosts"].as_array().cloned().unwrap_or_default()
 }
@@ -187,13 +201,12 @@ fn the_fair_queue_and_its_limit_are_per_host() {
 
 #[test]
 fn with_every_host_down_requests_fail_fast_and_readyz_says_so() {
-    let mut a = mock(&[]);
-    let mut b = mock(&[]);
+    // Two hosts whose ports are held but not listening: every connection to
+    // them is refused, and (unlike a killed server's port) no other test's
+    // server can be given them meanwhile.
+    let (a, _held_a) = down_host();
+    let (b, _held_b) = down_host();
     let g = gateway_on_hosts(&[&a, &b], &[]);
-    for m in [&mut a, &mut b] {
-        let _ = m.child.kill();
-        let _ = m.child.wait();
-    }
     let r = post(g.addr, "/v1/chat/completions", &chat_body("llama3", false));
     assert_eq!(r.status, 502, "{}", r.text());
     let e = r.json()["error"].clone();

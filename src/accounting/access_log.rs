@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::mpsc;
 
+use super::outcome::Finished;
 use crate::log::{Level, LogFormat};
-use crate::server::conn::Request;
 
 /// A buffer is handed to the writer thread once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
@@ -29,12 +29,12 @@ impl AccessLog {
     }
 
     /// Appends the line for a finished request.
-    pub fn log(&self, req: &Request, key_id: &str) {
+    pub fn log(&self, f: &Finished<'_>) {
         if !crate::log::enabled(Level::Info) {
             return;
         }
         let mut buf = self.buf.borrow_mut();
-        write_line(&mut buf, self.format, req, key_id);
+        write_line(&mut buf, self.format, f);
         if buf.len() >= FLUSH_AT {
             drop(buf);
             self.flush();
@@ -52,9 +52,9 @@ impl AccessLog {
 }
 
 /// Formats one line into `out`.
-pub fn write_line(out: &mut Vec<u8>, format: LogFormat, req: &Request, key_id: &str) {
-    let o = &req.outcome;
-    let total_ms = req.elapsed_us() as f64 / 1000.0;
+pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
+    let (o, key_id) = (f.outcome, f.key_id);
+    let total_ms = f.total_us as f64 / 1000.0;
     let first_ms = o.first_byte_us as f64 / 1000.0;
     match format {
         LogFormat::Json => {
@@ -62,10 +62,10 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, req: &Request, key_id: &
                 "ts": crate::log::timestamp(),
                 "level": "info",
                 "msg": "access",
-                "request_id": req.id,
+                "request_id": f.id,
                 "key_id": if key_id.is_empty() { None } else { Some(key_id) },
-                "method": req.method_name,
-                "path": req.path,
+                "method": f.method,
+                "path": f.path,
                 "model": if o.model.is_empty() { None } else { Some(&o.model) },
                 "status": o.status,
                 "stream": o.stream,
@@ -86,10 +86,10 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, req: &Request, key_id: &
             // with float precision was a visible share of a tiny request's CPU.
             out.extend_from_slice(crate::log::timestamp().as_bytes());
             for (name, value) in [
-                (&b" INFO access id="[..], req.id.as_str()),
+                (&b" INFO access id="[..], f.id),
                 (b" key=", key_id),
-                (b" method=", &req.method_name),
-                (b" path=", &req.path),
+                (b" method=", f.method),
+                (b" path=", f.path),
                 (b" model=", &o.model),
             ] {
                 out.extend_from_slice(name);
@@ -106,7 +106,7 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, req: &Request, key_id: &
             out.extend_from_slice(b" first_byte_ms=");
             millis(out, o.first_byte_us);
             out.extend_from_slice(b" total_ms=");
-            millis(out, req.elapsed_us());
+            millis(out, f.total_us);
             for (name, v) in [
                 (&b" cancelled="[..], o.cancelled),
                 (b" upstream_failed=", o.upstream_failed),

@@ -31,3 +31,18 @@ pub struct Outcome {
     /// without a final line is charged.
     pub prompt_estimate: u64,
 }
+
+/// A finished request as the access log and the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub id: &'a str,
+    /// The key's public id (`""` without one).
+    pub key_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The route's label (`""` when it had none).
+    pub route: &'static str,
+    /// Microseconds from the head to now.
+    pub total_us: u64,
+    pub outcome: &'a Outcome,
+}

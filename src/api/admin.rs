@@ -1,37 +1,43 @@
 //! The admin API: `/admin/v1/keys…`, for keys with the admin role.
 //!
 //! Bodies mirror the CLI's `--json` (`KeyRecord::view`); `create` and
-//! `rotate` add the new `secret`, shown this once. Writes commit to LMDB
-//! with an fsync, so they run on the runtime's blocking pool, never on the
-//! worker thread itself.
+//! `rotate` add the new `secret`, shown this once. Store work (writes that
+//! fsync, listings that read every key and the usage table) runs on the
+//! runtime's blocking pool, never on the worker thread itself. Store errors
+//! become client errors in one place, [`store_error`].
 
 use std::borrow::Cow;
 
+use super::reply::Reply;
+use super::worker::Worker;
 use crate::error::ApiError;
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
+use crate::http::request::{Method, Request};
 use crate::store::keys::{KeyRecord, KeyUpdate};
 use crate::store::{Store, StoreError};
 
-fn store_error(e: StoreError) -> ApiError {
-    if e.0.starts_with("no key") {
-        ApiError::new(404, "invalid_request_error", "key_not_found", format!("{}.", e.0))
-    } else if e.0.contains("already exists") || e.0.starts_with("invalid key name") || e.0.contains("is revoked") {
-        ApiError::invalid("name", format!("{}.", e.0))
-    } else {
-        crate::log::error(format_args!("admin API: {e}"));
-        ApiError::new(500, "api_error", "internal_error", "The gateway could not update its key store.")
+/// The client's error for a store error: a missing key is 404, a conflict or
+/// an invalid name 400 on `name`; a failure of the store itself is logged
+/// and is a 500 `internal_error` (never blamed on the upstream).
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(m) => ApiError::new(404, "invalid_request_error", "key_not_found", format!("{m}.")),
+        StoreError::Conflict(m) | StoreError::Invalid(m) => ApiError::invalid("name", format!("{m}.")),
+        StoreError::Io(m) => {
+            crate::log::error(format_args!("store: {m}"));
+            ApiError::new(500, "api_error", "internal_error", "The gateway could not use its store.")
+        }
     }
 }
 
-/// Runs a store write on the blocking pool.
-async fn write<R: Send + 'static>(
+/// Runs store work on the blocking pool, so the worker goes on serving
+/// other requests meanwhile.
+pub async fn off_worker<R: Send + 'static>(
     store: &'static Store,
     f: impl FnOnce(&'static Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match monoio::spawn_blocking(move || f(store)).await {
         Ok(r) => r.map_err(store_error),
-        Err(_) => Err(store_error(StoreError("the store writer stopped".into()))),
+        Err(_) => Err(store_error(StoreError::Io("the blocking pool stopped".into()))),
     }
 }
 
@@ -46,29 +52,27 @@ fn with_secret(record: &KeyRecord, secret: &str) -> Vec<u8> {
     record.view_with_secret(secret).to_string().into_bytes()
 }
 
-fn reply(conn: &mut Conn, result: Result<(u16, Vec<u8>), ApiError>) -> After {
+fn reply<'w>(result: Result<(u16, Vec<u8>), ApiError>) -> Reply<'w> {
     match result {
-        Ok((status, body)) => conn.json(status, &body),
-        Err(e) => conn.error(&e),
+        Ok((status, body)) => Reply::json(status, body),
+        Err(e) => Reply::error(e),
     }
-    After::KeepAlive
 }
 
 /// `GET /admin/v1/keys`, `POST /admin/v1/keys`.
-pub async fn keys(worker: &Worker, conn: &mut Conn) -> After {
+pub async fn keys<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let store = worker.store;
-    let result = if conn.req.method() == crate::http::request::Method::Post {
-        match settings(&conn.req.body).and_then(|u| u.into_new_key().map_err(|(f, m)| ApiError::invalid(f, m))) {
+    let result = if req.method() == Method::Post {
+        match settings(&req.body).and_then(|u| u.into_new_key().map_err(|(f, m)| ApiError::invalid(f, m))) {
             Ok(new) => {
-                write(store, move |s| s.create_key(new)).await.map(|(r, secret)| (201, with_secret(&r, &secret)))
+                off_worker(store, move |s| s.create_key(new)).await.map(|(r, secret)| (201, with_secret(&r, &secret)))
             }
             Err(e) => Err(e),
         }
     } else {
-        // Reads every key and the usage table: on the blocking pool, not on this worker.
         off_worker(store, list_keys).await.map(|body| (200, body))
     };
-    reply(conn, result)
+    reply(result)
 }
 
 /// The key list with each key's last day of use (from the committed rollups).
@@ -92,41 +96,24 @@ fn list_keys(store: &'static Store) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::json!({"object": "list", "data": data}).to_string().into_bytes())
 }
 
-/// Runs a long store read (a listing, a report) on the blocking pool, so the
-/// worker goes on serving other requests meanwhile.
-pub async fn off_worker<R: Send + 'static>(
-    store: &'static Store,
-    f: impl FnOnce(&'static Store) -> Result<R, StoreError> + Send + 'static,
-) -> Result<R, ApiError> {
-    let read_failed = |e: StoreError| {
-        crate::log::error(format_args!("store read failed: {e}"));
-        ApiError::new(500, "api_error", "internal_error", "The gateway could not read its store.")
-    };
-    match monoio::spawn_blocking(move || f(store)).await {
-        Ok(r) => r.map_err(read_failed),
-        Err(_) => Err(read_failed(StoreError("the blocking pool stopped".into()))),
-    }
-}
-
 /// `GET|PATCH|DELETE /admin/v1/keys/{id}`.
-pub async fn key(worker: &Worker, conn: &mut Conn, id: &str) -> After {
-    use crate::http::request::Method;
+pub async fn key<'w>(worker: &Worker, req: &Request, id: &str) -> Reply<'w> {
     let store = worker.store;
     let id = id.to_owned();
-    let result = match conn.req.method() {
-        Method::Patch => match settings(&conn.req.body) {
-            Ok(update) => write(store, move |s| s.update_key(&id, &update)).await,
+    let result = match req.method() {
+        Method::Patch => match settings(&req.body) {
+            Ok(update) => off_worker(store, move |s| s.update_key(&id, &update)).await,
             Err(e) => Err(e),
         },
-        Method::Delete => write(store, move |s| s.revoke_key(&id)).await,
+        Method::Delete => off_worker(store, move |s| s.revoke_key(&id)).await,
         _ => store.find_key(&id).map(|(_, r)| r).map_err(store_error),
     };
-    reply(conn, result.map(|r| (200, r.view().to_string().into_bytes())))
+    reply(result.map(|r| (200, r.view().to_string().into_bytes())))
 }
 
 /// `POST /admin/v1/keys/{id}/rotate`.
-pub async fn rotate(worker: &Worker, conn: &mut Conn, id: &str) -> After {
+pub async fn rotate<'w>(worker: &Worker, id: &str) -> Reply<'w> {
     let id = id.to_owned();
-    let result = write(worker.store, move |s| s.rotate_key(&id)).await;
-    reply(conn, result.map(|(r, secret)| (200, with_secret(&r, &secret))))
+    let result = off_worker(worker.store, move |s| s.rotate_key(&id)).await;
+    reply(result.map(|(r, secret)| (200, with_secret(&r, &secret))))
 }

@@ -1,34 +1,31 @@
 //! `POST /v1/completions`: legacy text completions, what IDE autocomplete
 //! calls (with a `suffix` for fill-in-the-middle). Convert → forward to
-//! `/api/generate` → answer a `text_completion`, whole or streamed; the
-//! forwarding, client watch, transcoding and accounting are chat's own.
+//! `/api/generate` → answer a `text_completion`, whole or streamed; the rest
+//! is every generation's (`api::generate`).
 
-use std::rc::Rc;
-
-use super::Call;
-use super::chat::{admit, stream, whole};
+use super::ctx::Ctx;
+use super::generate::{admit, stream, whole};
+use super::proxy::Call;
+use super::reply::Reply;
+use super::worker::Worker;
+use crate::http::request::Request;
 use crate::openai::completion::text_completion;
 use crate::openai::completion_request::convert_completion;
 use crate::openai::stream::NdjsonToSse;
-use crate::policy::limits::Admission;
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
 
-pub async fn completions(
-    worker: &Rc<Worker>,
-    conn: &mut Conn,
-    key: &KeyRecord,
-    admission: Option<&mut Admission>,
-) -> After {
-    let mut native = Vec::with_capacity(conn.req.body.len() + 64);
-    let converted = convert_completion(&conn.req.body, &worker.config.aliases, &mut native);
-    let Some(plan) = admit(worker, conn, key, admission, converted, &native) else { return After::KeepAlive };
+pub async fn completions<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
+    let mut native = Vec::with_capacity(req.body.len() + 64);
+    let converted = convert_completion(&req.body, &worker.config.aliases, &mut native);
+    let plan = match admit(worker, ctx, key, converted, &native) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     let call = Call::generation("/api/generate", &native, &plan.served_model, &key.id);
     if plan.stream {
-        let transcoder = NdjsonToSse::completion(&conn.req.id, &plan.model, plan.include_usage);
-        stream(worker, conn, &plan.model, transcoder, &call).await
+        let writer = Box::new(NdjsonToSse::completion(&ctx.id, &plan.model, plan.include_usage));
+        stream(worker, ctx, &call, &plan.model, writer).await
     } else {
-        whole(worker, conn, &plan.model, &call, &text_completion).await
+        whole(worker, ctx, &call, &plan.model, &text_completion).await
     }
 }

@@ -3,19 +3,18 @@
 //! `GET /readyz`: whether some upstream host is healthy, from the health
 //! checker's latest view (no upstream call either).
 
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
+use super::reply::Reply;
+use super::worker::Worker;
 
-pub fn healthz(conn: &mut Conn) -> After {
-    conn.json(200, b"{\"status\":\"ok\"}");
-    After::KeepAlive
+pub fn healthz<'w>() -> Reply<'w> {
+    Reply::full(200, "application/json", &b"{\"status\":\"ok\"}"[..])
 }
 
 /// `GET /readyz`: 200 when some upstream host is healthy, else 503. Like
 /// `/healthz` it needs no key, for load balancers and orchestrators, and then
 /// says only ready or not; with an admin key (`details`) the body lists every
 /// host's state (URL, health, version, load, models known, last error).
-pub fn readyz(worker: &Worker, conn: &mut Conn, details: bool) -> After {
+pub fn readyz<'w>(worker: &Worker, details: bool) -> Reply<'w> {
     let ready = worker.upstreams.ready();
     let status = if ready { "ready" } else { "unavailable" };
     let body = if details {
@@ -24,6 +23,5 @@ pub fn readyz(worker: &Worker, conn: &mut Conn, details: bool) -> After {
     } else {
         serde_json::json!({"status": status})
     };
-    conn.json(if ready { 200 } else { 503 }, body.to_string().as_bytes());
-    After::KeepAlive
+    Reply::json(if ready { 200 } else { 503 }, body.to_string().into_bytes())
 }

@@ -6,11 +6,12 @@
 //! `library`. An empty list is `[]`, never `null`. With several hosts the
 //! list is the union of what the healthy hosts serve; aliases follow.
 
-use super::{Call, NoReply, upstream_error, upstream_json};
+use super::ctx::Ctx;
+use super::proxy::{Call, client_error, status_error, upstream_json};
+use super::reply::Reply;
+use super::worker::Worker;
 use crate::error::ApiError;
 use crate::json::{json_string, number};
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
 
 /// One OpenAI model object.
@@ -53,7 +54,7 @@ pub fn list_body(models: &[ModelEntry]) -> Vec<u8> {
 
 /// Every model the healthy hosts serve (each listed once, in host order),
 /// then the aliases, with their target's details when it is served.
-async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, NoReply> {
+async fn fetch(worker: &Worker, ctx: &Ctx) -> Result<Vec<ModelEntry>, ApiError> {
     let hosts = &worker.upstreams.hosts;
     let healthy: Vec<usize> = hosts.iter().filter(|h| h.healthy()).map(|h| h.index).collect();
     let ask = if healthy.is_empty() { (0..hosts.len()).collect() } else { healthy };
@@ -61,11 +62,10 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, NoRe
     let (mut answered, mut failure) = (false, None);
     for i in ask {
         let call = Call::listing("/api/tags", i);
-        let listed = match upstream_json(worker, conn, &call).await {
+        let listed = match upstream_json(worker, &call, &ctx.sent).await {
             Ok(r) if r.status == 200 => models_from_tags(&r.body),
-            Ok(r) => Err(upstream_error(r.status, &r.body, "")),
-            Err(NoReply::Error(e)) => Err(e),
-            Err(no_reply) => return Err(no_reply),
+            Ok(r) => Err(status_error(r.status, &r.body, "")),
+            Err(e) => Err(client_error(e)),
         };
         match listed {
             Ok(list) => {
@@ -80,9 +80,7 @@ async fn fetch(worker: &Worker, conn: &mut Conn) -> Result<Vec<ModelEntry>, NoRe
         }
     }
     if !answered {
-        return Err(NoReply::Error(
-            failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered")),
-        ));
+        return Err(failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered")));
     }
     for (alias, target) in worker.config.aliases.iter() {
         if models.iter().any(|m| m.id == alias) {
@@ -100,20 +98,19 @@ fn visible(worker: &Worker, key: &KeyRecord, id: &str) -> bool {
     key.allows_model(id) || key.allows_model(worker.config.aliases.resolve(id))
 }
 
-pub async fn list(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
-    match fetch(worker, conn).await {
+pub async fn list<'w>(worker: &Worker, ctx: &Ctx, key: &KeyRecord) -> Reply<'w> {
+    match fetch(worker, ctx).await {
         Ok(mut models) => {
             // A key sees only the models it may use.
             models.retain(|m| visible(worker, key, &m.id));
-            conn.json(200, &list_body(&models))
+            Reply::json(200, list_body(&models))
         }
-        Err(no_reply) => return no_reply.answer(conn, false),
+        Err(e) => Reply::error(e),
     }
-    After::KeepAlive
 }
 
-pub async fn retrieve(worker: &Worker, conn: &mut Conn, key: &KeyRecord, id: &str) -> After {
-    match fetch(worker, conn).await {
+pub async fn retrieve<'w>(worker: &Worker, ctx: &Ctx, key: &KeyRecord, id: &str) -> Reply<'w> {
+    match fetch(worker, ctx).await {
         Ok(mut models) => {
             // A model the key may not use does not exist for it.
             models.retain(|m| visible(worker, key, &m.id));
@@ -123,14 +120,13 @@ pub async fn retrieve(worker: &Worker, conn: &mut Conn, key: &KeyRecord, id: &st
                 Some(m) => {
                     let mut out = Vec::with_capacity(128);
                     write_model(&mut out, m);
-                    conn.json(200, &out);
+                    Reply::json(200, out)
                 }
-                None => conn.error(&ApiError::model_not_found(id)),
+                None => Reply::error(ApiError::model_not_found(id)),
             }
         }
-        Err(no_reply) => return no_reply.answer(conn, false),
+        Err(e) => Reply::error(e),
     }
-    After::KeepAlive
 }
 
 #[cfg(test)]

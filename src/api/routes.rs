@@ -4,7 +4,7 @@
 //! routes under `/v1` (where OpenAI clients look by default). A trailing
 //! slash is tolerated. `OPTIONS` on any known route is a CORS preflight.
 
-use crate::http::request::Method;
+use crate::http::request::{Method, percent_decode};
 
 /// An endpoint of the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,26 +158,6 @@ fn admin_route(rest: &str) -> Option<(Route, &'static str)> {
         _ if !id.is_empty() && !id.contains('/') => Some((Route::AdminKey(percent_decode(id)), GET_PATCH_DELETE)),
         _ => None,
     }
-}
-
-/// Decodes `%XX` escapes; malformed escapes are kept as they are.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //! second reads committed rollups, which trail live traffic by at most one
 //! flush interval.
 
+use super::admin::{off_worker, store_error};
+use super::reply::Reply;
+use super::worker::Worker;
 use crate::accounting::usage::{UsageQuery, groups_json, query};
 use crate::error::ApiError;
+use crate::http::request::Request;
 use crate::policy::quota::Counts;
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
 use crate::store::keys::KeyRecord;
 
 fn period_json(label: &str, period: &str, c: &Counts) -> serde_json::Value {
@@ -25,7 +27,7 @@ fn period_json(label: &str, period: &str, c: &Counts) -> serde_json::Value {
 
 /// `GET /v1/usage`: the calling key's own usage and limits, from the
 /// in-memory totals the quotas use (exact, and no store read per call).
-pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
+pub fn own<'w>(worker: &Worker, key: &KeyRecord) -> Reply<'w> {
     let today = crate::clock::today();
     match worker.quota.totals(worker.store, &key.id, &today) {
         Ok(t) => {
@@ -36,25 +38,15 @@ pub fn own(worker: &Worker, conn: &mut Conn, key: &KeyRecord) -> After {
                 "month": period_json("month", &today[..7], &t.this_month),
                 "limits": key.limits,
             });
-            conn.json(200, v.to_string().as_bytes())
+            Reply::json(200, v.to_string().into_bytes())
         }
-        Err(e) => {
-            crate::log::error(format_args!("usage read failed: {e}"));
-            conn.error(&ApiError::new(
-                500,
-                "api_error",
-                "internal_error",
-                "The gateway could not read its usage store.",
-            ))
-        }
+        Err(e) => Reply::error(store_error(e)),
     }
-    After::KeepAlive
 }
 
 /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`. The query may read the
 /// whole usage table, so it runs on the blocking pool, not on the worker.
-pub async fn admin(worker: &Worker, conn: &mut Conn) -> After {
-    let req = &conn.req;
+pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let by = req.query_param("by").unwrap_or_else(|| "day".into());
     let from = req.query_param("from");
     let to = req.query_param("to");
@@ -72,7 +64,7 @@ pub async fn admin(worker: &Worker, conn: &mut Conn) -> After {
             }
         }
         let key_id = match &key {
-            Some(k) => Some(worker.store.find_key(k).map_err(|e| ApiError::invalid("key", format!("{}.", e.0)))?.1.id),
+            Some(k) => Some(worker.store.find_key(k).map_err(|e| ApiError::invalid("key", format!("{e}.")))?.1.id),
             None => None,
         };
         Ok(key_id)
@@ -80,7 +72,7 @@ pub async fn admin(worker: &Worker, conn: &mut Conn) -> After {
     let result = match checked {
         Ok(key_id) => {
             let by = by.clone();
-            super::admin::off_worker(worker.store, move |store| {
+            off_worker(worker.store, move |store| {
                 let q = UsageQuery {
                     key_id: key_id.as_deref(),
                     model: model.as_deref(),
@@ -95,8 +87,7 @@ pub async fn admin(worker: &Worker, conn: &mut Conn) -> After {
         Err(e) => Err(e),
     };
     match result {
-        Ok(groups) => conn.json(200, groups_json(&by, &groups).to_string().as_bytes()),
-        Err(e) => conn.error(&e),
+        Ok(groups) => Reply::json(200, groups_json(&by, &groups).to_string().into_bytes()),
+        Err(e) => Reply::error(e),
     }
-    After::KeepAlive
 }

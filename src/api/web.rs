@@ -11,10 +11,9 @@
 //! page goes out with a strict Content-Security-Policy (scripts and styles
 //! only from this origin, no inline code, no framing).
 
-use crate::http::request::Method;
-use crate::http::response::ResponseHead;
-use crate::server::Worker;
-use crate::server::conn::{After, Conn};
+use super::reply::Reply;
+use super::worker::Worker;
+use crate::http::request::Request;
 
 const DOCS: &str = include_str!("../../web/docs.html");
 const DASHBOARD: &str = include_str!("../../web/dashboard.html");
@@ -26,7 +25,7 @@ const ASSETS: [(&str, &str, &str); 3] = [
 ];
 
 /// The policy of every page: this origin only, nothing inline, never framed.
-const CSP: &[u8] = b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Bytes of every page and asset together (the budget is 200 KB).
@@ -34,24 +33,26 @@ pub fn embedded_size() -> usize {
     DOCS.len() + DASHBOARD.len() + ASSETS.iter().map(|(_, _, b)| b.len()).sum::<usize>()
 }
 
-fn send(conn: &mut Conn, status: u16, content_type: &str, body: &[u8], cache: &[u8]) {
-    conn.req.outcome.status = status;
-    let keep_alive = conn.req.keep_alive;
-    let head_only = conn.req.method() == Method::Head;
-    ResponseHead::new(&mut conn.out, status)
-        .header("x-request-id", conn.req.id.as_bytes())
+/// A page or asset, with the security headers every one carries (and no
+/// CORS: they are for this origin only).
+fn page<'w>(
+    status: u16,
+    content_type: &'static str,
+    body: impl Into<std::borrow::Cow<'static, [u8]>>,
+    cache: &'static str,
+) -> Reply<'w> {
+    Reply::full(status, content_type, body)
         .header("Content-Security-Policy", CSP)
-        .header("X-Content-Type-Options", b"nosniff")
-        .header("Referrer-Policy", b"no-referrer")
-        .header("X-Frame-Options", b"DENY")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "no-referrer")
+        .header("X-Frame-Options", "DENY")
         .header("Cache-Control", cache)
-        .connection(keep_alive)
-        .body(content_type, body, head_only);
+        .no_cors()
 }
 
 /// `GET /`: the docs page for this gateway.
-pub fn docs(worker: &Worker, conn: &mut Conn) -> After {
-    let base = base_url(worker.config.public_url.as_deref(), &conn.req.host);
+pub fn docs<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
+    let base = base_url(worker.config.public_url.as_deref(), &req.host);
     let models = served_models(worker);
     let chat_model = models.iter().find(|m| !m.contains("embed")).or(models.first()).cloned();
     let embed_model = models.iter().find(|m| m.contains("embed")).cloned();
@@ -60,28 +61,25 @@ pub fn docs(worker: &Worker, conn: &mut Conn) -> After {
     } else {
         models.iter().map(|m| format!("<li><code>{}</code></li>", escape(m))).collect()
     };
-    let page = DOCS
+    let text = DOCS
         .replace("{{BASE}}", &escape(&base))
         .replace("{{MODEL}}", &escape(chat_model.as_deref().unwrap_or("llama3:latest")))
         .replace("{{EMBED_MODEL}}", &escape(embed_model.as_deref().unwrap_or("nomic-embed-text")))
         .replace("{{MODELS}}", &list);
-    send(conn, 200, "text/html; charset=utf-8", page.as_bytes(), b"no-cache");
-    After::KeepAlive
+    page(200, "text/html; charset=utf-8", text.into_bytes(), "no-cache")
 }
 
 /// `GET /dashboard`: the dashboard's shell (no data in it; that needs the admin key).
-pub fn dashboard(conn: &mut Conn) -> After {
-    send(conn, 200, "text/html; charset=utf-8", DASHBOARD.as_bytes(), b"no-cache");
-    After::KeepAlive
+pub fn dashboard<'w>() -> Reply<'w> {
+    page(200, "text/html; charset=utf-8", DASHBOARD.as_bytes(), "no-cache")
 }
 
 /// `GET /assets/{name}`.
-pub fn asset(conn: &mut Conn, name: &str) -> After {
+pub fn asset<'w>(name: &str) -> Reply<'w> {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, body)) => send(conn, 200, content_type, body.as_bytes(), b"public, max-age=300"),
-        None => send(conn, 404, "text/plain; charset=utf-8", b"not found", b"no-cache"),
+        Some((_, content_type, body)) => page(200, content_type, body.as_bytes(), "public, max-age=300"),
+        None => page(404, "text/plain; charset=utf-8", &b"not found"[..], "no-cache"),
     }
-    After::KeepAlive
 }
 
 /// The base URL clients use: `--public-url`, else `http://` and the request's

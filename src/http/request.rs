@@ -250,6 +250,103 @@ fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// A request as the gateway works with it: the head's values it uses,
+/// copied out of the read buffer, and the body. Reused across the requests
+/// of a connection (its buffers keep their capacity).
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: Option<Method>,
+    /// The method as sent (for logs and 405 messages).
+    pub method_name: String,
+    pub path: String,
+    /// The raw query string (after `?`).
+    pub query: String,
+    pub keep_alive: bool,
+    /// The client sent `Origin` (a browser): CORS headers are added.
+    pub origin: bool,
+    pub access_control_request_headers: String,
+    /// `Authorization`, else `x-api-key`.
+    pub authorization: Option<String>,
+    pub host: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Other)
+    }
+
+    /// The value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(&v.replace('+', " ")))
+    }
+
+    /// Takes the head's values out of `buf` (which `head` was parsed from);
+    /// the body is emptied, to be read next.
+    pub fn fill(&mut self, buf: &[u8], head: &RequestHead) {
+        let text = |r: &Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
+        self.method = Some(head.method);
+        self.method_name.clear();
+        let name_end = buf.iter().position(|&b| b == b' ').unwrap_or(0);
+        self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
+        self.path.clear();
+        self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        if self.path.is_empty() {
+            self.path.push('/');
+        }
+        self.query.clear();
+        self.query.push_str(&String::from_utf8_lossy(&buf[head.query.clone()]));
+        self.keep_alive = head.keep_alive;
+        self.origin = head.origin.is_some();
+        self.access_control_request_headers.clear();
+        if let Some(r) = &head.access_control_request_headers {
+            self.access_control_request_headers.push_str(&text(r));
+        }
+        self.authorization = head.authorization.as_ref().or(head.x_api_key.as_ref()).map(text);
+        self.host.clear();
+        if let Some(r) = &head.host {
+            self.host.push_str(&text(r));
+        }
+        self.body.clear();
+    }
+
+    /// Forgets the previous request: a head that could not be parsed has no values.
+    pub fn clear(&mut self) {
+        self.method = None;
+        self.method_name.clear();
+        self.path.clear();
+        self.query.clear();
+        self.keep_alive = false;
+        self.origin = false;
+        self.authorization = None;
+        self.body.clear();
+    }
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use super::write;
 use crate::error::ApiError;
 use crate::json;
 use crate::upstream::native::Usage;
-use crate::upstream::native::{NativeError, NativeLine, parse_native_line};
+use crate::upstream::native::{NativeLine, parse_native_line};
 
 /// Writes the `chat.completion` JSON for the native reply `body` into `out`.
 /// `model` is the name the client asked for.
@@ -61,7 +61,7 @@ fn read_reply(body: &[u8]) -> Result<(NativeLine<'_>, Usage), ApiError> {
     let native = parse_native_line(body.trim_ascii())
         .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
     if let Some(err) = native.error {
-        return Err(ApiError::upstream(502, native_error_message(err)));
+        return Err(ApiError::upstream(502, err.message()));
     }
     let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
     Ok((native, usage))
@@ -81,23 +81,6 @@ fn object_head(out: &mut Vec<u8>, id: &str, object: &str, native: &NativeLine<'_
     out.extend_from_slice(b",\"model\":");
     json::json_string(out, model);
     out.extend_from_slice(b",\"system_fingerprint\":\"fp_ollama\",");
-}
-
-/// The text of an upstream `{"error": …}` value.
-pub fn native_error_message(err: NativeError<'_>) -> String {
-    match err {
-        NativeError::Message(escaped) => unescape(escaped),
-        NativeError::Other => "The model server reported an error.".to_owned(),
-    }
-}
-
-/// Turns an escaped JSON string body back into text.
-pub fn unescape(escaped: &[u8]) -> String {
-    let mut quoted = Vec::with_capacity(escaped.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(escaped);
-    quoted.push(b'"');
-    serde_json::from_slice(&quoted).unwrap_or_else(|_| String::from_utf8_lossy(escaped).into_owned())
 }
 
 #[cfg(test)]

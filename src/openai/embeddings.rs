@@ -122,12 +122,17 @@ struct NativeEmbed<'a> {
 
 /// The OpenAI `list` of embeddings for a native reply, written in pieces:
 /// a reply of many long vectors is sent as it is converted, so the gateway
-/// never holds a second full copy of it.
-pub struct EmbeddingsReply<'a> {
-    native: NativeEmbed<'a>,
-    model: &'a str,
+/// never holds a second full copy of it. It owns the native reply and knows
+/// where each vector lies in it.
+pub struct EmbeddingsReply {
+    body: Vec<u8>,
+    /// Each vector's JSON text, as a range of `body`.
+    vectors: Vec<std::ops::Range<usize>>,
+    prompt_eval_count: Option<u64>,
+    /// The model name the client asked for, as a JSON string literal.
+    model_json: Vec<u8>,
     base64: bool,
-    /// The next vector to write; `None` once the head is still to come.
+    /// The next vector to write; `None` while the head is still to come.
     next: Option<usize>,
     done: bool,
     floats: Vec<f32>,
@@ -138,24 +143,45 @@ fn bad_reply() -> ApiError {
     ApiError::upstream(502, "The model server sent an embeddings reply that is not valid.".into())
 }
 
-impl<'a> EmbeddingsReply<'a> {
+impl EmbeddingsReply {
     /// Reads the native reply `body`; `model` is the name the client asked for.
-    pub fn parse(body: &'a [u8], model: &'a str, base64: bool) -> Result<Self, ApiError> {
-        let native: NativeEmbed<'_> = serde_json::from_slice(body).map_err(|_| bad_reply())?;
-        if let Some(e) = native.error {
-            let message = serde_json::from_str::<String>(e.get())
-                .unwrap_or_else(|_| "The model server reported an error.".to_owned());
-            return Err(ApiError::upstream(502, message));
-        }
-        // Every vector is checked before anything is sent.
-        if native.embeddings.iter().any(|v| !v.get().starts_with('[')) {
-            return Err(bad_reply());
-        }
-        Ok(Self { native, model, base64, next: None, done: false, floats: Vec::new(), bytes: Vec::new() })
+    pub fn parse(body: Vec<u8>, model: &str, base64: bool) -> Result<Self, ApiError> {
+        let (vectors, prompt_eval_count) = {
+            let native: NativeEmbed<'_> = serde_json::from_slice(&body).map_err(|_| bad_reply())?;
+            if let Some(e) = native.error {
+                let message = serde_json::from_str::<String>(e.get())
+                    .unwrap_or_else(|_| "The model server reported an error.".to_owned());
+                return Err(ApiError::upstream(502, message));
+            }
+            let base = body.as_ptr() as usize;
+            let mut vectors = Vec::with_capacity(native.embeddings.len());
+            for v in &native.embeddings {
+                // Every vector is checked before anything is sent.
+                if !v.get().starts_with('[') {
+                    return Err(bad_reply());
+                }
+                let start = v.get().as_ptr() as usize - base;
+                vectors.push(start..start + v.get().len());
+            }
+            (vectors, native.prompt_eval_count)
+        };
+        let mut model_json = Vec::with_capacity(model.len() + 2);
+        json::json_string(&mut model_json, model);
+        Ok(Self {
+            body,
+            vectors,
+            prompt_eval_count,
+            model_json,
+            base64,
+            next: None,
+            done: false,
+            floats: Vec::new(),
+            bytes: Vec::new(),
+        })
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.native.prompt_eval_count.unwrap_or(0), completion_tokens: 0 }
+        Usage { prompt_tokens: self.prompt_eval_count.unwrap_or(0), completion_tokens: 0 }
     }
 
     /// Appends the next piece of the reply to `out`, at least `at_least`
@@ -173,15 +199,15 @@ impl<'a> EmbeddingsReply<'a> {
                 0
             }
         };
-        while i < self.native.embeddings.len() && out.len() - start < at_least {
+        while i < self.vectors.len() && out.len() - start < at_least {
             self.vector(out, i)?;
             i += 1;
         }
         self.next = Some(i);
-        if i == self.native.embeddings.len() {
+        if i == self.vectors.len() {
             let usage = self.usage();
             out.extend_from_slice(b"],\"model\":");
-            json::json_string(out, self.model);
+            out.extend_from_slice(&self.model_json);
             out.extend_from_slice(b",\"usage\":{\"prompt_tokens\":");
             json::number(out, usage.prompt_tokens);
             out.extend_from_slice(b",\"total_tokens\":");
@@ -193,7 +219,7 @@ impl<'a> EmbeddingsReply<'a> {
     }
 
     fn vector(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), ApiError> {
-        let v = self.native.embeddings[i];
+        let v = &self.body[self.vectors[i].clone()];
         if i > 0 {
             out.push(b',');
         }
@@ -202,7 +228,7 @@ impl<'a> EmbeddingsReply<'a> {
         out.extend_from_slice(b",\"embedding\":");
         if self.base64 {
             self.floats.clear();
-            self.floats.extend(serde_json::from_str::<Vec<f32>>(v.get()).map_err(|_| bad_reply())?);
+            self.floats.extend(serde_json::from_slice::<Vec<f32>>(v).map_err(|_| bad_reply())?);
             self.bytes.clear();
             self.bytes.extend(self.floats.iter().flat_map(|f| f.to_le_bytes()));
             out.push(b'"');
@@ -214,7 +240,7 @@ impl<'a> EmbeddingsReply<'a> {
             out.truncate(start + n);
             out.push(b'"');
         } else {
-            out.extend_from_slice(v.get().as_bytes());
+            out.extend_from_slice(v);
         }
         out.push(b'}');
         Ok(())
@@ -224,7 +250,7 @@ impl<'a> EmbeddingsReply<'a> {
 /// Writes the whole OpenAI `list` of embeddings for the native reply `body`
 /// into `out` (tests and fuzzing; the endpoint sends it in pieces).
 pub fn embeddings_response(out: &mut Vec<u8>, model: &str, base64: bool, body: &[u8]) -> Result<Usage, ApiError> {
-    let mut reply = EmbeddingsReply::parse(body, model, base64)?;
+    let mut reply = EmbeddingsReply::parse(body.to_vec(), model, base64)?;
     out.clear();
     while reply.write_next(out, usize::MAX)? {}
     Ok(reply.usage())
@@ -296,7 +322,7 @@ mod tests {
         // In pieces, the same bytes.
         embeddings_response(&mut out, MODEL, true, native).unwrap();
         let whole_b64 = out.clone();
-        let mut reply = EmbeddingsReply::parse(native, MODEL, true).unwrap();
+        let mut reply = EmbeddingsReply::parse(native.to_vec(), MODEL, true).unwrap();
         let mut pieces = Vec::new();
         let mut n = 0;
         while reply.write_next(&mut pieces, 1).unwrap() {

@@ -15,22 +15,10 @@
 
 use crate::json;
 use crate::openai::write;
-use crate::upstream::native::Usage;
-use crate::upstream::native::{NativeError, NativeLine, parse_native_line};
+use crate::upstream::native::{NativeError, NativeLine, StreamEnd, Usage, parse_native_line};
 
 /// Longest native line accepted; a longer one ends the stream with an error.
 pub const MAX_LINE: usize = 2 * 1024 * 1024;
-
-/// What the stream has come to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// Still relaying.
-    Running,
-    /// The final line arrived and `[DONE]` was written.
-    Completed,
-    /// An error event was written (upstream error line, bad line, early close).
-    Failed,
-}
 
 /// The transcoder for one streamed chat completion.
 pub struct NdjsonToSse {

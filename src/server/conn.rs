@@ -1,13 +1,15 @@
-//! One client connection: read a request, hand it to the router, write the
-//! response, and again while the connection stays alive.
+//! One client connection: read a request, accept it or not, read its body,
+//! answer it, account for it, and again while the connection stays alive.
+//! [`serve`] is a request's whole path in order; each step is a call into
+//! the module that owns it.
 //!
 //! The loop enforces the HTTP limits a public server needs: the head must
 //! arrive within the header timeout and fit in 64 KiB (else 431), the body
-//! within the body limit (else 413), an idle keep-alive connection is closed
-//! after the idle timeout, and any framing error closes the connection after
-//! its 400. Pipelined requests are served in order from the same buffer.
-//! Handlers write into `out` and call [`Conn::flush`]; the streaming handler
-//! takes the socket apart for a while (see `server::watch`) and puts it back.
+//! within the body limit (else 413) and its deadline (else 408), an idle
+//! keep-alive connection is closed after the idle timeout, and any framing
+//! error closes the connection after its 400. A request is accepted or
+//! refused from its head before any of its body is read. Pipelined requests
+//! are served in order from the same buffer.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,135 +18,28 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::Worker;
-use crate::accounting::outcome::Outcome;
+use super::respond;
+use crate::api::ctx::Ctx;
+use crate::api::reply::Reply;
+use crate::api::worker::Worker;
 use crate::config::HttpLimits;
 use crate::error::ApiError;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::request::{BodyFraming, HeadError, Method, RequestHead, parse_request_head};
-use crate::http::response::ResponseHead;
+use crate::http::request::{BodyFraming, HeadError, Request, RequestHead, parse_request_head};
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 
-/// The request being served, with its head values copied out of the read
-/// buffer. Reused across the requests of a connection.
-#[derive(Debug, Default)]
-pub struct Request {
-    pub method: Option<Method>,
-    pub method_name: String,
-    pub path: String,
-    /// The raw query string (after `?`).
-    pub query: String,
-    pub keep_alive: bool,
-    /// The client sent `Origin` (a browser): CORS headers are added.
-    pub origin: bool,
-    pub access_control_request_headers: String,
-    pub authorization: Option<String>,
-    pub host: String,
-    pub body: Vec<u8>,
-    /// Set by the handler; sent as `x-request-id`.
-    pub id: String,
-    /// When the head was parsed.
-    pub started: Option<Instant>,
-    /// The authenticated key's public id (empty before authentication).
-    pub key_id: String,
-    /// Headers every response to this request carries (the key's rate-limit state).
-    pub headers: Vec<(&'static str, String)>,
-    /// The route's label (`""` before routing).
-    pub route: &'static str,
-    /// What the handlers learn along the way, for usage and logs.
-    pub outcome: Outcome,
-}
-
-impl Request {
-    /// Adds the headers every response to this request carries: the request
-    /// id, the key's rate-limit state, CORS for browsers.
-    pub fn common_headers<'o>(&self, h: ResponseHead<'o>) -> ResponseHead<'o> {
-        let mut h = h.header("x-request-id", self.id.as_bytes());
-        for (name, value) in &self.headers {
-            h = h.header(name, value.as_bytes());
-        }
-        if self.origin { cors(h) } else { h }
-    }
-
-    /// The value of a query parameter, percent-decoded.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| crate::api::routes::percent_decode(&v.replace('+', " ")))
-    }
-
-    /// Marks the first byte of the answer as sent now (once).
-    pub fn first_byte_now(&mut self) {
-        if self.outcome.first_byte_us == 0 {
-            self.outcome.first_byte_us = self.elapsed_us().max(1);
-        }
-    }
-
-    /// Microseconds since the head was parsed.
-    pub fn elapsed_us(&self) -> u64 {
-        self.started.map(|s| s.elapsed().as_micros() as u64).unwrap_or(0)
-    }
-
-    pub fn method(&self) -> Method {
-        self.method.unwrap_or(Method::Other)
-    }
-
-    fn fill(&mut self, buf: &[u8], head: &RequestHead) {
-        let text = |r: &std::ops::Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
-        self.method = Some(head.method);
-        self.method_name.clear();
-        let name_end = buf.iter().position(|&b| b == b' ').unwrap_or(0);
-        self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
-        self.path.clear();
-        self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
-        if self.path.is_empty() {
-            self.path.push('/');
-        }
-        self.query.clear();
-        self.query.push_str(&String::from_utf8_lossy(&buf[head.query.clone()]));
-        self.keep_alive = head.keep_alive;
-        self.origin = head.origin.is_some();
-        self.access_control_request_headers.clear();
-        if let Some(r) = &head.access_control_request_headers {
-            self.access_control_request_headers.push_str(&text(r));
-        }
-        self.authorization = head.authorization.as_ref().or(head.x_api_key.as_ref()).map(text);
-        self.host.clear();
-        if let Some(r) = &head.host {
-            self.host.push_str(&text(r));
-        }
-        self.body.clear();
-        self.id.clear();
-        self.started = Some(Instant::now());
-        self.key_id.clear();
-        self.headers.clear();
-        self.route = "";
-        let mut model = std::mem::take(&mut self.outcome.model);
-        model.clear();
-        self.outcome = Outcome { model, ..Outcome::default() };
-    }
-}
-
 /// A client connection and its buffers.
 pub struct Conn {
-    /// `None` only while a streaming handler has split the socket.
+    /// `None` only while the socket is split for the client watch.
     pub stream: Option<TcpStream>,
     /// Bytes read from the client and not consumed yet.
     pub inbuf: Vec<u8>,
     /// The response being assembled.
     pub out: Vec<u8>,
+    /// The request being served (its buffers reused across requests).
     pub req: Request,
-}
-
-/// What the connection loop does after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    KeepAlive,
-    Close,
 }
 
 impl Conn {
@@ -185,56 +80,6 @@ impl Conn {
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
         }
     }
-
-    /// Appends the common headers and a JSON body to `out`.
-    pub fn json(&mut self, status: u16, body: &[u8]) {
-        self.json_with(status, body, None);
-    }
-
-    fn json_with(&mut self, status: u16, body: &[u8], extra: Option<(&str, &str)>) {
-        self.req.outcome.status = status;
-        self.req.first_byte_now();
-        let keep_alive = self.req.keep_alive;
-        let head_only = self.req.method() == Method::Head;
-        let mut h = self.req.common_headers(ResponseHead::new(&mut self.out, status));
-        if let Some((name, value)) = extra {
-            h = h.header(name, value.as_bytes());
-        }
-        h.connection(keep_alive).body("application/json", body, head_only);
-    }
-
-    /// Appends an error response to `out`.
-    pub fn error(&mut self, err: &ApiError) {
-        self.json_with(err.status, &err.body(), None);
-    }
-
-    /// Appends a non-JSON response (metrics text).
-    pub fn text(&mut self, status: u16, content_type: &str, body: &[u8]) {
-        self.req.outcome.status = status;
-        let keep_alive = self.req.keep_alive;
-        let head_only = self.req.method() == Method::Head;
-        let h = ResponseHead::new(&mut self.out, status).header("x-request-id", self.req.id.as_bytes());
-        h.connection(keep_alive).body(content_type, body, head_only);
-    }
-
-    /// Appends an error response with one extra header.
-    pub fn error_with(&mut self, err: &ApiError, header: (&str, &str)) {
-        self.json_with(err.status, &err.body(), Some(header));
-    }
-
-    /// Appends a 405 with its `Allow` header.
-    pub fn method_not_allowed(&mut self, err: &ApiError, allow: &str) {
-        self.json_with(err.status, &err.body(), Some(("Allow", allow)));
-    }
-}
-
-/// Adds the CORS headers for browser clients. Keys travel as Bearer headers,
-/// never cookies, so any origin may call the API.
-pub fn cors(h: ResponseHead<'_>) -> ResponseHead<'_> {
-    h.header("Access-Control-Allow-Origin", b"*").header(
-        "Access-Control-Expose-Headers",
-        b"x-request-id, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens",
-    )
 }
 
 /// Serves one accepted connection until it closes.
@@ -246,15 +91,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         // 1. Read and parse the head (idle timeout before the first byte, header timeout after).
         let head = match read_head(&mut conn, limits.idle_timeout, limits.header_timeout).await {
             Ok(Some(h)) => h,
-            Ok(None) => return,
+            Ok(None) | Err(None) => return,
             Err(Some(err)) => {
-                conn.req.keep_alive = false;
-                conn.req.id = crate::ids::request_id("req-");
-                conn.error(&err);
-                let _ = conn.flush().await;
+                // No head to speak of: the request is refused and accounted as it stands.
+                conn.req.clear();
+                let mut ctx = Ctx::new(crate::ids::request_id("req-"));
+                let _in_flight = InFlight::enter(&worker);
+                respond::write(&worker, &mut conn, &mut ctx, Reply::error(err).closing()).await;
+                crate::api::finish::finish(&worker, &conn.req, &mut ctx);
                 return;
             }
-            Err(None) => return,
         };
         conn.req.fill(&conn.inbuf, &head);
         conn.inbuf.drain(..head.len);
@@ -262,74 +108,66 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             // Shutting down: this is the connection's last request.
             conn.req.keep_alive = false;
         }
-        // In flight from here until its response is written: a draining worker waits for it.
+        // In flight from here until it is accounted for: a draining worker waits for it.
         let in_flight = InFlight::enter(&worker);
+        // 2. Route it and give it its context (and id).
+        let (mut ctx, routed) = crate::api::begin(&conn.req);
 
-        // 2. Accept the request or not from its head alone: its declared size,
-        // its route and its key. Nothing of the body is read, nor `100
-        // Continue` sent, before this. A refused request's body is skipped when
-        // it is already here; otherwise the connection closes after the answer.
-        let keep_alive = conn.req.keep_alive;
-        let buffered = buffered_body_len(&conn.inbuf, head.framing);
-        conn.req.keep_alive = keep_alive && buffered.is_some();
+        // 3. Accept it or not from its head alone: its declared size, its
+        // route and its key. Nothing of the body is read, nor `100 Continue`
+        // sent, before this. A refused request's body is skipped when it is
+        // already here; otherwise the connection closes after the answer.
         let accepted = match head.framing {
             BodyFraming::Length(n) if n > limits.max_body as u64 => {
-                conn.req.id = crate::ids::request_id("req-");
-                conn.error(&ApiError::request_too_large(limits.max_body));
-                None
+                Err(Reply::error(ApiError::request_too_large(limits.max_body)))
             }
-            _ => crate::api::accept(&worker, &mut conn),
+            _ => crate::api::accept(&worker, &conn.req, &mut ctx, routed),
         };
-        let Some(accepted) = accepted else {
-            if let Some(n) = buffered {
-                conn.inbuf.drain(..n);
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(refusal) => {
+                let buffered = buffered_body_len(&conn.inbuf, head.framing);
+                let refusal = if buffered.is_some() { refusal } else { refusal.closing() };
+                if let Some(n) = buffered {
+                    conn.inbuf.drain(..n);
+                }
+                let after = respond::write(&worker, &mut conn, &mut ctx, refusal).await;
+                crate::api::finish::finish(&worker, &conn.req, &mut ctx);
+                drop(in_flight);
+                if after == crate::api::reply::After::Close {
+                    linger(&mut conn).await;
+                    return;
+                }
+                continue;
             }
-            let written = conn.flush().await.is_ok();
-            account(&worker, &conn.req);
-            drop(in_flight);
-            if !written || !conn.req.keep_alive {
-                linger(&mut conn).await;
-                return;
-            }
-            continue;
         };
-        conn.req.keep_alive = keep_alive;
 
-        // 3. Read the body, within its deadline.
+        // 4. Read the body, within its deadline.
         if let Err(err) = read_body(&mut conn, &head, &limits).await {
             if let Some(err) = err {
-                conn.req.keep_alive = false;
-                conn.error(&err);
-                let _ = conn.flush().await;
-                account(&worker, &conn.req);
+                let timed_out = err.status == 408;
+                respond::write(&worker, &mut conn, &mut ctx, Reply::error(err).closing()).await;
+                crate::api::finish::finish(&worker, &conn.req, &mut ctx);
                 drop(in_flight);
-                if err.status != 408 {
+                if !timed_out {
                     linger(&mut conn).await;
                 }
             }
             return;
         }
 
-        // 4. Handle; the endpoint writes the response. Its state (several KB,
-        // most of it for the streaming path) lives on the heap for the request only,
-        // so an idle keep-alive connection holds just this loop's small state.
-        let after = Box::pin(crate::api::handle(&worker, &mut conn, accepted)).await;
-        let written = conn.out.is_empty() || conn.flush().await.is_ok();
-        account(&worker, &conn.req);
+        // 5. Answer: the endpoint's reply, written (and, for a stream, relayed)
+        // while the client is watched. Its state lives on the heap for the
+        // request only, so an idle keep-alive connection holds just this loop's.
+        let after = Box::pin(respond::answer(&worker, &mut conn, &mut ctx, accepted)).await;
+
+        // 6. Account for it.
+        crate::api::finish::finish(&worker, &conn.req, &mut ctx);
         drop(in_flight);
-        if !written {
-            return;
-        }
-        if after == After::Close || !conn.req.keep_alive || conn.stream.is_none() {
+        if after == crate::api::reply::After::Close || conn.stream.is_none() {
             return;
         }
     }
-}
-
-/// The access log line and the metrics of a finished request.
-fn account(worker: &Worker, req: &Request) {
-    worker.access_log.log(req, &req.key_id);
-    record_metrics(worker, req);
 }
 
 /// Most bytes read and thrown away after refusing a request whose body is
@@ -389,32 +227,6 @@ impl Drop for InFlight<'_> {
         self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
         self.0.metrics.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// Counts a finished request in this worker's metrics.
-fn record_metrics(worker: &Worker, req: &Request) {
-    let o = &req.outcome;
-    let upstream = !o.model.is_empty() && o.status != 0 && !o.quota_refused && !o.rate_limited;
-    let upstream_error = o.upstream_failed.then_some(match o.status {
-        200 => "stream",
-        504 => "timeout",
-        502 => "unavailable",
-        _ => "status",
-    });
-    let m = crate::accounting::metrics::RequestMetrics {
-        route: if req.route.is_empty() { "unknown" } else { req.route },
-        status: o.status,
-        model: if crate::api::model_known(worker, o) { &o.model } else { crate::accounting::usage::UNKNOWN_MODEL },
-        key_id: &req.key_id,
-        prompt_tokens: o.usage.prompt_tokens,
-        completion_tokens: o.usage.completion_tokens,
-        upstream_us: upstream.then(|| req.elapsed_us()),
-        first_token_us: (upstream && o.first_byte_us > 0).then_some(o.first_byte_us),
-        upstream_error,
-        rate_limited: o.rate_limited,
-        quota_refused: o.quota_refused,
-    };
-    worker.metrics.record(&m, worker.config.metrics_per_key);
 }
 
 /// Reads until a whole head is buffered. `Ok(None)`: the client closed or

@@ -10,6 +10,7 @@
 //! by anyone else is a clear startup error, not a shared port.
 
 pub mod conn;
+pub mod respond;
 pub mod scrape;
 pub mod shutdown;
 
@@ -26,6 +27,7 @@ use monoio::net::TcpListener;
 use crate::accounting::access_log::AccessLog;
 use crate::accounting::metrics::{Metrics, WorkerMetrics};
 use crate::accounting::usage::{UsageAccumulator, UsageWriter, WriterMsg};
+use crate::api::worker::Worker;
 use crate::config::Config;
 use crate::policy::auth::KeyCache;
 use crate::policy::limits::{LimiterBook, Limiters};
@@ -34,43 +36,6 @@ use crate::store::Store;
 use crate::store::keys::{Limits, NewKey, Role};
 use crate::upstream::client::Pool;
 use crate::upstream::hosts::Upstreams;
-
-/// What one worker thread owns.
-pub struct Worker {
-    pub index: usize,
-    pub config: Arc<Config>,
-    /// The Ollama hosts, their health and fair queues (shared by all workers).
-    pub upstreams: Arc<Upstreams>,
-    /// Idle keep-alive connections to each host (by host index), this core's only.
-    pub pools: Vec<Pool>,
-    /// The key store (LMDB), shared by every worker and process.
-    pub store: &'static Store,
-    /// This core's decoded key records.
-    pub keys: KeyCache,
-    /// This core's usage since the last flush.
-    pub usage: UsageAccumulator,
-    /// Where flushed usage goes.
-    pub usage_tx: std::sync::mpsc::Sender<WriterMsg>,
-    /// Requests being handled now (from a parsed head to the response's end).
-    pub in_flight: Cell<usize>,
-    /// Set once this worker is draining: responses close their connections.
-    pub draining: Cell<bool>,
-    /// Token totals per key for quotas, shared by all workers.
-    pub quota: Arc<QuotaBook>,
-    /// This core's access log buffer.
-    pub access_log: AccessLog,
-    /// This core's metrics (written only here, read by scrapes).
-    pub metrics: Arc<WorkerMetrics>,
-    /// Every worker's metrics, for `/metrics`.
-    pub all_metrics: Arc<Metrics>,
-    /// The keys' rate limiters (shared state, this core's cache of it).
-    pub limiters: Limiters,
-    /// This core's per-model calibration of prompt estimates.
-    pub calibration: crate::upstream::estimate::Calibration,
-    /// Fired when a stop's grace period runs out: requests still waiting on
-    /// the upstream end at once, properly.
-    pub cutoff: Rc<crate::http::watch::Cutoff>,
-}
 
 /// Binds, starts the workers and serves until the process is stopped.
 /// Returns an error message for startup failures.
@@ -85,7 +50,7 @@ pub fn run(config: Config) -> Result<(), String> {
     )?;
     raise_fd_limit();
     let listeners = bind_listeners(config.listen, config.workers)?;
-    let store = Store::open(&config.data_dir).map_err(|e| e.0)?;
+    let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
     // Held for the life of the process: one server per data directory.
     let _serving = crate::store::lock::ServeLock::acquire(&config.data_dir)?;
     bootstrap_admin_key(store)?;
@@ -221,7 +186,7 @@ fn raise_fd_limit() {
 /// when set, else a random one printed once to stderr.
 fn bootstrap_admin_key(store: &Store) -> Result<(), String> {
     let given = std::env::var("AI_GATEWAY_ADMIN_KEY").ok().filter(|s| !s.is_empty());
-    if store.key_count().map_err(|e| e.0)? > 0 {
+    if store.key_count().map_err(|e| e.to_string())? > 0 {
         if given.is_some() {
             crate::log::info(format_args!("AI_GATEWAY_ADMIN_KEY is ignored: the store already has keys"));
         }
@@ -238,7 +203,7 @@ fn bootstrap_admin_key(store: &Store) -> Result<(), String> {
     };
     let (record, secret) = store
         .create_key(new)
-        .map_err(|e| if from_env { format!("AI_GATEWAY_ADMIN_KEY is not usable: {e}") } else { e.0 })?;
+        .map_err(|e| if from_env { format!("AI_GATEWAY_ADMIN_KEY is not usable: {e}") } else { e.to_string() })?;
     if from_env {
         crate::log::info(format_args!(
             "created the admin key 'admin' ({}, {}) from AI_GATEWAY_ADMIN_KEY",

@@ -54,7 +54,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     pub fn decode(raw: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(raw).map_err(|e| StoreError(format!("a key record is unreadable: {e}")))
+        serde_json::from_slice(raw).map_err(|e| StoreError::Io(format!("a key record is unreadable: {e}")))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -284,7 +284,7 @@ impl KeyUpdate {
 
 fn validate_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
-        return Err(StoreError(format!(
+        return Err(StoreError::Invalid(format!(
             "invalid key name '{name}': use 1 to 64 letters, digits, '-', '_', '.' or '@'"
         )));
     }
@@ -306,7 +306,7 @@ impl Store {
         let secret = match new.secret {
             Some(s) if is_valid_secret(&s) => s,
             Some(_) => {
-                return Err(StoreError(
+                return Err(StoreError::Invalid(
                     "a key secret must be 'sk_' followed by at least 43 URL-safe characters".into(),
                 ));
             }
@@ -315,10 +315,10 @@ impl Store {
         let hash = hash_secret(&secret);
         let mut wtxn = self.env.write_txn()?;
         if self.key_names.get(&wtxn, &new.name)?.is_some() {
-            return Err(StoreError(format!("a key named '{}' already exists", new.name)));
+            return Err(StoreError::Conflict(format!("a key named '{}' already exists", new.name)));
         }
         if self.keys.get(&wtxn, &hash)?.is_some() {
-            return Err(StoreError("that secret is already in use".into()));
+            return Err(StoreError::Conflict("that secret is already in use".into()));
         }
         let mut id = new_id();
         while self.key_ids.get(&wtxn, &id)?.is_some() {
@@ -355,13 +355,13 @@ impl Store {
             None => self
                 .key_names
                 .get(txn, id_or_name)?
-                .ok_or_else(|| StoreError(format!("no key with id or name '{id_or_name}'")))?,
+                .ok_or_else(|| StoreError::NotFound(format!("no key with id or name '{id_or_name}'")))?,
         };
-        let hash: KeyHash = hash.try_into().map_err(|_| StoreError("a key index entry is unreadable".into()))?;
+        let hash: KeyHash = hash.try_into().map_err(|_| StoreError::Io("a key index entry is unreadable".into()))?;
         let raw = self
             .keys
             .get(txn, &hash)?
-            .ok_or_else(|| StoreError(format!("key '{id_or_name}' is missing its record")))?;
+            .ok_or_else(|| StoreError::Io(format!("key '{id_or_name}' is missing its record")))?;
         Ok((hash, KeyRecord::decode(raw)?))
     }
 
@@ -391,7 +391,7 @@ impl Store {
         {
             validate_name(name)?;
             if self.key_names.get(&wtxn, name)?.is_some() {
-                return Err(StoreError(format!("a key named '{name}' already exists")));
+                return Err(StoreError::Conflict(format!("a key named '{name}' already exists")));
             }
             self.key_names.delete(&mut wtxn, &record.name)?;
             self.key_names.put(&mut wtxn, name, &hash)?;
@@ -441,7 +441,7 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         let (old_hash, mut record) = self.find_in(&wtxn, id_or_name)?;
         if record.revoked_at.is_some() {
-            return Err(StoreError(format!("key '{}' is revoked; create a new key instead", record.name)));
+            return Err(StoreError::Conflict(format!("key '{}' is revoked; create a new key instead", record.name)));
         }
         let secret = new_secret()?;
         let hash = hash_secret(&secret);
@@ -482,7 +482,7 @@ mod tests {
         assert!(!rec.encode().windows(10).any(|w| secret.as_bytes().windows(10).any(|s| s == w)), "secret not stored");
         assert_eq!(store.find_key("ci-bot").unwrap().1, rec);
         assert_eq!(store.find_key(&rec.id).unwrap().1, rec);
-        assert!(store.create_key(new_key("ci-bot")).unwrap_err().0.contains("already exists"));
+        assert!(store.create_key(new_key("ci-bot")).unwrap_err().message().contains("already exists"));
         assert!(cache.authenticate(store, &secret, unix_now()).is_ok());
 
         let up = KeyUpdate { models: Some(vec!["llama3".into()]), rpm: Some(Some(60)), ..Default::default() };
@@ -501,7 +501,7 @@ mod tests {
         assert_eq!(cache.authenticate(store, &new_secret, unix_now()).unwrap_err().code, Some("invalid_api_key"));
         assert_eq!(store.list_keys().unwrap().len(), 1);
         assert_eq!(store.find_key("ci-bot").unwrap().1.status(unix_now()), "revoked");
-        assert!(store.find_key("nope").unwrap_err().0.contains("no key"));
+        assert!(store.find_key("nope").unwrap_err().message().contains("no key"));
     }
 
     #[test]

@@ -37,19 +37,38 @@ pub struct Store {
     pub dir: PathBuf,
 }
 
-/// A store error, with a message for the operator.
+/// Why a store operation failed, by kind, each with a message for a person.
+/// The API turns the kind into the client's error in one place
+/// (`api::store_error`); the CLI prints the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// No key has that id or name.
+    NotFound(String),
+    /// The change conflicts with what is stored: a name or secret in use, a revoked key.
+    Conflict(String),
+    /// What was asked for is not valid: a name or secret of the wrong shape.
+    Invalid(String),
+    /// The store itself failed: LMDB, the disk, an unreadable record.
+    Io(String),
+}
+
+impl StoreError {
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) | StoreError::Io(m) => m,
+        }
+    }
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
 impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
-        StoreError(format!("store error: {e}"))
+        StoreError::Io(format!("store error: {e}"))
     }
 }
 
@@ -58,7 +77,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<&'static Store, StoreError> {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::Io(format!("cannot create the data directory {}: {e}", dir.display())))?;
             // Only the gateway's user may read the store (key hashes, usage).
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -71,7 +90,7 @@ impl Store {
         // (the server at startup, each CLI command once), and the env is leaked
         // so it lives as long as the process.
         let env = unsafe { opts.open(dir) }
-            .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
         let (meta, keys, key_ids, key_names, usage) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
@@ -86,7 +105,7 @@ impl Store {
         let mut wtxn = env.write_txn()?;
         let found = match meta.get(&wtxn, "schema_version")? {
             Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-            Some(_) => return Err(StoreError("the store's schema version is unreadable".into())),
+            Some(_) => return Err(StoreError::Io("the store's schema version is unreadable".into())),
             None => 0,
         };
         if check_schema(found, dir)? {
@@ -107,7 +126,7 @@ impl Store {
     /// (LMDB's reader table), which is safe while nothing writes to it.
     pub fn open_read_only(dir: &Path) -> Result<&'static Store, StoreError> {
         if !dir.join("data.mdb").exists() {
-            return Err(StoreError(format!(
+            return Err(StoreError::Io(format!(
                 "there is no store in {} (start the gateway once, or give --data-dir)",
                 dir.display()
             )));
@@ -129,7 +148,7 @@ impl Store {
             }
             other => other,
         }
-        .map_err(|e| StoreError(format!("cannot open the store in {}: {e}", dir.display())))?;
+        .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
         let tables = env
             .open_databases_and_commit(env.read_txn()?, |dbo, rtxn| -> Result<_, heed::Error> {
@@ -143,7 +162,7 @@ impl Store {
             })?
             .unwrap_commit();
         let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage)) = tables else {
-            return Err(StoreError(format!("the store in {} is not initialized yet", dir.display())));
+            return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
         let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
         check_schema(store.schema_version()?, dir)?;
@@ -176,7 +195,7 @@ impl Store {
 /// Whether a store at schema `found` needs migrating; an error if it is newer than this build.
 fn check_schema(found: u32, dir: &Path) -> Result<bool, StoreError> {
     if found > SCHEMA_VERSION {
-        return Err(StoreError(format!(
+        return Err(StoreError::Io(format!(
             "the store in {} was written by a newer ai-gateway (schema {found}, this build knows {SCHEMA_VERSION}); upgrade ai-gateway or use another --data-dir",
             dir.display()
         )));
@@ -205,7 +224,7 @@ mod tests {
     #[test]
     fn newer_schemas_are_refused_and_older_ones_migrated() {
         let dir = Path::new("/data");
-        assert!(check_schema(SCHEMA_VERSION + 1, dir).unwrap_err().0.contains("newer ai-gateway"));
+        assert!(check_schema(SCHEMA_VERSION + 1, dir).unwrap_err().message().contains("newer ai-gateway"));
         assert_eq!(check_schema(0, dir), Ok(true));
         assert_eq!(check_schema(SCHEMA_VERSION, dir), Ok(false));
     }

@@ -19,7 +19,7 @@ pub const SECRET_CHARS: usize = 43;
 /// A fresh secret from the OS random source.
 pub fn new_secret() -> Result<String, StoreError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError(format!("the OS random source failed: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Io(format!("the OS random source failed: {e}")))?;
     Ok(format!("sk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 

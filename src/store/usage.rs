@@ -125,7 +125,10 @@ impl Store {
         for ((key_id, model, day), delta) in deltas {
             let k = rollup_key(key_id, day, model);
             if k.len() > MAX_STORE_KEY {
-                return Err(StoreError(format!("a usage key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len())));
+                return Err(StoreError::Invalid(format!(
+                    "a usage key is {} bytes, more than LMDB's {MAX_STORE_KEY}",
+                    k.len()
+                )));
             }
             let mut total = self.usage.get(&wtxn, &k)?.and_then(Rollup::decode).unwrap_or_default();
             total.merge(delta);
@@ -143,7 +146,8 @@ impl Store {
     ) -> Result<(), DeltaError> {
         let k = rollup_key(key_id, day, model);
         if k.len() > MAX_STORE_KEY {
-            let e = StoreError(format!("its store key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len()));
+            let e =
+                StoreError::Invalid(format!("its store key is {} bytes, more than LMDB's {MAX_STORE_KEY}", k.len()));
             return Err(DeltaError::Unwritable(e));
         }
         let unwritable = |e: heed::Error| match e {

@@ -19,9 +19,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::ClientLimits;
-use crate::error::ApiError;
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
-use crate::http::watch::ClientWatch;
 
 /// Where the upstream is, resolved at startup.
 #[derive(Debug, Clone)]
@@ -288,29 +286,25 @@ pub struct Exchange {
     pub early: Vec<u8>,
 }
 
-/// How an exchange failed.
-pub enum ExchangeError {
-    /// The client went away; the upstream connection has been closed.
-    ClientGone,
-    /// The gateway's stop cut the request off (its grace period ran out);
-    /// the upstream connection has been closed, the client is still there.
-    CutOff,
-    /// An error to send the client.
-    Api(ApiError),
-    /// The host could not be reached: refused, timed out, or closed before
-    /// any response byte. Nothing was generated, so another host may be tried.
-    Unreachable(ApiError),
-}
-
-impl From<ApiError> for ExchangeError {
-    fn from(e: ApiError) -> Self {
-        ExchangeError::Api(e)
-    }
-}
-
-/// Why a race against the client watch ended without its operation.
-fn left(watch: &ClientWatch) -> ExchangeError {
-    if watch.cut_off() { ExchangeError::CutOff } else { ExchangeError::ClientGone }
+/// Why an exchange with a host gave no response to use. What a client is
+/// told is the API layer's business (`api::proxy`): this side knows only
+/// what happened on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The host could not be reached: refused, timed out connecting, or
+    /// closed before any response byte. Nothing was generated, so another
+    /// host may be tried.
+    Unreachable(String),
+    /// No response head in time, or the body stalled.
+    Timeout(&'static str),
+    /// What came back is not a valid HTTP response, or its body is broken.
+    Protocol(String),
+    /// The reply is larger than the gateway reads into memory (the limit).
+    TooLarge(usize),
+    /// The gateway's budget for buffered replies is spent (the budget).
+    OverBudget(usize),
+    /// The host's queue is full, or the wait for a slot ran out.
+    Overloaded(String),
 }
 
 /// First size of an upstream read buffer.
@@ -330,17 +324,16 @@ pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, st
 }
 
 /// Sends `request` (head and body, already written) and waits for the
-/// response head, watching the client all the while. `sent` is set once the
-/// request has been written to the upstream (from then on the model may be
-/// working on it).
+/// response head. `sent` is set once the request has been written to the
+/// host (from then on the model may be working on it). Dropping the future
+/// closes the connection it holds, which is how Ollama learns to stop.
 pub async fn send(
     target: &UpstreamTarget,
     pool: &Pool,
     request: &[u8],
-    watch: &mut ClientWatch,
     buf: Vec<u8>,
     sent: &std::cell::Cell<bool>,
-) -> Result<Exchange, ExchangeError> {
+) -> Result<Exchange, UpstreamError> {
     let limits = pool.limits();
     let mut buf = buf;
     // A pooled connection first; if it proves dead before any response byte, one fresh try.
@@ -349,54 +342,35 @@ pub async fn send(
         let reused = pooled.is_some();
         let conn = match pooled.take() {
             Some(c) => c,
-            None => connect(target, limits.connect_timeout, watch).await?,
+            None => connect(target, limits.connect_timeout).await?,
         };
         buf.clear();
-        match exchange_head(conn, request, buf, limits.read_timeout, watch, sent).await {
+        match exchange_head(conn, request, buf, limits.read_timeout, sent).await {
             Ok(ex) => return Ok(ex),
             Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
                 buf = b;
                 continue;
             }
             Err((HeadFailure::DeadBeforeResponse(e), _)) => {
-                let e = ApiError::upstream_unavailable(&format!("connection lost before the response: {e}"));
-                return Err(ExchangeError::Unreachable(e));
+                return Err(UpstreamError::Unreachable(format!("connection lost before the response: {e}")));
             }
-            Err((HeadFailure::Left, _)) => return Err(left(watch)),
-            Err((HeadFailure::Timeout, _)) => {
-                return Err(ApiError::upstream_timeout("no response").into());
-            }
-            Err((HeadFailure::Protocol(m), _)) => {
-                return Err(ApiError::upstream(502, format!("The model server sent an invalid response: {m}.")).into());
-            }
+            Err((HeadFailure::Timeout, _)) => return Err(UpstreamError::Timeout("no response")),
+            Err((HeadFailure::Protocol(m), _)) => return Err(UpstreamError::Protocol(m.to_owned())),
         }
     }
 }
 
 enum HeadFailure {
     DeadBeforeResponse(String),
-    /// The client left, or the cutoff fired.
-    Left,
     Timeout,
     Protocol(&'static str),
 }
 
-async fn connect(
-    target: &UpstreamTarget,
-    timeout: Duration,
-    watch: &mut ClientWatch,
-) -> Result<TcpStream, ExchangeError> {
-    let attempt = monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr));
-    match watch.race(attempt).await {
-        None => Err(left(watch)),
-        Some(Err(_)) => Err(ExchangeError::Unreachable(ApiError::upstream_unavailable(&format!(
-            "connecting to {} timed out",
-            target.url
-        )))),
-        Some(Ok(Err(e))) => {
-            Err(ExchangeError::Unreachable(ApiError::upstream_unavailable(&format!("{}: {e}", target.url))))
-        }
-        Some(Ok(Ok(conn))) => {
+async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr)).await {
+        Err(_) => Err(UpstreamError::Unreachable(format!("connecting to {} timed out", target.url))),
+        Ok(Err(e)) => Err(UpstreamError::Unreachable(format!("{}: {e}", target.url))),
+        Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
             Ok(conn)
         }
@@ -408,7 +382,6 @@ async fn exchange_head(
     request: &[u8],
     buf: Vec<u8>,
     read_timeout: Duration,
-    watch: &mut ClientWatch,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
     // The request is small next to the socket buffer: write it whole.
@@ -434,10 +407,9 @@ async fn exchange_head(
             Err(m) => return Err((HeadFailure::Protocol(m), buf)),
         }
         let wait = deadline.saturating_duration_since(Instant::now());
-        let (c, res, b) = match watch.race(monoio::time::timeout(wait, read_owned(conn, buf))).await {
-            None => return Err((HeadFailure::Left, Vec::new())),
-            Some(Err(_)) => return Err((HeadFailure::Timeout, Vec::new())),
-            Some(Ok(out)) => out,
+        let (c, res, b) = match monoio::time::timeout(wait, read_owned(conn, buf)).await {
+            Err(_) => return Err((HeadFailure::Timeout, Vec::new())),
+            Ok(out) => out,
         };
         conn = c;
         buf = b;
@@ -531,29 +503,15 @@ impl Drop for BufferLease<'_> {
     }
 }
 
-/// The answer when a reply would not fit in the buffer budget.
-pub fn over_budget(lease: &BufferLease<'_>) -> ApiError {
-    ApiError::new(
-        503,
-        "api_error",
-        "gateway_overloaded",
-        format!(
-            "The gateway is holding as many large replies as it may ({} bytes); try again shortly.",
-            lease.budget.limit
-        ),
-    )
-}
-
 /// Reads the rest of a (small) body into memory, up to `limit` bytes, each
 /// byte covered by `lease`. Returns the body and the connection when it may
 /// go back to the pool.
 pub async fn read_full_body(
     ex: Exchange,
-    watch: &mut ClientWatch,
     read_timeout: Duration,
     limit: usize,
     lease: &mut BufferLease<'_>,
-) -> Result<(Vec<u8>, Option<TcpStream>), ExchangeError> {
+) -> Result<(Vec<u8>, Option<TcpStream>), UpstreamError> {
     let Exchange { mut conn, head, body: mut decoder, early } = ex;
     let mut body = Vec::new();
     if let BodyKind::Length(n) = head.body
@@ -575,37 +533,27 @@ pub async fn read_full_body(
             body.extend_from_slice(d);
         }
     };
-    let bad_body = |e: ChunkedError| ApiError::upstream(502, format!("The model server sent a bad body: {}.", e.0));
+    let bad_body = |e: ChunkedError| UpstreamError::Protocol(format!("a bad body: {}", e.0));
     decoder.feed(&early, &mut sink).map_err(bad_body)?;
     let mut buf = early;
     while !decoder.is_done() && !too_big.get() && !no_budget.get() {
         buf.clear();
-        let (c, res, b) = match watch.race(monoio::time::timeout(read_timeout, read_owned(conn, buf))).await {
-            None => return Err(left(watch)),
-            Some(Err(_)) => {
-                return Err(ApiError::upstream_timeout("the response body stalled").into());
-            }
-            Some(Ok(out)) => out,
-        };
+        let (c, res, b) = monoio::time::timeout(read_timeout, read_owned(conn, buf))
+            .await
+            .map_err(|_| UpstreamError::Timeout("the response body stalled"))?;
         conn = c;
         buf = b;
         match res {
             Ok(0) if decoder.ends_at_eof() => break,
-            Ok(0) | Err(_) => {
-                return Err(
-                    ApiError::upstream(502, "The model server closed the connection mid-response.".into()).into()
-                );
-            }
+            Ok(0) | Err(_) => return Err(UpstreamError::Protocol("the connection closed mid-response".into())),
             Ok(_) => decoder.feed(&buf, &mut sink).map_err(bad_body)?,
         }
     }
     if too_big.get() {
-        return Err(
-            ApiError::upstream(502, format!("The model server's response is larger than {limit} bytes.")).into()
-        );
+        return Err(UpstreamError::TooLarge(limit));
     }
     if no_budget.get() {
-        return Err(over_budget(lease).into());
+        return Err(UpstreamError::OverBudget(lease.budget.limit));
     }
     let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof() && !decoder.overran();
     Ok((body, reusable.then_some(conn)))

@@ -11,7 +11,7 @@
 //! holding fewer than its share (the places divided by the keys waiting)
 //! takes the newest place of the key holding the most, if that key holds
 //! more than its share; otherwise the newcomer gets a fast 503
-//! `upstream_overloaded`. So one key filling the queue cannot turn every
+//! (`upstream_overloaded`). So one key filling the queue cannot turn every
 //! other key away. A wait longer than `--upstream-queue-timeout` is a 503
 //! too; a waiting request whose client leaves is dropped from the queue. The gate is shared by all workers: its lock is
 //! taken once to enter and once to leave, never per token, and a slot freed
@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::error::ApiError;
+use super::client::UpstreamError;
 
 /// Where a queued request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +77,8 @@ pub struct GateLoad {
     pub queued: usize,
 }
 
-pub fn overloaded(message: String) -> ApiError {
-    ApiError::new(503, "api_error", "upstream_overloaded", message)
+fn overloaded(message: String) -> UpstreamError {
+    UpstreamError::Overloaded(message)
 }
 
 impl UpstreamGate {
@@ -200,12 +200,12 @@ impl GateState {
 pub struct Acquire {
     gate: Arc<UpstreamGate>,
     waiter: Option<Arc<Mutex<Waiter>>>,
-    ready: Option<Result<(), ApiError>>,
+    ready: Option<Result<(), UpstreamError>>,
     key: String,
 }
 
 impl Future for Acquire {
-    type Output = Result<Permit, ApiError>;
+    type Output = Result<Permit, UpstreamError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.ready.take() {
@@ -262,7 +262,7 @@ mod tests {
         }
     }
 
-    fn poll(f: &mut Acquire) -> Option<Result<Permit, ApiError>> {
+    fn poll(f: &mut Acquire) -> Option<Result<Permit, UpstreamError>> {
         let waker = Waker::from(Arc::new(Flag(false.into())));
         match Pin::new(f).poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(r) => Some(r),
@@ -302,7 +302,7 @@ mod tests {
         let mut light = gate.acquire("light");
         assert!(poll(&mut light).is_none());
         let e = poll(&mut hog[9]).unwrap().err().unwrap();
-        assert_eq!((e.status, e.code), (503, Some("upstream_overloaded")));
+        assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         assert!(hog[..9].iter_mut().all(|a| poll(a).is_none()));
         assert_eq!(gate.load().queued, 10);
         // Keys keep their share: five each when two keys wait.
@@ -322,7 +322,7 @@ mod tests {
         let w2 = gate.acquire("b");
         assert!(poll(&mut w1).is_none());
         let e = poll(&mut gate.acquire("c")).unwrap().err().unwrap();
-        assert_eq!((e.status, e.code), (503, Some("upstream_overloaded")));
+        assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         drop(w2);
         assert_eq!(gate.load().queued, 1);
         drop(p);

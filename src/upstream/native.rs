@@ -451,6 +451,36 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+/// What a relayed native stream has come to (for any front's stream writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Still relaying.
+    Running,
+    /// The final line arrived and the stream's own end was written.
+    Completed,
+    /// An error event was written (an upstream error line, a bad line, an early close).
+    Failed,
+}
+
+impl NativeError<'_> {
+    /// The error's message for a person (unescaped).
+    pub fn message(&self) -> String {
+        match self {
+            NativeError::Message(escaped) => unescape(escaped),
+            NativeError::Other => "The model server reported an error.".to_owned(),
+        }
+    }
+}
+
+/// A JSON string body (without its quotes) read back into text.
+pub fn unescape(escaped: &[u8]) -> String {
+    let mut quoted = Vec::with_capacity(escaped.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(escaped);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).unwrap_or_else(|_| String::from_utf8_lossy(escaped).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -393,3 +393,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// Binds `addr` without listening on it, so that nobody else can take the
+/// port and a connection to it is refused (as to a host that is down).
+pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+    s.bind(&addr.into()).unwrap_or_else(|e| panic!("cannot hold {addr}: {e}"));
+    s
+}

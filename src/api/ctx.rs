@@ -1,0 +1,79 @@
+//! One request's context: created once when its head is parsed (its id is
+//! given there), written by the phases of its life (accept, admit, the
+//! endpoint, the server writing the reply), and read by one final phase,
+//! `api::finish`, which does all the accounting for every request.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::accounting::outcome::Outcome;
+use crate::policy::limits::Admission;
+use crate::store::keys::KeyRecord;
+
+/// A request's state, from its head to its accounting.
+pub struct Ctx {
+    /// Sent as `x-request-id`; a chat completion's id doubles as it.
+    pub id: String,
+    /// When the head was parsed.
+    pub started: Instant,
+    /// The route's label in metrics and logs (`""` when the request had no route).
+    pub route: &'static str,
+    /// The authenticated key.
+    pub key: Option<Rc<KeyRecord>>,
+    /// The request counts in its key's usage (an authenticated API route, refused or not).
+    pub metered: bool,
+    /// Headers every response to this request carries (the key's rate-limit state).
+    pub headers: Vec<(&'static str, String)>,
+    /// What the key's limits and quotas hold for this request (released at the end).
+    pub admission: Option<Admission>,
+    /// Set once the request was written to an upstream host: from then on the
+    /// model may be working on it, and a request that ends early pays for its prompt.
+    pub sent: Cell<bool>,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+impl Ctx {
+    pub fn new(id: String) -> Self {
+        Self {
+            id,
+            started: Instant::now(),
+            route: "",
+            key: None,
+            metered: false,
+            headers: Vec::new(),
+            admission: None,
+            sent: Cell::new(false),
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// The authenticated key's public id (`""` before authentication).
+    pub fn key_id(&self) -> &str {
+        self.key.as_deref().map_or("", |k| k.id.as_str())
+    }
+
+    /// Marks the first byte of the answer as sent now (once).
+    pub fn first_byte_now(&mut self) {
+        if self.outcome.first_byte_us == 0 {
+            self.outcome.first_byte_us = self.elapsed_us().max(1);
+        }
+    }
+
+    /// Microseconds since the head was parsed.
+    pub fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// The request ended before its reply (the client left, or the gateway's
+    /// stop cut it off): a request the model already had pays its prompt's estimate.
+    pub fn abandoned(&mut self) {
+        let o = &mut self.outcome;
+        o.cancelled = true;
+        if self.sent.get() && !o.estimated && o.usage.prompt_tokens == 0 {
+            o.usage.prompt_tokens = o.prompt_estimate;
+            o.estimated = true;
+        }
+    }
+}

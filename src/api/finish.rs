@@ -1,0 +1,104 @@
+//! The last phase of every request, refused ones included (a 400 or 431
+//! from the HTTP layer, a 401, a 429): all of its accounting in one place.
+//! An authenticated API request adds to this core's usage and settles its
+//! reservations in the quota book and the token rate; a reply's real prompt
+//! count calibrates the estimates; then the metrics and the access log line.
+
+use std::borrow::Cow;
+
+use super::ctx::Ctx;
+use super::worker::Worker;
+use crate::accounting::metrics::RequestMetrics;
+use crate::accounting::outcome::{Finished, Outcome};
+use crate::accounting::usage::{UNKNOWN_MODEL, UsageRecord, model_label};
+use crate::http::request::Request;
+use crate::policy::limits::{self, Limiters};
+
+/// Accounts for a finished request (its reply written, or its client gone).
+pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
+    let total_us = ctx.elapsed_us();
+    let admission = ctx.admission.take();
+    if let (Some(key), true) = (ctx.key.as_deref(), ctx.metered) {
+        let o = &ctx.outcome;
+        let today = crate::clock::today();
+        let model = recorded_model(worker, o);
+        let record = UsageRecord {
+            key_id: &key.id,
+            model: &model,
+            status: o.status,
+            stream: o.stream,
+            prompt_tokens: o.usage.prompt_tokens,
+            completion_tokens: o.usage.completion_tokens,
+            first_token_us: if o.first_byte_us > 0 { o.first_byte_us } else { total_us },
+            total_us,
+            cancelled: o.cancelled,
+            upstream_failed: o.upstream_failed,
+            estimated: o.estimated,
+        };
+        worker.usage.record(&record, &today);
+        let reserved = admission.as_ref().map_or(0, |a| a.quota_reserved);
+        worker.quota.settle(worker.store, &key.id, &today, reserved, o.usage);
+        if let Some(a) = &admission {
+            let used = o.usage.prompt_tokens + o.usage.completion_tokens;
+            Limiters::settle_tokens(key, a, used, limits::now_ns());
+        }
+        if !o.estimated && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
+            worker.calibration.observe(&o.served_model, o.prompt_raw, o.usage.prompt_tokens);
+        }
+    }
+    // The concurrency slot is given back here, with the request's end.
+    drop(admission);
+    let finished = Finished {
+        id: &ctx.id,
+        key_id: ctx.key_id(),
+        method: &req.method_name,
+        path: &req.path,
+        route: ctx.route,
+        total_us,
+        outcome: &ctx.outcome,
+    };
+    worker.access_log.log(&finished);
+    record_metrics(worker, &finished);
+}
+
+/// Counts a finished request in this worker's metrics.
+fn record_metrics(worker: &Worker, f: &Finished<'_>) {
+    let o = f.outcome;
+    let upstream = !o.model.is_empty() && o.status != 0 && !o.quota_refused && !o.rate_limited;
+    let upstream_error = o.upstream_failed.then_some(match o.status {
+        200 => "stream",
+        504 => "timeout",
+        502 => "unavailable",
+        _ => "status",
+    });
+    let m = RequestMetrics {
+        route: if f.route.is_empty() { "unknown" } else { f.route },
+        status: o.status,
+        model: if model_known(worker, o) { &o.model } else { UNKNOWN_MODEL },
+        key_id: f.key_id,
+        prompt_tokens: o.usage.prompt_tokens,
+        completion_tokens: o.usage.completion_tokens,
+        upstream_us: upstream.then_some(f.total_us),
+        first_token_us: (upstream && o.first_byte_us > 0).then_some(o.first_byte_us),
+        upstream_error,
+        rate_limited: o.rate_limited,
+        quota_refused: o.quota_refused,
+    };
+    worker.metrics.record(&m, worker.config.metrics_per_key);
+}
+
+/// The model name a finished request is recorded under, in usage and
+/// metrics: what the client asked for when a model served it, when some
+/// host lists it or when it is an alias; otherwise one fixed label, so a key
+/// spraying made-up names cannot grow the usage table or the metrics.
+fn recorded_model<'o>(worker: &Worker, o: &'o Outcome) -> Cow<'o, str> {
+    if model_known(worker, o) { model_label(&o.model, &o.served_model) } else { Cow::Borrowed(UNKNOWN_MODEL) }
+}
+
+/// Whether the request's model is one worth a label of its own (see [`recorded_model`]).
+fn model_known(worker: &Worker, o: &Outcome) -> bool {
+    o.model.is_empty()
+        || o.status == 200
+        || worker.config.aliases.is_alias(&o.model)
+        || worker.upstreams.serves(&o.served_model)
+}

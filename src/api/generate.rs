@@ -1,0 +1,126 @@
+//! What every endpoint that sends a generation to Ollama shares: admitting
+//! the converted request, and answering with the whole reply or a stream.
+//!
+//! A front converts the client's request into a native body and a [`Plan`];
+//! [`admit`] then answers a request that did not convert with its 400,
+//! checks the key's model allowlist (the requested name or the model that
+//! serves it), estimates the prompt from the native body and reserves the
+//! request's cost against the key's quotas and token rate. [`whole`] reads
+//! the upstream reply and has the front render it; [`stream`] hands the
+//! server a [`Relay`] with the front's stream writer.
+
+use super::admission::admit_cost;
+use super::ctx::Ctx;
+use super::proxy::{Answer, Call, client_error, status_error, upstream_call, upstream_json};
+use super::relay::{Relay, StreamWriter};
+use super::reply::Reply;
+use super::worker::Worker;
+use crate::error::ApiError;
+use crate::store::keys::KeyRecord;
+use crate::upstream::client;
+use crate::upstream::native::Usage;
+use crate::upstream::native_request::Plan;
+
+/// Admits a converted generation (see the module's paragraph) and records
+/// its plan in the request's outcome. `Err`: the refusal to answer with.
+pub fn admit<'w, P: AsRef<Plan>>(
+    worker: &Worker,
+    ctx: &mut Ctx,
+    key: &KeyRecord,
+    converted: Result<P, ApiError>,
+    native: &[u8],
+) -> Result<P, Reply<'w>> {
+    let converted = converted.map_err(Reply::error)?;
+    let plan = converted.as_ref();
+    if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
+        return Err(Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model)));
+    }
+    let raw = crate::upstream::estimate::count(native).raw_tokens();
+    let prompt = worker.calibration.estimate(&plan.served_model, raw);
+    let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
+    admit_cost(worker, ctx, key, prompt.saturating_add(completion))?;
+    let o = &mut ctx.outcome;
+    o.prompt_raw = raw;
+    o.prompt_estimate = prompt;
+    o.model.push_str(&plan.model);
+    o.served_model.push_str(&plan.served_model);
+    o.stream = plan.stream;
+    o.user = plan.user.as_deref().map(|u| crate::accounting::access_log::capped(u).to_owned());
+    Ok(converted)
+}
+
+/// Writes the client's JSON for a native reply: `(out, id, model, native body)`.
+pub type Render<'r> = &'r dyn Fn(&mut Vec<u8>, &str, &str, &[u8]) -> Result<Usage, ApiError>;
+
+/// A non-streamed generation: one upstream reply, rendered by the front.
+pub async fn whole<'w>(
+    worker: &'w Worker,
+    ctx: &mut Ctx,
+    call: &Call<'_>,
+    model: &str,
+    render: Render<'_>,
+) -> Reply<'w> {
+    let mut reply = match upstream_json(worker, call, &ctx.sent).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.outcome.upstream_failed = true;
+            return Reply::error(client_error(e));
+        }
+    };
+    if reply.status != 200 {
+        ctx.outcome.upstream_failed = true;
+        return Reply::error(status_error(reply.status, &reply.body, model));
+    }
+    // The converted reply is a second copy: it counts against the budget too.
+    if !reply.lease.cover(2 * reply.body.len() + 256) {
+        ctx.outcome.upstream_failed = true;
+        return Reply::error(client_error(client::UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)));
+    }
+    let mut out = Vec::with_capacity(reply.body.len() + 256);
+    match render(&mut out, &ctx.id, model, &reply.body) {
+        Ok(usage) => {
+            ctx.outcome.usage = usage;
+            Reply::json(200, out)
+        }
+        Err(e) => {
+            ctx.outcome.upstream_failed = true;
+            Reply::error(e)
+        }
+    }
+}
+
+/// A streamed generation: once the upstream answers 200, the server relays
+/// its lines through `writer`; an error before that is a plain JSON reply.
+pub async fn stream<'w>(
+    worker: &'w Worker,
+    ctx: &mut Ctx,
+    call: &Call<'_>,
+    model: &str,
+    writer: Box<dyn StreamWriter>,
+) -> Reply<'w> {
+    let read_timeout = worker.config.upstream_limits.read_timeout;
+    match upstream_call(worker, call, &ctx.sent).await {
+        Ok(answer) if answer.ex.head.status == 200 => {
+            let pool = &worker.pools[answer.host];
+            Reply::stream(Relay::new(answer, writer, pool, read_timeout))
+        }
+        Ok(Answer { ex, host, .. }) => {
+            ctx.outcome.upstream_failed = true;
+            let status = ex.head.status;
+            let mut lease = worker.upstreams.buffers.lease();
+            match client::read_full_body(ex, read_timeout, 1024 * 1024, &mut lease).await {
+                Ok((body, reusable)) => {
+                    if let Some(c) = reusable {
+                        worker.pools[host].put(c);
+                    }
+                    Reply::error(status_error(status, &body, model))
+                }
+                Err(e) => Reply::error(client_error(e)),
+            }
+        }
+        Err(e) => {
+            ctx.outcome.upstream_failed = true;
+            Reply::error(client_error(e))
+        }
+    }
+}

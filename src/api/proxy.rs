@@ -1,0 +1,168 @@
+//! Reaching a host for one request: which host, a slot in its fair queue,
+//! the exchange, failover, and what a client is told when it goes wrong.
+//!
+//! A host that cannot be reached (connection refused, timed out, or closed
+//! before any response byte) is taken out and the request goes to the next
+//! host, so a host going down costs a client nothing unless every host is
+//! down. Nothing here watches the client: the server races the endpoint
+//! that awaits these futures against the client watch, and dropping them
+//! closes the upstream connection they hold (how Ollama learns to stop).
+
+use std::cell::Cell;
+
+use crate::error::ApiError;
+use crate::upstream::client::{self, BufferLease, Exchange, UpstreamError};
+use crate::upstream::gate::Permit;
+use crate::upstream::hosts::Host;
+use crate::upstream::native::parse_native_line;
+
+use super::worker::Worker;
+
+/// Largest non-streamed upstream reply the gateway buffers.
+pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// A call to an upstream host. The request bytes are written for the host
+/// chosen (its `Host` header and base path).
+pub struct Call<'a> {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub body: Option<&'a [u8]>,
+    /// The model asked for (the host must serve it); `""` for listings.
+    pub model: &'a str,
+    /// A generation waits its turn in the host's fair queue as this key;
+    /// listings (`None`) do not queue.
+    pub queue_as: Option<&'a str>,
+    /// Only this host (by index), no failover: for per-host listings.
+    pub only: Option<usize>,
+}
+
+impl<'a> Call<'a> {
+    /// A generation (`POST` with a body, queued as the key).
+    pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str) -> Self {
+        Self { method: "POST", path, body: Some(body), model, queue_as: Some(key_id), only: None }
+    }
+
+    /// A listing (`GET`) from one host, not queued.
+    pub fn listing(path: &'static str, host: usize) -> Self {
+        Self { method: "GET", path, body: None, model: "", queue_as: None, only: Some(host) }
+    }
+}
+
+/// A response head from the host that answered, with the slot held in its queue.
+pub struct Answer {
+    pub ex: Exchange,
+    /// Which host answered (its index, for its connection pool).
+    pub host: usize,
+    /// The host's queue slot; freed when the answer is dropped.
+    pub permit: Option<Permit>,
+}
+
+/// Chooses a host, waits for its slot, sends the request and waits for the
+/// response head, failing over to the next host while one cannot be
+/// reached. `sent` is set once the request was written to a host.
+pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) -> Result<Answer, UpstreamError> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut request = Vec::with_capacity(call.body.map_or(0, <[u8]>::len) + 192);
+    loop {
+        let host = match call.only {
+            Some(i) => worker.upstreams.hosts.get(i).filter(|_| tried.is_empty()),
+            None => worker.upstreams.choose(call.model, &tried),
+        };
+        let Some(host) = host else {
+            return Err(UpstreamError::Unreachable("no model server is configured".into()));
+        };
+        let permit = match call.queue_as {
+            Some(key_id) => Some(upstream_slot(worker, host, key_id).await?),
+            None => None,
+        };
+        host.target.request(&mut request, call.method, call.path, call.body);
+        let pool = &worker.pools[host.index];
+        match client::send(&host.target, pool, &request, Vec::with_capacity(client::READ_CHUNK), sent).await {
+            Ok(ex) => return Ok(Answer { ex, host: host.index, permit }),
+            Err(UpstreamError::Unreachable(e)) => {
+                host.connection_failed(&e);
+                tried.push(host.index);
+                if call.only.is_some() || tried.len() >= worker.upstreams.hosts.len() {
+                    return Err(UpstreamError::Unreachable(e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits in a host's fair queue for a slot, for at most `--upstream-queue-timeout`.
+async fn upstream_slot(worker: &Worker, host: &Host, key_id: &str) -> Result<Permit, UpstreamError> {
+    let limit = worker.config.upstream_queue_timeout;
+    match monoio::time::timeout(limit, host.gate.acquire(key_id)).await {
+        Err(_) => Err(UpstreamError::Overloaded(format!(
+            "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
+            limit.as_secs_f64()
+        ))),
+        Ok(acquired) => acquired,
+    }
+}
+
+/// An upstream reply read whole: its status, its body, and the body's share
+/// of the gateway's buffer budget (held until the reply is dropped).
+pub struct WholeReply<'w> {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub lease: BufferLease<'w>,
+}
+
+/// Calls the upstream and reads its whole (JSON) reply.
+pub async fn upstream_json<'w>(
+    worker: &'w Worker,
+    call: &Call<'_>,
+    sent: &Cell<bool>,
+) -> Result<WholeReply<'w>, UpstreamError> {
+    let Answer { ex, host, permit } = upstream_call(worker, call, sent).await?;
+    let status = ex.head.status;
+    let read_timeout = worker.config.upstream_limits.read_timeout;
+    let mut lease = worker.upstreams.buffers.lease();
+    let (body, reusable) = client::read_full_body(ex, read_timeout, MAX_UPSTREAM_BODY, &mut lease).await?;
+    drop(permit);
+    if let Some(c) = reusable {
+        worker.pools[host].put(c);
+    }
+    Ok(WholeReply { status, body, lease })
+}
+
+/// What a client is told when the exchange with a host failed: the one place
+/// that turns the upstream side's errors into the API's.
+pub fn client_error(e: UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Unreachable(m) => ApiError::upstream_unavailable(&m),
+        UpstreamError::Timeout(what) => ApiError::upstream_timeout(what),
+        UpstreamError::Protocol(m) => {
+            ApiError::upstream(502, format!("The model server sent an invalid response: {m}."))
+        }
+        UpstreamError::TooLarge(limit) => {
+            ApiError::upstream(502, format!("The model server's response is larger than {limit} bytes."))
+        }
+        UpstreamError::OverBudget(budget) => ApiError::new(
+            503,
+            "api_error",
+            "gateway_overloaded",
+            format!("The gateway is holding as many large replies as it may ({budget} bytes); try again shortly."),
+        ),
+        UpstreamError::Overloaded(m) => ApiError::new(503, "api_error", "upstream_overloaded", m),
+    }
+}
+
+/// The client-facing error for an upstream reply with a non-2xx status: 404
+/// is an unknown model, anything else passes on the upstream's status and
+/// message.
+pub fn status_error(status: u16, body: &[u8], model: &str) -> ApiError {
+    if status == 404 {
+        return ApiError::model_not_found(model);
+    }
+    let message = parse_native_line(body.trim_ascii())
+        .ok()
+        .and_then(|l| l.error)
+        .map(|e| e.message())
+        .unwrap_or_else(|| format!("The model server answered with status {status}."));
+    let status = if (400..600).contains(&status) { status } else { 502 };
+    ApiError::upstream(status, message)
+}
