@@ -104,26 +104,32 @@ impl ApiError {
         Self::new(status, "api_error", "upstream_error", message)
     }
 
-    /// The JSON body of this error.
+    /// The JSON body of this error (OpenAI's shape, the gateway's own).
     pub fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.message.len());
         out.extend_from_slice(b"{\"error\":{\"message\":");
-        super::json::json_string(&mut out, &self.message);
+        string(&mut out, &self.message);
         out.extend_from_slice(b",\"type\":");
-        super::json::json_string(&mut out, self.kind);
+        string(&mut out, self.kind);
         out.extend_from_slice(b",\"param\":");
         match &self.param {
-            Some(p) => super::json::json_string(&mut out, p),
+            Some(p) => string(&mut out, p),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"code\":");
         match self.code {
-            Some(c) => super::json::json_string(&mut out, c),
+            Some(c) => string(&mut out, c),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}}");
         out
     }
+}
+
+/// Appends a string as a JSON string literal.
+fn string(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping writes into a Vec without failing.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

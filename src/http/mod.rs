@@ -3,11 +3,12 @@
 //! Both the server side (clients talking to the gateway) and the client side
 //! (the gateway talking to Ollama) use these pieces: strict request-head
 //! parsing ([`request`]), the chunked codec ([`chunked`]) and response writing
-//! ([`response`]), and the parked read that notices a client leaving
-//! ([`watch`]). There is no framework: the connection loop in `server::conn`
+//! ([`response`]), a client connection and how a request is read from it
+//! ([`conn`]), and the parked read that notices a client leaving ([`watch`]). There is no framework: the connection loop in `server::conn`
 //! and the upstream client in `upstream::client` drive them.
 
 pub mod chunked;
+pub mod conn;
 pub mod request;
 pub mod response;
 pub mod watch;

@@ -128,4 +128,24 @@ mod tests {
             assert_eq!(presented_key(Some(bad)), None, "{bad:?}");
         }
     }
+
+    #[test]
+    fn expired_keys_are_refused_with_the_same_error_as_unknown_ones() {
+        let store = Store::open(&crate::store::temp_dir("expiry")).unwrap();
+        let cache = KeyCache::default();
+        let (_, secret) = store
+            .create_key(crate::store::keys::NewKey {
+                expires: Some(crate::clock::unix_now() + 100),
+                name: "temp".into(),
+                role: crate::store::keys::Role::User,
+                models: vec![],
+                limits: Default::default(),
+                secret: None,
+            })
+            .unwrap();
+        assert!(cache.authenticate(store, &secret, crate::clock::unix_now()).is_ok());
+        let expired = cache.authenticate(store, &secret, crate::clock::unix_now() + 101).unwrap_err();
+        let unknown = cache.authenticate(store, "sk_nope", crate::clock::unix_now()).unwrap_err();
+        assert_eq!(expired, unknown);
+    }
 }

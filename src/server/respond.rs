@@ -14,13 +14,13 @@
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedWriteHalf;
 
-use super::conn::{Conn, MAX_HEAD};
 use crate::api::Accepted;
 use crate::api::ctx::Ctx;
 use crate::api::relay::{Pull, Relay, Relayed};
 use crate::api::reply::{After, Body, Reply};
 use crate::api::worker::Worker;
 use crate::http::chunked::write_chunk_header;
+use crate::http::conn::{Conn, MAX_HEAD};
 use crate::http::request::Method;
 use crate::http::response::ResponseHead;
 use crate::http::watch::{ClientWatch, WatchEnd};

@@ -1,9 +1,7 @@
 //! The emulator's OpenAI-compatible endpoints, which other gateways in the
 //! load comparison call instead of the native API (as they do with Ollama).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[test]

@@ -2,12 +2,10 @@
 //! emulator served, after a graceful stop (SIGTERM) and after a crash
 //! (SIGKILL, at most one flush interval lost).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn usage(g: &Proc, args: &[&str]) -> Value {

@@ -1,11 +1,9 @@
 //! Legacy completions (autocomplete, fill-in-the-middle) and embeddings
 //! through the real gateway and emulator: shapes, usage, limits, errors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn with_key(g: &Proc, key: &str, path: &str, body: &str) -> Response {

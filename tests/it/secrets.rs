@@ -5,9 +5,7 @@
 //! secret it handled. Only the two answers that hand a new secret out
 //! (create, rotate) may contain it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]

@@ -1,10 +1,8 @@
 //! Metrics and the access log, from the outside.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Scrapes `/metrics` with a key, or with no Authorization header at all.

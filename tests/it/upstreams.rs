@@ -1,14 +1,12 @@
 //! Several Ollama hosts: failover when one dies and comes back, routing by
 //! model, the fair queue per host, readiness.
 
-mod common;
-
 use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A host that is down: its address, bound by nobody listening.

@@ -2,12 +2,10 @@
 //! way a client tried to stall accounting, dodge its limits or its usage, or
 //! grow the gateway's memory, and checks that it no longer works.
 
-mod common;
-
 use std::io::{BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn usage_cli(g: &Proc, args: &[&str]) -> Value {

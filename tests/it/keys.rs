@@ -1,11 +1,9 @@
 //! API keys end to end: bootstrap, auth errors, the CLI changing keys while
 //! the server runs (another process on the same LMDB store), and the admin API.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn chat_as(g: &Proc, key: &str, model: &str) -> Response {

@@ -2,12 +2,10 @@
 //! pipelining, body framings, limits, timeouts, smuggling shapes, HEAD and
 //! CORS preflight.
 
-mod common;
-
 use std::io::{BufReader, Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn keep_alive_serves_many_requests_on_one_connection() {

@@ -1,11 +1,9 @@
 //! The config file: model aliases end to end, precedence file < env < flags,
 //! and unknown settings refused at start.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn config_file(text: &str) -> std::path::PathBuf {

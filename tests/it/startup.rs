@@ -1,11 +1,9 @@
 //! Starting the gateway: the startup log, a port held by another process,
 //! the epoll fallback, and bad configuration.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn run_gateway(args: &[&str]) -> (i32, String) {
     let dir = temp_data_dir();

@@ -1,12 +1,10 @@
 //! Chat completions and model listing end to end: the real gateway in front
 //! of the real emulator, checked against SPEC.md §2–§4.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn chat(g: &Proc, body: Value) -> Response {

@@ -2,14 +2,12 @@
 //! connections, the 429 contract, concurrency caps proved by the emulator's
 //! own in-flight maximum, token limits, and CLI changes applied at once.
 
-mod common;
-
 use std::io::BufReader;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn chat_as(g: &Proc, key: &str, body: &str) -> Response {

@@ -2,13 +2,11 @@
 //! checks the client's exact answer, that the gateway keeps serving, and
 //! that its in-flight count returns to zero.
 
-mod common;
-
 use std::io::{BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn last_event(resp: &Response) -> Value {

@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary (one link instead of one per
+//! file). Each module starts the real binaries (`ai-gateway`, `mock-ollama`)
+//! on free ports and talks HTTP to them (see [`common`]); `layers` reads the
+//! source tree and keeps its layering rules.
+
+mod chat;
+mod common;
+mod completions;
+mod config;
+mod emulator;
+mod faults;
+mod fuzz_corpus;
+mod hostile;
+mod http_server;
+mod keys;
+mod layers;
+mod limits;
+mod observability;
+mod secrets;
+mod startup;
+mod upstreams;
+mod usage;
