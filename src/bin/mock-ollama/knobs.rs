@@ -1,0 +1,216 @@
+//! The emulator's settings ([`Knobs`]: every flag is also a key of `POST
+//! /_config`), its counters ([`Stats`], `GET /_stats`, `POST /_reset`), and
+//! the control endpoints that read and change them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use ai_gateway::http::request::Method;
+use clap::Parser;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::serve::{Req, respond, respond_error};
+
+/// The emulator's behaviour. Every field is a flag and a key of `POST /_config`.
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
+#[command(name = "mock-ollama", about = "Ollama emulator for testing and benchmarking ai-gateway")]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, default_value = "127.0.0.1:11434")]
+    #[serde(skip)]
+    pub listen: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    #[serde(skip)]
+    pub workers: usize,
+    /// Models served (comma-separated); others get 404.
+    #[arg(long, value_delimiter = ',', default_value = "llama3:latest,qwen3:8b,nomic-embed-text:latest")]
+    pub models: Vec<String>,
+    /// Tokens (content lines) per reply.
+    #[arg(long, default_value_t = 8)]
+    pub tokens: u64,
+    /// Delay before the first token, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub first_token_delay_ms: u64,
+    /// Delay between tokens, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub token_delay_ms: u64,
+    /// Thinking lines before the content (also 3 when a request asks to think).
+    #[arg(long, default_value_t = 0)]
+    pub thinking: u64,
+    /// Reply with a tool call when the request offers tools and the last message is not a tool result.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tool_calls: bool,
+    /// Send `{"error":...}` after this many tokens (mid-stream error).
+    #[arg(long)]
+    pub error_after: Option<u64>,
+    /// Close the connection abruptly after this many tokens.
+    #[arg(long)]
+    pub close_after: Option<u64>,
+    /// Stop sending (but keep the connection open) after this many tokens.
+    #[arg(long)]
+    pub stall_after: Option<u64>,
+    /// Send a line that is not JSON after this many tokens.
+    #[arg(long)]
+    pub garbage_after: Option<u64>,
+    /// Send one line of this many bytes (a huge content token) after the first token.
+    #[arg(long)]
+    pub huge_line_bytes: Option<u64>,
+    /// Answer every generation with this HTTP status and an `{"error": ...}` body.
+    #[arg(long)]
+    pub fail_status: Option<u16>,
+    /// Put the last token on the final (done) line.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub final_content: bool,
+    /// Answer every generation with 503 "server busy".
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub busy: bool,
+    /// Answer 503 when more than this many generations are in flight.
+    #[arg(long)]
+    pub max_pending: Option<u64>,
+    /// Accept requests but never answer them.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub never_respond: bool,
+    /// Make each token's content its write time in Unix nanoseconds (`t=...;`), for latency measurements.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub stamp_tokens: bool,
+    /// Close each connection right after its reply without announcing it (keep-alive races).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub hangup_after_reply: bool,
+    /// Embedding dimensions when the request gives none.
+    #[arg(long, default_value_t = 16)]
+    pub embed_dimensions: usize,
+    /// After a non-streamed chat reply, send a second, unasked-for response
+    /// on the same connection this many milliseconds later (a misbehaving
+    /// upstream; 0: in the same write).
+    #[arg(long)]
+    pub extra_response_after_ms: Option<u64>,
+    /// Answer with a `100 Continue` interim response in the same write as the final one.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub interim_continue: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs::parse_from(["mock-ollama"])
+    }
+}
+
+/// What was served, for `GET /_stats`.
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub chat: AtomicU64,
+    pub generate: AtomicU64,
+    pub embed: AtomicU64,
+    pub tags: AtomicU64,
+    pub show: AtomicU64,
+    pub version: AtomicU64,
+    pub other: AtomicU64,
+    /// Generations that ran to their final line.
+    pub completed: AtomicU64,
+    /// Generations cut short by the client closing the connection.
+    pub cancelled: AtomicU64,
+    /// Completion tokens written before a cancel.
+    pub cancelled_tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    /// Completion tokens reported (`eval_count`) in completed replies.
+    pub completion_tokens: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Unasked-for responses sent (`extra_response_after_ms`).
+    pub extra_responses: AtomicU64,
+}
+
+impl Stats {
+    pub fn json(&self) -> Value {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        json!({
+            "requests": g(&self.requests),
+            "by_endpoint": {"chat": g(&self.chat), "generate": g(&self.generate), "embed": g(&self.embed),
+                "tags": g(&self.tags), "show": g(&self.show), "version": g(&self.version), "other": g(&self.other)},
+            "completed": g(&self.completed),
+            "cancelled": g(&self.cancelled),
+            "cancelled_tokens": g(&self.cancelled_tokens),
+            "prompt_tokens": g(&self.prompt_tokens),
+            "completion_tokens": g(&self.completion_tokens),
+            "errors_sent": g(&self.errors_sent),
+            "in_flight": g(&self.in_flight),
+            "max_in_flight": g(&self.max_in_flight),
+            "connections": g(&self.connections),
+            "extra_responses": g(&self.extra_responses),
+        })
+    }
+
+    pub fn reset(&self) {
+        for a in [
+            &self.requests,
+            &self.chat,
+            &self.generate,
+            &self.embed,
+            &self.tags,
+            &self.show,
+            &self.version,
+            &self.other,
+            &self.completed,
+            &self.cancelled,
+            &self.cancelled_tokens,
+            &self.prompt_tokens,
+            &self.completion_tokens,
+            &self.errors_sent,
+            &self.max_in_flight,
+            &self.connections,
+            &self.extra_responses,
+        ] {
+            a.store(0, Relaxed);
+        }
+    }
+}
+
+pub struct Shared {
+    pub knobs: RwLock<Knobs>,
+    pub stats: Stats,
+}
+
+/// The control endpoints: `GET /_stats`, `POST /_reset`, `POST /_config`.
+/// Returns false for any other request.
+pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
+    match (req.method, req.path.as_str()) {
+        (Method::Get, "/_stats") => {
+            respond(out, 200, "application/json", &shared.stats.json().to_string().into_bytes())
+        }
+        (Method::Post, "/_reset") => {
+            shared.stats.reset();
+            respond(out, 200, "application/json", b"{}");
+        }
+        (Method::Post, "/_config") => {
+            let current = serde_json::to_value(&*shared.knobs.read()).unwrap_or(Value::Null);
+            let mut merged = current;
+            match serde_json::from_slice::<Value>(&req.body) {
+                Ok(Value::Object(patch)) => {
+                    for (k, v) in patch {
+                        merged[k] = v;
+                    }
+                    match serde_json::from_value::<Knobs>(merged) {
+                        Ok(k) => {
+                            let mut knobs = shared.knobs.write();
+                            let (listen, workers) = (knobs.listen.clone(), knobs.workers);
+                            *knobs = Knobs { listen, workers, ..k };
+                            let body = serde_json::to_vec(&*knobs).unwrap_or_default();
+                            respond(out, 200, "application/json", &body);
+                        }
+                        Err(e) => respond_error(out, 400, &format!("bad config: {e}")),
+                    }
+                }
+                _ => respond_error(out, 400, "send a JSON object"),
+            }
+        }
+        _ => return false,
+    }
+    true
+}
