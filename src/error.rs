@@ -1,4 +1,4 @@
-//! The one error type of the API boundary, in OpenAI's shape (SPEC.md §4).
+//! The one error type of the API boundary, in OpenAI's shape (docs/PROTOCOL.md, "Errors").
 //!
 //! Errors are values: wherever a request goes wrong (parsing, validation, the
 //! upstream) an [`ApiError`] is made with its status, `type`, `code`, `param`

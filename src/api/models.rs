@@ -1,7 +1,7 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`, from Ollama's `/api/tags`.
 //!
-//! Each tag becomes `{"id","object":"model","created","owned_by"}` (SPEC.md
-//! §2): `id` is the tag's `model` (else `name`), `created` its `modified_at`
+//! Each tag becomes `{"id","object":"model","created","owned_by"}` (docs/PROTOCOL.md,
+//! "Models"): `id` is the tag's `model` (else `name`), `created` its `modified_at`
 //! in Unix seconds, `owned_by` the namespace before the last `/` or
 //! `library`. An empty list is `[]`, never `null`. With several hosts the
 //! list is the union of what the healthy hosts serve; aliases follow.

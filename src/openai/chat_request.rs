@@ -1,4 +1,4 @@
-//! OpenAI chat request → Ollama `/api/chat` body (SPEC.md §2, "Request mapping").
+//! OpenAI chat request → Ollama `/api/chat` body (docs/PROTOCOL.md, "Chat completions").
 //!
 //! The request is parsed with serde_json into borrowed types: string
 //! `content` and `tools` stay as raw JSON slices of the client's body and are
@@ -303,7 +303,7 @@ fn nesting_within(json: &str, limit: usize) -> bool {
     true
 }
 
-/// SPEC.md: `none`→false, `minimal`→"low", `low|medium|high`→same, `xhigh`→"max".
+/// docs/PROTOCOL.md: `none`→false, `minimal`→"low", `low|medium|high`→same, `xhigh`→"max".
 fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiError> {
     Ok(match effort {
         "none" => "false",
@@ -477,7 +477,7 @@ fn image_url(raw: &str) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The base64 payload of a `data:` image URL (SPEC.md: png, jpeg, jpg, webp, or no type).
+/// The base64 payload of a `data:` image URL (docs/PROTOCOL.md: png, jpeg, jpg, webp, or no type).
 fn image_data(url: Cow<'_, str>) -> Result<Cow<'_, str>, &'static str> {
     if url.starts_with("http://") || url.starts_with("https://") {
         return Err("image URLs are not supported, send base64 data URIs");

@@ -1,4 +1,4 @@
-//! OpenAI legacy completions request → Ollama `/api/generate` body (SPEC.md §2).
+//! OpenAI legacy completions request → Ollama `/api/generate` body (docs/PROTOCOL.md, "Completions").
 //!
 //! This is what IDE autocomplete sends (Continue.dev's tab completion): a
 //! `prompt`, often a `suffix` for fill-in-the-middle, a few sampling options.

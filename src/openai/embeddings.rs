@@ -1,4 +1,4 @@
-//! OpenAI embeddings ↔ Ollama `/api/embed` (SPEC.md §2).
+//! OpenAI embeddings ↔ Ollama `/api/embed` (docs/PROTOCOL.md, "Embeddings").
 //!
 //! Codebase indexing (Continue.dev's `@codebase`) sends batches of chunks;
 //! the reply is mostly numbers. With `encoding_format: "float"` (the default)

@@ -10,7 +10,7 @@
 //! writes the output after each read, so each token reaches the client as
 //! soon as it arrived. The rules (role only first, the `delta:{}` finish
 //! chunk, `usage:null` then the usage chunk, `[DONE]`, errors as an SSE
-//! error event) are SPEC.md §2; [`plain`] is a straightforward serde_json
+//! error event) are docs/PROTOCOL.md, "Streams"; [`plain`] is a straightforward serde_json
 //! version of the same mapping that the tests hold this one to.
 
 use crate::json;
@@ -114,7 +114,7 @@ impl NdjsonToSse {
     }
 
     /// The upstream body ended. A stream without its final line is reported
-    /// to the client as an error event (SPEC.md §2).
+    /// to the client as an error event (docs/PROTOCOL.md, "Streams").
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.end != StreamEnd::Running {
             return;
@@ -316,7 +316,7 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    const SPEC_NATIVE: &str = concat!(
+    const EXAMPLE_NATIVE: &str = concat!(
         r#"{"model":"llama3","created_at":"2025-11-24T17:15:24.097767Z","message":{"role":"assistant","content":"Hel"},"done":false}"#,
         "\n",
         r#"{"model":"llama3","created_at":"2025-11-24T17:15:24.166576Z","message":{"role":"assistant","content":"lo"},"done":false}"#,
@@ -325,7 +325,7 @@ mod tests {
         "\n"
     );
 
-    const SPEC_SSE: &str = concat!(
+    const EXAMPLE_SSE: &str = concat!(
         r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}],"usage":null}"#,
         "\n\n",
         r#"data: {"id":"chatcmpl-Xy","object":"chat.completion.chunk","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}],"usage":null}"#,
@@ -339,14 +339,14 @@ mod tests {
 
     #[test]
     fn spec_transcript_byte_for_byte_in_every_split() {
-        for split in 1..=SPEC_NATIVE.len() {
-            assert_eq!(run(SPEC_NATIVE.as_bytes(), true, split), SPEC_SSE, "split {split}");
+        for split in 1..=EXAMPLE_NATIVE.len() {
+            assert_eq!(run(EXAMPLE_NATIVE.as_bytes(), true, split), EXAMPLE_SSE, "split {split}");
         }
     }
 
     #[test]
     fn without_include_usage_there_is_no_usage_key_and_no_usage_chunk() {
-        let out = run(SPEC_NATIVE.as_bytes(), false, 4096);
+        let out = run(EXAMPLE_NATIVE.as_bytes(), false, 4096);
         assert!(!out.contains("usage"));
         assert_eq!(out.matches("data: ").count(), 4);
     }

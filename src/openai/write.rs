@@ -1,7 +1,7 @@
 //! Small writers for the pieces of OpenAI JSON the gateway emits.
 //!
 //! Responses are written straight into output buffers rather than built as
-//! values and serialized: the shapes are fixed (SPEC.md §2) and the variable
+//! values and serialized: the shapes are fixed (docs/PROTOCOL.md, "The OpenAI front") and the variable
 //! parts are either numbers or string bodies that are already escaped. The
 //! non-streamed completion (`openai::completion`) and the stream transcoder
 //! (`openai::stream`) share these so both say the same thing the same way.
@@ -25,7 +25,7 @@ pub fn usage(out: &mut Vec<u8>, u: Usage) {
     out.push(b'}');
 }
 
-/// The OpenAI `finish_reason` for a native `done_reason` (SPEC.md §2):
+/// The OpenAI `finish_reason` for a native `done_reason` (docs/PROTOCOL.md):
 /// `length` wins, then `tool_calls` when tools were called, else `stop`.
 pub fn finish_reason(done_reason: Option<&[u8]>, made_tool_calls: bool) -> &'static str {
     match done_reason {
@@ -35,7 +35,7 @@ pub fn finish_reason(done_reason: Option<&[u8]>, made_tool_calls: bool) -> &'sta
     }
 }
 
-/// An SSE error event for a failure after the stream started (SPEC.md §2).
+/// An SSE error event for a failure after the stream started (docs/PROTOCOL.md, "Streams").
 /// `escaped_message` must already be a valid JSON string body.
 pub fn stream_error_event(out: &mut Vec<u8>, escaped_message: &[u8]) {
     out.extend_from_slice(b"data: {\"error\":{\"message\":\"");

@@ -72,7 +72,7 @@ pub struct Sampling<'a> {
 }
 
 /// Writes Ollama's `options` object for `s`: only the options the client set,
-/// so that the model's own defaults apply to the rest (SPEC.md §2).
+/// so that the model's own defaults apply to the rest (docs/PROTOCOL.md, "Chat completions").
 pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError> {
     let mut options = Options::new(out);
     options.uint("num_predict", s.max_tokens);

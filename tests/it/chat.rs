@@ -1,5 +1,5 @@
 //! Chat completions and model listing end to end: the real gateway in front
-//! of the real emulator, checked against SPEC.md §2–§4.
+//! of the real emulator, checked against docs/PROTOCOL.md.
 
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
