@@ -149,3 +149,39 @@ fn text_access_log_and_log_level() {
     assert!(eventually(Duration::from_secs(5), || quiet.log_text().contains("stopped")));
     assert_eq!(quiet.stdout_text(), "", "no access log below warn");
 }
+
+/// Requests the HTTP layer refuses (a broken head, a head over 64 KiB, a body
+/// over the limit) are counted in metrics and logged like any other.
+#[test]
+fn refused_requests_are_counted_and_logged() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--log-format", "json", "--max-body-bytes", "1024"]);
+    let mut answers = Vec::new();
+    let big_header = format!("X-Big: {}\r\n", "a".repeat(70 * 1024));
+    for raw in [
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_owned(),
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\n{big_header}\r\n"),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n".to_owned(),
+    ] {
+        let mut s = connect(g.addr);
+        // The gateway may answer and close before it has read all of an oversized head.
+        let _ = std::io::Write::write_all(&mut s, raw.as_bytes());
+        answers.push(read_response(&mut std::io::BufReader::new(s), false).unwrap().status);
+    }
+    assert_eq!(answers, [400, 431, 413]);
+    let counted = |t: &str, route: &str, status: u16| {
+        t.lines().any(|l| l == format!("ai_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} 1"))
+    };
+    assert!(eventually(Duration::from_secs(5), || {
+        let t = metrics(&g, Some(ADMIN_KEY)).text();
+        counted(&t, "unknown", 400) && counted(&t, "unknown", 431) && counted(&t, "chat_completions", 413)
+    }));
+    assert!(eventually(Duration::from_secs(5), || g.stdout_text().lines().count() >= 4));
+    let lines: Vec<Value> = g.stdout_text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for status in [400, 431, 413] {
+        assert_eq!(lines.iter().filter(|l| l["status"] == status).count(), 1, "one {status} line in {lines:?}");
+    }
+    let too_large = lines.iter().find(|l| l["status"] == 413).unwrap();
+    assert_eq!(too_large["path"], "/v1/chat/completions");
+    assert!(too_large["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+}
