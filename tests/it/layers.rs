@@ -189,6 +189,20 @@ fn every_module_uses_only_its_own_layer_and_those_below_and_no_imports_go_in_cir
     assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
 }
 
+/// `lib.rs` declares the modules in layer order, lowest first, and none outside a layer.
+#[test]
+fn lib_lists_the_modules_in_layer_order() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let modules: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .map(|rest| rest.split(';').next().unwrap_or(rest).trim())
+        .collect();
+    assert_eq!(modules.len(), LAYERS.iter().map(|l| l.len()).sum::<usize>(), "{modules:?}");
+    let layers: Vec<usize> = modules.iter().map(|m| layer_of(m).unwrap_or_else(|| panic!("{m} in no layer"))).collect();
+    assert!(layers.windows(2).all(|w| w[0] <= w[1]), "lib.rs out of layer order: {modules:?}");
+}
+
 #[test]
 fn the_check_sees_an_upward_import_and_a_circle() {
     let dir = std::env::temp_dir().join(format!("ai-gateway-layers-{}", std::process::id()));
