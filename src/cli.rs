@@ -279,8 +279,9 @@ pub struct UsageArgs {
     /// Last day (YYYY-MM-DD, UTC), inclusive.
     #[arg(long)]
     pub to: Option<String>,
-    /// Group rows by day, model or key.
-    #[arg(long, value_parser = ["day", "model", "served_model", "key"], default_value = "day")]
+    /// Group rows by day, model, the model that served it, key, or protocol
+    /// (api: openai, anthropic, responses, ollama).
+    #[arg(long, value_parser = ["day", "model", "served_model", "key", "api"], default_value = "day")]
     pub by: String,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]

@@ -1,13 +1,29 @@
-//! The one error type of the API boundary, in OpenAI's shape (docs/PROTOCOL.md, "Errors").
+//! The one error type of the API boundary (docs/PROTOCOL.md, "Errors").
 //!
 //! Errors are values: wherever a request goes wrong (parsing, validation, the
-//! upstream) an [`ApiError`] is made with its status, `type`, `code`, `param`
-//! and a message written for a person, and carried back to the single place
-//! that writes responses. Messages never contain a key's secret.
+//! upstream) an [`ApiError`] is made with its status, OpenAI's `type` and
+//! `code`, a `param` and a message written for a person, and carried back to
+//! the single place that writes responses. There it is written in the
+//! [`Shape`] of the protocol the request came in on: OpenAI's (the default,
+//! also the Responses API's), Anthropic's, or Ollama's own. Messages never
+//! contain a key's secret.
 
 use std::borrow::Cow;
 
-/// An error response: `{"error":{"message","type","param","code"}}`.
+/// The error shape of the protocol a request came in on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error":{"message","type","param","code"}}`: chat, completions,
+    /// embeddings, models, the Responses API, the gateway's own routes.
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`: the Messages API.
+    Anthropic,
+    /// `{"error":"message"}`: Ollama's own API.
+    Ollama,
+}
+
+/// An error response: `{"error":{"message","type","param","code"}}` (in OpenAI's shape).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
@@ -104,6 +120,52 @@ impl ApiError {
         Self::new(status, "api_error", "upstream_error", message)
     }
 
+    /// The status this error is sent with in `shape`: Anthropic's clients
+    /// know a full upstream queue as 529 `overloaded_error`.
+    pub fn status_in(&self, shape: Shape) -> u16 {
+        match (shape, self.code) {
+            (Shape::Anthropic, Some("upstream_overloaded" | "gateway_overloaded")) => 529,
+            _ => self.status,
+        }
+    }
+
+    /// Anthropic's error `type` for this error.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status_in(Shape::Anthropic) {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            s if s < 500 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The JSON body of this error in `shape`.
+    pub fn body_in(&self, shape: Shape) -> Vec<u8> {
+        match shape {
+            Shape::OpenAi => self.body(),
+            Shape::Anthropic => {
+                let mut out = Vec::with_capacity(80 + self.message.len());
+                out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":\"");
+                out.extend_from_slice(self.anthropic_type().as_bytes());
+                out.extend_from_slice(b"\",\"message\":");
+                string(&mut out, &self.message);
+                out.extend_from_slice(b"}}");
+                out
+            }
+            Shape::Ollama => {
+                let mut out = Vec::with_capacity(16 + self.message.len());
+                out.extend_from_slice(b"{\"error\":");
+                string(&mut out, &self.message);
+                out.push(b'}');
+                out
+            }
+        }
+    }
+
     /// The JSON body of this error (OpenAI's shape, the gateway's own).
     pub fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.message.len());
@@ -147,5 +209,32 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&ApiError::upstream_timeout("x").body()).unwrap();
         assert_eq!(v["error"]["param"], serde_json::Value::Null);
         assert_eq!(v["error"]["code"], "upstream_timeout");
+    }
+
+    #[test]
+    fn anthropic_and_ollama_shapes() {
+        let e = ApiError::invalid("max_tokens", "'max_tokens' is required.");
+        let v: serde_json::Value = serde_json::from_slice(&e.body_in(Shape::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","error":{"type":"invalid_request_error","message":"'max_tokens' is required."}})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body_in(Shape::Ollama)).unwrap();
+        assert_eq!(v, serde_json::json!({"error":"'max_tokens' is required."}));
+        let full = ApiError::new(503, "api_error", "upstream_overloaded", "busy");
+        assert_eq!((full.status_in(Shape::Anthropic), full.anthropic_type()), (529, "overloaded_error"));
+        assert_eq!(full.status_in(Shape::OpenAi), 503);
+        for (status, kind) in [
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (408, "invalid_request_error"),
+            (500, "api_error"),
+            (502, "api_error"),
+        ] {
+            assert_eq!(ApiError::new(status, "x", "y", "m").anthropic_type(), kind, "{status}");
+        }
     }
 }

@@ -23,6 +23,14 @@ pub fn request_id(prefix: &str) -> String {
     id
 }
 
+/// A fresh id of `n` random alphanumerics after `prefix` (`msg_`, `toolu_`, `resp_`, `fc_`…).
+pub fn prefixed(prefix: &str, n: usize) -> String {
+    let mut id = String::with_capacity(prefix.len() + n);
+    id.push_str(prefix);
+    push_random(&mut id, n);
+    id
+}
+
 /// A fresh tool-call id, for upstreams that send calls without one.
 pub fn tool_call_id() -> String {
     let mut id = String::with_capacity(13);

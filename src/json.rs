@@ -13,6 +13,15 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Appends a Rust string as the body of a JSON string literal (escaped, without quotes).
+pub fn json_string_body(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    json_string(out, s);
+    // Drop the quotes serde_json wrote around it.
+    out.copy_within(start + 1.., start);
+    out.truncate(out.len() - 2);
+}
+
 /// Appends a decimal number.
 pub fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -47,4 +56,39 @@ pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError>
             }
         }
     }
+}
+
+/// Deepest nesting passed through to the upstream in raw fields (`tools`, a schema).
+pub const MAX_PASSTHROUGH_DEPTH: usize = 64;
+
+/// True when the JSON text nests no deeper than `limit` (serde_json skips raw
+/// values without a depth limit, and the upstream should not get to choke on them).
+pub fn nesting_within(json: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }

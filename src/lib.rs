@@ -13,6 +13,9 @@ pub mod http; //            HTTP/1.1: request heads, responses, chunked, the cli
 pub mod store; //           LMDB: keys, secret format, usage table, serve lock
 pub mod upstream; //        reaching Ollama: hosts, health, gate, client, native bodies and lines
 pub mod openai; //          the OpenAI front: requests → native, native → replies and SSE
+pub mod anthropic; //       the Anthropic front: Messages requests → native, native → messages and events
+pub mod responses; //       the Responses front: Responses requests → native, native → responses and events
+pub mod ollama; //          the Ollama front: Ollama's own API checked, aliased and relayed as it is
 pub mod accounting; //      what happened: outcome, usage books, metrics, access log
 pub mod policy; //          who may and how much: auth, limits, quotas
 pub mod api; //             a request's life: begin, accept, endpoints → replies, finish

@@ -219,7 +219,7 @@ async function revokeKey(k) {
 }
 
 // ---- usage -----------------------------------------------------------------------------
-let shown = { perKey: [], perDay: [] };
+let shown = { perKey: [], perDay: [], perApi: [] };
 
 function usageQuery(by) {
   const f = new FormData($("usage-form"));
@@ -237,28 +237,28 @@ async function loadUsage() {
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "all keys"), ...keys.data.map((k) => el("option", { value: k.id }, k.name)));
   select.value = chosen;
-  const [byDayModel, byDay, byKey] = await Promise.all([
+  const [byDayModel, byDay, byKey, byApi] = await Promise.all([
     api("GET", usageQuery("day_model")),
     api("GET", usageQuery("day")),
     api("GET", usageQuery("key")),
+    api("GET", usageQuery("api")),
   ]);
-  shown = { perKey: byKey.data, perDay: byDay.data };
+  shown = { perKey: byKey.data, perDay: byDay.data, perApi: byApi.data };
   drawStacked($("tokens-chart"), $("tokens-legend"), byDayModel.data);
   drawRequests($("requests-chart"), byDay.data);
-  $("usage-table").tBodies[0].replaceChildren(
-    ...byKey.data.map((r) =>
-      el(
-        "tr",
-        {},
-        el("td", {}, r.key),
-        el("td", { class: "num" }, fmt(r.requests)),
-        el("td", { class: "num" }, fmt(r.errors)),
-        el("td", { class: "num" }, fmt(r.prompt_tokens)),
-        el("td", { class: "num" }, fmt(r.completion_tokens)),
-        el("td", { class: "num" }, fmt(r.total_tokens)),
-      ),
-    ),
-  );
+  const row = (name, r) =>
+    el(
+      "tr",
+      {},
+      el("td", {}, name),
+      el("td", { class: "num" }, fmt(r.requests)),
+      el("td", { class: "num" }, fmt(r.errors)),
+      el("td", { class: "num" }, fmt(r.prompt_tokens)),
+      el("td", { class: "num" }, fmt(r.completion_tokens)),
+      el("td", { class: "num" }, fmt(r.total_tokens)),
+    );
+  $("usage-table").tBodies[0].replaceChildren(...byKey.data.map((r) => row(r.key, r)));
+  $("usage-api-table").tBodies[0].replaceChildren(...byApi.data.map((r) => row(r.api, r)));
 }
 
 function csvCell(v) {
@@ -270,6 +270,7 @@ function exportCsv() {
   const rows = [["section", "key_or_day", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]];
   for (const r of shown.perKey) rows.push(["key", r.key, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
   for (const r of shown.perDay) rows.push(["day", r.day, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
+  for (const r of shown.perApi ?? []) rows.push(["protocol", r.api, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
   const blob = new Blob([rows.map((r) => r.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "ai-gateway-usage.csv" });
   document.body.append(a);

@@ -10,6 +10,8 @@ pub struct Outcome {
     pub model: String,
     /// The model that served it (after alias resolution).
     pub served_model: String,
+    /// The protocol it came in on (`openai`, `anthropic`, `responses`, `ollama`).
+    pub api: &'static str,
     pub stream: bool,
     pub usage: crate::upstream::native::Usage,
     /// Microseconds from the head to the first byte of the answer.

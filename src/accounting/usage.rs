@@ -24,10 +24,18 @@ use crate::store::{Store, StoreError};
 /// Ollama's model names, so no real model is ever called this).
 pub const UNKNOWN_MODEL: &str = "(unknown)";
 
+/// The protocol label of OpenAI's routes (chat, completions, embeddings,
+/// models): the one rows without a label belong to.
+pub const OPENAI_API: &str = "openai";
+
 /// The model label a request is recorded under: the requested name, or
-/// `requested \0 served` when an alias sent it to another model.
-pub fn model_label<'a>(requested: &'a str, served: &str) -> std::borrow::Cow<'a, str> {
-    if served.is_empty() || served == requested {
+/// `requested \0 served` when an alias sent it to another model, and
+/// `requested \0 served \0 api` for a protocol other than OpenAI's.
+pub fn model_label<'a>(requested: &'a str, served: &str, api: &str) -> std::borrow::Cow<'a, str> {
+    let served = if served.is_empty() { requested } else { served };
+    if api != OPENAI_API && !api.is_empty() {
+        std::borrow::Cow::Owned(format!("{requested}\0{served}\0{api}"))
+    } else if served == requested {
         std::borrow::Cow::Borrowed(requested)
     } else {
         std::borrow::Cow::Owned(format!("{requested}\0{served}"))
@@ -150,6 +158,8 @@ pub struct UsageWriter {
 
 /// How often rollups older than the retention are deleted (and once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
+/// How often expired stored responses are deleted.
+const RESPONSE_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl UsageWriter {
     /// Starts the writer: it commits every `interval`, and keeps rollups for
@@ -185,7 +195,18 @@ fn writer_loop(
     let mut pending: Pending = HashMap::new();
     let mut next = std::time::Instant::now() + interval;
     let mut next_prune = std::time::Instant::now();
+    let mut next_response_prune = std::time::Instant::now();
     loop {
+        // Stored responses past their time take no more room (they are
+        // already invisible: a read checks the expiry).
+        if std::time::Instant::now() >= next_response_prune {
+            next_response_prune += RESPONSE_PRUNE_EVERY;
+            match store.prune_responses(crate::clock::unix_now().max(0) as u64) {
+                Ok(0) => {}
+                Ok(n) => crate::log::info(format_args!("deleted {n} expired stored responses")),
+                Err(e) => crate::log::error(format_args!("stored responses: {e}")),
+            }
+        }
         if retention_days > 0 && std::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
             let before = crate::clock::day_of(crate::clock::unix_now() - i64::from(retention_days) * 86_400);
@@ -291,7 +312,7 @@ pub struct UsageQuery<'a> {
     pub model: Option<&'a str>,
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    /// `day`, `model` (as requested), `served_model`, `key` or `day_model`.
+    /// `day`, `model` (as requested), `served_model`, `key`, `api` or `day_model`.
     pub by: &'a str,
 }
 
@@ -320,6 +341,7 @@ pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>,
                 }
             }
             "key" => names.get(&row.key_id).cloned().unwrap_or(row.key_id),
+            "api" => row.api,
             // Both, for charts of a day's tokens stacked by model.
             "day_model" => format!("{}\t{}", row.day, if row.model.is_empty() { "-" } else { &row.model }),
             _ => row.day,

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::accounting::outcome::Outcome;
+use crate::error::Shape;
 use crate::policy::limits::Admission;
 use crate::store::keys::KeyRecord;
 
@@ -19,6 +20,8 @@ pub struct Ctx {
     pub started: Instant,
     /// The route's label in metrics and logs (`""` when the request had no route).
     pub route: &'static str,
+    /// The error shape of the protocol the request came in on.
+    pub shape: Shape,
     /// The authenticated key.
     pub key: Option<Rc<KeyRecord>>,
     /// The request counts in its key's usage (an authenticated API route, refused or not).
@@ -40,6 +43,7 @@ impl Ctx {
             id,
             started: Instant::now(),
             route: "",
+            shape: Shape::OpenAi,
             key: None,
             metered: false,
             headers: Vec::new(),

@@ -74,7 +74,7 @@ fn record_metrics(worker: &Worker, f: &Finished<'_>) {
     let m = RequestMetrics {
         route: if f.route.is_empty() { "unknown" } else { f.route },
         status: o.status,
-        model: if model_known(worker, o) { &o.model } else { UNKNOWN_MODEL },
+        model: requested_label(worker, o),
         key_id: f.key_id,
         prompt_tokens: o.usage.prompt_tokens,
         completion_tokens: o.usage.completion_tokens,
@@ -89,16 +89,25 @@ fn record_metrics(worker: &Worker, f: &Finished<'_>) {
 
 /// The model name a finished request is recorded under, in usage and
 /// metrics: what the client asked for when a model served it, when some
-/// host lists it or when it is an alias; otherwise one fixed label, so a key
-/// spraying made-up names cannot grow the usage table or the metrics.
-fn recorded_model<'o>(worker: &Worker, o: &'o Outcome) -> Cow<'o, str> {
-    if model_known(worker, o) { model_label(&o.model, &o.served_model) } else { Cow::Borrowed(UNKNOWN_MODEL) }
-}
-
-/// Whether the request's model is one worth a label of its own (see [`recorded_model`]).
-fn model_known(worker: &Worker, o: &Outcome) -> bool {
-    o.model.is_empty()
+/// host lists it or when it is an alias; the pattern when a pattern alias
+/// (`claude-*`) served it; otherwise one fixed label. So a key spraying
+/// made-up names cannot grow the usage table or the metrics.
+fn requested_label<'o>(worker: &'o Worker, o: &'o Outcome) -> &'o str {
+    if let Some((pattern, _)) = worker.config.aliases.pattern_for(&o.model) {
+        return pattern;
+    }
+    let known = o.model.is_empty()
         || o.status == 200
         || worker.config.aliases.is_alias(&o.model)
-        || worker.upstreams.serves(&o.served_model)
+        || worker.upstreams.serves(&o.served_model);
+    if known { &o.model } else { UNKNOWN_MODEL }
+}
+
+/// The usage record's model label (see [`requested_label`]), with the served
+/// model and the protocol.
+fn recorded_model<'o>(worker: &'o Worker, o: &'o Outcome) -> Cow<'o, str> {
+    match requested_label(worker, o) {
+        UNKNOWN_MODEL => model_label(UNKNOWN_MODEL, UNKNOWN_MODEL, o.api),
+        label => model_label(label, &o.served_model, o.api),
+    }
 }

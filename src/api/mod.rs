@@ -19,11 +19,15 @@ pub mod embeddings;
 pub mod finish;
 pub mod generate;
 pub mod health;
+pub mod messages;
 pub mod models;
+pub mod ollama;
 pub mod proxy;
 pub mod relay;
 pub mod reply;
+pub mod responses;
 pub mod routes;
+pub mod store;
 pub mod usage;
 pub mod web;
 pub mod worker;
@@ -32,11 +36,11 @@ use std::rc::Rc;
 
 use ctx::Ctx;
 use reply::Reply;
-use routes::{Route, Routed};
+use routes::{Native, Route, Routed};
 use worker::Worker;
 
 use crate::error::ApiError;
-use crate::http::request::Request;
+use crate::http::request::{Method, Request};
 use crate::policy::auth;
 use crate::store::keys::{KeyRecord, Role};
 
@@ -47,11 +51,15 @@ pub fn begin(req: &Request) -> (Ctx, Routed) {
     let prefix = match &routed {
         Routed::Endpoint(Route::ChatCompletions) => "chatcmpl-",
         Routed::Endpoint(Route::Completions) => "cmpl-",
+        Routed::Endpoint(Route::Messages) => "msg_",
+        Routed::Endpoint(Route::Responses) => "resp_",
         _ => "req-",
     };
     let mut ctx = Ctx::new(crate::ids::request_id(prefix));
     if let Routed::Endpoint(r) = &routed {
         ctx.route = r.label();
+        ctx.shape = r.shape();
+        ctx.outcome.api = r.api();
     }
     (ctx, routed)
 }
@@ -74,6 +82,7 @@ impl Accepted {
                 | Route::Asset(_)
                 | Route::Metrics
                 | Route::Usage
+                | Route::CountTokens
                 | Route::AdminLive
         )
     }
@@ -132,6 +141,19 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
         (Route::ChatCompletions, Some(key)) => chat::completions(worker, req, ctx, key).await,
         (Route::Completions, Some(key)) => completions::completions(worker, req, ctx, key).await,
         (Route::Embeddings, Some(key)) => embeddings::embeddings(worker, req, ctx, key).await,
+        (Route::Messages, Some(key)) => messages::messages(worker, req, ctx, key).await,
+        (Route::CountTokens, Some(key)) => messages::count_tokens(worker, req, ctx, key),
+        (Route::Responses, Some(key)) => responses::create(worker, req, ctx, key).await,
+        (Route::Response(id), Some(key)) if req.method() == Method::Delete => responses::delete(worker, key, &id).await,
+        (Route::Response(id), Some(key)) => responses::retrieve(worker, key, &id),
+        (Route::Ollama(n), Some(key)) => match n {
+            Native::Chat | Native::Generate => ollama::generation(worker, req, ctx, key, n.path()).await,
+            Native::Embed | Native::Embeddings => ollama::embedding(worker, req, ctx, key, n.path()).await,
+            Native::Show => ollama::show(worker, req, ctx, key).await,
+            Native::Version => ollama::version(worker, ctx).await,
+            Native::Tags | Native::Ps => ollama::listing(worker, ctx, key, n.path()).await,
+            Native::Manage { method, path } => ollama::manage(worker, req, ctx, method, path).await,
+        },
         (Route::Usage, Some(key)) => usage::own(worker, key),
         (Route::AdminUsage, Some(_)) => usage::admin(worker, req).await,
         (Route::AdminKeys, Some(_)) => admin::keys(worker, req).await,

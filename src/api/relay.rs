@@ -15,7 +15,12 @@ use monoio::net::TcpStream;
 
 use super::ctx::Ctx;
 use super::proxy::Answer;
+use crate::anthropic::stream::NdjsonToAnthropic;
+use crate::ollama::stream::NativeRelay;
 use crate::openai::stream::NdjsonToSse;
+use crate::responses::stream::NdjsonToResponses;
+use crate::store::Store;
+use crate::store::responses::StoredResponse;
 use crate::upstream::client::{self, BodyDecoder, BodyKind, Pool, UpstreamHead, read_owned};
 use crate::upstream::gate::Permit;
 use crate::upstream::native::{StreamEnd, Usage};
@@ -27,6 +32,9 @@ const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// What a front's stream writer does with a native stream: each front (the
 /// OpenAI chunks, and others) turns decoded native lines into its own events.
 pub trait StreamWriter {
+    /// Writes what the stream opens with, before any upstream line (once;
+    /// Anthropic's `message_start`, say). Nothing by default.
+    fn start(&mut self, _out: &mut Vec<u8>) {}
     /// Feeds decoded upstream body bytes; appends events to `out`.
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>);
     /// The upstream body ended (a stream without its final line is an error event).
@@ -39,6 +47,144 @@ pub trait StreamWriter {
     /// Native lines relayed that carried content (the completion's estimate
     /// when there is no final line).
     fn content_chunks(&self) -> u64;
+    /// A record to store before the stream's last event goes out
+    /// (`(conversation, response)`, the Responses API's); none by default.
+    fn take_record(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
+    /// Appends the last event held back for the record.
+    fn release(&mut self, _out: &mut Vec<u8>) {}
+    /// The stream's media type.
+    fn content_type(&self) -> &'static str {
+        "text/event-stream"
+    }
+}
+
+impl StreamWriter for NativeRelay {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        NativeRelay::feed(self, data, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        NativeRelay::finish(self, out)
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, escaped_message: &[u8]) {
+        NativeRelay::fail(self, out, escaped_message)
+    }
+
+    fn end(&self) -> StreamEnd {
+        NativeRelay::end(self)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn content_chunks(&self) -> u64 {
+        self.content_chunks
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/x-ndjson"
+    }
+}
+
+impl StreamWriter for NdjsonToResponses {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        NdjsonToResponses::start(self, out)
+    }
+
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        NdjsonToResponses::feed(self, data, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        NdjsonToResponses::finish(self, out)
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, escaped_message: &[u8]) {
+        NdjsonToResponses::fail(self, out, escaped_message)
+    }
+
+    fn end(&self) -> StreamEnd {
+        NdjsonToResponses::end(self)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn content_chunks(&self) -> u64 {
+        self.content_chunks
+    }
+
+    fn take_record(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        NdjsonToResponses::take_record(self)
+    }
+
+    fn release(&mut self, out: &mut Vec<u8>) {
+        NdjsonToResponses::release(self, out)
+    }
+}
+
+/// Where a response is stored (the Responses API's `store`), and for whom.
+pub struct Keep {
+    pub store: &'static Store,
+    pub id: String,
+    pub key_id: String,
+    pub ttl: Duration,
+    pub max_bytes: u64,
+}
+
+impl Keep {
+    /// Stores the record, off the worker; a failure is logged (the client
+    /// still gets its response, which a later `previous_response_id` will not find).
+    pub async fn store(self, history: Vec<u8>, response: Vec<u8>) {
+        let record = StoredResponse {
+            id: self.id,
+            key_id: self.key_id,
+            expires_at: crate::clock::unix_now().max(0) as u64 + self.ttl.as_secs(),
+            history,
+            response,
+        };
+        let max = self.max_bytes;
+        match super::store::off_worker(self.store, move |s| s.put_response(&record, max)).await {
+            Ok(true) => {}
+            Ok(false) => crate::log::warn(format_args!("a response too large to store was not kept")),
+            Err(e) => crate::log::error(format_args!("storing a response: {}", e.message)),
+        }
+    }
+}
+
+impl StreamWriter for NdjsonToAnthropic {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        NdjsonToAnthropic::start(self, out)
+    }
+
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        NdjsonToAnthropic::feed(self, data, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        NdjsonToAnthropic::finish(self, out)
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, escaped_message: &[u8]) {
+        NdjsonToAnthropic::fail(self, out, escaped_message)
+    }
+
+    fn end(&self) -> StreamEnd {
+        NdjsonToAnthropic::end(self)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn content_chunks(&self) -> u64 {
+        self.content_chunks
+    }
 }
 
 impl StreamWriter for NdjsonToSse {
@@ -101,6 +247,8 @@ pub struct Relay<'w> {
     read_timeout: Duration,
     /// The host's queue slot, held until the stream ends.
     _slot: Option<Permit>,
+    /// Where the stream's record is stored, when it has one.
+    keep: Option<Keep>,
 }
 
 impl<'w> Relay<'w> {
@@ -115,12 +263,30 @@ impl<'w> Relay<'w> {
             pool,
             read_timeout,
             _slot: permit,
+            keep: None,
+        }
+    }
+
+    /// Stores the stream's record (see [`StreamWriter::take_record`]) with `keep`.
+    pub fn keep(&mut self, keep: Keep) {
+        self.keep = Some(keep);
+    }
+
+    /// At the stream's end: stores its record, if it has one, then appends
+    /// the last event that waited for it.
+    pub async fn settle(&mut self, out: &mut Vec<u8>) {
+        if let Some((history, response)) = self.writer.take_record() {
+            if let Some(keep) = self.keep.take() {
+                keep.store(history, response).await;
+            }
+            self.writer.release(out);
         }
     }
 
     /// Appends the events the bytes already read make (at first, those that
     /// came with the upstream's head), without waiting.
     pub fn ready(&mut self, out: &mut Vec<u8>) -> Pull {
+        self.writer.start(out);
         if !self.buf.is_empty() {
             let (decoder, writer) = (&mut self.decoder, &mut self.writer);
             if decoder.feed(&self.buf, &mut |d| writer.feed(d, out)).is_err() {
@@ -175,6 +341,11 @@ impl<'w> Relay<'w> {
     pub fn cut_off(&mut self, out: &mut Vec<u8>) {
         self.conn = None;
         self.writer.fail(out, b"the gateway is shutting down and cut this stream off");
+    }
+
+    /// The stream's media type.
+    pub fn content_type(&self) -> &'static str {
+        self.writer.content_type()
     }
 
     /// Whether content has reached the stream (its first byte, for the time to first token).

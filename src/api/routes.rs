@@ -4,6 +4,7 @@
 //! routes under `/v1` (where OpenAI clients look by default). A trailing
 //! slash is tolerated. `OPTIONS` on any known route is a CORS preflight.
 
+use crate::error::Shape;
 use crate::http::request::{Method, percent_decode};
 
 /// An endpoint of the gateway.
@@ -16,6 +17,16 @@ pub enum Route {
     /// Legacy text completions (`/completions`, autocomplete and fill-in-the-middle).
     Completions,
     Embeddings,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Messages,
+    /// `messages/count_tokens`: a prompt's tokens, estimated without the GPU.
+    CountTokens,
+    /// OpenAI's Responses API (`/v1/responses`).
+    Responses,
+    /// `GET|DELETE responses/{id}`: a stored response.
+    Response(String),
+    /// Ollama's own API under `/api/` (see [`Native`]).
+    Ollama(Native),
     Models,
     /// `models/{id}`; the id is percent-decoded and may contain `/`.
     Model(String),
@@ -50,6 +61,20 @@ impl Route {
             Route::ChatCompletions => "chat_completions",
             Route::Completions => "completions",
             Route::Embeddings => "embeddings",
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
+            Route::Responses => "responses",
+            Route::Response(_) => "response",
+            Route::Ollama(n) => match n {
+                Native::Chat => "ollama_chat",
+                Native::Generate => "ollama_generate",
+                Native::Embed | Native::Embeddings => "ollama_embed",
+                Native::Tags => "ollama_tags",
+                Native::Show => "ollama_show",
+                Native::Version => "ollama_version",
+                Native::Ps => "ollama_ps",
+                Native::Manage { .. } => "ollama_manage",
+            },
             Route::Models => "models",
             Route::Model(_) => "model",
             Route::Usage => "usage",
@@ -58,6 +83,25 @@ impl Route {
             Route::AdminKeys | Route::AdminKey(_) | Route::AdminKeyRotate(_) => "admin_keys",
             Route::AdminLive => "admin_live",
             Route::Docs | Route::Dashboard | Route::Asset(_) => "web",
+        }
+    }
+
+    /// The protocol the route belongs to, as usage records it.
+    pub fn api(&self) -> &'static str {
+        match self {
+            Route::Messages | Route::CountTokens => "anthropic",
+            Route::Responses | Route::Response(_) => "responses",
+            Route::Ollama(_) => "ollama",
+            _ => crate::accounting::usage::OPENAI_API,
+        }
+    }
+
+    /// The error shape of the route's protocol.
+    pub fn shape(&self) -> Shape {
+        match self {
+            Route::Messages | Route::CountTokens => Shape::Anthropic,
+            Route::Ollama(_) => Shape::Ollama,
+            _ => Shape::OpenAi,
         }
     }
 
@@ -76,8 +120,72 @@ impl Route {
                 | Route::AdminUsage
                 | Route::AdminLive
                 | Route::Metrics
+                | Route::Ollama(Native::Manage { .. })
         )
     }
+}
+
+/// A route of Ollama's own API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Native {
+    Chat,
+    Generate,
+    Embed,
+    /// The older `/api/embeddings`.
+    Embeddings,
+    Tags,
+    Show,
+    Version,
+    Ps,
+    /// Model management (admin keys): `pull`, `push`, `create`, `copy`, `delete`.
+    Manage {
+        method: &'static str,
+        path: &'static str,
+    },
+}
+
+impl Native {
+    /// The upstream path.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Native::Chat => "/api/chat",
+            Native::Generate => "/api/generate",
+            Native::Embed => "/api/embed",
+            Native::Embeddings => "/api/embeddings",
+            Native::Tags => "/api/tags",
+            Native::Show => "/api/show",
+            Native::Version => "/api/version",
+            Native::Ps => "/api/ps",
+            Native::Manage { path, .. } => path,
+        }
+    }
+}
+
+/// Ollama's own routes: path → route and allowed methods.
+fn native_route(path: &str) -> Option<(Route, &'static str)> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let (native, allow) = match path {
+        "/api/chat" => (Native::Chat, POST),
+        "/api/generate" => (Native::Generate, POST),
+        "/api/embed" => (Native::Embed, POST),
+        "/api/embeddings" => (Native::Embeddings, POST),
+        "/api/tags" => (Native::Tags, GET),
+        "/api/show" => (Native::Show, POST),
+        "/api/version" => (Native::Version, GET),
+        "/api/ps" => (Native::Ps, GET),
+        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" => {
+            let path = match path {
+                "/api/pull" => "/api/pull",
+                "/api/push" => "/api/push",
+                "/api/create" => "/api/create",
+                _ => "/api/copy",
+            };
+            (Native::Manage { method: "POST", path }, POST)
+        }
+        "/api/delete" => (Native::Manage { method: "DELETE", path: "/api/delete" }, DELETE),
+        _ => return None,
+    };
+    Some((Route::Ollama(native), allow))
 }
 
 /// The result of routing a request.
@@ -99,6 +207,8 @@ const GET: &str = "GET, HEAD, OPTIONS";
 const POST: &str = "POST, OPTIONS";
 const GET_POST: &str = "GET, HEAD, POST, OPTIONS";
 const GET_PATCH_DELETE: &str = "GET, HEAD, PATCH, DELETE, OPTIONS";
+const GET_DELETE: &str = "GET, HEAD, DELETE, OPTIONS";
+const DELETE: &str = "DELETE, OPTIONS";
 
 pub fn route(method: Method, path: &str) -> Routed {
     let (route, allow) = match path {
@@ -112,6 +222,10 @@ pub fn route(method: Method, path: &str) -> Routed {
             Some(r) => r,
             None => return Routed::NotFound,
         },
+        _ if path.starts_with("/api/") && !path.starts_with("/api/v1/") => match native_route(path) {
+            Some(r) => r,
+            None => return Routed::NotFound,
+        },
         _ => {
             let Some(rest) = path.strip_prefix("/api/v1/").or_else(|| path.strip_prefix("/v1/")) else {
                 return Routed::NotFound;
@@ -121,10 +235,16 @@ pub fn route(method: Method, path: &str) -> Routed {
                 "chat/completions" => (Route::ChatCompletions, POST),
                 "completions" => (Route::Completions, POST),
                 "embeddings" => (Route::Embeddings, POST),
+                "messages" => (Route::Messages, POST),
+                "messages/count_tokens" => (Route::CountTokens, POST),
+                "responses" => (Route::Responses, POST),
                 "models" => (Route::Models, GET),
                 "usage" => (Route::Usage, GET),
-                _ => match rest.strip_prefix("models/") {
-                    Some(id) if !id.is_empty() => (Route::Model(percent_decode(id)), GET),
+                _ => match (rest.strip_prefix("models/"), rest.strip_prefix("responses/")) {
+                    (Some(id), _) if !id.is_empty() => (Route::Model(percent_decode(id)), GET),
+                    (_, Some(id)) if !id.is_empty() && !id.contains('/') => {
+                        (Route::Response(percent_decode(id)), GET_DELETE)
+                    }
                     _ => return Routed::NotFound,
                 },
             }

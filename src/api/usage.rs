@@ -6,8 +6,8 @@
 //! second reads committed rollups, which trail live traffic by at most one
 //! flush interval.
 
-use super::admin::{off_worker, store_error};
 use super::reply::Reply;
+use super::store::{off_worker, store_error};
 use super::worker::Worker;
 use crate::accounting::usage::{UsageQuery, groups_json, query};
 use crate::error::ApiError;
@@ -53,8 +53,8 @@ pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let model = req.query_param("model");
     let key = req.query_param("key");
     let checked = (|| {
-        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "day_model") {
-            return Err(ApiError::invalid("by", "'by' must be day, model, served_model, key or day_model."));
+        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "api" | "day_model") {
+            return Err(ApiError::invalid("by", "'by' must be day, model, served_model, key, api or day_model."));
         }
         for (name, d) in [("from", &from), ("to", &to)] {
             if let Some(d) = d

@@ -116,6 +116,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_USAGE_RETENTION_DAYS", default_value_t = 400)]
     pub usage_retention_days: u32,
 
+    /// Seconds a stored Responses API response is kept (for
+    /// `previous_response_id` and `GET /v1/responses/{id}`); 0 stores none.
+    #[arg(long, env = "AI_GATEWAY_RESPONSES_TTL", default_value_t = 86_400)]
+    pub responses_ttl: u64,
+
+    /// Most bytes the stored responses may take together; past it the
+    /// responses closest to expiry are evicted first.
+    #[arg(long, env = "AI_GATEWAY_RESPONSES_MAX_BYTES", default_value_t = 1 << 30)]
+    pub responses_max_bytes: u64,
+
     /// Milliseconds between usage commits to the store (a crash loses at most this much).
     #[arg(long, env = "AI_GATEWAY_USAGE_FLUSH_MS", default_value_t = 1000)]
     pub usage_flush_ms: u64,
@@ -191,6 +201,9 @@ pub struct Config {
     pub usage_flush: Duration,
     /// Days of usage kept (0: forever).
     pub usage_retention_days: u32,
+    /// How long stored responses are kept (zero: none are stored).
+    pub responses_ttl: Duration,
+    pub responses_max_bytes: u64,
     pub shutdown_grace: Duration,
     pub log_format: crate::log::LogFormat,
     pub log_level: crate::log::Level,
@@ -265,6 +278,19 @@ impl Config {
                 return Err(format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms));
             },
             usage_retention_days: a.usage_retention_days,
+            responses_ttl: if a.responses_ttl <= 10 * 365 * 86_400 {
+                Duration::from_secs(a.responses_ttl)
+            } else {
+                return Err(format!("--responses-ttl must be at most ten years of seconds, got {}", a.responses_ttl));
+            },
+            responses_max_bytes: if a.responses_max_bytes >= 1 << 20 && a.responses_max_bytes <= 8 << 30 {
+                a.responses_max_bytes
+            } else {
+                return Err(format!(
+                    "--responses-max-bytes must be between 1 MiB and 8 GiB, got {}",
+                    a.responses_max_bytes
+                ));
+            },
             log_format: a.log_format,
             log_level: a.log_level,
             metrics_per_key: a.metrics_per_key,

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::config::aliases::Aliases;
 use crate::error::ApiError;
-use crate::json::{json_string, parse_json};
+use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::Plan;
 use crate::upstream::native_request::{Sampling, model_name, write_options};
 
@@ -213,20 +213,7 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
         }
     }
 
-    let tools_off = req.tool_choice.is_some_and(|c| c.get() == "\"none\"");
-    if let Some(tools) = req.tools.filter(|_| !tools_off) {
-        match tools.get().as_bytes().first() {
-            Some(b'[') => {
-                if !nesting_within(tools.get(), MAX_PASSTHROUGH_DEPTH) {
-                    return Err(ApiError::invalid("tools", "'tools' is nested too deeply."));
-                }
-                out.extend_from_slice(b",\"tools\":");
-                out.extend_from_slice(tools.get().as_bytes());
-            }
-            Some(b'n') => {}
-            _ => return Err(ApiError::invalid("tools", "'tools' must be an array.")),
-        }
-    }
+    write_tools(out, req.tools, req.tool_choice)?;
 
     write_options(
         out,
@@ -237,6 +224,7 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
             seed: req.seed,
             frequency_penalty: req.frequency_penalty,
             presence_penalty: req.presence_penalty,
+            top_k: None,
             stop: req.stop,
         },
     )?;
@@ -268,39 +256,70 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
     })
 }
 
-/// Deepest nesting passed through to the upstream in raw fields (`tools`, a schema).
-const MAX_PASSTHROUGH_DEPTH: usize = 64;
-
-/// True when the JSON text nests no deeper than `limit` (serde_json skips raw
-/// values without a depth limit, and the upstream should not get to choke on them).
-fn nesting_within(json: &str, limit: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+/// The native `tools`, honouring `tool_choice`: `none` sends none, a named
+/// function only that one; `auto` and `required` send them all (a local
+/// model cannot be forced to call one).
+fn write_tools(out: &mut Vec<u8>, tools: Option<&RawValue>, choice: Option<&RawValue>) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        function: NamedFunction<'a>,
     }
-    true
+    #[derive(Deserialize)]
+    struct NamedFunction<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct Tool<'a> {
+        #[serde(borrow, default)]
+        function: Option<NamedFunction<'a>>,
+    }
+    let Some(tools) = tools else { return Ok(()) };
+    let raw = tools.get();
+    match raw.as_bytes().first() {
+        Some(b'[') => {}
+        Some(b'n') => return Ok(()),
+        _ => return Err(ApiError::invalid("tools", "'tools' must be an array.")),
+    }
+    if !nesting_within(raw, MAX_PASSTHROUGH_DEPTH) {
+        return Err(ApiError::invalid("tools", "'tools' is nested too deeply."));
+    }
+    let only = match choice.map(RawValue::get) {
+        None | Some("null" | "\"auto\"" | "\"required\"") => None,
+        Some("\"none\"") => return Ok(()),
+        Some(c) => Some(
+            serde_json::from_str::<Named<'_>>(c)
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "tool_choice",
+                        "'tool_choice' must be none, auto, required or {\"type\":\"function\",\"function\":{\"name\":…}}.",
+                    )
+                })?
+                .function
+                .name,
+        ),
+    };
+    out.extend_from_slice(b",\"tools\":");
+    let Some(name) = only else {
+        out.extend_from_slice(raw.as_bytes());
+        return Ok(());
+    };
+    let list: Vec<&RawValue> =
+        serde_json::from_str(raw).map_err(|_| ApiError::invalid("tools", "'tools' must be an array."))?;
+    let named = list
+        .iter()
+        .find(|t| serde_json::from_str::<Tool<'_>>(t.get()).is_ok_and(|t| t.function.is_some_and(|f| f.name == name)));
+    let Some(tool) = named else {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            format!("tool_choice names '{name}', which is not among 'tools'."),
+        ));
+    };
+    out.push(b'[');
+    out.extend_from_slice(tool.get().as_bytes());
+    out.push(b']');
+    Ok(())
 }
 
 /// docs/PROTOCOL.md: `none`→false, `minimal`→"low", `low|medium|high`→same, `xhigh`→"max".
@@ -708,6 +727,24 @@ mod tests {
             convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools,"tool_choice":"none"}))
                 .unwrap();
         assert!(n.get("tools").is_none());
+    }
+
+    #[test]
+    fn a_named_tool_choice_sends_only_that_tool() {
+        let tools = json!([{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"g","parameters":{"type":"object"}}}]);
+        let msgs = json!([{"role":"user","content":"x"}]);
+        let (n, _) = convert(
+            json!({"model":"m","messages":msgs,"tools":tools,"tool_choice":{"type":"function","function":{"name":"g"}}}),
+        )
+        .unwrap();
+        assert_eq!(n["tools"], json!([tools[1]]));
+        let (n, _) = convert(json!({"model":"m","messages":msgs,"tools":tools,"tool_choice":"required"})).unwrap();
+        assert_eq!(n["tools"], tools);
+        let e = convert(json!({"model":"m","messages":msgs,"tools":tools,"tool_choice":{"type":"function","function":{"name":"zz"}}}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        let e = convert(json!({"model":"m","messages":msgs,"tools":tools,"tool_choice":"sometimes"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
     }
 
     #[test]

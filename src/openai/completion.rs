@@ -9,8 +9,7 @@
 use super::write;
 use crate::error::ApiError;
 use crate::json;
-use crate::upstream::native::Usage;
-use crate::upstream::native::{NativeLine, parse_native_line};
+use crate::upstream::native::{NativeLine, Usage, read_reply};
 
 /// Writes the `chat.completion` JSON for the native reply `body` into `out`.
 /// `model` is the name the client asked for.
@@ -21,7 +20,10 @@ pub fn chat_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) ->
     out.extend_from_slice(native.content);
     out.push(b'"');
     if !native.thinking.is_empty() {
+        // Under both names clients read it by (`reasoning`, `reasoning_content`).
         out.extend_from_slice(b",\"reasoning\":\"");
+        out.extend_from_slice(native.thinking);
+        out.extend_from_slice(b"\",\"reasoning_content\":\"");
         out.extend_from_slice(native.thinking);
         out.push(b'"');
     }
@@ -54,17 +56,6 @@ pub fn text_completion(out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]) ->
     write::usage(out, usage);
     out.push(b'}');
     Ok(usage)
-}
-
-/// The native reply read, an upstream error turned into the client's, and its token counts.
-fn read_reply(body: &[u8]) -> Result<(NativeLine<'_>, Usage), ApiError> {
-    let native = parse_native_line(body.trim_ascii())
-        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
-    if let Some(err) = native.error {
-        return Err(ApiError::upstream(502, err.message()));
-    }
-    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
-    Ok((native, usage))
 }
 
 /// Clears `out` and writes `{"id":…,"object":…,"created":…,"model":…,"system_fingerprint":"fp_ollama",`;
@@ -108,7 +99,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v["choices"][0],
-            json!({"index":0,"message":{"role":"assistant","content":"","reasoning":"Let me","tool_calls":[
+            json!({"index":0,"message":{"role":"assistant","content":"","reasoning":"Let me","reasoning_content":"Let me","tool_calls":[
                 {"id":"call_ab12cd34","index":0,"type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
                 "finish_reason":"tool_calls"})
         );

@@ -15,10 +15,8 @@
 
 use crate::json;
 use crate::openai::write;
+use crate::upstream::lines::{self, LineSink};
 use crate::upstream::native::{NativeError, NativeLine, StreamEnd, Usage, parse_native_line};
-
-/// Longest native line accepted; a longer one ends the stream with an error.
-pub const MAX_LINE: usize = 2 * 1024 * 1024;
 
 /// The transcoder for one streamed chat completion.
 pub struct NdjsonToSse {
@@ -82,70 +80,23 @@ impl NdjsonToSse {
     }
 
     /// Feeds decoded upstream body bytes; appends SSE events to `out`.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
-        if self.end != StreamEnd::Running {
-            return;
-        }
-        if !self.partial.is_empty() {
-            match memchr::memchr(b'\n', data) {
-                None => return self.keep_partial(data, out),
-                Some(p) => {
-                    if self.partial.len() + p > MAX_LINE {
-                        return self.fail_line_too_long(out);
-                    }
-                    self.partial.extend_from_slice(&data[..p]);
-                    let line = std::mem::take(&mut self.partial);
-                    self.line(&line, out);
-                    self.partial = line;
-                    self.partial.clear();
-                    data = &data[p + 1..];
-                }
-            }
-        }
-        while self.end == StreamEnd::Running {
-            match memchr::memchr(b'\n', data) {
-                Some(p) => {
-                    self.line(&data[..p], out);
-                    data = &data[p + 1..];
-                }
-                None => return self.keep_partial(data, out),
-            }
-        }
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        lines::feed(self, data, out);
     }
 
     /// The upstream body ended. A stream without its final line is reported
     /// to the client as an error event (docs/PROTOCOL.md, "Streams").
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.end != StreamEnd::Running {
-            return;
+        lines::finish(self, out);
+        if self.end == StreamEnd::Running {
+            self.fail(out, b"the upstream closed the stream before it was complete");
         }
-        if !self.partial.trim_ascii().is_empty() {
-            // A last line without its newline is still a line.
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line, out);
-            if self.end != StreamEnd::Running {
-                return;
-            }
-        }
-        self.fail(out, b"the upstream closed the stream before it was complete");
     }
 
     /// Ends the stream with an error event of the caller's (a timeout, a read error).
     pub fn fail(&mut self, out: &mut Vec<u8>, escaped_message: &[u8]) {
         write::stream_error_event(out, escaped_message);
         self.end = StreamEnd::Failed;
-    }
-
-    fn keep_partial(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        if self.partial.len() + data.len() > MAX_LINE {
-            return self.fail_line_too_long(out);
-        }
-        self.partial.extend_from_slice(data);
-    }
-
-    fn fail_line_too_long(&mut self, out: &mut Vec<u8>) {
-        self.partial = Vec::new();
-        self.fail(out, b"the upstream sent a line longer than 2 MiB");
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
@@ -219,7 +170,11 @@ impl NdjsonToSse {
         out.extend_from_slice(content);
         out.push(b'"');
         if !thinking.is_empty() {
+            // Both names: Ollama's and vLLM's `reasoning`, and the
+            // `reasoning_content` Cline and Roo Code read.
             out.extend_from_slice(b",\"reasoning\":\"");
+            out.extend_from_slice(thinking);
+            out.extend_from_slice(b"\",\"reasoning_content\":\"");
             out.extend_from_slice(thinking);
             out.push(b'"');
         }
@@ -300,6 +255,27 @@ impl NdjsonToSse {
     }
 }
 
+impl LineSink for NdjsonToSse {
+    #[inline]
+    fn partial(&mut self) -> &mut Vec<u8> {
+        &mut self.partial
+    }
+
+    #[inline]
+    fn running(&self) -> bool {
+        self.end == StreamEnd::Running
+    }
+
+    #[inline]
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        NdjsonToSse::line(self, line, out)
+    }
+
+    fn line_too_long(&mut self, out: &mut Vec<u8>) {
+        self.fail(out, b"the upstream sent a line longer than 2 MiB");
+    }
+}
+
 pub mod plain;
 
 #[cfg(test)]
@@ -372,7 +348,10 @@ mod tests {
         let input = b"{\"message\":{\"role\":\"assistant\",\"content\":\"A\",\"thinking\":\"T\"},\"done\":false}\n";
         let out = run(input, false, 4096);
         let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
-        assert!(events[0].contains(r#""delta":{"role":"assistant","content":"","reasoning":"T"}"#), "{out}");
+        assert!(
+            events[0].contains(r#""delta":{"role":"assistant","content":"","reasoning":"T","reasoning_content":"T"}"#),
+            "{out}"
+        );
         assert!(events[1].contains(r#""delta":{"content":"A"}"#), "{out}");
     }
 
@@ -409,7 +388,7 @@ mod tests {
             t.feed(&piece, &mut out);
         }
         assert_eq!(t.end(), StreamEnd::Failed);
-        assert!(t.partial.capacity() <= MAX_LINE * 2);
+        assert!(t.partial.capacity() <= lines::MAX_LINE * 2);
     }
 
     /// Parses SSE text into its data payloads as JSON values (`[DONE]` as a string).

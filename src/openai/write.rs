@@ -6,13 +6,8 @@
 //! non-streamed completion (`openai::completion`) and the stream transcoder
 //! (`openai::stream`) share these so both say the same thing the same way.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use crate::json::{json_string, number};
-use crate::upstream::native::Usage;
+use crate::upstream::native::{self, Usage};
 
 /// Appends `"usage":{...}` without a leading comma.
 pub fn usage(out: &mut Vec<u8>, u: Usage) {
@@ -43,31 +38,12 @@ pub fn stream_error_event(out: &mut Vec<u8>, escaped_message: &[u8]) {
     out.extend_from_slice(b"\",\"type\":\"api_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n");
 }
 
-#[derive(Deserialize)]
-struct NativeToolCall<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    function: NativeFunction<'a>,
-}
-
-#[derive(Deserialize)]
-struct NativeFunction<'a> {
-    #[serde(default)]
-    index: Option<u32>,
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
-}
-
 /// Converts Ollama's `tool_calls` array (arguments as JSON objects) into
 /// OpenAI's (arguments as compact JSON strings, key order kept, with `type`
 /// and `index`). Calls without an `index` are numbered from `next_index`;
 /// calls without an `id` get a fresh `call_` id.
 pub fn tool_calls(out: &mut Vec<u8>, raw: &[u8], next_index: &mut u32) -> Result<(), &'static str> {
-    let calls: Vec<NativeToolCall<'_>> =
-        serde_json::from_slice(raw).map_err(|_| "the upstream sent a malformed tool call")?;
+    let calls = native::tool_calls(raw).map_err(|_| "the upstream sent a malformed tool call")?;
     out.push(b'[');
     for (n, call) in calls.iter().enumerate() {
         if n > 0 {
@@ -85,14 +61,7 @@ pub fn tool_calls(out: &mut Vec<u8>, raw: &[u8], next_index: &mut u32) -> Result
         out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
         json_string(out, &call.function.name);
         out.extend_from_slice(b",\"arguments\":");
-        let compact = match call.function.arguments {
-            None => "{}".to_owned(),
-            Some(args) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(args.get()).map_err(|_| "the upstream sent malformed tool arguments")?;
-                v.to_string()
-            }
-        };
+        let compact = call.function.compact_arguments().map_err(|_| "the upstream sent malformed tool arguments")?;
         json_string(out, &compact);
         out.extend_from_slice(b"}}");
     }

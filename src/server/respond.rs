@@ -19,6 +19,7 @@ use crate::api::ctx::Ctx;
 use crate::api::relay::{Pull, Relay, Relayed};
 use crate::api::reply::{After, Body, Reply};
 use crate::api::worker::Worker;
+use crate::error::Shape;
 use crate::http::chunked::write_chunk_header;
 use crate::http::conn::{Conn, MAX_HEAD};
 use crate::http::request::Method;
@@ -61,11 +62,15 @@ pub async fn answer(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, accepted: A
 /// Writes a reply that is not a stream.
 pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply<'_>) -> After {
     let keep_alive = conn.req.keep_alive && !reply.close && !worker.draining.get();
-    ctx.outcome.status = reply.status;
+    let status = match &reply.body {
+        Body::Error(e) => e.status_in(ctx.shape),
+        _ => reply.status,
+    };
+    ctx.outcome.status = status;
     ctx.first_byte_now();
     let head_only = conn.req.method() == Method::Head;
     let origin = conn.req.origin && reply.cors;
-    let h = head(&mut conn.out, ctx, reply.status, &reply.headers, origin).connection(keep_alive);
+    let h = head(&mut conn.out, ctx, status, &reply.headers, origin).connection(keep_alive);
     match reply.body {
         Body::Empty => {
             h.empty();
@@ -74,7 +79,7 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply
             h.body(content_type, &bytes, head_only);
         }
         Body::Error(e) => {
-            h.body("application/json", &e.body(), head_only);
+            h.body("application/json", &e.body_in(ctx.shape), head_only);
         }
         Body::Pieces { content_type, mut source } => {
             h.chunked(content_type);
@@ -118,6 +123,10 @@ fn head<'o>(
     cors: bool,
 ) -> ResponseHead<'o> {
     let mut h = ResponseHead::new(out, status).header("x-request-id", ctx.id.as_bytes());
+    if ctx.shape == Shape::Anthropic {
+        // Where Anthropic's SDKs look for a request's id.
+        h = h.header("request-id", ctx.id.as_bytes());
+    }
     for (name, value) in &ctx.headers {
         h = h.header(name, value.as_bytes());
     }
@@ -152,10 +161,13 @@ async fn stream(
     head(&mut out, ctx, 200, &headers, origin)
         .header("Cache-Control", b"no-cache")
         .connection(keep_alive)
-        .chunked("text/event-stream");
+        .chunked(relay.content_type());
     let mut events = Vec::with_capacity(1024);
     let mut pull = relay.ready(&mut events);
     let how = loop {
+        if pull == Pull::End {
+            relay.settle(&mut events).await;
+        }
         frame(&mut out, &events, pull == Pull::End);
         events.clear();
         if relay.content_started() {

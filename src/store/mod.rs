@@ -10,6 +10,7 @@
 
 pub mod keys;
 pub mod lock;
+pub mod responses;
 pub mod secret;
 pub mod usage;
 
@@ -34,6 +35,10 @@ pub struct Store {
     pub key_names: Database<'static, Str, Bytes>,
     /// `key_id \0 YYYY-MM-DD \0 model` → usage rollup (see `usage`).
     pub usage: Database<'static, Bytes, Bytes>,
+    /// Stored Responses API responses, and their expiry index (see
+    /// `responses`); `None` only when a read-only open finds a store
+    /// written before they existed.
+    pub responses: Option<responses::Tables>,
     pub dir: PathBuf,
 }
 
@@ -92,16 +97,19 @@ impl Store {
         let env = unsafe { opts.open(dir) }
             .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
-        let (meta, keys, key_ids, key_names, usage) = env
+        let (meta, keys, key_ids, key_names, usage, records, expiry) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
                 let key_ids = wdo.create_database::<Str, Bytes>(wtxn, Some("key_ids"))?;
                 let key_names = wdo.create_database::<Str, Bytes>(wtxn, Some("key_names"))?;
                 let usage = wdo.create_database::<Bytes, Bytes>(wtxn, Some("usage"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage)))
+                let records = wdo.create_database::<Bytes, Bytes>(wtxn, Some("responses"))?;
+                let expiry = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_expiry"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage, records, expiry)))
             })?
             .unwrap_commit();
+        let responses = responses::Tables { records, expiry };
         let mut wtxn = env.write_txn()?;
         let found = match meta.get(&wtxn, "schema_version")? {
             Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
@@ -115,7 +123,8 @@ impl Store {
             meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
         }
         wtxn.commit()?;
-        let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
+        let store =
+            Store { env, meta, keys, key_ids, key_names, usage, responses: Some(responses), dir: dir.to_owned() };
         Ok(Box::leak(Box::new(store)))
     }
 
@@ -158,13 +167,16 @@ impl Store {
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_ids"))?,
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_names"))?,
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("responses"))?,
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_expiry"))?,
                 )))
             })?
             .unwrap_commit();
-        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage)) = tables else {
+        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, expiry) = tables else {
             return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
-        let store = Store { env, meta, keys, key_ids, key_names, usage, dir: dir.to_owned() };
+        let responses = records.zip(expiry).map(|(records, expiry)| responses::Tables { records, expiry });
+        let store = Store { env, meta, keys, key_ids, key_names, usage, responses, dir: dir.to_owned() };
         check_schema(store.schema_version()?, dir)?;
         Ok(Box::leak(Box::new(store)))
     }

@@ -2,7 +2,10 @@
 //!
 //! Rollups are stored under `key_id \0 YYYY-MM-DD \0 model`, so one key's
 //! days are a contiguous range: a key's month is read without touching any
-//! other row. The usage writer (`accounting::usage`) adds deltas here;
+//! other row. `model` is the requested name; `requested \0 served` when an
+//! alias sent it to another model; and `requested \0 served \0 api` for
+//! the protocols after OpenAI's (rows without an api are OpenAI's, so the
+//! rows written before protocols were recorded keep their meaning). The usage writer (`accounting::usage`) adds deltas here;
 //! reports and quotas read it; old days are pruned by retention.
 
 use std::collections::HashMap;
@@ -92,6 +95,9 @@ pub enum DeltaError {
     Store(StoreError),
 }
 
+/// The protocol of rows that name none.
+const OPENAI: &[u8] = b"openai";
+
 /// Longest key LMDB stores (its compile-time default).
 pub const MAX_STORE_KEY: usize = 511;
 
@@ -115,6 +121,8 @@ pub struct UsageRow {
     pub model: String,
     /// The model that served it (differs when the name was an alias).
     pub served_model: String,
+    /// The protocol the requests came in on (`openai`, `anthropic`, `responses`, `ollama`).
+    pub api: String,
     pub rollup: Rollup,
 }
 
@@ -241,16 +249,17 @@ fn usage_row(k: &[u8], v: &[u8]) -> Option<UsageRow> {
     let mut parts = k.splitn(3, |&b| b == 0);
     let (key, day, model) = (parts.next()?, parts.next()?, parts.next()?);
     let rollup = Rollup::decode(v)?;
-    // A request served under an alias is stored as `requested \0 served`.
-    let (model, served) = match model.iter().position(|&b| b == 0) {
-        Some(p) => (&model[..p], &model[p + 1..]),
-        None => (model, model),
-    };
+    // `requested`, `requested \0 served`, or `requested \0 served \0 api`.
+    let mut names = model.splitn(3, |&b| b == 0);
+    let model = names.next().unwrap_or_default();
+    let served = names.next().unwrap_or(model);
+    let api: &[u8] = names.next().unwrap_or(OPENAI);
     Some(UsageRow {
         key_id: String::from_utf8_lossy(key).into_owned(),
         day: String::from_utf8_lossy(day).into_owned(),
         model: String::from_utf8_lossy(model).into_owned(),
         served_model: String::from_utf8_lossy(served).into_owned(),
+        api: String::from_utf8_lossy(api).into_owned(),
         rollup,
     })
 }

@@ -1,8 +1,9 @@
 //! Reaching Ollama: which hosts there are and which are up ([`hosts`],
 //! [`health`]), what each serves ([`tags`]), the fair queue in front of each
 //! ([`gate`]), the HTTP client and its per-core pool ([`client`]), the
-//! native request body ([`native_request`]) and the zero-copy reader of
-//! native reply lines ([`native`]), and prompt estimates ([`estimate`]).
+//! native request body ([`native_request`]), the zero-copy reader of
+//! native reply lines ([`native`]) and the line splitter every stream
+//! writer shares ([`lines`]), and prompt estimates ([`estimate`]).
 //!
 //! This side speaks only Ollama's native API: it knows nothing of OpenAI
 //! or any other client protocol (the fronts read native lines and write
@@ -13,6 +14,7 @@ pub mod estimate;
 pub mod gate;
 pub mod health;
 pub mod hosts;
+pub mod lines;
 pub mod native;
 pub mod native_request;
 pub mod tags;

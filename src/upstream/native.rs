@@ -472,6 +472,59 @@ impl NativeError<'_> {
     }
 }
 
+/// A whole (non-streamed) native reply read with the line scanner: its
+/// fields, and its token counts. An upstream error becomes the client's 502.
+pub fn read_reply(body: &[u8]) -> Result<(NativeLine<'_>, Usage), crate::error::ApiError> {
+    use crate::error::ApiError;
+    let native = parse_native_line(body.trim_ascii())
+        .map_err(|_| ApiError::upstream(502, "The model server sent a reply that is not valid JSON.".into()))?;
+    if let Some(err) = native.error {
+        return Err(ApiError::upstream(502, err.message()));
+    }
+    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+    Ok((native, usage))
+}
+
+/// One call of a native `tool_calls` array:
+/// `{"id"?, "function": {"index"?, "name", "arguments": {…}}}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ToolCall<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    pub function: ToolFunction<'a>,
+}
+
+/// The function a native tool call names.
+#[derive(Debug, serde::Deserialize)]
+pub struct ToolFunction<'a> {
+    #[serde(default)]
+    pub index: Option<u32>,
+    #[serde(borrow)]
+    pub name: std::borrow::Cow<'a, str>,
+    /// The arguments object as the line holds it.
+    #[serde(borrow, default)]
+    pub arguments: Option<&'a serde_json::value::RawValue>,
+}
+
+impl ToolFunction<'_> {
+    /// The arguments as compact JSON text in their own key order (`{}` when
+    /// absent): what the OpenAI and Anthropic shapes carry as a string.
+    pub fn compact_arguments(&self) -> Result<String, ScanError> {
+        match self.arguments {
+            None => Ok("{}".to_owned()),
+            Some(args) => serde_json::from_str::<serde_json::Value>(args.get())
+                .map(|v| if v.is_null() { "{}".to_owned() } else { v.to_string() })
+                .map_err(|_| ScanError("malformed tool arguments")),
+        }
+    }
+}
+
+/// Reads a native `tool_calls` array (the raw JSON a line's scan recorded).
+pub fn tool_calls(raw: &[u8]) -> Result<Vec<ToolCall<'_>>, ScanError> {
+    serde_json::from_slice(raw).map_err(|_| ScanError("malformed tool calls"))
+}
+
 /// A JSON string body (without its quotes) read back into text.
 pub fn unescape(escaped: &[u8]) -> String {
     let mut quoted = Vec::with_capacity(escaped.len() + 2);

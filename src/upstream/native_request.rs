@@ -68,6 +68,7 @@ pub struct Sampling<'a> {
     pub seed: Option<i64>,
     pub frequency_penalty: Option<f64>,
     pub presence_penalty: Option<f64>,
+    pub top_k: Option<u64>,
     pub stop: Option<&'a RawValue>,
 }
 
@@ -81,6 +82,7 @@ pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError
     options.int("seed", s.seed);
     options.float("frequency_penalty", s.frequency_penalty);
     options.float("presence_penalty", s.presence_penalty);
+    options.uint("top_k", s.top_k);
     if let Some(stop) = s.stop {
         write_stop(&mut options, stop)?;
     }
@@ -158,4 +160,132 @@ fn write_stop(options: &mut Options<'_>, stop: &RawValue) -> Result<(), ApiError
         }
         _ => Err(bad()),
     }
+}
+
+/// A piece of text for the native body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text<'a> {
+    /// A JSON string literal from the client's request (quotes included),
+    /// copied as it is: no unescaping and escaping again.
+    Raw(&'a str),
+    /// Text to escape.
+    Plain(Cow<'a, str>),
+}
+
+/// Writes `parts` as one JSON string literal, joined by `sep` (plain text).
+pub fn write_joined(out: &mut Vec<u8>, parts: &[Text<'_>], sep: &str) {
+    out.push(b'"');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            crate::json::json_string_body(out, sep);
+        }
+        match part {
+            Text::Raw(literal) => out.extend_from_slice(&literal.as_bytes()[1..literal.len() - 1]),
+            Text::Plain(text) => crate::json::json_string_body(out, text),
+        }
+    }
+    out.push(b'"');
+}
+
+/// A tool call in a native assistant message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeCall<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
+    /// The arguments as a JSON object's text.
+    pub arguments: Cow<'a, str>,
+}
+
+/// One message of a native `/api/chat` body, as a front builds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NativeMessage<'a> {
+    pub role: &'a str,
+    /// Joined with newlines.
+    pub content: Vec<Text<'a>>,
+    pub thinking: Vec<Text<'a>>,
+    /// Base64 image data, each one string.
+    pub images: Vec<Text<'a>>,
+    pub tool_calls: Vec<NativeCall<'a>>,
+    /// On a tool result: the function it answers, and the call's id.
+    pub tool_name: Option<Cow<'a, str>>,
+    pub tool_call_id: Option<Cow<'a, str>>,
+}
+
+impl NativeMessage<'_> {
+    /// Whether the message says nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.content.is_empty() && self.thinking.is_empty() && self.images.is_empty() && self.tool_calls.is_empty()
+    }
+}
+
+/// Writes a `messages` array's elements (without the brackets), in Ollama's field order.
+pub fn write_messages(out: &mut Vec<u8>, messages: &[NativeMessage<'_>]) {
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"role\":");
+        crate::json::json_string(out, m.role);
+        out.extend_from_slice(b",\"content\":");
+        write_joined(out, &m.content, "\n");
+        if !m.thinking.is_empty() {
+            out.extend_from_slice(b",\"thinking\":");
+            write_joined(out, &m.thinking, "\n");
+        }
+        if !m.images.is_empty() {
+            out.extend_from_slice(b",\"images\":[");
+            for (n, image) in m.images.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_joined(out, std::slice::from_ref(image), "");
+            }
+            out.push(b']');
+        }
+        if !m.tool_calls.is_empty() {
+            out.extend_from_slice(b",\"tool_calls\":[");
+            for (n, call) in m.tool_calls.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.push(b'{');
+                if let Some(id) = &call.id {
+                    out.extend_from_slice(b"\"id\":");
+                    crate::json::json_string(out, id);
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"function\":{\"index\":");
+                crate::json::number(out, n);
+                out.extend_from_slice(b",\"name\":");
+                crate::json::json_string(out, &call.name);
+                out.extend_from_slice(b",\"arguments\":");
+                out.extend_from_slice(call.arguments.as_bytes());
+                out.extend_from_slice(b"}}");
+            }
+            out.push(b']');
+        }
+        if let Some(name) = &m.tool_name {
+            out.extend_from_slice(b",\"tool_name\":");
+            crate::json::json_string(out, name);
+        }
+        if let Some(id) = &m.tool_call_id {
+            out.extend_from_slice(b",\"tool_call_id\":");
+            crate::json::json_string(out, id);
+        }
+        out.push(b'}');
+    }
+}
+
+/// A native `tools` entry for a function: `{"type":"function","function":{…}}`.
+/// `description` is a JSON string literal and `parameters` a JSON object's text.
+pub fn write_function_tool(out: &mut Vec<u8>, name: &str, description: Option<&str>, parameters: Option<&str>) {
+    out.extend_from_slice(b"{\"type\":\"function\",\"function\":{\"name\":");
+    crate::json::json_string(out, name);
+    if let Some(d) = description {
+        out.extend_from_slice(b",\"description\":");
+        out.extend_from_slice(d.as_bytes());
+    }
+    out.extend_from_slice(b",\"parameters\":");
+    out.extend_from_slice(parameters.unwrap_or("{\"type\":\"object\",\"properties\":{}}").as_bytes());
+    out.extend_from_slice(b"}}");
 }

@@ -3,6 +3,7 @@
 //! on free ports and talks HTTP to them (see [`common`]); `layers` reads the
 //! source tree and keeps its layering rules.
 
+mod anthropic;
 mod chat;
 mod common;
 mod completions;
@@ -16,6 +17,8 @@ mod keys;
 mod layers;
 mod limits;
 mod observability;
+mod ollama_api;
+mod responses;
 mod secrets;
 mod startup;
 mod upstreams;

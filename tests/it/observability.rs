@@ -44,8 +44,16 @@ fn metrics_count_requests_tokens_and_errors() {
         t.lines().any(|l| l == "ai_gateway_requests_total{route=\"metrics\",status=\"403\"} 1")
             && t.lines().any(|l| l == "ai_gateway_in_flight_requests 1")
     };
-    assert!(eventually(Duration::from_secs(5), || settled(&metrics(&g, Some(ADMIN_KEY)).text())));
-    let r = metrics(&g, Some(ADMIN_KEY));
+    // The scrape that saw it settled is the one read (a later one could overlap
+    // the accounting of this one on another worker).
+    let mut seen = None;
+    assert!(eventually(Duration::from_secs(5), || {
+        let r = metrics(&g, Some(ADMIN_KEY));
+        let ok = settled(&r.text());
+        seen = ok.then_some(r);
+        ok
+    }));
+    let r = seen.unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let t = r.text();

@@ -76,6 +76,7 @@ export async function startPair(mockArgs = [], gatewayArgs = []) {
     ).secret;
   mock.configure = (knobs) => postJson(`${mock.url}/_config`, knobs);
   mock.stats = () => postJson(`${mock.url}/_stats`, undefined, 3, "GET");
+  mock.last = () => postJson(`${mock.url}/_last`, undefined, 3, "GET");
   return {
     mock,
     gateway,

@@ -84,6 +84,8 @@ test("tool call round trip", async () => {
 test("reasoning", async () => {
   const r = await client.chat.completions.create({ model: "qwen3:8b", messages: ask(), reasoning_effort: "high" });
   assert.equal(r.choices[0].message.reasoning, "Let me think about");
+  // Cline and Roo Code read the other name.
+  assert.equal(r.choices[0].message.reasoning_content, "Let me think about");
   const stream = await client.chat.completions.create({
     model: "qwen3:8b",
     messages: ask(),

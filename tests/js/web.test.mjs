@@ -154,6 +154,9 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
     rows.map((r) => [...r.cells].map((c) => c.textContent)).find((c) => c[0] === "web-user"),
   );
   assert.deepEqual(cells, ["web-user", "1", "0", "3", "4", "7"]);
+  // And by protocol: the SDK's chat is OpenAI's.
+  const apis = await page.$$eval("#usage-api-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+  assert.ok(apis.some((c) => c[0] === "openai" && Number(c[1]) >= 1), JSON.stringify(apis));
   assert.ok((await page.$$("#tokens-chart rect")).length >= 1, "the tokens chart has a bar");
   assert.ok((await page.textContent("#tokens-legend")).includes("llama3"));
   await page.screenshot({ path: path.join(OUT, "usage.png"), fullPage: true });
@@ -162,6 +165,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#csv")]);
   const csv = await (await download.createReadStream()).toArray();
   assert.ok(Buffer.concat(csv).toString().includes("key,web-user,1,0,3,4,7"));
+  assert.ok(Buffer.concat(csv).toString().includes("protocol,openai,"));
 
   // Live view: the host is healthy, the numbers refresh.
   await page.click("#nav a[data-view=live]");

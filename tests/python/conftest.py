@@ -81,7 +81,7 @@ def default_knobs(request):
     """Every test starts from the emulator's default behaviour."""
     if "mock" in request.fixturenames:
         m = request.getfixturevalue("mock")
-        m.configure(tokens=8, error_after=None, close_after=None, thinking=0, busy=False)
+        m.configure(tokens=8, error_after=None, close_after=None, thinking=0, busy=False, tool_calls=True)
     yield
 
 
@@ -130,3 +130,17 @@ def client(gateway, user_key):
     import openai
 
     return openai.OpenAI(base_url=gateway.url + "/api/v1", api_key=user_key, max_retries=0)
+
+
+def last_request(mock):
+    """The body of the last generation the emulator was sent (what the gateway sent upstream)."""
+    with urllib.request.urlopen(mock.url + "/_last") as r:
+        return json.load(r)
+
+
+@pytest.fixture
+def anthropic_client(gateway, user_key):
+    import anthropic
+
+    # ANTHROPIC_BASE_URL is the gateway itself; the key goes in x-api-key.
+    return anthropic.Anthropic(base_url=gateway.url, api_key=user_key, max_retries=0)

@@ -89,16 +89,20 @@ def test_reasoning(client):
     r = client.chat.completions.create(model="qwen3:8b", messages=ask(), reasoning_effort="high")
     msg = r.choices[0].message
     assert msg.model_extra["reasoning"] == "Let me think about"
+    # Cline and Roo Code read the other name.
+    assert msg.model_extra["reasoning_content"] == "Let me think about"
     assert msg.content == EIGHT_TOKENS
 
     stream = client.chat.completions.create(model="qwen3:8b", messages=ask(), reasoning_effort="low", stream=True)
-    reasoning, content = "", ""
+    reasoning, reasoning_content, content = "", "", ""
     for chunk in stream:
         if chunk.choices:
             d = chunk.choices[0].delta
             reasoning += (d.model_extra or {}).get("reasoning") or ""
+            reasoning_content += (d.model_extra or {}).get("reasoning_content") or ""
             content += d.content or ""
     assert reasoning == "Let me think about"
+    assert reasoning_content == "Let me think about"
     assert content == EIGHT_TOKENS
 
 

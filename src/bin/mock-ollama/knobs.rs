@@ -175,12 +175,21 @@ impl Stats {
 pub struct Shared {
     pub knobs: RwLock<Knobs>,
     pub stats: Stats,
+    /// The body of the last generation or embedding request (`GET /_last`),
+    /// so tests can check what the gateway sent.
+    pub last_request: parking_lot::Mutex<Vec<u8>>,
+    /// Models that served a generation, as `/api/ps` lists them (loaded).
+    pub loaded: parking_lot::Mutex<Vec<String>>,
 }
 
 /// The control endpoints: `GET /_stats`, `POST /_reset`, `POST /_config`.
 /// Returns false for any other request.
 pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
     match (req.method, req.path.as_str()) {
+        (Method::Get, "/_last") => {
+            let body = shared.last_request.lock().clone();
+            respond(out, 200, "application/json", if body.is_empty() { b"null" } else { &body })
+        }
         (Method::Get, "/_stats") => {
             respond(out, 200, "application/json", &shared.stats.json().to_string().into_bytes())
         }

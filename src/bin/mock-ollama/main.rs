@@ -9,7 +9,8 @@
 //! Behaviour is set by flags at start and can be changed at run time with
 //! `POST /_config` (same names, JSON); `GET /_stats` reports what it served
 //! (requests, prompt and completion tokens, generations cancelled by the
-//! client, requests in flight and their maximum), `POST /_reset` zeroes it.
+//! client, requests in flight and their maximum), `POST /_reset` zeroes it,
+//! and `GET /_last` returns the body of the last generation it was sent.
 //! It runs on the same thread-per-core monoio runtime as the gateway and
 //! writes a zero-delay reply with one syscall, so it is not the bottleneck
 //! of a load test.
@@ -58,7 +59,12 @@ fn main() {
     };
     let addr = probe.local_addr().unwrap_or(addr);
     drop(probe);
-    let shared = Arc::new(Shared { knobs: RwLock::new(knobs), stats: Stats::default() });
+    let shared = Arc::new(Shared {
+        knobs: RwLock::new(knobs),
+        stats: Stats::default(),
+        last_request: Default::default(),
+        loaded: Default::default(),
+    });
     let mut threads = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel();
     for i in 0..workers {

@@ -100,7 +100,66 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
                 .collect();
             respond(out, 200, "application/json", &json!({"object": "list", "data": data}).to_string().into_bytes());
         }
-        (Method::Get, "/api/ps") => respond(out, 200, "application/json; charset=utf-8", br#"{"models":[]}"#),
+        (Method::Get, "/api/ps") => {
+            let loaded = shared.loaded.lock().clone();
+            let models: Vec<Value> = loaded
+                .iter()
+                .map(|m| {
+                    json!({"name": m, "model": m, "size": 5_137_025_024u64, "size_vram": 5_137_025_024u64,
+                    "expires_at": "2026-05-01T10:05:00.123456789Z", "context_length": 4096})
+                })
+                .collect();
+            respond(out, 200, "application/json; charset=utf-8", &go_json(&json!({ "models": models })));
+        }
+        (Method::Post, "/api/embeddings") => {
+            // Ollama's older embeddings route: one prompt, one vector, no counts.
+            stats.embed.fetch_add(1, Relaxed);
+            *shared.last_request.lock() = req.body.clone();
+            let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let knobs = shared.knobs.read();
+            let model = v["model"].as_str().unwrap_or("");
+            if find_model(&knobs, model).is_none() {
+                return respond_error(out, 404, &format!("model '{model}' not found"));
+            }
+            let prompt = v["prompt"].as_str().unwrap_or("");
+            let seed = prompt.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let embedding: Vec<f64> =
+                (0..knobs.embed_dimensions).map(|i| ((seed.wrapping_add(i as u64) % 1000) as f64) / 1000.0).collect();
+            respond(out, 200, "application/json; charset=utf-8", &go_json(&json!({ "embedding": embedding })));
+        }
+        (Method::Post, "/api/pull") => {
+            // A pull: progress lines (or one reply), and the model is then listed.
+            let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let Some(model) = v.get("model").or(v.get("name")).and_then(Value::as_str).map(str::to_owned) else {
+                return respond_error(out, 400, "model is required");
+            };
+            let mut knobs = shared.knobs.write();
+            if find_model(&knobs, &model).is_none() {
+                knobs.models.push(if model.contains(':') { model } else { format!("{model}:latest") });
+            }
+            if v.get("stream") == Some(&Value::Bool(false)) {
+                respond(out, 200, "application/json; charset=utf-8", br#"{"status":"success"}"#);
+            } else {
+                let body = concat!(
+                    "{\"status\":\"pulling manifest\"}\n",
+                    "{\"status\":\"pulling 6a0746a1ec1a\",\"digest\":\"sha256:6a0746a1ec1a\",\"total\":4661211424,\"completed\":4661211424}\n",
+                    "{\"status\":\"verifying sha256 digest\"}\n{\"status\":\"writing manifest\"}\n{\"status\":\"success\"}\n"
+                );
+                respond(out, 200, "application/x-ndjson", body.as_bytes());
+            }
+        }
+        (Method::Delete, "/api/delete") => {
+            let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let model = v.get("model").or(v.get("name")).and_then(Value::as_str).unwrap_or("").to_owned();
+            let mut knobs = shared.knobs.write();
+            match find_model(&knobs, &model).map(str::to_owned) {
+                Some(m) => {
+                    knobs.models.retain(|x| *x != m);
+                    respond(out, 200, "application/json; charset=utf-8", b"");
+                }
+                None => respond_error(out, 404, &format!("model '{model}' not found")),
+            }
+        }
         (_, "/") => respond(out, 200, "text/plain; charset=utf-8", b"Ollama is running"),
         _ => {
             stats.other.fetch_add(1, Relaxed);
@@ -176,8 +235,16 @@ fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
         lines.push(Line::Think(["Let me", " think", " about", " it", "."][i as usize % 5].to_owned()));
     }
     let mut done_reason = "stop";
+    let format = v.get("format").filter(|f| !f.is_null());
     if chat && offers_tools && !answered_tool && knobs.tool_calls {
         lines.push(Line::ToolCall(tool_call(v)));
+    } else if let Some(f) = format {
+        // Structured output: a JSON value the schema allows, a few bytes a token.
+        let text = if f.is_object() { sample(f).to_string() } else { json!({"answer": "Paris"}).to_string() };
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(4) {
+            lines.push(Line::Content(piece.iter().collect()));
+        }
     } else {
         let mut n = knobs.tokens;
         if let Some(l) = limit.filter(|&l| l < n) {
@@ -254,7 +321,10 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     endpoint.fetch_add(1, Relaxed);
 
     let v: Value = match serde_json::from_slice(&req.body) {
-        Ok(v @ Value::Object(_)) => v,
+        Ok(v @ Value::Object(_)) => {
+            *shared.last_request.lock() = req.body.clone();
+            v
+        }
         _ => {
             fail(&mut out, openai, 400, "invalid character 'x' looking for beginning of value");
             return write(wr, &mut out).await;
@@ -268,6 +338,14 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     if find_model(&knobs, &model).is_none() {
         fail(&mut out, openai, 404, &format!("model '{model}' not found"));
         return write(wr, &mut out).await;
+    }
+    {
+        let mut loaded = shared.loaded.lock();
+        if let Some(m) = find_model(&knobs, &model)
+            && !loaded.iter().any(|l| l == m)
+        {
+            loaded.push(m.to_owned());
+        }
     }
     let in_flight = stats.in_flight.fetch_add(1, Relaxed) + 1;
     // The generation is in flight until its last byte is produced; the guard is
@@ -508,21 +586,30 @@ fn stamp() -> String {
 fn tool_call(v: &Value) -> Value {
     let tool = &v["tools"][0]["function"];
     let name = tool["name"].as_str().unwrap_or("tool");
-    let mut args = serde_json::Map::new();
-    if let Some(props) = tool.pointer("/parameters/properties").and_then(Value::as_object) {
-        for (k, p) in props {
-            let val = match p.get("type").and_then(Value::as_str) {
-                Some("number") | Some("integer") => json!(1),
-                Some("boolean") => json!(true),
-                Some("array") => json!([]),
-                Some("object") => json!({}),
-                _ => json!("Paris"),
-            };
-            args.insert(k.clone(), val);
-        }
-    }
+    let args = match tool.get("parameters") {
+        Some(p @ Value::Object(_)) if p.get("properties").is_some() => sample(p),
+        _ => json!({}),
+    };
     let id = format!("call_{:08x}", fastrand::u32(..));
     json!({"id": id, "function": {"index": 0, "name": name, "arguments": args}})
+}
+
+/// A value a JSON Schema allows: strings are "Paris", numbers 1, arrays
+/// hold one item, objects every property.
+fn sample(schema: &Value) -> Value {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("number" | "integer") => json!(1),
+        Some("boolean") => json!(true),
+        Some("array") => json!([sample(schema.get("items").unwrap_or(&Value::Null))]),
+        Some("object") => {
+            let mut m = serde_json::Map::new();
+            for (k, p) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+                m.insert(k.clone(), sample(p));
+            }
+            Value::Object(m)
+        }
+        _ => json!("Paris"),
+    }
 }
 
 /// `/api/embed`: a vector per input, made from the input's bytes.

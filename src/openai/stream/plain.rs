@@ -62,6 +62,7 @@ pub fn transcode(id: &str, model: &str, include_usage: bool, ndjson: &str) -> St
             d.insert("content".into(), json!(content));
             if !thinking.is_empty() {
                 d.insert("reasoning".into(), json!(thinking));
+                d.insert("reasoning_content".into(), json!(thinking));
             }
             if let Some(calls) = calls {
                 let list: Vec<Value> = calls
