@@ -121,8 +121,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_RESPONSES_TTL", default_value_t = 86_400)]
     pub responses_ttl: u64,
 
-    /// Most bytes the stored responses may take together; past it the
-    /// responses closest to expiry are evicted first.
+    /// Most bytes the stored responses may take together; past it the key
+    /// holding the most loses its responses closest to expiry first.
     #[arg(long, env = "AI_GATEWAY_RESPONSES_MAX_BYTES", default_value_t = 1 << 30)]
     pub responses_max_bytes: u64,
 

@@ -97,7 +97,7 @@ impl Store {
         let env = unsafe { opts.open(dir) }
             .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
-        let (meta, keys, key_ids, key_names, usage, records, expiry) = env
+        let (meta, keys, key_ids, key_names, usage, records, index) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
@@ -105,11 +105,11 @@ impl Store {
                 let key_names = wdo.create_database::<Str, Bytes>(wtxn, Some("key_names"))?;
                 let usage = wdo.create_database::<Bytes, Bytes>(wtxn, Some("usage"))?;
                 let records = wdo.create_database::<Bytes, Bytes>(wtxn, Some("responses"))?;
-                let expiry = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_expiry"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage, records, expiry)))
+                let index = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_index"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage, records, index)))
             })?
             .unwrap_commit();
-        let responses = responses::Tables { records, expiry };
+        let responses = responses::Tables { records, index };
         let mut wtxn = env.write_txn()?;
         let found = match meta.get(&wtxn, "schema_version")? {
             Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
@@ -168,14 +168,14 @@ impl Store {
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_names"))?,
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("responses"))?,
-                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_expiry"))?,
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_index"))?,
                 )))
             })?
             .unwrap_commit();
-        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, expiry) = tables else {
+        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, index) = tables else {
             return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
-        let responses = records.zip(expiry).map(|(records, expiry)| responses::Tables { records, expiry });
+        let responses = records.zip(index).map(|(records, index)| responses::Tables { records, index });
         let store = Store { env, meta, keys, key_ids, key_names, usage, responses, dir: dir.to_owned() };
         check_schema(store.schema_version()?, dir)?;
         Ok(Box::leak(Box::new(store)))

@@ -5,13 +5,17 @@
 //! that made it (no other key can read or delete it), its expiry, the
 //! conversation so far as native `/api/chat` messages (what a follow-up
 //! request is continued from) and the response object (what `GET` returns).
-//! A second table orders ids by expiry, so expired records are found
-//! without reading the others. The whole is bounded: past the configured
-//! number of bytes, the records closest to expiry are evicted first; a
-//! record larger than a tenth of the bound is not kept at all.
+//! An index orders each key's responses by expiry, with their sizes, so that
+//! expired records are found without reading the others and each key's
+//! share is known. The whole is bounded: past the configured number of
+//! bytes, the key holding the most loses its responses closest to expiry
+//! first (so a key that floods the store evicts its own records, not other
+//! keys'), and a record larger than a tenth of the bound (or 32 MiB) is not
+//! kept at all.
 //!
 //! Record layout: `expires_at (u64 LE) · key id length (u32 LE) · key id ·
-//! history length (u32 LE) · history · response`.
+//! history length (u32 LE) · history · response`. Index key:
+//! `key id · 0 · expires_at (u64 BE) · id`, value the record's size (u64 LE).
 
 use heed::Database;
 use heed::types::Bytes;
@@ -23,12 +27,16 @@ use super::{Store, StoreError};
 pub struct Tables {
     /// Response id → record.
     pub records: Database<'static, Bytes, Bytes>,
-    /// `expires_at (u64 BE) · id` → nothing: ids in expiry order.
-    pub expiry: Database<'static, Bytes, Bytes>,
+    /// `key id · 0 · expires_at (BE) · id` → the record's size: each key's
+    /// responses in expiry order.
+    pub index: Database<'static, Bytes, Bytes>,
 }
 
 /// The `meta` entry holding the stored records' total size.
 const TOTAL_BYTES: &str = "responses_bytes";
+
+/// Largest record kept, whatever the bound.
+const MAX_RECORD: u64 = 32 * 1024 * 1024;
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +81,22 @@ impl StoredResponse {
     }
 }
 
-fn expiry_key(expires_at: u64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + id.len());
+fn index_key(key_id: &str, expires_at: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key_id.len() + 9 + id.len());
+    k.extend_from_slice(key_id.as_bytes());
+    k.push(0);
     k.extend_from_slice(&expires_at.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+/// An index entry read back: (key id, expires_at, id, size).
+fn index_entry(k: &[u8], v: &[u8]) -> Option<(String, u64, String, u64)> {
+    let zero = k.iter().position(|&b| b == 0)?;
+    let expires_at = u64::from_be_bytes(k.get(zero + 1..zero + 9)?.try_into().ok()?);
+    let id = String::from_utf8_lossy(k.get(zero + 9..)?).into_owned();
+    let size = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    Some((String::from_utf8_lossy(&k[..zero]).into_owned(), expires_at, id, size))
 }
 
 /// Longest response id kept (ours are far shorter; LMDB keys stop at 511 bytes).
@@ -107,33 +126,39 @@ impl Store {
         Ok((record.key_id == key_id && record.expires_at > now).then_some(record))
     }
 
-    /// Keeps `r` (replacing a record with its id), evicting the records
-    /// closest to expiry while the total is over `max_bytes`. Returns false
-    /// when the record alone is too large to keep (over a tenth of the bound).
+    /// Keeps `r` (replacing a record with its id); while the total is over
+    /// `max_bytes`, the key holding the most loses its responses closest to
+    /// expiry. Returns false when the record alone is too large to keep.
     pub fn put_response(&self, r: &StoredResponse, max_bytes: u64) -> Result<bool, StoreError> {
-        if r.id.len() > MAX_ID || r.size() > max_bytes / 10 {
+        if r.id.len() > MAX_ID || r.key_id.len() > MAX_ID || r.size() > (max_bytes / 10).min(MAX_RECORD) {
             return Ok(false);
         }
         let t = self.response_tables()?;
         let mut wtxn = self.env.write_txn()?;
         let mut total = self.total_bytes(&wtxn)?;
         if let Some(old) = t.records.get(&wtxn, r.id.as_bytes())?.and_then(|b| StoredResponse::decode(&r.id, b)) {
-            t.expiry.delete(&mut wtxn, &expiry_key(old.expires_at, &old.id))?;
+            t.index.delete(&mut wtxn, &index_key(&old.key_id, old.expires_at, &old.id))?;
             total = total.saturating_sub(old.size());
         }
         t.records.put(&mut wtxn, r.id.as_bytes(), &r.encode())?;
-        t.expiry.put(&mut wtxn, &expiry_key(r.expires_at, &r.id), &[])?;
+        t.index.put(&mut wtxn, &index_key(&r.key_id, r.expires_at, &r.id), &r.size().to_le_bytes())?;
         total += r.size();
-        // Evict from the front of the expiry order until the total fits.
         while total > max_bytes {
-            let Some((k, _)) = t.expiry.first(&wtxn)? else { break };
-            let k = k.to_vec();
-            let id = String::from_utf8_lossy(&k[8..]).into_owned();
-            if let Some(old) = t.records.get(&wtxn, id.as_bytes())?.and_then(|b| StoredResponse::decode(&id, b)) {
-                total = total.saturating_sub(old.size());
+            // The key holding the most, and its response closest to expiry.
+            let mut shares: std::collections::HashMap<String, (u64, Vec<u8>)> = std::collections::HashMap::new();
+            for item in t.index.iter(&wtxn)? {
+                let (k, v) = item?;
+                let Some((key, _, _, size)) = index_entry(k, v) else { continue };
+                let share = shares.entry(key).or_insert_with(|| (0, k.to_vec()));
+                share.0 += size;
             }
+            let Some((_, (_, first))) = shares.into_iter().max_by_key(|(_, (bytes, _))| *bytes) else { break };
+            let Some((_, _, id, size)) = t.index.get(&wtxn, &first)?.and_then(|v| index_entry(&first, v)) else {
+                break;
+            };
             t.records.delete(&mut wtxn, id.as_bytes())?;
-            t.expiry.delete(&mut wtxn, &k)?;
+            t.index.delete(&mut wtxn, &first)?;
+            total = total.saturating_sub(size);
         }
         self.meta.put(&mut wtxn, TOTAL_BYTES, &total.to_le_bytes())?;
         wtxn.commit()?;
@@ -146,7 +171,7 @@ impl Store {
         let t = self.response_tables()?;
         let mut wtxn = self.env.write_txn()?;
         t.records.delete(&mut wtxn, id.as_bytes())?;
-        t.expiry.delete(&mut wtxn, &expiry_key(record.expires_at, id))?;
+        t.index.delete(&mut wtxn, &index_key(key_id, record.expires_at, id))?;
         let total = self.total_bytes(&wtxn)?.saturating_sub(record.size());
         self.meta.put(&mut wtxn, TOTAL_BYTES, &total.to_le_bytes())?;
         wtxn.commit()?;
@@ -160,22 +185,22 @@ impl Store {
         loop {
             let mut wtxn = self.env.write_txn()?;
             let mut doomed = Vec::new();
-            for item in t.expiry.iter(&wtxn)? {
-                let (k, _) = item?;
-                let expires_at = u64::from_be_bytes(k.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-                if expires_at > now || doomed.len() == 10_000 {
-                    break;
+            for item in t.index.iter(&wtxn)? {
+                let (k, v) = item?;
+                if let Some((_, expires_at, id, size)) = index_entry(k, v)
+                    && expires_at <= now
+                {
+                    doomed.push((k.to_vec(), id, size));
+                    if doomed.len() == 10_000 {
+                        break;
+                    }
                 }
-                doomed.push(k.to_vec());
             }
             let mut total = self.total_bytes(&wtxn)?;
-            for k in &doomed {
-                let id = String::from_utf8_lossy(&k[8..]).into_owned();
-                if let Some(old) = t.records.get(&wtxn, id.as_bytes())?.and_then(|b| StoredResponse::decode(&id, b)) {
-                    total = total.saturating_sub(old.size());
-                }
+            for (k, id, size) in &doomed {
                 t.records.delete(&mut wtxn, id.as_bytes())?;
-                t.expiry.delete(&mut wtxn, k)?;
+                t.index.delete(&mut wtxn, k)?;
+                total = total.saturating_sub(*size);
             }
             self.meta.put(&mut wtxn, TOTAL_BYTES, &total.to_le_bytes())?;
             wtxn.commit()?;
@@ -219,6 +244,20 @@ mod tests {
         assert!(store.delete_response("resp_a", "key_1", 999).unwrap());
         assert_eq!(store.get_response("resp_a", "key_1", 999).unwrap(), None);
         assert_eq!(store.responses_bytes().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_key_that_floods_the_store_evicts_its_own_records() {
+        let store = Store::open(&crate::store::temp_dir("responses-fair")).unwrap();
+        let max = 20_000;
+        assert!(store.put_response(&record("resp_calm", "calm", 100, 1500), max).unwrap());
+        for i in 0..50u64 {
+            assert!(store.put_response(&record(&format!("resp_f{i:02}"), "flood", 200 + i, 1500), max).unwrap());
+            assert!(store.responses_bytes().unwrap() <= max);
+        }
+        assert!(store.get_response("resp_calm", "calm", 0).unwrap().is_some(), "the calm key keeps its response");
+        assert!(store.get_response("resp_f00", "flood", 0).unwrap().is_none());
+        assert!(store.get_response("resp_f49", "flood", 0).unwrap().is_some());
     }
 
     #[test]
