@@ -49,15 +49,15 @@ pub struct NdjsonToResponses {
     open: Open,
     /// The open item's index, or the next item's when none is open.
     index: u32,
-    /// `,"item_id":"…","output_index":N,…"delta":"` of the open item.
-    delta_tail: Vec<u8>,
-    /// The event name part of a delta: `event: X\ndata: {"type":"X","sequence_number":`.
-    delta_head: &'static [u8],
-    /// The open item's text (escaped).
-    item_text: Vec<u8>,
-    /// All text and thinking so far (escaped), for the stored conversation.
+    /// A delta event of the open item up to its text:
+    /// `event: X\ndata: {"type":"X","item_id":"…","output_index":N,…,"delta":"`
+    /// (its `sequence_number` goes last, so the prefix is one copy).
+    delta_prefix: Vec<u8>,
+    /// All text and all thinking so far (escaped); the open item's is what
+    /// came after `item_start` in its kind's buffer.
     text: Vec<u8>,
     thinking: Vec<u8>,
+    item_start: usize,
     /// Finished items, joined by commas: the final response's `output`.
     items: Vec<u8>,
     calls: Vec<Call>,
@@ -82,10 +82,9 @@ impl NdjsonToResponses {
             seq: 0,
             open: Open::None,
             index: 0,
-            delta_tail: Vec::with_capacity(96),
-            delta_head: b"",
-            item_text: Vec::new(),
-            text: Vec::new(),
+            delta_prefix: Vec::with_capacity(192),
+            item_start: 0,
+            text: Vec::with_capacity(2048),
             thinking: Vec::new(),
             items: Vec::new(),
             calls: Vec::new(),
@@ -233,13 +232,16 @@ impl NdjsonToResponses {
         if self.open != kind {
             self.open_item(out, kind);
         }
-        out.extend_from_slice(self.delta_head);
+        out.extend_from_slice(&self.delta_prefix);
+        out.extend_from_slice(escaped);
+        out.extend_from_slice(if kind == Open::Message {
+            b"\",\"logprobs\":[],\"sequence_number\":"
+        } else {
+            b"\",\"sequence_number\":"
+        });
         number(out, self.seq);
         self.seq += 1;
-        out.extend_from_slice(&self.delta_tail);
-        out.extend_from_slice(escaped);
-        out.extend_from_slice(if kind == Open::Message { b"\",\"logprobs\":[]}\n\n" } else { b"\"}\n\n" });
-        self.item_text.extend_from_slice(escaped);
+        out.extend_from_slice(b"}\n\n");
         if kind == Open::Message { &mut self.text } else { &mut self.thinking }.extend_from_slice(escaped);
     }
 
@@ -254,22 +256,22 @@ impl NdjsonToResponses {
     fn open_item(&mut self, out: &mut Vec<u8>, kind: Open) {
         self.close_item(out);
         self.open = kind;
-        self.item_text.clear();
+        self.item_start = if kind == Open::Message { self.text.len() } else { self.thinking.len() };
         self.event(out, "response.output_item.added");
         out.extend_from_slice(b",\"output_index\":");
         number(out, self.index);
         out.extend_from_slice(b",\"item\":");
-        let mut tail = std::mem::take(&mut self.delta_tail);
-        tail.clear();
+        let mut prefix = std::mem::take(&mut self.delta_prefix);
+        prefix.clear();
         if kind == Open::Reasoning {
             write_reasoning_item(out, &self.shape, self.index, None);
             out.extend_from_slice(b"}\n\n");
             self.event(out, "response.reasoning_summary_part.added");
             self.item_ref(out, "rs");
             out.extend_from_slice(b",\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"\"}}\n\n");
-            self.delta_head = b"event: response.reasoning_summary_text.delta\ndata: {\"type\":\"response.reasoning_summary_text.delta\",\"sequence_number\":";
-            self.item_ref(&mut tail, "rs");
-            tail.extend_from_slice(b",\"summary_index\":0,\"delta\":\"");
+            prefix.extend_from_slice(b"event: response.reasoning_summary_text.delta\ndata: {\"type\":\"response.reasoning_summary_text.delta\"");
+            self.item_ref(&mut prefix, "rs");
+            prefix.extend_from_slice(b",\"summary_index\":0,\"delta\":\"");
         } else {
             write_message_item(out, &self.shape, self.index, None);
             out.extend_from_slice(b"}\n\n");
@@ -278,50 +280,53 @@ impl NdjsonToResponses {
             out.extend_from_slice(b",\"content_index\":0,\"part\":");
             write_text_part(out, b"");
             out.extend_from_slice(b"}\n\n");
-            self.delta_head = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":";
-            self.item_ref(&mut tail, "msg");
-            tail.extend_from_slice(b",\"content_index\":0,\"delta\":\"");
+            prefix.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"");
+            self.item_ref(&mut prefix, "msg");
+            prefix.extend_from_slice(b",\"content_index\":0,\"delta\":\"");
         }
-        self.delta_tail = tail;
+        self.delta_prefix = prefix;
     }
 
     fn close_item(&mut self, out: &mut Vec<u8>) {
-        let text = std::mem::take(&mut self.item_text);
         match self.open {
             Open::None => return,
             Open::Reasoning => {
+                let all = std::mem::take(&mut self.thinking);
+                let text = &all[self.item_start..];
                 self.event(out, "response.reasoning_summary_text.done");
                 self.item_ref(out, "rs");
                 out.extend_from_slice(b",\"summary_index\":0,\"text\":\"");
-                out.extend_from_slice(&text);
+                out.extend_from_slice(text);
                 out.extend_from_slice(b"\"}\n\n");
                 self.event(out, "response.reasoning_summary_part.done");
                 self.item_ref(out, "rs");
                 out.extend_from_slice(b",\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"");
-                out.extend_from_slice(&text);
+                out.extend_from_slice(text);
                 out.extend_from_slice(b"\"}}\n\n");
                 let at = self.items_comma();
-                write_reasoning_item(&mut self.items, &self.shape, self.index, Some(&text));
+                write_reasoning_item(&mut self.items, &self.shape, self.index, Some(text));
                 self.item_done(out, at);
+                self.thinking = all;
             }
             Open::Message => {
+                let all = std::mem::take(&mut self.text);
+                let text = &all[self.item_start..];
                 self.event(out, "response.output_text.done");
                 self.item_ref(out, "msg");
                 out.extend_from_slice(b",\"content_index\":0,\"text\":\"");
-                out.extend_from_slice(&text);
+                out.extend_from_slice(text);
                 out.extend_from_slice(b"\",\"logprobs\":[]}\n\n");
                 self.event(out, "response.content_part.done");
                 self.item_ref(out, "msg");
                 out.extend_from_slice(b",\"content_index\":0,\"part\":");
-                write_text_part(out, &text);
+                write_text_part(out, text);
                 out.extend_from_slice(b"}\n\n");
                 let at = self.items_comma();
-                write_message_item(&mut self.items, &self.shape, self.index, Some(&text));
+                write_message_item(&mut self.items, &self.shape, self.index, Some(text));
                 self.item_done(out, at);
+                self.text = all;
             }
         }
-        self.item_text = text;
-        self.item_text.clear();
         self.open = Open::None;
         self.index += 1;
     }
