@@ -1,5 +1,5 @@
 //! The invariants the fuzz targets check, as plain functions: the cargo-fuzz
-//! targets in `fuzz/` call them on generated inputs, and `tests/fuzz_corpus.rs`
+//! targets in `fuzz/` call them on generated inputs, and `tests/it/fuzz_corpus.rs`
 //! calls them on every committed corpus and regression input, so the suite
 //! replays what fuzzing found without needing a fuzzer. Each panics when an
 //! invariant breaks.
@@ -182,6 +182,140 @@ pub fn embeddings(data: &[u8]) {
         if embeddings_response(&mut out, "m\"x", first & 2 == 2, input).is_ok() {
             let v: serde_json::Value = serde_json::from_slice(&out).expect("response is valid JSON");
             assert_eq!(v["object"], "list");
+        }
+    }
+}
+
+/// Any Messages request body converts to a valid JSON native body, or is a
+/// 400; the first byte picks a message or a token count.
+pub fn anthropic_request(data: &[u8]) {
+    use crate::anthropic::request::{Purpose, convert_messages};
+    let Some((&first, input)) = data.split_first() else { return };
+    let purpose = if first % 2 == 0 { Purpose::Generate } else { Purpose::CountTokens };
+    let mut out = Vec::new();
+    match convert_messages(input, &fuzz_aliases(), purpose, &mut out) {
+        Ok(plan) => {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("native body is valid JSON");
+            assert_eq!(v["model"].as_str(), Some(plan.served_model.as_str()));
+            assert!(v["messages"].is_array());
+            assert!(purpose == Purpose::CountTokens || plan.max_tokens.is_some(), "a message needs max_tokens");
+            assert!(purpose == Purpose::Generate || !plan.stream, "a count never streams");
+        }
+        Err(e) => assert_eq!(e.status, 400),
+    }
+}
+
+/// Any Responses request body converts to a valid JSON native body (with a
+/// stored conversation for any `previous_response_id`), or is a 400; the
+/// conversation it would store is valid JSON too.
+pub fn responses_request(data: &[u8]) {
+    use crate::responses::request::convert_responses;
+    let stored = |_: &str| {
+        Ok(Some(br#"{"role":"user","content":"hi"},{"role":"assistant","content":"","tool_calls":[{"id":"call_1","function":{"index":0,"name":"f","arguments":{}}}]}"#.to_vec()))
+    };
+    let mut out = Vec::new();
+    match convert_responses(data, &fuzz_aliases(), &stored, &mut out) {
+        Ok(plan) => {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("native body is valid JSON");
+            assert!(v["messages"].is_array());
+            let history = format!("[{}]", String::from_utf8_lossy(&plan.history));
+            serde_json::from_str::<serde_json::Value>(&history).expect("the stored conversation is valid JSON");
+            let echo = format!("{{{}}}", String::from_utf8_lossy(&plan.echo));
+            serde_json::from_str::<serde_json::Value>(&echo).expect("the echoed settings are valid JSON");
+        }
+        Err(e) => assert!(e.status == 400 || e.status == 404, "{e:?}"),
+    }
+}
+
+/// The Ollama front's relay passes every byte through unchanged, whatever
+/// the upstream sends and however it is split (the first byte chooses);
+/// anything it adds is one `{"error":…}` line. A native body it checks is
+/// either relayed as it came, or rewritten as valid JSON, or a 400.
+pub fn native_relay(data: &[u8]) {
+    use crate::ollama::request::{Kind, prepare};
+    use crate::ollama::stream::{Flow, NativeRelay};
+    let Some((&first, input)) = data.split_first() else { return };
+    let flow = if first & 1 == 0 { Flow::Generation } else { Flow::Progress };
+    let mut relay = NativeRelay::new(flow);
+    let mut out = Vec::new();
+    for piece in input.chunks(1 + first as usize % 64) {
+        relay.feed(piece, &mut out);
+    }
+    relay.finish(&mut out);
+    // Until the stream ended, what came in went out as it was.
+    let relayed = out.len().min(input.len());
+    assert!(input.starts_with(&out[..relayed]) || out.starts_with(&input[..relayed]));
+    if out.len() > input.len() || !input.starts_with(&out) {
+        let extra = String::from_utf8_lossy(&out[out.len().min(input.len())..]).into_owned();
+        let line = extra.trim();
+        if !line.is_empty() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("an added line is JSON");
+            assert!(v["error"].is_string(), "an added line is an error line: {line}");
+        }
+    }
+    let mut native = Vec::new();
+    match prepare(input, &fuzz_aliases(), Kind::Generation, &mut native) {
+        Ok(_) if native == input => {}
+        Ok(plan) => {
+            let v: serde_json::Value = serde_json::from_slice(&native).expect("a rewritten body is valid JSON");
+            assert_eq!(v["model"].as_str(), Some(plan.served_model.as_str()));
+        }
+        Err(e) => assert_eq!(e.status, 400),
+    }
+}
+
+/// The Anthropic and Responses stream writers, on whatever the upstream
+/// sends, split however (the first byte chooses): every event is an
+/// `event:` line and a `data:` line of JSON whose `type` is the event's
+/// name; the Responses events count their `sequence_number` from 0.
+pub fn agent_streams(data: &[u8]) {
+    use crate::anthropic::stream::NdjsonToAnthropic;
+    use crate::responses::reply::Shape;
+    use crate::responses::request::ToolKind;
+    use crate::responses::stream::NdjsonToResponses;
+    let Some((&first, input)) = data.split_first() else { return };
+    let split = 1 + first as usize % 64;
+    let mut out = Vec::new();
+    if first & 1 == 0 {
+        let mut w = NdjsonToAnthropic::new("msg_fuzz", "m\"odel", 7);
+        w.start(&mut out);
+        for piece in input.chunks(split) {
+            w.feed(piece, &mut out);
+        }
+        w.finish(&mut out);
+    } else {
+        let shape = Shape {
+            id: "resp_fuzz".into(),
+            created_at: 0,
+            model_json: br#""m\"odel""#.to_vec(),
+            echo: br#""instructions":null,"metadata":{}"#.to_vec(),
+            tools: vec![("f".into(), ToolKind::Custom), ("local_shell".into(), ToolKind::LocalShell)],
+            reasoning_content: first & 2 == 2,
+        };
+        let mut w = NdjsonToResponses::new(shape, Some(Vec::new()));
+        w.start(&mut out);
+        for piece in input.chunks(split) {
+            w.feed(piece, &mut out);
+        }
+        w.finish(&mut out);
+        if let Some((history, response)) = w.take_record() {
+            let history = format!("[{}]", String::from_utf8_lossy(&history));
+            serde_json::from_str::<serde_json::Value>(&history).expect("the stored conversation is valid JSON");
+            serde_json::from_slice::<serde_json::Value>(&response).expect("the stored response is valid JSON");
+            w.release(&mut out);
+        }
+    }
+    let text = std::str::from_utf8(&out).expect("events are UTF-8");
+    assert!(text.ends_with("\n\n"));
+    for (i, event) in text.split("\n\n").filter(|e| !e.is_empty()).enumerate() {
+        let (name, data) = event.split_once('\n').expect("an event line and a data line");
+        let name = name.strip_prefix("event: ").expect("an event line");
+        let data = data.strip_prefix("data: ").expect("a data line");
+        assert!(!data.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(data).expect("data is valid JSON");
+        assert_eq!(v["type"].as_str(), Some(name));
+        if first & 1 == 1 {
+            assert_eq!(v["sequence_number"].as_u64(), Some(i as u64));
         }
     }
 }

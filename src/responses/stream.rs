@@ -280,7 +280,9 @@ impl NdjsonToResponses {
             out.extend_from_slice(b",\"content_index\":0,\"part\":");
             write_text_part(out, b"");
             out.extend_from_slice(b"}\n\n");
-            prefix.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"");
+            prefix.extend_from_slice(
+                b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"",
+            );
             self.item_ref(&mut prefix, "msg");
             prefix.extend_from_slice(b",\"content_index\":0,\"delta\":\"");
         }

@@ -56,3 +56,23 @@ fn completion_request_corpus_and_regressions() {
 fn embeddings_corpus_and_regressions() {
     assert!(replay("embeddings", ai_gateway::fuzzing::embeddings) > 0);
 }
+
+#[test]
+fn anthropic_request_corpus_and_regressions() {
+    assert!(replay("anthropic_request", ai_gateway::fuzzing::anthropic_request) > 0);
+}
+
+#[test]
+fn responses_request_corpus_and_regressions() {
+    assert!(replay("responses_request", ai_gateway::fuzzing::responses_request) > 0);
+}
+
+#[test]
+fn native_relay_corpus_and_regressions() {
+    assert!(replay("native_relay", ai_gateway::fuzzing::native_relay) > 0);
+}
+
+#[test]
+fn agent_streams_corpus_and_regressions() {
+    assert!(replay("agent_streams", ai_gateway::fuzzing::agent_streams) > 0);
+}
