@@ -5,9 +5,12 @@
 //! keep-alive connections (each makes one small request, then sits idle), so
 //! that memory can be read with both loads in place.
 //!
-//! usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]
+//! usage: stream_load <host:port> <native|openai|anthropic|responses> <streams> [idle-connections] [hold-seconds] [rounds]
 //! `native` posts to `/api/chat` and counts NDJSON lines, `openai` to
-//! `/v1/chat/completions` and counts SSE events. Request headers (a key, a
+//! `/v1/chat/completions` and counts SSE events, `anthropic` to
+//! `/v1/messages` and `responses` to `/v1/responses`, counting their text
+//! delta events (so the first counted is the first token, not the stream's
+//! opening events). Request headers (a key, a
 //! peer's routing headers) come from `PERF_HEADERS`, `Name: value|Name: value`,
 //! as for the other perf/run tools. `rounds` repeats the whole batch (one
 //! stream fifty times gives a time to first token worth a percentile).
@@ -34,7 +37,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         eprintln!(
-            "usage: stream_load <host:port> <native|openai> <streams> [idle-connections] [hold-seconds] [rounds]"
+            "usage: stream_load <host:port> <native|openai|anthropic|responses> <streams> [idle-connections] [hold-seconds] [rounds]"
         );
         std::process::exit(2);
     }
@@ -61,9 +64,20 @@ fn main() {
 }
 
 async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: u64, rounds: usize) -> i32 {
-    let (path, pattern): (&str, &[u8]) = match mode.as_str() {
-        "openai" => ("/v1/chat/completions", b"data: {"),
-        _ => ("/api/chat", b"{\"model\""),
+    let chat = r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let (path, pattern, body): (&str, &[u8], &str) = match mode.as_str() {
+        "openai" => ("/v1/chat/completions", b"data: {", chat),
+        "anthropic" => (
+            "/v1/messages",
+            b"\"text_delta\"",
+            r#"{"model":"llama3","max_tokens":1000,"messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        ),
+        "responses" => (
+            "/v1/responses",
+            b"\"response.output_text.delta\"",
+            r#"{"model":"llama3","input":"hi","store":false,"stream":true}"#,
+        ),
+        _ => ("/api/chat", b"{\"model\"", chat),
     };
     let mut headers = String::new();
     for h in std::env::var("PERF_HEADERS").unwrap_or_default().split('|').filter(|h| h.contains(':')) {
@@ -73,7 +87,6 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
             headers.push_str("\r\n");
         }
     }
-    let body = r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let request = Rc::new(
         format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\

@@ -9,8 +9,10 @@
 //! estimated the same way:
 //!
 //! - every string value counts its bytes, at [`BYTES_PER_TOKEN`] bytes a
-//!   token (model names, roles and image data excepted), and so do the
-//!   object keys of tool definitions and calls (they are part of the prompt);
+//!   token (model names, roles and image data excepted);
+//! - tool definitions and tool calls count all their JSON, structure
+//!   included, at [`JSON_BYTES_PER_TOKEN`] (a chat template writes them into
+//!   the prompt as JSON, where braces, quotes and keys are tokens too);
 //! - each message adds [`TOKENS_PER_MESSAGE`] (the chat template's markers),
 //!   each image [`TOKENS_PER_IMAGE`], each request [`TOKENS_PER_REQUEST`].
 //!
@@ -24,6 +26,8 @@ use std::collections::HashMap;
 
 /// Bytes of text per token before calibration (English prose and code run 3.5–4.5).
 pub const BYTES_PER_TOKEN: u64 = 4;
+/// Bytes of JSON (tool definitions and calls) per token before calibration.
+pub const JSON_BYTES_PER_TOKEN: u64 = 3;
 /// A chat template's tokens around one message.
 pub const TOKENS_PER_MESSAGE: u64 = 4;
 /// Tokens one image costs before calibration (a 336-pixel CLIP tile is 576).
@@ -35,6 +39,8 @@ pub const TOKENS_PER_REQUEST: u64 = 3;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub text_bytes: u64,
+    /// Bytes of tool definitions and calls, structure included.
+    pub json_bytes: u64,
     pub messages: u64,
     pub images: u64,
 }
@@ -43,6 +49,7 @@ impl Counts {
     /// The uncalibrated estimate, in tokens.
     pub fn raw_tokens(&self) -> u64 {
         self.text_bytes.div_ceil(BYTES_PER_TOKEN)
+            + self.json_bytes.div_ceil(JSON_BYTES_PER_TOKEN)
             + self.messages * TOKENS_PER_MESSAGE
             + self.images * TOKENS_PER_IMAGE
             + TOKENS_PER_REQUEST
@@ -73,13 +80,17 @@ pub fn count(native: &[u8]) -> Counts {
                     k += 1;
                 }
                 if native.get(k) == Some(&b':') {
-                    // A key: the message's own fields are structure, a tool's are prompt.
+                    // A key: the message's own fields are structure.
                     key = s;
                     if key == b"role" && depth == 3 {
                         c.messages += 1;
                     }
-                    if depth > 3 {
-                        c.text_bytes += s.len() as u64;
+                    // Tools and tool calls: their whole JSON, read past at once.
+                    if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
+                        let end = value_end(native, k + 1);
+                        c.json_bytes += (end - (k + 1)) as u64;
+                        i = end;
+                        continue;
                     }
                 } else {
                     match key {
@@ -95,6 +106,39 @@ pub fn count(native: &[u8]) -> Counts {
         i += 1;
     }
     c
+}
+
+/// Where the JSON value that starts at or after `at` ends (one past it): an
+/// array or object with its nesting and strings followed; a scalar up to
+/// the next `,`, `}` or `]`.
+fn value_end(b: &[u8], at: usize) -> usize {
+    let mut i = at;
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let mut depth = 0usize;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return i,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (i + 1).min(b.len());
+                }
+            }
+            b',' if depth == 0 => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 /// Most models a worker keeps a calibration for.
@@ -145,10 +189,14 @@ mod tests {
         let c = count(body);
         assert_eq!(c.messages, 2);
         assert_eq!(c.images, 2);
-        // "Be brief." 9 + "Say \"hi\"" 10 (escaped) + tool: "function" 8, keys name 4,
-        // parameters 10, type 4, "get" 3, "object" 6.
-        assert_eq!(c.text_bytes, 9 + 10 + 8 + 4 + 3 + 10 + 4 + 6);
-        assert_eq!(c.raw_tokens(), 54u64.div_ceil(4) + 8 + 2 * 576 + 3);
+        // "Be brief." 9 + "Say \"hi\"" 10 (escaped); the tools' JSON whole.
+        assert_eq!(c.text_bytes, 9 + 10);
+        let tools = br#"[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]"#;
+        assert_eq!(c.json_bytes, tools.len() as u64);
+        assert_eq!(c.raw_tokens(), 19u64.div_ceil(4) + (tools.len() as u64).div_ceil(3) + 8 + 2 * 576 + 3);
+        let calls = count(br#"{"model":"m","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{"a":"x"}}}]},{"role":"tool","content":"ok"}]}"#);
+        assert_eq!((calls.messages, calls.text_bytes), (2, 2));
+        assert_eq!(calls.json_bytes, br#"[{"function":{"name":"f","arguments":{"a":"x"}}}]"#.len() as u64);
         let prompt = count(br#"{"model":"m","prompt":"def add(a, b):","suffix":"return c","stream":false}"#);
         assert_eq!((prompt.text_bytes, prompt.messages), (22, 0));
     }

@@ -196,7 +196,8 @@ fn a_mid_stream_failure_is_an_error_event() {
 
 #[test]
 fn claude_code_request_shape_as_it_sends_it() {
-    let m = mock(&["--tokens", "4"]);
+    // The emulator counts a prompt's words, tools aside; a tokenizer's count is about 1.2 per raw estimate.
+    let m = mock(&["--tokens", "4", "--prompt-eval-count", "1200"]);
     let g = gateway(&m, &["--workers", "1", "--config", &alias_file("\"claude-*\" = \"llama3:latest\"")]);
     let body =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/claude_code_request.json"))
@@ -240,6 +241,9 @@ fn claude_code_request_shape_as_it_sends_it() {
     assert_eq!(tools, ["Read", "Bash", "TodoWrite"]);
     assert_eq!(sent["options"]["num_predict"], 32000);
     assert_eq!(sent["think"], true);
+    // The calibration learns when the request finishes, which the metrics show.
+    let finished = || get(g.addr, "/metrics").text().contains("route=\"messages\",status=\"200\"} 1");
+    assert!(eventually(Duration::from_secs(5), finished), "the streamed request finishes");
     // Its count_tokens call, which Ollama does not have, is answered without the GPU.
     let generations = || stats(&m)["by_endpoint"]["chat"].as_u64().unwrap();
     let before = generations();

@@ -90,6 +90,10 @@ pub struct Knobs {
     /// Answer with a `100 Continue` interim response in the same write as the final one.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub interim_continue: bool,
+    /// Report this `prompt_eval_count` instead of counting the prompt's words
+    /// (a real tokenizer's count, for measuring the gateway's estimates).
+    #[arg(long)]
+    pub prompt_eval_count: Option<u64>,
 }
 
 impl Default for Knobs {

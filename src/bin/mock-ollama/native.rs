@@ -256,7 +256,8 @@ fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
         }
     }
     let eval_count = lines.len() as u64;
-    Plan { model, chat, openai, stream, lines, done_reason, prompt: prompt_tokens(v), eval_count }
+    let prompt = knobs.prompt_eval_count.unwrap_or_else(|| prompt_tokens(v));
+    Plan { model, chat, openai, stream, lines, done_reason, prompt, eval_count }
 }
 
 impl Plan {
