@@ -30,6 +30,8 @@ pub struct Ctx {
     pub headers: Vec<(&'static str, String)>,
     /// What the key's limits and quotas hold for this request (released at the end).
     pub admission: Option<Admission>,
+    /// Its usage and reservations are settled (see `finish::settle`).
+    pub settled: bool,
     /// Set once the request was written to an upstream host: from then on the
     /// model may be working on it, and a request that ends early pays for its prompt.
     pub sent: Cell<bool>,
@@ -48,6 +50,7 @@ impl Ctx {
             metered: false,
             headers: Vec::new(),
             admission: None,
+            settled: false,
             sent: Cell::new(false),
             outcome: Outcome::default(),
         }

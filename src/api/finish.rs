@@ -2,7 +2,8 @@
 //! from the HTTP layer, a 401, a 429): all of its accounting in one place.
 //! An authenticated API request adds to this core's usage and settles its
 //! reservations in the quota book and the token rate; a reply's real prompt
-//! count calibrates the estimates; then the metrics and the access log line.
+//! count calibrates the estimates ([`settle`], as soon as the outcome is
+//! known); then the metrics and the access log line ([`finish`]).
 
 use std::borrow::Cow;
 
@@ -14,12 +15,21 @@ use crate::accounting::usage::{UNKNOWN_MODEL, UsageRecord, model_label};
 use crate::http::request::Request;
 use crate::policy::limits::{self, Limiters};
 
-/// Accounts for a finished request (its reply written, or its client gone).
-pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
-    let total_us = ctx.elapsed_us();
+/// Settles a request's books as soon as its outcome is known, before the
+/// last bytes of its reply go out: its usage, its reservations in the quota
+/// book and the token rate, the calibration, and its concurrency slot. A
+/// client that sends its next request the moment it has read a reply so
+/// finds everything the previous one held given back. Runs once; [`finish`]
+/// runs it for a request that ended any other way.
+pub fn settle(worker: &Worker, ctx: &mut Ctx) {
+    if ctx.settled {
+        return;
+    }
+    ctx.settled = true;
     let admission = ctx.admission.take();
     if let (Some(key), true) = (ctx.key.as_deref(), ctx.metered) {
         let o = &ctx.outcome;
+        let total_us = ctx.elapsed_us();
         let today = crate::clock::today();
         let model = recorded_model(worker, o);
         let record = UsageRecord {
@@ -46,8 +56,15 @@ pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
             worker.calibration.observe(&o.served_model, o.prompt_raw, o.usage.prompt_tokens);
         }
     }
-    // The concurrency slot is given back here, with the request's end.
+    // The concurrency slot is given back here, with the request's outcome.
     drop(admission);
+}
+
+/// Accounts for a finished request (its reply written, or its client gone):
+/// settles it if that was not done yet, then its access log line and metrics.
+pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
+    settle(worker, ctx);
+    let total_us = ctx.elapsed_us();
     let finished = Finished {
         id: &ctx.id,
         key_id: ctx.key_id(),

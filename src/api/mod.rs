@@ -143,7 +143,9 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
         (Route::Embeddings, Some(key)) => embeddings::embeddings(worker, req, ctx, key).await,
         (Route::Messages, Some(key)) => messages::messages(worker, req, ctx, key).await,
         (Route::CountTokens, Some(key)) => messages::count_tokens(worker, req, ctx, key),
-        (Route::Responses, Some(key)) => responses::create(worker, req, ctx, key).await,
+        // Boxed: its future is the largest of the endpoints', and would
+        // otherwise make every request's future as large.
+        (Route::Responses, Some(key)) => Box::pin(responses::create(worker, req, ctx, key)).await,
         (Route::Response(id), Some(key)) if req.method() == Method::Delete => responses::delete(worker, key, &id).await,
         (Route::Response(id), Some(key)) => responses::retrieve(worker, key, &id),
         (Route::Ollama(n), Some(key)) => match n {

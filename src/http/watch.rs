@@ -158,11 +158,12 @@ impl ClientWatch {
     }
 
     /// Runs `op` until it completes, or the client goes away or the worker's
-    /// cutoff fires (`None`; [`cut_off`](Self::cut_off) tells which).
-    /// Dropping `op` then is intended: it owns the upstream connection, and
-    /// closing that is how Ollama learns to stop.
-    pub async fn race<F: Future>(&mut self, op: F) -> Option<F::Output> {
-        let mut op = std::pin::pin!(op);
+    /// cutoff fires (`None`; [`cut_off`](Self::cut_off) tells which). The
+    /// caller then drops `op` (it owns the upstream connection, and closing
+    /// that is how Ollama learns to stop): pin it in a scope that ends with
+    /// the race. `op` is borrowed pinned, not moved in, so a future as large
+    /// as an endpoint's is stored once (in the caller), not twice.
+    pub async fn race<F: Future>(&mut self, mut op: std::pin::Pin<&mut F>) -> Option<F::Output> {
         let mut arm_timer = std::pin::pin!(match self.state {
             State::Waiting(..) => Some(monoio::time::sleep_until(self.arm_at.into())),
             _ => None,

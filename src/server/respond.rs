@@ -36,7 +36,11 @@ pub async fn answer(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, accepted: A
         return write(worker, conn, ctx, reply).await;
     }
     let Some(mut split) = Split::new(worker, conn) else { return After::Close };
-    let handled = split.watch.race(crate::api::handle(worker, &conn.req, ctx, accepted)).await;
+    let handled = {
+        // Dropped when the race ends: a client that left takes the upstream connection with it.
+        let handling = std::pin::pin!(crate::api::handle(worker, &conn.req, ctx, accepted));
+        split.watch.race(handling).await
+    };
     let Some(reply) = handled else {
         // The client left, or the gateway's stop cut the request off.
         let cut_off = split.watch.cut_off();
@@ -68,6 +72,8 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply
     };
     ctx.outcome.status = status;
     ctx.first_byte_now();
+    // Settled before the reply goes out, so the client's next request finds it so.
+    crate::api::finish::settle(worker, ctx);
     let head_only = conn.req.method() == Method::Head;
     let origin = conn.req.origin && reply.cors;
     let h = head(&mut conn.out, ctx, status, &reply.headers, origin).connection(keep_alive);
@@ -166,12 +172,18 @@ async fn stream(
     let mut pull = relay.ready(&mut events);
     let how = loop {
         if pull == Pull::End {
-            relay.settle(&mut events).await;
+            // Boxed: only a stored response has anything to wait for here.
+            Box::pin(relay.settle(&mut events)).await;
         }
         frame(&mut out, &events, pull == Pull::End);
         events.clear();
         if relay.content_started() {
             ctx.first_byte_now();
+        }
+        if pull == Pull::End {
+            // Settled before the last bytes go out, so the client's next request finds it so.
+            relay.account(ctx, Relayed::Done);
+            crate::api::finish::settle(worker, ctx);
         }
         if !out.is_empty() {
             let (res, o) = split.wr.write_all(out).await;
@@ -184,7 +196,12 @@ async fn stream(
         if pull == Pull::End {
             break Relayed::Done;
         }
-        pull = match split.watch.race(relay.next(&mut events)).await {
+        let pulled = {
+            // Dropped when the race ends: a client that left takes the upstream connection with it.
+            let next = std::pin::pin!(relay.next(&mut events));
+            split.watch.race(next).await
+        };
+        pull = match pulled {
             Some(p) => p,
             None if split.watch.cut_off() => {
                 events.clear();
@@ -196,10 +213,12 @@ async fn stream(
             None => break Relayed::ClientGone,
         };
     };
-    relay.account(ctx, how);
+    if !ctx.settled {
+        relay.account(ctx, how);
+    }
     if how == Relayed::Done {
         // Reuse the upstream connection once its body is complete.
-        let _ = split.watch.race(relay.finish()).await;
+        let _ = split.watch.race(std::pin::pin!(relay.finish())).await;
     }
     let after = split.rejoin(conn).await;
     if how == Relayed::Done && keep_alive { after } else { After::Close }

@@ -146,6 +146,26 @@ fn max_concurrent_is_never_exceeded_and_slots_come_back_on_every_path() {
 }
 
 #[test]
+fn a_reply_read_in_full_has_given_its_slot_and_reservation_back() {
+    // An agent's loop: each request sent the moment the previous reply is read,
+    // on a new connection (so possibly on another core). With one slot and a
+    // tight token rate, none may be refused for what the previous one held.
+    // The host closes each stream's body 300 ms after its final line.
+    let m = mock(&["--tokens", "8", "--end-delay-ms", "300"]);
+    let g = gateway(&m, &[]);
+    // Requests of 14 tokens each, with a reservation of 2,000 each (max_tokens).
+    let key =
+        create_key(&g, "agent", &["--max-concurrent", "1", "--tpm", "3000"])["secret"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        let body = json!({"model":"llama3","messages":[{"role":"user","content":"Say hello to the test"}],
+            "max_tokens":2000,"stream":i % 2 == 0})
+        .to_string();
+        let r = chat_as(&g, &key, &body);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+}
+
+#[test]
 fn tokens_per_minute_refuse_while_in_debt() {
     let m = mock(&["--tokens", "8"]);
     let g = gateway(&m, &[]);

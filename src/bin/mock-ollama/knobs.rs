@@ -90,6 +90,10 @@ pub struct Knobs {
     /// Answer with a `100 Continue` interim response in the same write as the final one.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub interim_continue: bool,
+    /// Wait this long between a stream's final line and the end of its body
+    /// (a host slow to close what it has already said).
+    #[arg(long, default_value_t = 0)]
+    pub end_delay_ms: u64,
     /// Report this `prompt_eval_count` instead of counting the prompt's words
     /// (a real tokenizer's count, for measuring the gateway's estimates).
     #[arg(long)]

@@ -370,7 +370,7 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     }
     if knobs.never_respond {
         // Hold the request until the client gives up.
-        let _ = watch.race(std::future::pending::<()>()).await;
+        let _ = watch.race(std::pin::pin!(std::future::pending::<()>())).await;
         stats.cancelled.fetch_add(1, Relaxed);
         return false;
     }
@@ -522,7 +522,7 @@ async fn write_stream(
         }
         if knobs.stall_after == Some(i) {
             let _ = write(wr, &mut out).await;
-            let _ = watch.race(std::future::pending::<()>()).await;
+            let _ = watch.race(std::pin::pin!(std::future::pending::<()>())).await;
             stats.cancelled.fetch_add(1, Relaxed);
             stats.cancelled_tokens.fetch_add(written, Relaxed);
             return false;
@@ -559,6 +559,10 @@ async fn write_stream(
         chunk(&mut out, &go_json(&plan.final_line(last, started.elapsed())));
     }
     drop(guard);
+    if knobs.end_delay_ms > 0 && !(write(wr, &mut out).await && sleep_or_gone(watch, knobs.end_delay_ms).await) {
+        stats.cancelled.fetch_add(1, Relaxed);
+        return false;
+    }
     out.extend_from_slice(b"0\r\n\r\n");
     if !write(wr, &mut out).await {
         stats.cancelled.fetch_add(1, Relaxed);

@@ -174,5 +174,5 @@ pub async fn write(wr: &mut Option<TcpOwnedWriteHalf>, out: &mut Vec<u8>) -> boo
 
 /// Sleeps, unless the client closes first (false).
 pub async fn sleep_or_gone(watch: &mut ClientWatch, ms: u64) -> bool {
-    watch.race(monoio::time::sleep(Duration::from_millis(ms))).await.is_some()
+    watch.race(std::pin::pin!(monoio::time::sleep(Duration::from_millis(ms)))).await.is_some()
 }
