@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
             daily_tokens: None,
             monthly_tokens: None,
         },
+        version: 0,
     };
     let limiters = Limiters::new(Arc::new(LimiterBook::default()));
     let mut g = c.benchmark_group("limits");

@@ -2,6 +2,8 @@
 //!
 //! The CLI opens the same LMDB store as a running server (LMDB is safe
 //! across processes), so every change applies to the server's next request.
+//! With `--redis` it acts on the cluster's keys in Redis instead, which
+//! every instance mirrors within moments.
 //! Human output is an aligned table; `--json` prints the same shape as the
 //! admin API, stable for scripts. A failure is one line on stderr and a
 //! non-zero exit.
@@ -9,7 +11,8 @@
 use clap::{Args, Subcommand};
 
 use crate::clock::{parse_expiry, unix_now};
-use crate::config::DataArgs;
+use crate::cluster::keys::KeyAdmin;
+use crate::config::{ClusterArgs, DataArgs};
 use crate::store::Store;
 use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role, models_from_arg};
 
@@ -17,6 +20,9 @@ use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role, models_from
 pub struct KeysArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    /// With `--redis`, the command acts on the cluster's keys (and needs no store here).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -122,10 +128,17 @@ pub struct UpdateArgs {
 
 /// Runs a `keys` command; prints its result. Errors are returned as one line.
 pub fn run_keys(args: KeysArgs) -> Result<(), String> {
-    // Listing and showing only read: they work on a store the user may only read.
-    let read_only = matches!(args.command, KeysCommand::List(_) | KeysCommand::Show(_));
-    let store = if read_only { Store::open_read_only(&args.data.data_dir) } else { Store::open(&args.data.data_dir) }
-        .map_err(|e| e.to_string())?;
+    let link = crate::cluster::link(&args.cluster)?;
+    let store = match link {
+        // The cluster's keys live in Redis: no local store is needed.
+        Some(_) => None,
+        // Listing and showing only read: they work on a store the user may only read.
+        None if matches!(args.command, KeysCommand::List(_) | KeysCommand::Show(_)) => {
+            Some(Store::open_read_only(&args.data.data_dir).map_err(|e| e.to_string())?)
+        }
+        None => Some(Store::open(&args.data.data_dir).map_err(|e| e.to_string())?),
+    };
+    let keys = KeyAdmin { store, link: link.as_ref() };
     match args.command {
         KeysCommand::Create(a) => {
             let expires = a.expires.as_deref().map(|e| parse_expiry(e, unix_now())).transpose()?;
@@ -143,34 +156,34 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                 },
                 secret: None,
             };
-            let (record, secret) = store.create_key(new).map_err(|e| e.to_string())?;
+            let (record, secret) = keys.create(new).map_err(|e| e.to_string())?;
             let what = format!("Created key '{}' ({}).", record.name, record.id);
             print_secret(&record, &secret, a.json.json, &what);
         }
         KeysCommand::List(j) => {
-            let keys = store.list_keys().map_err(|e| e.to_string())?;
+            let list = keys.list().map_err(|e| e.to_string())?;
             if j.json {
-                let data: Vec<serde_json::Value> = keys.iter().map(KeyRecord::view).collect();
+                let data: Vec<serde_json::Value> = list.iter().map(KeyRecord::view).collect();
                 println!("{}", serde_json::json!({"object": "list", "data": data}));
             } else {
-                print!("{}", table(&keys));
+                print!("{}", table(&list));
             }
         }
         KeysCommand::Show(t) => {
-            let (_, record) = store.find_key(&t.key).map_err(|e| e.to_string())?;
+            let record = keys.find(&t.key).map_err(|e| e.to_string())?;
             print_record(&record, t.json.json);
         }
         KeysCommand::Update(a) => {
             let update = update_from_args(&a)?;
-            let record = store.update_key(&a.key, &update).map_err(|e| e.to_string())?;
+            let record = keys.update(&a.key, &update).map_err(|e| e.to_string())?;
             print_record(&record, a.json.json);
         }
         KeysCommand::Revoke(t) => {
-            let record = store.revoke_key(&t.key).map_err(|e| e.to_string())?;
+            let record = keys.revoke(&t.key).map_err(|e| e.to_string())?;
             print_record(&record, t.json.json);
         }
         KeysCommand::Rotate(t) => {
-            let (record, secret) = store.rotate_key(&t.key).map_err(|e| e.to_string())?;
+            let (record, secret) = keys.rotate(&t.key).map_err(|e| e.to_string())?;
             let what = format!("Rotated key '{}' ({}); the old secret no longer works.", record.name, record.id);
             print_secret(&record, &secret, t.json.json, &what);
         }

@@ -11,6 +11,7 @@ pub mod json; //            leaf: JSON string/number writers, body parsing with 
 pub mod config; //          flags, env, config file, aliases → Config
 pub mod http; //            HTTP/1.1: request heads, responses, chunked, the client connection and watch
 pub mod store; //           LMDB: keys, secret format, usage table, serve lock
+pub mod cluster; //         several instances as one through Redis: key mirror, heartbeats
 pub mod upstream; //        reaching Ollama: hosts, health, gate, client, native bodies and lines
 pub mod openai; //          the OpenAI front: requests → native, native → replies and SSE
 pub mod anthropic; //       the Anthropic front: Messages requests → native, native → messages and events

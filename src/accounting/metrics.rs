@@ -139,6 +139,8 @@ pub struct Metrics {
     pub live: Mutex<std::collections::VecDeque<LiveSample>>,
     /// The usage writer's counters.
     pub usage_writer: Arc<crate::accounting::usage::WriterStats>,
+    /// The cluster's state, when the gateway runs with `--redis`.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterState>>,
 }
 
 /// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
@@ -157,6 +159,11 @@ impl Metrics {
     /// Requests in flight now, over all workers.
     pub fn in_flight(&self) -> i64 {
         self.workers.iter().map(|w| w.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Requests finished since the start, over all workers.
+    pub fn requests(&self) -> u64 {
+        self.workers.iter().map(|w| w.counters.lock().requests.values().sum::<u64>()).sum()
     }
 
     /// Adds a sample of the cumulative totals (called every [`LIVE_EVERY`] by worker 0).
@@ -191,6 +198,7 @@ impl Metrics {
             "every_ms": LIVE_EVERY.as_millis() as u64,
             "samples": samples,
             "hosts": hosts,
+            "instances": self.cluster.get().map(|c| c.instances.lock().clone()),
         })
     }
 
@@ -244,6 +252,33 @@ impl Metrics {
         }
         help(&mut out, "ai_gateway_in_flight_requests", "gauge", "Requests being served now.");
         let _ = writeln!(out, "ai_gateway_in_flight_requests {in_flight}");
+        if let Some(c) = self.cluster.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            help(&mut out, "ai_gateway_redis_up", "gauge", "Whether the cluster's Redis answered the last exchange.");
+            let _ = writeln!(out, "ai_gateway_redis_up {}", u8::from(c.up.load(Relaxed)));
+            help(&mut out, "ai_gateway_redis_lag_seconds", "gauge", "Seconds since Redis last answered.");
+            let last = c.last_ok_ms.load(Relaxed);
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let lag = if last == 0 { -1.0 } else { now.saturating_sub(last) as f64 / 1000.0 };
+            let _ = writeln!(out, "ai_gateway_redis_lag_seconds {lag}");
+            help(&mut out, "ai_gateway_cluster_instances", "gauge", "Instances of the cluster seen alive.");
+            let _ = writeln!(out, "ai_gateway_cluster_instances {}", c.instances.lock().len());
+            help(
+                &mut out,
+                "ai_gateway_cluster_keys_version",
+                "gauge",
+                "The cluster's key change counter the local mirror holds.",
+            );
+            let _ = writeln!(out, "ai_gateway_cluster_keys_version {}", c.keys_version.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_cluster_queued_key_changes",
+                "gauge",
+                "Key changes made while Redis was away, not yet pushed.",
+            );
+            let _ = writeln!(out, "ai_gateway_cluster_queued_key_changes {}", c.queued_changes.load(Relaxed));
+        }
         help(
             &mut out,
             "ai_gateway_upstream_latency_seconds",
@@ -367,6 +402,7 @@ mod tests {
             upstreams: None,
             live: Default::default(),
             usage_writer: Default::default(),
+            cluster: Default::default(),
         }
         .render();
         for line in [

@@ -4,13 +4,18 @@
 //! `rotate` add the new `secret`, shown this once. Store work (writes that
 //! fsync, listings that read every key and the usage table) runs on the
 //! runtime's blocking pool, never on the worker thread itself. Store errors
-//! become client errors in one place, `api::store::store_error`.
+//! become client errors in one place, `api::store::store_error`. With
+//! `--redis`, changes are made in the cluster's Redis first (see
+//! `cluster::keys`): a 503 says when Redis is needed and cannot be reached.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::reply::Reply;
 use super::store::{off_worker, store_error};
 use super::worker::Worker;
+use crate::cluster::keys::KeyAdmin;
+use crate::cluster::link::Link;
 use crate::error::ApiError;
 use crate::http::request::{Method, Request};
 use crate::store::keys::{KeyRecord, KeyUpdate};
@@ -21,6 +26,11 @@ fn settings(body: &[u8]) -> Result<KeyUpdate, ApiError> {
     KeyUpdate::from_json(&v, crate::clock::unix_now()).map_err(|(field, msg)| {
         if field.is_empty() { ApiError::bad_request(msg) } else { ApiError::invalid(field, Cow::Owned(msg)) }
     })
+}
+
+/// Key changes through the cluster when there is one (see `cluster::keys`).
+fn admin<'l>(store: &'static Store, link: &'l Option<Arc<Link>>) -> KeyAdmin<'l> {
+    KeyAdmin { store: Some(store), link: link.as_deref() }
 }
 
 fn with_secret(record: &KeyRecord, secret: &str) -> Vec<u8> {
@@ -40,7 +50,10 @@ pub async fn keys<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let result = if req.method() == Method::Post {
         match settings(&req.body).and_then(|u| u.into_new_key().map_err(|(f, m)| ApiError::invalid(f, m))) {
             Ok(new) => {
-                off_worker(store, move |s| s.create_key(new)).await.map(|(r, secret)| (201, with_secret(&r, &secret)))
+                let link = worker.cluster.clone();
+                off_worker(store, move |s| admin(s, &link).create(new))
+                    .await
+                    .map(|(r, secret)| (201, with_secret(&r, &secret)))
             }
             Err(e) => Err(e),
         }
@@ -75,12 +88,13 @@ fn list_keys(store: &'static Store) -> Result<Vec<u8>, StoreError> {
 pub async fn key<'w>(worker: &Worker, req: &Request, id: &str) -> Reply<'w> {
     let store = worker.store;
     let id = id.to_owned();
+    let link = worker.cluster.clone();
     let result = match req.method() {
         Method::Patch => match settings(&req.body) {
-            Ok(update) => off_worker(store, move |s| s.update_key(&id, &update)).await,
+            Ok(update) => off_worker(store, move |s| admin(s, &link).update(&id, &update)).await,
             Err(e) => Err(e),
         },
-        Method::Delete => off_worker(store, move |s| s.revoke_key(&id)).await,
+        Method::Delete => off_worker(store, move |s| admin(s, &link).revoke(&id)).await,
         _ => store.find_key(&id).map(|(_, r)| r).map_err(store_error),
     };
     reply(result.map(|r| (200, r.view().to_string().into_bytes())))
@@ -89,6 +103,7 @@ pub async fn key<'w>(worker: &Worker, req: &Request, id: &str) -> Reply<'w> {
 /// `POST /admin/v1/keys/{id}/rotate`.
 pub async fn rotate<'w>(worker: &Worker, id: &str) -> Reply<'w> {
     let id = id.to_owned();
-    let result = off_worker(worker.store, move |s| s.rotate_key(&id)).await;
+    let link = worker.cluster.clone();
+    let result = off_worker(worker.store, move |s| admin(s, &link).rotate(&id)).await;
     reply(result.map(|(r, secret)| (200, with_secret(&r, &secret))))
 }

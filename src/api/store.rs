@@ -12,6 +12,9 @@ pub fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(m) => ApiError::new(404, "invalid_request_error", "key_not_found", format!("{m}.")),
         StoreError::Conflict(m) | StoreError::Invalid(m) => ApiError::invalid("name", format!("{m}.")),
+        StoreError::Unavailable(m) => {
+            ApiError::new(503, "api_error", "cluster_unavailable", format!("{m}. Try again when it is back."))
+        }
         StoreError::Io(m) => {
             crate::log::error(format_args!("store: {m}"));
             ApiError::new(500, "api_error", "internal_error", "The gateway could not use its store.")

@@ -57,4 +57,6 @@ pub struct Worker {
     /// Fired when a stop's grace period runs out: requests still waiting on
     /// the upstream end at once, properly.
     pub cutoff: Rc<Cutoff>,
+    /// The cluster's Redis, with `--redis` (key changes go through it).
+    pub cluster: Option<Arc<crate::cluster::link::Link>>,
 }

@@ -154,6 +154,23 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub data: DataArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `--redis` and `--redis-prefix`; shared by `serve`, `keys` and `usage`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// Run as one instance of a cluster sharing keys, limits, quotas and
+    /// usage through this Redis (or Valkey):
+    /// `redis://[user:password@]host:port[/db]`.
+    #[arg(long, env = "AI_GATEWAY_REDIS")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key the gateway uses, so several clusters can share one Redis.
+    #[arg(long, env = "AI_GATEWAY_REDIS_PREFIX", default_value = "aigw:")]
+    pub redis_prefix: String,
 }
 
 /// Where the store lives; shared by `serve` and `keys`.
@@ -217,6 +234,8 @@ pub struct Config {
     pub completion_reservation: u64,
     /// Bytes of non-streamed replies held at once.
     pub upstream_buffer_bytes: usize,
+    /// `--redis` and its prefix (checked when the cluster starts).
+    pub cluster: ClusterArgs,
 }
 
 impl Config {
@@ -304,6 +323,7 @@ impl Config {
             upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
             completion_reservation: a.completion_reservation,
             upstream_buffer_bytes: a.upstream_buffer_bytes,
+            cluster: a.cluster.clone(),
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

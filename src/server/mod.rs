@@ -69,11 +69,24 @@ pub fn run(config: Config) -> Result<(), String> {
         upstreams: Some(upstreams.clone()),
         live: Default::default(),
         usage_writer: writer_stats,
+        cluster: OnceLock::new(),
     });
     if let Some(addr) = config.metrics_listen {
         let bound = scrape::spawn(addr, all_metrics.clone())?;
         crate::log::info(format_args!("metrics without a key on {bound} (GET /metrics)"));
     }
+    // With `--redis`: the cluster thread, before the first request (its first
+    // round mirrors the cluster's keys).
+    let cluster = match crate::cluster::link(&config.cluster)? {
+        Some(link) => {
+            let load = Arc::new(ClusterLoad(all_metrics.clone()));
+            let c = crate::cluster::Cluster::start(link, store, config.listen.to_string(), load)?;
+            let _ = all_metrics.cluster.set(c.state.clone());
+            Some(c)
+        }
+        None => None,
+    };
+    let cluster_link = cluster.as_ref().map(|c| c.link.clone());
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkers = crate::upstream::health::spawn_checkers(&upstreams, stop_checks.clone())
         .map_err(|e| format!("cannot start the health checker: {e}"))?;
@@ -93,6 +106,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let metrics = worker_metrics[index].clone();
         let all_metrics = all_metrics.clone();
         let limiter_book = limiter_book.clone();
+        let cluster_link = cluster_link.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -117,6 +131,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     limiters: Limiters::new(limiter_book),
                     calibration: Default::default(),
                     cutoff: Default::default(),
+                    cluster: cluster_link,
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {
@@ -156,6 +171,9 @@ pub fn run(config: Config) -> Result<(), String> {
     for c in checkers {
         let _ = c.join();
     }
+    if let Some(c) = cluster {
+        c.stop();
+    }
     // Every worker has handed over its last usage and log lines: commit, write, stop.
     let committed = writer.finish();
     let _ = access_tx.send(Vec::new());
@@ -163,6 +181,15 @@ pub fn run(config: Config) -> Result<(), String> {
     committed.map_err(|e| format!("ai-gateway stopped, but {e}"))?;
     crate::log::always(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
+}
+
+/// An instance's load, for its heartbeat in the cluster.
+struct ClusterLoad(Arc<Metrics>);
+
+impl crate::cluster::Load for ClusterLoad {
+    fn load(&self) -> (u64, u64) {
+        (self.0.in_flight().max(0) as u64, self.0.requests())
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: every client and

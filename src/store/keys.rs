@@ -50,6 +50,14 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     #[serde(default)]
     pub limits: Limits,
+    /// The cluster's version of this record (0 without `--redis`); a mirror
+    /// applies a record only over an older one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl KeyRecord {
@@ -57,7 +65,7 @@ impl KeyRecord {
         serde_json::from_slice(raw).map_err(|e| StoreError::Io(format!("a key record is unreadable: {e}")))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -245,6 +253,15 @@ impl KeyUpdate {
                         _ => return Err(("expires".into(), "'expires' must be a duration, a date or null.".into())),
                     })
                 }
+                "expires_at" => {
+                    u.expires = Some(match v {
+                        Value::Null => None,
+                        v => Some(v.as_i64().ok_or((
+                            "expires_at".to_owned(),
+                            "'expires_at' must be Unix seconds or null.".to_owned(),
+                        ))?),
+                    })
+                }
                 "limits" => {
                     let limits =
                         v.as_object().ok_or(("limits".to_owned(), "'limits' must be an object.".to_owned()))?;
@@ -260,6 +277,66 @@ impl KeyUpdate {
             }
         }
         Ok(u)
+    }
+
+    /// Applies the change to a record (the name checked, not its uniqueness).
+    pub fn apply_to(&self, record: &mut KeyRecord) -> Result<(), StoreError> {
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+            record.name = name.clone();
+        }
+        if let Some(role) = self.role {
+            record.role = role;
+        }
+        if let Some(models) = &self.models {
+            record.models = models.clone();
+        }
+        if let Some(expires) = self.expires {
+            record.expires = expires;
+        }
+        let l = &mut record.limits;
+        for (field, value) in [
+            (&mut l.rpm, self.rpm),
+            (&mut l.tpm, self.tpm),
+            (&mut l.max_concurrent, self.max_concurrent),
+            (&mut l.daily_tokens, self.daily_tokens),
+            (&mut l.monthly_tokens, self.monthly_tokens),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// The change as the admin API's JSON, which [`Self::from_json`] reads
+    /// back (expiry as a Unix time in seconds, `expires_at`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::Map::new();
+        if let Some(n) = &self.name {
+            v.insert("name".into(), n.clone().into());
+        }
+        if let Some(r) = self.role {
+            v.insert("role".into(), serde_json::to_value(r).unwrap_or_default());
+        }
+        if let Some(m) = &self.models {
+            v.insert("models".into(), if m.is_empty() { "all".into() } else { m.clone().into() });
+        }
+        if let Some(e) = self.expires {
+            v.insert("expires_at".into(), e.into());
+        }
+        for (name, value) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("max_concurrent", self.max_concurrent),
+            ("daily_tokens", self.daily_tokens),
+            ("monthly_tokens", self.monthly_tokens),
+        ] {
+            if let Some(value) = value {
+                v.insert(name.into(), value.into());
+            }
+        }
+        serde_json::Value::Object(v)
     }
 
     /// The settings of a new key: `name` is required, the rest defaults.
@@ -282,7 +359,7 @@ impl KeyUpdate {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), StoreError> {
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
         return Err(StoreError::Invalid(format!(
             "invalid key name '{name}': use 1 to 64 letters, digits, '-', '_', '.' or '@'"
@@ -291,7 +368,7 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut id = String::from("key_");
     for _ in 0..12 {
         id.push(fastrand::alphanumeric().to_ascii_lowercase());
@@ -334,6 +411,7 @@ impl Store {
             expires: new.expires,
             revoked_at: None,
             limits: new.limits,
+            version: 0,
         };
         self.keys.put(&mut wtxn, &hash, &record.encode())?;
         self.key_ids.put(&mut wtxn, &record.id, &hash)?;
@@ -395,29 +473,8 @@ impl Store {
             }
             self.key_names.delete(&mut wtxn, &record.name)?;
             self.key_names.put(&mut wtxn, name, &hash)?;
-            record.name = name.clone();
         }
-        if let Some(role) = update.role {
-            record.role = role;
-        }
-        if let Some(models) = &update.models {
-            record.models = models.clone();
-        }
-        if let Some(expires) = update.expires {
-            record.expires = expires;
-        }
-        let l = &mut record.limits;
-        for (field, value) in [
-            (&mut l.rpm, update.rpm),
-            (&mut l.tpm, update.tpm),
-            (&mut l.max_concurrent, update.max_concurrent),
-            (&mut l.daily_tokens, update.daily_tokens),
-            (&mut l.monthly_tokens, update.monthly_tokens),
-        ] {
-            if let Some(v) = value {
-                *field = v;
-            }
-        }
+        update.apply_to(&mut record)?;
         self.keys.put(&mut wtxn, &hash, &record.encode())?;
         wtxn.commit()?;
         Ok(record)
@@ -454,6 +511,174 @@ impl Store {
         Ok((record, secret))
     }
 }
+
+/// A key as a cluster holds it: its secret's hash and its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterKey {
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub record: KeyRecord,
+}
+
+impl ClusterKey {
+    pub fn hash_bytes(&self) -> Option<KeyHash> {
+        let b = self.hash.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+/// A key hash as lower-case hex.
+pub fn hash_hex(hash: &KeyHash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Every key with its hash (what a cluster is seeded with).
+    pub fn keys_with_hashes(&self) -> Result<Vec<ClusterKey>, StoreError> {
+        let rtxn = self.read()?;
+        let mut out = Vec::new();
+        for item in self.keys.iter(&rtxn)? {
+            let (hash, raw) = item?;
+            let hash: KeyHash = hash.try_into().map_err(|_| StoreError::Io("a key hash is unreadable".into()))?;
+            out.push(ClusterKey { hash: hash_hex(&hash), record: KeyRecord::decode(raw)? });
+        }
+        Ok(out)
+    }
+
+    /// Makes the local store hold the cluster's version of keys: each
+    /// record replaces the one with its id (whatever its old secret) and any
+    /// other holding its name, unless the local one is newer. `applied` is
+    /// the cluster's change counter these bring the mirror up to.
+    pub fn mirror_keys(&self, keys: &[ClusterKey], applied: Option<u64>) -> Result<usize, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut changed = 0;
+        for k in keys {
+            let Some(hash) = k.hash_bytes() else { continue };
+            let r = &k.record;
+            if let Some(old_hash) = self.key_ids.get(&wtxn, &r.id)? {
+                let old_hash = old_hash.to_vec();
+                if let Some(raw) = self.keys.get(&wtxn, &old_hash)? {
+                    let old = KeyRecord::decode(raw)?;
+                    if old.version > r.version || (old.version == r.version && old_hash == hash && old == *r) {
+                        continue;
+                    }
+                    if old.name != r.name {
+                        self.key_names.delete(&mut wtxn, &old.name)?;
+                    }
+                }
+                if old_hash != hash {
+                    self.keys.delete(&mut wtxn, &old_hash)?;
+                }
+            }
+            // The name (or the secret) held locally by another key: the cluster's wins.
+            for other in
+                [self.key_names.get(&wtxn, &r.name)?.map(<[u8]>::to_vec), Some(hash.to_vec())].into_iter().flatten()
+            {
+                if let Some(raw) = self.keys.get(&wtxn, &other)?
+                    && let Ok(o) = KeyRecord::decode(raw)
+                    && o.id != r.id
+                {
+                    self.key_ids.delete(&mut wtxn, &o.id)?;
+                    self.key_names.delete(&mut wtxn, &o.name)?;
+                    self.keys.delete(&mut wtxn, &other)?;
+                }
+            }
+            self.keys.put(&mut wtxn, &hash, &r.encode())?;
+            self.key_ids.put(&mut wtxn, &r.id, &hash)?;
+            self.key_names.put(&mut wtxn, &r.name, &hash)?;
+            changed += 1;
+        }
+        if let Some(v) = applied {
+            self.meta.put(&mut wtxn, MIRRORED, &v.to_le_bytes())?;
+        }
+        wtxn.commit()?;
+        Ok(changed)
+    }
+
+    /// The cluster's change counter the local keys were last brought up to.
+    pub fn mirrored_version(&self) -> Result<u64, StoreError> {
+        let rtxn = self.read()?;
+        Ok(match self.meta.get(&rtxn, MIRRORED)? {
+            Some(v) if v.len() == 8 => u64::from_le_bytes(v.try_into().unwrap_or_default()),
+            _ => 0,
+        })
+    }
+
+    /// The cluster generation the mirror's versions belong to ("" before any).
+    pub fn mirrored_epoch(&self) -> Result<String, StoreError> {
+        let rtxn = self.read()?;
+        Ok(self.meta.get(&rtxn, EPOCH)?.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+    }
+
+    /// Starts mirroring a new cluster generation (a new Redis, or one that
+    /// lost its data): the local records' versions mean nothing there, so
+    /// they go back to 0 and the whole key set is read again.
+    pub fn reset_mirror(&self, epoch: &str) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut records = Vec::new();
+        for item in self.keys.iter(&wtxn)? {
+            let (hash, raw) = item?;
+            let mut r = KeyRecord::decode(raw)?;
+            if r.version != 0 {
+                r.version = 0;
+                records.push((hash.to_vec(), r.encode()));
+            }
+        }
+        for (hash, raw) in records {
+            self.keys.put(&mut wtxn, &hash, &raw)?;
+        }
+        self.meta.put(&mut wtxn, MIRRORED, &0u64.to_le_bytes())?;
+        self.meta.put(&mut wtxn, EPOCH, epoch.as_bytes())?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Queues a key change made while the cluster could not be reached.
+    pub fn outbox_push(&self, change: &[u8]) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let next = match self.meta.rev_prefix_iter(&wtxn, OUTBOX)?.next() {
+            Some(item) => item?.0[OUTBOX.len()..].parse::<u64>().unwrap_or(0) + 1,
+            None => 1,
+        };
+        self.meta.put(&mut wtxn, &format!("{OUTBOX}{next:020}"), change)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// The queued key changes, oldest first: (entry name, change).
+    pub fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rtxn = self.read()?;
+        let mut out = Vec::new();
+        for item in self.meta.prefix_iter(&rtxn, OUTBOX)? {
+            let (k, v) = item?;
+            out.push((k.to_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drops a queued change once the cluster has it.
+    pub fn outbox_done(&self, entry: &str) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.delete(&mut wtxn, entry)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+}
+
+/// The `meta` entry holding the mirrored change counter.
+const MIRRORED: &str = "cluster/keys_version";
+/// The `meta` entry naming the cluster generation mirrored.
+const EPOCH: &str = "cluster/epoch";
+/// The prefix of queued key changes in `meta`.
+const OUTBOX: &str = "cluster/outbox/";
 
 #[cfg(test)]
 mod tests {
@@ -560,6 +785,7 @@ mod tests {
             expires: None,
             revoked_at: None,
             limits: Limits::default(),
+            version: 0,
         };
         assert!(r.allows_model("anything"));
         r.models = vec!["llama3".into(), "qwen3:8b".into()];

@@ -55,12 +55,18 @@ pub enum StoreError {
     Invalid(String),
     /// The store itself failed: LMDB, the disk, an unreadable record.
     Io(String),
+    /// The cluster's shared store (Redis) cannot be reached, and the change needs it.
+    Unavailable(String),
 }
 
 impl StoreError {
     pub fn message(&self) -> &str {
         match self {
-            StoreError::NotFound(m) | StoreError::Conflict(m) | StoreError::Invalid(m) | StoreError::Io(m) => m,
+            StoreError::NotFound(m)
+            | StoreError::Conflict(m)
+            | StoreError::Invalid(m)
+            | StoreError::Io(m)
+            | StoreError::Unavailable(m) => m,
         }
     }
 }

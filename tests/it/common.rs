@@ -401,3 +401,84 @@ pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
     s.bind(&addr.into()).unwrap_or_else(|e| panic!("cannot hold {addr}: {e}"));
     s
 }
+
+/// A `redis-server` of the tests' own, on a free port, keeping nothing on
+/// disk; stopped when dropped. `REDIS_SERVER_BIN` names the binary (else
+/// `redis-server` on the PATH; `scripts/test` installs Debian's).
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = Redis { child: None, port };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, empty) on its port, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (install redis-server; scripts/test does): {e}"));
+        self.child = Some(child);
+        let ready = eventually(Duration::from_secs(10), || self.command(&["PING"]).is_some_and(|r| r.contains("PONG")));
+        assert!(ready, "redis-server did not start on port {}", self.port);
+    }
+
+    /// Freezes it (SIGSTOP): connections open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it (SIGCONT), its data intact.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Kills it (its data is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends one command (RESP), returns the raw reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        use std::io::Read;
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["json"],
     &["config", "http"],
     &["store"],
+    &["cluster"],
     &["upstream"],
     &["openai", "anthropic", "responses", "ollama"],
     &["accounting", "policy"],

@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod chat;
+mod cluster;
 mod common;
 mod completions;
 mod config;

@@ -1,0 +1,246 @@
+//! Several gateway instances as one, through Redis (`--redis`). Without the
+//! flag none of this runs and an instance is alone, as it always was.
+//!
+//! One thread per instance (`cluster`) talks to Redis; nothing on a
+//! worker core ever waits for it. Each [`POLL`] the thread mirrors key
+//! changes into the local store (see `keys`) and, each [`HEARTBEAT`],
+//! says the instance is alive and how loaded it is. When Redis cannot be
+//! reached the instance goes on serving from what it has, says so in
+//! `/readyz`, `/metrics` and one log line, and tries again every
+//! [`RETRY`]; on its return the changes made meanwhile are pushed and the
+//! mirror catches up.
+
+pub mod keys;
+pub mod link;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::config::ClusterArgs;
+use crate::store::Store;
+use link::Link;
+
+/// How often the mirror asks Redis whether keys changed.
+pub const POLL: Duration = Duration::from_millis(20);
+/// How often an instance says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// An instance silent this long is taken for gone.
+pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait before connecting again after Redis failed.
+pub const RETRY: Duration = Duration::from_millis(250);
+
+/// The checked link, when `--redis` is given.
+pub fn link(args: &ClusterArgs) -> Result<Option<Link>, String> {
+    match args.redis.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(url) => Link::new(url, &args.redis_prefix).map(Some),
+    }
+}
+
+/// What the cluster thread reports, read by `/readyz`, `/metrics` and the dashboard.
+#[derive(Default)]
+pub struct ClusterState {
+    /// Redis answered the last exchange.
+    pub up: AtomicBool,
+    /// When Redis last answered (ms since the Unix epoch; 0: never).
+    pub last_ok_ms: AtomicU64,
+    /// The cluster's key change counter the local mirror holds.
+    pub keys_version: AtomicU64,
+    /// Key changes waiting in the local outbox for Redis.
+    pub queued_changes: AtomicU64,
+    /// The instances last seen alive, with their load.
+    pub instances: Mutex<Vec<Instance>>,
+}
+
+/// One instance of the cluster, as its heartbeat describes it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    /// Where it listens, as it was told.
+    pub listen: String,
+    /// Requests in flight at its last heartbeat.
+    pub in_flight: u64,
+    /// Requests it has served since it started.
+    pub requests: u64,
+    /// Its last heartbeat, ms since the Unix epoch.
+    pub seen_ms: u64,
+}
+
+/// What the thread needs from the rest of the gateway for its heartbeat.
+pub trait Load: Send + Sync {
+    /// (requests in flight, requests served).
+    fn load(&self) -> (u64, u64);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The running cluster side of an instance.
+pub struct Cluster {
+    pub link: Arc<Link>,
+    pub state: Arc<ClusterState>,
+    /// This instance's id in the cluster (random per start).
+    pub instance: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Starts the cluster thread. Returns once the first exchange with Redis
+    /// succeeded or failed (either way the instance starts; a failure is logged).
+    pub fn start(link: Link, store: &'static Store, listen: String, load: Arc<dyn Load>) -> Result<Self, String> {
+        let link = Arc::new(link);
+        let state = Arc::new(ClusterState::default());
+        let instance =
+            format!("inst_{}", (0..10).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (link, state, stop, me) = (link.clone(), state.clone(), stop.clone(), instance.clone());
+            std::thread::Builder::new()
+                .name("cluster".into())
+                .spawn(move || {
+                    let mut sync =
+                        Syncer { link, store, state, me, listen, load, con: None, next_beat: Instant::now() };
+                    let mut first = Some(first_tx);
+                    while !stop.load(Relaxed) {
+                        let ok = sync.round();
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(ok);
+                        }
+                        std::thread::sleep(if ok { POLL } else { RETRY });
+                    }
+                    sync.leave();
+                })
+                .map_err(|e| format!("cannot start the cluster thread: {e}"))?
+        };
+        match first_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(true) => crate::log::always(format_args!(
+                "cluster: instance {instance} joined through {} (prefix '{}')",
+                link.shown, link.prefix
+            )),
+            _ => crate::log::warn(format_args!(
+                "cluster: Redis at {} cannot be reached; serving from the local store until it can",
+                link.shown
+            )),
+        }
+        Ok(Self { link, state, instance, stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread (after a last heartbeat saying this instance left).
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The cluster thread's state.
+struct Syncer {
+    link: Arc<Link>,
+    store: &'static Store,
+    state: Arc<ClusterState>,
+    me: String,
+    listen: String,
+    load: Arc<dyn Load>,
+    con: Option<redis::Connection>,
+    next_beat: Instant,
+}
+
+impl Syncer {
+    /// One round: (re)connect, push, pull, beat. False when Redis failed.
+    fn round(&mut self) -> bool {
+        match self.exchange() {
+            Ok(()) => {
+                if !self.state.up.swap(true, Relaxed) && self.state.last_ok_ms.load(Relaxed) > 0 {
+                    crate::log::always(format_args!("cluster: Redis at {} is back", self.link.shown));
+                }
+                self.state.last_ok_ms.store(now_ms(), Relaxed);
+                true
+            }
+            Err(e) => {
+                self.con = None;
+                if self.state.up.swap(false, Relaxed) {
+                    crate::log::error(format_args!(
+                        "cluster: Redis at {} failed ({e}); serving from the local store, retrying every {} ms",
+                        self.link.shown,
+                        RETRY.as_millis()
+                    ));
+                }
+                false
+            }
+        }
+    }
+
+    fn exchange(&mut self) -> Result<(), String> {
+        let queued = self.store.outbox().map(|o| o.len() as u64).unwrap_or(0);
+        self.state.queued_changes.store(queued, Relaxed);
+        let fresh = self.con.is_none();
+        if fresh {
+            self.con = Some(self.link.connect().map_err(|e| e.to_string())?);
+        }
+        let Some(con) = self.con.as_mut() else { return Err("not connected".into()) };
+        if fresh || queued > 0 {
+            let (seeded, replayed) = keys::push_local(con, &self.link, self.store)?;
+            if seeded + replayed > 0 {
+                crate::log::info(format_args!(
+                    "cluster: pushed {seeded} keys only this instance had and {replayed} changes made while Redis was away"
+                ));
+            }
+        }
+        self.state.queued_changes.store(self.store.outbox().map(|o| o.len() as u64).unwrap_or(0), Relaxed);
+        let (version, _) = keys::pull(con, &self.link, self.store)?;
+        self.state.keys_version.store(version, Relaxed);
+        if Instant::now() >= self.next_beat {
+            self.next_beat = Instant::now() + HEARTBEAT;
+            self.beat()?;
+        }
+        Ok(())
+    }
+
+    /// Says this instance is alive, and reads who else is.
+    fn beat(&mut self) -> Result<(), String> {
+        let Some(con) = self.con.as_mut() else { return Ok(()) };
+        let (in_flight, requests) = self.load.load();
+        let now = now_ms();
+        let me = Instance { id: self.me.clone(), listen: self.listen.clone(), in_flight, requests, seen_ms: now };
+        let key = format!("{}instances", self.link.prefix);
+        let all: std::collections::HashMap<String, String> = redis::pipe()
+            .hset(&key, &self.me, serde_json::to_string(&me).unwrap_or_default())
+            .ignore()
+            .hgetall(&key)
+            .query::<(std::collections::HashMap<String, String>,)>(con)
+            .map_err(|e| e.to_string())?
+            .0;
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for (id, raw) in all {
+            match serde_json::from_str::<Instance>(&raw) {
+                Ok(i) if now.saturating_sub(i.seen_ms) <= INSTANCE_TIMEOUT.as_millis() as u64 => live.push(i),
+                // Long gone: forgotten.
+                Ok(i) if now.saturating_sub(i.seen_ms) > 3_600_000 => gone.push(id),
+                Ok(_) => {}
+                Err(_) => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = redis::cmd("HDEL").arg(&key).arg(&gone).query(con).map_err(|e| e.to_string())?;
+        }
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        *self.state.instances.lock() = live;
+        Ok(())
+    }
+
+    /// A stopping instance leaves the list at once.
+    fn leave(&mut self) {
+        if let Some(con) = self.con.as_mut() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("HDEL").arg(format!("{}instances", self.link.prefix)).arg(&self.me).query(con);
+        }
+    }
+}
