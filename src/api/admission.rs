@@ -7,17 +7,27 @@
 use super::ctx::Ctx;
 use super::reply::Reply;
 use super::worker::Worker;
+use crate::cluster::leases::Short;
 use crate::error::ApiError;
-use crate::policy::limits::{self, Limiters};
+use crate::policy::limits::{self, Limiters, Refusal};
 use crate::store::keys::KeyRecord;
+
+/// Why a request is not admitted now.
+pub enum NotYet<'w> {
+    /// The refusal to answer with.
+    Refused(Reply<'w>),
+    /// In a cluster: this instance's slice of a limit is empty. The caller
+    /// waits for [`Limiters::borrow`] and calls [`admit_request`] once more.
+    Short(Short),
+}
 
 /// Admits an API request of `key`: quota not spent (unless `check_quota` is
 /// off, for the key's own usage), then requests per minute and in flight.
 /// The admission (its concurrency slot) is kept in `ctx` until the request ends.
-pub fn admit_request<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, check_quota: bool) -> Result<(), Reply<'w>> {
+pub fn admit_request<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, check_quota: bool) -> Result<(), NotYet<'w>> {
     if check_quota && let Err(e) = worker.quota.admit(worker.store, key, &crate::clock::today()) {
         ctx.outcome.quota_refused = true;
-        return Err(Reply::error(e).header("x-should-retry", "false"));
+        return Err(NotYet::Refused(Reply::error(e).header("x-should-retry", "false")));
     }
     let now = limits::now_ns();
     match worker.limiters.admit(key, now) {
@@ -26,8 +36,15 @@ pub fn admit_request<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, check_
             ctx.admission = Some(a);
             Ok(())
         }
-        Err((e, wait_ms)) => Err(rate_limited(worker, ctx, key, e, wait_ms, now)),
+        Err(Refusal::Limited(e, wait_ms)) => Err(NotYet::Refused(rate_limited(worker, ctx, key, e, wait_ms, now))),
+        Err(Refusal::Short(short)) => Err(NotYet::Short(short)),
     }
+}
+
+/// The 429 for a request still short after a borrow: the cluster's share of that limit is spent.
+pub fn refuse_short<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, short: Short) -> Reply<'w> {
+    let (e, wait_ms) = Limiters::cluster_limited(key, short);
+    rate_limited(worker, ctx, key, e, wait_ms, limits::now_ns())
 }
 
 /// Reserves a generation's estimated `cost` against the key's quotas and

@@ -120,10 +120,19 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
     // Admit an API request: quota (not for the key's own usage), requests per
     // minute, requests in flight. Its token cost is admitted by the endpoint,
     // once it knows it.
-    if let (Some(k), false) = (&key, route.needs_admin())
-        && let Err(refused) = admission::admit_request(worker, ctx, k, route != Route::Usage)
-    {
-        return refused;
+    if let (Some(k), false) = (&key, route.needs_admin()) {
+        let check_quota = route != Route::Usage;
+        let mut admitted = admission::admit_request(worker, ctx, k, check_quota);
+        if let Err(admission::NotYet::Short(short)) = admitted {
+            // In a cluster, this instance's slice of a limit ran out: one borrow, then once more.
+            Box::pin(worker.limiters.borrow(k, short)).await;
+            admitted = admission::admit_request(worker, ctx, k, check_quota);
+        }
+        match admitted {
+            Ok(()) => {}
+            Err(admission::NotYet::Refused(refused)) => return refused,
+            Err(admission::NotYet::Short(short)) => return admission::refuse_short(worker, ctx, k, short),
+        }
     }
     match (route, key.as_deref()) {
         (Route::Health, _) => health::healthz(),

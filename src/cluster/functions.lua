@@ -76,6 +76,101 @@ local function key_get_v1(keys, args)
   return {tonumber(redis.call('HGET', p .. 'keys:ver', id) or '0'), entry}
 end
 
+-- Limits. Each rate of a key is a token bucket in Redis:
+--   P rl:<key id>:<rpm|tpm>  hash {b = balance, t = last refill (ms)}
+-- with capacity and refill both the limit per minute (a burst of the whole
+-- limit, then a steady rate), the same contract as one instance's GCRA.
+-- Instances borrow slices of it and spend them locally; what they do not
+-- spend goes back. The balance may go below zero when an instance pays for
+-- tokens used beyond what it borrowed (a reservation that ran over): the
+-- debt is then refilled like any other spending.
+--   P cc:<key id>  hash {instance id = concurrency slots it holds}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function bucket(p, key, kind, limit)
+  local k = p .. 'rl:' .. key .. ':' .. kind
+  local d = redis.call('HMGET', k, 'b', 't')
+  local now = now_ms()
+  local b = tonumber(d[1]) or limit
+  local t = tonumber(d[2]) or now
+  if now > t then
+    b = math.min(limit, b + (now - t) * limit / 60000)
+  end
+  return k, b, now
+end
+
+local function store(k, b, now)
+  redis.call('HSET', k, 'b', tostring(b), 't', now)
+  redis.call('PEXPIRE', k, 120000)
+end
+
+-- Borrows up to `want` units of a key's rate: {granted, whole units left,
+-- ms until the next whole unit when none is left}.
+local function borrow_v1(keys, args)
+  local p, key, kind, want, limit = args[1], args[2], args[3], tonumber(args[4]), tonumber(args[5])
+  local k, b, now = bucket(p, key, kind, limit)
+  local g = math.max(0, math.min(want, math.floor(b)))
+  b = b - g
+  store(k, b, now)
+  local wait = 0
+  if b < 1 then
+    wait = math.ceil((1 - b) * 60000 / limit)
+  end
+  return {g, math.floor(b), wait}
+end
+
+-- Gives back `amount` unspent units (capped at the limit), or charges a
+-- negative amount (units spent beyond those borrowed): the balance after.
+local function give_back_v1(keys, args)
+  local p, key, kind, amount, limit = args[1], args[2], args[3], tonumber(args[4]), tonumber(args[5])
+  local k, b, now = bucket(p, key, kind, limit)
+  b = math.min(limit, b + amount)
+  store(k, b, now)
+  return math.floor(b)
+end
+
+-- Sets the concurrency slots instance `inst` holds for a key to at most
+-- `want`, within `max` for the cluster; the slots of instances whose
+-- heartbeat is older than `timeout` ms are taken back. Returns what it holds.
+local function slots_v1(keys, args)
+  local p, key, inst, want, max, timeout = args[1], args[2], args[3], tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
+  local h = p .. 'cc:' .. key
+  local now = now_ms()
+  local held = redis.call('HGETALL', h)
+  local others = 0
+  for i = 1, #held, 2 do
+    local who, n = held[i], tonumber(held[i + 1])
+    if who ~= inst then
+      local alive = false
+      local beat = redis.call('HGET', p .. 'instances', who)
+      if beat then
+        local ok, j = pcall(cjson.decode, beat)
+        alive = ok and j.seen_ms ~= nil and now - j.seen_ms <= timeout
+      end
+      if alive then
+        others = others + n
+      else
+        redis.call('HDEL', h, who)
+      end
+    end
+  end
+  local mine = math.max(0, math.min(want, max - others))
+  if mine > 0 then
+    redis.call('HSET', h, inst, mine)
+    redis.call('PEXPIRE', h, 3600000)
+  else
+    redis.call('HDEL', h, inst)
+  end
+  return mine
+end
+
+redis.register_function('aigw_borrow_v1', borrow_v1)
+redis.register_function('aigw_give_back_v1', give_back_v1)
+redis.register_function('aigw_slots_v1', slots_v1)
 redis.register_function('aigw_key_put_v1', key_put_v1)
 redis.register_function{function_name = 'aigw_key_changes_v1', callback = key_changes_v1, flags = {'no-writes'}}
 redis.register_function{function_name = 'aigw_key_get_v1', callback = key_get_v1, flags = {'no-writes'}}

@@ -14,7 +14,7 @@ pub const FUNCTIONS: &str = include_str!("functions.lua");
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one call may wait for its reply.
-const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Where the cluster's Redis is, and the prefix of every key the gateway uses there.
 pub struct Link {

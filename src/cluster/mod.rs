@@ -11,8 +11,10 @@
 //! mirror catches up.
 
 pub mod keys;
+pub mod leases;
 pub mod link;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::config::ClusterArgs;
 use crate::store::Store;
+use leases::{Lease, LeaseBook, Rate, Share, Short, Urgent};
 use link::Link;
 
 /// How often the mirror asks Redis whether keys changed.
@@ -75,7 +78,7 @@ pub trait Load: Send + Sync {
     fn load(&self) -> (u64, u64);
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -83,6 +86,8 @@ fn now_ms() -> u64 {
 pub struct Cluster {
     pub link: Arc<Link>,
     pub state: Arc<ClusterState>,
+    /// Every key's borrowed capacity on this instance.
+    pub leases: Arc<LeaseBook>,
     /// This instance's id in the cluster (random per start).
     pub instance: String,
     stop: Arc<AtomicBool>,
@@ -99,20 +104,46 @@ impl Cluster {
             format!("inst_{}", (0..10).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>());
         let stop = Arc::new(AtomicBool::new(false));
         let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let (urgent_tx, urgent_rx) = std::sync::mpsc::channel::<Urgent>();
+        let leases = Arc::new(LeaseBook::new(urgent_tx));
         let thread = {
             let (link, state, stop, me) = (link.clone(), state.clone(), stop.clone(), instance.clone());
+            let leases = leases.clone();
             std::thread::Builder::new()
                 .name("cluster".into())
                 .spawn(move || {
-                    let mut sync =
-                        Syncer { link, store, state, me, listen, load, con: None, next_beat: Instant::now() };
+                    let mut sync = Syncer {
+                        link,
+                        store,
+                        state,
+                        me,
+                        listen,
+                        load,
+                        con: None,
+                        next_beat: Instant::now(),
+                        leases,
+                        rates: HashMap::new(),
+                        shares: HashMap::new(),
+                        last_tend: Instant::now(),
+                    };
                     let mut first = Some(first_tx);
+                    let mut next_round = Instant::now();
                     while !stop.load(Relaxed) {
-                        let ok = sync.round();
-                        if let Some(tx) = first.take() {
-                            let _ = tx.send(ok);
+                        if Instant::now() >= next_round {
+                            let ok = sync.round();
+                            if let Some(tx) = first.take() {
+                                let _ = tx.send(ok);
+                            }
+                            next_round = Instant::now() + if ok { POLL } else { RETRY };
                         }
-                        std::thread::sleep(if ok { POLL } else { RETRY });
+                        // A request waiting for a borrow is served at once.
+                        let wait = next_round.saturating_duration_since(Instant::now());
+                        if let Ok(u) = urgent_rx.recv_timeout(wait) {
+                            sync.urgent(u);
+                            while let Ok(u) = urgent_rx.try_recv() {
+                                sync.urgent(u);
+                            }
+                        }
                     }
                     sync.leave();
                 })
@@ -128,7 +159,7 @@ impl Cluster {
                 link.shown
             )),
         }
-        Ok(Self { link, state, instance, stop, thread: Some(thread) })
+        Ok(Self { link, state, leases, instance, stop, thread: Some(thread) })
     }
 
     /// Stops the thread (after a last heartbeat saying this instance left).
@@ -150,6 +181,12 @@ struct Syncer {
     load: Arc<dyn Load>,
     con: Option<redis::Connection>,
     next_beat: Instant,
+    leases: Arc<LeaseBook>,
+    /// Recent spending per key and rate, units per second (for slice sizes).
+    rates: HashMap<(String, Rate), f64>,
+    /// Local shares of limits while Redis is away.
+    shares: HashMap<(String, usize), Share>,
+    last_tend: Instant,
 }
 
 impl Syncer {
@@ -196,6 +233,7 @@ impl Syncer {
         self.state.queued_changes.store(self.store.outbox().map(|o| o.len() as u64).unwrap_or(0), Relaxed);
         let (version, _) = keys::pull(con, &self.link, self.store)?;
         self.state.keys_version.store(version, Relaxed);
+        self.tend().map_err(|e| e.to_string())?;
         if Instant::now() >= self.next_beat {
             self.next_beat = Instant::now() + HEARTBEAT;
             self.beat()?;
@@ -236,11 +274,177 @@ impl Syncer {
         Ok(())
     }
 
-    /// A stopping instance leaves the list at once.
+    fn instances(&self) -> usize {
+        self.state.instances.lock().len().max(1)
+    }
+
+    /// Keeps every active key's slices topped up, gives back what idle keys
+    /// hold, pays token debts, and returns concurrency slots not in use.
+    fn tend(&mut self) -> redis::RedisResult<()> {
+        let elapsed = self.last_tend.elapsed().as_secs_f64().max(0.001);
+        self.last_tend = Instant::now();
+        let instances = self.instances();
+        let now = now_ms();
+        let Some(con) = self.con.as_mut() else { return Ok(()) };
+        let p = &self.link.prefix;
+        for (key, lease) in self.leases.all() {
+            let idle = now.saturating_sub(lease.used_ms.load(Relaxed)) > leases::IDLE.as_millis() as u64;
+            for (i, rate) in [Rate::Requests, Rate::Tokens].into_iter().enumerate() {
+                let balance = if rate == Rate::Requests { &lease.requests } else { &lease.tokens };
+                let limit = lease.limits[i].load(Relaxed);
+                let spent = lease.spent[i].swap(0, Relaxed) as f64 / elapsed;
+                let per_sec = self.rates.entry((key.clone(), rate)).or_insert(0.0);
+                *per_sec = *per_sec * 0.8 + spent * 0.2;
+                let per_sec = *per_sec;
+                if limit == leases::NONE {
+                    balance.store(0, Relaxed);
+                    continue;
+                }
+                let held = balance.load(Relaxed);
+                if held < 0 || (idle && held > 0) {
+                    // A debt is charged to the cluster's bucket; an idle key's slice goes back.
+                    leases::give_back(con, p, &key, rate, held, limit)?;
+                    balance.fetch_sub(held, Relaxed);
+                }
+                if idle {
+                    continue;
+                }
+                let want = leases::slice(limit, per_sec, instances);
+                let held = balance.load(Relaxed);
+                if held * 2 < want && lease.empty_until[i].load(Relaxed) <= now {
+                    let (granted, _, wait) = leases::borrow(con, p, &key, rate, want - held, limit)?;
+                    balance.fetch_add(granted, Relaxed);
+                    let wait = leases::refill_wait(limit, want, wait);
+                    lease.empty_until[i].store(if wait > 0 { now_ms() + wait } else { 0 }, Relaxed);
+                }
+            }
+            let max = lease.limits[2].load(Relaxed);
+            let held = lease.slots.load(Relaxed);
+            if max == leases::NONE {
+                lease.slots.store(0, Relaxed);
+            } else if held > 0 {
+                let want = lease.in_flight.load(Relaxed) + headroom(max, instances);
+                if held > want {
+                    let got = leases::hold_slots(con, p, &key, &self.me, want, max)?;
+                    lease.slots.store(got, Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Borrows at once what a waiting request is short of — the limit it
+    /// found empty, and any other of its key's that is empty too, so one
+    /// wait is enough — from Redis, or from this instance's share of the
+    /// limit while Redis is away.
+    fn urgent(&mut self, u: Urgent) {
+        let l = &u.lease;
+        let shorts = [
+            (Short::Requests, l.limits[0].load(Relaxed) != leases::NONE && l.requests.load(Relaxed) <= 0),
+            (Short::Tokens, l.limits[1].load(Relaxed) != leases::NONE && l.tokens.load(Relaxed) <= 0),
+            (
+                Short::Slot,
+                l.limits[2].load(Relaxed) != leases::NONE && l.in_flight.load(Relaxed) >= l.slots.load(Relaxed),
+            ),
+        ];
+        for short in shorts.into_iter().filter_map(|(s, empty)| (empty || s == u.short).then_some(s)) {
+            if self.con.is_some()
+                && let Err(e) = self.borrow_now(&u.key_id, l, short)
+            {
+                crate::log::warn(format_args!("cluster: a borrow failed ({e}); using this instance's share"));
+                self.con = None;
+                self.state.up.store(false, Relaxed);
+            }
+            if self.con.is_none() {
+                self.lend_share(&u.key_id, l, short);
+            }
+        }
+        let _ = u.done.send(());
+    }
+
+    fn borrow_now(&mut self, key: &str, lease: &Lease, short: Short) -> redis::RedisResult<()> {
+        let instances = self.instances();
+        let Some(con) = self.con.as_mut() else { return Ok(()) };
+        let p = &self.link.prefix;
+        match short {
+            Short::Requests | Short::Tokens => {
+                let (i, rate, balance) = match short {
+                    Short::Requests => (0, Rate::Requests, &lease.requests),
+                    _ => (1, Rate::Tokens, &lease.tokens),
+                };
+                let limit = lease.limits[i].load(Relaxed);
+                if limit == leases::NONE {
+                    return Ok(());
+                }
+                let held = balance.load(Relaxed);
+                if held < 0 {
+                    leases::give_back(con, p, key, rate, held, limit)?;
+                    balance.fetch_sub(held, Relaxed);
+                }
+                let now = now_ms();
+                if lease.empty_until[i].load(Relaxed) > now {
+                    return Ok(());
+                }
+                let per_sec = self.rates.get(&(key.to_owned(), rate)).copied().unwrap_or(0.0);
+                let want = leases::slice(limit, per_sec, instances);
+                let (granted, _, wait) = leases::borrow(con, p, key, rate, want, limit)?;
+                balance.fetch_add(granted, Relaxed);
+                let wait = leases::refill_wait(limit, want, wait);
+                lease.empty_until[i].store(if wait > 0 { now + wait } else { 0 }, Relaxed);
+            }
+            Short::Slot => {
+                let max = lease.limits[2].load(Relaxed);
+                if max != leases::NONE {
+                    let want = lease.in_flight.load(Relaxed) + 1 + headroom(max, instances);
+                    let got = leases::hold_slots(con, p, key, &self.me, want, max)?;
+                    lease.slots.store(got, Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// While Redis is away: a share of each limit, the limit divided by the instances last seen.
+    fn lend_share(&mut self, key: &str, lease: &Lease, short: Short) {
+        let instances = self.instances() as f64;
+        let i = match short {
+            Short::Requests => 0,
+            Short::Tokens => 1,
+            Short::Slot => 2,
+        };
+        let limit = lease.limits[i].load(Relaxed);
+        if limit == leases::NONE {
+            return;
+        }
+        let share = (limit as f64 / instances).max(1.0);
+        match short {
+            Short::Slot => lease.slots.store(share as u64, Relaxed),
+            _ => {
+                let bucket = self.shares.entry((key.to_owned(), i)).or_insert_with(|| Share::new(share));
+                let want = leases::slice(limit, 0.0, instances as usize).max(1);
+                let granted = bucket.take(want, share);
+                let balance = if i == 0 { &lease.requests } else { &lease.tokens };
+                if i == 1 && balance.load(Relaxed) < 0 {
+                    // A debt is forgiven against the share, not carried into it.
+                    balance.store(0, Relaxed);
+                }
+                balance.fetch_add(granted, Relaxed);
+            }
+        }
+    }
+
+    /// A stopping instance leaves the list at once (its slots with it).
     fn leave(&mut self) {
         if let Some(con) = self.con.as_mut() {
             let _: redis::RedisResult<()> =
                 redis::cmd("HDEL").arg(format!("{}instances", self.link.prefix)).arg(&self.me).query(con);
         }
     }
+}
+
+/// Concurrency slots an instance keeps beyond its requests in flight: one
+/// when the limit is large enough to spare it, so a busy key does not wait
+/// on Redis for every request; none for small limits, which stay exact.
+fn headroom(max: u64, instances: usize) -> u64 {
+    u64::from(max >= 4 * instances as u64)
 }

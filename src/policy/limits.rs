@@ -13,6 +13,12 @@
 //! difference settled at the end, so concurrent large requests overshoot by
 //! at most one request's worth. The limit values come from the key's live
 //! record on every request, so a change made with the CLI applies at once.
+//!
+//! In a cluster (`--redis`) the same three limits hold for all instances
+//! together: a request spends from the key's [`Lease`], the slice of each
+//! limit this instance borrowed from Redis (see `cluster::leases`), with
+//! one atomic operation as here. A request that finds a slice empty is
+//! [`Refusal::Short`]: the caller waits for one borrow and tries again.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,6 +28,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
+use crate::cluster::leases::{Lease, LeaseBook, Short};
 use crate::error::ApiError;
 use crate::store::keys::KeyRecord;
 
@@ -113,21 +120,51 @@ pub struct KeyLimiter {
     pub requests: Gcra,
     pub tokens: Gcra,
     pub in_flight: AtomicU64,
+    /// In a cluster: the key's slices of its limits on this instance.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// Every key's limiter, by key id.
 #[derive(Default)]
 pub struct LimiterBook {
     shared: RwLock<HashMap<String, Arc<KeyLimiter>>>,
+    /// In a cluster: where the leases come from.
+    leases: Option<Arc<LeaseBook>>,
 }
 
 impl LimiterBook {
+    /// The book of an instance of a cluster: limits spend borrowed slices.
+    pub fn clustered(leases: Arc<LeaseBook>) -> Self {
+        Self { shared: RwLock::default(), leases: Some(leases) }
+    }
+
     fn get(&self, key_id: &str) -> Arc<KeyLimiter> {
         if let Some(l) = self.shared.read().get(key_id) {
             return l.clone();
         }
-        self.shared.write().entry(key_id.to_owned()).or_default().clone()
+        let lease = self.leases.as_ref().map(|b| b.lease(key_id));
+        self.shared
+            .write()
+            .entry(key_id.to_owned())
+            .or_insert_with(|| Arc::new(KeyLimiter { lease, ..Default::default() }))
+            .clone()
     }
+
+    /// Waits for the cluster thread to borrow what a request was short of.
+    pub async fn borrow(&self, key_id: &str, limiter: &KeyLimiter, short: Short) {
+        if let (Some(book), Some(lease)) = (&self.leases, &limiter.lease) {
+            book.borrow(key_id, lease, short).await;
+        }
+    }
+}
+
+/// Why a request is not admitted now.
+#[derive(Debug)]
+pub enum Refusal {
+    /// A limit is reached: the 429 and the milliseconds to wait.
+    Limited(ApiError, u64),
+    /// In a cluster: this instance's slice of a limit is empty; borrow and try again.
+    Short(Short),
 }
 
 /// A worker's view of the book: the `Arc`s it has already looked up.
@@ -141,6 +178,8 @@ pub struct Limiters {
 pub struct Admission {
     limiter: Arc<KeyLimiter>,
     counted: bool,
+    /// Holds one of the lease's concurrency slots.
+    leased: bool,
     /// Tokens reserved against the token rate at admission, to settle against the real usage.
     pub reserved_tokens: u64,
     /// Tokens reserved against the key's quotas (see `quota`), likewise.
@@ -157,6 +196,11 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if self.counted {
             self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.leased
+            && let Some(lease) = &self.limiter.lease
+        {
+            lease.leave();
         }
     }
 }
@@ -200,11 +244,16 @@ impl Limiters {
         l
     }
 
-    /// Admits a request of `key` against its request rate and concurrency.
-    /// On refusal: the 429 and the milliseconds to wait.
-    pub fn admit(&self, key: &KeyRecord, now: u64) -> Result<Admission, (ApiError, u64)> {
+    /// Waits for a borrow (see [`Refusal::Short`]).
+    pub async fn borrow(&self, key: &KeyRecord, short: Short) {
         let limiter = self.limiter(&key.id);
-        let mut admission = Admission { limiter, counted: false, reserved_tokens: 0, quota_reserved: 0 };
+        self.book.borrow(&key.id, &limiter, short).await;
+    }
+
+    /// Admits a request of `key` against its request rate and concurrency.
+    pub fn admit(&self, key: &KeyRecord, now: u64) -> Result<Admission, Refusal> {
+        let limiter = self.limiter(&key.id);
+        let mut admission = Admission { limiter, counted: false, leased: false, reserved_tokens: 0, quota_reserved: 0 };
         if let Some(max) = key.limits.max_concurrent {
             let before = admission.limiter.in_flight.fetch_add(1, Ordering::AcqRel);
             admission.counted = true;
@@ -214,16 +263,63 @@ impl Limiters {
                     "Rate limit reached for key '{}' on concurrent requests: limit {max}. Try again when one of them has finished.",
                     key.name
                 );
-                return Err((ApiError::new(429, "requests", "rate_limit_exceeded", message), 1000));
+                return Err(Refusal::Limited(ApiError::new(429, "requests", "rate_limit_exceeded", message), 1000));
             }
+        }
+        if let Some(lease) = admission.limiter.lease.clone() {
+            return Self::admit_leased(key, admission, &lease);
         }
         // A limit of 0 admits nothing (a bucket of one would admit one a minute).
         if let Some(rpm) = key.limits.rpm
             && let Err(wait) = if rpm == 0 { Err(MINUTE_NS) } else { admission.limiter.requests.take(rpm, 1, now) }
         {
-            return Err(limited(key, "requests", "requests per minute", rpm, wait));
+            let (e, wait) = limited(key, "requests", "requests per minute", rpm, wait);
+            return Err(Refusal::Limited(e, wait));
         }
         Ok(admission)
+    }
+
+    /// In a cluster: a concurrency slot, a request and (not in debt) tokens from the key's lease.
+    fn admit_leased(key: &KeyRecord, mut admission: Admission, lease: &Lease) -> Result<Admission, Refusal> {
+        let l = &key.limits;
+        lease.note_limits(l.rpm, l.tpm, l.max_concurrent);
+        if l.max_concurrent.is_some() {
+            if !lease.enter() {
+                return Err(Refusal::Short(Short::Slot));
+            }
+            admission.leased = true;
+        }
+        if l.rpm.is_some() && !lease.take_request() {
+            return Err(Refusal::Short(Short::Requests));
+        }
+        if l.tpm.is_some() && !lease.tokens_left() {
+            return Err(Refusal::Short(Short::Tokens));
+        }
+        Ok(admission)
+    }
+
+    /// The 429 for a request still short after a borrow: the cluster's
+    /// slice of that limit is spent.
+    pub fn cluster_limited(key: &KeyRecord, short: Short) -> (ApiError, u64) {
+        let per_unit = |limit: u64| MINUTE_NS / limit.max(1);
+        match short {
+            Short::Slot => {
+                let max = key.limits.max_concurrent.unwrap_or(0);
+                let message = format!(
+                    "Rate limit reached for key '{}' on concurrent requests: limit {max}. Try again when one of them has finished.",
+                    key.name
+                );
+                (ApiError::new(429, "requests", "rate_limit_exceeded", message), 1000)
+            }
+            Short::Requests => {
+                let rpm = key.limits.rpm.unwrap_or(0);
+                limited(key, "requests", "requests per minute", rpm, per_unit(rpm))
+            }
+            Short::Tokens => {
+                let tpm = key.limits.tpm.unwrap_or(0);
+                limited(key, "tokens", "tokens per minute", tpm, per_unit(tpm).saturating_mul(64))
+            }
+        }
     }
 
     /// Admits `reserve` tokens against the key's token rate (while the bucket is not in debt).
@@ -234,6 +330,21 @@ impl Limiters {
         now: u64,
     ) -> Result<(), (ApiError, u64)> {
         let Some(tpm) = key.limits.tpm else { return Ok(()) };
+        if let Some(lease) = &admission.limiter.lease {
+            // In a cluster: admitted while this instance's slice is not in debt.
+            if !lease.tokens_left() {
+                return Err(limited(
+                    key,
+                    "tokens",
+                    "tokens per minute",
+                    tpm,
+                    (MINUTE_NS / tpm.max(1)).saturating_mul(64),
+                ));
+            }
+            lease.spend_tokens(reserve as i64);
+            admission.reserved_tokens = reserve;
+            return Ok(());
+        }
         // A limit of 0 admits nothing (a bucket of one would admit one a minute).
         let reserved = if tpm == 0 { Err(MINUTE_NS) } else { admission.limiter.tokens.reserve(tpm, reserve, now) };
         match reserved {
@@ -249,7 +360,9 @@ impl Limiters {
     pub fn settle_tokens(key: &KeyRecord, admission: &Admission, used: u64, now: u64) {
         if let Some(tpm) = key.limits.tpm {
             let delta = used as i64 - admission.reserved_tokens as i64;
-            if delta != 0 {
+            if let Some(lease) = &admission.limiter.lease {
+                lease.spend_tokens(delta);
+            } else if delta != 0 {
                 admission.limiter.tokens.settle(tpm, delta, now);
             }
         }

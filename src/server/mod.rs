@@ -58,7 +58,6 @@ pub fn run(config: Config) -> Result<(), String> {
     let writer_stats = Arc::new(crate::accounting::usage::WriterStats::default());
     let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), config.usage_retention_days);
     let quota = Arc::new(QuotaBook::default());
-    let limiter_book = Arc::new(LimiterBook::default());
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
@@ -87,6 +86,11 @@ pub fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let cluster_link = cluster.as_ref().map(|c| c.link.clone());
+    // In a cluster the limits spend slices borrowed from Redis.
+    let limiter_book = Arc::new(match &cluster {
+        Some(c) => LimiterBook::clustered(c.leases.clone()),
+        None => LimiterBook::default(),
+    });
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkers = crate::upstream::health::spawn_checkers(&upstreams, stop_checks.clone())
         .map_err(|e| format!("cannot start the health checker: {e}"))?;

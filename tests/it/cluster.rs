@@ -208,3 +208,180 @@ fn the_keys_cli_acts_on_the_cluster_and_prefixes_keep_clusters_apart() {
     assert_ne!(out.status.code(), Some(0));
     assert!(err.contains("cannot be reached") && !err.contains("hunter2"), "{err}");
 }
+
+/// Creates a key on `g` through the admin API; its secret.
+fn key_on(g: &Proc, body: Value) -> String {
+    let made = admin(g, "POST", "/admin/v1/keys", Some(&body));
+    assert_eq!(made.status, 201, "{}", made.text());
+    made.json()["secret"].as_str().unwrap().to_owned()
+}
+
+fn chat_on(g: &Proc, secret: &str, max_tokens: u64) -> Response {
+    let body = json!({"model": "llama3", "messages": [{"role": "user", "content": "Say hello to the test"}], "max_tokens": max_tokens});
+    request_with(
+        g.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        &[("Authorization", &format!("Bearer {secret}"))],
+    )
+}
+
+/// Whether every instance has the key named `name` (asked with the admin
+/// key, so the key's own limits are not spent on finding out).
+fn everywhere(nodes: &[Proc], name: &str) -> bool {
+    eventually(Duration::from_secs(5), || {
+        nodes.iter().all(|g| admin(g, "GET", &format!("/admin/v1/keys/{name}"), None).status == 200)
+    })
+}
+
+/// Sends requests (streamed ones when `stream`) as fast as each of `threads`
+/// per instance can for `window`; (admitted, refused).
+fn hammer(nodes: &[Proc], secret: &str, threads: usize, window: Duration) -> (u64, u64) {
+    hammer_with(nodes, secret, threads, window, false)
+}
+
+fn hammer_with(nodes: &[Proc], secret: &str, threads: usize, window: Duration, stream: bool) -> (u64, u64) {
+    let end = Instant::now() + window;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .flat_map(|g| (0..threads).map(move |_| g))
+            .map(|g| {
+                s.spawn(move || {
+                    let (mut ok, mut refused) = (0, 0);
+                    while Instant::now() < end {
+                        let status = if stream {
+                            read_response(&mut open_stream(g.addr, Some(secret)), false).unwrap().status
+                        } else {
+                            chat_on(g, secret, 8).status
+                        };
+                        match status {
+                            200 => ok += 1,
+                            429 => refused += 1,
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    })
+}
+
+#[test]
+fn requests_and_tokens_per_minute_hold_for_the_cluster() {
+    let redis = Redis::start();
+    let m = mock(&["--tokens", "8"]);
+    let nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &[])).collect();
+    // 30 requests a minute for three instances hammered at once for 10 s: the
+    // bucket grants its 30 and refills 5 in that time.
+    let secret = key_on(&nodes[0], json!({"name": "rpm30", "rpm": 30}));
+    assert!(everywhere(&nodes, "rpm30"));
+    let window = Duration::from_secs(10);
+    let (ok, refused) = hammer(&nodes, &secret, 2, window);
+    println!("rpm 30, 3 instances × 2 clients, {window:?}: admitted {ok}, refused {refused}");
+    assert!((30..=35).contains(&ok), "admitted {ok} (limit 30, refill 5 in the window)");
+    assert!(refused > 100, "the others were refused ({refused})");
+
+    // 300 tokens a minute, 14 per request (6 prompt + 8 completion, reserved
+    // up front): each instance may overdraw by one request's reservation.
+    let secret = key_on(&nodes[1], json!({"name": "tpm300", "tpm": 300}));
+    assert!(everywhere(&nodes, "tpm300"));
+    let before = stats(&m);
+    let (ok, _) = hammer(&nodes, &secret, 2, Duration::from_secs(6));
+    let after = stats(&m);
+    let tokens = after["prompt_tokens"].as_u64().unwrap() + after["completion_tokens"].as_u64().unwrap()
+        - before["prompt_tokens"].as_u64().unwrap()
+        - before["completion_tokens"].as_u64().unwrap();
+    println!("tpm 300, 3 instances × 2 clients, 6 s: {ok} requests, {tokens} tokens");
+    assert_eq!(tokens, ok * 14);
+    assert!((300..=300 + 30 + 3 * 14).contains(&tokens), "{tokens} tokens (limit 300, refill 30, 3 overdrafts of 14)");
+}
+
+#[test]
+fn max_concurrent_holds_for_the_cluster_and_a_dead_instance_gives_its_slots_back() {
+    let redis = Redis::start();
+    // Each reply takes about 400 ms.
+    let m = mock(&["--tokens", "8", "--token-delay-ms", "50"]);
+    let mut nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &[])).collect();
+    let secret = key_on(&nodes[0], json!({"name": "two", "max_concurrent": 2}));
+    assert!(everywhere(&nodes, "two"));
+    let (ok, refused) = hammer_with(&nodes, &secret, 2, Duration::from_secs(3), true);
+    let st = stats(&m);
+    println!(
+        "max_concurrent 2, 3 instances × 2 clients, 3 s: {ok} admitted, {refused} refused, at most {} at once",
+        st["max_in_flight"]
+    );
+    assert_eq!(st["max_in_flight"].as_u64().unwrap(), 2, "{st}");
+    assert!(ok >= 8, "two at a time for 3 s ({ok})");
+    assert!(refused > 0);
+    // An instance killed while it holds both slots: they come back to the others in bounded time.
+    let holder = nodes.remove(2);
+    // (The others give back what they held within a round of their cluster threads.)
+    let mut streams = Vec::new();
+    let held = eventually(Duration::from_secs(5), || {
+        let mut r = open_stream(holder.addr, Some(&secret));
+        let mut status = String::new();
+        std::io::BufRead::read_line(&mut r, &mut status).unwrap();
+        if status.contains(" 200 ") {
+            streams.push(r);
+        }
+        streams.len() == 2
+    });
+    assert!(held && eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 2));
+    assert_eq!(chat_on(&nodes[0], &secret, 8).status, 429, "the holder has both slots");
+    let mut holder = holder;
+    holder.child.kill().unwrap();
+    drop(streams);
+    let started = Instant::now();
+    assert!(eventually(Duration::from_secs(15), || chat_on(&nodes[0], &secret, 8).status == 200));
+    println!("slots of a killed instance back after {:?}", started.elapsed());
+}
+
+#[test]
+fn redis_stopped_for_five_seconds_under_load_fails_no_request() {
+    let mut redis = Redis::start();
+    let m = mock(&["--tokens", "4"]);
+    let nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &[])).collect();
+    // Limits the load stays within, so every request should be served.
+    let secret =
+        key_on(&nodes[0], json!({"name": "steady", "rpm": 1_000_000, "tpm": 100_000_000, "max_concurrent": 50}));
+    assert!(everywhere(&nodes, "steady"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (served, failed) = std::thread::scope(|s| {
+        let load: Vec<_> = nodes
+            .iter()
+            .map(|g| {
+                let (stop, secret) = (&stop, &secret);
+                s.spawn(move || {
+                    let (mut ok, mut bad) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match chat_on(g, secret, 8) {
+                            r if r.status == 200 => ok += 1,
+                            r => bad.push(format!("{} {}", r.status, r.text())),
+                        }
+                    }
+                    (ok, bad)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        redis.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        redis.restart();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.into_iter().map(|h| h.join().unwrap()).fold((0, Vec::new()), |mut a, (ok, bad)| {
+            a.0 += ok;
+            a.1.extend(bad);
+            a
+        })
+    });
+    println!("Redis away 5 s of 8: {served} requests served, {} failed", failed.len());
+    assert!(failed.is_empty(), "{:?}\n{}", &failed[..failed.len().min(2)], nodes[0].log_text());
+    assert!(served > 100);
+    let up = |g: &Proc| admin(g, "GET", "/metrics", None).text().contains("ai_gateway_redis_up 1");
+    assert!(eventually(Duration::from_secs(5), || nodes.iter().all(up)));
+}
