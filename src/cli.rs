@@ -280,6 +280,12 @@ pub fn table(keys: &[KeyRecord]) -> String {
 pub struct UsageArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    /// With `--redis`, the cluster's usage (all instances) instead of this store's.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// With `--redis`: only one instance's part (its store id, as `/readyz` and the dashboard show it).
+    #[arg(long, requires = "redis")]
+    pub instance: Option<String>,
     /// Only this key (id or name).
     #[arg(long)]
     pub key: Option<String>,
@@ -306,7 +312,7 @@ pub struct UsageArgs {
 
 /// Prints stored usage, grouped.
 pub fn run_usage(args: UsageArgs) -> Result<(), String> {
-    let store = Store::open_read_only(&args.data.data_dir).map_err(|e| e.to_string())?;
+    let link = crate::cluster::link(&args.cluster)?;
     for (flag, d) in [("from", &args.from), ("to", &args.to)] {
         if let Some(d) = d
             && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()
@@ -314,20 +320,27 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
             return Err(format!("invalid --{flag} '{d}': use a date like 2026-11-24"));
         }
     }
+    let store = match link {
+        Some(_) => None,
+        None => Some(Store::open_read_only(&args.data.data_dir).map_err(|e| e.to_string())?),
+    };
+    let keys = KeyAdmin { store, link: link.as_ref() };
     let key_id = match &args.key {
-        Some(k) => Some(store.find_key(k).map_err(|e| e.to_string())?.1.id),
+        Some(k) => Some(keys.find(k).map_err(|e| e.to_string())?.id),
         None => None,
     };
-    let groups = crate::accounting::usage::query(
-        store,
-        &crate::accounting::usage::UsageQuery {
-            key_id: key_id.as_deref(),
-            model: args.model.as_deref(),
-            from: args.from.as_deref(),
-            to: args.to.as_deref(),
-            by: &args.by,
-        },
-    )
+    let q = crate::accounting::usage::UsageQuery {
+        key_id: key_id.as_deref(),
+        model: args.model.as_deref(),
+        from: args.from.as_deref(),
+        to: args.to.as_deref(),
+        by: &args.by,
+    };
+    let groups = match (&link, store) {
+        (Some(link), _) => crate::accounting::usage::cluster_query(link, &q, args.instance.as_deref()),
+        (None, Some(store)) => crate::accounting::usage::query(store, &q),
+        (None, None) => Err(crate::store::StoreError::Io("no store to read".into())),
+    }
     .map_err(|e| e.to_string())?;
     if args.json {
         println!("{}", crate::accounting::usage::groups_json(&args.by, &groups));

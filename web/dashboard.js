@@ -420,6 +420,22 @@ async function refreshLive() {
       ),
     ),
   );
+  // In a cluster (--redis): every instance alive, from the heartbeats in Redis.
+  $("instances").classList.toggle("hidden", !live.instances);
+  $("instances-table").tBodies[0].replaceChildren(
+    ...(live.instances || []).map((i) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, i.id),
+        el("td", {}, i.store),
+        el("td", {}, i.listen),
+        el("td", { class: "num" }, fmt(i.in_flight)),
+        el("td", { class: "num" }, fmt(i.requests)),
+        el("td", {}, new Date(i.seen_ms).toLocaleTimeString()),
+      ),
+    ),
+  );
   $("live-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; refreshed every 2 s.`;
 }
 

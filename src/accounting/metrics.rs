@@ -278,6 +278,20 @@ impl Metrics {
                 "Key changes made while Redis was away, not yet pushed.",
             );
             let _ = writeln!(out, "ai_gateway_cluster_queued_key_changes {}", c.queued_changes.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_cluster_queued_usage_batches",
+                "gauge",
+                "Usage batches committed here, not yet pushed to Redis.",
+            );
+            let _ = writeln!(out, "ai_gateway_cluster_queued_usage_batches {}", c.queued_usage.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_cluster_borrowed_units",
+                "gauge",
+                "Units of limits borrowed from Redis and held here (requests, tokens, slots).",
+            );
+            let _ = writeln!(out, "ai_gateway_cluster_borrowed_units {}", c.borrowed.load(Relaxed));
         }
         help(
             &mut out,

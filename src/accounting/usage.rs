@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use crate::store::usage::{DeltaError, Rollup};
+use crate::store::usage::{DeltaError, Rollup, UsageRow};
 use crate::store::{Store, StoreError};
 
 /// What a request for a model that no host serves is recorded under, so that
@@ -319,8 +319,41 @@ pub struct UsageQuery<'a> {
 /// Stored usage matching `q`, summed per group (keys by name), sorted by group.
 pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>, StoreError> {
     let names: HashMap<String, String> = store.list_keys()?.into_iter().map(|k| (k.id, k.name)).collect();
+    Ok(group(store.usage_rows(q.key_id, q.from, q.to)?, &names, q))
+}
+
+/// The cluster's usage matching `q` (all instances, or one store's part with
+/// `store_id`), grouped as [`query`] groups a store's.
+pub fn cluster_query(
+    link: &crate::cluster::link::Link,
+    q: &UsageQuery<'_>,
+    store_id: Option<&str>,
+) -> Result<Vec<(String, Rollup)>, StoreError> {
+    let unreachable = |e: redis::RedisError| {
+        StoreError::Unavailable(format!("the cluster's Redis ({}) cannot be reached: {e}", link.shown))
+    };
+    let mut con = link.connect().map_err(unreachable)?;
+    let rows = crate::cluster::usage::rows(&mut con, &link.prefix, q.from, q.to, store_id).map_err(unreachable)?;
+    let names: HashMap<String, String> = crate::cluster::keys::KeyAdmin { store: None, link: Some(link) }
+        .list()?
+        .into_iter()
+        .map(|k| (k.id, k.name))
+        .collect();
+    let rows = rows
+        .into_iter()
+        .filter(|(key, ..)| q.key_id.is_none_or(|k| k == key))
+        .filter_map(|(key, model, day, fields)| crate::store::usage::row_from(&key, &day, &model, fields));
+    Ok(group(rows, &names, q))
+}
+
+/// Rows summed per group of `q` (keys by name), sorted by group.
+fn group(
+    rows: impl IntoIterator<Item = UsageRow>,
+    names: &HashMap<String, String>,
+    q: &UsageQuery<'_>,
+) -> Vec<(String, Rollup)> {
     let mut groups: std::collections::BTreeMap<String, Rollup> = std::collections::BTreeMap::new();
-    for row in store.usage_rows(q.key_id, q.from, q.to)? {
+    for row in rows {
         let same = crate::store::keys::same_model;
         if q.model.is_some_and(|m| !same(m, &row.model) && !same(m, &row.served_model)) {
             continue;
@@ -348,7 +381,7 @@ pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>,
         };
         groups.entry(group).or_default().merge(&row.rollup);
     }
-    Ok(groups.into_iter().collect())
+    groups.into_iter().collect()
 }
 
 /// The JSON shape of a usage query (CLI `--json` and the admin API).

@@ -31,13 +31,20 @@ pub fn own<'w>(worker: &Worker, key: &KeyRecord) -> Reply<'w> {
     let today = crate::clock::today();
     match worker.quota.totals(worker.store, &key.id, &today) {
         Ok(t) => {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "object": "usage",
                 "key": {"id": key.id, "name": key.name},
                 "today": period_json("date", &today, &t.today),
                 "month": period_json("month", &today[..7], &t.this_month),
                 "limits": key.limits,
             });
+            // In a cluster: the tokens of every instance, as the quotas count them.
+            if let Some((day, month)) = worker.quota.others(&key.id, &today) {
+                v["cluster"] = serde_json::json!({
+                    "today_total_tokens": t.today.tokens() + day,
+                    "month_total_tokens": t.this_month.tokens() + month,
+                });
+            }
             Reply::json(200, v.to_string().into_bytes())
         }
         Err(e) => Reply::error(store_error(e)),
@@ -46,12 +53,16 @@ pub fn own<'w>(worker: &Worker, key: &KeyRecord) -> Reply<'w> {
 
 /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`. The query may read the
 /// whole usage table, so it runs on the blocking pool, not on the worker.
+/// In a cluster it reads the cluster's totals from Redis (`instance=` a
+/// store id for one instance's part, `scope=local` for this one's store).
 pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let by = req.query_param("by").unwrap_or_else(|| "day".into());
     let from = req.query_param("from");
     let to = req.query_param("to");
     let model = req.query_param("model");
     let key = req.query_param("key");
+    let instance = req.query_param("instance");
+    let cluster = worker.cluster.clone().filter(|_| req.query_param("scope").as_deref() != Some("local"));
     let checked = (|| {
         if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "api" | "day_model") {
             return Err(ApiError::invalid("by", "'by' must be day, model, served_model, key, api or day_model."));
@@ -80,7 +91,10 @@ pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
                     to: to.as_deref(),
                     by: &by,
                 };
-                query(store, &q)
+                match &cluster {
+                    Some(link) => crate::accounting::usage::cluster_query(link, &q, instance.as_deref()),
+                    None => query(store, &q),
+                }
             })
             .await
         }

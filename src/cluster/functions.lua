@@ -168,6 +168,49 @@ local function slots_v1(keys, args)
   return mine
 end
 
+-- Usage. Each instance's store pushes what it committed, in numbered
+-- batches; a batch is added once (a retried push is a no-op):
+--   P usage:seen             hash  store id -> last batch added
+--   P usage:days             set   the days with usage
+--   P usage:<day>            hash  key \t model \t n -> counter n (1..9) of the rollup
+--   P usage:<day>:<store>    hash  the same, one store's part
+--   P qt:<day|month>[:<store>] hash key id -> tokens (quotas read these)
+local function usage_add_v1(keys, args)
+  local p, store, seq, rows = args[1], args[2], tonumber(args[3]), args[4]
+  local last = tonumber(redis.call('HGET', p .. 'usage:seen', store) or '0')
+  if seq <= last then
+    return 0
+  end
+  for _, r in ipairs(cjson.decode(rows)) do
+    local key, model, day, f = r[1], r[2], r[3], r[4]
+    local field = key .. '\t' .. model .. '\t'
+    redis.call('SADD', p .. 'usage:days', day)
+    for _, h in ipairs({p .. 'usage:' .. day, p .. 'usage:' .. day .. ':' .. store}) do
+      for i = 1, 9 do
+        if i == 8 then
+          local cur = tonumber(redis.call('HGET', h, field .. i) or '0')
+          if f[i] > cur then
+            redis.call('HSET', h, field .. i, f[i])
+          end
+        elseif f[i] ~= 0 then
+          redis.call('HINCRBY', h, field .. i, f[i])
+        end
+      end
+    end
+    local tokens = f[5] + f[6]
+    if tokens > 0 then
+      local month = string.sub(day, 1, 7)
+      for _, period in ipairs({day, month}) do
+        redis.call('HINCRBY', p .. 'qt:' .. period, key, tokens)
+        redis.call('HINCRBY', p .. 'qt:' .. period .. ':' .. store, key, tokens)
+      end
+    end
+  end
+  redis.call('HSET', p .. 'usage:seen', store, seq)
+  return 1
+end
+
+redis.register_function('aigw_usage_add_v1', usage_add_v1)
 redis.register_function('aigw_borrow_v1', borrow_v1)
 redis.register_function('aigw_give_back_v1', give_back_v1)
 redis.register_function('aigw_slots_v1', slots_v1)

@@ -310,6 +310,12 @@ pub fn push_local(con: &mut Connection, link: &Link, store: &Store) -> Result<(u
         .query(con)
         .map_err(redis_err)?;
     if store.mirrored_epoch().map_err(|e| e.to_string())? != epoch {
+        // A cluster this store has not pushed to yet (a new Redis, or one
+        // that lost its data): it gets every key and all the usage from here.
+        if store.queue_usage.load(std::sync::atomic::Ordering::Relaxed) {
+            let rows = store.requeue_all_usage().map_err(|e| e.to_string())?;
+            crate::log::info(format_args!("cluster: {rows} usage rollups of this instance queued for the cluster"));
+        }
         store.reset_mirror(&epoch).map_err(|e| e.to_string())?;
     }
     let mut seeded = 0;

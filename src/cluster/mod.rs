@@ -13,6 +13,7 @@
 pub mod keys;
 pub mod leases;
 pub mod link;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct ClusterState {
     pub keys_version: AtomicU64,
     /// Key changes waiting in the local outbox for Redis.
     pub queued_changes: AtomicU64,
+    /// Usage batches committed here and not yet pushed to Redis.
+    pub queued_usage: AtomicU64,
+    /// Units of limits borrowed from Redis and held here now.
+    pub borrowed: AtomicU64,
     /// The instances last seen alive, with their load.
     pub instances: Mutex<Vec<Instance>>,
 }
@@ -62,6 +67,9 @@ pub struct ClusterState {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Instance {
     pub id: String,
+    /// Its store's id (usage is kept per store: `usage --instance`).
+    #[serde(default)]
+    pub store: String,
     /// Where it listens, as it was told.
     pub listen: String,
     /// Requests in flight at its last heartbeat.
@@ -88,6 +96,8 @@ pub struct Cluster {
     pub state: Arc<ClusterState>,
     /// Every key's borrowed capacity on this instance.
     pub leases: Arc<LeaseBook>,
+    /// What the other instances used, for quotas.
+    pub remote: Arc<usage::Remote>,
     /// This instance's id in the cluster (random per start).
     pub instance: String,
     stop: Arc<AtomicBool>,
@@ -106,9 +116,13 @@ impl Cluster {
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let (urgent_tx, urgent_rx) = std::sync::mpsc::channel::<Urgent>();
         let leases = Arc::new(LeaseBook::new(urgent_tx));
+        let remote = Arc::new(usage::Remote::default());
+        let store_id = store.store_id().map_err(|e| e.to_string())?;
+        // From now on every usage commit is also queued for the cluster.
+        store.queue_usage.store(true, Relaxed);
         let thread = {
             let (link, state, stop, me) = (link.clone(), state.clone(), stop.clone(), instance.clone());
-            let leases = leases.clone();
+            let (leases, remote) = (leases.clone(), remote.clone());
             std::thread::Builder::new()
                 .name("cluster".into())
                 .spawn(move || {
@@ -122,6 +136,8 @@ impl Cluster {
                         con: None,
                         next_beat: Instant::now(),
                         leases,
+                        remote,
+                        store_id,
                         rates: HashMap::new(),
                         shares: HashMap::new(),
                         last_tend: Instant::now(),
@@ -159,7 +175,7 @@ impl Cluster {
                 link.shown
             )),
         }
-        Ok(Self { link, state, leases, instance, stop, thread: Some(thread) })
+        Ok(Self { link, state, leases, remote, instance, stop, thread: Some(thread) })
     }
 
     /// Stops the thread (after a last heartbeat saying this instance left).
@@ -182,6 +198,9 @@ struct Syncer {
     con: Option<redis::Connection>,
     next_beat: Instant,
     leases: Arc<LeaseBook>,
+    remote: Arc<usage::Remote>,
+    /// This store's id in the cluster (usage pushes count once per id and batch).
+    store_id: String,
     /// Recent spending per key and rate, units per second (for slice sizes).
     rates: HashMap<(String, Rate), f64>,
     /// Local shares of limits while Redis is away.
@@ -234,6 +253,10 @@ impl Syncer {
         let (version, _) = keys::pull(con, &self.link, self.store)?;
         self.state.keys_version.store(version, Relaxed);
         self.tend().map_err(|e| e.to_string())?;
+        let Some(con) = self.con.as_mut() else { return Err("not connected".into()) };
+        usage::push(con, &self.link.prefix, self.store, &self.store_id)?;
+        self.state.queued_usage.store(self.store.usage_outbox_len().unwrap_or(0), Relaxed);
+        self.remote.refresh(con, &self.link.prefix, &self.store_id).map_err(|e| e.to_string())?;
         if Instant::now() >= self.next_beat {
             self.next_beat = Instant::now() + HEARTBEAT;
             self.beat()?;
@@ -246,7 +269,14 @@ impl Syncer {
         let Some(con) = self.con.as_mut() else { return Ok(()) };
         let (in_flight, requests) = self.load.load();
         let now = now_ms();
-        let me = Instance { id: self.me.clone(), listen: self.listen.clone(), in_flight, requests, seen_ms: now };
+        let me = Instance {
+            id: self.me.clone(),
+            store: self.store_id.clone(),
+            listen: self.listen.clone(),
+            in_flight,
+            requests,
+            seen_ms: now,
+        };
         let key = format!("{}instances", self.link.prefix);
         let all: std::collections::HashMap<String, String> = redis::pipe()
             .hset(&key, &self.me, serde_json::to_string(&me).unwrap_or_default())
@@ -287,7 +317,11 @@ impl Syncer {
         let now = now_ms();
         let Some(con) = self.con.as_mut() else { return Ok(()) };
         let p = &self.link.prefix;
+        let mut borrowed = 0u64;
         for (key, lease) in self.leases.all() {
+            borrowed += lease.requests.load(Relaxed).max(0) as u64
+                + lease.tokens.load(Relaxed).max(0) as u64
+                + lease.slots.load(Relaxed);
             let idle = now.saturating_sub(lease.used_ms.load(Relaxed)) > leases::IDLE.as_millis() as u64;
             for (i, rate) in [Rate::Requests, Rate::Tokens].into_iter().enumerate() {
                 let balance = if rate == Rate::Requests { &lease.requests } else { &lease.tokens };
@@ -330,6 +364,7 @@ impl Syncer {
                 }
             }
         }
+        self.state.borrowed.store(borrowed, Relaxed);
         Ok(())
     }
 

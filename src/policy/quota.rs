@@ -17,7 +17,8 @@
 //! finish even if it overshoots, and the next one is refused with 429
 //! `insufficient_quota` until the period rolls over. What a quota can be
 //! overshot by is thus one request's reservation plus what the estimates
-//! missed (the README states it).
+//! missed (the README states it). In a cluster the other instances'
+//! usage, as last read from Redis, is added to the count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,9 +81,16 @@ impl PeriodTotals {
 #[derive(Default)]
 pub struct QuotaBook {
     entries: RwLock<HashMap<String, Arc<Mutex<PeriodTotals>>>>,
+    /// In a cluster: what the other instances used (see `cluster::usage`).
+    remote: Option<Arc<crate::cluster::usage::Remote>>,
 }
 
 impl QuotaBook {
+    /// The book of an instance of a cluster: quotas count the others' usage too.
+    pub fn clustered(remote: Arc<crate::cluster::usage::Remote>) -> Self {
+        Self { entries: RwLock::default(), remote: Some(remote) }
+    }
+
     fn entry(&self, store: &Store, key_id: &str, today: &str) -> Result<Arc<Mutex<PeriodTotals>>, StoreError> {
         if let Some(e) = self.entries.read().get(key_id) {
             return Ok(e.clone());
@@ -115,6 +123,15 @@ impl QuotaBook {
         self.reserve(store, key, today, 0).map(|_| ())
     }
 
+    /// In a cluster: the tokens the other instances used on `today` and in
+    /// its month, as last read from Redis.
+    pub fn others(&self, key_id: &str, today: &str) -> Option<(u64, u64)> {
+        self.remote.as_ref().map(|r| {
+            r.want(key_id);
+            r.others(key_id, today)
+        })
+    }
+
     /// Admits a request of `key` as [`admit`](Self::admit) does and reserves
     /// `tokens` for it. Returns what was reserved (nothing for a key without
     /// quotas), to hand back to [`settle`](Self::settle).
@@ -126,9 +143,16 @@ impl QuotaBook {
             crate::log::error(format_args!("quota lookup failed: {e}"));
             ApiError::new(500, "api_error", "internal_error", "The gateway could not read its usage store.")
         })?;
+        let (others_day, others_month) = match &self.remote {
+            Some(r) => {
+                r.want(&key.id);
+                r.others(&key.id, today)
+            }
+            None => (0, 0),
+        };
         let mut t = e.lock();
         t.roll(today);
-        let (day, month) = (t.today.tokens(), t.this_month.tokens());
+        let (day, month) = (t.today.tokens() + others_day, t.this_month.tokens() + others_month);
         if let Some(limit) = key.limits.daily_tokens
             && day + t.reserved >= limit
         {

@@ -57,7 +57,6 @@ pub fn run(config: Config) -> Result<(), String> {
     shutdown::install()?;
     let writer_stats = Arc::new(crate::accounting::usage::WriterStats::default());
     let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), config.usage_retention_days);
-    let quota = Arc::new(QuotaBook::default());
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
@@ -79,13 +78,19 @@ pub fn run(config: Config) -> Result<(), String> {
     let cluster = match crate::cluster::link(&config.cluster)? {
         Some(link) => {
             let load = Arc::new(ClusterLoad(all_metrics.clone()));
-            let c = crate::cluster::Cluster::start(link, store, config.listen.to_string(), load)?;
+            let bound = listeners[0].local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+            let c = crate::cluster::Cluster::start(link, store, bound, load)?;
             let _ = all_metrics.cluster.set(c.state.clone());
             Some(c)
         }
         None => None,
     };
     let cluster_link = cluster.as_ref().map(|c| c.link.clone());
+    // In a cluster quotas count the other instances' usage too.
+    let quota = Arc::new(match &cluster {
+        Some(c) => QuotaBook::clustered(c.remote.clone()),
+        None => QuotaBook::default(),
+    });
     // In a cluster the limits spend slices borrowed from Redis.
     let limiter_book = Arc::new(match &cluster {
         Some(c) => LimiterBook::clustered(c.leases.clone()),

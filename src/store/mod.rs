@@ -40,6 +40,9 @@ pub struct Store {
     /// written before they existed.
     pub responses: Option<responses::Tables>,
     pub dir: PathBuf,
+    /// In a cluster: every usage commit also queues its deltas for Redis
+    /// (see `usage::Store::usage_outbox`), in the same transaction.
+    pub queue_usage: std::sync::atomic::AtomicBool,
 }
 
 /// Why a store operation failed, by kind, each with a message for a person.
@@ -129,8 +132,17 @@ impl Store {
             meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
         }
         wtxn.commit()?;
-        let store =
-            Store { env, meta, keys, key_ids, key_names, usage, responses: Some(responses), dir: dir.to_owned() };
+        let store = Store {
+            env,
+            meta,
+            keys,
+            key_ids,
+            key_names,
+            usage,
+            responses: Some(responses),
+            dir: dir.to_owned(),
+            queue_usage: Default::default(),
+        };
         Ok(Box::leak(Box::new(store)))
     }
 
@@ -182,7 +194,17 @@ impl Store {
             return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
         let responses = records.zip(index).map(|(records, index)| responses::Tables { records, index });
-        let store = Store { env, meta, keys, key_ids, key_names, usage, responses, dir: dir.to_owned() };
+        let store = Store {
+            env,
+            meta,
+            keys,
+            key_ids,
+            key_names,
+            usage,
+            responses,
+            dir: dir.to_owned(),
+            queue_usage: Default::default(),
+        };
         check_schema(store.schema_version()?, dir)?;
         Ok(Box::leak(Box::new(store)))
     }

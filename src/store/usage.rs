@@ -45,7 +45,7 @@ impl Rollup {
         self.prompt_tokens + self.completion_tokens
     }
 
-    fn fields(&self) -> [u64; 9] {
+    pub fn fields(&self) -> [u64; 9] {
         [
             self.requests,
             self.errors,
@@ -85,6 +85,119 @@ impl Rollup {
         })
     }
 }
+
+/// A queued delta: key id, model label, day and the rollup's fields.
+pub type QueuedRow = (String, String, String, [u64; 9]);
+
+/// The prefix of queued usage in `meta`: `cluster/usage/<seq>`.
+const USAGE_OUTBOX: &str = "cluster/usage/";
+
+impl Store {
+    /// Queues rows in `wtxn` under the next sequence number.
+    fn queue_rows(&self, wtxn: &mut heed::RwTxn<'_>, rows: &[QueuedRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let next = match self.meta.rev_prefix_iter(wtxn, USAGE_OUTBOX)?.next() {
+            Some(item) => item?.0[USAGE_OUTBOX.len()..].parse::<u64>().unwrap_or(0) + 1,
+            None => {
+                self.meta.get(wtxn, USAGE_SEQ)?.map_or(1, |v| u64::from_le_bytes(v.try_into().unwrap_or_default()) + 1)
+            }
+        };
+        self.meta.put(wtxn, USAGE_SEQ, &next.to_le_bytes())?;
+        let body = serde_json::to_vec(rows).map_err(|e| StoreError::Io(e.to_string()))?;
+        self.meta.put(wtxn, &format!("{USAGE_OUTBOX}{next:020}"), &body)?;
+        Ok(())
+    }
+
+    /// Usage waiting for the cluster, oldest first, at most `n`: (entry, sequence number, rows).
+    pub fn usage_outbox(&self, n: usize) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let rtxn = self.read()?;
+        let mut out = Vec::new();
+        for item in self.meta.prefix_iter(&rtxn, USAGE_OUTBOX)?.take(n) {
+            let (k, v) = item?;
+            let seq = k[USAGE_OUTBOX.len()..].parse().unwrap_or(0);
+            out.push((k.to_owned(), seq, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// How many usage entries wait for the cluster.
+    pub fn usage_outbox_len(&self) -> Result<u64, StoreError> {
+        let rtxn = self.read()?;
+        Ok(self.meta.prefix_iter(&rtxn, USAGE_OUTBOX)?.count() as u64)
+    }
+
+    /// Drops a queued usage entry once the cluster has it.
+    pub fn usage_outbox_done(&self, entry: &str) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.delete(&mut wtxn, entry)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// For a cluster that has none of this store's usage (a new Redis, or
+    /// one that lost its data): replaces whatever is queued by all the
+    /// usage committed here, in one transaction, so each row reaches the
+    /// cluster exactly once.
+    pub fn requeue_all_usage(&self) -> Result<u64, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let queued: Vec<String> = self
+            .meta
+            .prefix_iter(&wtxn, USAGE_OUTBOX)?
+            .map(|i| i.map(|(k, _)| k.to_owned()))
+            .collect::<Result<_, _>>()?;
+        for k in &queued {
+            self.meta.delete(&mut wtxn, k)?;
+        }
+        let mut rows = Vec::new();
+        for item in self.usage.iter(&wtxn)? {
+            let (k, v) = item?;
+            let mut parts = k.splitn(3, |&b| b == 0);
+            let (Some(key), Some(day), Some(model), Some(r)) =
+                (parts.next(), parts.next(), parts.next(), Rollup::decode(v))
+            else {
+                continue;
+            };
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            rows.push((text(key), text(model), text(day), r.fields()));
+        }
+        let n = rows.len() as u64;
+        for chunk in rows.chunks(1000) {
+            self.queue_rows(&mut wtxn, chunk)?;
+        }
+        wtxn.commit()?;
+        Ok(n)
+    }
+
+    /// This store's id in a cluster (made once, kept): pushes of its usage
+    /// are counted once per (id, sequence number), across restarts.
+    pub fn store_id(&self) -> Result<String, StoreError> {
+        if let Some(v) = self
+            .read()
+            .ok()
+            .and_then(|r| self.meta.get(&r, STORE_ID).ok().flatten().map(|v| String::from_utf8_lossy(v).into_owned()))
+        {
+            return Ok(v);
+        }
+        let mut wtxn = self.env.write_txn()?;
+        let id = match self.meta.get(&wtxn, STORE_ID)? {
+            Some(v) => String::from_utf8_lossy(v).into_owned(),
+            None => {
+                let id: String = (0..12).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+                self.meta.put(&mut wtxn, STORE_ID, id.as_bytes())?;
+                id
+            }
+        };
+        wtxn.commit()?;
+        Ok(id)
+    }
+}
+
+/// The last usage sequence number given (so numbers never repeat once the outbox is empty).
+const USAGE_SEQ: &str = "cluster/usage_seq";
+/// The `meta` entry of the store's cluster id.
+const STORE_ID: &str = "cluster/store_id";
 
 /// Why one delta was not written.
 #[derive(Debug)]
@@ -127,9 +240,15 @@ pub struct UsageRow {
 }
 
 impl Store {
-    /// Adds deltas to the stored rollups, in one transaction.
+    /// Adds deltas to the stored rollups, in one transaction (which also
+    /// queues them for the cluster, in a cluster).
     pub fn add_usage(&self, deltas: &HashMap<(String, String, String), Rollup>) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
+        if self.queue_usage.load(std::sync::atomic::Ordering::Relaxed) {
+            let rows: Vec<QueuedRow> =
+                deltas.iter().map(|((k, m, d), r)| (k.clone(), m.clone(), d.clone(), r.fields())).collect();
+            self.queue_rows(&mut wtxn, &rows)?;
+        }
         for ((key_id, model, day), delta) in deltas {
             let k = rollup_key(key_id, day, model);
             if k.len() > MAX_STORE_KEY {
@@ -163,6 +282,10 @@ impl Store {
             e => DeltaError::Store(e.into()),
         };
         let mut wtxn = self.env.write_txn().map_err(unwritable)?;
+        if self.queue_usage.load(std::sync::atomic::Ordering::Relaxed) {
+            let row = (key_id.clone(), model.clone(), day.clone(), delta.fields());
+            self.queue_rows(&mut wtxn, &[row]).map_err(DeltaError::Store)?;
+        }
         let mut total = self.usage.get(&wtxn, &k).map_err(unwritable)?.and_then(Rollup::decode).unwrap_or_default();
         total.merge(delta);
         self.usage.put(&mut wtxn, &k, &total.encode()).map_err(unwritable)?;
@@ -245,6 +368,15 @@ impl Store {
 }
 
 /// Reads one stored rollup (`None` for a key that is not in the table's shape).
+/// A row from its parts and the rollup's nine counters (as the cluster keeps them).
+pub fn row_from(key_id: &str, day: &str, model: &str, fields: [u64; 9]) -> Option<UsageRow> {
+    let mut bytes = [0u8; ROLLUP_BYTES];
+    for (i, v) in fields.iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    usage_row(&rollup_key(key_id, day, model), &bytes)
+}
+
 fn usage_row(k: &[u8], v: &[u8]) -> Option<UsageRow> {
     let mut parts = k.splitn(3, |&b| b == 0);
     let (key, day, model) = (parts.next()?, parts.next()?, parts.next()?);

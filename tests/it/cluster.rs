@@ -384,4 +384,160 @@ fn redis_stopped_for_five_seconds_under_load_fails_no_request() {
     assert!(served > 100);
     let up = |g: &Proc| admin(g, "GET", "/metrics", None).text().contains("ai_gateway_redis_up 1");
     assert!(eventually(Duration::from_secs(5), || nodes.iter().all(up)));
+    // The usage queued meanwhile (and all of it, since Redis came back empty)
+    // reaches the cluster: its total is what the emulator served, exactly.
+    let st = stats(&m);
+    let emulated = (
+        st["completed"].as_u64().unwrap(),
+        st["prompt_tokens"].as_u64().unwrap() + st["completion_tokens"].as_u64().unwrap(),
+    );
+    assert_eq!(emulated.0, served);
+    let cluster = || cluster_usage(&nodes[2], "");
+    let caught_up = eventually(Duration::from_secs(10), || cluster() == emulated);
+    assert!(caught_up, "cluster {:?}, emulator {emulated:?}", cluster());
+    // Each instance's part, and what each committed to its own store, add up to it.
+    let stores: Vec<String> = admin(&nodes[0], "GET", "/readyz", None).json()["cluster"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["store"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stores.len(), 3);
+    let parts = stores
+        .iter()
+        .map(|s| cluster_usage(&nodes[0], &format!("&instance={s}")))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let locals = nodes.iter().map(|g| cluster_usage(g, "&scope=local")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!((parts, locals), (emulated, emulated));
+    // The usage command shows the cluster too.
+    let out = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(["usage", "--redis", &redis.url(), "--by", "key", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["data"][0];
+    assert_eq!(
+        (row["key"].as_str(), row["requests"].as_u64(), row["total_tokens"].as_u64()),
+        (Some("steady"), Some(emulated.0), Some(emulated.1)),
+        "{v}"
+    );
+}
+
+/// (requests, tokens) of `GET /admin/v1/usage` on `g` with extra query parameters.
+fn cluster_usage(g: &Proc, extra: &str) -> (u64, u64) {
+    let r = admin(g, "GET", &format!("/admin/v1/usage?by=key{extra}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |a, row| (a.0 + row["requests"].as_u64().unwrap(), a.1 + row["total_tokens"].as_u64().unwrap()))
+}
+
+#[test]
+fn a_daily_quota_holds_for_the_cluster() {
+    let redis = Redis::start();
+    let m = mock(&["--tokens", "8"]);
+    let nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &["--usage-flush-ms", "50"])).collect();
+    let secret = key_on(&nodes[0], json!({"name": "quota", "daily_tokens": 300}));
+    assert!(everywhere(&nodes, "quota"));
+    let seen_on = |g: &Proc| -> u64 {
+        let r = request_with(g.addr, "GET", "/v1/usage", None, &[("Authorization", &format!("Bearer {secret}"))]);
+        r.json()["cluster"]["today_total_tokens"].as_u64().unwrap()
+    };
+    // One request at a time, each on the next instance, once that one sees
+    // the cluster's total so far: the quota counts every instance's tokens.
+    let mut used = 0;
+    let refused = (0..60).find_map(|i| {
+        let r = chat_on(&nodes[i % 3], &secret, 8);
+        if r.status != 200 {
+            return Some(r);
+        }
+        used += 14;
+        let next = &nodes[(i + 1) % 3];
+        assert!(eventually(Duration::from_secs(5), || seen_on(next) == used), "{} of {used}", seen_on(next));
+        None
+    });
+    let refused = refused.expect("the quota ran out");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "insufficient_quota");
+    assert!((300..300 + 14).contains(&used), "{used} tokens admitted for a quota of 300");
+    // At once from every instance: the others' usage is seen a flush and a round late.
+    let secret = key_on(&nodes[1], json!({"name": "burst", "daily_tokens": 300}));
+    assert!(everywhere(&nodes, "burst"));
+    let (ok, _) = hammer(&nodes, &secret, 2, Duration::from_secs(2));
+    println!("daily quota 300 hit from 3 instances × 2 clients at once: {} tokens admitted", ok * 14);
+}
+
+#[test]
+fn usage_after_an_instance_is_killed_mid_load_is_counted_once() {
+    let redis = Redis::start();
+    let m = mock(&["--tokens", "4"]);
+    let mut nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &["--usage-flush-ms", "100"])).collect();
+    let secret = key_on(&nodes[0], json!({"name": "load"}));
+    assert!(everywhere(&nodes, "load"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let addrs: Vec<_> = nodes.iter().map(|g| g.addr).collect();
+    let victim_dir = nodes[2].data_dir.take().unwrap();
+    std::thread::scope(|s| {
+        for addr in addrs {
+            let (stop, secret) = (&stop, &secret);
+            s.spawn(move || {
+                let body = json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut c) = std::net::TcpStream::connect(addr) else { break };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    send(
+                        &mut c,
+                        "POST",
+                        "/v1/chat/completions",
+                        Some(&body),
+                        &[("Authorization", &format!("Bearer {secret}"))],
+                    );
+                    if read_response(&mut std::io::BufReader::new(c), false).is_none() {
+                        break;
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        // kill -9 in the middle of the load: what it had not committed is gone with it.
+        nodes[2].child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    nodes.pop();
+    // Started again on its store, it pushes what it had committed and not yet pushed.
+    let url = redis.url();
+    let args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", &m.url(), "--workers", "1", "--redis", &url, "--data-dir"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([victim_dir.display().to_string()])
+            .collect();
+    let mut back = start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY)]);
+    back.data_dir = Some(victim_dir);
+    nodes.push(back);
+    let pushed =
+        |g: &Proc| admin(g, "GET", "/metrics", None).text().contains("ai_gateway_cluster_queued_usage_batches 0");
+    assert!(eventually(Duration::from_secs(10), || nodes.iter().all(pushed)));
+    // Nothing counted twice and nothing lost between the stores and the cluster:
+    // the cluster's total is exactly what the three stores committed.
+    let locals = nodes.iter().map(|g| cluster_usage(g, "&scope=local")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(
+        eventually(Duration::from_secs(5), || cluster_usage(&nodes[0], "") == locals),
+        "{:?} vs {locals:?}",
+        cluster_usage(&nodes[0], "")
+    );
+    // What the emulator served beyond it is what the killed instance held in
+    // memory (at most one flush interval of its traffic) or had in flight.
+    let st = stats(&m);
+    let served = st["completed"].as_u64().unwrap();
+    println!(
+        "kill -9 mid-load: emulator completed {served} requests, the cluster counts {} ({} lost with the process)",
+        locals.0,
+        served - locals.0
+    );
+    assert!(locals.0 <= served && served - locals.0 < served / 10, "{locals:?} of {served}");
 }

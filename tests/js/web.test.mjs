@@ -280,3 +280,53 @@ test("the admin endpoints behind the dashboard still need an admin key", async (
   assert.ok(!shell.includes("web-user"));
   assert.doesNotMatch(shell, /sk_[A-Za-z0-9_-]{20,}/);
 });
+
+test("in a cluster, the live view lists every instance", async () => {
+  // A redis-server of the test's own, on a free port (scripts/test installs Debian's).
+  const net = await import("node:net");
+  const { spawn } = await import("node:child_process");
+  const port = await new Promise((resolve) => {
+    const srv = net.createServer().listen(0, "127.0.0.1", () => {
+      const p = srv.address().port;
+      srv.close(() => resolve(p));
+    });
+  });
+  const redis = spawn(process.env.REDIS_SERVER_BIN ?? "redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  const { start, GATEWAY } = await import("./harness.mjs");
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const os = await import("node:os");
+  const dirs = [];
+  const nodes = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const dir = mkdtempSync(path.join(os.tmpdir(), "ai-gateway-js-cluster-"));
+      dirs.push(dir);
+      // Redis may still be starting: an instance serves from its store meanwhile and joins when it answers.
+      nodes.push(
+        await start(
+          GATEWAY,
+          ["serve", "--listen", "127.0.0.1:0", "--upstream", pair.mock.url, "--data-dir", dir, "--redis", `redis://127.0.0.1:${port}`],
+          { AI_GATEWAY_ADMIN_KEY: ADMIN_KEY },
+        ),
+      );
+    }
+    const page = await newPage();
+    await page.goto(`${nodes[0].url}/dashboard`);
+    await page.fill("#signin-key", ADMIN_KEY);
+    await page.click("#signin-form button[type=submit]");
+    await page.waitForSelector("#view-keys:not(.hidden)");
+    await page.click("#nav a[data-view=live]");
+    await page.waitForFunction(() => document.querySelectorAll("#instances-table tbody tr").length === 2, null, { timeout: 15000 });
+    const rows = await page.$$eval("#instances-table tbody tr", (rs) => rs.map((r) => r.textContent));
+    for (const n of nodes) {
+      assert.ok(rows.some((r) => r.includes(new URL(n.url).host)), `${n.url} in ${rows}`);
+    }
+    await page.screenshot({ path: path.join(OUT, "live-cluster.png"), fullPage: true });
+  } finally {
+    for (const n of nodes) n.stop();
+    redis.kill("SIGKILL");
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+});
