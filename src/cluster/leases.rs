@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::Duration;
 
 use futures_channel::oneshot;
@@ -117,18 +117,33 @@ impl Lease {
     }
 
     /// Enters a request in flight if a held slot is free (leave with [`Self::leave`]).
+    /// Sequentially consistent with [`Self::shrink_slots`]: either this sees
+    /// the lowered count, or the shrink sees this request.
     pub fn enter(&self) -> bool {
-        let before = self.in_flight.fetch_add(1, Relaxed);
-        if before < self.slots.load(Relaxed) {
+        let before = self.in_flight.fetch_add(1, SeqCst);
+        if before < self.slots.load(SeqCst) {
             true
         } else {
-            self.in_flight.fetch_sub(1, Relaxed);
+            self.in_flight.fetch_sub(1, SeqCst);
             false
         }
     }
 
     pub fn leave(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.in_flight.fetch_sub(1, SeqCst);
+    }
+
+    /// Lowers the slots held to `to` if no more than that many requests are
+    /// in flight (true); a request entering meanwhile keeps the old count.
+    /// Only the cluster thread changes `slots`.
+    pub fn shrink_slots(&self, to: u64) -> bool {
+        let held = self.slots.load(SeqCst);
+        self.slots.store(to, SeqCst);
+        if self.in_flight.load(SeqCst) > to {
+            self.slots.store(held, SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Whether the slice of tokens is not in debt (a request may reserve).

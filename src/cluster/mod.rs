@@ -358,9 +358,9 @@ impl Syncer {
                 lease.slots.store(0, Relaxed);
             } else if held > 0 {
                 let want = lease.in_flight.load(Relaxed) + headroom(max, instances);
-                if held > want {
-                    let got = leases::hold_slots(con, p, &key, &self.me, want, max)?;
-                    lease.slots.store(got, Relaxed);
+                // Lowered here before Redis hears of it, so no request enters a slot being given back.
+                if held > want && lease.shrink_slots(want) {
+                    leases::hold_slots(con, p, &key, &self.me, want, max)?;
                 }
             }
         }
