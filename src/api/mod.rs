@@ -112,6 +112,9 @@ pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed)
     Ok(Accepted { route })
 }
 
+/// How many borrows a request waits for before it is refused anyway.
+const BORROW_TRIES: usize = 8;
+
 /// Serves an accepted request whose body has been read: admits its key, then
 /// runs the endpoint.
 pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accepted: Accepted) -> Reply<'w> {
@@ -123,9 +126,13 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
     if let (Some(k), false) = (&key, route.needs_admin()) {
         let check_quota = route != Route::Usage;
         let mut admitted = admission::admit_request(worker, ctx, k, check_quota);
-        if let Err(admission::NotYet::Short(short)) = admitted {
-            // In a cluster, this instance's slice of a limit ran out: one borrow, then once more.
-            Box::pin(worker.limiters.borrow(k, short)).await;
+        // In a cluster, this instance's slice of a limit ran out: borrow and
+        // try again, while the cluster has capacity left (a few times at most).
+        for _ in 0..BORROW_TRIES {
+            let Err(admission::NotYet::Short(short)) = admitted else { break };
+            if !Box::pin(worker.limiters.borrow(k, short)).await {
+                break;
+            }
             admitted = admission::admit_request(worker, ctx, k, check_quota);
         }
         match admitted {

@@ -71,6 +71,8 @@ pub struct Lease {
     /// the Unix epoch): no borrow is tried before, so a client flooding past
     /// its limit costs no Redis call per refused request.
     pub empty_until: [AtomicU64; 2],
+    /// The cluster refused this instance more concurrency slots at its last ask (every slot is held).
+    pub slots_full: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Lease {
@@ -84,12 +86,13 @@ impl Default for Lease {
             spent: [AtomicU64::new(0), AtomicU64::new(0)],
             used_ms: AtomicU64::new(0),
             empty_until: [AtomicU64::new(0), AtomicU64::new(0)],
+            slots_full: Default::default(),
         }
     }
 }
 
 /// What a request found missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Short {
     Requests,
     Tokens,
@@ -202,22 +205,30 @@ impl LeaseBook {
 
     /// Asks the cluster thread to borrow what `short` says is missing, and
     /// waits for its answer (at most [`BORROW_WAIT`]); at once when the
-    /// cluster's bucket is known to be empty.
-    pub async fn borrow(&self, key_id: &str, lease: &Arc<Lease>, short: Short) {
+    /// cluster's bucket is known to be empty. Whether trying again may
+    /// succeed: false once the cluster has nothing left (the bucket is empty,
+    /// or every concurrency slot is held), so a request is refused only for
+    /// the cluster's limit, never because another request here took the
+    /// slice that was just borrowed.
+    pub async fn borrow(&self, key_id: &str, lease: &Arc<Lease>, short: Short) -> bool {
         let rate = match short {
             Short::Requests => 0,
             Short::Tokens => 1,
             Short::Slot => 2,
         };
-        if rate < 2 && lease.empty_until[rate].load(Relaxed) > super::now_ms() {
-            return;
+        let open = |lease: &Lease| match rate {
+            2 => !lease.slots_full.load(SeqCst),
+            r => lease.empty_until[r].load(Relaxed) <= super::now_ms(),
+        };
+        if rate < 2 && !open(lease) {
+            return false;
         }
         let (done, answered) = oneshot::channel();
         let urgent = Urgent { key_id: key_id.to_owned(), lease: lease.clone(), short, done };
         if self.urgent.send(urgent).is_err() {
-            return;
+            return false;
         }
-        let _ = monoio::time::timeout(BORROW_WAIT, answered).await;
+        matches!(monoio::time::timeout(BORROW_WAIT, answered).await, Ok(Ok(()))) && open(lease)
     }
 }
 

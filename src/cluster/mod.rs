@@ -17,7 +17,7 @@ pub mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -155,10 +155,9 @@ impl Cluster {
                         // A request waiting for a borrow is served at once.
                         let wait = next_round.saturating_duration_since(Instant::now());
                         if let Ok(u) = urgent_rx.recv_timeout(wait) {
-                            sync.urgent(u);
-                            while let Ok(u) = urgent_rx.try_recv() {
-                                sync.urgent(u);
-                            }
+                            let mut batch = vec![u];
+                            batch.extend(urgent_rx.try_iter());
+                            sync.urgent_batch(batch);
                         }
                     }
                     sync.leave();
@@ -357,7 +356,8 @@ impl Syncer {
             if max == leases::NONE {
                 lease.slots.store(0, Relaxed);
             } else if held > 0 {
-                let want = lease.in_flight.load(Relaxed) + headroom(max, instances);
+                let in_flight = lease.in_flight.load(Relaxed);
+                let want = in_flight + headroom(max, instances, in_flight);
                 // Lowered here before Redis hears of it, so no request enters a slot being given back.
                 if held > want && lease.shrink_slots(want) {
                     leases::hold_slots(con, p, &key, &self.me, want, max)?;
@@ -368,11 +368,24 @@ impl Syncer {
         Ok(())
     }
 
+    /// Serves the requests waiting for a borrow; those of one key and limit
+    /// are served by one borrow sized for all of them.
+    fn urgent_batch(&mut self, batch: Vec<Urgent>) {
+        let mut waiting: HashMap<(String, Short), u64> = HashMap::new();
+        for u in &batch {
+            *waiting.entry((u.key_id.clone(), u.short)).or_default() += 1;
+        }
+        for u in batch {
+            let n = waiting.get(&(u.key_id.clone(), u.short)).copied().unwrap_or(1);
+            self.urgent(u, n);
+        }
+    }
+
     /// Borrows at once what a waiting request is short of — the limit it
     /// found empty, and any other of its key's that is empty too, so one
     /// wait is enough — from Redis, or from this instance's share of the
-    /// limit while Redis is away.
-    fn urgent(&mut self, u: Urgent) {
+    /// limit while Redis is away. `waiting`: requests of the key waiting with it.
+    fn urgent(&mut self, u: Urgent, waiting: u64) {
         let l = &u.lease;
         let shorts = [
             (Short::Requests, l.limits[0].load(Relaxed) != leases::NONE && l.requests.load(Relaxed) <= 0),
@@ -384,7 +397,7 @@ impl Syncer {
         ];
         for short in shorts.into_iter().filter_map(|(s, empty)| (empty || s == u.short).then_some(s)) {
             if self.con.is_some()
-                && let Err(e) = self.borrow_now(&u.key_id, l, short)
+                && let Err(e) = self.borrow_now(&u.key_id, l, short, waiting)
             {
                 crate::log::warn(format_args!("cluster: a borrow failed ({e}); using this instance's share"));
                 self.con = None;
@@ -397,7 +410,7 @@ impl Syncer {
         let _ = u.done.send(());
     }
 
-    fn borrow_now(&mut self, key: &str, lease: &Lease, short: Short) -> redis::RedisResult<()> {
+    fn borrow_now(&mut self, key: &str, lease: &Lease, short: Short, waiting: u64) -> redis::RedisResult<()> {
         let instances = self.instances();
         let Some(con) = self.con.as_mut() else { return Ok(()) };
         let p = &self.link.prefix;
@@ -420,8 +433,17 @@ impl Syncer {
                 if lease.empty_until[i].load(Relaxed) > now {
                     return Ok(());
                 }
-                let per_sec = self.rates.get(&(key.to_owned(), rate)).copied().unwrap_or(0.0);
-                let want = leases::slice(limit, per_sec, instances);
+                // The spending since the last round counts too: a burst outruns the average.
+                let recent = lease.spent[i].load(Relaxed) as f64 / self.last_tend.elapsed().as_secs_f64().max(0.02);
+                let per_sec = self.rates.get(&(key.to_owned(), rate)).copied().unwrap_or(0.0).max(recent);
+                let mut want = leases::slice(limit, per_sec, instances);
+                if rate == Rate::Requests {
+                    want = want.max((waiting as i64).min(limit as i64));
+                }
+                if balance.load(Relaxed) >= want {
+                    // Another waiter's borrow already brought enough.
+                    return Ok(());
+                }
                 let (granted, _, wait) = leases::borrow(con, p, key, rate, want, limit)?;
                 balance.fetch_add(granted, Relaxed);
                 let wait = leases::refill_wait(limit, want, wait);
@@ -429,10 +451,13 @@ impl Syncer {
             }
             Short::Slot => {
                 let max = lease.limits[2].load(Relaxed);
-                if max != leases::NONE {
-                    let want = lease.in_flight.load(Relaxed) + 1 + headroom(max, instances);
+                let in_flight = lease.in_flight.load(SeqCst);
+                // Another waiter's borrow may already have made room.
+                if max != leases::NONE && lease.slots.load(SeqCst) <= in_flight {
+                    let want = in_flight + waiting + headroom(max, instances, in_flight + waiting);
                     let got = leases::hold_slots(con, p, key, &self.me, want, max)?;
-                    lease.slots.store(got, Relaxed);
+                    lease.slots.store(got, SeqCst);
+                    lease.slots_full.store(got <= in_flight, SeqCst);
                 }
             }
         }
@@ -453,7 +478,10 @@ impl Syncer {
         }
         let share = (limit as f64 / instances).max(1.0);
         match short {
-            Short::Slot => lease.slots.store(share as u64, Relaxed),
+            Short::Slot => {
+                lease.slots.store(share as u64, SeqCst);
+                lease.slots_full.store(share as u64 <= lease.in_flight.load(SeqCst), SeqCst);
+            }
             _ => {
                 let bucket = self.shares.entry((key.to_owned(), i)).or_insert_with(|| Share::new(share));
                 let want = leases::slice(limit, 0.0, instances as usize).max(1);
@@ -477,9 +505,11 @@ impl Syncer {
     }
 }
 
-/// Concurrency slots an instance keeps beyond its requests in flight: one
-/// when the limit is large enough to spare it, so a busy key does not wait
-/// on Redis for every request; none for small limits, which stay exact.
-fn headroom(max: u64, instances: usize) -> u64 {
-    u64::from(max >= 4 * instances as u64)
+/// Concurrency slots an instance keeps beyond its requests in flight, so a
+/// busy key does not wait on Redis for every request: half as many again as
+/// it has in flight (at least one), up to a quarter of its share of the
+/// limit; none for small limits, which stay exact.
+fn headroom(max: u64, instances: usize, in_flight: u64) -> u64 {
+    let cap = max / (4 * instances as u64);
+    (in_flight / 2).clamp(1, cap.max(1)).min(cap)
 }

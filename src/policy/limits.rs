@@ -151,9 +151,10 @@ impl LimiterBook {
     }
 
     /// Waits for the cluster thread to borrow what a request was short of.
-    pub async fn borrow(&self, key_id: &str, limiter: &KeyLimiter, short: Short) {
-        if let (Some(book), Some(lease)) = (&self.leases, &limiter.lease) {
-            book.borrow(key_id, lease, short).await;
+    pub async fn borrow(&self, key_id: &str, limiter: &KeyLimiter, short: Short) -> bool {
+        match (&self.leases, &limiter.lease) {
+            (Some(book), Some(lease)) => book.borrow(key_id, lease, short).await,
+            _ => false,
         }
     }
 }
@@ -244,10 +245,10 @@ impl Limiters {
         l
     }
 
-    /// Waits for a borrow (see [`Refusal::Short`]).
-    pub async fn borrow(&self, key: &KeyRecord, short: Short) {
+    /// Waits for a borrow (see [`Refusal::Short`]); whether trying again may succeed.
+    pub async fn borrow(&self, key: &KeyRecord, short: Short) -> bool {
         let limiter = self.limiter(&key.id);
-        self.book.borrow(&key.id, &limiter, short).await;
+        self.book.borrow(&key.id, &limiter, short).await
     }
 
     /// Admits a request of `key` against its request rate and concurrency.
@@ -331,15 +332,13 @@ impl Limiters {
     ) -> Result<(), (ApiError, u64)> {
         let Some(tpm) = key.limits.tpm else { return Ok(()) };
         if let Some(lease) = &admission.limiter.lease {
-            // In a cluster: admitted while this instance's slice is not in debt.
-            if !lease.tokens_left() {
-                return Err(limited(
-                    key,
-                    "tokens",
-                    "tokens per minute",
-                    tpm,
-                    (MINUTE_NS / tpm.max(1)).saturating_mul(64),
-                ));
+            // In a cluster the request was admitted against the slice (see
+            // `admit_leased`); a slice other requests overdrew meanwhile is in
+            // debt only here: refused only when the cluster's bucket is known
+            // to be empty too (the debt is charged to it next round).
+            if !lease.tokens_left() && lease.empty_until[1].load(Ordering::Relaxed) > crate::cluster::now_ms() {
+                let wait = (MINUTE_NS / tpm.max(1)).saturating_mul(64);
+                return Err(limited(key, "tokens", "tokens per minute", tpm, wait));
             }
             lease.spend_tokens(reserve as i64);
             admission.reserved_tokens = reserve;
