@@ -26,21 +26,34 @@ pub struct Link {
 }
 
 impl Link {
-    /// Checks the URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS).
-    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
+    /// Checks the URL (`redis://[user:password@]host:port[/db]`, `rediss://`
+    /// for TLS, verified against the system's roots or `ca`, a PEM file).
+    pub fn new(url: &str, prefix: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
         let shown = without_password(url);
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let tls = url.starts_with("rediss://");
+        if !(url.starts_with("redis://") || tls) {
             return Err(format!("--redis must be a redis:// or rediss:// URL, got '{shown}'"));
-        }
-        if url.starts_with("rediss://") {
-            return Err(
-                "rediss:// (TLS) is not built into this ai-gateway; reach Redis over a TLS tunnel (stunnel, spiped) or a private network".into(),
-            );
         }
         if prefix.is_empty() || prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("--redis-prefix must be 1 to 64 visible characters, got '{prefix}'"));
         }
-        let client = redis::Client::open(url).map_err(|e| format!("--redis '{shown}': {e}"))?;
+        let client = match ca {
+            Some(ca) if tls => {
+                let root = std::fs::read(ca).map_err(|e| format!("--redis-ca {}: {e}", ca.display()))?;
+                // The process's TLS crypto (installing it twice is harmless).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root) };
+                redis::Client::build_with_tls(url, certs)
+            }
+            Some(_) => return Err("--redis-ca is for rediss:// (TLS) URLs".into()),
+            None => {
+                if tls {
+                    let _ = rustls::crypto::ring::default_provider().install_default();
+                }
+                redis::Client::open(url)
+            }
+        }
+        .map_err(|e| format!("--redis '{shown}': {e}"))?;
         Ok(Self { client, prefix: prefix.to_owned(), shown })
     }
 
@@ -77,9 +90,11 @@ mod tests {
         assert_eq!(without_password("redis://:s3cret@10.0.0.1:6379/2"), "redis://:***@10.0.0.1:6379/2");
         assert_eq!(without_password("redis://gw:s3cret@h:6379"), "redis://gw:***@h:6379");
         assert_eq!(without_password("redis://h:6379"), "redis://h:6379");
-        let err = Link::new("http://:pw@h", "aigw:").err().unwrap();
+        let err = Link::new("http://:pw@h", "aigw:", None).err().unwrap();
         assert!(!err.contains("pw@"), "{err}");
-        assert!(Link::new("redis://127.0.0.1:6379", "").is_err());
-        assert!(Link::new("redis://127.0.0.1:6379", "aigw:").is_ok());
+        assert!(Link::new("redis://127.0.0.1:6379", "", None).is_err());
+        assert!(Link::new("redis://127.0.0.1:6379", "aigw:", None).is_ok());
+        assert!(Link::new("rediss://127.0.0.1:6379", "aigw:", None).is_ok());
+        assert!(Link::new("redis://127.0.0.1:6379", "aigw:", Some(std::path::Path::new("/nope"))).is_err());
     }
 }

@@ -40,7 +40,7 @@ pub const RETRY: Duration = Duration::from_millis(250);
 pub fn link(args: &ClusterArgs) -> Result<Option<Link>, String> {
     match args.redis.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(url) => Link::new(url, &args.redis_prefix).map(Some),
+        Some(url) => Link::new(url, &args.redis_prefix, args.redis_ca.as_deref()).map(Some),
     }
 }
 

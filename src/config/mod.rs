@@ -171,6 +171,11 @@ pub struct ClusterArgs {
     /// Prefix of every Redis key the gateway uses, so several clusters can share one Redis.
     #[arg(long, env = "AI_GATEWAY_REDIS_PREFIX", default_value = "aigw:")]
     pub redis_prefix: String,
+
+    /// With a `rediss://` URL: the CA (PEM) that signed Redis's certificate,
+    /// instead of the system's roots.
+    #[arg(long, env = "AI_GATEWAY_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
 }
 
 /// Where the store lives; shared by `serve` and `keys`.

@@ -541,3 +541,21 @@ fn usage_after_an_instance_is_killed_mid_load_is_counted_once() {
     );
     assert!(locals.0 <= served && served - locals.0 < served / 10, "{locals:?} of {served}");
 }
+
+#[test]
+fn a_cluster_reaches_redis_over_tls() {
+    let redis = Redis::start_tls();
+    let (url, ca) = redis.tls_url();
+    let m = mock(&[]);
+    let nodes: Vec<Proc> =
+        (0..2).map(|_| gateway(&m, &["--workers", "1", "--redis", &url, "--redis-ca", &ca])).collect();
+    for g in &nodes {
+        assert!(g.log_text().contains("joined through rediss://"), "{}", g.log_text());
+    }
+    let secret = key_on(&nodes[0], json!({"name": "over-tls"}));
+    assert!(eventually(Duration::from_secs(5), || opens(&nodes[1], &secret)));
+    // Without the CA, the certificate is not trusted: the instance says so and serves alone.
+    let lone = gateway(&m, &["--workers", "1", "--redis", &url]);
+    assert!(lone.log_text().contains("cannot be reached"), "{}", lone.log_text());
+    assert!(!opens(&lone, &secret));
+}

@@ -408,14 +408,83 @@ pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// With TLS: its port, and the directory of its certificates (`ca.pem`).
+    pub tls: Option<(u16, std::path::PathBuf)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Redis { child: None, port };
+        let mut r = Redis { child: None, port: free_port(), tls: None };
         r.restart();
         r
+    }
+
+    /// One that also serves TLS, with a certificate for 127.0.0.1 signed by a CA of its own.
+    pub fn start_tls() -> Redis {
+        let dir = temp_data_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let ssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ]);
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let mut r = Redis { child: None, port: free_port(), tls: Some((free_port(), dir)) };
+        r.restart();
+        r
+    }
+
+    /// The `rediss://` URL and the CA file, for a TLS one.
+    pub fn tls_url(&self) -> (String, String) {
+        let (port, dir) = self.tls.as_ref().expect("a TLS redis");
+        (format!("rediss://127.0.0.1:{port}"), dir.join("ca.pem").display().to_string())
     }
 
     pub fn url(&self) -> String {
@@ -426,8 +495,31 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let mut args: Vec<String> =
+            ["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+        if let Some((port, dir)) = &self.tls {
+            let file = |f: &str| dir.join(f).display().to_string();
+            args.extend(
+                [
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    &file("redis.pem"),
+                    "--tls-key-file",
+                    &file("redis.key"),
+                ]
+                .iter()
+                .map(|a| a.to_string()),
+            );
+            args.extend(
+                ["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "no"].iter().map(|a| a.to_string()),
+            );
+        }
         let child = Command::new(&bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
@@ -480,5 +572,8 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some((_, dir)) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
