@@ -248,6 +248,20 @@ impl Syncer {
                 ));
             }
         }
+        if fresh {
+            // Say again which concurrency slots this instance holds: a Redis
+            // that restarted without its data would otherwise lend them twice.
+            for (key, lease) in self.leases.all() {
+                let (held, max) = (lease.slots.load(SeqCst), lease.limits[2].load(Relaxed));
+                if held > 0 && max != leases::NONE {
+                    let got = leases::hold_slots(con, &self.link.prefix, &key, &self.me, held, max)
+                        .map_err(|e| e.to_string())?;
+                    if got < held {
+                        lease.slots.store(got.max(lease.in_flight.load(SeqCst)), SeqCst);
+                    }
+                }
+            }
+        }
         self.state.queued_changes.store(self.store.outbox().map(|o| o.len() as u64).unwrap_or(0), Relaxed);
         let (version, _) = keys::pull(con, &self.link, self.store)?;
         self.state.keys_version.store(version, Relaxed);
