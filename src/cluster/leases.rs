@@ -73,6 +73,8 @@ pub struct Lease {
     pub empty_until: [AtomicU64; 2],
     /// The cluster refused this instance more concurrency slots at its last ask (every slot is held).
     pub slots_full: std::sync::atomic::AtomicBool,
+    /// The last token reservation made (what one more request will want).
+    pub last_reserve: AtomicU64,
 }
 
 impl Default for Lease {
@@ -87,6 +89,7 @@ impl Default for Lease {
             used_ms: AtomicU64::new(0),
             empty_until: [AtomicU64::new(0), AtomicU64::new(0)],
             slots_full: Default::default(),
+            last_reserve: AtomicU64::new(0),
         }
     }
 }
@@ -160,6 +163,12 @@ impl Lease {
         if n > 0 {
             self.spent[1].fetch_add(n as u64, Relaxed);
         }
+    }
+
+    /// Reserves a request's tokens (see [`Self::spend_tokens`]), remembering its size.
+    pub fn reserve_tokens(&self, n: u64) {
+        self.last_reserve.store(n, Relaxed);
+        self.spend_tokens(n as i64);
     }
 }
 

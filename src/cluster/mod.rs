@@ -450,10 +450,9 @@ impl Syncer {
                 // The spending since the last round counts too: a burst outruns the average.
                 let recent = lease.spent[i].load(Relaxed) as f64 / self.last_tend.elapsed().as_secs_f64().max(0.02);
                 let per_sec = self.rates.get(&(key.to_owned(), rate)).copied().unwrap_or(0.0).max(recent);
-                let mut want = leases::slice(limit, per_sec, instances);
-                if rate == Rate::Requests {
-                    want = want.max((waiting as i64).min(limit as i64));
-                }
+                // Enough for every request waiting: one unit each, or one reservation each.
+                let each = if rate == Rate::Requests { 1 } else { lease.last_reserve.load(Relaxed).max(1) };
+                let want = leases::slice(limit, per_sec, instances).max((waiting * each).min(limit) as i64);
                 if balance.load(Relaxed) >= want {
                     // Another waiter's borrow already brought enough.
                     return Ok(());

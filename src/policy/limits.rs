@@ -340,7 +340,7 @@ impl Limiters {
                 let wait = (MINUTE_NS / tpm.max(1)).saturating_mul(64);
                 return Err(limited(key, "tokens", "tokens per minute", tpm, wait));
             }
-            lease.spend_tokens(reserve as i64);
+            lease.reserve_tokens(reserve);
             admission.reserved_tokens = reserve;
             return Ok(());
         }
