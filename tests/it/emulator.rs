@@ -48,3 +48,79 @@ fn openai_errors_are_openai_shaped() {
     let models = get(mock.addr, "/v1/models").json();
     assert_eq!(models["data"][0]["id"], "llama3:latest");
 }
+
+/// A streamed native chat for `model` (paced by the emulator's token
+/// delay), sent on its own thread; its final line.
+fn chat_later(addr: std::net::SocketAddr, model: &str) -> std::thread::JoinHandle<serde_json::Value> {
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    std::thread::spawn(move || {
+        let text = request(addr, "POST", "/api/chat", Some(&body)).text();
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
+    })
+}
+
+#[test]
+fn the_scheduler_serves_in_order_loads_models_and_evicts_like_ollama() {
+    // One slot per model, one model loaded at a time, 200 ms to load, 100 ms replies.
+    let m = mock(&[
+        "--num-parallel",
+        "1",
+        "--max-loaded-models",
+        "1",
+        "--load-ms",
+        "200",
+        "--model-load-ms",
+        "qwen3:8b=300",
+        "--tokens",
+        "4",
+        "--token-delay-ms",
+        "25",
+    ]);
+    let waiting = |n: u64| eventually(std::time::Duration::from_secs(5), || stats(&m)["queued"].as_u64() == Some(n));
+    // llama3 runs (and loads); qwen3 waits for it; then llama3 again waits behind qwen3.
+    let a = chat_later(m.addr, "llama3");
+    assert!(eventually(std::time::Duration::from_secs(5), || stats(&m)["loads"] == 1));
+    let b = chat_later(m.addr, "qwen3:8b");
+    assert!(waiting(1));
+    let c = chat_later(m.addr, "llama3");
+    assert!(waiting(2));
+    let (a, b, c) = (a.join().unwrap(), b.join().unwrap(), c.join().unwrap());
+    // Three loads: a swap each time, in arrival order.
+    assert_eq!(stats(&m)["loads"], 3);
+    for (line, at_least) in [(&a, 200_000_000u64), (&b, 300_000_000), (&c, 200_000_000)] {
+        assert!(line["load_duration"].as_u64().unwrap() >= at_least, "{line}");
+    }
+    // The model last used is the one loaded, until its keep-alive runs out.
+    let ps = request(m.addr, "GET", "/api/ps", None).json();
+    assert_eq!(ps["models"].as_array().unwrap().len(), 1, "{ps}");
+    assert_eq!(ps["models"][0]["name"], "llama3:latest");
+    assert!(ps["models"][0]["expires_at"].as_str().unwrap() > "2026", "{ps}");
+    // Loaded and free: no load.
+    let d = request(
+        m.addr,
+        "POST",
+        "/api/chat",
+        Some(r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":false}"#),
+    )
+    .json();
+    assert!(d["load_duration"].as_u64().unwrap() < 200_000_000, "{d}");
+    assert_eq!(stats(&m)["loads"], 3);
+}
+
+#[test]
+fn a_full_queue_is_ollamas_503() {
+    let m = mock(&["--num-parallel", "1", "--max-queue", "1", "--tokens", "20", "--token-delay-ms", "25"]);
+    let running = chat_later(m.addr, "llama3");
+    assert!(eventually(std::time::Duration::from_secs(5), || stats(&m)["in_flight"] == 1));
+    let queued = chat_later(m.addr, "llama3");
+    assert!(eventually(std::time::Duration::from_secs(5), || stats(&m)["queued"] == 1));
+    let refused = request(
+        m.addr,
+        "POST",
+        "/api/chat",
+        Some(r#"{"model":"llama3","messages":[{"role":"user","content":"hi"}],"stream":false}"#),
+    );
+    assert_eq!(refused.status, 503);
+    assert!(refused.text().contains("server busy"), "{}", refused.text());
+    assert!(running.join().unwrap()["done"] == true && queued.join().unwrap()["done"] == true);
+}

@@ -98,6 +98,39 @@ pub struct Knobs {
     /// (a real tokenizer's count, for measuring the gateway's estimates).
     #[arg(long)]
     pub prompt_eval_count: Option<u64>,
+    /// Emulate Ollama's scheduler (see `scheduler`): generations at once per
+    /// loaded model (`OLLAMA_NUM_PARALLEL`); 0 runs every request at once.
+    #[arg(long, default_value_t = 0)]
+    pub num_parallel: u32,
+    /// Models loaded at once (`OLLAMA_MAX_LOADED_MODELS`), with the scheduler.
+    #[arg(long, default_value_t = 3)]
+    pub max_loaded_models: usize,
+    /// Milliseconds a model takes to load, with the scheduler.
+    #[arg(long, default_value_t = 0)]
+    pub load_ms: u64,
+    /// Per-model load times, `model=ms` (comma-separated), over `--load-ms`.
+    #[arg(long, value_delimiter = ',')]
+    pub model_load_ms: Vec<String>,
+    /// Requests that may wait (`OLLAMA_MAX_QUEUE`); past it, 503.
+    #[arg(long, default_value_t = 512)]
+    pub max_queue: usize,
+    /// Seconds a model stays loaded after its last use (`/api/ps`'s `expires_at`).
+    #[arg(long, default_value_t = 300)]
+    pub keep_alive_secs: u64,
+}
+
+impl Knobs {
+    /// How long `model` takes to load.
+    pub fn load_ms_of(&self, model: &str) -> u64 {
+        self.model_load_ms
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .find(|(m, _)| {
+                *m == model || m.strip_suffix(":latest") == Some(model) || model.strip_suffix(":latest") == Some(m)
+            })
+            .and_then(|(_, ms)| ms.trim().parse().ok())
+            .unwrap_or(self.load_ms)
+    }
 }
 
 impl Default for Knobs {
@@ -188,6 +221,8 @@ pub struct Shared {
     pub last_request: parking_lot::Mutex<Vec<u8>>,
     /// Models that served a generation, as `/api/ps` lists them (loaded).
     pub loaded: parking_lot::Mutex<Vec<String>>,
+    /// Ollama's scheduler, with `--num-parallel`.
+    pub scheduler: crate::scheduler::Scheduler,
 }
 
 /// The control endpoints: `GET /_stats`, `POST /_reset`, `POST /_config`.
@@ -199,10 +234,15 @@ pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
             respond(out, 200, "application/json", if body.is_empty() { b"null" } else { &body })
         }
         (Method::Get, "/_stats") => {
-            respond(out, 200, "application/json", &shared.stats.json().to_string().into_bytes())
+            let mut v = shared.stats.json();
+            let (loads, queued) = shared.scheduler.counts();
+            v["loads"] = loads.into();
+            v["queued"] = queued.into();
+            respond(out, 200, "application/json", &v.to_string().into_bytes())
         }
         (Method::Post, "/_reset") => {
             shared.stats.reset();
+            shared.scheduler.reset();
             respond(out, 200, "application/json", b"{}");
         }
         (Method::Post, "/_config") => {

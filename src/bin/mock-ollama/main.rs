@@ -18,12 +18,14 @@
 //!
 //! The files: [`knobs`] (its settings, counters and control endpoints),
 //! [`serve`] (the HTTP loop), [`native`] (Ollama's endpoints, each
-//! generation planned by a producer and written by a writer) and [`openai`]
-//! (the same generations in OpenAI's shapes).
+//! generation planned by a producer and written by a writer), [`openai`]
+//! (the same generations in OpenAI's shapes) and [`scheduler`] (Ollama's
+//! queue, parallel slots and model loads, for a busy host).
 
 mod knobs;
 mod native;
 mod openai;
+mod scheduler;
 mod serve;
 
 use std::net::SocketAddr;
@@ -64,6 +66,7 @@ fn main() {
         stats: Stats::default(),
         last_request: Default::default(),
         loaded: Default::default(),
+        scheduler: Default::default(),
     });
     let mut threads = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -101,12 +101,22 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
             respond(out, 200, "application/json", &json!({"object": "list", "data": data}).to_string().into_bytes());
         }
         (Method::Get, "/api/ps") => {
-            let loaded = shared.loaded.lock().clone();
+            let keep_alive = shared.knobs.read().keep_alive_secs;
+            let scheduled = shared.knobs.read().num_parallel > 0;
+            let loaded: Vec<(String, u64)> = if scheduled {
+                // Expiring keep_alive after the last use, as Ollama's do.
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+                let s = shared.scheduler.loaded();
+                s.into_iter().map(|l| (l.name, (now + keep_alive).saturating_sub(l.idle.as_secs()))).collect()
+            } else {
+                shared.loaded.lock().iter().map(|m| (m.clone(), 1_777_629_900)).collect()
+            };
             let models: Vec<Value> = loaded
                 .iter()
-                .map(|m| {
+                .map(|(m, expires)| {
                     json!({"name": m, "model": m, "size": 5_137_025_024u64, "size_vram": 5_137_025_024u64,
-                    "expires_at": "2026-05-01T10:05:00.123456789Z", "context_length": 4096})
+                    "expires_at": ai_gateway::clock::unix_to_rfc3339(*expires as i64, 123_456_789), "context_length": 4096})
                 })
                 .collect();
             respond(out, 200, "application/json; charset=utf-8", &go_json(&json!({ "models": models })));
@@ -204,6 +214,8 @@ struct Plan {
     done_reason: &'static str,
     prompt: u64,
     eval_count: u64,
+    /// `load_duration` of the final line, ns.
+    load_ns: u64,
 }
 
 /// The producer: plans the reply to a chat or generate request `v`.
@@ -257,7 +269,7 @@ fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
     }
     let eval_count = lines.len() as u64;
     let prompt = knobs.prompt_eval_count.unwrap_or_else(|| prompt_tokens(v));
-    Plan { model, chat, openai, stream, lines, done_reason, prompt, eval_count }
+    Plan { model, chat, openai, stream, lines, done_reason, prompt, eval_count, load_ns: 1_000_000 }
 }
 
 impl Plan {
@@ -296,7 +308,7 @@ impl Plan {
         };
         l["done_reason"] = json!(self.done_reason);
         l["total_duration"] = json!(ns + 1_000_000);
-        l["load_duration"] = json!(1_000_000);
+        l["load_duration"] = json!(self.load_ns);
         l["prompt_eval_count"] = json!(self.prompt);
         l["prompt_eval_duration"] = json!(500_000);
         l["eval_count"] = json!(self.eval_count);
@@ -348,6 +360,31 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
             loaded.push(m.to_owned());
         }
     }
+    // With the scheduler: wait in Ollama's queue for a slot (and a load).
+    let slot = if knobs.num_parallel > 0 {
+        let Ok(ticket) = shared.scheduler.enqueue(&knobs) else {
+            fail(&mut out, openai, 503, "server busy, please try again.  maximum pending requests exceeded");
+            return write(wr, &mut out).await;
+        };
+        let name = find_model(&knobs, &model).unwrap_or(&model).to_owned();
+        let slot = loop {
+            if let Some(s) = shared.scheduler.try_start(ticket, &name, &knobs) {
+                break s;
+            }
+            if !sleep_or_gone(watch, 1).await {
+                shared.scheduler.leave(ticket);
+                stats.cancelled.fetch_add(1, Relaxed);
+                return false;
+            }
+        };
+        if !slot.load.is_zero() && !sleep_or_gone(watch, slot.load.as_millis() as u64).await {
+            stats.cancelled.fetch_add(1, Relaxed);
+            return false;
+        }
+        Some(slot)
+    } else {
+        None
+    };
     let in_flight = stats.in_flight.fetch_add(1, Relaxed) + 1;
     // The generation is in flight until its last byte is produced; the guard is
     // dropped just before the final write, so a client that has read everything
@@ -377,7 +414,10 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     if req.path == "/api/embed" {
         return embed(shared, &v, &model, &knobs, watch, wr).await;
     }
-    let plan = plan(&knobs, &req.path, &v, model);
+    let mut plan = plan(&knobs, &req.path, &v, model);
+    plan.load_ns = slot.as_ref().map_or(1_000_000, |s| s.load.as_nanos() as u64 + 1_000_000);
+    // Held until the reply is written: the model's slot is busy meanwhile.
+    let _slot = slot;
     if knobs.first_token_delay_ms > 0 && !sleep_or_gone(watch, knobs.first_token_delay_ms).await {
         stats.cancelled.fetch_add(1, Relaxed);
         return false;
