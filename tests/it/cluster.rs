@@ -149,8 +149,12 @@ fn without_redis_an_instance_serves_revokes_locally_and_catches_up() {
     // the queued changes are applied, and the other instance learns them.
     redis.restart();
     assert!(eventually(Duration::from_secs(10), || !opens(&b, &secret)), "the revocation reached the other instance");
-    let k = admin(&b, "GET", "/admin/v1/keys/leaky", None).json();
-    assert_eq!((k["status"].as_str(), k["limits"]["rpm"].as_u64()), (Some("revoked"), Some(7)));
+    // And the update queued with it (the two may arrive one poll apart).
+    let both = || {
+        let k = admin(&b, "GET", "/admin/v1/keys/leaky", None).json();
+        (k["status"].as_str() == Some("revoked"), k["limits"]["rpm"].as_u64()) == (true, Some(7))
+    };
+    assert!(eventually(Duration::from_secs(5), both), "{}", admin(&b, "GET", "/admin/v1/keys/leaky", None).text());
     let pushed = || admin(&a, "GET", "/metrics", None).text().contains("ai_gateway_cluster_queued_key_changes 0");
     assert!(eventually(Duration::from_secs(5), pushed), "{}", admin(&a, "GET", "/metrics", None).text());
     assert!(a.log_text().contains("failed") && a.log_text().contains("is back"), "{}", a.log_text());
@@ -523,13 +527,16 @@ fn usage_after_an_instance_is_killed_mid_load_is_counted_once() {
         |g: &Proc| admin(g, "GET", "/metrics", None).text().contains("ai_gateway_cluster_queued_usage_batches 0");
     assert!(eventually(Duration::from_secs(10), || nodes.iter().all(pushed)));
     // Nothing counted twice and nothing lost between the stores and the cluster:
-    // the cluster's total is exactly what the three stores committed.
-    let locals = nodes.iter().map(|g| cluster_usage(g, "&scope=local")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    // the cluster's total is exactly what the three stores committed (both read
+    // again until the survivors' last flush has been committed and pushed).
+    let locals = || nodes.iter().map(|g| cluster_usage(g, "&scope=local")).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert!(
-        eventually(Duration::from_secs(5), || cluster_usage(&nodes[0], "") == locals),
-        "{:?} vs {locals:?}",
-        cluster_usage(&nodes[0], "")
+        eventually(Duration::from_secs(10), || cluster_usage(&nodes[0], "") == locals()),
+        "{:?} vs {:?}",
+        cluster_usage(&nodes[0], ""),
+        locals()
     );
+    let locals = locals();
     // What the emulator served beyond it is what the killed instance held in
     // memory (at most one flush interval of its traffic) or had in flight.
     let st = stats(&m);
