@@ -40,10 +40,8 @@ pub async fn generation<'w>(
     key: &KeyRecord,
     path: &'static str,
 ) -> Reply<'w> {
-    let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = prepare(&req.body, &worker.config.aliases, Kind::Generation, &mut native);
-    let plan = match admit(worker, ctx, key, converted, &native) {
-        Ok(p) => p,
+    let (native, plan) = match admitted(worker, req, ctx, key, Kind::Generation) {
+        Ok(n) => n,
         Err(refused) => return refused,
     };
     let call = Call::generation(path, &native, &plan.served_model, &key.id);
@@ -63,10 +61,8 @@ pub async fn embedding<'w>(
     key: &KeyRecord,
     path: &'static str,
 ) -> Reply<'w> {
-    let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = prepare(&req.body, &worker.config.aliases, Kind::Embedding, &mut native);
-    let plan = match admit(worker, ctx, key, converted, &native) {
-        Ok(p) => p,
+    let (native, plan) = match admitted(worker, req, ctx, key, Kind::Embedding) {
+        Ok(n) => n,
         Err(refused) => return refused,
     };
     let call = Call::generation(path, &native, &plan.served_model, &key.id);
@@ -86,6 +82,21 @@ pub async fn embedding<'w>(
 }
 
 /// A whole native reply, copied as it came; its counts read on the way.
+/// The request checked and aliased as Ollama's own (`kind`), then admitted
+/// like any generation: its native body and plan, or the refusal.
+fn admitted<'w>(
+    worker: &Worker,
+    req: &Request,
+    ctx: &mut Ctx,
+    key: &KeyRecord,
+    kind: Kind,
+) -> Result<(Vec<u8>, crate::upstream::native_request::Plan), Reply<'w>> {
+    let mut native = Vec::with_capacity(req.body.len() + 64);
+    let converted = prepare(&req.body, &worker.config.aliases, kind, &mut native);
+    let plan = admit(worker, ctx, key, converted, &native)?;
+    Ok((native, plan))
+}
+
 fn as_it_came(out: &mut Vec<u8>, _id: &str, _model: &str, body: &[u8]) -> Result<Usage, ApiError> {
     let (_, usage) = read_reply(body)?;
     out.clear();
