@@ -23,6 +23,7 @@ fn bench(c: &mut Criterion) {
             models: vec!["llama3".into(), "qwen3:8b".into()],
             expires: Some(4_102_444_800),
             limits: Limits { rpm: Some(600), tpm: Some(100_000), ..Limits::default() },
+            priority: Default::default(),
             secret: None,
         };
         secret = store.create_key(new).unwrap().1;

@@ -19,6 +19,7 @@ fn bench(c: &mut Criterion) {
         created: 0,
         expires: None,
         revoked_at: None,
+        priority: Default::default(),
         limits: Limits {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),

@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
             models: vec!["llama3".into(), "qwen3:8b".into()],
             expires: Some(4_102_444_800),
             limits,
+            priority: Default::default(),
             secret: None,
         };
         secret = store.create_key(new).unwrap().1;
@@ -71,7 +72,7 @@ fn bench(c: &mut Criterion) {
                 &key.id,
                 &day,
                 0,
-                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100 },
+                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100, ..Default::default() },
             );
             Limiters::settle_tokens(&key, &a, 146, now);
             black_box(a);
@@ -97,7 +98,7 @@ fn bench(c: &mut Criterion) {
                 &key.id,
                 &day,
                 0,
-                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100 },
+                ai_gateway::upstream::native::Usage { prompt_tokens: 46, completion_tokens: 100, ..Default::default() },
             );
         })
     });

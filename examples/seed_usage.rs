@@ -23,6 +23,7 @@ fn main() {
         models: vec![],
         expires: None,
         limits: Limits::default(),
+        priority: Default::default(),
         secret,
     };
     store.create_key(key("admin", Role::Admin, Some(args[2].clone()))).unwrap_or_else(|e| panic!("{e}"));

@@ -14,7 +14,7 @@ use crate::clock::{parse_expiry, unix_now};
 use crate::cluster::keys::KeyAdmin;
 use crate::config::{ClusterArgs, DataArgs};
 use crate::store::Store;
-use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Role, models_from_arg};
+use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Priority, Role, models_from_arg};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -87,6 +87,9 @@ pub struct CreateArgs {
     /// Tokens per UTC calendar month.
     #[arg(long)]
     pub monthly_tokens: Option<u64>,
+    /// Lane in the upstream queue: `interactive`, `standard` (the default) or `batch`.
+    #[arg(long)]
+    pub priority: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -122,6 +125,9 @@ pub struct UpdateArgs {
     /// Tokens per UTC month, or `none`.
     #[arg(long)]
     pub monthly_tokens: Option<String>,
+    /// Lane in the upstream queue: `interactive`, `standard` or `batch`.
+    #[arg(long)]
+    pub priority: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -154,6 +160,7 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                     daily_tokens: a.daily_tokens,
                     monthly_tokens: a.monthly_tokens,
                 },
+                priority: a.priority.as_deref().map(priority_from_arg).transpose()?.unwrap_or_default(),
                 secret: None,
             };
             let (record, secret) = keys.create(new).map_err(|e| e.to_string())?;
@@ -221,7 +228,12 @@ fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
         max_concurrent: limit("max-concurrent", &a.max_concurrent)?,
         daily_tokens: limit("daily-tokens", &a.daily_tokens)?,
         monthly_tokens: limit("monthly-tokens", &a.monthly_tokens)?,
+        priority: a.priority.as_deref().map(priority_from_arg).transpose()?,
     })
+}
+
+fn priority_from_arg(p: &str) -> Result<Priority, String> {
+    Priority::parse(p).ok_or_else(|| format!("invalid --priority '{p}': use 'interactive', 'standard' or 'batch'"))
 }
 
 /// Prints a new secret: the one time it is shown.
@@ -249,8 +261,8 @@ pub fn table(keys: &[KeyRecord]) -> String {
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or("-".into());
     let mut rows = vec![
         [
-            "ID", "NAME", "PREFIX", "ROLE", "MODELS", "RPM", "TPM", "CONC", "DAY", "MONTH", "CREATED", "EXPIRES",
-            "STATUS",
+            "ID", "NAME", "PREFIX", "ROLE", "MODELS", "RPM", "TPM", "CONC", "DAY", "MONTH", "LANE", "CREATED",
+            "EXPIRES", "STATUS",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -267,6 +279,7 @@ pub fn table(keys: &[KeyRecord]) -> String {
             opt(k.limits.max_concurrent),
             opt(k.limits.daily_tokens),
             opt(k.limits.monthly_tokens),
+            k.priority.name().to_owned(),
             date(Some(k.created)),
             date(k.expires),
             k.status(now).to_owned(),

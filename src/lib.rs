@@ -4,6 +4,7 @@
 //! below it (`ARCHITECTURE.md` has the rules, and `tests/it/layers.rs` keeps them).
 
 pub mod clock; //           leaf: RFC 3339 ↔ Unix seconds, UTC days
+pub mod histogram; //       leaf: latency buckets in Prometheus' shape
 pub mod ids; //             leaf: request and tool-call ids
 pub mod log; //             leaf: log lines on stderr, levels, log format
 pub mod error; //           leaf: ApiError, the one client-facing error value

@@ -73,6 +73,8 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
                 "completion_tokens": o.usage.completion_tokens,
                 "first_byte_ms": first_ms,
                 "total_ms": total_ms,
+                "lane": Some(o.lane).filter(|l| !l.is_empty()),
+                "queue_wait_ms": o.queue_wait_us as f64 / 1000.0,
                 "cancelled": o.cancelled,
                 "upstream_failed": o.upstream_failed,
                 "estimated": o.estimated,
@@ -107,6 +109,10 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
             millis(out, o.first_byte_us);
             out.extend_from_slice(b" total_ms=");
             millis(out, f.total_us);
+            out.extend_from_slice(b" lane=");
+            text_field(out, o.lane);
+            out.extend_from_slice(b" queue_wait_ms=");
+            millis(out, o.queue_wait_us);
             for (name, v) in [
                 (&b" cancelled="[..], o.cancelled),
                 (b" upstream_failed=", o.upstream_failed),

@@ -13,46 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 
-/// Histogram bucket bounds, in seconds.
-const BOUNDS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    /// Count per bucket (not cumulative); the last one is +Inf.
-    buckets: [u64; BOUNDS.len() + 1],
-    sum_us: u64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, us: u64) {
-        let secs = us as f64 / 1e6;
-        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
-        self.buckets[i] += 1;
-        self.sum_us += us;
-        self.count += 1;
-    }
-
-    fn merge(&mut self, o: &Histogram) {
-        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
-            *a += b;
-        }
-        self.sum_us += o.sum_us;
-        self.count += o.count;
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0;
-        for (i, b) in BOUNDS.iter().enumerate() {
-            cumulative += self.buckets[i];
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[BOUNDS.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
+use crate::histogram::Histogram;
 
 #[derive(Debug, Clone, Default)]
 struct Counters {
@@ -230,9 +191,6 @@ impl Metrics {
             }
         }
         let mut out = String::with_capacity(4096);
-        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-        };
         help(&mut out, "ai_gateway_info", "gauge", "Version and I/O driver of this gateway.");
         let _ = writeln!(
             out,
@@ -320,6 +278,7 @@ impl Metrics {
                     u8::from(h.healthy())
                 );
             }
+            render_schedule(&mut out, upstreams);
         }
         help(&mut out, "ai_gateway_time_to_first_token_seconds", "histogram", "Time to the first byte of the answer.");
         total.first_token.render(&mut out, "ai_gateway_time_to_first_token_seconds");
@@ -370,6 +329,61 @@ impl Metrics {
 }
 
 /// Escapes a label value.
+/// Each host's queue by lane: waits, slots in use, waiting requests, and
+/// the model loads it let through, forced and avoided.
+fn render_schedule(out: &mut String, upstreams: &crate::upstream::hosts::Upstreams) {
+    use crate::upstream::gate::LANES;
+    let name = "ai_gateway_upstream_queue_wait_seconds";
+    help(out, name, "histogram", "Time requests waited for an upstream slot, by host and lane.");
+    let views: Vec<_> = upstreams.hosts.iter().map(|h| (label(&h.target.url), h.gate.stats(), h.gate.view())).collect();
+    for (host, stats, _) in &views {
+        for (lane, waits) in LANES.iter().zip(&stats.waits) {
+            waits.render_labelled(out, name, &format!("host=\"{host}\",lane=\"{lane}\""));
+        }
+    }
+    for (metric, what, field) in [
+        ("ai_gateway_upstream_lane_in_flight", "Generations in flight, by host and lane.", "slots"),
+        ("ai_gateway_upstream_lane_queued", "Requests waiting for a slot, by host and lane.", "queued"),
+    ] {
+        help(out, metric, "gauge", what);
+        for (host, _, view) in &views {
+            let v = if field == "slots" { &view["slots"]["in_flight"] } else { &view["queued"] };
+            for lane in LANES {
+                let _ = writeln!(out, "{metric}{{host=\"{host}\",lane=\"{lane}\"}} {}", v[lane].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    help(
+        out,
+        "ai_gateway_upstream_model_loads_total",
+        "counter",
+        "Model loads the gateway sent to a host, by kind: all loads, forced (let through ahead of requests on a resident model, past --swap-max-wait), avoided (a request that would have loaded its model ran on one already loaded).",
+    );
+    for (host, stats, _) in &views {
+        for (kind, n) in [("all", stats.loads), ("forced", stats.loads_forced), ("avoided", stats.loads_avoided)] {
+            let _ = writeln!(out, "ai_gateway_upstream_model_loads_total{{host=\"{host}\",kind=\"{kind}\"}} {n}");
+        }
+    }
+    help(
+        out,
+        "ai_gateway_upstream_model_unloads_total",
+        "counter",
+        "Models the gateway unloaded to make room for a load.",
+    );
+    for (host, stats, _) in &views {
+        let _ = writeln!(out, "ai_gateway_upstream_model_unloads_total{{host=\"{host}\"}} {}", stats.unloads);
+    }
+    help(out, "ai_gateway_upstream_models_resident", "gauge", "Models resident on the host, as its queue knows them.");
+    for (host, _, view) in &views {
+        let n = view["resident"].as_array().map_or(0, Vec::len);
+        let _ = writeln!(out, "ai_gateway_upstream_models_resident{{host=\"{host}\"}} {n}");
+    }
+}
+
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -16,6 +16,15 @@ pub struct Outcome {
     pub usage: crate::upstream::native::Usage,
     /// Microseconds from the head to the first byte of the answer.
     pub first_byte_us: u64,
+    /// Its lane in the upstream queue (`interactive`, `standard`, `batch`;
+    /// `""` for a request that never queued).
+    pub lane: &'static str,
+    /// Microseconds it waited in the upstream queue.
+    pub queue_wait_us: u64,
+    /// Which upstream host answered (its index).
+    pub host: Option<usize>,
+    /// The host loaded the model for this request.
+    pub loaded_model: bool,
     /// The client went away before the answer was complete.
     pub cancelled: bool,
     pub upstream_failed: bool,

@@ -160,7 +160,7 @@ impl NdjsonToAnthropic {
                 self.open_block(out, Open::Text);
             }
             self.close_block(out);
-            self.usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+            self.usage = native.usage();
             out.extend_from_slice(
                 b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"",
             );

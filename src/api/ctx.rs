@@ -26,6 +26,9 @@ pub struct Ctx {
     pub key: Option<Rc<KeyRecord>>,
     /// The request counts in its key's usage (an authenticated API route, refused or not).
     pub metered: bool,
+    /// Its lane in the upstream queue (0 interactive, 1 standard, 2 batch):
+    /// its key's priority, or lower if it asked (`x-priority`).
+    pub lane: usize,
     /// Headers every response to this request carries (the key's rate-limit state).
     pub headers: Vec<(&'static str, String)>,
     /// What the key's limits and quotas hold for this request (released at the end).
@@ -48,6 +51,7 @@ impl Ctx {
             shape: Shape::OpenAi,
             key: None,
             metered: false,
+            lane: 1,
             headers: Vec::new(),
             admission: None,
             settled: false,

@@ -24,7 +24,7 @@ pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, ke
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id);
+    let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id, ctx.lane);
     let reply = match upstream_json(worker, &call, &ctx.sent).await {
         Ok(reply) => reply,
         Err(e) => {

@@ -55,6 +55,12 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
         if !o.estimated && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
             worker.calibration.observe(&o.served_model, o.prompt_raw, o.usage.prompt_tokens);
         }
+        // The host loaded the model for this request: its queue learns what a load costs.
+        if let (Some(h), true) = (o.host, o.loaded_model && o.usage.load_ns > 0)
+            && let Some(host) = worker.upstreams.hosts.get(h)
+        {
+            host.gate.learn_load(&o.served_model, o.usage.load_ns as f64 / 1e6);
+        }
     }
     // The concurrency slot is given back here, with the request's outcome.
     drop(admission);

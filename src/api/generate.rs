@@ -49,6 +49,19 @@ pub fn admit<'w, P: AsRef<Plan>>(
     Ok(converted)
 }
 
+/// Records which host answered and how long the request waited for its
+/// slot; a request that waited says so in `x-queue-wait-ms`.
+fn queued(ctx: &mut Ctx, host: usize, waited: std::time::Duration, loads: bool) {
+    let o = &mut ctx.outcome;
+    o.host = Some(host);
+    o.loaded_model = loads;
+    o.lane = crate::upstream::gate::LANES[ctx.lane.min(2)];
+    o.queue_wait_us = waited.as_micros() as u64;
+    if !waited.is_zero() {
+        ctx.headers.push(("x-queue-wait-ms", o.queue_wait_us.div_ceil(1000).to_string()));
+    }
+}
+
 /// Writes the client's JSON for a native reply: `(out, id, model, native body)`.
 pub type Render<'r> = &'r dyn Fn(&mut Vec<u8>, &str, &str, &[u8]) -> Result<Usage, ApiError>;
 
@@ -61,7 +74,10 @@ pub async fn whole<'w>(
     render: Render<'_>,
 ) -> Reply<'w> {
     let mut reply = match upstream_json(worker, call, &ctx.sent).await {
-        Ok(r) => r,
+        Ok(r) => {
+            queued(ctx, r.host, r.waited, r.loads);
+            r
+        }
         Err(e) => {
             ctx.outcome.upstream_failed = true;
             return Reply::error(client_error(e));
@@ -99,7 +115,11 @@ pub async fn stream<'w>(
     writer: Box<dyn StreamWriter>,
 ) -> Reply<'w> {
     let read_timeout = worker.config.upstream_limits.read_timeout;
-    match upstream_call(worker, call, &ctx.sent).await {
+    let answer = upstream_call(worker, call, &ctx.sent).await;
+    if let Ok(a) = &answer {
+        queued(ctx, a.host, a.waited, a.loads);
+    }
+    match answer {
         Ok(answer) if answer.ex.head.status == 200 => {
             let pool = &worker.pools[answer.host];
             Reply::stream(Relay::new(answer, writer, pool, read_timeout))

@@ -106,7 +106,9 @@ pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed)
     // needs no key, but checks one that is presented (an admin key shows it in full).
     let optional = route == Route::Ready && auth::presented_key(req.authorization.as_deref()).is_some();
     if route.needs_key() || optional {
-        ctx.key = Some(authenticate(worker, req, &route).map_err(Reply::error)?);
+        let key = authenticate(worker, req, &route).map_err(Reply::error)?;
+        ctx.lane = crate::policy::priority::lane(key.priority, &req.priority).map_err(Reply::error)?.lane();
+        ctx.key = Some(key);
         ctx.metered = route.needs_key() && !route.needs_admin();
     }
     Ok(Accepted { route })

@@ -44,7 +44,7 @@ pub async fn generation<'w>(
         Ok(n) => n,
         Err(refused) => return refused,
     };
-    let call = Call::generation(path, &native, &plan.served_model, &key.id);
+    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane);
     if plan.stream {
         stream(worker, ctx, &call, &plan.model, Box::new(NativeRelay::new(Flow::Generation))).await
     } else {
@@ -65,7 +65,7 @@ pub async fn embedding<'w>(
         Ok(n) => n,
         Err(refused) => return refused,
     };
-    let call = Call::generation(path, &native, &plan.served_model, &key.id);
+    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane);
     let estimate = ctx.outcome.prompt_estimate;
     let estimated = Cell::new(false);
     let render = |out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]| {
@@ -74,7 +74,7 @@ pub async fn embedding<'w>(
             return Ok(usage);
         }
         estimated.set(true);
-        Ok(Usage { prompt_tokens: estimate, completion_tokens: 0 })
+        Ok(Usage { prompt_tokens: estimate, completion_tokens: 0, ..Default::default() })
     };
     let reply = whole(worker, ctx, &call, &plan.model, &render).await;
     ctx.outcome.estimated |= estimated.get();

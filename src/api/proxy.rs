@@ -9,6 +9,7 @@
 //! closes the upstream connection they hold (how Ollama learns to stop).
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::upstream::client::{self, BufferLease, Exchange, UpstreamError};
@@ -29,17 +30,17 @@ pub struct Call<'a> {
     pub body: Option<&'a [u8]>,
     /// The model asked for (the host must serve it); `""` for listings.
     pub model: &'a str,
-    /// A generation waits its turn in the host's fair queue as this key;
-    /// listings (`None`) do not queue.
-    pub queue_as: Option<&'a str>,
+    /// A generation waits its turn in the host's queue as this key, in this
+    /// lane (0 interactive, 1 standard, 2 batch); listings (`None`) do not queue.
+    pub queue_as: Option<(&'a str, usize)>,
     /// Only this host (by index), no failover: for per-host listings.
     pub only: Option<usize>,
 }
 
 impl<'a> Call<'a> {
     /// A generation (`POST` with a body, queued as the key).
-    pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str) -> Self {
-        Self { method: "POST", path, body: Some(body), model, queue_as: Some(key_id), only: None }
+    pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str, lane: usize) -> Self {
+        Self { method: "POST", path, body: Some(body), model, queue_as: Some((key_id, lane)), only: None }
     }
 
     /// A listing (`GET`) from one host, not queued.
@@ -55,6 +56,10 @@ pub struct Answer {
     pub host: usize,
     /// The host's queue slot; freed when the answer is dropped.
     pub permit: Option<Permit>,
+    /// How long the request waited in the host's queue.
+    pub waited: Duration,
+    /// The request made the host load its model.
+    pub loads: bool,
 }
 
 /// Chooses a host, waits for its slot, sends the request and waits for the
@@ -71,14 +76,20 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
         let Some(host) = host else {
             return Err(UpstreamError::Unreachable("no model server is configured".into()));
         };
-        let permit = match call.queue_as {
-            Some(key_id) => Some(upstream_slot(worker, host, key_id).await?),
+        let mut permit = match call.queue_as {
+            Some((key_id, lane)) => Some(upstream_slot(worker, host, key_id, lane, call.model).await?),
             None => None,
         };
         host.target.request(&mut request, call.method, call.path, call.body);
         let pool = &worker.pools[host.index];
         match client::send(&host.target, pool, &request, Vec::with_capacity(client::READ_CHUNK), sent).await {
-            Ok(ex) => return Ok(Answer { ex, host: host.index, permit }),
+            Ok(ex) => {
+                if let Some(p) = permit.as_mut() {
+                    p.answered(ex.head.status);
+                }
+                let (waited, loads) = permit.as_ref().map_or((Duration::ZERO, false), |p| (p.waited, p.loads()));
+                return Ok(Answer { ex, host: host.index, permit, waited, loads });
+            }
             Err(UpstreamError::Unreachable(e)) => {
                 host.connection_failed(&e);
                 tried.push(host.index);
@@ -91,10 +102,16 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
     }
 }
 
-/// Waits in a host's fair queue for a slot, for at most `--upstream-queue-timeout`.
-async fn upstream_slot(worker: &Worker, host: &Host, key_id: &str) -> Result<Permit, UpstreamError> {
+/// Waits in a host's queue for a slot, for at most `--upstream-queue-timeout`.
+async fn upstream_slot(
+    worker: &Worker,
+    host: &Host,
+    key_id: &str,
+    lane: usize,
+    model: &str,
+) -> Result<Permit, UpstreamError> {
     let limit = worker.config.upstream_queue_timeout;
-    match monoio::time::timeout(limit, host.gate.acquire(key_id)).await {
+    match monoio::time::timeout(limit, host.gate.acquire(key_id, lane, model)).await {
         Err(_) => Err(UpstreamError::Overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
             limit.as_secs_f64()
@@ -109,6 +126,11 @@ pub struct WholeReply<'w> {
     pub status: u16,
     pub body: Vec<u8>,
     pub lease: BufferLease<'w>,
+    /// Which host answered, how long the request waited in its queue, and
+    /// whether the host loaded the model for it.
+    pub host: usize,
+    pub waited: Duration,
+    pub loads: bool,
 }
 
 /// Calls the upstream and reads its whole (JSON) reply.
@@ -117,7 +139,7 @@ pub async fn upstream_json<'w>(
     call: &Call<'_>,
     sent: &Cell<bool>,
 ) -> Result<WholeReply<'w>, UpstreamError> {
-    let Answer { ex, host, permit } = upstream_call(worker, call, sent).await?;
+    let Answer { ex, host, permit, waited, loads } = upstream_call(worker, call, sent).await?;
     let status = ex.head.status;
     let read_timeout = worker.config.upstream_limits.read_timeout;
     let mut lease = worker.upstreams.buffers.lease();
@@ -126,7 +148,7 @@ pub async fn upstream_json<'w>(
     if let Some(c) = reusable {
         worker.pools[host].put(c);
     }
-    Ok(WholeReply { status, body, lease })
+    Ok(WholeReply { status, body, lease, host, waited, loads })
 }
 
 /// What a client is told when the exchange with a host failed: the one place

@@ -363,7 +363,11 @@ impl<'w> Relay<'w> {
         if end == StreamEnd::Completed {
             o.usage = self.writer.usage();
         } else {
-            o.usage = Usage { prompt_tokens: o.prompt_estimate, completion_tokens: self.writer.content_chunks() };
+            o.usage = Usage {
+                prompt_tokens: o.prompt_estimate,
+                completion_tokens: self.writer.content_chunks(),
+                ..Default::default()
+            };
             o.estimated = true;
         }
     }

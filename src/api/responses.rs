@@ -46,7 +46,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     });
     let model = rplan.plan.model.clone();
     let shape = Shape::new(&ctx.id, &model, &rplan);
-    let call = Call::generation("/api/chat", &native, &rplan.plan.served_model, &key.id);
+    let call = Call::generation("/api/chat", &native, &rplan.plan.served_model, &key.id, ctx.lane);
     if rplan.plan.stream {
         let writer = NdjsonToResponses::new(shape, keep.is_some().then(|| rplan.history.clone()));
         let mut reply = stream(worker, ctx, &call, &model, Box::new(writer)).await;

@@ -180,6 +180,7 @@ impl KeyAdmin<'_> {
             expires: new.expires,
             revoked_at: None,
             limits: new.limits,
+            priority: new.priority,
             version: 0,
         };
         let mut key = ClusterKey { hash: hash_hex(&hash_secret(&secret)), record };

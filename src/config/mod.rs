@@ -96,6 +96,37 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_QUEUE_TIMEOUT", default_value_t = 120.0)]
     pub upstream_queue_timeout: f64,
 
+    /// Slots of each host's --upstream-max-concurrent that only interactive
+    /// keys may use, so an interactive request never waits for a batch
+    /// generation to end (at most all slots but one). Default: 1 — one
+    /// person's request at a time finds a slot free, and the other lanes
+    /// lose one slot — or 0 when --upstream-max-concurrent is below 4, where
+    /// one slot would be too large a share.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_RESERVE_INTERACTIVE")]
+    pub upstream_reserve_interactive: Option<usize>,
+
+    /// Generations each host runs per model at once: its OLLAMA_NUM_PARALLEL
+    /// (Ollama's default is 1). A request for a model whose slots are busy
+    /// waits here, in lane order, not in Ollama's first-come queue. 0: not
+    /// bounded per model.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_NUM_PARALLEL", default_value_t = 1)]
+    pub upstream_num_parallel: usize,
+
+    /// Models each host keeps loaded at once: its OLLAMA_MAX_LOADED_MODELS
+    /// (Ollama's default is 3 per GPU).
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_MAX_LOADED_MODELS", default_value_t = 3)]
+    pub upstream_max_loaded_models: usize,
+
+    /// Seconds a request that would make a host load a model may be held
+    /// back for requests on a resident model (the bound on that unfairness).
+    #[arg(long, env = "AI_GATEWAY_SWAP_MAX_WAIT", default_value_t = 5.0)]
+    pub swap_max_wait: f64,
+
+    /// Seconds after which a waiting request goes before every lane, so a
+    /// batch request cannot wait forever behind interactive ones.
+    #[arg(long, env = "AI_GATEWAY_QUEUE_AGING", default_value_t = 30.0)]
+    pub queue_aging: f64,
+
     /// Bytes of non-streamed upstream replies held in memory at once, over
     /// all requests (one reply may be up to 64 MiB); beyond it, 503.
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -235,6 +266,12 @@ pub struct Config {
     pub upstream_max_concurrent: usize,
     pub upstream_queue: usize,
     pub upstream_queue_timeout: Duration,
+    pub upstream_reserve_interactive: usize,
+    /// 0: not bounded per model.
+    pub upstream_num_parallel: usize,
+    pub upstream_max_loaded_models: usize,
+    pub swap_max_wait: Duration,
+    pub queue_aging: Duration,
     /// Completion tokens reserved for a request without `max_tokens`.
     pub completion_reservation: u64,
     /// Bytes of non-streamed replies held at once.
@@ -326,6 +363,18 @@ impl Config {
             },
             upstream_queue: a.upstream_queue,
             upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
+            upstream_reserve_interactive: match a.upstream_reserve_interactive {
+                Some(n) => n.min(a.upstream_max_concurrent.saturating_sub(1)),
+                None => usize::from(a.upstream_max_concurrent >= 4),
+            },
+            upstream_num_parallel: a.upstream_num_parallel,
+            upstream_max_loaded_models: if a.upstream_max_loaded_models == 0 {
+                return Err("--upstream-max-loaded-models must be at least 1".into());
+            } else {
+                a.upstream_max_loaded_models
+            },
+            swap_max_wait: secs("swap-max-wait", a.swap_max_wait)?,
+            queue_aging: secs("queue-aging", a.queue_aging)?,
             completion_reservation: a.completion_reservation,
             upstream_buffer_bytes: a.upstream_buffer_bytes,
             cluster: a.cluster.clone(),

@@ -61,6 +61,8 @@ pub struct RequestHead {
     pub authorization: Option<Range<usize>>,
     pub x_api_key: Option<Range<usize>>,
     pub host: Option<Range<usize>>,
+    /// `x-priority`: a lane the client asks for (it may only lower its key's).
+    pub x_priority: Option<Range<usize>>,
 }
 
 /// Why a head could not be accepted. Each maps to one response status.
@@ -141,6 +143,7 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         authorization: None,
         x_api_key: None,
         host: None,
+        x_priority: None,
     };
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -190,6 +193,8 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
                 return Err(HeadError::Bad("duplicate x-api-key header"));
             }
             head.x_api_key = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"x-priority") {
+            head.x_priority = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"origin") {
             head.origin = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
@@ -268,6 +273,8 @@ pub struct Request {
     /// `Authorization`, else `x-api-key`.
     pub authorization: Option<String>,
     pub host: String,
+    /// `x-priority` as sent (empty when absent).
+    pub priority: String,
     pub body: Vec<u8>,
 }
 
@@ -311,6 +318,10 @@ impl Request {
         if let Some(r) = &head.host {
             self.host.push_str(&text(r));
         }
+        self.priority.clear();
+        if let Some(r) = &head.x_priority {
+            self.priority.push_str(&String::from_utf8_lossy(&buf[r.start..r.end.min(r.start + 32)]));
+        }
         self.body.clear();
     }
 
@@ -323,6 +334,7 @@ impl Request {
         self.keep_alive = false;
         self.origin = false;
         self.authorization = None;
+        self.priority.clear();
         self.body.clear();
     }
 }

@@ -90,7 +90,7 @@ impl NativeRelay {
             self.content_chunks += 1;
         }
         if native.done && self.flow == Flow::Generation {
-            self.usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+            self.usage = native.usage();
             self.end = StreamEnd::Completed;
         }
     }
@@ -141,7 +141,7 @@ mod tests {
             r.finish(&mut out);
             assert_eq!(out, STREAM.as_bytes(), "split {split}");
             assert_eq!(r.end(), StreamEnd::Completed);
-            assert_eq!(r.usage, Usage { prompt_tokens: 26, completion_tokens: 2 });
+            assert_eq!(r.usage, Usage { prompt_tokens: 26, completion_tokens: 2, ..Default::default() });
             assert_eq!(r.content_chunks, 2);
         }
     }

@@ -181,7 +181,7 @@ impl EmbeddingsReply {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_eval_count.unwrap_or(0), completion_tokens: 0 }
+        Usage { prompt_tokens: self.prompt_eval_count.unwrap_or(0), completion_tokens: 0, ..Default::default() }
     }
 
     /// Appends the next piece of the reply to `out`, at least `at_least`

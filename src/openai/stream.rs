@@ -203,7 +203,7 @@ impl NdjsonToSse {
             self.sent_chunk = true;
         }
         if native.done {
-            self.usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+            self.usage = native.usage();
             self.text_chunk(out, b"", Some(write::finish_reason(native.done_reason, false)));
             self.usage_and_done(out);
         }
@@ -233,7 +233,7 @@ impl NdjsonToSse {
     }
 
     fn final_chunks(&mut self, out: &mut Vec<u8>, last: &NativeLine<'_>) {
-        self.usage = Usage { prompt_tokens: last.prompt_eval_count, completion_tokens: last.eval_count };
+        self.usage = last.usage();
         out.extend_from_slice(&self.envelope);
         out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"");
         out.extend_from_slice(write::finish_reason(last.done_reason, self.made_tool_calls).as_bytes());

@@ -140,6 +140,7 @@ mod tests {
                 role: crate::store::keys::Role::User,
                 models: vec![],
                 limits: Default::default(),
+                priority: Default::default(),
                 secret: None,
             })
             .unwrap();

@@ -100,7 +100,8 @@ impl QuotaBook {
         let mut t = PeriodTotals { day: today.to_owned(), month: today[..7].to_owned(), ..Default::default() };
         for row in store.usage_range(key_id, &month_start, today)? {
             let r = &row.rollup;
-            let usage = Usage { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens };
+            let usage =
+                Usage { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, ..Default::default() };
             t.this_month.add(r.requests, usage);
             if row.day == today {
                 t.today.add(r.requests, usage);
@@ -220,6 +221,7 @@ mod tests {
                 models: vec![],
                 expires: None,
                 limits: Limits { daily_tokens: Some(100), monthly_tokens: Some(150), ..Default::default() },
+                priority: Default::default(),
                 secret: None,
             })
             .unwrap();
@@ -233,7 +235,7 @@ mod tests {
         let book = QuotaBook::default();
         assert!(book.admit(store, &key, "2026-11-24").is_ok());
         assert_eq!(book.totals(store, &key.id, "2026-11-24").unwrap().today.tokens(), 30);
-        let used = |n| Usage { prompt_tokens: n, completion_tokens: 0 };
+        let used = |n| Usage { prompt_tokens: n, completion_tokens: 0, ..Default::default() };
         book.settle(store, &key.id, "2026-11-24", 0, used(75));
         let e = book.admit(store, &key, "2026-11-24").unwrap_err();
         assert_eq!((e.status, e.kind, e.code), (429, "insufficient_quota", Some("insufficient_quota")));

@@ -199,7 +199,7 @@ impl NdjsonToResponses {
                 self.open_item(out, Open::Message);
             }
             self.close_item(out);
-            self.usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+            self.usage = native.usage();
             let status = if native.done_reason == Some(b"length") { Status::Incomplete } else { Status::Completed };
             let mut last = Vec::with_capacity(self.items.len() + 1024);
             let name = if status == Status::Incomplete { "response.incomplete" } else { "response.completed" };
@@ -532,7 +532,7 @@ mod tests {
             assert_eq!(done["output"][0]["encrypted_content"], "Let me");
             assert_eq!(done["output"][1]["content"][0]["text"], "Hello \"x\"");
             assert_eq!(done["usage"]["total_tokens"], 29);
-            assert_eq!(t.usage, Usage { prompt_tokens: 26, completion_tokens: 3 });
+            assert_eq!(t.usage, Usage { prompt_tokens: 26, completion_tokens: 3, ..Default::default() });
         }
     }
 

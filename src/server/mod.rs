@@ -42,8 +42,15 @@ use crate::upstream::hosts::Upstreams;
 pub fn run(config: Config) -> Result<(), String> {
     let upstreams = Upstreams::new(
         &config.upstreams,
-        config.upstream_max_concurrent,
-        config.upstream_queue,
+        crate::upstream::gate::GateConfig {
+            max_in_flight: config.upstream_max_concurrent,
+            queue_cap: config.upstream_queue,
+            reserve_interactive: config.upstream_reserve_interactive,
+            num_parallel: config.upstream_num_parallel,
+            max_loaded: config.upstream_max_loaded_models,
+            aging: config.queue_aging,
+            swap_max_wait: config.swap_max_wait,
+        },
         config.upstream_health_interval,
         config.upstream_limits.connect_timeout,
         config.upstream_buffer_bytes,
@@ -235,6 +242,7 @@ fn bootstrap_admin_key(store: &Store) -> Result<(), String> {
         models: vec![],
         expires: None,
         limits: Limits::default(),
+        priority: Default::default(),
         secret: given,
     };
     let (record, secret) = store

@@ -19,6 +19,41 @@ pub enum Role {
     Admin,
 }
 
+/// A key's lane in the upstream queue: waiting requests are served
+/// interactive first, then standard, then batch (with aging, see
+/// `upstream::schedule`). A request may lower its own lane (`x-priority`),
+/// never raise it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    #[default]
+    Standard,
+    Batch,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Interactive, Priority::Standard, Priority::Batch];
+
+    /// The lane's index: 0 interactive, 1 standard, 2 batch.
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Standard => "standard",
+            Priority::Batch => "batch",
+        }
+    }
+
+    /// Reads `interactive`, `standard` or `batch` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
 /// Per-key limits; `None` is unlimited. Enforced by the limits and usage code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -50,6 +85,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     #[serde(default)]
     pub limits: Limits,
+    /// Its lane in the upstream queue.
+    #[serde(default)]
+    pub priority: Priority,
     /// The cluster's version of this record (0 without `--redis`); a mirror
     /// applies a record only over an older one.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -94,6 +132,7 @@ impl KeyRecord {
             "revoked_at": time(self.revoked_at),
             "status": self.status(unix_now()),
             "limits": self.limits,
+            "priority": self.priority,
         })
     }
 
@@ -182,6 +221,7 @@ pub struct NewKey {
     pub models: Vec<String>,
     pub expires: Option<i64>,
     pub limits: Limits,
+    pub priority: Priority,
     /// Use this secret instead of a random one (bootstrap admin key).
     pub secret: Option<String>,
 }
@@ -199,6 +239,7 @@ pub struct KeyUpdate {
     pub max_concurrent: Option<Option<u64>>,
     pub daily_tokens: Option<Option<u64>>,
     pub monthly_tokens: Option<Option<u64>>,
+    pub priority: Option<Priority>,
 }
 
 impl KeyUpdate {
@@ -246,6 +287,12 @@ impl KeyUpdate {
                     })
                 }
                 "models" => u.models = Some(models_from_json(v)?),
+                "priority" => {
+                    u.priority = Some(v.as_str().and_then(Priority::parse).ok_or((
+                        "priority".to_owned(),
+                        "'priority' must be \"interactive\", \"standard\" or \"batch\".".to_owned(),
+                    ))?)
+                }
                 "expires" => {
                     u.expires = Some(match v {
                         Value::Null => None,
@@ -294,6 +341,9 @@ impl KeyUpdate {
         if let Some(expires) = self.expires {
             record.expires = expires;
         }
+        if let Some(priority) = self.priority {
+            record.priority = priority;
+        }
         let l = &mut record.limits;
         for (field, value) in [
             (&mut l.rpm, self.rpm),
@@ -325,6 +375,9 @@ impl KeyUpdate {
         if let Some(e) = self.expires {
             v.insert("expires_at".into(), e.into());
         }
+        if let Some(p) = self.priority {
+            v.insert("priority".into(), p.name().into());
+        }
         for (name, value) in [
             ("rpm", self.rpm),
             ("tpm", self.tpm),
@@ -354,6 +407,7 @@ impl KeyUpdate {
                 daily_tokens: self.daily_tokens.flatten(),
                 monthly_tokens: self.monthly_tokens.flatten(),
             },
+            priority: self.priority.unwrap_or_default(),
             secret: None,
         })
     }
@@ -411,6 +465,7 @@ impl Store {
             expires: new.expires,
             revoked_at: None,
             limits: new.limits,
+            priority: new.priority,
             version: 0,
         };
         self.keys.put(&mut wtxn, &hash, &record.encode())?;
@@ -699,6 +754,7 @@ mod tests {
             models: vec![],
             expires: None,
             limits: Limits::default(),
+            priority: Default::default(),
             secret: None,
         }
     }
@@ -785,6 +841,7 @@ mod tests {
             expires: None,
             revoked_at: None,
             limits: Limits::default(),
+            priority: Priority::Standard,
             version: 0,
         };
         assert!(r.allows_model("anything"));

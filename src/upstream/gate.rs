@@ -1,31 +1,83 @@
-//! The fair upstream queue: at most `--upstream-max-concurrent` generations
-//! in flight to Ollama, the rest waiting in a bounded queue served
-//! round-robin across keys.
+//! A host's queue: at most `--upstream-max-concurrent` generations in
+//! flight to one Ollama host, the rest waiting, and the order in which the
+//! waiting ones go.
 //!
 //! A GPU host runs a few generations at a time; everything beyond that only
-//! piles up in Ollama's own queue, where one client with a hundred requests
-//! starves everyone behind it. Here each key has its own FIFO and a freed
-//! slot goes to the next key in turn, so a key with a long backlog delays
-//! another key's request by at most one slot per key ahead of it. The
-//! waiting places are shared fairly too: when the queue is full, a key
+//! piles up in Ollama's own first-come queue, where a batch job's hundred
+//! long generations sit in front of a developer's autocomplete, and where
+//! requests alternating between two models make the GPU swap models for
+//! each. Here the requests wait instead, and each time a slot frees the
+//! queue chooses (`schedule`): by lane (a key's `priority`, lowered per
+//! request with `x-priority`), with aging so no lane starves; round-robin
+//! between keys within a lane, so a key with a long backlog delays another
+//! key's request by at most one slot per key ahead of it; with
+//! `--upstream-reserve-interactive` slots only interactive requests may
+//! use; and around model swaps (`residency`): a request is sent only when
+//! it can start at once, requests for the resident model go before one
+//! that would force a load (for at most `--swap-max-wait`), and the queue
+//! decides which model is unloaded to make room.
+//!
+//! The waiting places are shared fairly too: when the queue is full, a key
 //! holding fewer than its share (the places divided by the keys waiting)
 //! takes the newest place of the key holding the most, if that key holds
 //! more than its share; otherwise the newcomer gets a fast 503
-//! (`upstream_overloaded`). So one key filling the queue cannot turn every
-//! other key away. A wait longer than `--upstream-queue-timeout` is a 503
-//! too; a waiting request whose client leaves is dropped from the queue. The gate is shared by all workers: its lock is
-//! taken once to enter and once to leave, never per token, and a slot freed
-//! on one core wakes the waiter on another (monoio's cross-thread wakers).
+//! (`upstream_overloaded`). A wait longer than `--upstream-queue-timeout`
+//! is a 503 too; a waiting request whose client leaves is dropped from the
+//! queue. The gate is shared by all workers: its lock is taken once to
+//! enter and once to leave, never per token, and a slot freed on one core
+//! wakes the waiter on another (monoio's cross-thread wakers).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::client::UpstreamError;
+use super::residency::{HostModels, PsModel, Swap};
+use super::schedule::{Choice, Fit, Head, Room, Rules, choose};
+use crate::histogram::Histogram;
+
+/// Lanes, by index: interactive, standard, batch.
+pub const LANES: [&str; 3] = ["interactive", "standard", "batch"];
+
+/// How a host's queue is run (from the `--upstream-…` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateConfig {
+    /// Generations in flight at once.
+    pub max_in_flight: usize,
+    /// Requests that may wait.
+    pub queue_cap: usize,
+    /// Slots only interactive requests may use.
+    pub reserve_interactive: usize,
+    /// Generations per model at once (0: not bounded per model).
+    pub num_parallel: usize,
+    /// Models resident at once.
+    pub max_loaded: usize,
+    /// After this wait a request goes before every lane.
+    pub aging: Duration,
+    /// After this wait a request that loads a model is no longer held back.
+    pub swap_max_wait: Duration,
+}
+
+impl GateConfig {
+    /// A queue of `max_in_flight` slots and `queue_cap` places, lanes and
+    /// keys only (no reservation, no per-model bound): for tests.
+    pub fn plain(max_in_flight: usize, queue_cap: usize) -> Self {
+        Self {
+            max_in_flight,
+            queue_cap,
+            reserve_interactive: 0,
+            num_parallel: 0,
+            max_loaded: 3,
+            aging: Duration::from_secs(30),
+            swap_max_wait: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Where a queued request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,32 +93,100 @@ enum Standing {
 struct Waiter {
     standing: Standing,
     waker: Option<Waker>,
+    model: String,
+    since: Instant,
+    /// Its model was not resident when it arrived.
+    needed_load: bool,
+    /// Room was made for it while others waited for a resident model.
+    forced: bool,
+    /// Set when granted.
+    grant: Option<Grant>,
 }
 
+#[derive(Debug, Clone)]
+struct Grant {
+    model: Arc<str>,
+    loads: bool,
+    waited: Duration,
+}
+
+/// One lane's waiting requests: a FIFO per key, keys in turn order.
 #[derive(Default)]
-struct GateState {
-    in_flight: usize,
-    queued: usize,
-    /// Keys with waiters, in turn order.
+struct LaneQueue {
     turn: VecDeque<String>,
     waiters: HashMap<String, VecDeque<Arc<Mutex<Waiter>>>>,
 }
 
-/// The gate in front of the upstream.
-pub struct UpstreamGate {
-    max_in_flight: usize,
-    queue_cap: usize,
-    state: Mutex<GateState>,
+/// Counters for metrics and the live view.
+#[derive(Debug, Clone, Default)]
+pub struct GateStats {
+    /// Time waited by the requests granted a slot, per lane.
+    pub waits: [Histogram; 3],
+    /// The longest wait granted, per lane (microseconds).
+    pub max_wait_us: [u64; 3],
+    /// Requests the gateway sent that loaded their model.
+    pub loads: u64,
+    /// Of those, loads let through ahead of waiting requests on a resident model.
+    pub loads_forced: u64,
+    /// Requests whose model was not resident when they came that ran without a load of their own.
+    pub loads_avoided: u64,
+    /// Models the gateway unloaded to make room.
+    pub unloads: u64,
 }
 
-/// A slot of the upstream; freed (and handed to the next waiter) on drop.
+struct GateState {
+    in_flight: usize,
+    /// In flight per lane.
+    by_lane: [usize; 3],
+    queued: usize,
+    lanes: [LaneQueue; 3],
+    host: HostModels,
+    stats: GateStats,
+    /// A model to unload, for the host's checker thread to take.
+    unload: Option<String>,
+}
+
+/// A host's queue (see the module's paragraph).
+pub struct UpstreamGate {
+    config: GateConfig,
+    state: Mutex<GateState>,
+    /// Wakes the host's checker thread when a model is to be unloaded.
+    unload_ready: Condvar,
+}
+
+/// A slot of the host; freed (and handed to the next waiter) on drop.
 pub struct Permit {
     gate: Arc<UpstreamGate>,
+    model: Option<Arc<str>>,
+    lane: usize,
+    /// This request loads its model.
+    loads: bool,
+    /// How long it waited for the slot.
+    pub waited: Duration,
+}
+
+impl Permit {
+    /// Whether this request makes the host load its model.
+    pub fn loads(&self) -> bool {
+        self.loads
+    }
+
+    /// The host began its answer with `status`: a model this request
+    /// loaded is loaded now (or, on an error, was not).
+    pub fn answered(&mut self, status: u16) {
+        if self.loads
+            && let Some(m) = &self.model
+        {
+            let mut s = self.gate.state.lock();
+            s.host.answered(m, status == 200);
+            self.gate.schedule(&mut s);
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.release();
+        self.gate.release(self.model.as_deref(), self.lane, self.loads);
     }
 }
 
@@ -82,8 +202,29 @@ fn overloaded(message: String) -> UpstreamError {
 }
 
 impl UpstreamGate {
-    pub fn new(max_in_flight: usize, queue_cap: usize) -> Arc<Self> {
-        Arc::new(Self { max_in_flight: max_in_flight.max(1), queue_cap, state: Mutex::new(GateState::default()) })
+    pub fn new(config: GateConfig) -> Arc<Self> {
+        let config = GateConfig {
+            max_in_flight: config.max_in_flight.max(1),
+            reserve_interactive: config.reserve_interactive.min(config.max_in_flight.saturating_sub(1)),
+            ..config
+        };
+        Arc::new(Self {
+            config,
+            state: Mutex::new(GateState {
+                in_flight: 0,
+                by_lane: [0; 3],
+                queued: 0,
+                lanes: Default::default(),
+                host: HostModels::new(config.num_parallel, config.max_loaded),
+                stats: GateStats::default(),
+                unload: None,
+            }),
+            unload_ready: Condvar::new(),
+        })
+    }
+
+    pub fn config(&self) -> &GateConfig {
+        &self.config
     }
 
     pub fn load(&self) -> GateLoad {
@@ -91,100 +232,370 @@ impl UpstreamGate {
         GateLoad { in_flight: s.in_flight, queued: s.queued }
     }
 
-    /// Waits for a slot for a request of `key`. Dropping the future leaves the queue.
-    pub fn acquire(self: &Arc<Self>, key: &str) -> Acquire {
+    /// Waits for a slot for a request of `key` in `lane` (0 interactive, 1
+    /// standard, 2 batch) for `model`. Dropping the future leaves the queue.
+    pub fn acquire(self: &Arc<Self>, key: &str, lane: usize, model: &str) -> Acquire {
+        let lane = lane.min(2);
         let mut s = self.state.lock();
-        if s.in_flight < self.max_in_flight && s.queued == 0 {
-            s.in_flight += 1;
-            return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(())), key: String::new() };
+        let fit = s.host.fit(model);
+        // Nobody waits and the request can start now: no queue entry at all.
+        if s.queued == 0 && self.may_start(&s, lane, fit) {
+            let grant = s.grant_now(model, lane, Duration::ZERO, false, false);
+            drop(s);
+            return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(grant)), key: String::new(), lane };
         }
-        if s.queued >= self.queue_cap && !s.evict_for(key, self.queue_cap) {
+        if s.queued >= self.config.queue_cap && !s.evict_for(key, lane, self.config.queue_cap) {
             let msg = format!(
                 "The model server is busy: {} requests are running and {} waiting, the most this gateway queues. Try again shortly.",
                 s.in_flight, s.queued
             );
-            return Acquire { gate: self.clone(), waiter: None, ready: Some(Err(overloaded(msg))), key: String::new() };
+            return Acquire {
+                gate: self.clone(),
+                waiter: None,
+                ready: Some(Err(overloaded(msg))),
+                key: String::new(),
+                lane,
+            };
         }
-        let waiter = Arc::new(Mutex::new(Waiter { standing: Standing::Waiting, waker: None }));
+        let waiter = Arc::new(Mutex::new(Waiter {
+            standing: Standing::Waiting,
+            waker: None,
+            model: model.to_owned(),
+            since: Instant::now(),
+            needed_load: matches!(fit, Fit::Load | Fit::Stuck),
+            forced: false,
+            grant: None,
+        }));
         let st = &mut *s;
-        let list = st.waiters.entry(key.to_owned()).or_default();
+        let q = &mut st.lanes[lane];
+        let list = q.waiters.entry(key.to_owned()).or_default();
         if list.is_empty() {
-            st.turn.push_back(key.to_owned());
+            q.turn.push_back(key.to_owned());
         }
         list.push_back(waiter.clone());
         st.queued += 1;
-        Acquire { gate: self.clone(), waiter: Some(waiter), ready: None, key: key.to_owned() }
+        self.schedule(st);
+        Acquire { gate: self.clone(), waiter: Some(waiter), ready: None, key: key.to_owned(), lane }
     }
 
-    /// Frees a slot and hands it to the next key in turn.
-    fn release(&self) {
+    /// Whether a lone request may start at once (the fast path).
+    fn may_start(&self, s: &GateState, lane: usize, fit: Fit) -> bool {
+        let room = self.room(s);
+        let slot = if lane == 0 { room.free > 0 } else { room.shared > 0 };
+        slot && match fit {
+            Fit::Ready => true,
+            Fit::Load => s.host.swap.is_none(),
+            Fit::Hold | Fit::Stuck => false,
+        }
+    }
+
+    fn room(&self, s: &GateState) -> Room {
+        let free = self.config.max_in_flight.saturating_sub(s.in_flight);
+        let shared_cap = self.config.max_in_flight - self.config.reserve_interactive;
+        let shared = shared_cap.saturating_sub(s.by_lane[1] + s.by_lane[2]).min(free);
+        Room { free, shared }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            aging_ms: self.config.aging.as_millis() as u64,
+            swap_max_wait_ms: self.config.swap_max_wait.as_millis() as u64,
+        }
+    }
+
+    /// Hands free slots to waiting requests, as [`choose`] says, until it
+    /// says wait.
+    fn schedule(&self, s: &mut GateState) {
+        let now = Instant::now();
+        let mut heads: Vec<Head> = Vec::new();
+        let mut at: Vec<(usize, usize)> = Vec::new();
+        while s.queued > 0 {
+            let room = self.room(s);
+            if room.free == 0 {
+                break;
+            }
+            heads.clear();
+            at.clear();
+            for (lane, q) in s.lanes.iter().enumerate() {
+                for (pos, key) in q.turn.iter().enumerate() {
+                    let Some(w) = q.waiters.get(key).and_then(VecDeque::front) else { continue };
+                    let w = w.lock();
+                    let waited_ms = now.saturating_duration_since(w.since).as_millis() as u64;
+                    heads.push(Head { lane, waited_ms, fit: s.host.fit(&w.model) });
+                    at.push((lane, pos));
+                }
+            }
+            let choice = choose(&heads, room, self.rules());
+            let (i, run) = match choice {
+                Choice::Wait => break,
+                Choice::Run(i) => (i, true),
+                Choice::MakeRoom(i) => (i, false),
+            };
+            let (lane, pos) = at[i];
+            let Some(head) = s.lanes[lane].turn.get(pos).and_then(|k| s.lanes[lane].waiters.get(k)?.front()).cloned()
+            else {
+                break;
+            };
+            let model = head.lock().model.clone();
+            // Others wait for a resident model: a load now is forced on them.
+            let forced = heads[i].fit != Fit::Ready && heads.iter().any(|h| matches!(h.fit, Fit::Ready | Fit::Hold));
+            if !run || s.host.needs_room(&model) {
+                head.lock().forced |= forced;
+                // Room first: an idle model is unloaded now, a busy one drains.
+                let before = s.host.swap.clone();
+                if let Some(v) = s.host.make_room(&model) {
+                    self.ask_unload(s, v);
+                }
+                if s.host.swap == before {
+                    break;
+                }
+                continue;
+            }
+            s.grant_head(lane, pos, now, forced);
+        }
+    }
+
+    fn ask_unload(&self, s: &mut GateState, model: String) {
+        s.unload = Some(model);
+        self.unload_ready.notify_all();
+    }
+
+    /// Frees a slot and hands it on.
+    fn release(&self, model: Option<&str>, lane: usize, loads: bool) {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        while s.in_flight < self.max_in_flight {
-            let Some(key) = s.turn.pop_front() else { break };
-            let Some(list) = s.waiters.get_mut(&key) else { continue };
-            let Some(next) = list.pop_front() else {
-                s.waiters.remove(&key);
-                continue;
-            };
-            if list.is_empty() {
-                s.waiters.remove(&key);
-            } else {
-                s.turn.push_back(key);
-            }
-            s.queued -= 1;
-            s.in_flight += 1;
-            let mut w = next.lock();
-            w.standing = Standing::Granted;
-            if let Some(waker) = w.waker.take() {
-                waker.wake();
-            }
+        s.by_lane[lane] = s.by_lane[lane].saturating_sub(1);
+        if let Some(m) = model
+            && let Some(v) = s.host.ended(m, loads)
+        {
+            self.ask_unload(&mut s, v);
         }
+        self.schedule(&mut s);
     }
 
     /// Takes a waiter out of the queue (its client left, or it timed out).
-    /// Returns true if it had been granted a slot meanwhile (the caller then owns it).
-    fn leave(&self, key: &str, waiter: &Arc<Mutex<Waiter>>) -> bool {
+    /// Returns its grant if it had been granted a slot meanwhile (the caller then owns it).
+    fn leave(&self, key: &str, lane: usize, waiter: &Arc<Mutex<Waiter>>) -> Option<Grant> {
         let mut s = self.state.lock();
-        match waiter.lock().standing {
-            Standing::Granted => return true,
-            Standing::Evicted => return false,
-            Standing::Waiting => {}
+        {
+            let mut w = waiter.lock();
+            match w.standing {
+                Standing::Granted => return w.grant.take(),
+                Standing::Evicted => return None,
+                Standing::Waiting => {}
+            }
         }
-        if let Some(list) = s.waiters.get_mut(key)
+        let q = &mut s.lanes[lane];
+        if let Some(list) = q.waiters.get_mut(key)
             && let Some(i) = list.iter().position(|w| Arc::ptr_eq(w, waiter))
         {
             list.remove(i);
             if list.is_empty() {
-                s.waiters.remove(key);
-                s.turn.retain(|k| k != key);
+                q.waiters.remove(key);
+                q.turn.retain(|k| k != key);
             }
             s.queued -= 1;
         }
-        false
+        // A head that left may have held others back.
+        self.schedule(&mut s);
+        None
+    }
+
+    /// The host's `/api/ps` listed `models`: correct the picture (and send what can go now).
+    pub fn observe_resident(&self, models: &[PsModel]) {
+        let mut s = self.state.lock();
+        s.host.observe(models);
+        self.schedule(&mut s);
+    }
+
+    /// Looks at the queue again (the checker thread calls it every 100 ms): a
+    /// load that has taken its learned time no longer holds its model's requests.
+    pub fn tick(&self) {
+        let mut s = self.state.lock();
+        if s.queued > 0 {
+            self.schedule(&mut s);
+        }
+    }
+
+    /// Waits up to `timeout` for a model to unload (for the host's checker thread).
+    pub fn next_unload(&self, timeout: Duration) -> Option<String> {
+        let mut s = self.state.lock();
+        if s.unload.is_none() {
+            self.unload_ready.wait_for(&mut s, timeout);
+        }
+        s.unload.take()
+    }
+
+    /// The unload of `model` was done (or given up): its room is free.
+    pub fn unloaded(&self, model: &str) {
+        let mut s = self.state.lock();
+        s.host.unloaded(model);
+        s.stats.unloads += 1;
+        self.schedule(&mut s);
+    }
+
+    /// A final line said loading `model` took `load_ms`.
+    pub fn learn_load(&self, model: &str, load_ms: f64) {
+        self.state.lock().host.learn_load(model, load_ms);
+    }
+
+    /// How a request for `model` would fare here now: `Ready` (starts at once
+    /// on the resident model), `Load` (starts at once with a load), else
+    /// `Hold` (it would wait: no free slot, or others wait already).
+    pub fn placement(&self, model: &str) -> Fit {
+        let s = self.state.lock();
+        if s.queued > 0 || s.in_flight >= self.config.max_in_flight {
+            return Fit::Hold;
+        }
+        match s.host.fit(model) {
+            Fit::Load if s.host.swap.is_some() => Fit::Hold,
+            Fit::Stuck => Fit::Hold,
+            fit => fit,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> GateStats {
+        self.state.lock().stats.clone()
+    }
+
+    /// The queue and the host's models, for the live view and `/readyz`.
+    pub fn view(&self) -> serde_json::Value {
+        let s = self.state.lock();
+        let mut by_model: Vec<(String, [usize; 3])> = Vec::new();
+        for (lane, q) in s.lanes.iter().enumerate() {
+            for list in q.waiters.values() {
+                for w in list {
+                    let model = w.lock().model.clone();
+                    match by_model.iter().position(|(m, _)| *m == model) {
+                        Some(i) => by_model[i].1[lane] += 1,
+                        None if by_model.len() < 64 => {
+                            let mut n = [0; 3];
+                            n[lane] = 1;
+                            by_model.push((model, n));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        let lanes = |v: [usize; 3]| serde_json::json!({"interactive": v[0], "standard": v[1], "batch": v[2]});
+        let queued_by_lane: [usize; 3] =
+            std::array::from_fn(|l| s.lanes[l].waiters.values().map(VecDeque::len).sum::<usize>());
+        let mut resident: Vec<serde_json::Value> = s
+            .host
+            .models
+            .iter()
+            .filter(|(_, m)| m.resident)
+            .map(|(name, m)| {
+                let swap = match &s.host.swap {
+                    Some(Swap::Draining(v)) if v == name => Some("draining"),
+                    Some(Swap::Unloading(v)) if v == name => Some("unloading"),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "name": name,
+                    "in_flight": m.in_flight,
+                    "loading": m.is_loading(),
+                    "swap": swap,
+                    "load_ms": s.host.load_cost(name).map(f64::round),
+                    "size_vram": m.size_vram,
+                    "expires_at": Some(&m.expires_at).filter(|e| !e.is_empty()),
+                })
+            })
+            .collect();
+        resident.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::json!({
+            "known": s.host.known,
+            "resident": resident,
+            "slots": {
+                "max": self.config.max_in_flight,
+                "reserved_interactive": self.config.reserve_interactive,
+                "in_flight": lanes(s.by_lane),
+            },
+            "queued": lanes(queued_by_lane),
+            "queued_by_model": by_model.iter().map(|(m, n)| serde_json::json!({"model": m, "queued": lanes(*n)})).collect::<Vec<_>>(),
+            "max_wait_ms": lanes(std::array::from_fn(|l| (s.stats.max_wait_us[l] / 1000) as usize)),
+            "loads": s.stats.loads,
+            "loads_forced": s.stats.loads_forced,
+            "loads_avoided": s.stats.loads_avoided,
+            "unloads": s.stats.unloads,
+        })
     }
 }
 
 impl GateState {
-    /// Makes room in a full queue for a request of `key`, if `key` holds less
-    /// than its fair share of the `cap` places and another key holds more:
-    /// that key's newest waiter loses its place. Returns whether room was made.
-    fn evict_for(&mut self, key: &str, cap: usize) -> bool {
-        let mine = self.waiters.get(key).map_or(0, VecDeque::len);
-        let keys = self.waiters.len() + usize::from(mine == 0);
-        let share = cap.div_ceil(keys.max(1));
-        let Some((hog, most)) = self.waiters.iter().map(|(k, l)| (k, l.len())).max_by_key(|&(_, n)| n) else {
+    /// Takes a slot for a request of `model` in `lane` that is not queued (or just left the queue).
+    fn grant_now(&mut self, model: &str, lane: usize, waited: Duration, needed_load: bool, forced: bool) -> Grant {
+        self.in_flight += 1;
+        self.by_lane[lane] += 1;
+        let loads = self.host.sent(model, lane);
+        let st = &mut self.stats;
+        if loads {
+            st.loads += 1;
+            st.loads_forced += u64::from(forced);
+        } else if needed_load {
+            st.loads_avoided += 1;
+        }
+        let us = waited.as_micros() as u64;
+        st.waits[lane].observe(us);
+        st.max_wait_us[lane] = st.max_wait_us[lane].max(us);
+        let model: Arc<str> = self.host.name_of(model);
+        Grant { model, loads, waited }
+    }
+
+    /// Hands a slot to the head of the key at `pos` in `lane`'s turn.
+    fn grant_head(&mut self, lane: usize, pos: usize, now: Instant, forced: bool) {
+        let q = &mut self.lanes[lane];
+        let Some(key) = q.turn.remove(pos) else { return };
+        let Some(list) = q.waiters.get_mut(&key) else { return };
+        let Some(next) = list.pop_front() else {
+            q.waiters.remove(&key);
+            return;
+        };
+        if list.is_empty() {
+            q.waiters.remove(&key);
+        } else {
+            q.turn.push_back(key);
+        }
+        self.queued -= 1;
+        let mut w = next.lock();
+        let waited = now.saturating_duration_since(w.since);
+        let grant = self.grant_now(&w.model.clone(), lane, waited, w.needed_load, forced || w.forced);
+        w.grant = Some(grant);
+        w.standing = Standing::Granted;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Makes room in a full queue for a request of `key` in `lane`, if that
+    /// key's queue holds less than its fair share of the `cap` places and
+    /// another holds more: that one's newest waiter loses its place.
+    /// Returns whether room was made. (A key's queue in each lane counts as one.)
+    fn evict_for(&mut self, key: &str, lane: usize, cap: usize) -> bool {
+        let mine = self.lanes[lane].waiters.get(key).map_or(0, VecDeque::len);
+        let queues: usize = self.lanes.iter().map(|q| q.waiters.len()).sum::<usize>() + usize::from(mine == 0);
+        let share = cap.div_ceil(queues.max(1));
+        let Some((hog_lane, hog, most)) = self
+            .lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(l, q)| q.waiters.iter().map(move |(k, list)| (l, k, list.len())))
+            .max_by_key(|&(_, _, n)| n)
+            .map(|(l, k, n)| (l, k.clone(), n))
+        else {
             return false;
         };
         if mine >= share || most <= share {
             return false;
         }
-        let hog = hog.clone();
-        let Some(list) = self.waiters.get_mut(&hog) else { return false };
+        let q = &mut self.lanes[hog_lane];
+        let Some(list) = q.waiters.get_mut(&hog) else { return false };
         let Some(newest) = list.pop_back() else { return false };
         if list.is_empty() {
-            self.waiters.remove(&hog);
-            self.turn.retain(|k| *k != hog);
+            q.waiters.remove(&hog);
+            q.turn.retain(|k| *k != hog);
         }
         self.queued -= 1;
         let mut w = newest.lock();
@@ -200,8 +611,15 @@ impl GateState {
 pub struct Acquire {
     gate: Arc<UpstreamGate>,
     waiter: Option<Arc<Mutex<Waiter>>>,
-    ready: Option<Result<(), UpstreamError>>,
+    ready: Option<Result<Grant, UpstreamError>>,
     key: String,
+    lane: usize,
+}
+
+impl Acquire {
+    fn permit(&self, g: Grant) -> Permit {
+        Permit { gate: self.gate.clone(), model: Some(g.model), lane: self.lane, loads: g.loads, waited: g.waited }
+    }
 }
 
 impl Future for Acquire {
@@ -209,7 +627,7 @@ impl Future for Acquire {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.ready.take() {
-            return Poll::Ready(r.map(|_| Permit { gate: self.gate.clone() }));
+            return Poll::Ready(r.map(|g| self.permit(g)));
         }
         let Some(waiter) = self.waiter.clone() else {
             return Poll::Ready(Err(overloaded("The upstream queue was left.".into())));
@@ -217,9 +635,13 @@ impl Future for Acquire {
         let mut w = waiter.lock();
         match w.standing {
             Standing::Granted => {
+                let grant = w.grant.take();
                 drop(w);
                 self.waiter = None;
-                Poll::Ready(Ok(Permit { gate: self.gate.clone() }))
+                match grant {
+                    Some(g) => Poll::Ready(Ok(self.permit(g))),
+                    None => Poll::Ready(Err(overloaded("The upstream queue was left.".into()))),
+                }
             }
             Standing::Evicted => {
                 drop(w);
@@ -243,9 +665,12 @@ impl Drop for Acquire {
         // Left the queue before being served: give up the place, or the slot
         // if it was granted in the meantime.
         if let Some(waiter) = self.waiter.take()
-            && self.gate.leave(&self.key, &waiter)
+            && let Some(g) = self.gate.leave(&self.key, self.lane, &waiter)
         {
-            self.gate.release();
+            drop(self.permit(g));
+        }
+        if let Some(Ok(g)) = self.ready.take() {
+            drop(self.permit(g));
         }
     }
 }
@@ -270,12 +695,20 @@ mod tests {
         }
     }
 
+    fn plain(max: usize, cap: usize) -> Arc<UpstreamGate> {
+        UpstreamGate::new(GateConfig::plain(max, cap))
+    }
+
+    fn ps(names: &[&str]) -> Vec<PsModel> {
+        names.iter().map(|n| PsModel { name: (*n).into(), size_vram: 1, expires_at: String::new() }).collect()
+    }
+
     #[test]
     fn slots_go_round_robin_across_keys() {
-        let gate = UpstreamGate::new(1, 100);
-        let first = poll(&mut gate.acquire("heavy")).unwrap().unwrap();
-        let mut heavy: Vec<Acquire> = (0..5).map(|_| gate.acquire("heavy")).collect();
-        let mut light = gate.acquire("light");
+        let gate = plain(1, 100);
+        let first = poll(&mut gate.acquire("heavy", 1, "m")).unwrap().unwrap();
+        let mut heavy: Vec<Acquire> = (0..5).map(|_| gate.acquire("heavy", 1, "m")).collect();
+        let mut light = gate.acquire("light", 1, "m");
         assert!(heavy.iter_mut().all(|a| poll(a).is_none()) && poll(&mut light).is_none());
         assert_eq!(gate.load(), GateLoad { in_flight: 1, queued: 6 });
         drop(first);
@@ -291,24 +724,24 @@ mod tests {
 
     #[test]
     fn a_key_that_fills_the_queue_gives_its_newest_place_to_another_key() {
-        let gate = UpstreamGate::new(2, 10);
-        let running: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("hog")).unwrap().unwrap()).collect();
-        let mut hog: Vec<Acquire> = (0..10).map(|_| gate.acquire("hog")).collect();
+        let gate = plain(2, 10);
+        let running: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("hog", 1, "m")).unwrap().unwrap()).collect();
+        let mut hog: Vec<Acquire> = (0..10).map(|_| gate.acquire("hog", 1, "m")).collect();
         assert!(hog.iter_mut().all(|a| poll(a).is_none()));
         assert_eq!(gate.load().queued, 10);
         // The hog cannot queue an eleventh.
-        assert!(poll(&mut gate.acquire("hog")).unwrap().is_err());
+        assert!(poll(&mut gate.acquire("hog", 1, "m")).unwrap().is_err());
         // Another key is let in; the hog's newest is refused instead.
-        let mut light = gate.acquire("light");
+        let mut light = gate.acquire("light", 1, "m");
         assert!(poll(&mut light).is_none());
         let e = poll(&mut hog[9]).unwrap().err().unwrap();
         assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         assert!(hog[..9].iter_mut().all(|a| poll(a).is_none()));
         assert_eq!(gate.load().queued, 10);
         // Keys keep their share: five each when two keys wait.
-        let mut others: Vec<Acquire> = (0..4).map(|_| gate.acquire("light")).collect();
+        let mut others: Vec<Acquire> = (0..4).map(|_| gate.acquire("light", 1, "m")).collect();
         assert!(others.iter_mut().all(|a| poll(a).is_none()));
-        assert!(poll(&mut gate.acquire("light")).unwrap().is_err(), "light holds its share of five");
+        assert!(poll(&mut gate.acquire("light", 1, "m")).unwrap().is_err(), "light holds its share of five");
         assert!(hog[5..9].iter_mut().all(|a| poll(a).unwrap().is_err()), "the hog's four newest gave way");
         assert!(hog[..5].iter_mut().all(|a| poll(a).is_none()));
         drop(running);
@@ -316,20 +749,115 @@ mod tests {
 
     #[test]
     fn full_queue_is_refused_and_leaving_frees_the_place() {
-        let gate = UpstreamGate::new(1, 2);
-        let p = poll(&mut gate.acquire("a")).unwrap().unwrap();
-        let mut w1 = gate.acquire("a");
-        let w2 = gate.acquire("b");
+        let gate = plain(1, 2);
+        let p = poll(&mut gate.acquire("a", 1, "m")).unwrap().unwrap();
+        let mut w1 = gate.acquire("a", 1, "m");
+        let w2 = gate.acquire("b", 1, "m");
         assert!(poll(&mut w1).is_none());
-        let e = poll(&mut gate.acquire("c")).unwrap().err().unwrap();
+        let e = poll(&mut gate.acquire("c", 1, "m")).unwrap().err().unwrap();
         assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         drop(w2);
         assert_eq!(gate.load().queued, 1);
         drop(p);
         assert!(poll(&mut w1).unwrap().is_ok());
         // A granted-but-abandoned slot comes back.
-        let mut w3 = gate.acquire("a");
+        let mut w3 = gate.acquire("a", 1, "m");
         drop(w1);
-        assert!(poll(&mut w3).is_some());
+        let p3 = poll(&mut w3).unwrap().unwrap();
+        assert_eq!(gate.load().in_flight, 1);
+        drop(p3);
+        assert_eq!(gate.load().in_flight, 0);
+    }
+
+    #[test]
+    fn waiting_requests_go_by_lane_and_wait_times_are_kept() {
+        let gate = plain(1, 100);
+        let running = poll(&mut gate.acquire("x", 1, "m")).unwrap().unwrap();
+        let mut batch = gate.acquire("b", 2, "m");
+        let mut standard = gate.acquire("s", 1, "m");
+        let mut interactive = gate.acquire("i", 0, "m");
+        drop(running);
+        let i = poll(&mut interactive).unwrap().unwrap();
+        assert!(poll(&mut standard).is_none() && poll(&mut batch).is_none());
+        assert!(!i.waited.is_zero());
+        drop(i);
+        let s = poll(&mut standard).unwrap().unwrap();
+        assert!(poll(&mut batch).is_none());
+        drop(s);
+        assert!(poll(&mut batch).unwrap().is_ok());
+        assert_eq!(gate.stats().waits.iter().map(Histogram::count).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn reserved_slots_keep_room_for_interactive_requests() {
+        let gate = UpstreamGate::new(GateConfig { reserve_interactive: 1, ..GateConfig::plain(3, 100) });
+        let batch: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("b", 2, "m")).unwrap().unwrap()).collect();
+        let mut third = gate.acquire("b", 2, "m");
+        assert!(poll(&mut third).is_none(), "the last slot is interactive's");
+        let i = poll(&mut gate.acquire("i", 0, "m")).unwrap().unwrap();
+        assert_eq!(gate.load(), GateLoad { in_flight: 3, queued: 1 });
+        drop(i);
+        assert!(poll(&mut third).is_none(), "still reserved");
+        drop(batch);
+        assert!(poll(&mut third).unwrap().is_ok());
+    }
+
+    #[test]
+    fn the_gate_sends_only_what_can_start_and_unloads_to_make_room() {
+        let gate = UpstreamGate::new(GateConfig {
+            num_parallel: 1,
+            max_loaded: 2,
+            swap_max_wait: Duration::from_secs(60),
+            ..GateConfig::plain(4, 100)
+        });
+        gate.observe_resident(&ps(&["a:latest", "c:latest"]));
+        let mut a1 = poll(&mut gate.acquire("k", 2, "a")).unwrap().unwrap();
+        a1.answered(200);
+        // A second request for a waits for a's one parallel slot; b waits for room.
+        let mut a2 = gate.acquire("k2", 2, "a");
+        let mut b = gate.acquire("k3", 0, "b");
+        assert!(poll(&mut a2).is_none() && poll(&mut b).is_none());
+        // b is interactive: its load goes at once, but c, idle, must be
+        // unloaded first (no busy model is touched).
+        assert_eq!(gate.next_unload(Duration::ZERO).as_deref(), Some("c:latest"));
+        assert!(poll(&mut b).is_none(), "not before the unload is done");
+        gate.unloaded("c:latest");
+        let pb = poll(&mut b).unwrap().unwrap();
+        assert!(pb.loads());
+        drop(a1);
+        assert!(poll(&mut a2).unwrap().is_ok());
+        let st = gate.stats();
+        assert_eq!((st.loads, st.unloads), (1, 1));
+    }
+
+    #[test]
+    fn requests_for_the_resident_model_go_before_a_load_until_swap_max_wait() {
+        let gate = UpstreamGate::new(GateConfig {
+            num_parallel: 1,
+            max_loaded: 1,
+            swap_max_wait: Duration::from_millis(50),
+            ..GateConfig::plain(4, 100)
+        });
+        gate.observe_resident(&ps(&["a"]));
+        let a1 = poll(&mut gate.acquire("k1", 1, "a")).unwrap().unwrap();
+        let mut b = gate.acquire("k2", 1, "b");
+        let mut a2 = gate.acquire("k3", 1, "a");
+        assert!(poll(&mut b).is_none() && poll(&mut a2).is_none());
+        drop(a1);
+        // b came first, but a2 runs on the resident model.
+        let a2p = poll(&mut a2).unwrap().unwrap();
+        assert!(poll(&mut b).is_none());
+        let mut a3 = gate.acquire("k4", 1, "a");
+        std::thread::sleep(Duration::from_millis(60));
+        drop(a2p);
+        // b has waited past swap-max-wait: a drains (a3 is held), then unloads.
+        assert!(poll(&mut a3).is_none());
+        assert_eq!(gate.next_unload(Duration::ZERO).as_deref(), Some("a"));
+        gate.unloaded("a");
+        let pb = poll(&mut b).unwrap().unwrap();
+        assert!(pb.loads());
+        assert!(poll(&mut a3).is_none(), "a needs a load now, and b holds the only room");
+        assert_eq!(gate.stats().loads_forced, 1, "a3 waited for the resident model when b's swap began");
+        drop(pb);
     }
 }

@@ -1,9 +1,12 @@
 //! Health checks of the Ollama hosts, off the workers.
 //!
 //! A checker thread per host asks it `/api/version` each
-//! `--upstream-health-interval` (plain blocking I/O, off the workers' cores)
-//! and refreshes its model list from `/api/tags` every tenth check and on
-//! recovery. Every check has one deadline for all of it (connect, send,
+//! `--upstream-health-interval` (plain blocking I/O, off the workers' cores),
+//! reads which models are resident from `/api/ps` (for the host's queue,
+//! see `residency`), and refreshes its model list from `/api/tags` every
+//! tenth check and on recovery. Between checks it waits for the host's
+//! queue to ask for a model to be unloaded, and unloads it with Ollama's
+//! own `keep_alive: 0`. Every check has one deadline for all of it (connect, send,
 //! read), and each host has its own thread, so a host that drips its reply
 //! fails its own check and delays no other host's.
 
@@ -30,14 +33,21 @@ pub fn spawn_checkers(
         .map(|i| {
             let (this, stop) = (upstreams.clone(), stop.clone());
             std::thread::Builder::new().name(format!("upstream-check-{i}")).spawn(move || {
+                let host = &this.hosts[i];
                 while !stop.load(Relaxed) {
-                    check(&this.hosts[i], this.check_timeout);
-                    // Sleep in small steps so a shutdown is not held up.
-                    let mut left = this.interval;
-                    while !left.is_zero() && !stop.load(Relaxed) {
-                        let step = left.min(Duration::from_millis(100));
-                        std::thread::sleep(step);
-                        left -= step;
+                    check(host, this.check_timeout);
+                    // Wait in small steps so a shutdown is not held up;
+                    // unload what the queue asks for meanwhile.
+                    let next = std::time::Instant::now() + this.interval;
+                    while !stop.load(Relaxed) {
+                        let left = next.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        if let Some(model) = host.gate.next_unload(left.min(Duration::from_millis(100))) {
+                            unload(host, &model, this.check_timeout);
+                        }
+                        host.gate.tick();
                     }
                 }
             })
@@ -55,6 +65,11 @@ fn check(h: &Host, timeout: Duration) {
                 .and_then(|v| v.get("version").and_then(|v| v.as_str()).map(str::to_owned))
                 .unwrap_or_default();
             let recovered = h.check_passed(version);
+            if let Ok(body) = get(&h.target, "/api/ps", timeout)
+                && let Ok(list) = super::tags::parse_ps(&body)
+            {
+                h.gate.observe_resident(&list);
+            }
             if recovered || n.is_multiple_of(TAGS_EVERY) || h.models.lock().is_none() {
                 match get(&h.target, "/api/tags", timeout) {
                     Ok(body) => match super::tags::parse_tags(&body) {
@@ -69,9 +84,31 @@ fn check(h: &Host, timeout: Duration) {
     }
 }
 
-/// A blocking `GET` of `path` on the host; the body of a 200 reply. All of
-/// it must be done within `timeout`, however the host paces its bytes.
+/// Asks the host to unload `model` now (`keep_alive: 0`); the queue is told
+/// it is done either way (a failure is logged: the next `/api/ps` shows the truth).
+fn unload(h: &Host, model: &str, timeout: Duration) {
+    let body = serde_json::json!({"model": model, "keep_alive": 0}).to_string();
+    match call(&h.target, "POST", "/api/generate", Some(body.as_bytes()), timeout) {
+        Ok(_) => crate::log::info(format_args!("upstream {}: unloaded {model} to make room", h.target.url)),
+        Err(e) => crate::log::warn(format_args!("upstream {}: unloading {model} failed: {e}", h.target.url)),
+    }
+    h.gate.unloaded(model);
+}
+
+/// A blocking `GET` of `path` on the host; the body of a 200 reply.
 fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    call(target, "GET", path, None, timeout)
+}
+
+/// A blocking request to the host; the body of a 200 reply. All of it must
+/// be done within `timeout`, however the host paces its bytes.
+fn call(
+    target: &UpstreamTarget,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let deadline = std::time::Instant::now() + timeout;
     let left = || {
         let d = deadline.saturating_duration_since(std::time::Instant::now());
@@ -80,11 +117,10 @@ fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>
     let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
     let mut request = Vec::with_capacity(128);
-    target.request(&mut request, "GET", path, None);
+    target.request(&mut request, method, path, body);
     // One request per connection: close-delimited replies are fine too.
-    let head_end = request.len() - 2;
-    request.truncate(head_end);
-    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let head_end = memchr::memmem::find(&request, b"\r\n\r\n").map_or(request.len() - 2, |i| i + 2);
+    request.splice(head_end..head_end, b"Connection: close\r\n".iter().copied());
     s.write_all(&request).map_err(|e| format!("write: {e}"))?;
     let mut reply = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 * 1024];

@@ -2,10 +2,12 @@
 //! one a request goes to.
 //!
 //! Teams that outgrow one GPU box run several Ollama hosts. Each configured
-//! host has its own fair queue (`--upstream-max-concurrent` applies per
-//! host) and, in every worker, its own pool of idle connections. A request
-//! goes to a healthy host that has its model (learned from `/api/tags`),
-//! the one with the fewest generations in flight and queued; when no host
+//! host has its own queue (`--upstream-max-concurrent` applies per host)
+//! and, in every worker, its own pool of idle connections. A request goes
+//! to a healthy host that has its model (learned from `/api/tags`): one
+//! where it would start at once on the resident model (from `/api/ps`),
+//! else one where it would start at once by loading the model, else the one
+//! with the fewest generations in flight and queued (each tier by that load); when no host
 //! is known to have the model, any healthy host is asked (it answers 404 if
 //! it truly lacks it); when no host is healthy, every host is tried anyway,
 //! so stale health never blocks a host that came back.
@@ -22,7 +24,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::client::{BufferBudget, UpstreamTarget};
-use super::gate::UpstreamGate;
+use super::gate::{GateConfig, UpstreamGate};
+use super::schedule::Fit;
 
 /// Failed checks in a row that take a host out.
 const FAILURES_TO_REMOVE: u32 = 2;
@@ -103,6 +106,7 @@ impl Host {
             "in_flight": load.in_flight,
             "queued": load.queued,
             "models": self.models.lock().as_ref().map(Vec::len),
+            "schedule": self.gate.view(),
             "last_error": Some(self.last_error.lock().clone()).filter(|e| !e.is_empty()),
         })
     }
@@ -124,8 +128,7 @@ impl Upstreams {
     /// the first check runs at once.
     pub fn new(
         urls: &[String],
-        max_concurrent: usize,
-        queue: usize,
+        gate: GateConfig,
         interval: Duration,
         check_timeout: Duration,
         buffer_budget: usize,
@@ -142,7 +145,7 @@ impl Upstreams {
             hosts.push(Host {
                 index,
                 target,
-                gate: UpstreamGate::new(max_concurrent, queue),
+                gate: UpstreamGate::new(gate),
                 healthy: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
                 checks: AtomicU64::new(0),
@@ -163,9 +166,15 @@ impl Upstreams {
         }
         let open = || self.hosts.iter().filter(|h| !tried.contains(&h.index));
         let by_load = |h: &&Host| (h.load(), h.index);
-        open()
-            .filter(|h| h.healthy() && h.has_model(model) != Some(false))
+        let serving = || open().filter(|h| h.healthy() && h.has_model(model) != Some(false));
+        // Where the request would start at once on a resident model; else
+        // where it could start at once with a load; else the least loaded.
+        let placed = |fit: Fit| move |h: &&Host| h.gate.placement(model) == fit;
+        serving()
+            .filter(placed(Fit::Ready))
             .min_by_key(by_load)
+            .or_else(|| serving().filter(placed(Fit::Load)).min_by_key(by_load))
+            .or_else(|| serving().min_by_key(by_load))
             .or_else(|| open().filter(|h| h.healthy()).min_by_key(by_load))
             .or_else(|| open().min_by_key(by_load))
     }
@@ -198,7 +207,8 @@ mod tests {
 
     fn hosts(n: usize) -> Arc<Upstreams> {
         let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 40001 + i)).collect();
-        Upstreams::new(&urls, 4, 16, Duration::from_secs(1), Duration::from_secs(1), 1 << 20).unwrap()
+        Upstreams::new(&urls, GateConfig::plain(4, 16), Duration::from_secs(1), Duration::from_secs(1), 1 << 20)
+            .unwrap()
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reaching Ollama: which hosts there are and which are up ([`hosts`],
-//! [`health`]), what each serves ([`tags`]), the fair queue in front of each
-//! ([`gate`]), the HTTP client and its per-core pool ([`client`]), the
+//! [`health`]), what each serves ([`tags`]), the queue in front of each
+//! ([`gate`]: lanes, keys, slots) with its choice ([`schedule`]) and its
+//! picture of the host's models ([`residency`]), the HTTP client and its per-core pool ([`client`]), the
 //! native request body ([`native_request`]), the zero-copy reader of
 //! native reply lines ([`native`]) and the line splitter every stream
 //! writer shares ([`lines`]), and prompt estimates ([`estimate`]).
@@ -17,4 +18,6 @@ pub mod hosts;
 pub mod lines;
 pub mod native;
 pub mod native_request;
+pub mod residency;
+pub mod schedule;
 pub mod tags;

@@ -25,10 +25,19 @@ pub struct NativeLine<'a> {
     pub done_reason: Option<&'a [u8]>,
     pub prompt_eval_count: u64,
     pub eval_count: u64,
+    /// `load_duration`: nanoseconds the host spent loading the model for this request.
+    pub load_duration: u64,
     /// Escaped body of `created_at`.
     pub created_at: Option<&'a [u8]>,
     /// The `error` field: escaped body when it is a string, the raw JSON otherwise.
     pub error: Option<NativeError<'a>>,
+}
+
+impl NativeLine<'_> {
+    /// The usage a final line reports.
+    pub fn usage(&self) -> Usage {
+        Usage { prompt_tokens: self.prompt_eval_count, completion_tokens: self.eval_count, load_ns: self.load_duration }
+    }
 }
 
 /// An `{"error": ...}` value from the upstream.
@@ -120,6 +129,7 @@ pub(crate) fn scan_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
                 b"done_reason" => out.done_reason = c.opt_string()?,
                 b"prompt_eval_count" => out.prompt_eval_count = c.count()?,
                 b"eval_count" => out.eval_count = c.count()?,
+                b"load_duration" => out.load_duration = c.count()?,
                 // Only read (as a date), never copied: no UTF-8 check needed.
                 b"created_at" => {
                     out.created_at = if c.peek()? == b'n' {
@@ -449,6 +459,9 @@ impl<'a> Cursor<'a> {
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Nanoseconds the host spent loading the model (`load_duration`), which
+    /// its queue learns from.
+    pub load_ns: u64,
 }
 
 /// What a relayed native stream has come to (for any front's stream writer).
@@ -481,7 +494,7 @@ pub fn read_reply(body: &[u8]) -> Result<(NativeLine<'_>, Usage), crate::error::
     if let Some(err) = native.error {
         return Err(ApiError::upstream(502, err.message()));
     }
-    let usage = Usage { prompt_tokens: native.prompt_eval_count, completion_tokens: native.eval_count };
+    let usage = native.usage();
     Ok((native, usage))
 }
 

@@ -1,7 +1,8 @@
-//! Ollama's model list (`GET /api/tags`), read into what the gateway uses:
-//! each model's name, when it was last modified and its namespace. The
-//! health checker learns each host's models from it; `GET /v1/models`
-//! shows it in OpenAI's shape.
+//! Ollama's model lists, read into what the gateway uses: the models a host
+//! serves (`GET /api/tags`: each model's name, when it was last modified
+//! and its namespace), which the health checker learns and `GET /v1/models`
+//! shows in OpenAI's shape; and the models it has loaded (`GET /api/ps`),
+//! which its queue schedules around.
 
 use std::borrow::Cow;
 
@@ -53,9 +54,58 @@ pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, &'static str> {
         .collect())
 }
 
+#[derive(Deserialize)]
+struct Ps<'a> {
+    #[serde(borrow, default)]
+    models: Option<Vec<RawPs<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct RawPs<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    size_vram: Option<u64>,
+    #[serde(borrow, default)]
+    expires_at: Option<Cow<'a, str>>,
+}
+
+/// Most loaded models read from one `/api/ps` reply (a host loads a few).
+const MAX_PS: usize = 64;
+
+/// Reads an `/api/ps` reply: the models loaded now. A `null` or missing list is an empty one.
+pub fn parse_ps(body: &[u8]) -> Result<Vec<super::residency::PsModel>, &'static str> {
+    let ps: Ps<'_> =
+        serde_json::from_slice(body).map_err(|_| "The model server sent an invalid list of loaded models.")?;
+    Ok(ps
+        .models
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.model.filter(|m| !m.is_empty()).or(p.name)?.into_owned();
+            let expires_at = p.expires_at.map(Cow::into_owned).unwrap_or_default();
+            Some(super::residency::PsModel { name, size_vram: p.size_vram.unwrap_or(0), expires_at })
+        })
+        .take(MAX_PS)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loaded_models_are_read_from_ps() {
+        let body = br#"{"models":[{"name":"llama3:latest","model":"llama3:latest","size":5,"size_vram":4,"expires_at":"2026-11-30T10:00:00Z"},{"name":"x"},{"size_vram":1}]}"#;
+        let list = parse_ps(body).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[0].name.as_str(), list[0].size_vram), ("llama3:latest", 4));
+        assert_eq!(list[0].expires_at, "2026-11-30T10:00:00Z");
+        assert!(parse_ps(br#"{"models":null}"#).unwrap().is_empty());
+        assert!(parse_ps(b"nope").is_err());
+    }
 
     #[test]
     fn tags_are_read_with_their_namespace_and_time() {

@@ -168,6 +168,11 @@ pub fn gateway_env(upstream: &Proc, args: &[&str], env: &[(&str, &str)]) -> Proc
         "--data-dir".to_owned(),
         dir.display().to_string(),
     ];
+    // The plain emulator runs any number of generations of a model at once
+    // (an emulator started with --num-parallel is described by its test).
+    if !args.contains(&"--upstream-num-parallel") {
+        a.extend(["--upstream-num-parallel".to_owned(), "0".to_owned()]);
+    }
     a.extend(args.iter().map(|s| s.to_string()));
     let mut env = env.to_vec();
     if !env.iter().any(|(k, _)| *k == "AI_GATEWAY_ADMIN_KEY") {

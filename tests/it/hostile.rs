@@ -328,6 +328,8 @@ fn a_key_that_fills_the_queue_does_not_turn_other_keys_away() {
     let hog = create_key(&g, "hog", &[])["secret"].as_str().unwrap().to_owned();
     let light = create_key(&g, "light", &[])["secret"].as_str().unwrap().to_owned();
     let body = chat_for("llama3");
+    // The model is loaded first: requests for a model being loaded wait for the load.
+    assert_eq!(chat_as(&g, &light, &body).status, 200);
     let hogs: Vec<_> = (0..12)
         .map(|_| {
             let (g_addr, hog, body) = (g.addr, hog.clone(), body.to_string());
@@ -366,6 +368,7 @@ fn seeded_store(days: i64, models: usize) -> (std::path::PathBuf, String) {
         models: vec![],
         expires: None,
         limits: Limits::default(),
+        priority: Default::default(),
         secret: secret.map(str::to_owned),
     };
     store.create_key(key("admin", Role::Admin, Some(ADMIN_KEY))).unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first; a module may use only its own layer and those below.
 const LAYERS: &[&[&str]] = &[
-    &["clock"],
+    &["clock", "histogram"],
     &["ids"],
     &["log"],
     &["error"],

@@ -80,7 +80,9 @@ fn a_host_killed_and_restarted_mid_run_costs_no_request_that_had_not_started() {
     let a = mock(&knobs);
     let mut b = mock(&knobs);
     let c = mock(&knobs);
-    let g = gateway_on_hosts(&[&a, &b, &c], &[]);
+    // One generation per model at a time on each host (Ollama's default), so
+    // eight clients spread over the hosts, a host that lacks the model loading it.
+    let g = gateway_on_hosts(&[&a, &b, &c], &["--upstream-num-parallel", "1"]);
     assert!(eventually(Duration::from_secs(5), || {
         let h = hosts(&g);
         h.len() == 3 && h.iter().all(|h| h["healthy"] == true && h["models"] == 3)

@@ -64,7 +64,9 @@ export async function startPair(mockArgs = [], gatewayArgs = []) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "ai-gateway-js-"));
   const gateway = await start(
     GATEWAY,
-    ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url, "--data-dir", dataDir, ...gatewayArgs],
+    // The plain emulator runs any number of generations of a model at once.
+    ["serve", "--listen", "127.0.0.1:0", "--upstream", mock.url, "--data-dir", dataDir,
+      ...(gatewayArgs.includes("--upstream-num-parallel") ? [] : ["--upstream-num-parallel", "0"]), ...gatewayArgs],
     { AI_GATEWAY_ADMIN_KEY: ADMIN_KEY },
   );
   // Keys are created with the CLI, in another process, while the server runs.

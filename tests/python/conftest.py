@@ -92,7 +92,9 @@ class Gateway(Proc):
     def __init__(self, upstream_url):
         self.data_dir = tempfile.mkdtemp(prefix="ai-gateway-py-")
         super().__init__(
-            [GATEWAY, "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_url, "--data-dir", self.data_dir],
+            # The plain emulator runs any number of generations of a model at once.
+            [GATEWAY, "serve", "--listen", "127.0.0.1:0", "--upstream", upstream_url, "--data-dir", self.data_dir,
+             "--upstream-num-parallel", "0"],
             env={"AI_GATEWAY_ADMIN_KEY": ADMIN_KEY},
         )
 

@@ -235,9 +235,10 @@ pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
         }
         (Method::Get, "/_stats") => {
             let mut v = shared.stats.json();
-            let (loads, queued) = shared.scheduler.counts();
+            let (loads, queued, unloads) = shared.scheduler.counts();
             v["loads"] = loads.into();
             v["queued"] = queued.into();
+            v["unloads"] = unloads.into();
             respond(out, 200, "application/json", &v.to_string().into_bytes())
         }
         (Method::Post, "/_reset") => {

@@ -317,6 +317,27 @@ impl Plan {
     }
 }
 
+/// A request that only unloads its model: `keep_alive` zero and no prompt
+/// (`/api/generate`) or no messages (`/api/chat`).
+fn is_unload(path: &str, v: &Value) -> bool {
+    let zero = match v.get("keep_alive") {
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => matches!(s.as_str(), "0" | "0s" | "0m" | "0h"),
+        _ => false,
+    };
+    let empty = |field: &str| match v.get(field) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    };
+    zero && match path {
+        "/api/generate" => empty("prompt"),
+        "/api/chat" => empty("messages"),
+        _ => false,
+    }
+}
+
 /// `/api/chat`, `/api/generate`, `/api/embed` and `/v1/chat/completions`:
 /// checks the request, then plans the reply and writes it. Returns false if
 /// the connection must close.
@@ -350,6 +371,21 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     }
     if find_model(&knobs, &model).is_none() {
         fail(&mut out, openai, 404, &format!("model '{model}' not found"));
+        return write(wr, &mut out).await;
+    }
+    // `keep_alive: 0` with nothing to generate: unload the model, as Ollama does.
+    if is_unload(&req.path, &v) {
+        endpoint.fetch_sub(1, Relaxed);
+        let name = find_model(&knobs, &model).unwrap_or(&model).to_owned();
+        if knobs.num_parallel > 0 {
+            shared.scheduler.unload(&name);
+        } else {
+            shared.scheduler.count_unload();
+        }
+        shared.loaded.lock().retain(|l| *l != name);
+        let body =
+            json!({"model": model, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "unload"});
+        crate::serve::respond(&mut out, 200, "application/json", body.to_string().as_bytes());
         return write(wr, &mut out).await;
     }
     {

@@ -7,7 +7,8 @@
 //! first served: the request at its head blocks the ones behind it until
 //! it can run (a load to finish, a slot or a model to free), which is how a
 //! model swap holds up everyone on a real host. Past `--max-queue` waiting
-//! requests, a request gets Ollama's 503.
+//! requests, a request gets Ollama's 503. A request with `keep_alive: 0`
+//! and nothing to generate unloads its model, as on Ollama.
 //!
 //! The state is shared by the emulator's worker threads behind one mutex; a
 //! waiting request looks again every millisecond (an emulator may poll; the
@@ -28,6 +29,8 @@ struct Model {
     /// It is loading until then.
     ready_at: Instant,
     last_used: Instant,
+    /// Unload it when its last generation ends (`keep_alive: 0` while busy).
+    unload_when_idle: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +40,7 @@ struct State {
     waiting: BTreeSet<u64>,
     models: HashMap<String, Model>,
     loads: u64,
+    unloads: u64,
 }
 
 /// The emulated host's scheduler.
@@ -59,6 +63,10 @@ impl Drop for Slot<'_> {
         if let Some(m) = s.models.get_mut(&self.model) {
             m.active = m.active.saturating_sub(1);
             m.last_used = Instant::now();
+            if m.active == 0 && m.unload_when_idle {
+                s.models.remove(&self.model);
+                s.unloads += 1;
+            }
         }
     }
 }
@@ -117,7 +125,10 @@ impl Scheduler {
                 }
                 let load = Duration::from_millis(knobs.load_ms_of(model));
                 s.loads += 1;
-                s.models.insert(model.to_owned(), Model { active: 0, ready_at: now + load, last_used: now });
+                s.models.insert(
+                    model.to_owned(),
+                    Model { active: 0, ready_at: now + load, last_used: now, unload_when_idle: false },
+                );
                 load
             }
         };
@@ -127,6 +138,29 @@ impl Scheduler {
         }
         s.waiting.remove(&ticket);
         Some(Slot { scheduler: self, model: model.to_owned(), load })
+    }
+
+    /// Unloads `model` (a request with `keep_alive: 0`): at once when it is
+    /// idle, else when its last generation ends. Returns whether it was loaded.
+    pub fn unload(&self, model: &str) -> bool {
+        let mut s = self.state.lock();
+        match s.models.get_mut(model) {
+            Some(m) if m.active > 0 => {
+                m.unload_when_idle = true;
+                true
+            }
+            Some(_) => {
+                s.models.remove(model);
+                s.unloads += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts an unload asked of a host without the scheduler.
+    pub fn count_unload(&self) {
+        self.state.lock().unloads += 1;
     }
 
     /// Models loaded now.
@@ -142,10 +176,10 @@ impl Scheduler {
         out
     }
 
-    /// (loads so far, requests waiting now).
-    pub fn counts(&self) -> (u64, usize) {
+    /// (loads so far, requests waiting now, unloads asked for so far).
+    pub fn counts(&self) -> (u64, usize, u64) {
         let s = self.state.lock();
-        (s.loads, s.waiting.len())
+        (s.loads, s.waiting.len(), s.unloads)
     }
 
     /// Forgets every model and the count of loads (`POST /_reset`).
@@ -153,6 +187,7 @@ impl Scheduler {
         let mut s = self.state.lock();
         s.models.clear();
         s.loads = 0;
+        s.unloads = 0;
     }
 }
 
