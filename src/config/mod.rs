@@ -107,8 +107,9 @@ pub struct ServeArgs {
 
     /// Generations each host runs per model at once: its OLLAMA_NUM_PARALLEL
     /// (Ollama's default is 1). A request for a model whose slots are busy
-    /// waits here, in lane order, not in Ollama's first-come queue. 0: not
-    /// bounded per model.
+    /// waits here, in lane order, not in Ollama's first-come queue. 0: the
+    /// gateway does not model the host (no per-model bound, no scheduling
+    /// around loaded models; lanes and keys only).
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_NUM_PARALLEL", default_value_t = 1)]
     pub upstream_num_parallel: usize,
 

@@ -237,7 +237,7 @@ impl UpstreamGate {
     pub fn acquire(self: &Arc<Self>, key: &str, lane: usize, model: &str) -> Acquire {
         let lane = lane.min(2);
         let mut s = self.state.lock();
-        let fit = s.host.fit(model);
+        let fit = s.host.fit(model, lane == 0);
         // Nobody waits and the request can start now: no queue entry at all.
         if s.queued == 0 && self.may_start(&s, lane, fit) {
             let grant = s.grant_now(model, lane, Duration::ZERO, false, false);
@@ -321,7 +321,10 @@ impl UpstreamGate {
                     let Some(w) = q.waiters.get(key).and_then(VecDeque::front) else { continue };
                     let w = w.lock();
                     let waited_ms = now.saturating_duration_since(w.since).as_millis() as u64;
-                    heads.push(Head { lane, waited_ms, fit: s.host.fit(&w.model) });
+                    // An interactive request, or one past the aging bound, may
+                    // push out a model an interactive key uses.
+                    let pushes = lane == 0 || waited_ms >= self.rules().aging_ms;
+                    heads.push(Head { lane, waited_ms, fit: s.host.fit(&w.model, pushes) });
                     at.push((lane, pos));
                 }
             }
@@ -343,7 +346,8 @@ impl UpstreamGate {
                 head.lock().forced |= forced;
                 // Room first: an idle model is unloaded now, a busy one drains.
                 let before = s.host.swap.clone();
-                if let Some(v) = s.host.make_room(&model) {
+                let pushes = heads[i].lane == 0 || heads[i].waited_ms >= self.rules().aging_ms;
+                if let Some(v) = s.host.make_room(&model, !pushes) {
                     self.ask_unload(s, v);
                 }
                 if s.host.swap == before {
@@ -447,7 +451,7 @@ impl UpstreamGate {
         if s.queued > 0 || s.in_flight >= self.config.max_in_flight {
             return Fit::Hold;
         }
-        match s.host.fit(model) {
+        match s.host.fit(model, false) {
             Fit::Load if s.host.swap.is_some() => Fit::Hold,
             Fit::Stuck => Fit::Hold,
             fit => fit,

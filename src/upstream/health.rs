@@ -84,12 +84,26 @@ fn check(h: &Host, timeout: Duration) {
     }
 }
 
-/// Asks the host to unload `model` now (`keep_alive: 0`); the queue is told
-/// it is done either way (a failure is logged: the next `/api/ps` shows the truth).
+/// Asks the host to unload `model` now (`keep_alive: 0`), then watches
+/// `/api/ps` until the model is gone (a host frees its memory a moment after
+/// it answers, and a model still finishing a generation goes after it). The
+/// queue is told it is done either way: a failure is logged, and the next
+/// `/api/ps` shows the truth.
 fn unload(h: &Host, model: &str, timeout: Duration) {
     let body = serde_json::json!({"model": model, "keep_alive": 0}).to_string();
+    let deadline = std::time::Instant::now() + timeout;
     match call(&h.target, "POST", "/api/generate", Some(body.as_bytes()), timeout) {
-        Ok(_) => crate::log::info(format_args!("upstream {}: unloaded {model} to make room", h.target.url)),
+        Ok(_) => {
+            let gone = || {
+                get(&h.target, "/api/ps", timeout).ok().and_then(|b| super::tags::parse_ps(&b).ok()).is_some_and(
+                    |list| !list.iter().any(|p| super::residency::same_name(&p.name, model)),
+                )
+            };
+            while !gone() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            crate::log::info(format_args!("upstream {}: unloaded {model} to make room", h.target.url));
+        }
         Err(e) => crate::log::warn(format_args!("upstream {}: unloading {model} failed: {e}", h.target.url)),
     }
     h.gate.unloaded(model);

@@ -16,7 +16,9 @@
 //! the answer to a load arrives) and corrected by `/api/ps` with each health
 //! check (another client may have loaded or unloaded a model). Until the
 //! host has answered `/api/ps` once nothing is known, and every request is
-//! sent as if its model were resident (the queue is then lanes and keys only).
+//! sent as if its model were resident (the queue is then lanes and keys
+//! only); so it is with `--upstream-num-parallel 0`, which turns the model
+//! of the host off.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,7 +100,7 @@ pub struct PsModel {
 pub struct HostModels {
     /// `/api/ps` has answered at least once.
     pub known: bool,
-    /// Generations per model at once (`--upstream-num-parallel`; 0: unbounded).
+    /// Generations per model at once (`--upstream-num-parallel`; 0: the host is not modelled).
     pub num_parallel: usize,
     /// Models resident at once (`--upstream-max-loaded-models`).
     pub max_loaded: usize,
@@ -157,8 +159,9 @@ impl HostModels {
         }
     }
 
-    /// How a request for `model` would fare if sent now.
-    pub fn fit(&self, model: &str) -> Fit {
+    /// How a request for `model` would fare if sent now; `interactive`: it
+    /// may push out a model an interactive key uses.
+    pub fn fit(&self, model: &str, interactive: bool) -> Fit {
         if !self.known {
             return Fit::Ready;
         }
@@ -171,7 +174,7 @@ impl HostModels {
         } else if self.swap.is_some() {
             // Room is being made: wait for it.
             Fit::Hold
-        } else if self.idle_victim(model).is_some() {
+        } else if self.victim(model, !interactive).is_some_and(|(_, idle)| idle) {
             Fit::Load
         } else {
             Fit::Stuck
@@ -183,40 +186,41 @@ impl HostModels {
         self.known && !self.get(model).is_some_and(|m| m.resident) && self.resident_count() >= self.max_loaded
     }
 
-    /// The model to unload for a load of `model`, among `candidates` of the
-    /// resident ones: an interactive key's recent model last, then the least
-    /// recently used.
-    fn victim_among<'a>(&'a self, model: &str, idle_only: bool) -> Option<&'a str> {
+    /// The model to unload for a load of `model`, and whether it is idle:
+    /// an idle one before a busy one, then the least recently used. A model
+    /// an interactive key used lately is only a victim if `spare_interactive`
+    /// is false (the load is for an interactive request, or one that has
+    /// waited the aging bound), so batch work never pushes out the model a
+    /// person is waiting on.
+    fn victim(&self, model: &str, spare_interactive: bool) -> Option<(&str, bool)> {
         let now = Instant::now();
         self.models
             .iter()
             .filter(|(name, m)| m.resident && !m.is_loading() && !same_name(name, model))
-            .filter(|(_, m)| !idle_only || m.in_flight == 0)
-            .min_by_key(|(name, m)| {
+            .map(|(name, m)| {
                 let interactive = m.last_interactive.is_some_and(|t| now.duration_since(t) < INTERACTIVE_RECENT);
-                (interactive, m.last_sent, name.as_str())
+                (name, m, interactive)
             })
-            .map(|(name, _)| name.as_str())
+            .filter(|&(_, _, interactive)| !(spare_interactive && interactive))
+            .min_by_key(|&(name, m, interactive)| (interactive, m.in_flight > 0, m.last_sent, name.as_str()))
+            .map(|(name, m, _)| (name.as_str(), m.in_flight == 0))
     }
 
-    pub fn idle_victim(&self, model: &str) -> Option<&str> {
-        self.victim_among(model, true)
-    }
-
-    /// Starts making room for `model`: the idle victim is unloaded at once,
-    /// else the chosen busy model drains first. Returns the model to unload
-    /// now, if any. No-op while a swap is under way.
-    pub fn make_room(&mut self, model: &str) -> Option<String> {
+    /// Starts making room for `model` (see [`Self::victim`]): the victim is
+    /// unloaded at once when idle, else it drains first. Returns the model
+    /// to unload now, if any. No-op while a swap is under way.
+    pub fn make_room(&mut self, model: &str, spare_interactive: bool) -> Option<String> {
         if self.swap.is_some() {
             return None;
         }
-        if let Some(v) = self.idle_victim(model).map(str::to_owned) {
+        let (v, idle) = self.victim(model, spare_interactive).map(|(v, idle)| (v.to_owned(), idle))?;
+        if idle {
             self.swap = Some(Swap::Unloading(v.clone()));
-            return Some(v);
+            Some(v)
+        } else {
+            self.swap = Some(Swap::Draining(v));
+            None
         }
-        let v = self.victim_among(model, false)?.to_owned();
-        self.swap = Some(Swap::Draining(v));
-        None
     }
 
     /// A request for `model` was sent (`lane` 0 is interactive). Returns
@@ -295,7 +299,11 @@ impl HostModels {
 
     /// The host's `/api/ps` answered `list`: correct the picture.
     pub fn observe(&mut self, list: &[PsModel]) {
-        self.known = true;
+        // Without a per-model bound the host is not modelled at all.
+        self.known = self.num_parallel > 0;
+        if !self.known {
+            return;
+        }
         for p in list {
             let m = self.entry(&p.name);
             m.resident = true;
@@ -363,32 +371,32 @@ mod tests {
     #[test]
     fn nothing_is_held_until_the_host_lists_its_models() {
         let mut h = HostModels::new(1, 1);
-        assert_eq!(h.fit("a"), Fit::Ready);
+        assert_eq!(h.fit("a", false), Fit::Ready);
         assert!(!h.sent("a", 1), "not known: no load is assumed");
-        assert_eq!(h.fit("a"), Fit::Ready);
+        assert_eq!(h.fit("a", false), Fit::Ready);
     }
 
     #[test]
     fn fits_follow_parallel_slots_loads_and_room() {
         let mut h = HostModels::new(2, 2);
         h.observe(&ps(&["a:latest"]));
-        assert_eq!(h.fit("a"), Fit::Ready);
+        assert_eq!(h.fit("a", false), Fit::Ready);
         h.sent("a", 1);
         h.sent("a", 1);
-        assert_eq!(h.fit("a"), Fit::Hold, "both parallel slots busy");
-        assert_eq!(h.fit("b"), Fit::Load, "room for a second model");
+        assert_eq!(h.fit("a", false), Fit::Hold, "both parallel slots busy");
+        assert_eq!(h.fit("b", false), Fit::Load, "room for a second model");
         assert!(h.sent("b", 1));
-        assert_eq!(h.fit("b"), Fit::Hold, "loading");
+        assert_eq!(h.fit("b", false), Fit::Hold, "loading");
         h.answered("b", true);
-        assert_eq!(h.fit("b"), Fit::Ready);
-        assert_eq!(h.fit("c"), Fit::Stuck, "full, and both busy");
+        assert_eq!(h.fit("b", false), Fit::Ready);
+        assert_eq!(h.fit("c", false), Fit::Stuck, "full, and both busy");
         h.ended("b", true);
-        assert_eq!(h.fit("c"), Fit::Load, "b is idle and can be unloaded");
-        assert_eq!(h.make_room("c"), Some("b".into()));
-        assert_eq!(h.fit("c"), Fit::Hold, "wait for the unload");
-        assert_eq!(h.fit("b"), Fit::Hold);
+        assert_eq!(h.fit("c", false), Fit::Load, "b is idle and can be unloaded");
+        assert_eq!(h.make_room("c", true), Some("b".into()));
+        assert_eq!(h.fit("c", false), Fit::Hold, "wait for the unload");
+        assert_eq!(h.fit("b", false), Fit::Hold);
         h.unloaded("b");
-        assert_eq!(h.fit("c"), Fit::Load);
+        assert_eq!(h.fit("c", false), Fit::Load);
     }
 
     #[test]
@@ -400,22 +408,23 @@ mod tests {
         h.sent("a", 2);
         h.ended("a", false);
         // Both idle; c was used by an interactive key, a later by a batch one.
-        assert_eq!(h.make_room("b"), Some("a".into()), "the interactive key's model stays");
+        assert_eq!(h.make_room("b", true), Some("a".into()), "the interactive key's model stays");
         h.unloaded("a");
         h.observe(&ps(&["a", "c"]));
         h.sent("a", 2);
-        assert_eq!(h.make_room("b"), Some("c".into()), "an idle model goes before a busy one");
-        h.unloaded("c");
-        h.observe(&ps(&["a", "c"]));
-        h.sent("c", 0);
-        assert_eq!(h.fit("b"), Fit::Stuck);
-        assert_eq!(h.make_room("b"), None, "both busy: a drains");
+        // a is busy, c idle but an interactive key's: a drains rather than c going.
+        assert_eq!(h.fit("b", false), Fit::Stuck);
+        assert_eq!(h.make_room("b", true), None, "a drains");
         assert_eq!(h.swap, Some(Swap::Draining("a".into())));
-        assert_eq!(h.fit("a"), Fit::Hold, "no more work for a draining model");
-        assert_eq!(h.ended("c", false), None);
+        assert_eq!(h.fit("a", false), Fit::Hold, "no more work for a draining model");
         assert_eq!(h.ended("a", false), Some("a".into()), "drained: unload it now");
         h.unloaded("a");
-        assert_eq!(h.fit("b"), Fit::Load);
+        assert_eq!(h.fit("b", false), Fit::Load);
+        // Without interactive use, an idle model goes before a busy one.
+        let mut h = HostModels::new(1, 2);
+        h.observe(&ps(&["a", "c"]));
+        h.sent("a", 2);
+        assert_eq!(h.make_room("b", true), Some("c".into()));
     }
 
     #[test]

@@ -111,6 +111,14 @@ pub struct Knobs {
     /// Per-model load times, `model=ms` (comma-separated), over `--load-ms`.
     #[arg(long, value_delimiter = ',')]
     pub model_load_ms: Vec<String>,
+    /// GPU memory in MiB, with the scheduler (0: only --max-loaded-models
+    /// bounds the models loaded): a model loads only when it fits beside the
+    /// loaded ones, which are unloaded (least recently used idle first) to make room.
+    #[arg(long, default_value_t = 0)]
+    pub vram_mb: u64,
+    /// Per-model sizes in GPU memory, `model=MiB` (comma-separated); others take 4,096.
+    #[arg(long, value_delimiter = ',')]
+    pub model_vram_mb: Vec<String>,
     /// Requests that may wait (`OLLAMA_MAX_QUEUE`); past it, 503.
     #[arg(long, default_value_t = 512)]
     pub max_queue: usize,
@@ -122,15 +130,21 @@ pub struct Knobs {
 impl Knobs {
     /// How long `model` takes to load.
     pub fn load_ms_of(&self, model: &str) -> u64 {
-        self.model_load_ms
-            .iter()
-            .filter_map(|e| e.split_once('='))
-            .find(|(m, _)| {
-                *m == model || m.strip_suffix(":latest") == Some(model) || model.strip_suffix(":latest") == Some(m)
-            })
-            .and_then(|(_, ms)| ms.trim().parse().ok())
-            .unwrap_or(self.load_ms)
+        per_model(&self.model_load_ms, model).unwrap_or(self.load_ms)
     }
+
+    /// How much GPU memory `model` takes, in MiB.
+    pub fn vram_of(&self, model: &str) -> u64 {
+        per_model(&self.model_vram_mb, model).unwrap_or(4096)
+    }
+}
+
+/// The value for `model` in a `model=value` list (`llama3` = `llama3:latest`).
+fn per_model(list: &[String], model: &str) -> Option<u64> {
+    list.iter()
+        .filter_map(|e| e.split_once('='))
+        .find(|(m, _)| *m == model || m.strip_suffix(":latest") == Some(model) || model.strip_suffix(":latest") == Some(m))
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 impl Default for Knobs {

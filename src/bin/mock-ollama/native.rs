@@ -115,7 +115,8 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
             let models: Vec<Value> = loaded
                 .iter()
                 .map(|(m, expires)| {
-                    json!({"name": m, "model": m, "size": 5_137_025_024u64, "size_vram": 5_137_025_024u64,
+                    let bytes = if scheduled { shared.knobs.read().vram_of(m) << 20 } else { 5_137_025_024u64 };
+                    json!({"name": m, "model": m, "size": bytes, "size_vram": bytes,
                     "expires_at": ai_gateway::clock::unix_to_rfc3339(*expires as i64, 123_456_789), "context_length": 4096})
                 })
                 .collect();

@@ -3,7 +3,8 @@
 //! to `--num-parallel` generations at once; at most `--max-loaded-models`
 //! models are loaded; a model not loaded takes `--load-ms` (or its own time
 //! from `--model-load-ms`) to load, evicting the least recently used idle
-//! model when the host is full. Requests wait in one queue, first come
+//! model when the host is full (by count, or by GPU memory with `--vram-mb`
+//! and per-model sizes from `--model-vram-mb`). Requests wait in one queue, first come
 //! first served: the request at its head blocks the ones behind it until
 //! it can run (a load to finish, a slot or a model to free), which is how a
 //! model swap holds up everyone on a real host. Past `--max-queue` waiting
@@ -113,7 +114,13 @@ impl Scheduler {
             Some(m) if m.active >= parallel || m.ready_at > now => return None,
             Some(_) => Duration::ZERO,
             None => {
-                if s.models.len() >= knobs.max_loaded_models.max(1) {
+                let need = knobs.vram_of(model);
+                loop {
+                    let used: u64 = s.models.keys().map(|m| knobs.vram_of(m)).sum();
+                    let fits = knobs.vram_mb == 0 || used + need <= knobs.vram_mb;
+                    if s.models.len() < knobs.max_loaded_models.max(1) && fits {
+                        break;
+                    }
                     // Evict the least recently used idle model, if there is one.
                     let idle = s
                         .models
