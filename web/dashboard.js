@@ -117,6 +117,7 @@ async function loadKeys() {
         el("td", {}, k.role),
         el("td", {}, k.models === "all" ? "all" : k.models.join(", ")),
         el("td", {}, limitsText(k.limits)),
+        el("td", {}, k.priority ?? "standard"),
         el("td", {}, day(k.created)),
         el("td", {}, day(k.expires)),
         el("td", {}, k.last_used ?? "never"),
@@ -156,6 +157,7 @@ function settingsFrom(form, creating) {
     const v = f.get(k).trim();
     out[k] = v === "" ? null : Number(v);
   }
+  out.priority = f.get("priority");
   const expires = f.get("expires").trim();
   if (expires !== "" || !creating) out.expires = expires === "" ? null : expires;
   return out;
@@ -188,6 +190,7 @@ function editKey(k) {
   form.elements.models.value = all ? "" : k.models.join(", ");
   form.elements.models.disabled = all;
   for (const [f] of LIMITS) form.elements[f].value = k.limits?.[f] ?? "";
+  form.elements.priority.value = k.priority ?? "standard";
   form.elements.expires.value = k.expires ? day(k.expires) : "";
   form.dataset.key = k.id;
   $("edit-dialog").showModal();
@@ -419,6 +422,29 @@ async function refreshLive() {
         el("td", {}, h.last_error ?? ""),
       ),
     ),
+  );
+  // Each host's queue: its loaded models, slots and waiting requests by lane.
+  const lanes = (v) => `${fmt(v?.interactive ?? 0)} / ${fmt(v?.standard ?? 0)} / ${fmt(v?.batch ?? 0)}`;
+  $("schedule-table").tBodies[0].replaceChildren(
+    ...live.hosts.map((h) => {
+      const s = h.schedule ?? {};
+      const models = (s.resident ?? [])
+        .map((m) => `${m.name}${m.loading ? " (loading)" : ""}${m.swap ? ` (${m.swap})` : ""} ×${m.in_flight}`)
+        .join(", ");
+      const waiting = (s.queued_by_model ?? []).map((q) => `${q.model}: ${lanes(q.queued)}`).join("; ");
+      return el(
+        "tr",
+        {},
+        el("td", {}, h.url),
+        el("td", {}, s.known ? models || "none" : "not known"),
+        el("td", {}, `${lanes(s.slots?.in_flight)} of ${fmt(s.slots?.max ?? 0)} (${fmt(s.slots?.reserved_interactive ?? 0)} kept for interactive)`),
+        el("td", {}, lanes(s.queued)),
+        el("td", {}, waiting),
+        el("td", { class: "num" }, fmt(s.loads ?? 0)),
+        el("td", { class: "num" }, fmt(s.loads_forced ?? 0)),
+        el("td", { class: "num" }, fmt(s.loads_avoided ?? 0)),
+      );
+    }),
   );
   // In a cluster (--redis): every instance alive, from the heartbeats in Redis.
   $("instances").classList.toggle("hidden", !live.instances);

@@ -50,15 +50,15 @@ pub fn admit<'w, P: AsRef<Plan>>(
 }
 
 /// Records which host answered and how long the request waited for its
-/// slot; a request that waited says so in `x-queue-wait-ms`.
+/// slot; a request that waited a millisecond or more says so in `x-queue-wait-ms`.
 fn queued(ctx: &mut Ctx, host: usize, waited: std::time::Duration, loads: bool) {
     let o = &mut ctx.outcome;
     o.host = Some(host);
     o.loaded_model = loads;
     o.lane = crate::upstream::gate::LANES[ctx.lane.min(2)];
     o.queue_wait_us = waited.as_micros() as u64;
-    if !waited.is_zero() {
-        ctx.headers.push(("x-queue-wait-ms", o.queue_wait_us.div_ceil(1000).to_string()));
+    if waited >= std::time::Duration::from_millis(1) {
+        ctx.headers.push(("x-queue-wait-ms", (o.queue_wait_us / 1000).to_string()));
     }
 }
 

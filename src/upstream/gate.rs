@@ -239,7 +239,7 @@ impl UpstreamGate {
         let mut s = self.state.lock();
         let fit = s.host.fit(model, lane == 0);
         // Nobody waits and the request can start now: no queue entry at all.
-        if s.queued == 0 && self.may_start(&s, lane, fit) {
+        if s.queued == 0 && self.may_start(&s, lane, model, fit) {
             let grant = s.grant_now(model, lane, Duration::ZERO, false, false);
             drop(s);
             return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(grant)), key: String::new(), lane };
@@ -279,12 +279,13 @@ impl UpstreamGate {
     }
 
     /// Whether a lone request may start at once (the fast path).
-    fn may_start(&self, s: &GateState, lane: usize, fit: Fit) -> bool {
+    fn may_start(&self, s: &GateState, lane: usize, model: &str, fit: Fit) -> bool {
         let room = self.room(s);
         let slot = if lane == 0 { room.free > 0 } else { room.shared > 0 };
         slot && match fit {
             Fit::Ready => true,
-            Fit::Load => s.host.swap.is_none(),
+            // A load that needs another model unloaded first goes through the queue.
+            Fit::Load => s.host.swap.is_none() && !s.host.needs_room(model),
             Fit::Hold | Fit::Stuck => false,
         }
     }

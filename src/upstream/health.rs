@@ -95,9 +95,10 @@ fn unload(h: &Host, model: &str, timeout: Duration) {
     match call(&h.target, "POST", "/api/generate", Some(body.as_bytes()), timeout) {
         Ok(_) => {
             let gone = || {
-                get(&h.target, "/api/ps", timeout).ok().and_then(|b| super::tags::parse_ps(&b).ok()).is_some_and(
-                    |list| !list.iter().any(|p| super::residency::same_name(&p.name, model)),
-                )
+                get(&h.target, "/api/ps", timeout)
+                    .ok()
+                    .and_then(|b| super::tags::parse_ps(&b).ok())
+                    .is_some_and(|list| !list.iter().any(|p| super::residency::same_name(&p.name, model)))
             };
             while !gone() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));

@@ -20,6 +20,7 @@ mod limits;
 mod observability;
 mod ollama_api;
 mod responses;
+mod scheduling;
 mod secrets;
 mod startup;
 mod upstreams;

@@ -122,13 +122,14 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   // Create a key; its secret is shown once.
   await page.fill("#create-form input[name=name]", "web-user");
   await page.fill("#create-form input[name=rpm]", "600");
+  await page.selectOption("#create-form select[name=priority]", "interactive");
   await page.click("#create-form button[type=submit]");
   await page.waitForSelector("#secret-box:not(.hidden)");
   const secret = await page.textContent("#secret-value");
   assert.match(secret, /^sk_[A-Za-z0-9_-]{43,}$/);
   await page.waitForSelector("#keys-table tr:has-text('web-user')");
   const row = await page.textContent("#keys-table tr:has-text('web-user')");
-  assert.ok(row.includes("rpm 600") && row.includes("active"), row);
+  assert.ok(row.includes("rpm 600") && row.includes("active") && row.includes("interactive"), row);
   assert.ok(!row.includes(secret));
   await page.screenshot({ path: path.join(OUT, "keys-created.png") });
   await page.click("#secret-done");
@@ -171,6 +172,9 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.click("#nav a[data-view=live]");
   await page.waitForSelector("#hosts-table tr:has-text('healthy')");
   await page.waitForFunction(() => document.querySelector("#live-updated").textContent.startsWith("Updated"));
+  // Each host's queue: its slots by lane, with the one kept for interactive requests.
+  const schedule = await page.textContent("#schedule-table tbody tr");
+  assert.ok(schedule.includes(pair.mock.url) && schedule.includes("of 64 (1 kept for interactive)"), schedule);
   await page.screenshot({ path: path.join(OUT, "live.png"), fullPage: true });
 
   // Edit its limits and models in the dialog.
@@ -184,10 +188,13 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.waitForFunction(() => document.querySelector("#edit-error").textContent.includes("would allow no model"));
   await page.fill("#edit-form input[name=models]", "llama3, qwen3:8b");
   await page.fill("#edit-form input[name=expires]", "2099-01-01");
+  assert.equal(await page.inputValue("#edit-form select[name=priority]"), "interactive");
+  await page.selectOption("#edit-form select[name=priority]", "batch");
   await page.click("#edit-form button[value=save]");
   await page.waitForSelector("#keys-table tr:has-text('web-user'):has-text('tpm 5,000')");
   const edited = await page.textContent("#keys-table tr:has-text('web-user')");
   assert.ok(edited.includes("llama3, qwen3:8b") && edited.includes("2099-01-01") && edited.includes("rpm 600"), edited);
+  assert.ok(edited.includes("batch"), edited);
   await assert.rejects(
     client.chat.completions.create({ model: "nomic-embed-text", messages: [{ role: "user", content: "hi" }] }),
     (e) => e instanceof OpenAI.PermissionDeniedError,

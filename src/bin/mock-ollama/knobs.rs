@@ -143,7 +143,9 @@ impl Knobs {
 fn per_model(list: &[String], model: &str) -> Option<u64> {
     list.iter()
         .filter_map(|e| e.split_once('='))
-        .find(|(m, _)| *m == model || m.strip_suffix(":latest") == Some(model) || model.strip_suffix(":latest") == Some(m))
+        .find(|(m, _)| {
+            *m == model || m.strip_suffix(":latest") == Some(model) || model.strip_suffix(":latest") == Some(m)
+        })
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
