@@ -124,3 +124,39 @@ fn a_full_queue_is_ollamas_503() {
     assert!(refused.text().contains("server busy"), "{}", refused.text());
     assert!(running.join().unwrap()["done"] == true && queued.join().unwrap()["done"] == true);
 }
+
+#[test]
+fn gpu_memory_bounds_the_loaded_models_and_keep_alive_zero_unloads() {
+    let m = mock(&[
+        "--num-parallel",
+        "1",
+        "--vram-mb",
+        "20000",
+        "--model-vram-mb",
+        "llama3:latest=16384,qwen3:8b=16384",
+        "--tokens",
+        "2",
+    ]);
+    let loaded = |m: &Proc| -> Vec<String> {
+        get(m.addr, "/api/ps").json()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(post(m.addr, "/api/chat", &chat_body("llama3", false)).status, 200);
+    // qwen3:8b does not fit beside llama3 (16 + 16 GiB > 20 GiB): llama3 is unloaded for it.
+    assert_eq!(post(m.addr, "/api/chat", &chat_body("qwen3:8b", false)).status, 200);
+    assert_eq!(loaded(&m), vec!["qwen3:8b".to_owned()]);
+    let ps = get(m.addr, "/api/ps").json();
+    assert_eq!(ps["models"][0]["size_vram"], 16384u64 << 20);
+    assert_eq!(stats(&m)["loads"], 2);
+    // keep_alive 0 with nothing to generate unloads, as on Ollama.
+    let r = post(m.addr, "/api/generate", r#"{"model":"qwen3:8b","keep_alive":0}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["done_reason"], "unload");
+    assert!(loaded(&m).is_empty());
+    assert_eq!(stats(&m)["unloads"], 1);
+    assert_eq!(stats(&m)["by_endpoint"]["generate"], 0, "an unload is not a generation");
+}
