@@ -105,7 +105,8 @@ struct Waiter {
 
 #[derive(Debug, Clone)]
 struct Grant {
-    model: Arc<str>,
+    /// The model, while the host is modelled (its table tracks the request).
+    model: Option<Arc<str>>,
     loads: bool,
     waited: Duration,
 }
@@ -545,8 +546,7 @@ impl GateState {
         let us = waited.as_micros() as u64;
         st.waits[lane].observe(us);
         st.max_wait_us[lane] = st.max_wait_us[lane].max(us);
-        let model: Arc<str> = self.host.name_of(model);
-        Grant { model, loads, waited }
+        Grant { model: self.host.name_of(model), loads, waited }
     }
 
     /// Hands a slot to the head of the key at `pos` in `lane`'s turn.
@@ -623,7 +623,7 @@ pub struct Acquire {
 
 impl Acquire {
     fn permit(&self, g: Grant) -> Permit {
-        Permit { gate: self.gate.clone(), model: Some(g.model), lane: self.lane, loads: g.loads, waited: g.waited }
+        Permit { gate: self.gate.clone(), model: g.model, lane: self.lane, loads: g.loads, waited: g.waited }
     }
 }
 

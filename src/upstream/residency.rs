@@ -144,8 +144,12 @@ impl HostModels {
     }
 
     fn entry(&mut self, model: &str) -> &mut ModelState {
-        let key = self.key_of(model).unwrap_or(model).to_owned();
-        self.models.entry(key).or_insert_with_key(|k| ModelState::new(k))
+        // The common case, the name as the table has it, copies nothing.
+        if !self.models.contains_key(model) {
+            let key = self.key_of(model).unwrap_or(model).to_owned();
+            return self.models.entry(key).or_insert_with_key(|k| ModelState::new(k));
+        }
+        self.models.get_mut(model).expect("the key was found just above")
     }
 
     fn resident_count(&self) -> usize {
@@ -258,9 +262,9 @@ impl HostModels {
         }
     }
 
-    /// The shared name for a request of `model`.
-    pub fn name_of(&self, model: &str) -> Arc<str> {
-        self.get(model).map_or_else(|| model.into(), |m| m.name.clone())
+    /// The shared name for a request of `model`, while the host is modelled.
+    pub fn name_of(&self, model: &str) -> Option<Arc<str>> {
+        self.get(model).map(|m| m.name.clone())
     }
 
     /// A request for `model` ended. Returns a model to unload now (a drained victim).
