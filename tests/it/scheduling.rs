@@ -269,6 +269,11 @@ fn the_resident_model_goes_first_but_a_key_keeps_its_order() {
     assert!(a_qwen.0 < a_llama.0, "a's own requests kept their order");
     // One load for qwen3 and one back for llama3: the swap was not made twice.
     assert_eq!(stats(&m)["loads"].as_u64().unwrap() - loads_before, 2, "{}", stats(&m));
+    // What a load costs is learned from the final lines' load_duration (300 ms here).
+    let v = live(&g);
+    let resident = v["hosts"][0]["schedule"]["resident"].as_array().unwrap().clone();
+    let load_ms = resident[0]["load_ms"].as_f64().unwrap_or(0.0);
+    assert!((250.0..1000.0).contains(&load_ms), "{v}");
     let text = metrics(&g);
     assert!(text.contains("ai_gateway_upstream_model_loads_total{host="), "{text}");
     assert!(metric(&g, "ai_gateway_upstream_model_unloads_total{") >= 1, "the gateway made room itself");
