@@ -166,7 +166,8 @@ impl HostModels {
     /// How a request for `model` would fare if sent now; `interactive`: it
     /// may push out a model an interactive key uses.
     pub fn fit(&self, model: &str, interactive: bool) -> Fit {
-        if !self.known {
+        // `""`: a request not scheduled around the host's models.
+        if !self.known || model.is_empty() {
             return Fit::Ready;
         }
         if let Some(m) = self.get(model).filter(|m| m.resident) {
@@ -230,7 +231,7 @@ impl HostModels {
     /// A request for `model` was sent (`lane` 0 is interactive). Returns
     /// whether it loads the model.
     pub fn sent(&mut self, model: &str, lane: usize) -> bool {
-        if !self.known {
+        if !self.known || model.is_empty() {
             // Nothing is tracked until the host lists its models (client
             // names alone must not grow the table).
             return false;
@@ -264,6 +265,9 @@ impl HostModels {
 
     /// The shared name for a request of `model`, while the host is modelled.
     pub fn name_of(&self, model: &str) -> Option<Arc<str>> {
+        if model.is_empty() {
+            return None;
+        }
         self.get(model).map(|m| m.name.clone())
     }
 

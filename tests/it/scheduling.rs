@@ -449,3 +449,26 @@ fn keys_carry_a_priority_through_the_cli_and_the_admin_api() {
     let (_, table, _) = keys_cli(g.data_dir.as_ref().unwrap(), &["list"]);
     assert!(table.contains("LANE") && table.contains("interactive"), "{table}");
 }
+
+#[test]
+fn a_model_the_host_does_not_serve_never_makes_it_unload_one() {
+    let (m, g) = one_model_host();
+    let key = secret(&g, "k", "standard");
+    warm(&g, &key, "llama3");
+    // Wait until the host's model list is known, then ask for names it does not serve.
+    assert!(eventually(Duration::from_secs(5), || live(&g)["hosts"][0]["models"] == 3));
+    for name in ["ghost", "ghost:7b", "llama3:70b"] {
+        let r = request_with(
+            g.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat_body(name, false)),
+            &[("Authorization", &format!("Bearer {key}"))],
+        );
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    assert_eq!(stats(&m)["unloads"], 0, "{}", stats(&m));
+    let ps = get(m.addr, "/api/ps").json();
+    assert_eq!(ps["models"][0]["name"], "llama3:latest", "{ps}");
+    assert_eq!(metric(&g, "ai_gateway_upstream_model_unloads_total{"), 0);
+}
