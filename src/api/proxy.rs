@@ -111,10 +111,8 @@ async fn upstream_slot(
     model: &str,
 ) -> Result<Permit, UpstreamError> {
     let limit = worker.config.upstream_queue_timeout;
-    // Only a model the host lists is scheduled around (a name the host does
-    // not serve must never make it unload a model; it answers 404 at once).
-    let modelled = host.gate.config().num_parallel > 0 && host.has_model(model) == Some(true);
-    match monoio::time::timeout(limit, host.gate.acquire(key_id, lane, model, modelled)).await {
+    let serves = |m: &str| host.has_model(m) == Some(true);
+    match monoio::time::timeout(limit, host.gate.acquire(key_id, lane, model, serves)).await {
         Err(_) => Err(UpstreamError::Overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
             limit.as_secs_f64()

@@ -159,16 +159,14 @@ impl KeyRecord {
     }
 }
 
-/// Model names compare with `:latest` implied when no tag is given.
+/// Model names compare with `:latest` implied when no tag is given (on the
+/// request path and in the upstream queue: compared without allocating).
 pub fn same_model(a: &str, b: &str) -> bool {
-    fn norm(m: &str) -> std::borrow::Cow<'_, str> {
-        if m.rsplit('/').next().is_some_and(|last| last.contains(':')) {
-            m.into()
-        } else {
-            format!("{m}:latest").into()
-        }
+    if a == b {
+        return true;
     }
-    norm(a) == norm(b)
+    let bare = |m: &str| !m.rsplit('/').next().unwrap_or(m).contains(':');
+    (bare(a) && b.strip_suffix(":latest") == Some(a)) || (bare(b) && a.strip_suffix(":latest") == Some(b))
 }
 
 /// A key's models from the admin API: `"all"`, or a non-empty array of

@@ -224,23 +224,22 @@ impl UpstreamGate {
         })
     }
 
-    pub fn config(&self) -> &GateConfig {
-        &self.config
-    }
-
     pub fn load(&self) -> GateLoad {
         let s = self.state.lock();
         GateLoad { in_flight: s.in_flight, queued: s.queued }
     }
 
     /// Waits for a slot for a request of `key` in `lane` (0 interactive, 1
-    /// standard, 2 batch) for `model`; `modelled`: the host serves the model,
-    /// so the request is scheduled around its residency (else it goes as if
-    /// resident and is not tracked). Dropping the future leaves the queue.
-    pub fn acquire(self: &Arc<Self>, key: &str, lane: usize, model: &str, modelled: bool) -> Acquire {
+    /// standard, 2 batch) for `model`. Only a model that is resident or that
+    /// `serves` says the host lists is scheduled around the host's models
+    /// (a name the host does not serve must never make it unload one: it
+    /// goes as if resident, untracked, and gets its 404 at once); `serves`
+    /// is asked only for a model not resident. Dropping the future leaves the queue.
+    pub fn acquire(self: &Arc<Self>, key: &str, lane: usize, model: &str, serves: impl Fn(&str) -> bool) -> Acquire {
         let lane = lane.min(2);
-        let model = if modelled { model } else { "" };
         let mut s = self.state.lock();
+        let modelled = s.host.known && (s.host.resident(model) || serves(model));
+        let model = if modelled { model } else { "" };
         let fit = s.host.fit(model, lane == 0);
         // Nobody waits and the request can start now: no queue entry at all.
         if s.queued == 0 && self.may_start(&s, lane, model, fit) {
@@ -312,6 +311,7 @@ impl UpstreamGate {
     /// says wait.
     fn schedule(&self, s: &mut GateState) {
         let now = Instant::now();
+        let rules = self.rules();
         let mut heads: Vec<Head> = Vec::new();
         let mut at: Vec<(usize, usize)> = Vec::new();
         while s.queued > 0 {
@@ -326,14 +326,13 @@ impl UpstreamGate {
                     let Some(w) = q.waiters.get(key).and_then(VecDeque::front) else { continue };
                     let w = w.lock();
                     let waited_ms = now.saturating_duration_since(w.since).as_millis() as u64;
-                    // An interactive request, or one past the aging bound, may
-                    // push out a model an interactive key uses.
-                    let pushes = lane == 0 || waited_ms >= self.rules().aging_ms;
-                    heads.push(Head { lane, waited_ms, fit: s.host.fit(&w.model, pushes) });
+                    let mut head = Head { lane, waited_ms, fit: Fit::Ready };
+                    head.fit = s.host.fit(&w.model, head.may_push_interactive(rules));
+                    heads.push(head);
                     at.push((lane, pos));
                 }
             }
-            let choice = choose(&heads, room, self.rules());
+            let choice = choose(&heads, room, rules);
             let (i, run) = match choice {
                 Choice::Wait => break,
                 Choice::Run(i) => (i, true),
@@ -351,8 +350,7 @@ impl UpstreamGate {
                 head.lock().forced |= forced;
                 // Room first: an idle model is unloaded now, a busy one drains.
                 let before = s.host.swap.clone();
-                let pushes = heads[i].lane == 0 || heads[i].waited_ms >= self.rules().aging_ms;
-                if let Some(v) = s.host.make_room(&model, !pushes) {
+                if let Some(v) = s.host.make_room(&model, !heads[i].may_push_interactive(rules)) {
                     self.ask_unload(s, v);
                 }
                 if s.host.swap == before {
@@ -714,9 +712,9 @@ mod tests {
     #[test]
     fn slots_go_round_robin_across_keys() {
         let gate = plain(1, 100);
-        let first = poll(&mut gate.acquire("heavy", 1, "m", true)).unwrap().unwrap();
-        let mut heavy: Vec<Acquire> = (0..5).map(|_| gate.acquire("heavy", 1, "m", true)).collect();
-        let mut light = gate.acquire("light", 1, "m", true);
+        let first = poll(&mut gate.acquire("heavy", 1, "m", |_| true)).unwrap().unwrap();
+        let mut heavy: Vec<Acquire> = (0..5).map(|_| gate.acquire("heavy", 1, "m", |_| true)).collect();
+        let mut light = gate.acquire("light", 1, "m", |_| true);
         assert!(heavy.iter_mut().all(|a| poll(a).is_none()) && poll(&mut light).is_none());
         assert_eq!(gate.load(), GateLoad { in_flight: 1, queued: 6 });
         drop(first);
@@ -733,23 +731,24 @@ mod tests {
     #[test]
     fn a_key_that_fills_the_queue_gives_its_newest_place_to_another_key() {
         let gate = plain(2, 10);
-        let running: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("hog", 1, "m", true)).unwrap().unwrap()).collect();
-        let mut hog: Vec<Acquire> = (0..10).map(|_| gate.acquire("hog", 1, "m", true)).collect();
+        let running: Vec<_> =
+            (0..2).map(|_| poll(&mut gate.acquire("hog", 1, "m", |_| true)).unwrap().unwrap()).collect();
+        let mut hog: Vec<Acquire> = (0..10).map(|_| gate.acquire("hog", 1, "m", |_| true)).collect();
         assert!(hog.iter_mut().all(|a| poll(a).is_none()));
         assert_eq!(gate.load().queued, 10);
         // The hog cannot queue an eleventh.
-        assert!(poll(&mut gate.acquire("hog", 1, "m", true)).unwrap().is_err());
+        assert!(poll(&mut gate.acquire("hog", 1, "m", |_| true)).unwrap().is_err());
         // Another key is let in; the hog's newest is refused instead.
-        let mut light = gate.acquire("light", 1, "m", true);
+        let mut light = gate.acquire("light", 1, "m", |_| true);
         assert!(poll(&mut light).is_none());
         let e = poll(&mut hog[9]).unwrap().err().unwrap();
         assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         assert!(hog[..9].iter_mut().all(|a| poll(a).is_none()));
         assert_eq!(gate.load().queued, 10);
         // Keys keep their share: five each when two keys wait.
-        let mut others: Vec<Acquire> = (0..4).map(|_| gate.acquire("light", 1, "m", true)).collect();
+        let mut others: Vec<Acquire> = (0..4).map(|_| gate.acquire("light", 1, "m", |_| true)).collect();
         assert!(others.iter_mut().all(|a| poll(a).is_none()));
-        assert!(poll(&mut gate.acquire("light", 1, "m", true)).unwrap().is_err(), "light holds its share of five");
+        assert!(poll(&mut gate.acquire("light", 1, "m", |_| true)).unwrap().is_err(), "light holds its share of five");
         assert!(hog[5..9].iter_mut().all(|a| poll(a).unwrap().is_err()), "the hog's four newest gave way");
         assert!(hog[..5].iter_mut().all(|a| poll(a).is_none()));
         drop(running);
@@ -758,18 +757,18 @@ mod tests {
     #[test]
     fn full_queue_is_refused_and_leaving_frees_the_place() {
         let gate = plain(1, 2);
-        let p = poll(&mut gate.acquire("a", 1, "m", true)).unwrap().unwrap();
-        let mut w1 = gate.acquire("a", 1, "m", true);
-        let w2 = gate.acquire("b", 1, "m", true);
+        let p = poll(&mut gate.acquire("a", 1, "m", |_| true)).unwrap().unwrap();
+        let mut w1 = gate.acquire("a", 1, "m", |_| true);
+        let w2 = gate.acquire("b", 1, "m", |_| true);
         assert!(poll(&mut w1).is_none());
-        let e = poll(&mut gate.acquire("c", 1, "m", true)).unwrap().err().unwrap();
+        let e = poll(&mut gate.acquire("c", 1, "m", |_| true)).unwrap().err().unwrap();
         assert!(matches!(e, UpstreamError::Overloaded(_)), "{e:?}");
         drop(w2);
         assert_eq!(gate.load().queued, 1);
         drop(p);
         assert!(poll(&mut w1).unwrap().is_ok());
         // A granted-but-abandoned slot comes back.
-        let mut w3 = gate.acquire("a", 1, "m", true);
+        let mut w3 = gate.acquire("a", 1, "m", |_| true);
         drop(w1);
         let p3 = poll(&mut w3).unwrap().unwrap();
         assert_eq!(gate.load().in_flight, 1);
@@ -780,10 +779,10 @@ mod tests {
     #[test]
     fn waiting_requests_go_by_lane_and_wait_times_are_kept() {
         let gate = plain(1, 100);
-        let running = poll(&mut gate.acquire("x", 1, "m", true)).unwrap().unwrap();
-        let mut batch = gate.acquire("b", 2, "m", true);
-        let mut standard = gate.acquire("s", 1, "m", true);
-        let mut interactive = gate.acquire("i", 0, "m", true);
+        let running = poll(&mut gate.acquire("x", 1, "m", |_| true)).unwrap().unwrap();
+        let mut batch = gate.acquire("b", 2, "m", |_| true);
+        let mut standard = gate.acquire("s", 1, "m", |_| true);
+        let mut interactive = gate.acquire("i", 0, "m", |_| true);
         drop(running);
         let i = poll(&mut interactive).unwrap().unwrap();
         assert!(poll(&mut standard).is_none() && poll(&mut batch).is_none());
@@ -799,10 +798,10 @@ mod tests {
     #[test]
     fn reserved_slots_keep_room_for_interactive_requests() {
         let gate = UpstreamGate::new(GateConfig { reserve_interactive: 1, ..GateConfig::plain(3, 100) });
-        let batch: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("b", 2, "m", true)).unwrap().unwrap()).collect();
-        let mut third = gate.acquire("b", 2, "m", true);
+        let batch: Vec<_> = (0..2).map(|_| poll(&mut gate.acquire("b", 2, "m", |_| true)).unwrap().unwrap()).collect();
+        let mut third = gate.acquire("b", 2, "m", |_| true);
         assert!(poll(&mut third).is_none(), "the last slot is interactive's");
-        let i = poll(&mut gate.acquire("i", 0, "m", true)).unwrap().unwrap();
+        let i = poll(&mut gate.acquire("i", 0, "m", |_| true)).unwrap().unwrap();
         assert_eq!(gate.load(), GateLoad { in_flight: 3, queued: 1 });
         drop(i);
         assert!(poll(&mut third).is_none(), "still reserved");
@@ -819,11 +818,11 @@ mod tests {
             ..GateConfig::plain(4, 100)
         });
         gate.observe_resident(&ps(&["a:latest", "c:latest"]));
-        let mut a1 = poll(&mut gate.acquire("k", 2, "a", true)).unwrap().unwrap();
+        let mut a1 = poll(&mut gate.acquire("k", 2, "a", |_| true)).unwrap().unwrap();
         a1.answered(200);
         // A second request for a waits for a's one parallel slot; b waits for room.
-        let mut a2 = gate.acquire("k2", 2, "a", true);
-        let mut b = gate.acquire("k3", 0, "b", true);
+        let mut a2 = gate.acquire("k2", 2, "a", |_| true);
+        let mut b = gate.acquire("k3", 0, "b", |_| true);
         assert!(poll(&mut a2).is_none() && poll(&mut b).is_none());
         // b is interactive: its load goes at once, but c, idle, must be
         // unloaded first (no busy model is touched).
@@ -847,15 +846,15 @@ mod tests {
             ..GateConfig::plain(4, 100)
         });
         gate.observe_resident(&ps(&["a"]));
-        let a1 = poll(&mut gate.acquire("k1", 1, "a", true)).unwrap().unwrap();
-        let mut b = gate.acquire("k2", 1, "b", true);
-        let mut a2 = gate.acquire("k3", 1, "a", true);
+        let a1 = poll(&mut gate.acquire("k1", 1, "a", |_| true)).unwrap().unwrap();
+        let mut b = gate.acquire("k2", 1, "b", |_| true);
+        let mut a2 = gate.acquire("k3", 1, "a", |_| true);
         assert!(poll(&mut b).is_none() && poll(&mut a2).is_none());
         drop(a1);
         // b came first, but a2 runs on the resident model.
         let a2p = poll(&mut a2).unwrap().unwrap();
         assert!(poll(&mut b).is_none());
-        let mut a3 = gate.acquire("k4", 1, "a", true);
+        let mut a3 = gate.acquire("k4", 1, "a", |_| true);
         std::thread::sleep(Duration::from_millis(60));
         drop(a2p);
         // b has waited past swap-max-wait: a drains (a3 is held), then unloads.

@@ -98,7 +98,7 @@ fn unload(h: &Host, model: &str, timeout: Duration) {
                 get(&h.target, "/api/ps", timeout)
                     .ok()
                     .and_then(|b| super::tags::parse_ps(&b).ok())
-                    .is_some_and(|list| !list.iter().any(|p| super::residency::same_name(&p.name, model)))
+                    .is_some_and(|list| !list.iter().any(|p| crate::store::keys::same_model(&p.name, model)))
             };
             while !gone() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));

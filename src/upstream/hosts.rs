@@ -55,7 +55,7 @@ impl Host {
     /// `None`: its list is not known yet.
     pub fn has_model(&self, model: &str) -> Option<bool> {
         let models = self.models.lock();
-        models.as_ref().map(|list| list.iter().any(|m| super::residency::same_name(m, model)))
+        models.as_ref().map(|list| list.iter().any(|m| crate::store::keys::same_model(m, model)))
     }
 
     /// The models it served at its last listing (empty until known).

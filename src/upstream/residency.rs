@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::schedule::Fit;
+use crate::store::keys::same_model;
 
 /// Models an interactive key used within this long are unloaded last.
 const INTERACTIVE_RECENT: Duration = Duration::from_secs(300);
@@ -110,15 +111,6 @@ pub struct HostModels {
     pub swap: Option<Swap>,
 }
 
-/// `llama3` and `llama3:latest` name the same model; compared without allocating.
-pub fn same_name(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let bare = |m: &str| !m.rsplit('/').next().unwrap_or(m).contains(':');
-    (bare(a) && b.strip_suffix(":latest") == Some(a)) || (bare(b) && a.strip_suffix(":latest") == Some(b))
-}
-
 impl HostModels {
     pub fn new(num_parallel: usize, max_loaded: usize) -> Self {
         Self {
@@ -136,11 +128,20 @@ impl HostModels {
         if let Some((k, _)) = self.models.get_key_value(model) {
             return Some(k);
         }
-        self.models.keys().find(|k| same_name(k, model)).map(String::as_str)
+        self.models.keys().find(|k| same_model(k, model)).map(String::as_str)
     }
 
     pub fn get(&self, model: &str) -> Option<&ModelState> {
         self.key_of(model).and_then(|k| self.models.get(k))
+    }
+
+    /// [`Self::get`] for changing it; the name as the table has it copies nothing.
+    fn get_mut(&mut self, model: &str) -> Option<&mut ModelState> {
+        if self.models.contains_key(model) {
+            return self.models.get_mut(model);
+        }
+        let key = self.key_of(model)?.to_owned();
+        self.models.get_mut(&key)
     }
 
     fn entry(&mut self, model: &str) -> &mut ModelState {
@@ -158,7 +159,7 @@ impl HostModels {
 
     fn swapping(&self, model: &str) -> bool {
         match &self.swap {
-            Some(Swap::Draining(m) | Swap::Unloading(m)) => same_name(m, model),
+            Some(Swap::Draining(m) | Swap::Unloading(m)) => same_model(m, model),
             None => false,
         }
     }
@@ -201,7 +202,7 @@ impl HostModels {
         let now = Instant::now();
         self.models
             .iter()
-            .filter(|(name, m)| m.resident && !m.is_loading() && !same_name(name, model))
+            .filter(|(name, m)| m.resident && !m.is_loading() && !same_model(name, model))
             .map(|(name, m)| {
                 let interactive = m.last_interactive.is_some_and(|t| now.duration_since(t) < INTERACTIVE_RECENT);
                 (name, m, interactive)
@@ -255,9 +256,7 @@ impl HostModels {
     /// The answer to a request that loaded `model` has begun: it is loaded
     /// if the answer is a success (an error, say an unknown model, loaded nothing).
     pub fn answered(&mut self, model: &str, ok: bool) {
-        if let Some(k) = self.key_of(model).map(str::to_owned)
-            && let Some(m) = self.models.get_mut(&k)
-        {
+        if let Some(m) = self.get_mut(model) {
             m.loading = None;
             m.resident = ok || m.in_flight > 1;
         }
@@ -273,9 +272,7 @@ impl HostModels {
 
     /// A request for `model` ended. Returns a model to unload now (a drained victim).
     pub fn ended(&mut self, model: &str, loaded: bool) -> Option<String> {
-        if let Some(k) = self.key_of(model).map(str::to_owned)
-            && let Some(m) = self.models.get_mut(&k)
-        {
+        if let Some(m) = self.get_mut(model) {
             m.in_flight = m.in_flight.saturating_sub(1);
             if loaded && m.loading.is_some() {
                 // It ended before its answer began: whether the host loaded
@@ -296,9 +293,7 @@ impl HostModels {
 
     /// The host unloaded `model` (or the attempt ended): the swap is over.
     pub fn unloaded(&mut self, model: &str) {
-        if let Some(k) = self.key_of(model).map(str::to_owned)
-            && let Some(m) = self.models.get_mut(&k)
-        {
+        if let Some(m) = self.get_mut(model) {
             m.resident = false;
             m.loading = None;
         }
@@ -323,7 +318,7 @@ impl HostModels {
             _ => None,
         };
         self.models.retain(|name, m| {
-            let listed = list.iter().any(|p| same_name(&p.name, name));
+            let listed = list.iter().any(|p| same_model(&p.name, name));
             // A model the gateway is using or loading stays, whatever a
             // listing taken a moment ago says.
             m.resident = listed || m.loading.is_some() || m.in_flight > 0;
@@ -343,7 +338,7 @@ impl HostModels {
 
     /// A final line reported `load_ms` for `model`: learn it (a moving average).
     pub fn learn_load(&mut self, model: &str, load_ms: f64) {
-        if let Some(v) = self.load_ms.iter_mut().find(|(k, _)| same_name(k, model)).map(|(_, v)| v) {
+        if let Some(v) = self.load_ms.iter_mut().find(|(k, _)| same_model(k, model)).map(|(_, v)| v) {
             *v = 0.7 * *v + 0.3 * load_ms;
         } else if self.load_ms.len() < MAX_LEARNED {
             self.load_ms.insert(model.to_owned(), load_ms);
@@ -352,7 +347,7 @@ impl HostModels {
 
     /// The learned load time of `model`, if any.
     pub fn load_cost(&self, model: &str) -> Option<f64> {
-        self.load_ms.iter().find(|(k, _)| same_name(k, model)).map(|(_, v)| *v)
+        self.load_ms.iter().find(|(k, _)| same_model(k, model)).map(|(_, v)| *v)
     }
 
     /// Whether `model` is resident.
@@ -371,9 +366,9 @@ mod tests {
 
     #[test]
     fn names_with_and_without_latest_are_one_model() {
-        assert!(same_name("llama3", "llama3:latest") && same_name("llama3:latest", "llama3"));
-        assert!(!same_name("llama3", "llama3:8b") && !same_name("llama3", "llama"));
-        assert!(same_name("hf.co/x/y", "hf.co/x/y:latest") && !same_name("a:b", "a:b:latest"));
+        assert!(same_model("llama3", "llama3:latest") && same_model("llama3:latest", "llama3"));
+        assert!(!same_model("llama3", "llama3:8b") && !same_model("llama3", "llama"));
+        assert!(same_model("hf.co/x/y", "hf.co/x/y:latest") && !same_model("a:b", "a:b:latest"));
     }
 
     #[test]

@@ -86,6 +86,14 @@ pub enum Choice {
     Wait,
 }
 
+impl Head {
+    /// An interactive request, or one past the aging bound, may push out a
+    /// model an interactive key uses (see `residency`).
+    pub fn may_push_interactive(&self, rules: Rules) -> bool {
+        self.lane == 0 || self.waited_ms >= rules.aging_ms
+    }
+}
+
 fn may_use_a_slot(h: &Head, room: Room) -> bool {
     if h.lane == 0 { room.free > 0 } else { room.shared > 0 }
 }

@@ -204,35 +204,36 @@ fn reserved_slots_keep_an_interactive_request_from_waiting_for_batch_work() {
     assert_eq!(v["hosts"][0]["schedule"]["slots"]["reserved_interactive"], 1, "{v}");
 }
 
-/// The emulator as a busy host: one generation per model, one model loaded,
-/// a load takes 300 ms; and a gateway that knows it.
-fn one_model_host() -> (Proc, Proc) {
-    let m = mock(&[
-        "--tokens",
-        "8",
-        "--token-delay-ms",
-        "50",
-        "--num-parallel",
-        "1",
-        "--max-loaded-models",
-        "1",
-        "--load-ms",
-        "300",
-    ]);
+/// The emulator as a busy host: one generation per model, `loaded` models
+/// at most, a load taking `load_ms`, generations of `tokens` 50 ms tokens
+/// (`models`: its model list, when not the default); and a gateway that
+/// knows the host, with `--swap-max-wait swap_max_wait`.
+fn busy_host(loaded: &str, load_ms: &str, tokens: &str, swap_max_wait: &str, models: Option<&str>) -> (Proc, Proc) {
+    let mut knobs = vec!["--tokens", tokens, "--token-delay-ms", "50", "--num-parallel", "1"];
+    knobs.extend(["--max-loaded-models", loaded, "--load-ms", load_ms]);
+    if let Some(list) = models {
+        knobs.extend(["--models", list]);
+    }
+    let m = mock(&knobs);
     let g = gateway(
         &m,
         &[
             "--upstream-num-parallel",
             "1",
             "--upstream-max-loaded-models",
-            "1",
+            loaded,
             "--upstream-health-interval",
             "0.1",
             "--swap-max-wait",
-            "30",
+            swap_max_wait,
         ],
     );
     (m, g)
+}
+
+/// One model loaded at a time, loads of 300 ms, swaps held back 30 s.
+fn one_model_host() -> (Proc, Proc) {
+    busy_host("1", "300", "8", "30", None)
 }
 
 fn warm(g: &Proc, key: &str, model: &str) {
@@ -281,31 +282,7 @@ fn the_resident_model_goes_first_but_a_key_keeps_its_order() {
 
 #[test]
 fn a_swap_is_held_back_at_most_swap_max_wait_while_the_resident_model_stays_busy() {
-    let m = mock(&[
-        "--tokens",
-        "4",
-        "--token-delay-ms",
-        "50",
-        "--num-parallel",
-        "1",
-        "--max-loaded-models",
-        "1",
-        "--load-ms",
-        "200",
-    ]);
-    let g = gateway(
-        &m,
-        &[
-            "--upstream-num-parallel",
-            "1",
-            "--upstream-max-loaded-models",
-            "1",
-            "--upstream-health-interval",
-            "0.1",
-            "--swap-max-wait",
-            "1",
-        ],
-    );
+    let (_m, g) = busy_host("1", "200", "4", "1", None);
     let (busy, other) = (secret(&g, "busy", "standard"), secret(&g, "other", "standard"));
     warm(&g, &busy, "llama3");
     // Two clients keep llama3 busy without pause.
@@ -342,33 +319,7 @@ fn a_swap_is_held_back_at_most_swap_max_wait_while_the_resident_model_stays_busy
 #[test]
 fn batch_work_never_unloads_the_model_an_interactive_key_is_using() {
     // Two models fit; interactive phi3 and batch llama3 are loaded; batch asks for qwen3.
-    let m = mock(&[
-        "--models",
-        "llama3:latest,qwen3:8b,phi3:latest",
-        "--tokens",
-        "4",
-        "--token-delay-ms",
-        "30",
-        "--num-parallel",
-        "1",
-        "--max-loaded-models",
-        "2",
-        "--load-ms",
-        "100",
-    ]);
-    let g = gateway(
-        &m,
-        &[
-            "--upstream-num-parallel",
-            "1",
-            "--upstream-max-loaded-models",
-            "2",
-            "--upstream-health-interval",
-            "0.1",
-            "--swap-max-wait",
-            "0.2",
-        ],
-    );
+    let (m, g) = busy_host("2", "100", "4", "0.2", Some("llama3:latest,qwen3:8b,phi3:latest"));
     let (batch, interactive) = (secret(&g, "b", "batch"), secret(&g, "i", "interactive"));
     assert_eq!(stream_as(g.addr, &interactive, "phi3", &[]).join().unwrap().1.status, 200);
     assert_eq!(stream_as(g.addr, &batch, "llama3", &[]).join().unwrap().1.status, 200);
