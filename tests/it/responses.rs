@@ -256,11 +256,13 @@ fn hosted_tools_and_bad_items_are_400s_naming_the_field() {
 #[test]
 fn stored_responses_expire_and_usage_is_recorded_as_responses() {
     let m = mock(&["--tokens", "2"]);
-    let g = gateway(&m, &["--responses-ttl", "1", "--usage-flush-ms", "50"]);
+    // Expiry is kept in whole seconds: a TTL of 3 s leaves the read just
+    // after the create at least 2 s, however busy the machine.
+    let g = gateway(&m, &["--responses-ttl", "3", "--usage-flush-ms", "50"]);
     let r = create(&g, &json!({"model": "llama3", "input": "x"}), ADMIN_KEY);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(get(g.addr, &format!("/v1/responses/{id}")).status, 200);
-    assert!(eventually(Duration::from_secs(5), || get(g.addr, &format!("/v1/responses/{id}")).status == 404));
+    assert!(eventually(Duration::from_secs(10), || get(g.addr, &format!("/v1/responses/{id}")).status == 404));
     let by_api = || get(g.addr, "/admin/v1/usage?by=api").json();
     assert!(eventually(Duration::from_secs(5), || by_api()["data"]
         .as_array()
