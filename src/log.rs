@@ -42,9 +42,35 @@ pub fn enabled(level: Level) -> bool {
 
 /// The current time as RFC 3339 with milliseconds.
 pub fn timestamp() -> String {
+    let mut out = Vec::with_capacity(24);
+    write_timestamp(&mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the current time as RFC 3339 with milliseconds
+/// (`2026-11-30T06:31:34.954Z`). The access log writes one per request, so
+/// the date and time up to the second are formatted once per second per
+/// thread and only the milliseconds are written each time.
+pub fn write_timestamp(out: &mut Vec<u8>) {
+    thread_local! {
+        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.` prefix.
+        static SECOND: std::cell::RefCell<(u64, [u8; 20])> = const { std::cell::RefCell::new((u64::MAX, [0; 20])) };
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ts = crate::clock::unix_to_rfc3339(now.as_secs() as i64, now.subsec_nanos());
-    format!("{}Z", &ts[..23])
+    let secs = now.as_secs();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let full = crate::clock::unix_to_rfc3339(secs as i64, 0);
+            if let Some(prefix) = full.as_bytes().get(..20) {
+                c.1.copy_from_slice(prefix);
+                c.0 = secs;
+            }
+        }
+        out.extend_from_slice(&c.1);
+    });
+    let ms = now.subsec_millis();
+    out.extend_from_slice(&[b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8, b'Z']);
 }
 
 fn line(level: Level, name: &str, msg: Arguments<'_>) {
@@ -72,4 +98,27 @@ pub fn warn(msg: Arguments<'_>) {
 
 pub fn error(msg: Arguments<'_>) {
     line(Level::Error, "ERROR", msg);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The cached prefix gives what formatting the whole time gives.
+    #[test]
+    fn timestamp_matches_the_plain_format() {
+        for _ in 0..3 {
+            let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let ts = timestamp();
+            let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let plain = |d: Duration| {
+                let full = crate::clock::unix_to_rfc3339(d.as_secs() as i64, d.subsec_nanos());
+                format!("{}Z", &full[..23])
+            };
+            assert!(plain(before) <= ts && ts <= plain(after), "{} <= {ts} <= {}", plain(before), plain(after));
+            assert_eq!(ts.len(), 24);
+            std::thread::sleep(Duration::from_millis(7));
+        }
+    }
 }

@@ -86,7 +86,7 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
         LogFormat::Text => {
             // Written byte by byte: this runs for every request, and `format!`
             // with float precision was a visible share of a tiny request's CPU.
-            out.extend_from_slice(crate::log::timestamp().as_bytes());
+            crate::log::write_timestamp(out);
             for (name, value) in [
                 (&b" INFO access id="[..], f.id),
                 (b" key=", key_id),

@@ -82,7 +82,7 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
         };
         host.target.request(&mut request, call.method, call.path, call.body);
         let pool = &worker.pools[host.index];
-        match client::send(&host.target, pool, &request, Vec::with_capacity(client::READ_CHUNK), sent).await {
+        match client::send(&host.target, pool, &mut request, Vec::with_capacity(client::READ_CHUNK), sent).await {
             Ok(ex) => {
                 if let Some(p) = permit.as_mut() {
                     p.answered(ex.head.status);

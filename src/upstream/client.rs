@@ -330,7 +330,7 @@ pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, st
 pub async fn send(
     target: &UpstreamTarget,
     pool: &Pool,
-    request: &[u8],
+    request: &mut Vec<u8>,
     buf: Vec<u8>,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, UpstreamError> {
@@ -379,13 +379,16 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
 
 async fn exchange_head(
     mut conn: TcpStream,
-    request: &[u8],
+    request: &mut Vec<u8>,
     buf: Vec<u8>,
     read_timeout: Duration,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
-    // The request is small next to the socket buffer: write it whole.
-    let (res, _) = conn.write_all(request.to_vec()).await;
+    // The request is small next to the socket buffer: write it whole. The
+    // buffer is lent to the write and comes back (for a retry, and for the
+    // next host on failover), so the request is never copied.
+    let (res, back) = conn.write_all(std::mem::take(request)).await;
+    *request = back;
     if let Err(e) = res {
         return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
     }
