@@ -2,7 +2,8 @@
 //! Same checks and accounting as the generating endpoints; the prompt tokens
 //! Ollama reports are the usage (and what the token rate is charged). A
 //! reply of many long vectors is large, so it is converted and sent in
-//! pieces rather than built whole beside the native reply.
+//! pieces rather than built whole beside the native reply; a small one
+//! (up to 16 KiB from Ollama) goes out whole, in one write.
 
 use super::ctx::Ctx;
 use super::generate::admit;
@@ -16,6 +17,11 @@ use crate::upstream::client::BufferLease;
 
 /// Bytes of converted reply written to the client at a time.
 const PIECE: usize = 64 * 1024;
+
+/// A native reply up to this size is converted whole and sent with a
+/// `Content-Length` (as float text it is about the same size converted; as
+/// base64, smaller).
+const SMALL: usize = 16 * 1024;
 
 pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
@@ -36,7 +42,20 @@ pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, ke
         ctx.outcome.upstream_failed = true;
         return Reply::error(status_error(reply.status, &reply.body, &plan.model));
     }
+    let small = reply.body.len() <= SMALL;
     match EmbeddingsReply::parse(reply.body, &plan.model, base64) {
+        Ok(mut list) if small => {
+            // A small reply (one snippet, a query) goes out whole, with its length.
+            ctx.outcome.usage = list.usage();
+            let mut out = Vec::with_capacity(2 * SMALL);
+            match list.write_next(&mut out, usize::MAX) {
+                Ok(_) => Reply::json(200, out),
+                Err(e) => {
+                    ctx.outcome.upstream_failed = true;
+                    Reply::error(e)
+                }
+            }
+        }
         Ok(list) => {
             ctx.outcome.usage = list.usage();
             Reply::pieces("application/json", Box::new(InPieces { list, _lease: reply.lease }))

@@ -185,8 +185,9 @@ impl EmbeddingsReply {
     }
 
     /// Appends the next piece of the reply to `out`, at least `at_least`
-    /// bytes unless the reply ends first. Returns false once all of it has
-    /// been written.
+    /// bytes unless the reply ends first. Returns whether more is to come:
+    /// false with the piece that ends the reply (so a small reply goes out
+    /// whole, with its end, in one write), and false after that.
     pub fn write_next(&mut self, out: &mut Vec<u8>, at_least: usize) -> Result<bool, ApiError> {
         if self.done {
             return Ok(false);
@@ -215,7 +216,7 @@ impl EmbeddingsReply {
             out.extend_from_slice(b"}}");
             self.done = true;
         }
-        Ok(true)
+        Ok(!self.done)
     }
 
     fn vector(&mut self, out: &mut Vec<u8>, i: usize) -> Result<(), ApiError> {
@@ -328,7 +329,8 @@ mod tests {
         while reply.write_next(&mut pieces, 1).unwrap() {
             n += 1;
         }
-        assert_eq!((pieces, n), (whole_b64, 3));
+        // Three vectors, one a piece: the third piece ends the reply.
+        assert_eq!((pieces, n + 1), (whole_b64, 3));
         let e = embeddings_response(&mut out, MODEL, false, br#"{"error":"model is required"}"#).unwrap_err();
         assert_eq!(e.message, "model is required");
     }

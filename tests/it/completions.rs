@@ -100,6 +100,16 @@ fn embeddings_float_and_base64_with_usage() {
         v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert_eq!(floats.len(), 4);
     assert_eq!(v["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    // A small reply goes out whole, with its length; a large one in chunks.
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+    assert_eq!(r.header("transfer-encoding"), None);
+    let big = post(g.addr, "/v1/embeddings", r#"{"model":"nomic-embed-text","input":["a","b","c"],"dimensions":3000}"#);
+    assert_eq!(big.status, 200, "{}", big.text());
+    assert_eq!(big.header("transfer-encoding"), Some("chunked"));
+    let bv = big.json();
+    assert_eq!(bv["data"].as_array().unwrap().len(), 3);
+    assert_eq!(bv["data"][2]["embedding"].as_array().unwrap().len(), 3000);
+    assert_eq!(bv["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
 
     // The same input as base64: little-endian f32 of the same numbers.
     let r = post(
@@ -119,10 +129,10 @@ fn embeddings_float_and_base64_with_usage() {
     assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("encoding_format")));
     let r = post(g.addr, "/v1/embeddings", r#"{"model":"nomic-embed-text","input":[]}"#);
     assert_eq!(r.status, 400);
-    assert_eq!(stats(&m)["by_endpoint"]["embed"], 3);
+    assert_eq!(stats(&m)["by_endpoint"]["embed"], 4);
     assert!(eventually(Duration::from_secs(5), || {
         let u = admin_usage(&g, "by=model&model=nomic-embed-text");
-        u["data"][0]["prompt_tokens"] == 3 + 3 + 1 && u["data"][0]["requests"] == 3
+        u["data"][0]["prompt_tokens"] == 3 + 3 + 3 + 1 && u["data"][0]["requests"] == 4
     }));
 }
 
