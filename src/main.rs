@@ -59,7 +59,6 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-
     // A file-size limit (ulimit -f) must not kill the process in the middle
     // of a store commit: the write fails instead, and the commit is retried
     // or its loss reported at shutdown.

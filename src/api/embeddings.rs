@@ -2,14 +2,15 @@
 //! Same checks and accounting as the generating endpoints; the prompt tokens
 //! Ollama reports are the usage (and what the token rate is charged). A
 //! reply of many long vectors is large, so it is converted and sent in
-//! pieces rather than built whole beside the native reply; a small one
-//! (up to 16 KiB from Ollama) goes out whole, in one write.
+//! pieces rather than built whole beside the native reply (one that fits
+//! in its first piece goes out whole, with its length).
 
 use super::ctx::Ctx;
 use super::generate::admit;
 use super::proxy::{Call, client_error, status_error, upstream_json};
-use super::reply::{Pieces, Reply, Unfinished};
+use super::reply::{Pieces, Reply};
 use super::worker::Worker;
+use crate::error::ApiError;
 use crate::http::request::Request;
 use crate::openai::embeddings::{EmbeddingsPlan, EmbeddingsReply, convert_embeddings};
 use crate::store::keys::KeyRecord;
@@ -17,11 +18,6 @@ use crate::upstream::client::BufferLease;
 
 /// Bytes of converted reply written to the client at a time.
 const PIECE: usize = 64 * 1024;
-
-/// A native reply up to this size is converted whole and sent with a
-/// `Content-Length` (as float text it is about the same size converted; as
-/// base64, smaller).
-const SMALL: usize = 16 * 1024;
 
 pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
@@ -42,20 +38,7 @@ pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, ke
         ctx.outcome.upstream_failed = true;
         return Reply::error(status_error(reply.status, &reply.body, &plan.model));
     }
-    let small = reply.body.len() <= SMALL;
     match EmbeddingsReply::parse(reply.body, &plan.model, base64) {
-        Ok(mut list) if small => {
-            // A small reply (one snippet, a query) goes out whole, with its length.
-            ctx.outcome.usage = list.usage();
-            let mut out = Vec::with_capacity(2 * SMALL);
-            match list.write_next(&mut out, usize::MAX) {
-                Ok(_) => Reply::json(200, out),
-                Err(e) => {
-                    ctx.outcome.upstream_failed = true;
-                    Reply::error(e)
-                }
-            }
-        }
         Ok(list) => {
             ctx.outcome.usage = list.usage();
             Reply::pieces("application/json", Box::new(InPieces { list, _lease: reply.lease }))
@@ -75,9 +58,7 @@ struct InPieces<'w> {
 }
 
 impl Pieces for InPieces<'_> {
-    fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, Unfinished> {
-        // A vector that does not read as numbers, found after the head went
-        // out: the reply cannot be finished.
-        self.list.write_next(out, PIECE).map_err(|_| Unfinished)
+    fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, ApiError> {
+        self.list.write_next(out, PIECE)
     }
 }

@@ -23,14 +23,12 @@ pub enum After {
 /// A body produced in pieces, each without waiting (a large reply converted
 /// as it is sent, so it is never held twice in memory).
 pub trait Pieces {
-    /// Appends the next piece to `out`; false once everything was written.
-    /// An error means the body cannot be finished: the connection is cut.
-    fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, Unfinished>;
+    /// Appends the next piece to `out`; whether more is to come (false with
+    /// the last piece). An error on the first piece is the reply (nothing
+    /// went out yet); on a later one the body cannot be finished and the
+    /// connection is cut.
+    fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, ApiError>;
 }
-
-/// A body that cannot be finished after its head went out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unfinished;
 
 /// A reply's body.
 pub enum Body<'w> {
@@ -42,7 +40,8 @@ pub enum Body<'w> {
     },
     /// An error, written in the shape of the request's protocol.
     Error(ApiError),
-    /// Produced in pieces, sent chunked.
+    /// Produced in pieces, sent chunked; one whose first piece is its last
+    /// goes out like `Full`.
     Pieces {
         content_type: &'static str,
         source: Box<dyn Pieces + 'w>,

@@ -1,7 +1,8 @@
 //! Replies on the wire: the one place that writes a response head (the
 //! request id, the key's rate-limit headers, CORS for browsers, `Connection`),
 //! handles `HEAD`, and writes each kind of body. A whole body goes out with
-//! its head in one write; pieces and streams go chunked.
+//! its head in one write; pieces go chunked (unless the first is also the
+//! last: then whole), and streams go chunked.
 //!
 //! [`answer`] also owns the client watch. An endpoint that may wait (on an
 //! upstream host, on the store) is raced against it: a client that leaves
@@ -64,7 +65,8 @@ pub async fn answer(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, accepted: A
 }
 
 /// Writes a reply that is not a stream.
-pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply<'_>) -> After {
+pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, mut reply: Reply<'_>) -> After {
+    let first_piece = first_piece(ctx, &mut reply.body);
     let keep_alive = conn.req.keep_alive && !reply.close && !worker.draining.get();
     let status = match &reply.body {
         Body::Error(e) => e.status_in(ctx.shape),
@@ -89,16 +91,9 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply
         }
         Body::Pieces { content_type, mut source } => {
             h.chunked(content_type);
-            let mut piece = Vec::new();
+            // The first piece was made before the head, with more to come.
+            let (mut piece, mut more) = (first_piece.unwrap_or_default(), true);
             loop {
-                piece.clear();
-                let Ok(more) = source.next(&mut piece) else {
-                    // A piece that cannot be made after the head went out: the
-                    // reply cannot be finished, so the connection is cut.
-                    ctx.outcome.upstream_failed = true;
-                    let _ = conn.flush().await;
-                    return After::Close;
-                };
                 frame(&mut conn.out, &piece, !more);
                 if conn.flush().await.is_err() {
                     ctx.outcome.cancelled = true;
@@ -106,6 +101,16 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply
                 }
                 if !more {
                     break;
+                }
+                piece.clear();
+                match source.next(&mut piece) {
+                    Ok(m) => more = m,
+                    Err(_) => {
+                        // A piece that cannot be made after the head went out:
+                        // the reply cannot be finished, so the connection is cut.
+                        ctx.outcome.upstream_failed = true;
+                        return After::Close;
+                    }
                 }
             }
         }
@@ -118,6 +123,28 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, reply: Reply
         return After::Close;
     }
     if keep_alive { After::KeepAlive } else { After::Close }
+}
+
+/// Makes a body in pieces' first piece before anything is written. A body
+/// that ends with it becomes a whole one (its length in the head, one write
+/// with it); one whose first piece fails becomes that error's reply.
+/// Otherwise the first piece is returned, to go out first.
+fn first_piece(ctx: &mut Ctx, body: &mut Body<'_>) -> Option<Vec<u8>> {
+    let Body::Pieces { content_type, source } = body else { return None };
+    let content_type = *content_type;
+    let mut piece = Vec::new();
+    match source.next(&mut piece) {
+        Ok(true) => Some(piece),
+        Ok(false) => {
+            *body = Body::Full { content_type, bytes: piece.into() };
+            None
+        }
+        Err(e) => {
+            ctx.outcome.upstream_failed = true;
+            *body = Body::Error(e);
+            None
+        }
+    }
 }
 
 /// The head every reply starts with.

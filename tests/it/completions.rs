@@ -103,12 +103,13 @@ fn embeddings_float_and_base64_with_usage() {
     // A small reply goes out whole, with its length; a large one in chunks.
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
     assert_eq!(r.header("transfer-encoding"), None);
-    let big = post(g.addr, "/v1/embeddings", r#"{"model":"nomic-embed-text","input":["a","b","c"],"dimensions":3000}"#);
+    // (Three vectors of 8,000 numbers: more than one 64 KiB piece.)
+    let big = post(g.addr, "/v1/embeddings", r#"{"model":"nomic-embed-text","input":["a","b","c"],"dimensions":8000}"#);
     assert_eq!(big.status, 200, "{}", big.text());
     assert_eq!(big.header("transfer-encoding"), Some("chunked"));
     let bv = big.json();
     assert_eq!(bv["data"].as_array().unwrap().len(), 3);
-    assert_eq!(bv["data"][2]["embedding"].as_array().unwrap().len(), 3000);
+    assert_eq!(bv["data"][2]["embedding"].as_array().unwrap().len(), 8000);
     assert_eq!(bv["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
 
     // The same input as base64: little-endian f32 of the same numbers.

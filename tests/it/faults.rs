@@ -374,3 +374,65 @@ fn a_host_that_drips_its_health_reply_does_not_freeze_the_other_hosts_checks() {
     let _ = other.child.wait();
     assert!(eventually(Duration::from_secs(5), || !healthy(&g, 1)), "the dead host is seen dead");
 }
+
+/// A host that answers every GET (health checks, listings) with a body that
+/// lists model `m`, and every POST with `reply` as JSON; one exchange a
+/// connection.
+fn canned_host(reply: &'static str) -> Proc {
+    use std::io::{BufRead, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                let (mut line, mut length, mut first) = (String::new(), 0usize, String::new());
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if first.is_empty() {
+                        first = line.clone();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let _ = r.by_ref().take(length as u64).read_to_end(&mut Vec::new());
+                let body = if first.starts_with("POST") {
+                    reply
+                } else {
+                    r#"{"version":"0.6.0","models":[{"name":"m:latest","model":"m:latest","modified_at":"2024-01-01T00:00:00Z","size":1,"digest":"d","details":{}}]}"#
+                };
+                let _ = r.get_mut().write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    Proc {
+        child: std::process::Command::new("true").spawn().unwrap(),
+        addr,
+        log: Default::default(),
+        out: Default::default(),
+        data_dir: None,
+    }
+}
+
+#[test]
+fn an_embeddings_reply_that_cannot_be_converted_is_a_502_not_a_cut_connection() {
+    // The vector is not numbers: as base64 it cannot be converted. The first
+    // piece fails before anything went out, so the client gets a clear error.
+    let host = canned_host(r#"{"model":"m","embeddings":[["not","numbers"]],"prompt_eval_count":1}"#);
+    let g = gateway(&host, &[]);
+    let r = post(g.addr, "/v1/embeddings", r#"{"model":"m","input":"x","encoding_format":"base64"}"#);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "The model server sent an embeddings reply that is not valid.");
+    assert_eq!(r.json()["error"]["code"], "upstream_error");
+    // The same reply as floats is copied as it came, whole, with its length.
+    let r = post(g.addr, "/v1/embeddings", r#"{"model":"m","input":"x"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("content-length").is_some());
+}
