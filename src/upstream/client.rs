@@ -9,6 +9,17 @@
 //! the stream path can relay each token immediately. A pooled connection
 //! that turns out to be dead before any response byte arrived is retried once
 //! on a fresh connection (the request cannot have been processed).
+//!
+//! The gateway closes an upstream connection only when it is done with it:
+//! idle past the pool's bounds, or abandoned with its generation (the client
+//! left). Such a close resets the connection (`SO_LINGER` 0) instead of the
+//! orderly FIN, so the gateway's side keeps no `TIME_WAIT` socket: a burst
+//! of streams beyond the pool, closed after it, would otherwise hold its
+//! local ports for a minute, and every later connect to the host would
+//! search past them (at a few hundred discarded connections a second, to a
+//! host on another machine, the ports run out). Nothing is lost by it: the
+//! response was read whole, or nobody wants it any more; and to Ollama a
+//! reset is as clear a "client gone" as a close.
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -139,6 +150,23 @@ fn quiet(s: &TcpStream) -> bool {
     // the descriptor is the open socket `s` owns.
     let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Makes closing `s` reset the connection (see the module's notes).
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `linger`, which
+    // outlives the call; the descriptor is the open socket `s` owns.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// How an upstream response body is delimited.
@@ -372,6 +400,7 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
         Ok(Err(e)) => Err(UpstreamError::Unreachable(format!("{}: {e}", target.url))),
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
+            reset_on_close(&conn);
             Ok(conn)
         }
     }

@@ -225,6 +225,39 @@ fn a_dead_pooled_connection_is_retried_on_a_fresh_one() {
     assert_eq!(stats(&m)["by_endpoint"]["chat"], 4);
 }
 
+/// Sockets on this machine in `TIME_WAIT` towards 127.0.0.1:`port` (from /proc/net/tcp).
+fn time_waits_towards(port: u16) -> usize {
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == remote && f[3] == "06"
+        })
+        .count()
+}
+
+#[test]
+fn connections_the_gateway_discards_leave_no_time_wait_behind() {
+    // No idle connection is kept: each request's upstream connection is
+    // closed by the gateway once its reply is read. Closed with a reset,
+    // they hold no local port for a minute afterwards.
+    let m = mock(&["--tokens", "3"]);
+    let g = gateway(&m, &["--upstream-max-idle", "0"]);
+    let before = time_waits_towards(m.addr.port());
+    for i in 0..20 {
+        let resp = chat(&g, json!({"model":"llama3","messages":[{"role":"user","content":"x"}],"stream":i % 2 == 0}));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert!(resp.text().contains("Hello"), "the whole reply arrived: {}", resp.text());
+    }
+    // Counted before asking the emulator for its stats (that connection is the test's own).
+    let after = time_waits_towards(m.addr.port());
+    assert!(after <= before, "the gateway's closes left {} TIME_WAIT sockets", after - before);
+    assert_eq!(stats(&m)["completed"], 20, "{}", stats(&m));
+}
+
 /// Reads SSE events from a live stream until `n` content chunks arrived.
 fn read_chunks(r: &mut impl BufRead, n: usize) {
     let mut seen = 0;
