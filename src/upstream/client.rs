@@ -154,19 +154,11 @@ fn quiet(s: &TcpStream) -> bool {
 
 /// Makes closing `s` reset the connection (see the module's notes).
 fn reset_on_close(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `linger`, which
-    // outlives the call; the descriptor is the open socket `s` owns.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor is the open socket `s` owns, and the borrow
+    // ends before this function returns.
+    let fd = unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
 }
 
 /// How an upstream response body is delimited.
