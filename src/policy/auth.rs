@@ -3,11 +3,13 @@
 //!
 //! Only a secret's SHA-256 is stored (see `store::secret`); a request's key
 //! is hashed and looked up by that hash, so there is no byte-by-byte
-//! comparison of secrets to time. Each request reads the key's record from LMDB
-//! (lock-free, sub-microsecond) so that a revocation or change made anywhere
-//! — another worker, the CLI in another process — applies to the very next
-//! request. Decoding the record is skipped when its bytes are the ones this
-//! core decoded last time.
+//! comparison of secrets to time. A revocation or change made anywhere —
+//! another worker, the CLI in another process, another instance through
+//! Redis — is a commit to the store, and applies to the very next request:
+//! a record this core decoded is used as is while the store's last commit is
+//! the one it was checked at (one load from LMDB's shared meta page); after
+//! any commit, the next request reads the record again (a read transaction)
+//! and decodes it only if its bytes changed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,8 +65,13 @@ pub fn admin_required() -> ApiError {
     ApiError::new(403, "invalid_request_error", "admin_required", "This endpoint needs a key with the admin role.")
 }
 
-/// A decoded record and the stored bytes it was decoded from.
-type CachedRecord = (Vec<u8>, Rc<KeyRecord>);
+/// A decoded record, the stored bytes it was decoded from, and the store's
+/// last commit when those bytes were last read.
+struct CachedRecord {
+    bytes: Vec<u8>,
+    record: Rc<KeyRecord>,
+    checked_at: usize,
+}
 
 /// This core's decoded records, by hash.
 #[derive(Default)]
@@ -90,24 +97,34 @@ impl KeyCache {
         }
     }
 
-    /// The current record for `hash`, read from LMDB now.
+    /// The current record for `hash`: the one decoded before if no write has
+    /// been committed since it was read, else read from LMDB now.
     pub fn lookup(&self, store: &Store, hash: &KeyHash) -> Result<Option<Rc<KeyRecord>>, StoreError> {
+        // Taken before the read: a commit landing in between makes the next
+        // lookup read again, never the other way round.
+        let commit = store.last_commit();
+        if let Some(entry) = self.entries.borrow().get(hash)
+            && entry.checked_at == commit
+        {
+            return Ok(Some(entry.record.clone()));
+        }
         let rtxn = store.read()?;
         let Some(raw) = store.keys.get(&rtxn, hash)? else {
             self.entries.borrow_mut().remove(hash);
             return Ok(None);
         };
-        if let Some((bytes, record)) = self.entries.borrow().get(hash)
-            && bytes.as_slice() == raw
+        let mut entries = self.entries.borrow_mut();
+        if let Some(entry) = entries.get_mut(hash)
+            && entry.bytes.as_slice() == raw
         {
-            return Ok(Some(record.clone()));
+            entry.checked_at = commit;
+            return Ok(Some(entry.record.clone()));
         }
         let record = Rc::new(KeyRecord::decode(raw)?);
-        let mut entries = self.entries.borrow_mut();
         if entries.len() >= CACHE_LIMIT {
             entries.clear();
         }
-        entries.insert(*hash, (raw.to_vec(), record.clone()));
+        entries.insert(*hash, CachedRecord { bytes: raw.to_vec(), record: record.clone(), checked_at: commit });
         Ok(Some(record))
     }
 }
@@ -148,5 +165,39 @@ mod tests {
         let expired = cache.authenticate(store, &secret, crate::clock::unix_now() + 101).unwrap_err();
         let unknown = cache.authenticate(store, "sk_nope", crate::clock::unix_now()).unwrap_err();
         assert_eq!(expired, unknown);
+    }
+
+    #[test]
+    fn a_commit_anywhere_applies_to_the_next_lookup() {
+        // Every writer — a worker, the CLI in another process — commits to
+        // the same meta page that `last_commit` reads.
+        let dir = crate::store::temp_dir("commits");
+        let store = Store::open(&dir).unwrap();
+        let cache = KeyCache::default();
+        let (created, secret) = store
+            .create_key(crate::store::keys::NewKey {
+                expires: None,
+                name: "k".into(),
+                role: crate::store::keys::Role::User,
+                models: vec![],
+                limits: Default::default(),
+                priority: Default::default(),
+                secret: None,
+            })
+            .unwrap();
+        let now = crate::clock::unix_now();
+        let first = cache.authenticate(store, &secret, now).unwrap();
+        let again = cache.authenticate(store, &secret, now).unwrap();
+        assert!(Rc::ptr_eq(&first, &again), "no commit since: the decoded record is reused");
+
+        // A commit that leaves this key alone re-reads it but keeps the decoding.
+        let before = store.last_commit();
+        store.set_schema_version(store.schema_version().unwrap()).unwrap();
+        assert_ne!(store.last_commit(), before);
+        let after_other = cache.authenticate(store, &secret, now).unwrap();
+        assert!(Rc::ptr_eq(&first, &after_other), "same bytes: not decoded again");
+
+        store.revoke_key(&created.id).unwrap();
+        assert_eq!(cache.authenticate(store, &secret, now).unwrap_err(), invalid_key());
     }
 }

@@ -217,6 +217,14 @@ impl Store {
         Ok(())
     }
 
+    /// The id of the last write transaction committed to the store by any
+    /// process: read from LMDB's shared meta page, without a transaction. It
+    /// changes with every commit, so whatever was read while it stood is
+    /// still current while it stands.
+    pub fn last_commit(&self) -> usize {
+        self.env.info().last_txn_id
+    }
+
     /// A read transaction: lock-free, cheap, to be dropped before any `.await`.
     pub fn read(&self) -> Result<RoTxn<'static, WithoutTls>, StoreError> {
         Ok(self.env.read_txn()?)
