@@ -163,7 +163,10 @@ const FRAMING_ALLOWANCE: u64 = 64 * 1024;
 /// must arrive by one deadline. `Err(Some)` answers and closes; `Err(None)`
 /// just closes.
 pub async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits) -> Result<(), Option<ApiError>> {
-    let deadline = Instant::now() + limits.body_timeout;
+    // The deadline starts with the first wait for body bytes (a tiny body is
+    // already buffered with its head, and reads no clock).
+    let mut deadline = None;
+    let mut deadline = || *deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout);
     let mut sent_continue = !head.expect_continue;
     let mut body = std::mem::take(&mut conn.req.body);
     let result = async {
@@ -180,7 +183,7 @@ pub async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits)
                     if left == 0 {
                         return Ok(());
                     }
-                    more_body(conn, &mut sent_continue, deadline, limits).await?;
+                    more_body(conn, &mut sent_continue, deadline(), limits).await?;
                 }
             }
             BodyFraming::Chunked => {
@@ -208,7 +211,7 @@ pub async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits)
                     if decoder.is_done() {
                         return Ok(());
                     }
-                    more_body(conn, &mut sent_continue, deadline, limits).await?;
+                    more_body(conn, &mut sent_continue, deadline(), limits).await?;
                 }
             }
         }

@@ -96,9 +96,10 @@ impl UpstreamTarget {
     }
 }
 
-/// A worker's idle upstream connections.
+/// A worker's idle upstream connections, oldest first, each with the time it
+/// was returned (`clock::coarse_ms`: an age in seconds needs no finer clock).
 pub struct Pool {
-    idle: RefCell<Vec<(TcpStream, Instant)>>,
+    idle: RefCell<Vec<(TcpStream, u64)>>,
     limits: ClientLimits,
 }
 
@@ -117,8 +118,12 @@ impl Pool {
     /// the answer to the next request (which may be another key's).
     fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
-        let now = Instant::now();
-        idle.retain(|(_, since)| now.duration_since(*since) < self.limits.idle_timeout);
+        // Returned in time order on a clock that never goes back: the expired
+        // connections are the front of the list.
+        let now = crate::clock::coarse_ms();
+        let timeout = self.limits.idle_timeout.as_millis() as u64;
+        let expired = idle.partition_point(|(_, since)| now.saturating_sub(*since) >= timeout);
+        idle.drain(..expired);
         while let Some((s, _)) = idle.pop() {
             if quiet(&s) {
                 return Some(s);
@@ -131,7 +136,7 @@ impl Pool {
     pub fn put(&self, conn: TcpStream) {
         let mut idle = self.idle.borrow_mut();
         if idle.len() < self.limits.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, crate::clock::coarse_ms()));
         }
     }
 
@@ -415,7 +420,7 @@ async fn exchange_head(
     }
     sent.set(true);
     let mut buf = buf;
-    let deadline = Instant::now() + read_timeout;
+    let mut deadline = None;
     loop {
         // Interim (1xx) responses are skipped; the final one may already be buffered behind them.
         match parse_response_head(&buf) {
@@ -430,7 +435,15 @@ async fn exchange_head(
             Ok(None) => {}
             Err(m) => return Err((HeadFailure::Protocol(m), buf)),
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
+        // The first read may wait the whole timeout (one clock read fewer on
+        // every request); a head that comes in pieces gets what is left of it.
+        let wait = match deadline {
+            None => {
+                deadline = Some(Instant::now() + read_timeout);
+                read_timeout
+            }
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
         let (c, res, b) = match monoio::time::timeout(wait, read_owned(conn, buf)).await {
             Err(_) => return Err((HeadFailure::Timeout, Vec::new())),
             Ok(out) => out,
@@ -581,4 +594,57 @@ pub async fn read_full_body(
     }
     let reusable = head.keep_alive && decoder.is_done() && !decoder.ends_at_eof() && !decoder.overran();
     Ok((body, reusable.then_some(conn)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a monoio runtime with timers, as a worker does.
+    fn on_runtime<F: std::future::Future<Output = ()>>(f: F) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(f);
+    }
+
+    #[test]
+    fn the_pool_hands_out_the_newest_live_connection_and_drops_expired_ones() {
+        on_runtime(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let limits = ClientLimits {
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                max_idle: 2,
+                idle_timeout: Duration::from_millis(300),
+            };
+            let pool = Pool::new(limits);
+            let mut peers = Vec::new();
+            let mut ports = Vec::new();
+            for _ in 0..3 {
+                let s = TcpStream::connect_addr(addr).await.unwrap();
+                ports.push(s.local_addr().unwrap().port());
+                peers.push(listener.accept().unwrap().0);
+                pool.put(s);
+            }
+            assert_eq!(pool.idle_count(), 2, "at most max_idle kept");
+            let newest = pool.take().unwrap();
+            assert_eq!(newest.local_addr().unwrap().port(), ports[1], "the most recently returned first");
+            pool.put(newest);
+
+            // Past the idle timeout (and a coarse tick) every one has expired.
+            monoio::time::sleep(Duration::from_millis(350)).await;
+            assert!(pool.take().is_none());
+            assert_eq!(pool.idle_count(), 0);
+
+            // A connection the upstream wrote to while idle is never handed out.
+            let s = TcpStream::connect_addr(addr).await.unwrap();
+            let mut peer = listener.accept().unwrap().0;
+            std::io::Write::write_all(&mut peer, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            pool.put(s);
+            while quiet(&pool.idle.borrow()[0].0) {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(pool.take().is_none());
+        });
+    }
 }
