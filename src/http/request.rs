@@ -295,32 +295,40 @@ impl Request {
     /// Takes the head's values out of `buf` (which `head` was parsed from);
     /// the body is emptied, to be read next.
     pub fn fill(&mut self, buf: &[u8], head: &RequestHead) {
-        let text = |r: &Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
         self.method = Some(head.method);
         self.method_name.clear();
         let name_end = buf.iter().position(|&b| b == b' ').unwrap_or(0);
-        self.method_name.push_str(&String::from_utf8_lossy(&buf[..name_end.min(32)]));
+        push_text(&mut self.method_name, &buf[..name_end.min(32)]);
         self.path.clear();
-        self.path.push_str(&String::from_utf8_lossy(&buf[head.path.clone()]));
+        push_text(&mut self.path, &buf[head.path.clone()]);
         if self.path.is_empty() {
             self.path.push('/');
         }
         self.query.clear();
-        self.query.push_str(&String::from_utf8_lossy(&buf[head.query.clone()]));
+        push_text(&mut self.query, &buf[head.query.clone()]);
         self.keep_alive = head.keep_alive;
         self.origin = head.origin.is_some();
         self.access_control_request_headers.clear();
         if let Some(r) = &head.access_control_request_headers {
-            self.access_control_request_headers.push_str(&text(r));
+            push_text(&mut self.access_control_request_headers, &buf[r.clone()]);
         }
-        self.authorization = head.authorization.as_ref().or(head.x_api_key.as_ref()).map(text);
+        match head.authorization.as_ref().or(head.x_api_key.as_ref()) {
+            // The previous request's string is reused (a keep-alive client
+            // sends the same header every time).
+            Some(r) => {
+                let value = self.authorization.get_or_insert_with(String::new);
+                value.clear();
+                push_text(value, &buf[r.clone()]);
+            }
+            None => self.authorization = None,
+        }
         self.host.clear();
         if let Some(r) = &head.host {
-            self.host.push_str(&text(r));
+            push_text(&mut self.host, &buf[r.clone()]);
         }
         self.priority.clear();
         if let Some(r) = &head.x_priority {
-            self.priority.push_str(&String::from_utf8_lossy(&buf[r.start..r.end.min(r.start + 32)]));
+            push_text(&mut self.priority, &buf[r.start..r.end.min(r.start + 32)]);
         }
         self.body.clear();
     }
@@ -336,6 +344,15 @@ impl Request {
         self.authorization = None;
         self.priority.clear();
         self.body.clear();
+    }
+}
+
+/// Appends header bytes as text: as they are when they are UTF-8 (checked
+/// on a fast ASCII path), with U+FFFD for what is not.
+fn push_text(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -448,5 +465,32 @@ mod tests {
         assert_eq!(&s[h.query], "a");
         let s = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(parse(s).unwrap().unwrap().query.is_empty());
+    }
+
+    #[test]
+    fn fill_takes_the_values_of_each_request_and_replaces_bad_bytes() {
+        let mut req = Request::default();
+        let a = b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk_a\r\nX-Priority: batch\r\n\r\n";
+        let head = parse_request_head(a, 64 * 1024).unwrap().unwrap();
+        req.fill(a, &head);
+        assert_eq!((req.method_name.as_str(), req.path.as_str(), req.query.as_str()), ("POST", "/v1/chat", "x=1"));
+        assert_eq!((req.authorization.as_deref(), req.host.as_str()), (Some("Bearer sk_a"), "gw"));
+        assert_eq!(req.priority, "batch");
+
+        // The next request on the connection: nothing of the first one stays.
+        let b = b"GET /p HTTP/1.1\r\nHost: h\xff\xfeq\r\nx-api-key: sk_\xe9b\r\n\r\n";
+        let head = parse_request_head(b, 64 * 1024).unwrap().unwrap();
+        req.fill(b, &head);
+        assert_eq!(
+            (req.method_name.as_str(), req.path.as_str(), req.host.as_str()),
+            ("GET", "/p", "h\u{fffd}\u{fffd}q")
+        );
+        assert_eq!((req.query.as_str(), req.priority.as_str()), ("", ""));
+        assert_eq!(req.authorization.as_deref(), Some("sk_\u{fffd}b"));
+
+        let c = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let head = parse_request_head(c, 64 * 1024).unwrap().unwrap();
+        req.fill(c, &head);
+        assert_eq!(req.authorization, None);
     }
 }
