@@ -112,7 +112,12 @@ async fn upstream_slot(
 ) -> Result<Permit, UpstreamError> {
     let limit = worker.config.upstream_queue_timeout;
     let serves = |m: &str| host.has_model(m) == Some(true);
-    match monoio::time::timeout(limit, host.gate.acquire(key_id, lane, model, serves)).await {
+    let mut acquire = host.gate.acquire(key_id, lane, model, serves);
+    // Most requests find a slot free: no queue timer for them.
+    if let Some(decided) = acquire.decided() {
+        return decided;
+    }
+    match monoio::time::timeout(limit, acquire).await {
         Err(_) => Err(UpstreamError::Overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
             limit.as_secs_f64()

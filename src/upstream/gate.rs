@@ -623,6 +623,13 @@ pub struct Acquire {
 }
 
 impl Acquire {
+    /// The answer if it needs no wait (a slot was free, or the queue is
+    /// full): the caller then sets no timer for it.
+    pub fn decided(&mut self) -> Option<Result<Permit, UpstreamError>> {
+        let r = self.ready.take()?;
+        Some(r.map(|g| self.permit(g)))
+    }
+
     fn permit(&self, g: Grant) -> Permit {
         Permit { gate: self.gate.clone(), model: g.model, lane: self.lane, loads: g.loads, waited: g.waited }
     }
@@ -752,6 +759,23 @@ mod tests {
         assert!(hog[5..9].iter_mut().all(|a| poll(a).unwrap().is_err()), "the hog's four newest gave way");
         assert!(hog[..5].iter_mut().all(|a| poll(a).is_none()));
         drop(running);
+    }
+
+    #[test]
+    fn an_acquire_is_decided_at_once_only_when_it_needs_no_wait() {
+        let gate = plain(1, 1);
+        let first = gate.acquire("a", 1, "m", |_| true).decided().unwrap().unwrap();
+        assert_eq!(gate.load().in_flight, 1);
+        let mut waiting = gate.acquire("a", 1, "m", |_| true);
+        assert!(waiting.decided().is_none(), "it must wait (with its timer)");
+        let full = gate.acquire("b", 1, "m", |_| true).decided().unwrap();
+        assert!(matches!(full, Err(UpstreamError::Overloaded(_))), "a full queue answers at once");
+        drop(first);
+        assert!(poll(&mut waiting).unwrap().is_ok());
+        // A decided grant left untaken gives its slot back.
+        drop(waiting);
+        drop(gate.acquire("c", 1, "m", |_| true));
+        assert_eq!(gate.load(), GateLoad { in_flight: 0, queued: 0 });
     }
 
     #[test]
