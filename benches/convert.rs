@@ -3,12 +3,14 @@
 //! path (serde_json into borrowed types, raw strings copied through) is
 //! measured next to parsing the same body into a generic tree with
 //! serde_json and with simd-json, which is what choosing the parser for this
-//! job rests on. Also: parsing an SDK's request head.
+//! job rests on. Also: the prompt estimate's count over the converted body,
+//! next to its plain twin; and parsing an SDK's request head.
 
 use std::hint::black_box;
 
 use ai_gateway::http::request::parse_request_head;
 use ai_gateway::openai::chat_request::convert_chat;
+use ai_gateway::upstream::estimate;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -58,6 +60,10 @@ fn bench_convert(c: &mut Criterion) {
                 black_box(matches!(v, simd_json::BorrowedValue::Object(_)))
             })
         });
+        convert_chat(&body, &mut out).unwrap();
+        let native = out.clone();
+        g.bench_function("estimate_count", |b| b.iter(|| black_box(estimate::count(black_box(&native)))));
+        g.bench_function("estimate_count_plain", |b| b.iter(|| black_box(estimate::count_plain(black_box(&native)))));
         g.finish();
     }
 }

@@ -57,8 +57,73 @@ impl Counts {
 }
 
 /// Counts the text, messages and images of a native request body (valid JSON,
-/// as the converters write it). One pass over the bytes, no allocation.
+/// as the converters write it). One pass over the bytes, no allocation;
+/// strings — nearly all of a prompt's bytes — are skipped with a vector
+/// search for their closing quote.
 pub fn count(native: &[u8]) -> Counts {
+    let mut c = Counts::default();
+    let mut depth = 0usize;
+    // The last key seen, and the depth it was seen at.
+    let mut key: &[u8] = b"";
+    let mut i = 0;
+    while i < native.len() {
+        match native[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let start = i + 1;
+                let j = string_end(native, start);
+                let s = &native[start..j.min(native.len())];
+                let mut k = j + 1;
+                while k < native.len() && native[k].is_ascii_whitespace() {
+                    k += 1;
+                }
+                if native.get(k) == Some(&b':') {
+                    // A key: the message's own fields are structure.
+                    key = s;
+                    if key == b"role" && depth == 3 {
+                        c.messages += 1;
+                    }
+                    // Tools and tool calls: their whole JSON, read past at once.
+                    if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
+                        let end = value_end(native, k + 1);
+                        c.json_bytes += (end - (k + 1)) as u64;
+                        i = end;
+                        continue;
+                    }
+                } else {
+                    match key {
+                        b"model" | b"role" | b"format" => {}
+                        b"images" => c.images += 1,
+                        _ => c.text_bytes += s.len() as u64,
+                    }
+                }
+                i = j;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    c
+}
+
+/// Where the string whose body starts at `start` ends: its closing quote's
+/// index, or the end of the input.
+fn string_end(b: &[u8], start: usize) -> usize {
+    let mut j = start;
+    while let Some(off) = b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+        j += off;
+        if b[j] == b'"' {
+            return j;
+        }
+        j += 2;
+    }
+    b.len()
+}
+
+/// [`count`]'s plain twin: each string walked a byte at a time. Tests and
+/// `benches/convert.rs` hold the two equal.
+pub fn count_plain(native: &[u8]) -> Counts {
     let mut c = Counts::default();
     let mut depth = 0usize;
     // The last key seen, and the depth it was seen at.
@@ -199,6 +264,28 @@ mod tests {
         assert_eq!(calls.json_bytes, br#"[{"function":{"name":"f","arguments":{"a":"x"}}}]"#.len() as u64);
         let prompt = count(br#"{"model":"m","prompt":"def add(a, b):","suffix":"return c","stream":false}"#);
         assert_eq!((prompt.text_bytes, prompt.messages), (22, 0));
+    }
+
+    #[test]
+    fn the_count_and_its_plain_twin_agree() {
+        let long = "A \\\"quoted\\\" line, and a backslash \\\\ then more text. ".repeat(50);
+        let bodies: Vec<Vec<u8>> = vec![
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            format!(r#"{{"model":"m","messages":[{{"role":"system","content":"{long}"}},{{"role":"user","content":"x\\","images":["aa"]}}]}}"#).into_bytes(),
+            br#"{"model":"m","prompt":"\u00e9\"","suffix":"","tools":[{"a":"\"}"}]}"#.to_vec(),
+            br#"{"model":"m","prompt":"unterminated \"#.to_vec(),
+            br#"{"model":"m","prompt":"ends in a backslash\"#.to_vec(),
+            b"\"".to_vec(),
+            Vec::new(),
+        ];
+        for body in &bodies {
+            assert_eq!(count(body), count_plain(body), "{}", String::from_utf8_lossy(body));
+            // Every prefix too: cut anywhere, inside escapes and strings.
+            for cut in 0..body.len().min(400) {
+                assert_eq!(count(&body[..cut]), count_plain(&body[..cut]));
+            }
+        }
+        assert!(count(bodies[1].as_slice()).text_bytes > 50 * 40);
     }
 
     #[test]
