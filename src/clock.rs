@@ -16,8 +16,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A coarse clock's reading, or `None` if the kernel has no such clock.
-fn coarse(clock: libc::clockid_t) -> Option<Duration> {
+/// A clock's reading since its epoch, or `None` if the kernel has no such clock.
+fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid place for the kernel to write one timespec.
     let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0;
@@ -26,7 +26,7 @@ fn coarse(clock: libc::clockid_t) -> Option<Duration> {
 
 /// Seconds since the Unix epoch (from the coarse clock: at most a tick behind).
 pub fn unix_now() -> i64 {
-    match coarse(libc::CLOCK_REALTIME_COARSE) {
+    match read_clock(libc::CLOCK_REALTIME_COARSE) {
         Some(d) => d.as_secs() as i64,
         None => unix_now_precise(),
     }
@@ -41,7 +41,7 @@ pub fn unix_now_precise() -> i64 {
 /// Milliseconds on a monotonic clock that may be a tick behind the precise
 /// one (never goes back): for ages of the order of seconds.
 pub fn coarse_ms() -> u64 {
-    match coarse(libc::CLOCK_MONOTONIC_COARSE) {
+    match read_clock(libc::CLOCK_MONOTONIC_COARSE) {
         Some(d) => d.as_millis() as u64,
         None => precise_ms(),
     }
@@ -49,7 +49,7 @@ pub fn coarse_ms() -> u64 {
 
 /// Milliseconds on the precise monotonic clock: the plain version of [`coarse_ms`].
 pub fn precise_ms() -> u64 {
-    coarse(libc::CLOCK_MONOTONIC).unwrap_or_default().as_millis() as u64
+    read_clock(libc::CLOCK_MONOTONIC).unwrap_or_default().as_millis() as u64
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.

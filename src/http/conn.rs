@@ -165,8 +165,8 @@ const FRAMING_ALLOWANCE: u64 = 64 * 1024;
 pub async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits) -> Result<(), Option<ApiError>> {
     // The deadline starts with the first wait for body bytes (a tiny body is
     // already buffered with its head, and reads no clock).
-    let mut deadline = None;
-    let mut deadline = || *deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout);
+    let mut first_wait = None;
+    let mut deadline = || *first_wait.get_or_insert_with(|| Instant::now() + limits.body_timeout);
     let mut sent_continue = !head.expect_continue;
     let mut body = std::mem::take(&mut conn.req.body);
     let result = async {

@@ -133,6 +133,19 @@ impl KeyCache {
 mod tests {
     use super::*;
 
+    /// A user key with no limits, expiring at `expires`.
+    fn user_key(name: &str, expires: Option<i64>) -> crate::store::keys::NewKey {
+        crate::store::keys::NewKey {
+            expires,
+            name: name.into(),
+            role: crate::store::keys::Role::User,
+            models: vec![],
+            limits: Default::default(),
+            priority: Default::default(),
+            secret: None,
+        }
+    }
+
     #[test]
     fn presented_key_reads_bearer_and_bare_values() {
         assert_eq!(presented_key(Some("Bearer sk_x")), Some("sk_x"));
@@ -150,17 +163,7 @@ mod tests {
     fn expired_keys_are_refused_with_the_same_error_as_unknown_ones() {
         let store = Store::open(&crate::store::temp_dir("expiry")).unwrap();
         let cache = KeyCache::default();
-        let (_, secret) = store
-            .create_key(crate::store::keys::NewKey {
-                expires: Some(crate::clock::unix_now() + 100),
-                name: "temp".into(),
-                role: crate::store::keys::Role::User,
-                models: vec![],
-                limits: Default::default(),
-                priority: Default::default(),
-                secret: None,
-            })
-            .unwrap();
+        let (_, secret) = store.create_key(user_key("temp", Some(crate::clock::unix_now() + 100))).unwrap();
         assert!(cache.authenticate(store, &secret, crate::clock::unix_now()).is_ok());
         let expired = cache.authenticate(store, &secret, crate::clock::unix_now() + 101).unwrap_err();
         let unknown = cache.authenticate(store, "sk_nope", crate::clock::unix_now()).unwrap_err();
@@ -174,17 +177,7 @@ mod tests {
         let dir = crate::store::temp_dir("commits");
         let store = Store::open(&dir).unwrap();
         let cache = KeyCache::default();
-        let (created, secret) = store
-            .create_key(crate::store::keys::NewKey {
-                expires: None,
-                name: "k".into(),
-                role: crate::store::keys::Role::User,
-                models: vec![],
-                limits: Default::default(),
-                priority: Default::default(),
-                secret: None,
-            })
-            .unwrap();
+        let (created, secret) = store.create_key(user_key("k", None)).unwrap();
         let now = crate::clock::unix_now();
         let first = cache.authenticate(store, &secret, now).unwrap();
         let again = cache.authenticate(store, &secret, now).unwrap();

@@ -636,6 +636,19 @@ mod tests {
             assert!(pool.take().is_none());
             assert_eq!(pool.idle_count(), 0);
 
+            // Only the expired ones go: an old connection is dropped, a newer one kept.
+            let old = TcpStream::connect_addr(addr).await.unwrap();
+            peers.push(listener.accept().unwrap().0);
+            pool.put(old);
+            monoio::time::sleep(Duration::from_millis(200)).await;
+            let fresh = TcpStream::connect_addr(addr).await.unwrap();
+            let fresh_port = fresh.local_addr().unwrap().port();
+            peers.push(listener.accept().unwrap().0);
+            pool.put(fresh);
+            monoio::time::sleep(Duration::from_millis(150)).await;
+            assert_eq!(pool.take().unwrap().local_addr().unwrap().port(), fresh_port);
+            assert!(pool.take().is_none(), "the older one expired");
+
             // A connection the upstream wrote to while idle is never handed out.
             let s = TcpStream::connect_addr(addr).await.unwrap();
             let mut peer = listener.accept().unwrap().0;

@@ -61,6 +61,18 @@ impl Counts {
 /// strings — nearly all of a prompt's bytes — are skipped with a vector
 /// search for their closing quote.
 pub fn count(native: &[u8]) -> Counts {
+    count_with(native, string_end)
+}
+
+/// [`count`]'s plain twin: each string walked a byte at a time. Tests and
+/// `benches/convert.rs` hold the two equal.
+pub fn count_plain(native: &[u8]) -> Counts {
+    count_with(native, string_end_plain)
+}
+
+/// The count, with `string_end` finding where each string ends.
+#[inline(always)]
+fn count_with(native: &[u8], string_end: impl Fn(&[u8], usize) -> usize + Copy) -> Counts {
     let mut c = Counts::default();
     let mut depth = 0usize;
     // The last key seen, and the depth it was seen at.
@@ -86,7 +98,7 @@ pub fn count(native: &[u8]) -> Counts {
                     }
                     // Tools and tool calls: their whole JSON, read past at once.
                     if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
-                        let end = value_end(native, k + 1);
+                        let end = value_end(native, k + 1, string_end);
                         c.json_bytes += (end - (k + 1)) as u64;
                         i = end;
                         continue;
@@ -121,62 +133,19 @@ fn string_end(b: &[u8], start: usize) -> usize {
     b.len()
 }
 
-/// [`count`]'s plain twin: each string walked a byte at a time. Tests and
-/// `benches/convert.rs` hold the two equal.
-pub fn count_plain(native: &[u8]) -> Counts {
-    let mut c = Counts::default();
-    let mut depth = 0usize;
-    // The last key seen, and the depth it was seen at.
-    let mut key: &[u8] = b"";
-    let mut i = 0;
-    while i < native.len() {
-        match native[i] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                while j < native.len() && native[j] != b'"' {
-                    j += if native[j] == b'\\' { 2 } else { 1 };
-                }
-                let s = &native[start..j.min(native.len())];
-                let mut k = j + 1;
-                while k < native.len() && native[k].is_ascii_whitespace() {
-                    k += 1;
-                }
-                if native.get(k) == Some(&b':') {
-                    // A key: the message's own fields are structure.
-                    key = s;
-                    if key == b"role" && depth == 3 {
-                        c.messages += 1;
-                    }
-                    // Tools and tool calls: their whole JSON, read past at once.
-                    if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
-                        let end = value_end(native, k + 1);
-                        c.json_bytes += (end - (k + 1)) as u64;
-                        i = end;
-                        continue;
-                    }
-                } else {
-                    match key {
-                        b"model" | b"role" | b"format" => {}
-                        b"images" => c.images += 1,
-                        _ => c.text_bytes += s.len() as u64,
-                    }
-                }
-                i = j;
-            }
-            _ => {}
-        }
-        i += 1;
+/// [`string_end`], a byte at a time.
+fn string_end_plain(b: &[u8], start: usize) -> usize {
+    let mut j = start;
+    while j < b.len() && b[j] != b'"' {
+        j += if b[j] == b'\\' { 2 } else { 1 };
     }
-    c
+    j.min(b.len())
 }
 
 /// Where the JSON value that starts at or after `at` ends (one past it): an
 /// array or object with its nesting and strings followed; a scalar up to
 /// the next `,`, `}` or `]`.
-fn value_end(b: &[u8], at: usize) -> usize {
+fn value_end(b: &[u8], at: usize, string_end: impl Fn(&[u8], usize) -> usize) -> usize {
     let mut i = at;
     while i < b.len() && b[i].is_ascii_whitespace() {
         i += 1;
@@ -184,12 +153,7 @@ fn value_end(b: &[u8], at: usize) -> usize {
     let mut depth = 0usize;
     while i < b.len() {
         match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
+            b'"' => i = string_end(b, i + 1),
             b'{' | b'[' => depth += 1,
             b'}' | b']' if depth == 0 => return i,
             b'}' | b']' => {
