@@ -6,10 +6,11 @@
 //! comparison of secrets to time. A revocation or change made anywhere —
 //! another worker, the CLI in another process, another instance through
 //! Redis — is a commit to the store, and applies to the very next request:
-//! a record this core decoded is used as is while the store's last commit is
-//! the one it was checked at (one load from LMDB's shared meta page); after
-//! any commit, the next request reads the record again (a read transaction)
-//! and decodes it only if its bytes changed.
+//! a record this core decoded is used as is while the store's last commit
+//! (one load from LMDB's shared meta page) is the snapshot its bytes were
+//! read from (the read transaction's own id); after any commit, the next
+//! request reads the record again (a read transaction) and decodes it only
+//! if its bytes changed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -65,8 +66,8 @@ pub fn admin_required() -> ApiError {
     ApiError::new(403, "invalid_request_error", "admin_required", "This endpoint needs a key with the admin role.")
 }
 
-/// A decoded record, the stored bytes it was decoded from, and the store's
-/// last commit when those bytes were last read.
+/// A decoded record, the stored bytes it was decoded from, and the commit
+/// (the read transaction's snapshot) those bytes were last read at.
 struct CachedRecord {
     bytes: Vec<u8>,
     record: Rc<KeyRecord>,
@@ -99,16 +100,21 @@ impl KeyCache {
 
     /// The current record for `hash`: the one decoded before if no write has
     /// been committed since it was read, else read from LMDB now.
+    ///
+    /// A record is current while the store's last commit is the snapshot its
+    /// bytes were read from. The snapshot is the read transaction's own id,
+    /// not the last commit seen before it began: LMDB shows a commit's meta
+    /// page (what `last_commit` reads) while it syncs it, before readers can
+    /// see the commit, so a read in that window would take the old bytes for
+    /// the new commit's and keep them until the next write.
     pub fn lookup(&self, store: &Store, hash: &KeyHash) -> Result<Option<Rc<KeyRecord>>, StoreError> {
-        // Taken before the read: a commit landing in between makes the next
-        // lookup read again, never the other way round.
-        let commit = store.last_commit();
         if let Some(entry) = self.entries.borrow().get(hash)
-            && entry.checked_at == commit
+            && entry.checked_at == store.last_commit()
         {
             return Ok(Some(entry.record.clone()));
         }
         let rtxn = store.read()?;
+        let snapshot = rtxn.id();
         let Some(raw) = store.keys.get(&rtxn, hash)? else {
             self.entries.borrow_mut().remove(hash);
             return Ok(None);
@@ -117,14 +123,14 @@ impl KeyCache {
         if let Some(entry) = entries.get_mut(hash)
             && entry.bytes.as_slice() == raw
         {
-            entry.checked_at = commit;
+            entry.checked_at = snapshot;
             return Ok(Some(entry.record.clone()));
         }
         let record = Rc::new(KeyRecord::decode(raw)?);
         if entries.len() >= CACHE_LIMIT {
             entries.clear();
         }
-        entries.insert(*hash, CachedRecord { bytes: raw.to_vec(), record: record.clone(), checked_at: commit });
+        entries.insert(*hash, CachedRecord { bytes: raw.to_vec(), record: record.clone(), checked_at: snapshot });
         Ok(Some(record))
     }
 }
@@ -192,5 +198,43 @@ mod tests {
 
         store.revoke_key(&created.id).unwrap();
         assert_eq!(cache.authenticate(store, &secret, now).unwrap_err(), invalid_key());
+    }
+
+    /// A reader that checks a key while its revocation is being committed
+    /// (LMDB writes the new meta page, syncs it, and only then lets new
+    /// readers see the commit) must not keep the old record as current: the
+    /// first lookup that begins after `revoke_key` returns refuses the key.
+    #[test]
+    fn a_revocation_racing_a_lookup_holds_from_the_moment_it_returns() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = crate::store::temp_dir("revoke-race");
+        let store = Store::open(&dir).unwrap();
+        for round in 0..20 {
+            let (created, secret) = store.create_key(user_key(&format!("racer{round}"), None)).unwrap();
+            let revoked = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(AtomicBool::new(false));
+            let served_after = Arc::new(AtomicUsize::new(0));
+            let reader = {
+                let (revoked, stop, served_after) = (revoked.clone(), stop.clone(), served_after.clone());
+                std::thread::spawn(move || {
+                    let cache = KeyCache::default();
+                    let now = crate::clock::unix_now();
+                    while !stop.load(Ordering::Acquire) {
+                        let after = revoked.load(Ordering::Acquire);
+                        if cache.authenticate(store, &secret, now).is_ok() && after {
+                            served_after.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            store.revoke_key(&created.id).unwrap();
+            revoked.store(true, Ordering::Release);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stop.store(true, Ordering::Release);
+            reader.join().unwrap();
+            assert_eq!(served_after.load(Ordering::Relaxed), 0, "round {round}: served after the revocation returned");
+        }
     }
 }

@@ -300,3 +300,90 @@ fn a_store_from_a_newer_version_is_refused_at_startup() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("newer ai-gateway"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Requests sent with `secret` on one kept connection until `stop`: for each,
+/// when it was sent and the status it got.
+fn hammer(
+    addr: std::net::SocketAddr,
+    secret: String,
+    path: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(std::time::Instant, u16)>> {
+    std::thread::spawn(move || {
+        let auth = format!("Bearer {secret}");
+        let mut sent = Vec::new();
+        let mut s = connect(addr);
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let at = std::time::Instant::now();
+            send(&mut s, "GET", path, None, &[("Authorization", &auth)]);
+            let Some(resp) = read_response(&mut r, false) else { break };
+            sent.push((at, resp.status));
+            if resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                s = connect(addr);
+                r = std::io::BufReader::new(s.try_clone().unwrap());
+            }
+        }
+        sent
+    })
+}
+
+/// The revocation of a key in use, `rounds` times: the requests sent after
+/// the DELETE returned that were still served (with `load`, other keys'
+/// streams run throughout).
+fn served_after_revocation(g: &Proc, role: &str, path: &'static str, rounds: usize) -> usize {
+    static NAMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut served = 0;
+    for round in 0..rounds {
+        let name = format!("{role}{}", NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let created = admin(g, ADMIN_KEY, "POST", "/admin/v1/keys", Some(json!({"name": name, "role": role})));
+        assert_eq!(created.status, 201, "{}", created.text());
+        let (id, secret) = (created.json()["id"].as_str().unwrap().to_owned(), created.json()["secret"].to_string());
+        let secret = secret.trim_matches('"').to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..2).map(|_| hammer(g.addr, secret.clone(), path, stop.clone())).collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let r = admin(g, ADMIN_KEY, "DELETE", &format!("/admin/v1/keys/{id}"), None);
+        let returned = std::time::Instant::now();
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(30));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        for c in clients {
+            let sent = c.join().unwrap();
+            assert!(sent.iter().any(|&(_, s)| s == 200), "the key was in use before its revocation");
+            served += sent.iter().filter(|&&(at, s)| at > returned && s == 200).count();
+        }
+        if role == "admin" {
+            let r = admin(g, &secret, "POST", "/admin/v1/keys", Some(json!({"name": format!("made-by-{round}")})));
+            assert_eq!(r.status, 401, "a revoked admin key created a key");
+        }
+    }
+    served
+}
+
+#[test]
+fn a_revoked_key_is_refused_from_the_moment_its_revocation_returns() {
+    let m = mock(&["--token-delay-ms", "5"]);
+    let g = gateway(&m, &["--workers", "2"]);
+    // Idle: only the revoked key's own requests.
+    assert_eq!(served_after_revocation(&g, "admin", "/metrics", 10), 0, "admin keys, idle gateway");
+    assert_eq!(served_after_revocation(&g, "user", "/v1/usage", 10), 0, "user keys, idle gateway");
+    // Loaded: other keys' streams on both workers meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (g.addr, stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let mut r = open_stream(addr, None);
+                    let _ = read_response(&mut r, false);
+                }
+            })
+        })
+        .collect();
+    let loaded =
+        served_after_revocation(&g, "admin", "/metrics", 10) + served_after_revocation(&g, "user", "/v1/usage", 10);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    load.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(loaded, 0, "loaded gateway");
+}
