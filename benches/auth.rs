@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
             expires: Some(4_102_444_800),
             limits: Limits { rpm: Some(600), tpm: Some(100_000), ..Limits::default() },
             priority: Default::default(),
+            grants: Default::default(),
             secret: None,
         };
         secret = store.create_key(new).unwrap().1;

@@ -20,6 +20,7 @@ fn bench(c: &mut Criterion) {
         expires: None,
         revoked_at: None,
         priority: Default::default(),
+        grants: Default::default(),
         limits: Limits {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),

@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
             expires: Some(4_102_444_800),
             limits,
             priority: Default::default(),
+            grants: Default::default(),
             secret: None,
         };
         secret = store.create_key(new).unwrap().1;

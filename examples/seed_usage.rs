@@ -24,6 +24,7 @@ fn main() {
         expires: None,
         limits: Limits::default(),
         priority: Default::default(),
+        grants: Default::default(),
         secret,
     };
     store.create_key(key("admin", Role::Admin, Some(args[2].clone()))).unwrap_or_else(|e| panic!("{e}"));

@@ -14,7 +14,7 @@ use crate::clock::{parse_expiry, unix_now};
 use crate::cluster::keys::KeyAdmin;
 use crate::config::{ClusterArgs, DataArgs};
 use crate::store::Store;
-use crate::store::keys::{KeyRecord, KeyUpdate, Limits, NewKey, Priority, Role, models_from_arg};
+use crate::store::keys::{Grants, KeyRecord, KeyUpdate, Limits, NewKey, Priority, Role, models_from_arg};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -90,6 +90,14 @@ pub struct CreateArgs {
     /// Lane in the upstream queue: `interactive`, `standard` (the default) or `batch`.
     #[arg(long)]
     pub priority: Option<String>,
+    /// Let the key's requests set their own load-time settings
+    /// (`keep_alive`, `num_ctx`, `num_gpu`, …); otherwise the operator's apply.
+    #[arg(long)]
+    pub load_options: bool,
+    /// Let the key use Ollama's web search and fetch (run on the host
+    /// owner's ollama.com account).
+    #[arg(long)]
+    pub web_search: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -128,6 +136,12 @@ pub struct UpdateArgs {
     /// Lane in the upstream queue: `interactive`, `standard` or `batch`.
     #[arg(long)]
     pub priority: Option<String>,
+    /// `true` or `false`: whether the key's own load-time settings reach the host.
+    #[arg(long)]
+    pub load_options: Option<bool>,
+    /// `true` or `false`: whether the key may use web search and fetch.
+    #[arg(long)]
+    pub web_search: Option<bool>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -161,6 +175,7 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                     monthly_tokens: a.monthly_tokens,
                 },
                 priority: a.priority.as_deref().map(priority_from_arg).transpose()?.unwrap_or_default(),
+                grants: Grants { load_options: a.load_options, web_search: a.web_search },
                 secret: None,
             };
             let (record, secret) = keys.create(new).map_err(|e| e.to_string())?;
@@ -229,6 +244,8 @@ fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
         daily_tokens: limit("daily-tokens", &a.daily_tokens)?,
         monthly_tokens: limit("monthly-tokens", &a.monthly_tokens)?,
         priority: a.priority.as_deref().map(priority_from_arg).transpose()?,
+        load_options: a.load_options,
+        web_search: a.web_search,
     })
 }
 
@@ -261,8 +278,8 @@ pub fn table(keys: &[KeyRecord]) -> String {
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or("-".into());
     let mut rows = vec![
         [
-            "ID", "NAME", "PREFIX", "ROLE", "MODELS", "RPM", "TPM", "CONC", "DAY", "MONTH", "LANE", "CREATED",
-            "EXPIRES", "STATUS",
+            "ID", "NAME", "PREFIX", "ROLE", "MODELS", "RPM", "TPM", "CONC", "DAY", "MONTH", "LANE", "GRANTS",
+            "CREATED", "EXPIRES", "STATUS",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -280,12 +297,20 @@ pub fn table(keys: &[KeyRecord]) -> String {
             opt(k.limits.daily_tokens),
             opt(k.limits.monthly_tokens),
             k.priority.name().to_owned(),
+            grants(&k.grants),
             date(Some(k.created)),
             date(k.expires),
             k.status(now).to_owned(),
         ]);
     }
     align(&rows)
+}
+
+/// A key's grants for the table: `load,web`, or `-`.
+fn grants(g: &Grants) -> String {
+    let names: Vec<&str> =
+        [(g.load_options, "load"), (g.web_search, "web")].into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect();
+    if names.is_empty() { "-".into() } else { names.join(",") }
 }
 
 /// `ai-gateway usage …`

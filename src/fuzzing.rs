@@ -229,10 +229,8 @@ pub fn responses_request(data: &[u8]) {
 
 /// The Ollama front's relay passes every byte through unchanged, whatever
 /// the upstream sends and however it is split (the first byte chooses);
-/// anything it adds is one `{"error":…}` line. A native body it checks is
-/// either relayed as it came, or rewritten as valid JSON, or a 400.
+/// anything it adds is one `{"error":…}` line.
 pub fn native_relay(data: &[u8]) {
-    use crate::ollama::request::{Kind, prepare};
     use crate::ollama::stream::{Flow, NativeRelay};
     let Some((&first, input)) = data.split_first() else { return };
     let flow = if first & 1 == 0 { Flow::Generation } else { Flow::Progress };
@@ -253,12 +251,42 @@ pub fn native_relay(data: &[u8]) {
             assert!(v["error"].is_string(), "an added line is an error line: {line}");
         }
     }
+}
+
+/// A native request body (the Ollama front), any kind (the first byte
+/// chooses it and whether the key may send load options): it is a 400, or
+/// what goes upstream has one reading — no member twice in any object as
+/// the host folds names — and says what the gateway planned: the served
+/// model, the stream flag, and no load-time setting of the client's unless
+/// the key may send them. A body with a member twice is never forwarded.
+pub fn native_request(data: &[u8]) {
+    use crate::json::{MAX_PASSTHROUGH_DEPTH, distinct_members};
+    use crate::ollama::request::{Kind, prepare};
+    use crate::upstream::native_request::host_member_name;
+    let Some((&first, input)) = data.split_first() else { return };
+    let kind = [Kind::Generation, Kind::Embedding, Kind::Show][first as usize % 3];
+    let load_options = first & 0x80 != 0;
     let mut native = Vec::new();
-    match prepare(input, &fuzz_aliases(), Kind::Generation, &mut native) {
-        Ok(_) if native == input => {}
+    let input_has_one_reading = distinct_members(input, MAX_PASSTHROUGH_DEPTH, host_member_name).is_ok();
+    match prepare(input, &fuzz_aliases(), kind, load_options, &mut native) {
         Ok(plan) => {
-            let v: serde_json::Value = serde_json::from_slice(&native).expect("a rewritten body is valid JSON");
-            assert_eq!(v["model"].as_str(), Some(plan.served_model.as_str()));
+            assert!(input_has_one_reading, "a body with a member twice was accepted");
+            assert!(distinct_members(&native, MAX_PASSTHROUGH_DEPTH, host_member_name).is_ok());
+            let v: serde_json::Value = serde_json::from_slice(&native).expect("the native body is valid JSON");
+            let obj = v.as_object().expect("an object");
+            let host = |name: &str| {
+                obj.iter().find(|(k, _)| host_member_name(k) == host_member_name(name)).map(|(_, v)| v.clone())
+            };
+            assert_eq!(host("model").and_then(|m| m.as_str().map(str::to_owned)), Some(plan.served_model.clone()));
+            if kind == Kind::Generation {
+                assert_eq!(plan.stream, host("stream").is_none_or(|s| s != false));
+            }
+            if !load_options {
+                assert!(host("keep_alive").is_none(), "a client's keep_alive went upstream");
+                if let Some(serde_json::Value::Object(o)) = host("options") {
+                    assert!(o.keys().all(|k| !crate::config::loads::is_runner_option(&k.to_ascii_lowercase())));
+                }
+            }
         }
         Err(e) => assert_eq!(e.status, 400),
     }
@@ -320,7 +348,7 @@ pub fn agent_streams(data: &[u8]) {
     }
 }
 
-fn fuzz_aliases() -> crate::config::aliases::Aliases {
+fn fuzz_aliases() -> crate::config::ModelTable {
     let map = std::collections::BTreeMap::from([("gpt-4o".to_owned(), "llama3:latest".to_owned())]);
-    crate::config::aliases::Aliases::new(map).unwrap_or_default()
+    crate::config::aliases::Aliases::new(map).unwrap_or_default().into()
 }

@@ -68,11 +68,11 @@ fn main() {
     }
     // A config file's settings become the defaults of the flags (file < env < flags).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let (command, aliases) =
+    let (command, tables) =
         ai_gateway::config::file::apply(Cli::command(), &args).unwrap_or_else(|msg| exit_with(&msg));
     let cli = Cli::from_arg_matches(&command.get_matches_from(&args)).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Serve(args) => ai_gateway::config::Config::from_args(&args, aliases).and_then(ai_gateway::server::run),
+        Command::Serve(args) => ai_gateway::config::Config::from_args(&args, tables).and_then(ai_gateway::server::run),
         Command::Keys(args) => return ai_gateway::cli::run_keys(args).unwrap_or_else(|msg| exit_with(&msg)),
         Command::Usage(args) => return ai_gateway::cli::run_usage(args).unwrap_or_else(|msg| exit_with(&msg)),
     };

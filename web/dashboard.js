@@ -103,6 +103,11 @@ function limitsText(l) {
   return parts.length ? parts.join(", ") : "unlimited";
 }
 
+function grantsText(k) {
+  const g = [k.load_options && "load settings", k.web_search && "web search"].filter(Boolean);
+  return g.length ? g.join(", ") : "none";
+}
+
 async function loadKeys() {
   const list = await api("GET", "/admin/v1/keys");
   const body = $("keys-table").tBodies[0];
@@ -118,6 +123,7 @@ async function loadKeys() {
         el("td", {}, k.models === "all" ? "all" : k.models.join(", ")),
         el("td", {}, limitsText(k.limits)),
         el("td", {}, k.priority ?? "standard"),
+        el("td", {}, grantsText(k)),
         el("td", {}, day(k.created)),
         el("td", {}, day(k.expires)),
         el("td", {}, k.last_used ?? "never"),
@@ -158,6 +164,8 @@ function settingsFrom(form, creating) {
     out[k] = v === "" ? null : Number(v);
   }
   out.priority = f.get("priority");
+  out.load_options = f.get("load_options") === "on";
+  out.web_search = f.get("web_search") === "on";
   const expires = f.get("expires").trim();
   if (expires !== "" || !creating) out.expires = expires === "" ? null : expires;
   return out;
@@ -191,6 +199,8 @@ function editKey(k) {
   form.elements.models.disabled = all;
   for (const [f] of LIMITS) form.elements[f].value = k.limits?.[f] ?? "";
   form.elements.priority.value = k.priority ?? "standard";
+  form.elements.load_options.checked = !!k.load_options;
+  form.elements.web_search.checked = !!k.web_search;
   form.elements.expires.value = k.expires ? day(k.expires) : "";
   form.dataset.key = k.id;
   $("edit-dialog").showModal();

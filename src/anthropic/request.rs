@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::aliases::Aliases;
+use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::{
@@ -143,7 +143,12 @@ pub enum Purpose {
 }
 
 /// Parses a Messages request and writes the native `/api/chat` body into `out`.
-pub fn convert_messages(body: &[u8], aliases: &Aliases, purpose: Purpose, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
+pub fn convert_messages(
+    body: &[u8],
+    models: &ModelTable,
+    purpose: Purpose,
+    out: &mut Vec<u8>,
+) -> Result<Plan, ApiError> {
     let req: MessagesRequest<'_> = parse_json(body)?;
     let model = model_name(req.model)?;
     let max_tokens = match (req.max_tokens, purpose) {
@@ -184,7 +189,7 @@ pub fn convert_messages(body: &[u8], aliases: &Aliases, purpose: Purpose, out: &
     }
 
     let stream = req.stream.unwrap_or(false) && purpose == Purpose::Generate;
-    let served = aliases.resolve(&model);
+    let served = models.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
     json_string(out, served);
@@ -211,6 +216,7 @@ pub fn convert_messages(body: &[u8], aliases: &Aliases, purpose: Purpose, out: &
             top_k: req.top_k,
             stop: req.stop_sequences,
         },
+        models.load(served),
     )
     .map_err(|_| ApiError::invalid("stop_sequences", "'stop_sequences' must be an array of strings."))?;
     if let Some(t) = think {
@@ -517,7 +523,7 @@ mod tests {
 
     fn convert(req: Value) -> Result<(Value, Plan), ApiError> {
         let mut out = Vec::new();
-        let plan = convert_messages(req.to_string().as_bytes(), &Aliases::default(), Purpose::Generate, &mut out)?;
+        let plan = convert_messages(req.to_string().as_bytes(), &ModelTable::default(), Purpose::Generate, &mut out)?;
         let native: Value = serde_json::from_slice(&out).expect("native body is valid JSON");
         Ok((native, plan))
     }
@@ -639,7 +645,7 @@ mod tests {
     fn count_tokens_needs_no_max_tokens_and_never_streams() {
         let mut out = Vec::new();
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}).to_string();
-        let plan = convert_messages(body.as_bytes(), &Aliases::default(), Purpose::CountTokens, &mut out).unwrap();
+        let plan = convert_messages(body.as_bytes(), &ModelTable::default(), Purpose::CountTokens, &mut out).unwrap();
         assert!(!plan.stream && !plan.generates && plan.max_tokens.is_none());
     }
 }

@@ -12,6 +12,14 @@ use crate::error::ApiError;
 use crate::policy::limits::{self, Limiters, Refusal};
 use crate::store::keys::KeyRecord;
 
+/// Whether `key` may use a model requested as `requested` and served by
+/// `served` (either name may be on its list); a cloud model needs its name
+/// on the list (`KeyRecord::may_use`).
+pub fn model_allowed(worker: &Worker, key: &KeyRecord, requested: &str, served: &str) -> bool {
+    let cloud = || worker.upstreams.is_cloud(served) || worker.upstreams.is_cloud(requested);
+    key.may_use(requested, cloud) || key.may_use(served, cloud)
+}
+
 /// Why a request is not admitted now.
 pub enum NotYet<'w> {
     /// The refusal to answer with.

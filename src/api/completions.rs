@@ -16,7 +16,7 @@ use crate::store::keys::KeyRecord;
 
 pub async fn completions<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = convert_completion(&req.body, &worker.config.aliases, &mut native);
+    let converted = convert_completion(&req.body, &worker.config.models, &mut native);
     let plan = match admit(worker, ctx, key, converted, &native) {
         Ok(p) => p,
         Err(refused) => return refused,

@@ -116,12 +116,12 @@ fn record_metrics(worker: &Worker, f: &Finished<'_>) {
 /// (`claude-*`) served it; otherwise one fixed label. So a key spraying
 /// made-up names cannot grow the usage table or the metrics.
 fn requested_label<'o>(worker: &'o Worker, o: &'o Outcome) -> &'o str {
-    if let Some((pattern, _)) = worker.config.aliases.pattern_for(&o.model) {
+    if let Some((pattern, _)) = worker.config.models.aliases.pattern_for(&o.model) {
         return pattern;
     }
     let known = o.model.is_empty()
         || o.status == 200
-        || worker.config.aliases.is_alias(&o.model)
+        || worker.config.models.aliases.is_alias(&o.model)
         || worker.upstreams.serves(&o.served_model);
     if known { &o.model } else { UNKNOWN_MODEL }
 }

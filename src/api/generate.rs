@@ -32,7 +32,7 @@ pub fn admit<'w, P: AsRef<Plan>>(
 ) -> Result<P, Reply<'w>> {
     let converted = converted.map_err(Reply::error)?;
     let plan = converted.as_ref();
-    if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
+    if !super::admission::model_allowed(worker, key, &plan.model, &plan.served_model) {
         return Err(Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model)));
     }
     let raw = crate::upstream::estimate::count(native).raw_tokens();

@@ -27,7 +27,7 @@ use crate::store::keys::KeyRecord;
 
 pub async fn messages<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = convert_messages(&req.body, &worker.config.aliases, Purpose::Generate, &mut native);
+    let converted = convert_messages(&req.body, &worker.config.models, Purpose::Generate, &mut native);
     let plan = match admit(worker, ctx, key, converted, &native) {
         Ok(p) => p,
         Err(refused) => return refused,
@@ -44,11 +44,11 @@ pub async fn messages<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key:
 /// `{"input_tokens": N}` for the request, estimated (see the module's paragraph).
 pub fn count_tokens<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let plan = match convert_messages(&req.body, &worker.config.aliases, Purpose::CountTokens, &mut native) {
+    let plan = match convert_messages(&req.body, &worker.config.models, Purpose::CountTokens, &mut native) {
         Ok(p) => p,
         Err(e) => return Reply::error(e),
     };
-    if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
+    if !super::admission::model_allowed(worker, key, &plan.model, &plan.served_model) {
         return Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model));
     }
     ctx.outcome.model.push_str(&plan.model);

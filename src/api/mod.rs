@@ -173,6 +173,7 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
             Native::Version => ollama::version(worker, ctx).await,
             Native::Tags | Native::Ps => ollama::listing(worker, ctx, key, n.path()).await,
             Native::Manage { method, path } => ollama::manage(worker, req, ctx, method, path).await,
+            Native::WebSearch | Native::WebFetch => ollama::web(worker, req, ctx, key, n.path()).await,
         },
         (Route::Usage, Some(key)) => usage::own(worker, key),
         (Route::AdminUsage, Some(_)) => usage::admin(worker, req).await,

@@ -20,12 +20,17 @@ pub struct ModelEntry {
     pub id: String,
     pub created: i64,
     pub owned_by: String,
+    /// A host lists it as remote: a cloud model (not part of the JSON).
+    pub remote: bool,
 }
 
 /// Reads an `/api/tags` reply into model entries.
 pub fn models_from_tags(body: &[u8]) -> Result<Vec<ModelEntry>, ApiError> {
     let tags = crate::upstream::tags::parse_tags(body).map_err(|m| ApiError::upstream(502, m.to_owned()))?;
-    Ok(tags.into_iter().map(|t| ModelEntry { id: t.name, created: t.modified, owned_by: t.namespace }).collect())
+    Ok(tags
+        .into_iter()
+        .map(|t| ModelEntry { id: t.name, created: t.modified, owned_by: t.namespace, remote: t.remote })
+        .collect())
 }
 
 fn write_model(out: &mut Vec<u8>, m: &ModelEntry) {
@@ -82,27 +87,30 @@ async fn fetch(worker: &Worker, ctx: &Ctx) -> Result<Vec<ModelEntry>, ApiError> 
     if !answered {
         return Err(failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered")));
     }
-    for (alias, target) in worker.config.aliases.iter() {
+    for (alias, target) in worker.config.models.aliases.iter() {
         if models.iter().any(|m| m.id == alias) {
             continue;
         }
         let t = models.iter().find(|m| crate::store::keys::same_model(&m.id, target));
-        let (created, owned_by) = t.map_or((0, "library".to_owned()), |t| (t.created, t.owned_by.clone()));
-        models.push(ModelEntry { id: alias.to_owned(), created, owned_by });
+        let (created, owned_by, remote) =
+            t.map_or((0, "library".to_owned(), false), |t| (t.created, t.owned_by.clone(), t.remote));
+        models.push(ModelEntry { id: alias.to_owned(), created, owned_by, remote });
     }
     Ok(models)
 }
 
-/// A key sees the models it may use: by name, or through an alias's target.
-fn visible(worker: &Worker, key: &KeyRecord, id: &str) -> bool {
-    key.allows_model(id) || key.allows_model(worker.config.aliases.resolve(id))
+/// A key sees the models it may use: by name, or through an alias's target
+/// (a cloud model only when its list names it).
+fn visible(worker: &Worker, key: &KeyRecord, m: &ModelEntry) -> bool {
+    let allowed = super::admission::model_allowed(worker, key, &m.id, worker.config.models.aliases.resolve(&m.id));
+    allowed && (!m.remote || !key.models.is_empty())
 }
 
 pub async fn list<'w>(worker: &Worker, ctx: &Ctx, key: &KeyRecord) -> Reply<'w> {
     match fetch(worker, ctx).await {
         Ok(mut models) => {
             // A key sees only the models it may use.
-            models.retain(|m| visible(worker, key, &m.id));
+            models.retain(|m| visible(worker, key, m));
             Reply::json(200, list_body(&models))
         }
         Err(e) => Reply::error(e),
@@ -113,7 +121,7 @@ pub async fn retrieve<'w>(worker: &Worker, ctx: &Ctx, key: &KeyRecord, id: &str)
     match fetch(worker, ctx).await {
         Ok(mut models) => {
             // A model the key may not use does not exist for it.
-            models.retain(|m| visible(worker, key, &m.id));
+            models.retain(|m| visible(worker, key, m));
             // `llama3` finds `llama3:latest`, as Ollama resolves it.
             let latest = format!("{id}:latest");
             match models.iter().find(|m| m.id == id).or_else(|| models.iter().find(|m| m.id == latest)) {
@@ -143,9 +151,24 @@ mod tests {
         assert_eq!(
             models,
             vec![
-                ModelEntry { id: "llama3:latest".into(), created: 1_777_629_600, owned_by: "library".into() },
-                ModelEntry { id: "mistralai/mistral:7b".into(), created: 1_777_629_600, owned_by: "mistralai".into() },
-                ModelEntry { id: "hf.co/bartowski/qwen:q4".into(), created: 0, owned_by: "bartowski".into() },
+                ModelEntry {
+                    id: "llama3:latest".into(),
+                    created: 1_777_629_600,
+                    owned_by: "library".into(),
+                    remote: false
+                },
+                ModelEntry {
+                    id: "mistralai/mistral:7b".into(),
+                    created: 1_777_629_600,
+                    owned_by: "mistralai".into(),
+                    remote: false
+                },
+                ModelEntry {
+                    id: "hf.co/bartowski/qwen:q4".into(),
+                    created: 0,
+                    owned_by: "bartowski".into(),
+                    remote: false
+                },
             ]
         );
         assert_eq!(

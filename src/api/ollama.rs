@@ -27,7 +27,7 @@ use super::worker::Worker;
 use crate::error::ApiError;
 use crate::http::request::Request;
 use crate::ollama::listing;
-use crate::ollama::request::{Kind, prepare};
+use crate::ollama::request::{Kind, one_reading, prepare};
 use crate::ollama::stream::{Flow, NativeRelay};
 use crate::store::keys::KeyRecord;
 use crate::upstream::native::{Usage, read_reply};
@@ -92,7 +92,7 @@ fn admitted<'w>(
     kind: Kind,
 ) -> Result<(Vec<u8>, crate::upstream::native_request::Plan), Reply<'w>> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = prepare(&req.body, &worker.config.aliases, kind, &mut native);
+    let converted = prepare(&req.body, &worker.config.models, kind, key.grants.load_options, &mut native);
     let plan = admit(worker, ctx, key, converted, &native)?;
     Ok((native, plan))
 }
@@ -107,11 +107,11 @@ fn as_it_came(out: &mut Vec<u8>, _id: &str, _model: &str, body: &[u8]) -> Result
 /// `POST /api/show`: about a model the key may use, from a host that serves it.
 pub async fn show<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 16);
-    let plan = match prepare(&req.body, &worker.config.aliases, Kind::Show, &mut native) {
+    let plan = match prepare(&req.body, &worker.config.models, Kind::Show, false, &mut native) {
         Ok(p) => p,
         Err(e) => return Reply::error(e),
     };
-    if !key.allows_model(&plan.model) && !key.allows_model(&plan.served_model) {
+    if !super::admission::model_allowed(worker, key, &plan.model, &plan.served_model) {
         return Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model));
     }
     ctx.outcome.model.push_str(&plan.model);
@@ -151,14 +151,42 @@ pub async fn listing<'w>(worker: &'w Worker, ctx: &mut Ctx, key: &KeyRecord, pat
     if bodies.is_empty() {
         return Reply::error(failure.unwrap_or_else(|| ApiError::upstream_unavailable("no model server answered")));
     }
-    let aliases = &worker.config.aliases;
-    let visible = |name: &str| key.allows_model(name) || key.allows_model(aliases.resolve(name));
+    let aliases = &worker.config.models.aliases;
+    let visible = |name: &str, remote: bool| {
+        let allowed = super::admission::model_allowed(worker, key, name, aliases.resolve(name));
+        allowed && (!remote || !key.models.is_empty())
+    };
     let pairs: Vec<(&str, &str)> = aliases.iter().collect();
     let mut out = Vec::new();
     match listing::merge(&bodies, &visible, &pairs, &mut out) {
         Ok(()) => Reply::json(200, out),
         Err(e) => Reply::error(e),
     }
+}
+
+/// Web search and fetch (keys granted `web_search`): the body, checked,
+/// relayed to a healthy host, which runs it on its ollama.com account.
+pub async fn web<'w>(
+    worker: &'w Worker,
+    req: &Request,
+    ctx: &mut Ctx,
+    key: &KeyRecord,
+    path: &'static str,
+) -> Reply<'w> {
+    if !key.grants.web_search {
+        let message = format!(
+            "The key '{}' may not use web search or fetch (the host runs them on its owner's ollama.com account); ask the gateway's administrator to grant it.",
+            key.name
+        );
+        return Reply::error(ApiError::new(403, "invalid_request_error", "web_search_not_allowed", message));
+    }
+    if let Err(e) = one_reading(&req.body) {
+        return Reply::error(e);
+    }
+    let hosts = &worker.upstreams.hosts;
+    let host = hosts.iter().position(|h| h.healthy()).unwrap_or(0);
+    let call = Call { method: "POST", path, body: Some(&req.body), model: "", queue_as: None, only: Some(host) };
+    relay_json(worker, ctx, &call, "").await
 }
 
 /// Model management (admin keys): the body relayed to one host, its
@@ -189,8 +217,17 @@ pub async fn manage<'w>(
             ));
         }
     };
+    if !req.body.is_empty()
+        && let Err(e) = one_reading(&req.body)
+    {
+        return Reply::error(e);
+    }
+    let stream_off = |v: serde_json::Value| {
+        let fold = crate::upstream::native_request::host_member_name;
+        v.as_object().is_some_and(|o| o.iter().any(|(k, v)| fold(k) == "STREAM" && *v == false))
+    };
     let streams = matches!(path, "/api/pull" | "/api/push" | "/api/create")
-        && !serde_json::from_slice::<serde_json::Value>(&req.body).is_ok_and(|v| v["stream"] == false);
+        && !serde_json::from_slice::<serde_json::Value>(&req.body).is_ok_and(stream_off);
     let body = (!req.body.is_empty()).then_some(req.body.as_slice());
     let call = Call { method, path, body, model: "", queue_as: None, only: Some(host) };
     if streams {

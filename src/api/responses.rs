@@ -32,7 +32,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let store = worker.store;
     let history = |id: &str| store.get_response(id, &key.id, now).map(|r| r.map(|r| r.history)).map_err(store_error);
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = convert_responses(&req.body, &worker.config.aliases, &history, &mut native);
+    let converted = convert_responses(&req.body, &worker.config.models, &history, &mut native);
     let rplan = match admit(worker, ctx, key, converted, &native) {
         Ok(p) => p,
         Err(refused) => return refused,

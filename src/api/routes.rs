@@ -74,6 +74,7 @@ impl Route {
                 Native::Version => "ollama_version",
                 Native::Ps => "ollama_ps",
                 Native::Manage { .. } => "ollama_manage",
+                Native::WebSearch | Native::WebFetch => "ollama_web",
             },
             Route::Models => "models",
             Route::Model(_) => "model",
@@ -142,6 +143,10 @@ pub enum Native {
         method: &'static str,
         path: &'static str,
     },
+    /// Web search and fetch, run by a host signed in to ollama.com on its
+    /// owner's account (keys granted `web_search`).
+    WebSearch,
+    WebFetch,
 }
 
 impl Native {
@@ -157,6 +162,8 @@ impl Native {
             Native::Version => "/api/version",
             Native::Ps => "/api/ps",
             Native::Manage { path, .. } => path,
+            Native::WebSearch => "/api/experimental/web_search",
+            Native::WebFetch => "/api/experimental/web_fetch",
         }
     }
 }
@@ -183,6 +190,8 @@ fn native_route(path: &str) -> Option<(Route, &'static str)> {
             (Native::Manage { method: "POST", path }, POST)
         }
         "/api/delete" => (Native::Manage { method: "DELETE", path: "/api/delete" }, DELETE),
+        "/api/experimental/web_search" | "/api/web_search" => (Native::WebSearch, POST),
+        "/api/experimental/web_fetch" | "/api/web_fetch" => (Native::WebFetch, POST),
         _ => return None,
     };
     Some((Route::Ollama(native), allow))

@@ -105,7 +105,7 @@ fn served_models(worker: &Worker) -> Vec<String> {
             }
         }
     }
-    for (alias, _) in worker.config.aliases.iter() {
+    for (alias, _) in worker.config.models.aliases.iter() {
         if !models.iter().any(|m| m == alias) {
             models.push(alias.to_owned());
         }

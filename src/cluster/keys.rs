@@ -181,6 +181,7 @@ impl KeyAdmin<'_> {
             revoked_at: None,
             limits: new.limits,
             priority: new.priority,
+            grants: new.grants,
             version: 0,
         };
         let mut key = ClusterKey { hash: hash_hex(&hash_secret(&secret)), record };

@@ -15,24 +15,26 @@ use std::path::PathBuf;
 
 use clap::Command;
 
+use crate::config::ModelTable;
 use crate::config::aliases::Aliases;
+use crate::config::loads::Loads;
 
 /// Reads the config file named on the command line (or in the environment),
 /// if any, and returns the command with the file's values as defaults of the
-/// `serve` subcommand, and the aliases.
-pub fn apply(cmd: Command, args: &[OsString]) -> Result<(Command, Aliases), String> {
+/// `serve` subcommand, and the file's tables.
+pub fn apply(cmd: Command, args: &[OsString]) -> Result<(Command, ModelTable), String> {
     let Some(path) = config_path(args) else {
-        return Ok((cmd, Aliases::default()));
+        return Ok((cmd, ModelTable::default()));
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (defaults, aliases) = parse(&text, &known_settings(&cmd)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (defaults, tables) = parse(&text, &known_settings(&cmd)).map_err(|e| format!("{}: {e}", path.display()))?;
     let cmd = cmd.mut_subcommand("serve", |mut serve| {
         for (id, values) in defaults {
             serve = serve.mut_arg(id, |a| a.default_values(values));
         }
         serve
     });
-    Ok((cmd, aliases))
+    Ok((cmd, tables))
 }
 
 /// The names a file may set: the `serve` arguments, except `config` itself.
@@ -52,12 +54,20 @@ fn known_settings(cmd: &Command) -> Vec<String> {
 /// Settings from a file: argument id → its values as text.
 pub type Settings = Vec<(String, Vec<String>)>;
 
-/// Settings and aliases from the file's text.
-pub fn parse(text: &str, known: &[String]) -> Result<(Settings, Aliases), String> {
+/// Settings and tables from the file's text.
+pub fn parse(text: &str, known: &[String]) -> Result<(Settings, ModelTable), String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
     let mut settings = Vec::new();
     let mut aliases = BTreeMap::new();
+    let mut loads = Loads::default();
     for (key, value) in table {
+        if key == "models" {
+            let toml::Value::Table(t) = value else {
+                return Err("[models] must be a table of per-model settings ([models.\"name\"])".into());
+            };
+            loads = Loads::from_toml(&t)?;
+            continue;
+        }
         if key == "aliases" {
             let toml::Value::Table(t) = value else {
                 return Err("[aliases] must be a table of \"requested\" = \"served\" names".into());
@@ -88,7 +98,7 @@ pub fn parse(text: &str, known: &[String]) -> Result<(Settings, Aliases), String
         };
         settings.push((key, values));
     }
-    Ok((settings, Aliases::new(aliases)?))
+    Ok((settings, ModelTable { aliases: Aliases::new(aliases)?, loads }))
 }
 
 /// `--config PATH` / `--config=PATH` on the command line, else `AI_GATEWAY_CONFIG`.
@@ -119,7 +129,7 @@ mod tests {
 
     #[test]
     fn settings_lists_and_aliases() {
-        let (settings, aliases) = parse(
+        let (settings, tables) = parse(
             r#"
             listen = "127.0.0.1:4000"
             workers = 2
@@ -140,7 +150,7 @@ mod tests {
                 ("workers".to_owned(), vec!["2".to_owned()]),
             ]
         );
-        assert_eq!(aliases.resolve("gpt-4o"), "llama3:latest");
+        assert_eq!(tables.aliases.resolve("gpt-4o"), "llama3:latest");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod aliases;
 pub mod file;
+pub mod loads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,33 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::aliases::Aliases;
+use crate::config::loads::{Load, Loads};
+
+/// The operator's table of models, from the config file: the aliases
+/// (`[aliases]`) and each served model's load-time settings (`[models]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelTable {
+    pub aliases: Aliases,
+    pub loads: Loads,
+}
+
+impl From<Aliases> for ModelTable {
+    fn from(aliases: Aliases) -> Self {
+        Self { aliases, loads: Loads::default() }
+    }
+}
+
+impl ModelTable {
+    /// The model that serves a requested name.
+    pub fn resolve<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.aliases.resolve(requested)
+    }
+
+    /// The operator's load-time settings for a served model.
+    pub fn load(&self, served: &str) -> &Load {
+        self.loads.for_model(served)
+    }
+}
 
 /// `ai-gateway serve` options.
 #[derive(Debug, Clone, Args)]
@@ -246,8 +274,8 @@ pub struct Config {
     pub upstream_health_interval: Duration,
     /// `--public-url`, without a trailing slash.
     pub public_url: Option<String>,
-    /// Model aliases from the config file's `[aliases]`.
-    pub aliases: Aliases,
+    /// Model aliases and load-time settings from the config file.
+    pub models: ModelTable,
     pub workers: usize,
     pub http: HttpLimits,
     pub upstream_limits: ClientLimits,
@@ -282,8 +310,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Validates the arguments; `aliases` come from the config file.
-    pub fn from_args(a: &ServeArgs, aliases: Aliases) -> Result<Self, String> {
+    /// Validates the arguments; `tables` come from the config file.
+    pub fn from_args(a: &ServeArgs, models: ModelTable) -> Result<Self, String> {
         let secs = |name: &str, v: f64| -> Result<Duration, String> {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))
@@ -319,7 +347,7 @@ impl Config {
                 }
                 Some(u) => return Err(format!("--public-url must be an http:// or https:// URL, got '{u}'")),
             },
-            aliases,
+            models,
             workers,
             http: HttpLimits {
                 max_body: a.max_body_bytes,

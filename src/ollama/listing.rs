@@ -8,12 +8,13 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 
 /// Merges the `models` arrays of `bodies` (each a host's reply) into `out`.
-/// `visible` says whether the key may see a model; `aliases` are
+/// `visible` says whether the key may see a model (by its name, and whether
+/// the host lists it as a remote, cloud model); `aliases` are
 /// `(alias, target)` pairs, listed when the key may see them and a host
 /// lists their target.
 pub fn merge(
     bodies: &[Vec<u8>],
-    visible: &dyn Fn(&str) -> bool,
+    visible: &dyn Fn(&str, bool) -> bool,
     aliases: &[(&str, &str)],
     out: &mut Vec<u8>,
 ) -> Result<(), ApiError> {
@@ -28,12 +29,14 @@ pub fn merge(
             }
         }
     }
-    let mut listed: Vec<Value> = models.iter().filter(|m| visible(name_of(m))).cloned().collect();
+    let mut listed: Vec<Value> = models.iter().filter(|m| visible(name_of(m), is_remote(m))).cloned().collect();
     for (alias, target) in aliases {
-        if !visible(alias) || listed.iter().any(|m| name_of(m) == *alias) {
+        if listed.iter().any(|m| name_of(m) == *alias) {
             continue;
         }
-        if let Some(t) = models.iter().find(|m| crate::store::keys::same_model(name_of(m), target)) {
+        if let Some(t) = models.iter().find(|m| crate::store::keys::same_model(name_of(m), target))
+            && visible(alias, is_remote(t))
+        {
             let mut entry = t.clone();
             entry["name"] = json!(alias);
             entry["model"] = json!(alias);
@@ -43,6 +46,11 @@ pub fn merge(
     out.clear();
     let _ = serde_json::to_writer(&mut *out, &json!({ "models": listed }));
     Ok(())
+}
+
+/// Whether a listed model runs on another host (a cloud model).
+fn is_remote(m: &Value) -> bool {
+    ["remote_host", "remote_model"].iter().any(|k| m[k].as_str().is_some_and(|r| !r.trim().is_empty()))
 }
 
 fn name_of(m: &Value) -> &str {
@@ -58,7 +66,7 @@ mod tests {
         let a = br#"{"models":[{"name":"llama3:latest","model":"llama3:latest","size":1},{"name":"qwen3:8b","model":"qwen3:8b","size":2}]}"#.to_vec();
         let b = br#"{"models":[{"name":"llama3:latest","model":"llama3:latest","size":9},{"name":"phi4:latest","model":"phi4:latest","size":3}]}"#.to_vec();
         let mut out = Vec::new();
-        let visible = |n: &str| n != "qwen3:8b";
+        let visible = |n: &str, _remote: bool| n != "qwen3:8b";
         merge(&[a, b], &visible, &[("gpt-4o", "llama3")], &mut out).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let names: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::aliases::Aliases;
+use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::Plan;
@@ -144,11 +144,11 @@ struct ImageUrl<'a> {
 /// Parses an OpenAI chat request and writes the native `/api/chat` body into `out`
 /// (no aliases).
 pub fn convert_chat(body: &[u8], out: &mut Vec<u8>) -> Result<Plan, ApiError> {
-    convert_chat_with(body, &Aliases::default(), out)
+    convert_chat_with(body, &ModelTable::default(), out)
 }
 
 /// [`convert_chat`], with the upstream model chosen through `aliases`.
-pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
+pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     let req: ChatRequest<'_> = parse_json(body)?;
 
     let model = model_name(req.model)?;
@@ -175,7 +175,7 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
     };
     let stream = req.stream.unwrap_or(false);
 
-    let served = aliases.resolve(&model);
+    let served = models.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
     json_string(out, served);
@@ -227,6 +227,7 @@ pub fn convert_chat_with(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> R
             top_k: None,
             stop: req.stop,
         },
+        models.load(served),
     )?;
 
     if let Some(t) = think {

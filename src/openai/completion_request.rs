@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::chat_request::StreamOptions;
-use crate::config::aliases::Aliases;
+use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::json_string;
 use crate::json::parse_json;
@@ -60,7 +60,7 @@ struct CompletionRequest<'a> {
 }
 
 /// Parses a completions request and writes the native `/api/generate` body into `out`.
-pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
+pub fn convert_completion(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) -> Result<Plan, ApiError> {
     let req: CompletionRequest<'_> = parse_json(body)?;
     let model = model_name(req.model)?;
     let prompt = prompt_literal(req.prompt)?;
@@ -82,7 +82,7 @@ pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
     if req.logprobs.is_some_and(|l| l.get() != "null") {
         return Err(ApiError::invalid("logprobs", "'logprobs' is not supported on completions."));
     }
-    let served = aliases.resolve(&model);
+    let served = models.resolve(&model);
     let stream = req.stream.unwrap_or(false);
 
     out.clear();
@@ -112,6 +112,7 @@ pub fn convert_completion(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
             top_k: None,
             stop: req.stop,
         },
+        models.load(served),
     )?;
     out.push(b'}');
 
@@ -159,10 +160,13 @@ mod tests {
     use serde_json::{Value, json};
 
     fn convert(body: Value) -> Result<(Plan, Value), ApiError> {
-        let aliases = Aliases::new(BTreeMap::from([("gpt-3.5-turbo-instruct".into(), "qwen2.5-coder:1.5b".into())]))
-            .map_err(ApiError::bad_request)?;
+        let aliases = crate::config::aliases::Aliases::new(BTreeMap::from([(
+            "gpt-3.5-turbo-instruct".into(),
+            "qwen2.5-coder:1.5b".into(),
+        )]))
+        .map_err(ApiError::bad_request)?;
         let mut out = Vec::new();
-        let plan = convert_completion(body.to_string().as_bytes(), &aliases, &mut out)?;
+        let plan = convert_completion(body.to_string().as_bytes(), &ModelTable::from(aliases.clone()), &mut out)?;
         Ok((plan, serde_json::from_slice(&out).expect("native body is JSON")))
     }
 

@@ -12,13 +12,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::aliases::Aliases;
+use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json;
 use crate::json::parse_json;
 use crate::upstream::native::Usage;
-use crate::upstream::native_request::Plan;
-use crate::upstream::native_request::model_name;
+use crate::upstream::native_request::{MAX_DIMENSIONS, Plan, Sampling, model_name, write_options};
 
 /// An embeddings request after converting it: the common plan and how the
 /// vectors are to be encoded.
@@ -50,7 +49,7 @@ struct EmbeddingsRequest<'a> {
 }
 
 /// Parses an embeddings request and writes the native `/api/embed` body into `out`.
-pub fn convert_embeddings(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> Result<EmbeddingsPlan, ApiError> {
+pub fn convert_embeddings(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) -> Result<EmbeddingsPlan, ApiError> {
     let req: EmbeddingsRequest<'_> = parse_json(body)?;
     let model = model_name(req.model)?;
     let input = input_literal(req.input)?;
@@ -64,10 +63,12 @@ pub fn convert_embeddings(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
             ));
         }
     };
-    if req.dimensions == Some(0) {
-        return Err(ApiError::invalid("dimensions", "'dimensions' must be at least 1."));
+    if let Some(d) = req.dimensions
+        && !(1..=MAX_DIMENSIONS).contains(&d)
+    {
+        return Err(ApiError::invalid("dimensions", format!("'dimensions' must be between 1 and {MAX_DIMENSIONS}.")));
     }
-    let served = aliases.resolve(&model);
+    let served = models.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
     json::json_string(out, served);
@@ -77,6 +78,7 @@ pub fn convert_embeddings(body: &[u8], aliases: &Aliases, out: &mut Vec<u8>) -> 
         out.extend_from_slice(b",\"dimensions\":");
         json::number(out, d);
     }
+    write_options(out, &Sampling::default(), models.load(served))?;
     out.push(b'}');
     let plan = Plan {
         served_model: served.to_owned(),
@@ -268,13 +270,15 @@ mod tests {
 
     #[test]
     fn request_maps_and_checks_its_fields() {
-        let aliases =
-            Aliases::new(BTreeMap::from([("text-embedding-3-small".into(), "nomic-embed-text:latest".into())]))
-                .unwrap();
+        let aliases = crate::config::aliases::Aliases::new(BTreeMap::from([(
+            "text-embedding-3-small".into(),
+            "nomic-embed-text:latest".into(),
+        )]))
+        .unwrap();
         let mut out = Vec::new();
         let body = json!({"model": "text-embedding-3-small", "input": ["a", "b \"c\""], "dimensions": 8,
             "encoding_format": "base64", "user": "indexer"});
-        let p = convert_embeddings(body.to_string().as_bytes(), &aliases, &mut out).unwrap();
+        let p = convert_embeddings(body.to_string().as_bytes(), &ModelTable::from(aliases.clone()), &mut out).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&out).unwrap(),
             json!({"model": "nomic-embed-text:latest", "input": ["a", "b \"c\""], "dimensions": 8})
@@ -285,7 +289,8 @@ mod tests {
             ("text-embedding-3-small", "nomic-embed-text:latest")
         );
         assert_eq!(p.plan.user.as_deref(), Some("indexer"));
-        let p = convert_embeddings(br#"{"model":"m","input":""}"#, &aliases, &mut out).unwrap();
+        let p =
+            convert_embeddings(br#"{"model":"m","input":""}"#, &ModelTable::from(aliases.clone()), &mut out).unwrap();
         assert!(!p.base64);
         assert_eq!(out, br#"{"model":"m","input":""}"#);
         for (body, param) in [
@@ -298,7 +303,8 @@ mod tests {
             (json!({"model": "m", "input": "x", "dimensions": 0}), "dimensions"),
             (json!({"model": "m", "input": "x", "dimensions": "8"}), "dimensions"),
         ] {
-            let e = convert_embeddings(body.to_string().as_bytes(), &aliases, &mut out).unwrap_err();
+            let e = convert_embeddings(body.to_string().as_bytes(), &ModelTable::from(aliases.clone()), &mut out)
+                .unwrap_err();
             assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{body}");
         }
     }

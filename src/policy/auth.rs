@@ -148,6 +148,7 @@ mod tests {
             models: vec![],
             limits: Default::default(),
             priority: Default::default(),
+            grants: Default::default(),
             secret: None,
         }
     }

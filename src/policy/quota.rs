@@ -222,6 +222,7 @@ mod tests {
                 expires: None,
                 limits: Limits { daily_tokens: Some(100), monthly_tokens: Some(150), ..Default::default() },
                 priority: Default::default(),
+                grants: Default::default(),
                 secret: None,
             })
             .unwrap();

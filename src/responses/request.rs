@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::aliases::Aliases;
+use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, number, parse_json};
 use crate::upstream::native_request::{
@@ -228,7 +228,7 @@ pub type History<'h> = &'h dyn Fn(&str) -> Result<Option<Vec<u8>>, ApiError>;
 /// `out`. `history` finds the conversation a `previous_response_id` names.
 pub fn convert_responses(
     body: &[u8],
-    aliases: &Aliases,
+    models: &ModelTable,
     history: History<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ResponsesPlan, ApiError> {
@@ -290,7 +290,7 @@ pub fn convert_responses(
     conversation.extend_from_slice(&this_turn);
 
     let stream = req.stream.unwrap_or(false);
-    let served = aliases.resolve(&model);
+    let served = models.resolve(&model);
     out.clear();
     out.extend_from_slice(b"{\"model\":");
     json_string(out, served);
@@ -344,6 +344,7 @@ pub fn convert_responses(
             top_k: None,
             stop: None,
         },
+        models.load(served),
     )?;
     if let Some(t) = think {
         out.extend_from_slice(b",\"think\":");
@@ -929,7 +930,7 @@ mod tests {
     fn convert_with(req: Value, stored: Option<&str>) -> Result<(Value, ResponsesPlan), ApiError> {
         let mut out = Vec::new();
         let history = |_: &str| Ok(stored.map(|s| s.as_bytes().to_vec()));
-        let plan = convert_responses(req.to_string().as_bytes(), &Aliases::default(), &history, &mut out)?;
+        let plan = convert_responses(req.to_string().as_bytes(), &ModelTable::default(), &history, &mut out)?;
         let native: Value = serde_json::from_slice(&out).expect("native body is valid JSON");
         Ok((native, plan))
     }

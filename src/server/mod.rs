@@ -243,6 +243,7 @@ fn bootstrap_admin_key(store: &Store) -> Result<(), String> {
         expires: None,
         limits: Limits::default(),
         priority: Default::default(),
+        grants: Default::default(),
         secret: given,
     };
     let (record, secret) = store

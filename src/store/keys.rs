@@ -64,6 +64,31 @@ pub struct Limits {
     pub monthly_tokens: Option<u64>,
 }
 
+/// What a key may do beyond using its models, each off unless granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Its requests' own load-time settings (`keep_alive`, the runner
+    /// options such as `num_ctx`) reach the host; without it they are
+    /// replaced by the operator's (`[models]` in the config file).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub load_options: bool,
+    /// Ollama's web search and fetch (`/api/experimental/web_search`,
+    /// `web_fetch`), which a host signed in to ollama.com runs on its
+    /// owner's account.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub web_search: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Grants {
+    fn is_none(&self) -> bool {
+        *self == Grants::default()
+    }
+}
+
 /// A stored key (without its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -88,6 +113,8 @@ pub struct KeyRecord {
     /// Its lane in the upstream queue.
     #[serde(default)]
     pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Grants::is_none")]
+    pub grants: Grants,
     /// The cluster's version of this record (0 without `--redis`); a mirror
     /// applies a record only over an older one.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -117,6 +144,14 @@ impl KeyRecord {
         self.models.is_empty() || self.models.iter().any(|m| same_model(m, model))
     }
 
+    /// Whether the key may use `model`, where `cloud` tells whether a model
+    /// runs on ollama.com (on the host owner's account) and is asked only
+    /// when it matters: "all" means the hosts' own models, and a cloud model
+    /// is allowed only to a key that lists it by name.
+    pub fn may_use(&self, model: &str, cloud: impl FnOnce() -> bool) -> bool {
+        if self.models.is_empty() { !cloud() } else { self.allows_model(model) }
+    }
+
     /// The stable JSON shape of the CLI's `--json` and the admin API.
     pub fn view(&self) -> serde_json::Value {
         let time = |t: Option<i64>| t.map(|t| unix_to_rfc3339(t, 0).replace(".000000000Z", "Z"));
@@ -133,6 +168,8 @@ impl KeyRecord {
             "status": self.status(unix_now()),
             "limits": self.limits,
             "priority": self.priority,
+            "load_options": self.grants.load_options,
+            "web_search": self.grants.web_search,
         })
     }
 
@@ -220,6 +257,7 @@ pub struct NewKey {
     pub expires: Option<i64>,
     pub limits: Limits,
     pub priority: Priority,
+    pub grants: Grants,
     /// Use this secret instead of a random one (bootstrap admin key).
     pub secret: Option<String>,
 }
@@ -238,6 +276,8 @@ pub struct KeyUpdate {
     pub daily_tokens: Option<Option<u64>>,
     pub monthly_tokens: Option<Option<u64>>,
     pub priority: Option<Priority>,
+    pub load_options: Option<bool>,
+    pub web_search: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -315,6 +355,10 @@ impl KeyUpdate {
                     }
                 }
                 "rpm" | "tpm" | "max_concurrent" | "daily_tokens" | "monthly_tokens" => set_limit(&mut u, k, k, v)?,
+                "load_options" | "web_search" => {
+                    let b = v.as_bool().ok_or_else(|| (k.clone(), format!("'{k}' must be true or false.")))?;
+                    if k == "load_options" { u.load_options = Some(b) } else { u.web_search = Some(b) }
+                }
                 // Read-only fields of the view are accepted and ignored, so a
                 // fetched key can be sent back with changes.
                 "id" | "prefix" | "created" | "revoked" | "revoked_at" | "status" | "last_used" => {}
@@ -341,6 +385,12 @@ impl KeyUpdate {
         }
         if let Some(priority) = self.priority {
             record.priority = priority;
+        }
+        if let Some(b) = self.load_options {
+            record.grants.load_options = b;
+        }
+        if let Some(b) = self.web_search {
+            record.grants.web_search = b;
         }
         let l = &mut record.limits;
         for (field, value) in [
@@ -376,6 +426,11 @@ impl KeyUpdate {
         if let Some(p) = self.priority {
             v.insert("priority".into(), p.name().into());
         }
+        for (name, grant) in [("load_options", self.load_options), ("web_search", self.web_search)] {
+            if let Some(b) = grant {
+                v.insert(name.into(), b.into());
+            }
+        }
         for (name, value) in [
             ("rpm", self.rpm),
             ("tpm", self.tpm),
@@ -406,6 +461,10 @@ impl KeyUpdate {
                 monthly_tokens: self.monthly_tokens.flatten(),
             },
             priority: self.priority.unwrap_or_default(),
+            grants: Grants {
+                load_options: self.load_options.unwrap_or(false),
+                web_search: self.web_search.unwrap_or(false),
+            },
             secret: None,
         })
     }
@@ -464,6 +523,7 @@ impl Store {
             revoked_at: None,
             limits: new.limits,
             priority: new.priority,
+            grants: new.grants,
             version: 0,
         };
         self.keys.put(&mut wtxn, &hash, &record.encode())?;
@@ -753,6 +813,7 @@ mod tests {
             expires: None,
             limits: Limits::default(),
             priority: Default::default(),
+            grants: Default::default(),
             secret: None,
         }
     }
@@ -840,6 +901,7 @@ mod tests {
             revoked_at: None,
             limits: Limits::default(),
             priority: Priority::Standard,
+            grants: Grants::default(),
             version: 0,
         };
         assert!(r.allows_model("anything"));

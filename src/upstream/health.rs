@@ -73,7 +73,13 @@ fn check(h: &Host, timeout: Duration) {
             if recovered || n.is_multiple_of(TAGS_EVERY) || h.models.lock().is_none() {
                 match get(&h.target, "/api/tags", timeout) {
                     Ok(body) => match super::tags::parse_tags(&body) {
-                        Ok(list) => *h.models.lock() = Some(list.into_iter().map(|t| t.name).collect()),
+                        Ok(list) => {
+                            let remote: Vec<String> =
+                                list.iter().filter(|t| t.remote).map(|t| t.name.clone()).collect();
+                            h.any_remote.store(!remote.is_empty(), std::sync::atomic::Ordering::Relaxed);
+                            *h.remote.lock() = remote;
+                            *h.models.lock() = Some(list.into_iter().map(|t| t.name).collect());
+                        }
                         Err(e) => *h.last_error.lock() = e.to_owned(),
                     },
                     Err(e) => *h.last_error.lock() = e,

@@ -42,6 +42,10 @@ pub struct Host {
     pub(super) checks: AtomicU64,
     /// Models it serves (from `/api/tags`), `None` until first learned.
     pub(super) models: Mutex<Option<Vec<String>>>,
+    /// Those of its models that run elsewhere (cloud models, `remote_host`).
+    pub(super) remote: Mutex<Vec<String>>,
+    /// Whether `remote` has any (so that a request looks only when it does).
+    pub(super) any_remote: AtomicBool,
     version: Mutex<String>,
     pub(super) last_error: Mutex<String>,
 }
@@ -150,6 +154,8 @@ impl Upstreams {
                 failures: AtomicU32::new(0),
                 checks: AtomicU64::new(0),
                 models: Mutex::new(None),
+                remote: Mutex::new(Vec::new()),
+                any_remote: AtomicBool::new(false),
                 version: Mutex::new(String::new()),
                 last_error: Mutex::new(String::new()),
             });
@@ -182,6 +188,21 @@ impl Upstreams {
     /// True when some host is known to serve `model` (from its last listing).
     pub fn serves(&self, model: &str) -> bool {
         self.hosts.iter().any(|h| h.has_model(model) == Some(true))
+    }
+
+    /// Whether `model` runs on ollama.com rather than on a host: a cloud
+    /// name, or a model some host lists as remote (compared without regard
+    /// to case, as the host finds models).
+    pub fn is_cloud(&self, model: &str) -> bool {
+        if super::tags::is_cloud_name(model) {
+            return true;
+        }
+        self.hosts.iter().any(|h| {
+            h.any_remote.load(Relaxed) && {
+                let model = model.trim().to_ascii_lowercase();
+                h.remote.lock().iter().any(|m| crate::store::keys::same_model(&m.to_ascii_lowercase(), &model))
+            }
+        })
     }
 
     /// True when some host is healthy.

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
+use crate::config::loads::Load;
 use crate::error::ApiError;
 
 /// What the gateway needs to know about a request after converting it, the
@@ -60,7 +61,12 @@ pub fn model_name(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ApiError>
 /// well inside LMDB's 511-byte key limit.
 pub const MAX_MODEL_NAME: usize = 256;
 
+/// Most `dimensions` an embeddings request may ask for: more than any
+/// embedding model has, and the host sizes its work by it.
+pub const MAX_DIMENSIONS: u64 = 1 << 16;
+
 /// The sampling options chat and completions share, as the client sent them.
+#[derive(Default)]
 pub struct Sampling<'a> {
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
@@ -73,8 +79,10 @@ pub struct Sampling<'a> {
 }
 
 /// Writes Ollama's `options` object for `s`: only the options the client set,
-/// so that the model's own defaults apply to the rest (docs/PROTOCOL.md, "Chat completions").
-pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError> {
+/// so that the model's own defaults apply to the rest (docs/PROTOCOL.md, "Chat completions"),
+/// and the served model's load-time settings, which are the operator's
+/// (`config::loads`): its runner options in `options`, its `keep_alive` after.
+pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>, load: &Load) -> Result<(), ApiError> {
     let mut options = Options::new(out);
     options.uint("num_predict", s.max_tokens);
     options.float("temperature", s.temperature);
@@ -86,7 +94,15 @@ pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>) -> Result<(), ApiError
     if let Some(stop) = s.stop {
         write_stop(&mut options, stop)?;
     }
+    for (name, value) in &load.options {
+        options.key(name);
+        options.out.extend_from_slice(value.as_bytes());
+    }
     options.close();
+    if let Some(keep_alive) = &load.keep_alive {
+        out.extend_from_slice(b",\"keep_alive\":");
+        out.extend_from_slice(keep_alive.as_bytes());
+    }
     Ok(())
 }
 
@@ -288,4 +304,48 @@ pub fn write_function_tool(out: &mut Vec<u8>, name: &str, description: Option<&s
     out.extend_from_slice(b",\"parameters\":");
     out.extend_from_slice(parameters.unwrap_or("{\"type\":\"object\",\"properties\":{}}").as_bytes());
     out.extend_from_slice(b"}}");
+}
+
+/// A member name as Ollama's decoder (Go's `encoding/json`) matches it to a
+/// field: without regard to case, each character mapped to lower case and
+/// then to upper case, so that `MODEL`, `Model` and `ſtream` (with a long
+/// s) name `model` and `stream`. Two names with the same fold are one field
+/// to the host, whose decoder keeps the last; a body forwarded as the client
+/// wrote it is checked against this (see `json::distinct_members`). For the
+/// characters Go folds to an ASCII letter (the names the gateway reads are
+/// ASCII) this is Go's fold exactly: the Kelvin sign, `ſ`, `İ` and `ı`
+/// among them; where Rust maps a character to several (`ß` to `SS`), the
+/// first is taken.
+pub fn host_member_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_ascii_uppercase()
+            } else {
+                let lower = c.to_lowercase().next().unwrap_or(c);
+                lower.to_uppercase().next().unwrap_or(lower)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_fold_as_the_hosts_decoder_folds_them() {
+        for (a, b) in [
+            ("model", "MODEL"),
+            ("model", "mOdEl"),
+            ("stream", "\u{17f}tream"),
+            ("keep_alive", "\u{212a}eep_alive"),
+            ("think", "th\u{130}nk"),
+            ("think", "th\u{131}nk"),
+        ] {
+            assert_eq!(host_member_name(a), host_member_name(b), "{a} {b}");
+        }
+        assert_ne!(host_member_name("model"), host_member_name("models"));
+        assert_ne!(host_member_name("stream"), host_member_name("s_tream"));
+    }
 }

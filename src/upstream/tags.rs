@@ -22,6 +22,10 @@ struct RawTag<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     modified_at: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    remote_host: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    remote_model: Option<Cow<'a, str>>,
 }
 
 /// One model a host serves.
@@ -33,6 +37,21 @@ pub struct Tag {
     pub modified: i64,
     /// The namespace before the last `/` (`library` for official models).
     pub namespace: String,
+    /// Served by another host (`remote_host`): a cloud model, run on
+    /// ollama.com on the account the host is signed in to.
+    pub remote: bool,
+}
+
+/// Whether a model name is one Ollama sends to ollama.com whatever the
+/// host has: a `:cloud` tag, or a tag ending in `-cloud` (`gpt-oss:120b-cloud`),
+/// in any case and with spaces around, as Ollama's `modelref` reads it.
+/// (A model copied from a cloud one keeps running there under any name; the
+/// hosts' listings say which, see [`Tag::remote`].)
+pub fn is_cloud_name(name: &str) -> bool {
+    let Some((_, tag)) = name.trim().rsplit_once(':') else { return false };
+    let tag = tag.trim().as_bytes();
+    tag.eq_ignore_ascii_case(b"cloud")
+        || (!tag.contains(&b'/') && tag.len() > 6 && tag[tag.len() - 6..].eq_ignore_ascii_case(b"-cloud"))
 }
 
 /// Reads an `/api/tags` reply. A `null` or missing list is an empty one.
@@ -49,7 +68,8 @@ pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, &'static str> {
                 Some((ns, _)) => ns.rsplit('/').next().unwrap_or(ns).to_owned(),
                 None => "library".to_owned(),
             };
-            Some(Tag { name, modified, namespace })
+            let remote = [t.remote_host, t.remote_model].iter().flatten().any(|r| !r.trim().is_empty());
+            Some(Tag { name, modified, namespace, remote })
         })
         .collect())
 }
@@ -112,18 +132,49 @@ mod tests {
         let body = br#"{"models":[
             {"name":"llama3:latest","model":"llama3:latest","modified_at":"2026-05-01T10:00:00.123Z","size":4661224676,"digest":"x","details":{"format":"gguf"}},
             {"name":"mistralai/mistral:7b","modified_at":"2026-05-01T10:00:00Z"},
-            {"name":"hf.co/bartowski/qwen:q4","model":"","modified_at":"bad"}]}"#;
+            {"name":"hf.co/bartowski/qwen:q4","model":"","modified_at":"bad","remote_host":"https://ollama.com:443"}]}"#;
         assert_eq!(
             parse_tags(body).unwrap(),
             vec![
-                Tag { name: "llama3:latest".into(), modified: 1_777_629_600, namespace: "library".into() },
-                Tag { name: "mistralai/mistral:7b".into(), modified: 1_777_629_600, namespace: "mistralai".into() },
-                Tag { name: "hf.co/bartowski/qwen:q4".into(), modified: 0, namespace: "bartowski".into() },
+                Tag {
+                    name: "llama3:latest".into(),
+                    modified: 1_777_629_600,
+                    namespace: "library".into(),
+                    remote: false
+                },
+                Tag {
+                    name: "mistralai/mistral:7b".into(),
+                    modified: 1_777_629_600,
+                    namespace: "mistralai".into(),
+                    remote: false
+                },
+                Tag {
+                    name: "hf.co/bartowski/qwen:q4".into(),
+                    modified: 0,
+                    namespace: "bartowski".into(),
+                    remote: true
+                },
             ]
         );
         for body in [&br#"{"models":null}"#[..], b"{}"] {
             assert_eq!(parse_tags(body).unwrap(), vec![]);
         }
         assert!(parse_tags(b"<html>").is_err());
+    }
+
+    #[test]
+    fn cloud_names_are_read_as_ollama_reads_them() {
+        for cloud in [
+            "gpt-oss:120b-cloud",
+            "qwen3-coder:480b-cloud",
+            "deepseek-v3.1:cloud",
+            "GPT-OSS:120B-CLOUD",
+            " kimi:Cloud ",
+        ] {
+            assert!(is_cloud_name(cloud), "{cloud}");
+        }
+        for local in ["llama3", "llama3:latest", "cloud", "my-cloud", "registry:5000/cloud-model", "x:cloudy"] {
+            assert!(!is_cloud_name(local), "{local}");
+        }
     }
 }

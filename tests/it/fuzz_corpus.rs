@@ -76,3 +76,8 @@ fn native_relay_corpus_and_regressions() {
 fn agent_streams_corpus_and_regressions() {
     assert!(replay("agent_streams", ai_gateway::fuzzing::agent_streams) > 0);
 }
+
+#[test]
+fn native_request_corpus_and_regressions() {
+    assert!(replay("native_request", ai_gateway::fuzzing::native_request) > 0);
+}

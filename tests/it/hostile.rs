@@ -369,6 +369,7 @@ fn seeded_store(days: i64, models: usize) -> (std::path::PathBuf, String) {
         expires: None,
         limits: Limits::default(),
         priority: Default::default(),
+        grants: Default::default(),
         secret: secret.map(str::to_owned),
     };
     store.create_key(key("admin", Role::Admin, Some(ADMIN_KEY))).unwrap();

@@ -121,6 +121,14 @@ fn cli_changes_apply_to_the_running_server_on_the_next_request() {
     assert_eq!(ids, ["llama3:latest"]);
     assert_eq!(get_as(&g, &secret, "/v1/models/qwen3:8b").status, 404);
 
+    // Grants from the CLI.
+    let (c, out, err) = keys_cli(&dir, &["update", "ci-bot", "--load-options", "true", "--json"]);
+    assert_eq!(c, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["load_options"].clone(), v["web_search"].clone()), (json!(true), json!(false)));
+    let (_, table, _) = keys_cli(&dir, &["show", "ci-bot"]);
+    assert!(table.contains("GRANTS") && table.contains(" load "), "{table}");
+
     // Widen the allowlist from the CLI: applies at once.
     let (c, _, err) = keys_cli(&dir, &["update", "ci-bot", "--models", "all", "--rpm", "60"]);
     assert_eq!(c, 0, "{err}");
@@ -240,6 +248,14 @@ fn admin_api_manages_keys_and_refuses_user_keys() {
     assert_eq!(admin(&g, ADMIN_KEY, "GET", "/admin/v1/keys/web", None).json()["id"], id.as_str());
     assert_eq!(admin(&g, ADMIN_KEY, "GET", "/admin/v1/keys/key_nope", None).status, 404);
 
+    // Grants are off unless given.
+    assert_eq!((web["load_options"].clone(), web["web_search"].clone()), (json!(false), json!(false)));
+    let granted = admin(&g, ADMIN_KEY, "PATCH", &format!("/admin/v1/keys/{id}"), Some(json!({"web_search": true})));
+    assert_eq!(
+        (granted.json()["web_search"].clone(), granted.json()["load_options"].clone()),
+        (json!(true), json!(false))
+    );
+
     // PATCH changes apply at once; null clears.
     let patched = admin(
         &g,
@@ -259,6 +275,8 @@ fn admin_api_manages_keys_and_refuses_user_keys() {
         (json!({"role":"root"}), "role"),
         (json!({"expires":"later"}), "expires"),
         (json!({"nmae":"x"}), "nmae"),
+        (json!({"web_search":"yes"}), "web_search"),
+        (json!({"load_options":1}), "load_options"),
     ] {
         let r = admin(&g, ADMIN_KEY, "PATCH", &format!("/admin/v1/keys/{id}"), Some(body));
         assert_eq!(r.status, 400);

@@ -177,3 +177,157 @@ fn a_client_that_leaves_a_native_stream_cancels_the_generation() {
     drop(s);
     assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 1), "{}", stats(&m));
 }
+
+/// What the emulator last received, as JSON.
+fn last_upstream(m: &Proc) -> Value {
+    serde_json::from_slice(&get(m.addr, "/_last").body).unwrap()
+}
+
+#[test]
+fn a_member_given_twice_in_any_case_is_refused_and_never_reaches_the_host() {
+    let m = mock(&["--tokens", "2"]);
+    let g = gateway(&m, &[]);
+    let key = create_key(&g, "narrow", &["--models", "llama3", "--daily-tokens", "500"]);
+    let key = key["secret"].as_str().unwrap();
+    let send = |path: &str, body: &str| {
+        request_with(g.addr, "POST", path, Some(body), &[("Authorization", &format!("Bearer {key}"))])
+    };
+    let before = stats(&m);
+    for path in ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"] {
+        for body in [
+            r#"{"model":"llama3","model":"qwen3:8b","prompt":"x","input":"x","messages":[]}"#,
+            r#"{"model":"llama3","MODEL":"qwen3:8b","prompt":"x","input":"x","messages":[]}"#,
+            "{\"model\":\"llama3\",\"Model\":\"qwen3:8b\",\"prompt\":\"x\"}",
+            r#"{"model":"llama3","stream":false,"stream":true,"prompt":"x"}"#,
+            r#"{"model":"llama3","options":{"num_predict":5},"OPTIONS":{"num_predict":5000},"prompt":"x"}"#,
+            "{\"model\":\"llama3\",\"stream\":false,\"\u{17f}tream\":true,\"prompt\":\"x\"}",
+        ] {
+            let r = send(path, body);
+            assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
+            assert!(r.json()["error"].as_str().unwrap().contains("twice"), "Ollama's error shape: {}", r.text());
+        }
+    }
+    let deep = format!(r#"{{"model":"llama3","prompt":"x","format":{}1{}}}"#, "[".repeat(80), "]".repeat(80));
+    assert_eq!(send("/api/generate", &deep).status, 400);
+    let after = stats(&m);
+    for counter in ["chat", "generate", "embed", "show"] {
+        assert_eq!(before[counter], after[counter], "{counter}: a refused body reached the host");
+    }
+    // One reading each: the allowed model is served, the other refused.
+    assert_eq!(send("/api/generate", r#"{"model":"llama3","prompt":"x","stream":false}"#).status, 200);
+    assert_eq!(send("/api/generate", r#"{"MODEL":"qwen3:8b","prompt":"x","stream":false}"#).status, 403);
+    assert_eq!(last_upstream(&m)["model"], "llama3");
+}
+
+#[test]
+fn load_time_settings_are_the_operators_unless_the_key_is_granted_them() {
+    let m = mock(&["--tokens", "2", "--num-parallel", "1"]);
+    let dir = temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gw.toml");
+    std::fs::write(&config, "[models.llama3]\nkeep_alive = \"2h\"\nnum_ctx = 8192\n").unwrap();
+    let g = gateway(&m, &["--config", config.to_str().unwrap(), "--upstream-num-parallel", "1"]);
+    let plain = create_key(&g, "plain", &[])["secret"].as_str().unwrap().to_owned();
+    let trusted = create_key(&g, "trusted", &["--load-options"])["secret"].as_str().unwrap().to_owned();
+    let body = json!({"model": "llama3", "prompt": "hi", "stream": false, "keep_alive": 0,
+        "options": {"num_ctx": 128, "num_gpu": 0, "temperature": 0.2}});
+
+    let r = as_key(&g, "POST", "/api/generate", Some(&body), &plain);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = last_upstream(&m);
+    assert_eq!(sent["keep_alive"], "2h");
+    assert_eq!(sent["options"], json!({"temperature": 0.2, "num_ctx": 8192}));
+
+    let r = as_key(&g, "POST", "/api/generate", Some(&body), &trusted);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = last_upstream(&m);
+    assert_eq!(sent["keep_alive"], 0);
+    assert_eq!(sent["options"], json!({"num_ctx": 128, "num_gpu": 0, "temperature": 0.2}));
+
+    // The other fronts send the operator's settings too.
+    let r = request_with(
+        g.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("llama3", false)),
+        &[("Authorization", &format!("Bearer {plain}"))],
+    );
+    assert_eq!(r.status, 200);
+    let sent = last_upstream(&m);
+    assert_eq!((sent["keep_alive"].clone(), sent["options"]["num_ctx"].clone()), (json!("2h"), json!(8192)));
+
+    // An unload-only request from a key without the grant does not unload the model.
+    let unloads = stats(&m)["unloads"].as_u64().unwrap();
+    let r = as_key(&g, "POST", "/api/generate", Some(&json!({"model": "llama3", "keep_alive": 0})), &plain);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(stats(&m)["unloads"].as_u64().unwrap(), unloads, "a plain key unloaded a shared model");
+    let r = as_key(&g, "POST", "/api/generate", Some(&json!({"model": "llama3", "keep_alive": 0})), &trusted);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(stats(&m)["unloads"].as_u64().unwrap(), unloads + 1, "a granted key may unload it");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cloud_models_and_web_search_are_only_for_keys_that_are_given_them() {
+    let m = mock(&["--tokens", "2", "--remote-models", "gpt-oss:120b-cloud,teamcopy:latest"]);
+    let g = gateway(&m, &["--upstream-health-interval", "0.2"]);
+    let all = create_key(&g, "all", &[])["secret"].as_str().unwrap().to_owned();
+    let listed =
+        create_key(&g, "listed", &["--models", "llama3,gpt-oss:120b-cloud"])["secret"].as_str().unwrap().to_owned();
+    let searcher = create_key(&g, "searcher", &["--web-search"])["secret"].as_str().unwrap().to_owned();
+    // The hosts' listing says which models are remote (learned with the model list).
+    assert!(eventually(Duration::from_secs(5), || {
+        as_key(&g, "POST", "/api/generate", Some(&json!({"model": "teamcopy", "prompt": "x", "stream": false})), &all)
+            .status
+            == 403
+    }));
+    for (path, body) in [
+        ("/api/chat", json!({"model": "gpt-oss:120b-cloud", "messages": [{"role": "user", "content": "x"}]})),
+        ("/api/generate", json!({"model": "GPT-OSS:120B-CLOUD", "prompt": "x"})),
+        ("/api/generate", json!({"model": "teamcopy:latest", "prompt": "x"})),
+        ("/api/show", json!({"model": "gpt-oss:120b-cloud"})),
+    ] {
+        let r = as_key(&g, "POST", path, Some(&body), &all);
+        assert_eq!(r.status, 403, "{path} {body}: an 'all models' key reached a cloud model");
+    }
+    let r = request_with(
+        g.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("gpt-oss:120b-cloud", false)),
+        &[("Authorization", &format!("Bearer {all}"))],
+    );
+    assert_eq!(r.status, 403);
+    let r = as_key(
+        &g,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "gpt-oss:120b-cloud", "prompt": "x", "stream": false})),
+        &listed,
+    );
+    assert_eq!(r.status, 200, "a key that lists the cloud model may use it: {}", r.text());
+
+    // Listings show a key only what it may use.
+    let names = |key: &str| -> Vec<String> {
+        let v = as_key(&g, "GET", "/api/tags", None, key).json();
+        v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&all), ["llama3:latest", "qwen3:8b", "nomic-embed-text:latest"]);
+    assert_eq!(names(&listed), ["llama3:latest", "gpt-oss:120b-cloud"]);
+    let ids = |key: &str| -> Vec<String> {
+        let v = as_key(&g, "GET", "/v1/models", None, key).json();
+        v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&all), ["llama3:latest", "qwen3:8b", "nomic-embed-text:latest"]);
+
+    // Web search and fetch: only with the grant, in Ollama's error shape otherwise.
+    for path in ["/api/experimental/web_search", "/api/experimental/web_fetch"] {
+        let q = json!({"query": "ollama", "url": "https://ollama.com"});
+        let r = as_key(&g, "POST", path, Some(&q), &all);
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("web search"));
+        let r = as_key(&g, "POST", path, Some(&q), &searcher);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["results"][0]["content"], "found");
+    }
+}

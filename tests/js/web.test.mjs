@@ -123,6 +123,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.fill("#create-form input[name=name]", "web-user");
   await page.fill("#create-form input[name=rpm]", "600");
   await page.selectOption("#create-form select[name=priority]", "interactive");
+  await page.check("#create-form input[name=web_search]");
   await page.click("#create-form button[type=submit]");
   await page.waitForSelector("#secret-box:not(.hidden)");
   const secret = await page.textContent("#secret-value");
@@ -130,6 +131,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.waitForSelector("#keys-table tr:has-text('web-user')");
   const row = await page.textContent("#keys-table tr:has-text('web-user')");
   assert.ok(row.includes("rpm 600") && row.includes("active") && row.includes("interactive"), row);
+  assert.ok(row.includes("web search") && !row.includes("load settings"), row);
   assert.ok(!row.includes(secret));
   await page.screenshot({ path: path.join(OUT, "keys-created.png") });
   await page.click("#secret-done");
@@ -190,11 +192,14 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.fill("#edit-form input[name=expires]", "2099-01-01");
   assert.equal(await page.inputValue("#edit-form select[name=priority]"), "interactive");
   await page.selectOption("#edit-form select[name=priority]", "batch");
+  assert.ok(await page.isChecked("#edit-form input[name=web_search]"));
+  await page.uncheck("#edit-form input[name=web_search]");
+  await page.check("#edit-form input[name=load_options]");
   await page.click("#edit-form button[value=save]");
   await page.waitForSelector("#keys-table tr:has-text('web-user'):has-text('tpm 5,000')");
   const edited = await page.textContent("#keys-table tr:has-text('web-user')");
   assert.ok(edited.includes("llama3, qwen3:8b") && edited.includes("2099-01-01") && edited.includes("rpm 600"), edited);
-  assert.ok(edited.includes("batch"), edited);
+  assert.ok(edited.includes("batch") && edited.includes("load settings") && !edited.includes("web search"), edited);
   await assert.rejects(
     client.chat.completions.create({ model: "nomic-embed-text", messages: [{ role: "user", content: "hi" }] }),
     (e) => e instanceof OpenAI.PermissionDeniedError,

@@ -28,6 +28,10 @@ pub struct Knobs {
     /// Models served (comma-separated); others get 404.
     #[arg(long, value_delimiter = ',', default_value = "llama3:latest,qwen3:8b,nomic-embed-text:latest")]
     pub models: Vec<String>,
+    /// Models listed as cloud models (with a `remote_host`, as a host signed
+    /// in to ollama.com lists them), comma-separated; served like the others.
+    #[arg(long, value_delimiter = ',')]
+    pub remote_models: Vec<String>,
     /// Tokens (content lines) per reply.
     #[arg(long, default_value_t = 8)]
     pub tokens: u64,

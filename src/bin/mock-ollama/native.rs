@@ -47,12 +47,18 @@ fn model_list(knobs: &Knobs) -> Value {
     let models: Vec<Value> = knobs
         .models
         .iter()
+        .chain(&knobs.remote_models)
         .map(|m| {
             let family = m.split([':', '/']).next().unwrap_or(m);
-            json!({"name":m,"model":m,"modified_at":"2026-05-01T10:00:00.123456789Z","size":4661224676u64,
+            let mut tag = json!({"name":m,"model":m,"modified_at":"2026-05-01T10:00:00.123456789Z","size":4661224676u64,
                 "digest":"365c0bd3c000a25d28ddbf732fe1c6add414de7275464c4e4d1c3b5fcb5d8ad1",
                 "details":{"parent_model":"","format":"gguf","family":family,"families":[family],
-                    "parameter_size":"8.0B","quantization_level":"Q4_0"}})
+                    "parameter_size":"8.0B","quantization_level":"Q4_0"}});
+            if knobs.remote_models.contains(m) {
+                tag["remote_model"] = json!(m);
+                tag["remote_host"] = json!("https://ollama.com:443");
+            }
+            tag
         })
         .collect();
     json!({ "models": models })
@@ -84,6 +90,12 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
                 ),
                 None => respond_error(out, 404, &format!("model '{name}' not found")),
             }
+        }
+        (Method::Post, "/api/experimental/web_search" | "/api/experimental/web_fetch") => {
+            stats.other.fetch_add(1, Relaxed);
+            *shared.last_request.lock() = req.body.clone();
+            let body = json!({"results": [{"title": "Ollama", "url": "https://ollama.com", "content": "found"}]});
+            respond(out, 200, "application/json; charset=utf-8", &go_json(&body));
         }
         (Method::Get, "/api/version") => {
             stats.version.fetch_add(1, Relaxed);
@@ -181,7 +193,7 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
 
 fn find_model<'k>(knobs: &'k Knobs, name: &str) -> Option<&'k str> {
     let latest = format!("{name}:latest");
-    knobs.models.iter().find(|m| *m == name || **m == latest).map(String::as_str)
+    knobs.models.iter().chain(&knobs.remote_models).find(|m| *m == name || **m == latest).map(String::as_str)
 }
 
 /// Rough prompt size in tokens: words of every text field, plus one per message.
