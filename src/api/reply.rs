@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use super::relay::Relay;
 use crate::error::ApiError;
+use crate::upstream::client::BufferLease;
 
 /// What the connection does after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +61,15 @@ pub struct Reply<'w> {
     pub cors: bool,
     /// Close the connection after this reply.
     pub close: bool,
+    /// Memory the reply holds against the gateway's budget for large data
+    /// (a stored conversation it was made from, a stored response it
+    /// sends), given back once it is written.
+    pub held: Option<BufferLease<'w>>,
 }
 
 impl<'w> Reply<'w> {
     fn new(status: u16, body: Body<'w>) -> Self {
-        Self { status, headers: Vec::new(), body, cors: true, close: false }
+        Self { status, headers: Vec::new(), body, cors: true, close: false, held: None }
     }
 
     /// A JSON body.
@@ -104,6 +109,12 @@ impl<'w> Reply<'w> {
     /// Without the CORS headers.
     pub fn no_cors(mut self) -> Self {
         self.cors = false;
+        self
+    }
+
+    /// Holds `lease` until the reply is written.
+    pub fn holding(mut self, lease: BufferLease<'w>) -> Self {
+        self.held = Some(lease);
         self
     }
 

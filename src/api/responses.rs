@@ -11,11 +11,12 @@
 //! record is written, and a whole reply is returned after it is, so a
 //! follow-up always finds it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
 
 use super::ctx::Ctx;
 use super::generate::{admit, stream, whole};
-use super::proxy::Call;
+use super::proxy::{Call, client_error};
 use super::relay::Keep;
 use super::reply::{Body, Reply};
 use super::store::{off_worker, store_error};
@@ -26,14 +27,35 @@ use crate::responses::reply::{Shape, response};
 use crate::responses::request::convert_responses;
 use crate::responses::stream::NdjsonToResponses;
 use crate::store::keys::KeyRecord;
+use crate::upstream::client::UpstreamError;
 
 pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let now = crate::clock::unix_now().max(0) as u64;
     let store = worker.store;
-    let history = |id: &str| store.get_response(id, &key.id, now).map(|r| r.map(|r| r.history)).map_err(store_error);
+    // A stored conversation is copied (the history, the native body, the
+    // record kept for the next turn): it counts against the budget for large
+    // replies, and waits while that is spent.
+    let lease = RefCell::new(worker.upstreams.buffers.lease());
+    let over = Cell::new(false);
+    let history = |id: &str| match store.response_history(id, &key.id, now, |n| lease.borrow_mut().cover(COPIES * n)) {
+        Ok(Some(Ok(h))) => Ok(Some(h)),
+        Ok(Some(Err(_))) => {
+            over.set(true);
+            Err(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(store_error(e)),
+    };
     let mut native = Vec::with_capacity(req.body.len() + 64);
-    let converted = convert_responses(&req.body, &worker.config.models, &history, &mut native);
-    let rplan = match admit(worker, ctx, key, converted, &native) {
+    let deadline = Instant::now() + MEMORY_WAIT;
+    let converted = loop {
+        let converted = convert_responses(&req.body, &worker.config.models, &history, &mut native);
+        if !over.replace(false) || Instant::now() >= deadline {
+            break converted;
+        }
+        monoio::time::sleep(MEMORY_POLL).await;
+    };
+    let mut rplan = match admit(worker, ctx, key, converted, &native) {
         Ok(p) => p,
         Err(refused) => return refused,
     };
@@ -48,12 +70,13 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let shape = Shape::new(&ctx.id, &model, &rplan);
     let call = Call::generation("/api/chat", &native, &rplan.plan.served_model, &key.id, ctx.lane);
     if rplan.plan.stream {
-        let writer = NdjsonToResponses::new(shape, keep.is_some().then(|| rplan.history.clone()));
+        let history = if keep.is_some() { std::mem::take(&mut rplan.history) } else { Vec::new() };
+        let writer = NdjsonToResponses::new(shape, keep.is_some().then_some(history));
         let mut reply = stream(worker, ctx, &call, &model, Box::new(writer)).await;
         if let (Body::Stream(relay), Some(keep)) = (&mut reply.body, keep) {
             relay.keep(keep);
         }
-        return reply;
+        return reply.holding(lease.into_inner());
     }
     let conversation = RefCell::new(None);
     let render = |out: &mut Vec<u8>, _id: &str, _model: &str, body: &[u8]| {
@@ -65,14 +88,27 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     if let (Some(keep), Some(history), Body::Full { bytes, .. }) = (keep, conversation.take(), &reply.body) {
         keep.store(history, bytes.to_vec()).await;
     }
-    reply
+    reply.holding(lease.into_inner())
 }
 
-/// `GET /v1/responses/{id}`: a stored response of this key.
-pub fn retrieve<'w>(worker: &Worker, key: &KeyRecord, id: &str) -> Reply<'w> {
+/// The copies of a stored conversation a follow-up holds at once: the
+/// history read, the native body written from it, and the record kept for
+/// the next turn.
+const COPIES: usize = 3;
+
+/// How long a request waits for the budget a stored conversation needs
+/// before it is a 503, and how often it looks.
+const MEMORY_WAIT: Duration = Duration::from_secs(10);
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+
+/// `GET /v1/responses/{id}`: a stored response of this key, held against
+/// the budget for large data until it is written (503 when that is spent).
+pub fn retrieve<'w>(worker: &'w Worker, key: &KeyRecord, id: &str) -> Reply<'w> {
     let now = crate::clock::unix_now().max(0) as u64;
-    match worker.store.get_response(id, &key.id, now) {
-        Ok(Some(r)) => Reply::json(200, r.response),
+    let mut lease = worker.upstreams.buffers.lease();
+    match worker.store.response_object(id, &key.id, now, |n| lease.cover(n)) {
+        Ok(Some(Ok(r))) => Reply::json(200, r).holding(lease),
+        Ok(Some(Err(_))) => Reply::error(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes))),
         Ok(None) => Reply::error(not_found(id)),
         Err(e) => Reply::error(store_error(e)),
     }

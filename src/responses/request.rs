@@ -260,6 +260,12 @@ pub fn convert_responses(
     // The conversation: the stored one, then this request's input.
     let mut conversation = Vec::new();
     if let Some(id) = req.previous_response_id.as_deref() {
+        if id.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "previous_response_id",
+                "'previous_response_id' must name a response: leave it out to start a conversation.",
+            ));
+        }
         match history(id)? {
             Some(h) => conversation.extend_from_slice(&h),
             None => {
@@ -1031,6 +1037,8 @@ mod tests {
             (e.status, e.code, e.param.as_deref()),
             (404, Some("previous_response_not_found"), Some("previous_response_id"))
         );
+        let e = convert_with(json!({"model": "m", "input": "x", "previous_response_id": ""}), None).unwrap_err();
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("previous_response_id")));
     }
 
     #[test]

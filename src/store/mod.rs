@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
 
-/// The schema this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes (2: stored responses' shares per key).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The environment and its tables. Opened once per process and never
 /// closed (`&'static`), so workers and threads can share it freely.
@@ -106,7 +106,7 @@ impl Store {
         let env = unsafe { opts.open(dir) }
             .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
-        let (meta, keys, key_ids, key_names, usage, records, index) = env
+        let (meta, keys, key_ids, key_names, usage, (records, index, shares, share_order)) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
@@ -115,24 +115,20 @@ impl Store {
                 let usage = wdo.create_database::<Bytes, Bytes>(wtxn, Some("usage"))?;
                 let records = wdo.create_database::<Bytes, Bytes>(wtxn, Some("responses"))?;
                 let index = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_index"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, keys, key_ids, key_names, usage, records, index)))
+                let shares = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_shares"))?;
+                let share_order = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_share_order"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    meta,
+                    keys,
+                    key_ids,
+                    key_names,
+                    usage,
+                    (records, index, shares, share_order),
+                )))
             })?
             .unwrap_commit();
-        let responses = responses::Tables { records, index };
-        let mut wtxn = env.write_txn()?;
-        let found = match meta.get(&wtxn, "schema_version")? {
-            Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-            Some(_) => return Err(StoreError::Io("the store's schema version is unreadable".into())),
-            None => 0,
-        };
-        if check_schema(found, dir)? {
-            // Migrations from older schemas run here, oldest first, in this
-            // transaction. Schema 0 is an empty store (or one made before
-            // versioning): nothing to convert.
-            meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
-        }
-        wtxn.commit()?;
-        let store = Store {
+        let responses = responses::Tables { records, index, shares, share_order };
+        let store: &'static Store = Box::leak(Box::new(Store {
             env,
             meta,
             keys,
@@ -142,8 +138,25 @@ impl Store {
             responses: Some(responses),
             dir: dir.to_owned(),
             queue_usage: Default::default(),
+        }));
+        let mut wtxn = env.write_txn()?;
+        let found = match meta.get(&wtxn, "schema_version")? {
+            Some(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            Some(_) => return Err(StoreError::Io("the store's schema version is unreadable".into())),
+            None => 0,
         };
-        Ok(Box::leak(Box::new(store)))
+        if check_schema(found, dir)? {
+            // Migrations from older schemas run here, oldest first, in this
+            // transaction. Schema 0 is an empty store (or one made before
+            // versioning): nothing to convert. Schema 1 had no shares of the
+            // stored responses: they are counted from the index.
+            if found >= 1 {
+                store.rebuild_response_shares(&mut wtxn)?;
+            }
+            meta.put(&mut wtxn, "schema_version", &SCHEMA_VERSION.to_le_bytes())?;
+        }
+        wtxn.commit()?;
+        Ok(store)
     }
 
     /// Opens an existing store for reading only (`keys list`, `keys show`,
@@ -186,14 +199,25 @@ impl Store {
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_names"))?,
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("responses"))?,
-                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_index"))?,
+                    (
+                        dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_index"))?,
+                        dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_shares"))?,
+                        dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_share_order"))?,
+                    ),
                 )))
             })?
             .unwrap_commit();
-        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, index) = tables else {
+        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, (index, shares, order)) =
+            tables
+        else {
             return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
-        let responses = records.zip(index).map(|(records, index)| responses::Tables { records, index });
+        let responses = match (records, index, shares, order) {
+            (Some(records), Some(index), Some(shares), Some(share_order)) => {
+                Some(responses::Tables { records, index, shares, share_order })
+            }
+            _ => None,
+        };
         let store = Store {
             env,
             meta,

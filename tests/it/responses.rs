@@ -268,3 +268,53 @@ fn stored_responses_expire_and_usage_is_recorded_as_responses() {
         .as_array()
         .is_some_and(|d| d.iter().any(|r| r["api"] == "responses"))));
 }
+
+#[test]
+fn a_burst_continuing_a_large_stored_conversation_stays_within_the_memory_budget() {
+    let m = mock(&["--tokens", "2", "--token-delay-ms", "100"]);
+    let g = gateway(&m, &["--workers", "2", "--max-body-bytes", "16777216", "--upstream-buffer-bytes", "67108864"]);
+    // A conversation of 8 MB, stored.
+    let big = "word ".repeat(8 << 20 >> 2 >> 1);
+    let r = create(&g, &json!({"model": "llama3", "input": big}), ADMIN_KEY);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    drop(big);
+    let pid = g.child.id();
+    let before = rss_kib(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let burst: Vec<_> = (0..16)
+        .map(|i| {
+            let (addr, id) = (g.addr, id.clone());
+            std::thread::spawn(move || {
+                let body =
+                    json!({"model": "llama3", "input": "And then?", "previous_response_id": id, "stream": i % 2 == 0});
+                request(addr, "POST", "/v1/responses", Some(&body.to_string()))
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap().status).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.join().unwrap();
+    eprintln!("chained burst: {before} KiB resident before, {peak} KiB at the peak; statuses {statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 2, "the budget serves some at a time: {statuses:?}");
+    // Sixteen requests of 8 MB each, held three or four times over, would be
+    // some 500 MB; within the 64 MB budget they wait their turn.
+    assert!(peak < before + 200 * 1024, "resident memory went from {before} KiB to {peak} KiB");
+
+    // An empty previous_response_id is the client's mistake, not the store's.
+    let r = create(&g, &json!({"model": "llama3", "input": "x", "previous_response_id": ""}), ADMIN_KEY);
+    assert_eq!((r.status, r.json()["error"]["param"].clone()), (400, json!("previous_response_id")));
+    assert!(!g.log_text().contains("ERROR"), "{}", g.log_text());
+}
