@@ -151,8 +151,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_SWAP_MAX_WAIT", default_value_t = 5.0)]
     pub swap_max_wait: f64,
 
-    /// Seconds after which a waiting request goes before every lane, so a
-    /// batch request cannot wait forever behind interactive ones.
+    /// Seconds after which a request waiting in a lane that gets no slot is
+    /// lifted to the lane above (where it takes its turn), so a batch request
+    /// cannot wait forever behind interactive ones.
     #[arg(long, env = "AI_GATEWAY_QUEUE_AGING", default_value_t = 30.0)]
     pub queue_aging: f64,
 

@@ -38,7 +38,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::client::UpstreamError;
 use super::residency::{HostModels, PsModel, Swap};
-use super::schedule::{Choice, Fit, Head, Room, Rules, choose};
+use super::schedule::{Choice, Fit, Head, Room, Rules, choose, lifted_lane};
 use crate::histogram::Histogram;
 
 /// Lanes, by index: interactive, standard, batch.
@@ -57,7 +57,7 @@ pub struct GateConfig {
     pub num_parallel: usize,
     /// Models resident at once.
     pub max_loaded: usize,
-    /// After this wait a request goes before every lane.
+    /// After this wait in a lane that gets no slot, a request is lifted one lane.
     pub aging: Duration,
     /// After this wait a request that loads a model is no longer held back.
     pub swap_max_wait: Duration,
@@ -111,10 +111,12 @@ struct Grant {
     waited: Duration,
 }
 
-/// One lane's waiting requests: a FIFO per key, keys in turn order.
+/// One lane's waiting requests: a FIFO per key, keys in turn order, each
+/// with the number of its turn (from one counter for every lane, so that a
+/// request lifted to another lane takes its turn among that lane's keys).
 #[derive(Default)]
 struct LaneQueue {
-    turn: VecDeque<String>,
+    turn: VecDeque<(String, u64)>,
     waiters: HashMap<String, VecDeque<Arc<Mutex<Waiter>>>>,
 }
 
@@ -145,6 +147,18 @@ struct GateState {
     stats: GateStats,
     /// A model to unload, for the host's checker thread to take.
     unload: Option<String>,
+    /// The next turn number.
+    turns: u64,
+    /// When each lane (as requests stand in it, lifted or not) last got a slot.
+    last_grant: [Instant; 3],
+}
+
+impl GateState {
+    /// Puts `key` at the back of `lane`'s turn.
+    fn join_turn(&mut self, lane: usize, key: String) {
+        self.turns += 1;
+        self.lanes[lane].turn.push_back((key, self.turns));
+    }
 }
 
 /// A host's queue (see the module's paragraph).
@@ -219,6 +233,8 @@ impl UpstreamGate {
                 host: HostModels::new(config.num_parallel, config.max_loaded),
                 stats: GateStats::default(),
                 unload: None,
+                turns: 0,
+                last_grant: [Instant::now(); 3],
             }),
             unload_ready: Condvar::new(),
         })
@@ -270,12 +286,12 @@ impl UpstreamGate {
             grant: None,
         }));
         let st = &mut *s;
-        let q = &mut st.lanes[lane];
-        let list = q.waiters.entry(key.to_owned()).or_default();
-        if list.is_empty() {
-            q.turn.push_back(key.to_owned());
-        }
+        let list = st.lanes[lane].waiters.entry(key.to_owned()).or_default();
+        let first = list.is_empty();
         list.push_back(waiter.clone());
+        if first {
+            st.join_turn(lane, key.to_owned());
+        }
         st.queued += 1;
         self.schedule(st);
         Acquire { gate: self.clone(), waiter: Some(waiter), ready: None, key: key.to_owned(), lane }
@@ -313,33 +329,46 @@ impl UpstreamGate {
         let now = Instant::now();
         let rules = self.rules();
         let mut heads: Vec<Head> = Vec::new();
-        let mut at: Vec<(usize, usize)> = Vec::new();
+        // Each head's place: (native lane, position in its turn, turn number).
+        let mut at: Vec<(usize, usize, u64)> = Vec::new();
+        let mut order: Vec<usize> = Vec::new();
+        let mut sorted: Vec<Head> = Vec::new();
         while s.queued > 0 {
             let room = self.room(s);
             if room.free == 0 {
                 break;
             }
+            let starving: [bool; 3] =
+                std::array::from_fn(|l| now.saturating_duration_since(s.last_grant[l]) >= self.config.aging);
             heads.clear();
             at.clear();
-            for (lane, q) in s.lanes.iter().enumerate() {
-                for (pos, key) in q.turn.iter().enumerate() {
+            for (native, q) in s.lanes.iter().enumerate() {
+                for (pos, (key, turn)) in q.turn.iter().enumerate() {
                     let Some(w) = q.waiters.get(key).and_then(VecDeque::front) else { continue };
                     let w = w.lock();
                     let waited_ms = now.saturating_duration_since(w.since).as_millis() as u64;
-                    let mut head = Head { lane, waited_ms, fit: Fit::Ready };
-                    head.fit = s.host.fit(&w.model, head.may_push_interactive(rules));
+                    let lane = lifted_lane(native, waited_ms, starving, rules);
+                    let mut head = Head { lane, native, waited_ms, fit: Fit::Ready };
+                    head.fit = s.host.fit(&w.model, head.may_push_interactive());
                     heads.push(head);
-                    at.push((lane, pos));
+                    at.push((native, pos, *turn));
                 }
             }
-            let choice = choose(&heads, room, rules);
+            // In lane order, then turn order (lifted heads among the lane's own by their turn).
+            order.clear();
+            order.extend(0..heads.len());
+            order.sort_unstable_by_key(|&i| (heads[i].lane, at[i].2));
+            sorted.clear();
+            sorted.extend(order.iter().map(|&i| heads[i]));
+            let choice = choose(&sorted, room, rules);
             let (i, run) = match choice {
                 Choice::Wait => break,
-                Choice::Run(i) => (i, true),
-                Choice::MakeRoom(i) => (i, false),
+                Choice::Run(i) => (order[i], true),
+                Choice::MakeRoom(i) => (order[i], false),
             };
-            let (lane, pos) = at[i];
-            let Some(head) = s.lanes[lane].turn.get(pos).and_then(|k| s.lanes[lane].waiters.get(k)?.front()).cloned()
+            let (native, pos, _) = at[i];
+            let Some(head) =
+                s.lanes[native].turn.get(pos).and_then(|(k, _)| s.lanes[native].waiters.get(k)?.front()).cloned()
             else {
                 break;
             };
@@ -350,7 +379,7 @@ impl UpstreamGate {
                 head.lock().forced |= forced;
                 // Room first: an idle model is unloaded now, a busy one drains.
                 let before = s.host.swap.clone();
-                if let Some(v) = s.host.make_room(&model, !heads[i].may_push_interactive(rules)) {
+                if let Some(v) = s.host.make_room(&model, !heads[i].may_push_interactive()) {
                     self.ask_unload(s, v);
                 }
                 if s.host.swap == before {
@@ -358,7 +387,8 @@ impl UpstreamGate {
                 }
                 continue;
             }
-            s.grant_head(lane, pos, now, forced);
+            s.last_grant[heads[i].lane] = now;
+            s.grant_head(native, pos, now, forced);
         }
     }
 
@@ -399,7 +429,7 @@ impl UpstreamGate {
             list.remove(i);
             if list.is_empty() {
                 q.waiters.remove(key);
-                q.turn.retain(|k| k != key);
+                q.turn.retain(|(k, _)| k != key);
             }
             s.queued -= 1;
         }
@@ -553,7 +583,7 @@ impl GateState {
     /// Hands a slot to the head of the key at `pos` in `lane`'s turn.
     fn grant_head(&mut self, lane: usize, pos: usize, now: Instant, forced: bool) {
         let q = &mut self.lanes[lane];
-        let Some(key) = q.turn.remove(pos) else { return };
+        let Some((key, _)) = q.turn.remove(pos) else { return };
         let Some(list) = q.waiters.get_mut(&key) else { return };
         let Some(next) = list.pop_front() else {
             q.waiters.remove(&key);
@@ -562,7 +592,7 @@ impl GateState {
         if list.is_empty() {
             q.waiters.remove(&key);
         } else {
-            q.turn.push_back(key);
+            self.join_turn(lane, key);
         }
         self.queued -= 1;
         let mut w = next.lock();
@@ -601,7 +631,7 @@ impl GateState {
         let Some(newest) = list.pop_back() else { return false };
         if list.is_empty() {
             q.waiters.remove(&hog);
-            q.turn.retain(|k| *k != hog);
+            q.turn.retain(|(k, _)| *k != hog);
         }
         self.queued -= 1;
         let mut w = newest.lock();

@@ -195,8 +195,8 @@ impl HostModels {
     /// The model to unload for a load of `model`, and whether it is idle:
     /// an idle one before a busy one, then the least recently used. A model
     /// an interactive key used lately is only a victim if `spare_interactive`
-    /// is false (the load is for an interactive request, or one that has
-    /// waited the aging bound), so batch work never pushes out the model a
+    /// is false (the load is for an interactive request, or one aging lifted
+    /// to the interactive lane), so batch work never pushes out the model a
     /// person is waiting on.
     fn victim(&self, model: &str, spare_interactive: bool) -> Option<(&str, bool)> {
         let now = Instant::now();

@@ -2,20 +2,27 @@
 //! request goes next.
 //!
 //! Only the head of each key's queue in each lane is a candidate, so a
-//! key's requests in one lane never overtake each other. The candidates
-//! come in lane order (interactive, standard, batch) and, within a lane, in
-//! the round-robin turn of their keys. Each is described by how long it has
-//! waited and how its model stands on the host ([`Fit`]); the rules:
+//! key's requests in one lane never overtake each other. Each candidate
+//! stands in a lane — its own, or one it was lifted to ([`lifted_lane`]) —
+//! and has a turn: keys take turns within a lane, a key going to the back
+//! once served, the lifted ones among them by when they joined. The gate
+//! hands the candidates in (lane, turn) order. Each is described by how long
+//! it has waited and how its model stands on the host ([`Fit`]); the rules:
 //!
-//! 1. A candidate needs a slot it may use: interactive requests any free
-//!    slot, the others only slots not reserved for interactive requests
-//!    (`--upstream-reserve-interactive`).
+//! 1. A candidate needs a slot it may use: requests of interactive keys any
+//!    free slot, the others only slots not reserved for interactive requests
+//!    (`--upstream-reserve-interactive`), whatever lane they were lifted to.
 //! 2. A candidate whose model's parallel slots are all busy (or loading) is
 //!    held: sent now, it would only wait in Ollama's own first-come queue,
 //!    in front of requests the gateway would rather send first.
-//! 3. A candidate that has waited the aging bound (`--queue-aging`) goes
-//!    first of all, the longest-waiting first: no lane starves another.
-//! 4. Then interactive candidates, in turn order, whatever their model.
+//! 3. Aging lifts, and never jumps the queue: a request that has waited
+//!    `--queue-aging` in a lane that got no slot for as long is lifted to
+//!    the lane above (batch to standard; after as long again, if that lane
+//!    starves too, to interactive), and takes its turn there among the keys
+//!    already in it. A lane that is being served keeps its requests (keys
+//!    take turns in it), so an old backlog of one key is never put in front
+//!    of another key's request in the lane it was lifted to.
+//! 4. Interactive candidates first, in turn order, whatever their model.
 //! 5. Then standard and batch candidates in lane and turn order, but one
 //!    that would load a model goes only if it has waited `--swap-max-wait`
 //!    ("urgent"): until then requests for resident models go first, so
@@ -24,6 +31,11 @@
 //!    candidate waits for a resident model (nothing is gained by waiting);
 //!    one that would interrupt a busy model ([`Fit::Stuck`]) always waits
 //!    for its bound (rules 3 to 5).
+//!
+//! The worst wait of a lone request behind other keys' backlogs follows:
+//! in its lane it waits for at most one request of each key ahead of it in
+//! turn (natives and lifted ones alike); while a lane above it keeps every
+//! slot, at most the aging bound per lane to climb, then its turn there.
 //!
 //! A load that needs room the host does not have ([`Fit::Stuck`]: every
 //! resident model busy) is answered with [`Choice::MakeRoom`]: the gate then
@@ -50,8 +62,11 @@ pub enum Fit {
 /// One candidate: the head of one key's queue in one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
-    /// 0 interactive, 1 standard, 2 batch.
+    /// The lane it stands in now: 0 interactive, 1 standard, 2 batch (its
+    /// own, or one aging lifted it to).
     pub lane: usize,
+    /// Its key's own lane (which slots it may use).
+    pub native: usize,
     /// Milliseconds it has waited.
     pub waited_ms: u64,
     pub fit: Fit,
@@ -69,7 +84,7 @@ pub struct Room {
 /// The scheduling bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
-    /// After this wait a request goes before every lane.
+    /// After this wait in a starving lane a request is lifted one lane.
     pub aging_ms: u64,
     /// After this wait a request that loads a model is no longer held back for resident ones.
     pub swap_max_wait_ms: u64,
@@ -87,15 +102,29 @@ pub enum Choice {
 }
 
 impl Head {
-    /// An interactive request, or one past the aging bound, may push out a
-    /// model an interactive key uses (see `residency`).
-    pub fn may_push_interactive(&self, rules: Rules) -> bool {
-        self.lane == 0 || self.waited_ms >= rules.aging_ms
+    /// An interactive request, or one lifted to the interactive lane, may
+    /// push out a model an interactive key uses (see `residency`).
+    pub fn may_push_interactive(&self) -> bool {
+        self.lane == 0
     }
 }
 
+/// The lane a request of lane `native` that has waited `waited_ms` stands
+/// in (rule 3): lifted one lane for each `aging_ms` it has waited, out of
+/// lanes that are starving (`starving[l]`: lane `l` has had no slot for
+/// `aging_ms`) only.
+pub fn lifted_lane(native: usize, waited_ms: u64, starving: [bool; 3], rules: Rules) -> usize {
+    let mut lane = native.min(2);
+    let mut lifts = 1;
+    while lane > 0 && starving[lane] && waited_ms >= rules.aging_ms.saturating_mul(lifts) {
+        lane -= 1;
+        lifts += 1;
+    }
+    lane
+}
+
 fn may_use_a_slot(h: &Head, room: Room) -> bool {
-    if h.lane == 0 { room.free > 0 } else { room.shared > 0 }
+    if h.native == 0 { room.free > 0 } else { room.shared > 0 }
 }
 
 fn decide(i: usize, h: &Head) -> Choice {
@@ -105,7 +134,6 @@ fn decide(i: usize, h: &Head) -> Choice {
 /// The next request to send (see the module's rules). `heads` are in lane
 /// order, then in each lane's turn order.
 pub fn choose(heads: &[Head], room: Room, rules: Rules) -> Choice {
-    let mut oldest_overdue: Option<usize> = None;
     let mut first_in_order: Option<usize> = None;
     let mut first_load: Option<usize> = None;
     let mut resident_work = false;
@@ -114,9 +142,6 @@ pub fn choose(heads: &[Head], room: Room, rules: Rules) -> Choice {
         if h.fit == Fit::Hold || !may_use_a_slot(h, room) {
             continue;
         }
-        if h.waited_ms >= rules.aging_ms && oldest_overdue.is_none_or(|o| heads[o].waited_ms < h.waited_ms) {
-            oldest_overdue = Some(i);
-        }
         let urgent = h.lane == 0 || h.fit == Fit::Ready || h.waited_ms >= rules.swap_max_wait_ms;
         if urgent {
             first_in_order.get_or_insert(i);
@@ -124,7 +149,7 @@ pub fn choose(heads: &[Head], room: Room, rules: Rules) -> Choice {
             first_load.get_or_insert(i);
         }
     }
-    let pick = oldest_overdue.or(first_in_order).or(if resident_work { None } else { first_load });
+    let pick = first_in_order.or(if resident_work { None } else { first_load });
     pick.map_or(Choice::Wait, |i| decide(i, &heads[i]))
 }
 
@@ -135,15 +160,12 @@ pub fn choose_plain(heads: &[Head], room: Room, rules: Rules) -> Choice {
     let usable: Vec<(usize, &Head)> =
         heads.iter().enumerate().filter(|(_, h)| h.fit != Fit::Hold && may_use_a_slot(h, room)).collect();
     // (tier, order within the tier): the smallest goes.
-    let rank = |i: usize, h: &Head| -> Option<(u8, i64)> {
-        if h.waited_ms >= rules.aging_ms {
-            return Some((0, -(h.waited_ms as i64)));
-        }
+    let rank = |i: usize, h: &Head| -> Option<(u8, usize)> {
         let holds_back = h.lane > 0 && h.fit != Fit::Ready && h.waited_ms < rules.swap_max_wait_ms;
         if !holds_back {
-            Some((1, i as i64))
+            Some((1, i))
         } else if h.fit == Fit::Load && !resident_work {
-            Some((2, i as i64))
+            Some((2, i))
         } else {
             None
         }
@@ -163,7 +185,7 @@ mod tests {
     const ROOM: Room = Room { free: 2, shared: 1 };
 
     fn h(lane: usize, waited_ms: u64, fit: Fit) -> Head {
-        Head { lane, waited_ms, fit }
+        Head { lane, native: lane, waited_ms, fit }
     }
 
     fn both(heads: &[Head], room: Room) -> Choice {
@@ -188,9 +210,30 @@ mod tests {
     }
 
     #[test]
-    fn a_request_past_the_aging_bound_goes_before_every_lane() {
-        let heads = [h(0, 1, Fit::Ready), h(2, 31_000, Fit::Ready), h(2, 40_000, Fit::Load)];
-        assert_eq!(both(&heads, ROOM), Choice::Run(2), "the longest overdue first");
+    fn aging_lifts_one_lane_at_a_time_and_only_out_of_a_starving_lane() {
+        let starving = [true, true, true];
+        assert_eq!(lifted_lane(2, 29_999, starving, RULES), 2);
+        assert_eq!(lifted_lane(2, 30_000, starving, RULES), 1, "batch to standard after one bound");
+        assert_eq!(lifted_lane(2, 60_000, starving, RULES), 0, "to interactive after two");
+        assert_eq!(lifted_lane(1, 30_000, starving, RULES), 0);
+        assert_eq!(lifted_lane(0, 90_000, starving, RULES), 0);
+        // A lane that is being served keeps its requests, however old.
+        assert_eq!(lifted_lane(2, 90_000, [true, true, false], RULES), 2);
+        // Lifted out of a starving batch lane into a standard lane being served: it stays there.
+        assert_eq!(lifted_lane(2, 90_000, [true, false, true], RULES), 1);
+    }
+
+    #[test]
+    fn a_lifted_request_takes_its_turn_in_its_new_lane() {
+        // The gate puts a lifted batch head in the standard lane by its turn:
+        // here after a standard key's request, which goes first.
+        let lifted = Head { lane: 1, native: 2, waited_ms: 40_000, fit: Fit::Ready };
+        let heads = [h(1, 5, Fit::Ready), lifted];
+        assert_eq!(both(&heads, ROOM), Choice::Run(0));
+        assert_eq!(both(&[lifted, h(1, 5, Fit::Ready)], ROOM), Choice::Run(0), "or before, when it is its turn");
+        // Lifted to interactive, it still may not take a slot kept for interactive keys.
+        let lifted = Head { lane: 0, native: 2, waited_ms: 70_000, fit: Fit::Ready };
+        assert_eq!(both(&[lifted], Room { free: 1, shared: 0 }), Choice::Wait);
     }
 
     #[test]
@@ -234,7 +277,9 @@ mod tests {
             let mut heads: Vec<Head> = (0..n)
                 .map(|_| {
                     let waited = *rng.choice(&[0, 10, 4_999, 5_000, 6_000, 29_999, 30_000, 45_000]).unwrap_or(&0);
-                    h(rng.usize(0..3), waited + rng.u64(0..3), fits[rng.usize(0..4)])
+                    let native = rng.usize(0..3);
+                    let lane = rng.usize(0..=native);
+                    Head { lane, native, waited_ms: waited + rng.u64(0..3), fit: fits[rng.usize(0..4)] }
                 })
                 .collect();
             heads.sort_by_key(|h| h.lane);

@@ -162,7 +162,7 @@ fn x_priority_may_lower_a_lane_but_never_raise_it() {
 }
 
 #[test]
-fn a_request_past_the_aging_bound_goes_before_interactive_ones() {
+fn aging_lifts_a_starving_request_lane_by_lane_to_its_turn_among_interactive_ones() {
     let m = mock(&["--tokens", "3", "--token-delay-ms", "20"]);
     let g = one_slot(&m, &["--queue-aging", "0.3"]);
     let (batch, interactive) = (secret(&g, "b", "batch"), secret(&g, "i", "interactive"));
@@ -171,15 +171,37 @@ fn a_request_past_the_aging_bound_goes_before_interactive_ones() {
     assert!(eventually(Duration::from_secs(5), || queued(&g) == 1));
     let fresh: Vec<_> = (0..2).map(|_| stream_as(g.addr, &interactive, "llama3", &[])).collect();
     assert!(eventually(Duration::from_secs(5), || queued(&g) == 3));
-    // Past the aging bound for the batch request, its slot comes free.
-    std::thread::sleep(Duration::from_millis(350));
+    // Twice the aging bound with no slot for the lanes below interactive:
+    // the batch request stands in the interactive lane, and its key's turn
+    // there is older than the interactive key's.
+    std::thread::sleep(Duration::from_millis(650));
     drop(holder);
     let old = old.join().unwrap();
     let waited: u64 = old.1.header("x-queue-wait-ms").unwrap().parse().unwrap();
-    assert!(waited >= 300, "{waited}");
+    assert!(waited >= 600, "{waited}");
     for f in fresh {
-        assert!(old.0 < f.join().unwrap().0, "the overdue batch request went first");
+        assert!(old.0 < f.join().unwrap().0, "the starving batch request took its turn first");
     }
+}
+
+#[test]
+fn a_lone_request_waits_for_one_turn_behind_another_keys_aged_backlog() {
+    // One slot, generations of about 100 ms, aging 0.3 s: a batch key's
+    // backlog of 20 ages well past the bound while its own lane is served.
+    let m = mock(&["--tokens", "4", "--token-delay-ms", "25"]);
+    let g = one_slot(&m, &["--queue-aging", "0.3"]);
+    let (batch, standard) = (secret(&g, "b", "batch"), secret(&g, "s", "standard"));
+    let backlog: Vec<_> = (0..20).map(|_| stream_as(g.addr, &batch, "llama3", &[])).collect();
+    assert!(eventually(Duration::from_secs(5), || queued(&g) >= 15));
+    std::thread::sleep(Duration::from_millis(700));
+    let waiting = queued(&g);
+    let lone = stream_as(g.addr, &standard, "llama3", &[]).join().unwrap();
+    let after: usize = backlog.into_iter().map(|t| t.join().unwrap()).filter(|(began, _)| *began > lone.0).count();
+    let wait = lone.1.header("x-queue-wait-ms").unwrap_or("0").to_owned();
+    eprintln!("lone standard request behind {waiting} aged batch requests: waited {wait} ms, {after} went after it");
+    // Only the batch request in flight (and at most the one granted while
+    // the lone request was being admitted) went before it.
+    assert!(after as u64 + 2 >= waiting, "{after} of {waiting} waiting batch requests went after the lone one");
 }
 
 #[test]
