@@ -97,7 +97,10 @@ impl Field {
 pub fn one_reading(body: &[u8]) -> Result<(), ApiError> {
     match distinct_members(body, MAX_PASSTHROUGH_DEPTH, host_member_name) {
         Ok(()) => Ok(()),
-        Err(MemberError::Syntax(_)) => parse_json::<serde::de::IgnoredAny>(body).map(|_| ()),
+        // The parser's own 400 where it finds the fault; a number out of
+        // range, which skipping a value does not see, with the walk's message.
+        Err(MemberError::Syntax(m)) => parse_json::<serde::de::IgnoredAny>(body)
+            .and_then(|_| Err(ApiError::bad_request(format!("The request body is not valid JSON ({m}).")))),
         Err(MemberError::TooDeep) => {
             Err(ApiError::bad_request(format!("The request body nests deeper than {MAX_PASSTHROUGH_DEPTH} levels.")))
         }
