@@ -52,8 +52,11 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
             let used = o.usage.prompt_tokens + o.usage.completion_tokens;
             Limiters::settle_tokens(key, a, used, limits::now_ns());
         }
-        if !o.estimated && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
-            worker.calibration.observe(&o.served_model, o.prompt_raw, o.usage.prompt_tokens);
+        // Only a request the host finished, with its own count, teaches the
+        // key's calibration (never one cut short, refused or failed).
+        let completed = o.status == 200 && !o.cancelled && !o.upstream_failed && !o.estimated;
+        if completed && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
+            worker.calibration.observe(&key.id, &o.served_model, o.prompt_raw, o.usage.prompt_tokens);
         }
         // The host loaded the model for this request: its queue learns what a load costs.
         if let (Some(h), true) = (o.host, o.loaded_model && o.usage.load_ns > 0)

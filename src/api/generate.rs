@@ -36,7 +36,7 @@ pub fn admit<'w, P: AsRef<Plan>>(
         return Err(Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model)));
     }
     let raw = crate::upstream::estimate::count(native).raw_tokens();
-    let prompt = worker.calibration.estimate(&plan.served_model, raw);
+    let prompt = worker.calibration.estimate(&key.id, &plan.served_model, raw);
     let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
     admit_cost(worker, ctx, key, prompt.saturating_add(completion))?;
     let o = &mut ctx.outcome;

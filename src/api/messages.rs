@@ -11,8 +11,8 @@
 //! `count_tokens` never reaches the GPU (Ollama has no such route): it
 //! converts the request as a message would be, counts the native body the
 //! way every request's prompt is estimated (`upstream::estimate`), and
-//! scales that by the model's calibration, learned from the real
-//! `prompt_eval_count` of every reply this worker has relayed.
+//! scales that by the key's calibration for the model, learned from the real
+//! `prompt_eval_count` of the key's completed requests on this worker.
 
 use super::ctx::Ctx;
 use super::generate::{admit, stream, whole};
@@ -54,7 +54,7 @@ pub fn count_tokens<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, key: &Key
     ctx.outcome.model.push_str(&plan.model);
     ctx.outcome.served_model.push_str(&plan.served_model);
     let raw = crate::upstream::estimate::count(&native).raw_tokens();
-    let tokens = worker.calibration.estimate(&plan.served_model, raw);
+    let tokens = worker.calibration.estimate(&key.id, &plan.served_model, raw);
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(b"{\"input_tokens\":");
     crate::json::number(&mut out, tokens);

@@ -52,7 +52,7 @@ pub struct Worker {
     pub all_metrics: Arc<Metrics>,
     /// The keys' rate limiters (shared state, this core's cache of it).
     pub limiters: Limiters,
-    /// This core's per-model calibration of prompt estimates.
+    /// This core's calibration of prompt estimates, per key and model.
     pub calibration: Calibration,
     /// Fired when a stop's grace period runs out: requests still waiting on
     /// the upstream end at once, properly.

@@ -14,12 +14,18 @@
 //!   included, at [`JSON_BYTES_PER_TOKEN`] (a chat template writes them into
 //!   the prompt as JSON, where braces, quotes and keys are tokens too);
 //! - each message adds [`TOKENS_PER_MESSAGE`] (the chat template's markers),
-//!   each image [`TOKENS_PER_IMAGE`], each request [`TOKENS_PER_REQUEST`].
+//!   each image [`TOKENS_PER_IMAGE`], each request [`TOKENS_PER_REQUEST`];
+//! - token ids given as such (`/api/generate`'s `context`) count one each.
 //!
-//! That raw figure is then scaled per model by a [`Calibration`]: the ratio
-//! of the real `prompt_eval_count` to the raw figure, learned from every
-//! reply that reports one (a moving average, bounded to ×0.1..×10), so the
-//! estimate follows each model's tokenizer and template as traffic goes by.
+//! That raw figure is then scaled by a [`Calibration`]: the ratio of the real
+//! `prompt_eval_count` to the raw figure, so the estimate follows a model's
+//! tokenizer and template as traffic goes by. A ratio is a key's own, per
+//! model (a key cannot move another key's estimates), learned only from its
+//! requests that completed with the host's count, as a moving average that
+//! one reply moves by at most a quarter ([`MAX_STEP`]), and it stays within
+//! [`MIN_RATIO`]..[`MAX_RATIO`]: whatever a key sends, its charge for a
+//! request that ends without a count is at least half the uncalibrated
+//! estimate, and no estimate is more than four times it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -43,6 +49,8 @@ pub struct Counts {
     pub json_bytes: u64,
     pub messages: u64,
     pub images: u64,
+    /// Token ids sent as numbers (`context`).
+    pub token_ids: u64,
 }
 
 impl Counts {
@@ -52,6 +60,7 @@ impl Counts {
             + self.json_bytes.div_ceil(JSON_BYTES_PER_TOKEN)
             + self.messages * TOKENS_PER_MESSAGE
             + self.images * TOKENS_PER_IMAGE
+            + self.token_ids
             + TOKENS_PER_REQUEST
     }
 }
@@ -96,6 +105,13 @@ fn count_with(native: &[u8], string_end: impl Fn(&[u8], usize) -> usize + Copy) 
                     if key == b"role" && depth == 3 {
                         c.messages += 1;
                     }
+                    // Token ids: one each, read past at once.
+                    if depth == 1 && key == b"context" {
+                        let end = value_end(native, k + 1, string_end);
+                        c.token_ids += count_numbers(&native[k + 1..end]);
+                        i = end;
+                        continue;
+                    }
                     // Tools and tool calls: their whole JSON, read past at once.
                     if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
                         let end = value_end(native, k + 1, string_end);
@@ -117,6 +133,18 @@ fn count_with(native: &[u8], string_end: impl Fn(&[u8], usize) -> usize + Copy) 
         i += 1;
     }
     c
+}
+
+/// The numbers in a JSON value (an array of token ids): runs of digits.
+fn count_numbers(value: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut in_number = false;
+    for &b in value {
+        let digit = b.is_ascii_digit();
+        n += u64::from(digit && !in_number);
+        in_number = digit || (in_number && matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    }
+    n
 }
 
 /// Where the string whose body starts at `start` ends: its closing quote's
@@ -170,41 +198,59 @@ fn value_end(b: &[u8], at: usize, string_end: impl Fn(&[u8], usize) -> usize) ->
     b.len()
 }
 
-/// Most models a worker keeps a calibration for.
-const MAX_MODELS: usize = 256;
+/// Most (key, model) ratios a worker keeps; past it, it starts again.
+const MAX_RATIOS: usize = 4096;
 /// The ratio is kept in thousandths.
 const ONE: u64 = 1000;
+/// The lowest ratio: a charge never falls below half the uncalibrated estimate.
+pub const MIN_RATIO: u64 = ONE / 2;
+/// The highest ratio: an estimate is at most four times the uncalibrated one.
+pub const MAX_RATIO: u64 = ONE * 4;
+/// One reply moves a ratio by at most a quarter of it.
+pub const MAX_STEP: u64 = ONE / 4;
 
-/// Per-model ratios of real to raw prompt counts, learned by one worker.
+/// Ratios of real to raw prompt counts, per key and model, learned by one worker.
 #[derive(Default)]
 pub struct Calibration {
-    ratios: RefCell<HashMap<String, u64>>,
+    /// Key id → (model, ratio) for the models it used.
+    ratios: RefCell<HashMap<String, Vec<(String, u64)>>>,
+    len: std::cell::Cell<usize>,
 }
 
 impl Calibration {
-    /// The calibrated estimate of a prompt whose raw estimate is `raw`.
-    pub fn estimate(&self, model: &str, raw: u64) -> u64 {
-        let ratio = self.ratios.borrow().get(model).copied().unwrap_or(ONE);
-        (raw * ratio).div_ceil(ONE).max(1)
+    fn ratio(&self, key: &str, model: &str) -> u64 {
+        let ratios = self.ratios.borrow();
+        ratios.get(key).and_then(|m| m.iter().find(|(n, _)| n == model)).map_or(ONE, |(_, r)| *r)
     }
 
-    /// Learns from a reply whose real prompt count is known.
-    pub fn observe(&self, model: &str, raw: u64, real: u64) {
+    /// The calibrated estimate, for `key`, of a prompt to `model` whose raw estimate is `raw`.
+    pub fn estimate(&self, key: &str, model: &str, raw: u64) -> u64 {
+        (raw.saturating_mul(self.ratio(key, model))).div_ceil(ONE).max(1)
+    }
+
+    /// Learns from a request of `key` that completed with the host's count.
+    pub fn observe(&self, key: &str, model: &str, raw: u64, real: u64) {
         if raw == 0 || real == 0 {
             return;
         }
-        let seen = (real * ONE / raw).clamp(ONE / 10, ONE * 10);
+        let seen = (real.saturating_mul(ONE) / raw).clamp(MIN_RATIO, MAX_RATIO);
         let mut ratios = self.ratios.borrow_mut();
-        match ratios.get_mut(model) {
-            // A moving average over about the last eight replies.
-            Some(r) => *r = (*r * 7 + seen).div_ceil(8),
-            None => {
-                if ratios.len() >= MAX_MODELS {
-                    ratios.clear();
-                }
-                ratios.insert(model.to_owned(), seen);
-            }
+        if let Some((_, r)) = ratios.get_mut(key).and_then(|m| m.iter_mut().find(|(n, _)| n == model)) {
+            // A moving average over about the last eight replies, each step bounded.
+            let step = (*r * MAX_STEP / ONE).max(1);
+            // Rounded towards what was seen, so the average reaches it.
+            let next = if seen < *r { (*r * 7 + seen) / 8 } else { (*r * 7 + seen).div_ceil(8) };
+            *r = next.clamp(r.saturating_sub(step), *r + step).clamp(MIN_RATIO, MAX_RATIO);
+            return;
         }
+        if self.len.get() >= MAX_RATIOS {
+            ratios.clear();
+            self.len.set(0);
+        }
+        // A first reply is a step from the uncalibrated ratio like any other.
+        let first = seen.clamp(ONE - MAX_STEP, ONE + MAX_STEP);
+        ratios.entry(key.to_owned()).or_default().push((model.to_owned(), first));
+        self.len.set(self.len.get() + 1);
     }
 }
 
@@ -253,17 +299,41 @@ mod tests {
     }
 
     #[test]
-    fn calibration_follows_the_real_counts_and_stays_bounded() {
+    fn calibration_follows_the_real_counts_within_its_bounds() {
         let c = Calibration::default();
-        assert_eq!(c.estimate("m", 100), 100);
-        c.observe("m", 100, 50);
-        assert_eq!(c.estimate("m", 100), 50);
-        for _ in 0..40 {
-            c.observe("m", 100, 80);
+        assert_eq!(c.estimate("k", "m", 100), 100);
+        c.observe("k", "m", 100, 50);
+        assert_eq!(c.estimate("k", "m", 100), 75, "one reply moves the ratio a quarter at most");
+        for _ in 0..60 {
+            c.observe("k", "m", 100, 80);
         }
-        assert!((79..=81).contains(&c.estimate("m", 100)), "{}", c.estimate("m", 100));
-        c.observe("x", 10, 1_000_000);
-        assert_eq!(c.estimate("x", 10), 100, "at most ten times the raw figure");
-        assert_eq!(c.estimate("other", 7), 7);
+        assert!((79..=81).contains(&c.estimate("k", "m", 100)), "{}", c.estimate("k", "m", 100));
+        for _ in 0..60 {
+            c.observe("k", "x", 10, 1_000_000);
+        }
+        assert_eq!(c.estimate("k", "x", 10), 40, "at most four times the raw figure");
+        assert_eq!(c.estimate("k", "other", 7), 7);
+    }
+
+    #[test]
+    fn a_key_moves_only_its_own_estimates_and_never_below_half() {
+        let c = Calibration::default();
+        for _ in 0..1000 {
+            c.observe("attacker", "m", 20_000, 1);
+        }
+        assert_eq!(c.estimate("attacker", "m", 20_000), 10_000, "half the raw estimate at the least");
+        assert_eq!(c.estimate("victim", "m", 2_000), 2_000, "another key's estimate is its own");
+    }
+
+    #[test]
+    fn token_ids_count_one_each() {
+        let ids: Vec<String> = (0..30_000).map(|i| (i * 7 % 32000).to_string()).collect();
+        let body = format!(r#"{{"model":"m","prompt":"","context":[{}],"stream":false}}"#, ids.join(","));
+        let c = count(body.as_bytes());
+        assert_eq!(c.token_ids, 30_000);
+        assert_eq!(c.raw_tokens(), 30_000 + TOKENS_PER_REQUEST);
+        assert_eq!(count(body.as_bytes()), count_plain(body.as_bytes()));
+        assert_eq!(count(br#"{"model":"m","context":[],"prompt":"abcd"}"#).token_ids, 0);
+        assert_eq!(count(br#"{"model":"m","context":[1.5e3, -2]}"#).token_ids, 2);
     }
 }

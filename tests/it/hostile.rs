@@ -576,3 +576,56 @@ fn small_ones_user_field_credentials_zero_limits_and_all_models() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["models"], "all");
 }
+
+#[test]
+fn one_key_cannot_move_another_keys_estimates_nor_cut_its_own_charge_below_half() {
+    let m = mock(&["--tokens", "40", "--token-delay-ms", "20"]);
+    let mut g = gateway(&m, &["--workers", "1"]);
+    let attacker = create_key(&g, "attacker", &[])["secret"].as_str().unwrap().to_owned();
+    let victim = create_key(&g, "victim", &[])["secret"].as_str().unwrap().to_owned();
+    let convo = json!({"model": "llama3", "messages": [{"role": "user", "content": vec!["word"; 2000].join(" ")}]});
+    let count = |key: &str| {
+        request_with(g.addr, "POST", "/v1/messages/count_tokens", Some(&convo.to_string()), &[("x-api-key", key)])
+            .json()["input_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = count(&victim);
+    // Prompts the host counts as two tokens but that estimate thousands: a
+    // drag on the calibration, from completed requests of the attacker's.
+    let squeeze =
+        json!({"model": "llama3", "max_tokens": 1, "messages": [{"role": "user", "content": "a".repeat(20_000)}]});
+    for _ in 0..30 {
+        assert_eq!(chat_as(&g, &attacker, &squeeze).status, 200);
+    }
+    assert_eq!(count(&victim), before, "another key's count moved");
+    // The attacker's own long prompts, cut short, still pay at least half the uncalibrated estimate.
+    let prompt = vec!["word"; 20_000].join(" ");
+    for _ in 0..2 {
+        cancel_after(&g, &attacker, &prompt, 2);
+    }
+    // Token ids given as such count one each: 30,000 of them, cut short.
+    let ids: Vec<u32> = (0..30_000).map(|i| i % 30_000).collect();
+    let mut s = connect(g.addr);
+    let body = json!({"model": "llama3", "prompt": "", "context": ids, "stream": true}).to_string();
+    send(&mut s, "POST", "/api/generate", Some(&body), &[("Authorization", &format!("Bearer {attacker}"))]);
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    assert!(std::io::BufRead::read_line(&mut r, &mut line).unwrap() > 0);
+    drop(r);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 3));
+    assert_eq!(terminate(&mut g), Some(0));
+    let v = usage_cli(&g, &["--key", "attacker", "--by", "api"]);
+    let tokens = |api: &str| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["api"] == api)
+            .map_or(0, |r| r["prompt_tokens"].as_u64().unwrap())
+    };
+    // 20,000 words are some 25,000 raw tokens at 4 bytes each: each cut-short
+    // chat pays at least half of that; the squeezes paid 2 each.
+    assert!(tokens("openai") >= 30 * 2 + 2 * 12_500, "{v}");
+    assert!(tokens("ollama") >= 15_000, "{v}");
+}
