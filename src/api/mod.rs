@@ -165,7 +165,7 @@ pub async fn handle<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, accept
         // otherwise make every request's future as large.
         (Route::Responses, Some(key)) => Box::pin(responses::create(worker, req, ctx, key)).await,
         (Route::Response(id), Some(key)) if req.method() == Method::Delete => responses::delete(worker, key, &id).await,
-        (Route::Response(id), Some(key)) => responses::retrieve(worker, key, &id),
+        (Route::Response(id), Some(key)) => responses::retrieve(worker, key, &id).await,
         (Route::Ollama(n), Some(key)) => match n {
             Native::Chat | Native::Generate => ollama::generation(worker, req, ctx, key, n.path()).await,
             Native::Embed | Native::Embeddings => ollama::embedding(worker, req, ctx, key, n.path()).await,

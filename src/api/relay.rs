@@ -21,7 +21,7 @@ use crate::openai::stream::NdjsonToSse;
 use crate::responses::stream::NdjsonToResponses;
 use crate::store::Store;
 use crate::store::responses::StoredResponse;
-use crate::upstream::client::{self, BodyDecoder, BodyKind, Pool, UpstreamHead, read_owned};
+use crate::upstream::client::{self, BodyDecoder, BodyKind, BufferLease, Pool, UpstreamHead, read_owned};
 use crate::upstream::gate::Permit;
 use crate::upstream::native::{StreamEnd, Usage};
 
@@ -131,6 +131,9 @@ impl StreamWriter for NdjsonToResponses {
 /// Where a response is stored (the Responses API's `store`), and for whom.
 pub struct Keep {
     pub store: &'static Store,
+    /// With `--redis`: the cluster's Redis, where the record goes (this
+    /// store only while Redis cannot be reached).
+    pub cluster: Option<std::sync::Arc<crate::cluster::link::Link>>,
     pub id: String,
     pub key_id: String,
     pub ttl: Duration,
@@ -148,8 +151,22 @@ impl Keep {
             history,
             response,
         };
-        let max = self.max_bytes;
-        match super::store::off_worker(self.store, move |s| s.put_response(&record, max)).await {
+        let (max, cluster) = (self.max_bytes, self.cluster);
+        let put = move |s: &'static Store| {
+            if !record.fits(max) {
+                return Ok(false);
+            }
+            if let Some(link) = &cluster {
+                match link.with(|con| crate::cluster::responses::put(con, &link.prefix, &record, max)) {
+                    Ok(()) => return Ok(true),
+                    Err(e) => crate::log::warn(format_args!(
+                        "a response is stored on this instance only: the cluster's Redis failed ({e})"
+                    )),
+                }
+            }
+            s.put_response(&record, max)
+        };
+        match super::store::off_worker(self.store, put).await {
             Ok(true) => {}
             Ok(false) => crate::log::warn(format_args!("a response too large to store was not kept")),
             Err(e) => crate::log::error(format_args!("storing a response: {}", e.message)),
@@ -249,6 +266,9 @@ pub struct Relay<'w> {
     _slot: Option<Permit>,
     /// Where the stream's record is stored, when it has one.
     keep: Option<Keep>,
+    /// Memory the stream holds against the budget for large data (a stored
+    /// conversation it continues), until it ends.
+    _held: Option<BufferLease<'w>>,
 }
 
 impl<'w> Relay<'w> {
@@ -264,12 +284,18 @@ impl<'w> Relay<'w> {
             read_timeout,
             _slot: permit,
             keep: None,
+            _held: None,
         }
     }
 
     /// Stores the stream's record (see [`StreamWriter::take_record`]) with `keep`.
     pub fn keep(&mut self, keep: Keep) {
         self.keep = Some(keep);
+    }
+
+    /// Holds `lease` until the stream ends.
+    pub fn hold(&mut self, lease: BufferLease<'w>) {
+        self._held = Some(lease);
     }
 
     /// At the stream's end: stores its record, if it has one, then appends

@@ -38,6 +38,9 @@ pub enum Body<'w> {
     Full {
         content_type: &'static str,
         bytes: Cow<'static, [u8]>,
+        /// Memory the body holds against the gateway's budget for large
+        /// data (a stored response it sends), given back once it is written.
+        held: Option<Box<BufferLease<'w>>>,
     },
     /// An error, written in the shape of the request's protocol.
     Error(ApiError),
@@ -61,25 +64,21 @@ pub struct Reply<'w> {
     pub cors: bool,
     /// Close the connection after this reply.
     pub close: bool,
-    /// Memory the reply holds against the gateway's budget for large data
-    /// (a stored conversation it was made from, a stored response it
-    /// sends), given back once it is written.
-    pub held: Option<BufferLease<'w>>,
 }
 
 impl<'w> Reply<'w> {
     fn new(status: u16, body: Body<'w>) -> Self {
-        Self { status, headers: Vec::new(), body, cors: true, close: false, held: None }
+        Self { status, headers: Vec::new(), body, cors: true, close: false }
     }
 
     /// A JSON body.
     pub fn json(status: u16, bytes: Vec<u8>) -> Self {
-        Self::new(status, Body::Full { content_type: "application/json", bytes: Cow::Owned(bytes) })
+        Self::new(status, Body::Full { content_type: "application/json", bytes: Cow::Owned(bytes), held: None })
     }
 
     /// Any whole body.
     pub fn full(status: u16, content_type: &'static str, bytes: impl Into<Cow<'static, [u8]>>) -> Self {
-        Self::new(status, Body::Full { content_type, bytes: bytes.into() })
+        Self::new(status, Body::Full { content_type, bytes: bytes.into(), held: None })
     }
 
     pub fn error(e: ApiError) -> Self {
@@ -112,9 +111,14 @@ impl<'w> Reply<'w> {
         self
     }
 
-    /// Holds `lease` until the reply is written.
+    /// Holds `lease` until the reply is written (a whole body) or the
+    /// stream ends; an error gives it back at once.
     pub fn holding(mut self, lease: BufferLease<'w>) -> Self {
-        self.held = Some(lease);
+        match &mut self.body {
+            Body::Full { held, .. } => *held = Some(Box::new(lease)),
+            Body::Stream(relay) => relay.hold(lease),
+            _ => {}
+        }
         self
     }
 

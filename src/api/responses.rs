@@ -26,6 +26,7 @@ use crate::http::request::Request;
 use crate::responses::reply::{Shape, response};
 use crate::responses::request::convert_responses;
 use crate::responses::stream::NdjsonToResponses;
+use crate::store::StoreError;
 use crate::store::keys::KeyRecord;
 use crate::upstream::client::UpstreamError;
 
@@ -34,22 +35,47 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let store = worker.store;
     // A stored conversation is copied (the history, the native body, the
     // record kept for the next turn): it counts against the budget for large
-    // replies, and waits while that is spent.
+    // replies, and waits while that is spent. One this instance does not
+    // have is asked of the cluster (off the worker) and converted again.
     let lease = RefCell::new(worker.upstreams.buffers.lease());
     let over = Cell::new(false);
-    let history = |id: &str| match store.response_history(id, &key.id, now, |n| lease.borrow_mut().cover(COPIES * n)) {
-        Ok(Some(Ok(h))) => Ok(Some(h)),
-        Ok(Some(Err(_))) => {
-            over.set(true);
-            Err(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)))
+    let elsewhere: Cell<Option<String>> = Cell::new(None);
+    let fetched: RefCell<Option<(String, Option<Vec<u8>>)>> = RefCell::new(None);
+    let budget = |n: usize| lease.borrow_mut().cover(COPIES * n);
+    let overloaded = || {
+        over.set(true);
+        Err(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)))
+    };
+    let history = |id: &str| {
+        if let Some((_, h)) = fetched.borrow_mut().take_if(|(fid, _)| fid == id) {
+            return match h {
+                Some(h) if !budget(h.len()) => overloaded(),
+                h => Ok(h),
+            };
         }
-        Ok(None) => Ok(None),
-        Err(e) => Err(store_error(e)),
+        match store.response_history(id, &key.id, now, budget) {
+            Ok(Some(Ok(h))) => Ok(Some(h)),
+            Ok(Some(Err(_))) => overloaded(),
+            Ok(None) if worker.cluster.is_some() => {
+                elsewhere.set(Some(id.to_owned()));
+                Ok(None)
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
     };
     let mut native = Vec::with_capacity(req.body.len() + 64);
     let deadline = Instant::now() + MEMORY_WAIT;
     let converted = loop {
         let converted = convert_responses(&req.body, &worker.config.models, &history, &mut native);
+        if let Some(id) = elsewhere.take() {
+            let found = match shared_record(worker, &id).await {
+                Ok(r) => r.and_then(|b| record_part(&b, &key.id, now, |h, _| h.to_vec())),
+                Err(e) => return Reply::error(e),
+            };
+            *fetched.borrow_mut() = Some((id, found));
+            continue;
+        }
         if !over.replace(false) || Instant::now() >= deadline {
             break converted;
         }
@@ -61,6 +87,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     };
     let keep = (rplan.store && !worker.config.responses_ttl.is_zero()).then(|| Keep {
         store,
+        cluster: worker.cluster.clone(),
         id: ctx.id.clone(),
         key_id: key.id.clone(),
         ttl: worker.config.responses_ttl,
@@ -101,24 +128,48 @@ const COPIES: usize = 3;
 const MEMORY_WAIT: Duration = Duration::from_secs(10);
 const MEMORY_POLL: Duration = Duration::from_millis(20);
 
-/// `GET /v1/responses/{id}`: a stored response of this key, held against
-/// the budget for large data until it is written (503 when that is spent).
-pub fn retrieve<'w>(worker: &'w Worker, key: &KeyRecord, id: &str) -> Reply<'w> {
+/// `GET /v1/responses/{id}`: a stored response of this key (from this
+/// instance's store, else the cluster's), held against the budget for large
+/// data until it is written (503 when that is spent).
+pub async fn retrieve<'w>(worker: &'w Worker, key: &KeyRecord, id: &str) -> Reply<'w> {
     let now = crate::clock::unix_now().max(0) as u64;
     let mut lease = worker.upstreams.buffers.lease();
+    let over = || Reply::error(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)));
     match worker.store.response_object(id, &key.id, now, |n| lease.cover(n)) {
-        Ok(Some(Ok(r))) => Reply::json(200, r).holding(lease),
-        Ok(Some(Err(_))) => Reply::error(client_error(UpstreamError::OverBudget(worker.config.upstream_buffer_bytes))),
-        Ok(None) => Reply::error(not_found(id)),
-        Err(e) => Reply::error(store_error(e)),
+        Ok(Some(Ok(r))) => return Reply::json(200, r).holding(lease),
+        Ok(Some(Err(_))) => return over(),
+        Ok(None) => {}
+        Err(e) => return Reply::error(store_error(e)),
+    }
+    let record = match shared_record(worker, id).await {
+        Ok(r) => r,
+        Err(e) => return Reply::error(e),
+    };
+    match record.and_then(|b| record_part(&b, &key.id, now, |_, r| r.to_vec())) {
+        Some(r) if lease.cover(r.len()) => Reply::json(200, r).holding(lease),
+        Some(_) => over(),
+        None => Reply::error(not_found(id)),
     }
 }
 
-/// `DELETE /v1/responses/{id}`.
+/// `DELETE /v1/responses/{id}`: from this instance's store and the cluster's.
 pub async fn delete<'w>(worker: &Worker, key: &KeyRecord, id: &str) -> Reply<'w> {
     let now = crate::clock::unix_now().max(0) as u64;
-    let (owned, key_id) = (id.to_owned(), key.id.clone());
-    match off_worker(worker.store, move |s| s.delete_response(&owned, &key_id, now)).await {
+    let (owned, key_id, link) = (id.to_owned(), key.id.clone(), worker.cluster.clone());
+    let deleted = off_worker(worker.store, move |s| {
+        let here = s.delete_response(&owned, &key_id, now)?;
+        let shared = match &link {
+            Some(link) => {
+                link.with(|con| crate::cluster::responses::delete(con, &link.prefix, &owned, &key_id)).map_err(|e| {
+                    StoreError::Unavailable(format!("the cluster's Redis ({}) cannot be reached: {e}", link.shown))
+                })?
+            }
+            None => false,
+        };
+        Ok(here || shared)
+    })
+    .await;
+    match deleted {
         Ok(true) => {
             let mut out = Vec::with_capacity(64 + id.len());
             out.extend_from_slice(b"{\"id\":");
@@ -129,6 +180,25 @@ pub async fn delete<'w>(worker: &Worker, key: &KeyRecord, id: &str) -> Reply<'w>
         Ok(false) => Reply::error(not_found(id)),
         Err(e) => Reply::error(e),
     }
+}
+
+/// The record `id` from the cluster's Redis (read off the worker), when
+/// there is a cluster; `None` when it has none by that id.
+async fn shared_record(worker: &Worker, id: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(link) = worker.cluster.clone() else { return Ok(None) };
+    let owned = id.to_owned();
+    off_worker(worker.store, move |_| {
+        link.with(|con| crate::cluster::responses::get(con, &link.prefix, &owned)).map_err(|e| {
+            StoreError::Unavailable(format!("the cluster's Redis ({}) cannot be reached: {e}", link.shown))
+        })
+    })
+    .await
+}
+
+/// A part of a record read from the cluster, if key `key_id` made it and it has not expired.
+fn record_part<T>(record: &[u8], key_id: &str, now: u64, part: impl FnOnce(&[u8], &[u8]) -> T) -> Option<T> {
+    let (expires_at, owner, history, response) = crate::store::responses::view(record)?;
+    (owner == key_id && expires_at > now).then(|| part(history, response))
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -39,7 +39,7 @@ pub fn own<'w>(worker: &Worker, key: &KeyRecord) -> Reply<'w> {
                 "limits": key.limits,
             });
             // In a cluster: the tokens of every instance, as the quotas count them.
-            if let Some((day, month)) = worker.quota.others(&key.id, &today) {
+            if let Some((day, month)) = worker.quota.others(worker.store, &key.id, &today) {
                 v["cluster"] = serde_json::json!({
                     "today_total_tokens": t.today.tokens() + day,
                     "month_total_tokens": t.this_month.tokens() + month,

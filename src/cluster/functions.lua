@@ -210,6 +210,103 @@ local function usage_add_v1(keys, args)
   return 1
 end
 
+-- Stored responses (the Responses API's), shared by the cluster and
+-- bounded like one store: each record expires with the response, and past
+-- the byte bound the key holding the most loses its records closest to
+-- expiry first, a few per call.
+--   P resp:<id>        string  the record (expires with it)
+--   P resp:idx:<key>   zset    the key's response ids by expiry (ms)
+--   P resp:size        hash    response id -> its size
+--   P resp:owner       hash    response id -> the key id that made it
+--   P resp:shares      zset    key id by the bytes its records take
+--   P resp:total       the bytes of every record
+local function resp_remove(p, id, key)
+  local size = tonumber(redis.call('HGET', p .. 'resp:size', id) or '0')
+  redis.call('DEL', p .. 'resp:' .. id)
+  redis.call('HDEL', p .. 'resp:size', id)
+  redis.call('HDEL', p .. 'resp:owner', id)
+  redis.call('ZREM', p .. 'resp:idx:' .. key, id)
+  if redis.call('ZINCRBY', p .. 'resp:shares', -size, key) + 0 <= 0 then
+    redis.call('ZREM', p .. 'resp:shares', key)
+  end
+  redis.call('DECRBY', p .. 'resp:total', size)
+  return size
+end
+
+-- Evicts records while the total is over `max`, `batch` at most: the
+-- records evicted and the total after.
+local function resp_evict(p, max, batch)
+  local total = tonumber(redis.call('GET', p .. 'resp:total') or '0')
+  local n = 0
+  while total > max and n < batch do
+    local top = redis.call('ZRANGE', p .. 'resp:shares', -1, -1)
+    if #top == 0 then
+      break
+    end
+    local oldest = redis.call('ZRANGE', p .. 'resp:idx:' .. top[1], 0, 0)
+    if #oldest == 0 then
+      redis.call('ZREM', p .. 'resp:shares', top[1])
+    else
+      total = total - resp_remove(p, oldest[1], top[1])
+      n = n + 1
+    end
+  end
+  return {n, total}
+end
+
+-- Keeps a record of key `key` under `id` until `expires` (ms), replacing
+-- one with its id, then evicts past `max` (a batch): {evicted, total}.
+local function resp_put_v1(keys, args)
+  local p, id, key, expires, record, max, batch =
+    args[1], args[2], args[3], tonumber(args[4]), args[5], tonumber(args[6]), tonumber(args[7])
+  local old = redis.call('HGET', p .. 'resp:owner', id)
+  if old then
+    resp_remove(p, id, old)
+  end
+  redis.call('SET', p .. 'resp:' .. id, record, 'PXAT', expires)
+  redis.call('HSET', p .. 'resp:size', id, #record)
+  redis.call('HSET', p .. 'resp:owner', id, key)
+  redis.call('ZADD', p .. 'resp:idx:' .. key, expires, id)
+  redis.call('ZINCRBY', p .. 'resp:shares', #record, key)
+  redis.call('INCRBY', p .. 'resp:total', #record)
+  return resp_evict(p, max, batch)
+end
+
+-- Evicts past `max`, a batch: {evicted, total}.
+local function resp_evict_v1(keys, args)
+  return resp_evict(args[1], tonumber(args[2]), tonumber(args[3]))
+end
+
+-- Deletes response `id` if key `key` made it: 1 if it did.
+local function resp_delete_v1(keys, args)
+  local p, id, key = args[1], args[2], args[3]
+  if redis.call('HGET', p .. 'resp:owner', id) ~= key then
+    return 0
+  end
+  resp_remove(p, id, key)
+  return 1
+end
+
+-- Forgets the records expired by `now` (ms), `batch` at most: how many.
+local function resp_prune_v1(keys, args)
+  local p, now, batch = args[1], tonumber(args[2]), tonumber(args[3])
+  local n = 0
+  for _, key in ipairs(redis.call('ZRANGE', p .. 'resp:shares', 0, -1)) do
+    for _, id in ipairs(redis.call('ZRANGE', p .. 'resp:idx:' .. key, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch - n)) do
+      resp_remove(p, id, key)
+      n = n + 1
+    end
+    if n >= batch then
+      break
+    end
+  end
+  return n
+end
+
+redis.register_function('aigw_resp_put_v1', resp_put_v1)
+redis.register_function('aigw_resp_evict_v1', resp_evict_v1)
+redis.register_function('aigw_resp_delete_v1', resp_delete_v1)
+redis.register_function('aigw_resp_prune_v1', resp_prune_v1)
 redis.register_function('aigw_usage_add_v1', usage_add_v1)
 redis.register_function('aigw_borrow_v1', borrow_v1)
 redis.register_function('aigw_give_back_v1', give_back_v1)

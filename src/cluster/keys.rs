@@ -362,16 +362,45 @@ pub fn push_local(con: &mut Connection, link: &Link, store: &Store) -> Result<(u
     Ok((seeded, replayed))
 }
 
+/// A revocation is never undone: a record from the cluster without one, for
+/// a key this store knows was revoked, is older knowledge (a Redis that lost
+/// its data and was refilled by an instance that missed the revocation). The
+/// revocation wins — in the cluster, so every instance sees it again, and in
+/// what is mirrored here.
+fn keep_revocations(con: &mut Connection, link: &Link, store: &Store, batch: &mut [ClusterKey]) -> Result<(), String> {
+    for k in batch.iter_mut().filter(|k| k.record.revoked_at.is_none()) {
+        let Ok((_, local)) = store.find_key(&k.record.id) else { continue };
+        let Some(at) = local.revoked_at else { continue };
+        let revoke = |c: &mut ClusterKey| {
+            c.record.revoked_at = Some(c.record.revoked_at.map_or(at, |r| r.min(at)));
+            Ok(())
+        };
+        match change(con, &link.prefix, &k.record.id, revoke) {
+            Ok(revoked) => {
+                crate::log::warn(format_args!(
+                    "keys: the cluster had key {} active, which this instance knows was revoked; revoked again",
+                    k.record.id
+                ));
+                *k = revoked;
+            }
+            Err(StoreError::Unavailable(m)) => return Err(m),
+            Err(_) => k.record.revoked_at = Some(at),
+        }
+    }
+    Ok(())
+}
+
 /// Mirrors what changed in the cluster since the local store's version.
 /// Returns the counter the mirror is at and how many records changed.
 pub fn pull(con: &mut Connection, link: &Link, store: &Store) -> Result<(u64, usize), String> {
     let mut since = store.mirrored_version().map_err(|e| e.to_string())?;
     let mut total = 0;
     loop {
-        let (counter, batch) = changes(con, &link.prefix, since).map_err(|e| e.to_string())?;
+        let (counter, mut batch) = changes(con, &link.prefix, since).map_err(|e| e.to_string())?;
         if counter <= since && batch.is_empty() {
             return Ok((since, total));
         }
+        keep_revocations(con, link, store, &mut batch)?;
         let upto = batch.last().map_or(counter, |k| k.record.version);
         total += store.mirror_keys(&batch, Some(upto)).map_err(|e| e.to_string())?;
         since = upto;

@@ -19,6 +19,8 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Where the cluster's Redis is, and the prefix of every key the gateway uses there.
 pub struct Link {
     client: redis::Client,
+    /// Connections the blocking pool's calls reuse (see [`Link::with`]).
+    idle: parking_lot::Mutex<Vec<Connection>>,
     /// `--redis-prefix`, e.g. `aigw:`.
     pub prefix: String,
     /// The address without its password, for logs.
@@ -54,7 +56,7 @@ impl Link {
             }
         }
         .map_err(|e| format!("--redis '{shown}': {e}"))?;
-        Ok(Self { client, prefix: prefix.to_owned(), shown })
+        Ok(Self { client, idle: Default::default(), prefix: prefix.to_owned(), shown })
     }
 
     /// A new connection, with the functions loaded.
@@ -64,6 +66,29 @@ impl Link {
         con.set_write_timeout(Some(CALL_TIMEOUT))?;
         redis::cmd("FUNCTION").arg("LOAD").arg("REPLACE").arg(FUNCTIONS).query::<String>(&mut con)?;
         Ok(con)
+    }
+}
+
+/// Most idle connections kept for the blocking pool's calls.
+const MAX_IDLE: usize = 8;
+
+impl Link {
+    /// Runs `f` on a connection kept from an earlier call (or a new one); a
+    /// connection that failed is dropped. For calls made on the blocking pool.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<R>) -> RedisResult<R> {
+        let kept = self.idle.lock().pop();
+        let mut con = match kept {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let r = f(&mut con);
+        if r.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(con);
+            }
+        }
+        r
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod keys;
 pub mod leases;
 pub mod link;
+pub mod responses;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// An instance silent this long is taken for gone.
 pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the cluster's expired stored responses are forgotten.
+pub const PRUNE: Duration = Duration::from_secs(60);
 /// How long to wait before connecting again after Redis failed.
 pub const RETRY: Duration = Duration::from_millis(250);
 
@@ -107,7 +110,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the cluster thread. Returns once the first exchange with Redis
     /// succeeded or failed (either way the instance starts; a failure is logged).
-    pub fn start(link: Link, store: &'static Store, listen: String, load: Arc<dyn Load>) -> Result<Self, String> {
+    /// `cluster_size`: the instances counted on while Redis is away, beside
+    /// those last seen (0: only those).
+    pub fn start(
+        link: Link,
+        store: &'static Store,
+        listen: String,
+        load: Arc<dyn Load>,
+        cluster_size: usize,
+    ) -> Result<Self, String> {
         let link = Arc::new(link);
         let state = Arc::new(ClusterState::default());
         let instance =
@@ -118,6 +129,7 @@ impl Cluster {
         let leases = Arc::new(LeaseBook::new(urgent_tx));
         let remote = Arc::new(usage::Remote::default());
         let store_id = store.store_id().map_err(|e| e.to_string())?;
+        let last_seen = store.last_instances().map_err(|e| e.to_string())? as usize;
         // From now on every usage commit is also queued for the cluster.
         store.queue_usage.store(true, Relaxed);
         let thread = {
@@ -141,12 +153,16 @@ impl Cluster {
                         rates: HashMap::new(),
                         shares: HashMap::new(),
                         last_tend: Instant::now(),
+                        next_prune: Instant::now(),
+                        last_seen,
+                        cluster_size,
                     };
                     let mut first = Some(first_tx);
                     let mut next_round = Instant::now();
                     while !stop.load(Relaxed) {
                         if Instant::now() >= next_round {
                             let ok = sync.round();
+                            sync.remote.set_away(!ok, sync.instances());
                             if let Some(tx) = first.take() {
                                 let _ = tx.send(ok);
                             }
@@ -205,6 +221,12 @@ struct Syncer {
     /// Local shares of limits while Redis is away.
     shares: HashMap<(String, usize), Share>,
     last_tend: Instant,
+    /// When the cluster's expired stored responses are next forgotten.
+    next_prune: Instant,
+    /// The instances last seen alive (kept in the store across restarts).
+    last_seen: usize,
+    /// `--cluster-size` (0: not given).
+    cluster_size: usize,
 }
 
 impl Syncer {
@@ -274,6 +296,11 @@ impl Syncer {
             self.next_beat = Instant::now() + HEARTBEAT;
             self.beat()?;
         }
+        if Instant::now() >= self.next_prune {
+            self.next_prune = Instant::now() + PRUNE;
+            let Some(con) = self.con.as_mut() else { return Err("not connected".into()) };
+            responses::prune(con, &self.link.prefix, now_ms()).map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -313,12 +340,27 @@ impl Syncer {
             let _: () = redis::cmd("HDEL").arg(&key).arg(&gone).query(con).map_err(|e| e.to_string())?;
         }
         live.sort_by(|a, b| a.id.cmp(&b.id));
+        if live.len() != self.last_seen {
+            self.last_seen = live.len();
+            // Kept for a start while Redis is away (see `instances`).
+            if let Err(e) = self.store.set_last_instances(live.len() as u64) {
+                crate::log::warn(format_args!("cluster: the instance count could not be kept: {e}"));
+            }
+        }
         *self.state.instances.lock() = live;
         Ok(())
     }
 
+    /// The instances limits are shared by: those alive now while Redis
+    /// answers; while it does not, the most of those last seen (in this run
+    /// or the one before) and `--cluster-size`, so that no instance — one
+    /// started during the outage included — takes more than its share.
     fn instances(&self) -> usize {
-        self.state.instances.lock().len().max(1)
+        let live = self.state.instances.lock().len();
+        if self.state.up.load(Relaxed) && live > 0 {
+            return live;
+        }
+        live.max(self.last_seen).max(self.cluster_size).max(1)
     }
 
     /// Keeps every active key's slices topped up, gives back what idle keys

@@ -43,13 +43,17 @@ pub fn push(con: &mut Connection, prefix: &str, store: &Store, store_id: &str) -
     Ok(batches.len())
 }
 
-/// What the other instances of the cluster used, per key, as last read.
+/// What the other instances of the cluster used, per key, as last read,
+/// and what this instance had pushed by then.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Others {
     pub day: String,
     pub day_tokens: u64,
     pub month: String,
     pub month_tokens: u64,
+    /// This store's own tokens in Redis at that read (day, month).
+    pub mine_day: u64,
+    pub mine_month: u64,
 }
 
 /// The cluster's usage of the keys with quotas, for the quota book.
@@ -57,6 +61,10 @@ pub struct Others {
 pub struct Remote {
     wanted: Mutex<HashSet<String>>,
     others: RwLock<HashMap<String, Others>>,
+    /// Redis cannot be reached: the others' usage since the last read is not known.
+    away: std::sync::atomic::AtomicBool,
+    /// The instances the quotas are shared by while Redis is away.
+    instances: std::sync::atomic::AtomicUsize,
 }
 
 impl Remote {
@@ -71,15 +79,32 @@ impl Remote {
         }
     }
 
-    /// Tokens the other instances used on `day` and in its month (0 when not known).
-    pub fn others(&self, key_id: &str, day: &str) -> (u64, u64) {
-        match self.others.read().get(key_id) {
-            Some(o) => (
-                if o.day == day { o.day_tokens } else { 0 },
-                if o.month == day[..7.min(day.len())] { o.month_tokens } else { 0 },
-            ),
-            None => (0, 0),
+    /// Whether Redis can be reached, and the instances to share quotas by while it cannot.
+    pub fn set_away(&self, away: bool, instances: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.instances.store(instances.max(1), Relaxed);
+        self.away.store(away, Relaxed);
+    }
+
+    /// Tokens the other instances used on `day` and in its month, given
+    /// this instance's own totals now (`mine`: day, month). While Redis
+    /// answers, as last read. While it does not, each other instance is
+    /// taken to have spent since that read as much as this one did (all of
+    /// it, for a key never read): so each instance stops at its share of
+    /// what was left, and the cluster at about the quota.
+    pub fn others(&self, key_id: &str, day: &str, mine: (u64, u64)) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let known = self.others.read().get(key_id).cloned().unwrap_or_default();
+        let month = &day[..7.min(day.len())];
+        let (day_known, month_known) = (known.day == day, known.month == month);
+        let read = (if day_known { known.day_tokens } else { 0 }, if month_known { known.month_tokens } else { 0 });
+        if !self.away.load(Relaxed) {
+            return read;
         }
+        let others = self.instances.load(Relaxed).max(1) as u64 - 1;
+        let since_day = mine.0.saturating_sub(if day_known { known.mine_day } else { 0 });
+        let since_month = mine.1.saturating_sub(if month_known { known.mine_month } else { 0 });
+        (read.0 + others * since_day, read.1 + others * since_month)
     }
 
     /// Reads the totals of the keys followed (four reads for all of them).
@@ -107,6 +132,8 @@ impl Remote {
                     day_tokens: get(&all_day).saturating_sub(get(&mine_day)),
                     month: month.clone(),
                     month_tokens: get(&all_month).saturating_sub(get(&mine_month)),
+                    mine_day: get(&mine_day),
+                    mine_month: get(&mine_month),
                 },
             );
         }

@@ -218,6 +218,13 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub cluster: ClusterArgs,
+
+    /// With `--redis`: the most instances the cluster runs. While Redis
+    /// cannot be reached, each instance enforces its share of every limit
+    /// and quota: 1/N of it, N the larger of this and the instances it last
+    /// saw alive (an instance that never saw the cluster counts on this alone).
+    #[arg(long, env = "AI_GATEWAY_CLUSTER_SIZE")]
+    pub cluster_size: Option<usize>,
 }
 
 /// `--redis` and `--redis-prefix`; shared by `serve`, `keys` and `usage`.
@@ -308,6 +315,8 @@ pub struct Config {
     pub upstream_buffer_bytes: usize,
     /// `--redis` and its prefix (checked when the cluster starts).
     pub cluster: ClusterArgs,
+    /// `--cluster-size`: the instances counted on while Redis is away (0: as last seen).
+    pub cluster_size: usize,
 }
 
 impl Config {
@@ -408,6 +417,13 @@ impl Config {
             completion_reservation: a.completion_reservation,
             upstream_buffer_bytes: a.upstream_buffer_bytes,
             cluster: a.cluster.clone(),
+            cluster_size: match a.cluster_size {
+                Some(n) if n == 0 || n > 1024 => {
+                    return Err(format!("--cluster-size must be between 1 and 1024, got {n}"));
+                }
+                Some(n) => n,
+                None => 0,
+            },
             shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
                 Duration::from_secs_f64(a.shutdown_grace)
             } else {

@@ -126,11 +126,11 @@ impl QuotaBook {
 
     /// In a cluster: the tokens the other instances used on `today` and in
     /// its month, as last read from Redis.
-    pub fn others(&self, key_id: &str, today: &str) -> Option<(u64, u64)> {
-        self.remote.as_ref().map(|r| {
-            r.want(key_id);
-            r.others(key_id, today)
-        })
+    pub fn others(&self, store: &Store, key_id: &str, today: &str) -> Option<(u64, u64)> {
+        let remote = self.remote.as_ref()?;
+        remote.want(key_id);
+        let mine = self.totals(store, key_id, today).map_or((0, 0), |t| (t.today.tokens(), t.this_month.tokens()));
+        Some(remote.others(key_id, today, mine))
     }
 
     /// Admits a request of `key` as [`admit`](Self::admit) does and reserves
@@ -144,15 +144,15 @@ impl QuotaBook {
             crate::log::error(format_args!("quota lookup failed: {e}"));
             ApiError::new(500, "api_error", "internal_error", "The gateway could not read its usage store.")
         })?;
+        let mut t = e.lock();
+        t.roll(today);
         let (others_day, others_month) = match &self.remote {
             Some(r) => {
                 r.want(&key.id);
-                r.others(&key.id, today)
+                r.others(&key.id, today, (t.today.tokens(), t.this_month.tokens()))
             }
             None => (0, 0),
         };
-        let mut t = e.lock();
-        t.roll(today);
         let (day, month) = (t.today.tokens() + others_day, t.this_month.tokens() + others_month);
         if let Some(limit) = key.limits.daily_tokens
             && day + t.reserved >= limit

@@ -86,7 +86,7 @@ pub fn run(config: Config) -> Result<(), String> {
         Some(link) => {
             let load = Arc::new(ClusterLoad(all_metrics.clone()));
             let bound = listeners[0].local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-            let c = crate::cluster::Cluster::start(link, store, bound, load)?;
+            let c = crate::cluster::Cluster::start(link, store, bound, load, config.cluster_size)?;
             let _ = all_metrics.cluster.set(c.state.clone());
             Some(c)
         }

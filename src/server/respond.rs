@@ -79,11 +79,14 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, mut reply: R
     let head_only = conn.req.method() == Method::Head;
     let origin = conn.req.origin && reply.cors;
     let h = head(&mut conn.out, ctx, status, &reply.headers, origin).connection(keep_alive);
+    // Memory a body holds against the budget, given back once it is written.
+    let mut _held = None;
     match reply.body {
         Body::Empty => {
             h.empty();
         }
-        Body::Full { content_type, bytes } => {
+        Body::Full { content_type, bytes, held } => {
+            _held = held;
             h.body(content_type, &bytes, head_only);
         }
         Body::Error(e) => {
@@ -136,7 +139,7 @@ fn first_piece(ctx: &mut Ctx, body: &mut Body<'_>) -> Option<Vec<u8>> {
     match source.next(&mut piece) {
         Ok(true) => Some(piece),
         Ok(false) => {
-            *body = Body::Full { content_type, bytes: piece.into() };
+            *body = Body::Full { content_type, bytes: piece.into(), held: None };
             None
         }
         Err(e) => {

@@ -676,10 +676,12 @@ impl Store {
         for k in keys {
             let Some(hash) = k.hash_bytes() else { continue };
             let r = &k.record;
+            let mut revoked_here = None;
             if let Some(old_hash) = self.key_ids.get(&wtxn, &r.id)? {
                 let old_hash = old_hash.to_vec();
                 if let Some(raw) = self.keys.get(&wtxn, &old_hash)? {
                     let old = KeyRecord::decode(raw)?;
+                    revoked_here = old.revoked_at;
                     if old.version > r.version || (old.version == r.version && old_hash == hash && old == *r) {
                         continue;
                     }
@@ -704,6 +706,11 @@ impl Store {
                     self.keys.delete(&mut wtxn, &other)?;
                 }
             }
+            // A revocation known here is never undone by the mirror.
+            let mut r = r.clone();
+            if let Some(at) = revoked_here {
+                r.revoked_at = Some(r.revoked_at.map_or(at, |x| x.min(at)));
+            }
             self.keys.put(&mut wtxn, &hash, &r.encode())?;
             self.key_ids.put(&mut wtxn, &r.id, &hash)?;
             self.key_names.put(&mut wtxn, &r.name, &hash)?;
@@ -723,6 +730,20 @@ impl Store {
             Some(v) if v.len() == 8 => u64::from_le_bytes(v.try_into().unwrap_or_default()),
             _ => 0,
         })
+    }
+
+    /// How many instances this store's instance last saw alive (0: never saw the cluster).
+    pub fn last_instances(&self) -> Result<u64, StoreError> {
+        let rtxn = self.read()?;
+        Ok(self.meta.get(&rtxn, INSTANCES)?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_le_bytes))
+    }
+
+    /// Keeps the count of instances last seen alive (for a start while Redis is away).
+    pub fn set_last_instances(&self, n: u64) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.put(&mut wtxn, INSTANCES, &n.to_le_bytes())?;
+        wtxn.commit()?;
+        Ok(())
     }
 
     /// The cluster generation the mirror's versions belong to ("" before any).
@@ -790,6 +811,8 @@ impl Store {
 const MIRRORED: &str = "cluster/keys_version";
 /// The `meta` entry naming the cluster generation mirrored.
 const EPOCH: &str = "cluster/epoch";
+/// The instances of the cluster this store's instance last saw alive.
+const INSTANCES: &str = "cluster/instances";
 /// The prefix of queued key changes in `meta`.
 const OUTBOX: &str = "cluster/outbox/";
 

@@ -72,9 +72,10 @@ pub struct StoredResponse {
 }
 
 /// A record read in place: (expires_at, key id, history, response).
-type RecordView<'a> = (u64, &'a str, &'a [u8], &'a [u8]);
+pub type RecordView<'a> = (u64, &'a str, &'a [u8], &'a [u8]);
 
-fn view(b: &[u8]) -> Option<RecordView<'_>> {
+/// A record's parts, read in place: (expires_at, key id, history, response).
+pub fn view(b: &[u8]) -> Option<RecordView<'_>> {
     let expires_at = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
     let key_len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
     let key_id = std::str::from_utf8(b.get(12..12 + key_len)?).ok()?;
@@ -86,7 +87,8 @@ fn view(b: &[u8]) -> Option<RecordView<'_>> {
 }
 
 impl StoredResponse {
-    fn encode(&self) -> Vec<u8> {
+    /// The record's bytes (the layout above).
+    pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16 + self.key_id.len() + self.history.len() + self.response.len());
         v.extend_from_slice(&self.expires_at.to_le_bytes());
         v.extend_from_slice(&(self.key_id.len() as u32).to_le_bytes());
@@ -106,6 +108,12 @@ impl StoredResponse {
             history: history.to_vec(),
             response: response.to_vec(),
         })
+    }
+
+    /// Whether the record may be kept under a bound of `max_bytes` (a tenth
+    /// of it, 32 MiB at most, with a usable id).
+    pub fn fits(&self, max_bytes: u64) -> bool {
+        usable_id(&self.id) && self.key_id.len() <= MAX_ID && self.size() <= (max_bytes / 10).min(MAX_RECORD)
     }
 
     /// The bytes this record takes in the bound.
@@ -155,6 +163,9 @@ fn usable_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID
 }
 
+/// A record to evict: (its index key, key id, response id, size).
+type Victim = (Vec<u8>, String, String, u64);
+
 impl Tables {
     /// Moves a key's share by `delta` bytes, in both share tables.
     fn add_share(&self, wtxn: &mut RwTxn<'_>, key_id: &str, delta: i128) -> Result<(), StoreError> {
@@ -187,11 +198,8 @@ impl Tables {
         Ok(size)
     }
 
-    /// The oldest index entry of the key holding the most: (index key, key id, id, size).
-    fn largest_share_oldest(
-        &self,
-        txn: &RoTxn<'_, WithoutTls>,
-    ) -> Result<Option<(Vec<u8>, String, String, u64)>, StoreError> {
+    /// The oldest index entry of the key holding the most.
+    fn largest_share_oldest(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Option<Victim>, StoreError> {
         let Some((top, _)) = self.share_order.last(txn)? else { return Ok(None) };
         let key_id = String::from_utf8_lossy(top.get(8..).unwrap_or_default()).into_owned();
         let mut prefix = key_id.as_bytes().to_vec();
@@ -283,7 +291,7 @@ impl Store {
     /// expiry, in transactions of their own. Returns false when the record
     /// alone is too large to keep.
     pub fn put_response(&self, r: &StoredResponse, max_bytes: u64) -> Result<bool, StoreError> {
-        if !usable_id(&r.id) || r.key_id.len() > MAX_ID || r.size() > (max_bytes / 10).min(MAX_RECORD) {
+        if !r.fits(max_bytes) {
             return Ok(false);
         }
         let t = self.response_tables()?;

@@ -569,3 +569,119 @@ fn a_cluster_reaches_redis_over_tls() {
     assert!(lone.log_text().contains("cannot be reached"), "{}", lone.log_text());
     assert!(!opens(&lone, &secret));
 }
+
+#[test]
+fn a_redis_refilled_by_an_instance_that_missed_a_revocation_does_not_bring_the_key_back() {
+    let mut redis = Redis::start();
+    let m = mock(&[]);
+    let a = instance(&m, &redis, &[]);
+    let b = instance(&m, &redis, &[]);
+    let secret = key_on(&a, json!({"name": "gone"}));
+    assert!(eventually(Duration::from_secs(5), || opens(&b, &secret)));
+    // B stops (its store still has the key active); A revokes it.
+    let b_dir = b.data_dir.clone().unwrap();
+    let mut b = b;
+    b.data_dir = None;
+    drop(b);
+    assert_eq!(admin(&a, "DELETE", "/admin/v1/keys/gone", None).status, 200);
+    assert!(!opens(&a, &secret));
+    // Redis loses its data while A is frozen; B comes back first and fills it again.
+    let a_pid = a.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &a_pid]).status().unwrap().success());
+    redis.restart();
+    let b = gateway_in(&m, b_dir, &["--workers", "1", "--redis", &redis.url(), "--upstream-num-parallel", "0"]);
+    assert!(eventually(Duration::from_secs(5), || admin(&b, "GET", "/admin/v1/keys/gone", None).status == 200));
+    assert!(Command::new("kill").args(["-CONT", &a_pid]).status().unwrap().success());
+    // A knows better: from the moment it answers again it never serves the
+    // key, and the revocation reaches the cluster again.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(!opens(&a, &secret), "the revoked key came back on the instance that revoked it");
+    }
+    assert!(eventually(Duration::from_secs(10), || !opens(&b, &secret)), "the revocation won in the cluster");
+    let shown = admin(&b, "GET", "/admin/v1/keys/gone", None).json();
+    assert_eq!(shown["status"], "revoked", "{shown}");
+}
+
+#[test]
+fn without_redis_each_instance_keeps_to_its_share_of_limits_and_quotas() {
+    let mut redis = Redis::start();
+    let m = mock(&["--tokens", "8"]);
+    let mut nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, &["--usage-flush-ms", "50"])).collect();
+    let quota = key_on(&nodes[0], json!({"name": "day300", "daily_tokens": 300}));
+    let rpm = key_on(&nodes[0], json!({"name": "rpm30", "rpm": 30}));
+    assert!(everywhere(&nodes, "day300") && everywhere(&nodes, "rpm30"));
+    // Every instance has seen the other two.
+    let seen =
+        |g: &Proc| admin(g, "GET", "/readyz", None).json()["cluster"]["instances"].as_array().map_or(0, Vec::len);
+    assert!(eventually(Duration::from_secs(10), || nodes.iter().all(|g| seen(g) == 3)));
+    redis.stop();
+    let down = |g: &Proc| admin(g, "GET", "/metrics", None).text().contains("ai_gateway_redis_up 0");
+    assert!(eventually(Duration::from_secs(5), || nodes.iter().all(down)));
+    // The daily quota of 300 (14 tokens a request): about a third on each.
+    let (ok, _) = hammer(&nodes, &quota, 1, Duration::from_secs(2));
+    println!("daily quota 300, Redis away, 3 instances: {} tokens admitted", ok * 14);
+    assert!(ok * 14 <= 300 + 3 * 14, "{} tokens admitted for a quota of 300 while Redis was away", ok * 14);
+    // An instance restarted during the outage knows the cluster's size from its last view.
+    let dir = nodes[2].data_dir.take().unwrap();
+    nodes.pop();
+    nodes.push(gateway_in(
+        &m,
+        dir,
+        &["--workers", "1", "--redis", &redis.url(), "--upstream-num-parallel", "0", "--usage-flush-ms", "50"],
+    ));
+    let (ok, refused) = hammer(&nodes, &rpm, 2, Duration::from_secs(3));
+    println!("rpm 30, Redis away, one instance restarted: admitted {ok}, refused {refused}");
+    assert!(ok <= 30 + 3, "admitted {ok} of an rpm of 30 while Redis was away");
+    assert!(ok >= 9, "each instance admits its share ({ok})");
+}
+
+#[test]
+fn stored_responses_are_continued_read_and_deleted_through_any_instance() {
+    let redis = Redis::start();
+    let m = mock(&["--tokens", "3"]);
+    let (a, b) = (instance(&m, &redis, &[]), instance(&m, &redis, &[]));
+    let respond = |g: &Proc, body: Value| {
+        request_with(
+            g.addr,
+            "POST",
+            "/v1/responses",
+            Some(&body.to_string()),
+            &[("Authorization", &format!("Bearer {ADMIN_KEY}"))],
+        )
+    };
+    let first = respond(&a, json!({"model": "llama3", "input": "My name is Ada."}));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    // Read and continued through the other instance.
+    let got = admin(&b, "GET", &format!("/v1/responses/{id}"), None);
+    assert_eq!((got.status, got.json()["id"].as_str()), (200, Some(id.as_str())));
+    let next = respond(&b, json!({"model": "llama3", "input": "What is my name?", "previous_response_id": id}));
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert!(last_prompt(&m).contains("My name is Ada."), "the conversation came from the cluster");
+    // Another key sees nothing on either instance.
+    let other = key_on(&a, json!({"name": "other"}));
+    assert!(eventually(Duration::from_secs(5), || opens(&b, &other)));
+    for g in [&a, &b] {
+        let r = request_with(
+            g.addr,
+            "GET",
+            &format!("/v1/responses/{id}"),
+            None,
+            &[("Authorization", &format!("Bearer {other}"))],
+        );
+        assert_eq!(r.status, 404);
+    }
+    // Deleted through B: gone on both.
+    assert_eq!(admin(&b, "DELETE", &format!("/v1/responses/{id}"), None).status, 200);
+    for g in [&a, &b] {
+        assert_eq!(admin(g, "GET", &format!("/v1/responses/{id}"), None).status, 404);
+    }
+    let r = respond(&a, json!({"model": "llama3", "input": "Again?", "previous_response_id": id}));
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// The messages the emulator last received, as text.
+fn last_prompt(m: &Proc) -> String {
+    String::from_utf8_lossy(&get(m.addr, "/_last").body).into_owned()
+}
