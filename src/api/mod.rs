@@ -56,10 +56,14 @@ pub fn begin(req: &Request) -> (Ctx, Routed) {
         _ => "req-",
     };
     let mut ctx = Ctx::new(crate::ids::request_id(prefix));
-    if let Routed::Endpoint(r) = &routed {
-        ctx.route = r.label();
-        ctx.shape = r.shape();
-        ctx.outcome.api = r.api();
+    match &routed {
+        Routed::Endpoint(r) => {
+            ctx.route = r.label();
+            ctx.shape = r.shape();
+            ctx.outcome.api = r.api();
+        }
+        // A wrong method or an unknown path is answered in its protocol's shape too.
+        _ => ctx.shape = routes::shape_of_path(&req.path),
     }
     (ctx, routed)
 }
@@ -103,9 +107,18 @@ pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed)
         Routed::NotFound => return Err(Reply::error(ApiError::unknown_url(&req.method_name, &req.path))),
     };
     // The key's live record, read now, so changes apply at once. `/readyz`
-    // needs no key, but checks one that is presented (an admin key shows it in full).
-    let optional = route == Route::Ready && auth::presented_key(req.authorization.as_deref()).is_some();
-    if route.needs_key() || optional {
+    // needs no key: one that is presented and valid shows it in full (an
+    // admin key); any other is answered as no key, since a probe must learn
+    // readiness whatever it sends.
+    if route == Route::Ready {
+        if auth::presented_key(req.authorization.as_deref()).is_some()
+            && let Ok(key) = authenticate(worker, req, &route)
+        {
+            ctx.key = Some(key);
+        }
+        return Ok(Accepted { route });
+    }
+    if route.needs_key() {
         let key = authenticate(worker, req, &route).map_err(Reply::error)?;
         ctx.lane = crate::policy::priority::lane(key.priority, &req.priority).map_err(Reply::error)?.lane();
         ctx.key = Some(key);

@@ -168,6 +168,17 @@ impl Native {
     }
 }
 
+/// The error shape of the protocol a path belongs to, for a request that is
+/// not routed to an endpoint (a wrong method, an unknown path): Ollama's
+/// under `/api/` (but `/api/v1/`), Anthropic's for `messages`, else OpenAI's.
+pub fn shape_of_path(path: &str) -> Shape {
+    if path.starts_with("/api/") && !path.starts_with("/api/v1/") {
+        return Shape::Ollama;
+    }
+    let rest = path.strip_prefix("/api/v1/").or_else(|| path.strip_prefix("/v1/")).unwrap_or("");
+    if rest == "messages" || rest.starts_with("messages/") { Shape::Anthropic } else { Shape::OpenAi }
+}
+
 /// Ollama's own routes: path → route and allowed methods.
 fn native_route(path: &str) -> Option<(Route, &'static str)> {
     let path = path.strip_suffix('/').unwrap_or(path);

@@ -267,6 +267,8 @@ pub struct Request {
     /// The raw query string (after `?`).
     pub query: String,
     pub keep_alive: bool,
+    /// HTTP/1.1 (else 1.0).
+    pub http11: bool,
     /// The client sent `Origin` (a browser): CORS headers are added.
     pub origin: bool,
     pub access_control_request_headers: String,
@@ -307,6 +309,7 @@ impl Request {
         self.query.clear();
         push_text(&mut self.query, &buf[head.query.clone()]);
         self.keep_alive = head.keep_alive;
+        self.http11 = head.http11;
         self.origin = head.origin.is_some();
         self.access_control_request_headers.clear();
         if let Some(r) = &head.access_control_request_headers {

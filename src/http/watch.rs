@@ -18,6 +18,15 @@
 //! requests per second). A client leaving within that first millisecond is
 //! noticed a millisecond late.
 //!
+//! The end of the client's sending side (EOF) is not a departure by itself:
+//! a client may half-close after its request and still read the answer.
+//! Only a failed socket (a reset) is. So at EOF, while nothing of the
+//! answer has been written, the watch asks: it sends an HTTP/1.1 client an
+//! interim `100 Continue` (which every client must skip), a few times
+//! ([`PROBES`]); a client that closed its socket altogether answers with a
+//! reset, and the next probe fails. One that half-closed reads its answer.
+//! Once the answer has begun, a write to a closed client fails by itself.
+//!
 //! A watch can also follow the worker's [`Cutoff`]: when a stop's grace
 //! period runs out, every wait raced against a watch ends at once as if the
 //! client had left, and [`ClientWatch::cut_off`] tells the request to end
@@ -38,11 +47,23 @@ use monoio::net::tcp::TcpOwnedReadHalf;
 /// How long a request may wait on the upstream before the client's socket is watched.
 pub const ARM_AFTER: Duration = Duration::from_millis(1);
 
+/// When the interim responses that tell a half-close from a departure are
+/// sent, after the client's EOF (three at most: some clients refuse more
+/// than five 1xx responses before the final one).
+pub const PROBES: [Duration; 3] = [Duration::ZERO, Duration::from_millis(50), Duration::from_secs(1)];
+
+/// The interim response sent as a probe.
+const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Why the watch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchEnd {
-    /// The client closed its side or the socket failed.
+    /// The socket failed (a reset): the client is gone.
     Gone,
+    /// The client closed its sending side: it may still read the answer
+    /// (a half-close), so this is not a departure; one that closed its
+    /// socket altogether is found out when a write to it fails.
+    HalfClosed,
     /// The watch was cancelled by the gateway (the normal end).
     Cancelled,
     /// The client pipelined more than the buffer limit; nothing more is read.
@@ -94,6 +115,15 @@ pub struct ClientWatch {
     canceller: Canceller,
     /// The worker's cutoff and this watch's place in it (once registered).
     cutoff: Option<(Rc<Cutoff>, Option<u64>)>,
+    /// The end of the client's sending side counts as its departure (as
+    /// Ollama takes it; the emulator's watch), not as a half-close.
+    eof_is_gone: bool,
+    /// Probes may be sent at EOF (an HTTP/1.1 client, nothing of the answer written yet).
+    probing: bool,
+    /// The client socket's descriptor, for the probes.
+    fd: i32,
+    /// Probes sent so far.
+    probes: usize,
 }
 
 impl ClientWatch {
@@ -106,7 +136,32 @@ impl ClientWatch {
             arm_at: Instant::now() + ARM_AFTER,
             canceller: Canceller::new(),
             cutoff: None,
+            eof_is_gone: false,
+            probing: false,
+            fd: -1,
+            probes: 0,
         }
+    }
+
+    /// Tells a half-close from a departure with interim responses sent on
+    /// `fd` (the client socket), for an HTTP/1.1 client, until
+    /// [`answer_begins`](Self::answer_begins).
+    pub fn probing(mut self, http11: bool, fd: i32) -> Self {
+        self.probing = http11 && fd >= 0;
+        self.fd = fd;
+        self
+    }
+
+    /// The answer is being written: no interim response may go out now.
+    pub fn answer_begins(&mut self) {
+        self.probing = false;
+    }
+
+    /// Takes the end of the client's sending side for its departure (what
+    /// Ollama does; the emulator's watch).
+    pub fn eof_is_departure(mut self) -> Self {
+        self.eof_is_gone = true;
+        self
     }
 
     /// Also ends every race when `cutoff` fires.
@@ -117,7 +172,11 @@ impl ClientWatch {
 
     /// True once the client is known to be gone.
     pub fn client_gone(&self) -> bool {
-        matches!(self.state, State::Done((_, _, WatchEnd::Gone)))
+        match self.state {
+            State::Done((_, _, WatchEnd::Gone)) => true,
+            State::Done((_, _, WatchEnd::HalfClosed)) => self.eof_is_gone,
+            _ => false,
+        }
     }
 
     /// True once the worker's stop has cut its requests off.
@@ -168,6 +227,8 @@ impl ClientWatch {
             State::Waiting(..) => Some(monoio::time::sleep_until(self.arm_at.into())),
             _ => None,
         });
+        let mut probe_timer = std::pin::pin!(None::<monoio::time::Sleep>);
+        let half_closed_at = Cell::new(None::<Instant>);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(v) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
@@ -182,9 +243,52 @@ impl ClientWatch {
                 arm_timer.set(None);
                 self.arm();
             }
-            if self.poll_gone(cx) { Poll::Ready(None) } else { Poll::Pending }
+            if self.poll_gone(cx) {
+                return Poll::Ready(None);
+            }
+            // At EOF: probe, at the times PROBES says, while that may be done.
+            while self.probing && self.half_closed() && self.probes < PROBES.len() {
+                let since = *half_closed_at.get().get_or_insert_with(Instant::now);
+                half_closed_at.set(Some(since));
+                let due = since + PROBES[self.probes];
+                if let Some(t) = probe_timer.as_mut().as_pin_mut()
+                    && t.poll(cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                if Instant::now() < due {
+                    probe_timer.set(Some(monoio::time::sleep_until(due.into())));
+                    continue;
+                }
+                probe_timer.set(None);
+                self.probes += 1;
+                if !self.probe() {
+                    return Poll::Ready(None);
+                }
+            }
+            Poll::Pending
         })
         .await
+    }
+
+    /// Whether the watch ended at the client's EOF.
+    fn half_closed(&self) -> bool {
+        matches!(self.state, State::Done((_, _, WatchEnd::HalfClosed)))
+    }
+
+    /// Sends one probe; false (and the client taken for gone) when the
+    /// socket refuses it: the client answered an earlier one with a reset.
+    fn probe(&mut self) -> bool {
+        let State::Done((_, _, end)) = &mut self.state else { return true };
+        // SAFETY: send reads PROBE's bytes, a static; the descriptor is the
+        // client socket, which the read half in this state keeps open.
+        let n =
+            unsafe { libc::send(self.fd, PROBE.as_ptr().cast(), PROBE.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            *end = WatchEnd::Gone;
+            return false;
+        }
+        true
     }
 
     /// Stops watching and returns the read half, the buffer (with any bytes
@@ -230,7 +334,7 @@ async fn watch(mut rd: TcpOwnedReadHalf, mut buf: Vec<u8>, limit: usize, cancel:
         let (res, slice) = rd.cancelable_read(buf.slice_mut(len..), cancel.clone()).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => return (rd, buf, WatchEnd::Gone),
+            Ok(0) => return (rd, buf, WatchEnd::HalfClosed),
             Ok(_) => continue,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) || e.kind() == std::io::ErrorKind::Interrupted => {
                 return (rd, buf, WatchEnd::Cancelled);

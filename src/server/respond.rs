@@ -194,6 +194,7 @@ async fn stream(
     ctx.outcome.status = 200;
     let mut out = Vec::with_capacity(1024);
     let origin = conn.req.origin;
+    split.watch.answer_begins();
     head(&mut out, ctx, 200, &headers, origin)
         .header("Cache-Control", b"no-cache")
         .connection(keep_alive)
@@ -276,19 +277,25 @@ struct Split {
 impl Split {
     fn new(worker: &Worker, conn: &mut Conn) -> Option<Self> {
         let stream = conn.stream.take()?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (rd, wr) = stream.into_split();
         let buf = std::mem::take(&mut conn.inbuf);
-        let watch = ClientWatch::start(rd, buf, WATCH_LIMIT).with_cutoff(worker.cutoff.clone());
+        let watch =
+            ClientWatch::start(rd, buf, WATCH_LIMIT).with_cutoff(worker.cutoff.clone()).probing(conn.req.http11, fd);
         Some(Self { watch, wr })
     }
 
     /// Puts the connection back together. `After::Close` when the client
-    /// went away or pipelined more than the watch holds.
+    /// went away or pipelined more than the watch holds. A client that
+    /// half-closed still gets its answer, and the connection closes after it.
     async fn rejoin(self, conn: &mut Conn) -> After {
         let (rd, buf, end) = self.watch.finish().await;
         conn.inbuf = buf;
         if end == WatchEnd::Gone {
             return After::Close;
+        }
+        if end == WatchEnd::HalfClosed {
+            conn.req.keep_alive = false;
         }
         match rd.reunite(self.wr) {
             Ok(stream) => {

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -155,6 +155,80 @@ fn quiet(s: &TcpStream) -> bool {
     // the descriptor is the open socket `s` owns.
     let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Now, on the clock the kernel stamps arrivals with (nanoseconds since the Unix epoch).
+fn arrival_clock() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// Asks the kernel to stamp the arrival of each segment on `s`.
+fn stamp_arrivals(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from `on`, which outlives the call;
+    // the descriptor is the open socket `s` owns.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// When the first byte waiting on `s` arrived (kernel stamp, nanoseconds
+/// since the Unix epoch); `None` when nothing is waiting (or it bears no stamp).
+fn first_arrival(s: &TcpStream) -> Option<u128> {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    // Room for one control message holding a timespec (aligned as cmsghdr).
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below to `iov`
+    // and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg peeks at most one byte into `byte` and at most
+    // `msg_controllen` bytes into `control`; the descriptor is the open
+    // socket `s` owns.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n <= 0 {
+        return None;
+    }
+    // SAFETY: the CMSG_ macros walk the control buffer recvmsg filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    None
+}
+
+/// Sends what the socket takes of `data` now, without waiting: how much.
+fn send_now(s: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: send reads at most `data.len()` bytes from `data`, which outlives
+    // the call; the descriptor is the open socket `s` owns.
+    let n =
+        unsafe { libc::send(s.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        e => Err(e),
+    }
 }
 
 /// Makes closing `s` reset the connection (see the module's notes).
@@ -372,9 +446,14 @@ pub async fn send(
         buf.clear();
         match exchange_head(conn, request, buf, limits.read_timeout, sent).await {
             Ok(ex) => return Ok(ex),
-            Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
+            // A pooled connection out of step with its requests: closed (the
+            // host stops whatever it began for it), and one fresh try.
+            Err((HeadFailure::DeadBeforeResponse(_) | HeadFailure::Stray, b)) if reused => {
                 buf = b;
                 continue;
+            }
+            Err((HeadFailure::Stray, _)) => {
+                return Err(UpstreamError::Protocol("the host sent a reply before it had the request".into()));
             }
             Err((HeadFailure::DeadBeforeResponse(e), _)) => {
                 return Err(UpstreamError::Unreachable(format!("connection lost before the response: {e}")));
@@ -387,6 +466,8 @@ pub async fn send(
 
 enum HeadFailure {
     DeadBeforeResponse(String),
+    /// Bytes arrived before the request's last part was sent: not its answer.
+    Stray,
     Timeout,
     Protocol(&'static str),
 }
@@ -398,6 +479,7 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
             reset_on_close(&conn);
+            stamp_arrivals(&conn);
             Ok(conn)
         }
     }
@@ -410,13 +492,28 @@ async fn exchange_head(
     read_timeout: Duration,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
-    // The request is small next to the socket buffer: write it whole. The
-    // buffer is lent to the write and comes back (for a retry, and for the
-    // next host on failover), so the request is never copied.
-    let (res, back) = conn.write_all(std::mem::take(request)).await;
-    *request = back;
-    if let Err(e) = res {
-        return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
+    // The request is small next to the socket buffer: sent at once with one
+    // non-blocking send (what it does not take is written as usual; the
+    // buffer is lent to the write and comes back, for a retry and for
+    // failover, never copied). Then any bytes already waiting are checked:
+    // the kernel stamped their arrival, and bytes that arrived before the
+    // request's last part went out cannot be its answer — a stray reply,
+    // refused.
+    let mut last_part = arrival_clock();
+    let written = match send_now(&conn, request) {
+        Ok(n) => n,
+        Err(e) => return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf)),
+    };
+    if written < request.len() {
+        last_part = arrival_clock();
+        let (res, back) = conn.write_all(std::mem::take(request).slice(written..)).await;
+        *request = back.into_inner();
+        if let Err(e) = res {
+            return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
+        }
+    }
+    if first_arrival(&conn).is_some_and(|at| at < last_part) {
+        return Err((HeadFailure::Stray, buf));
     }
     sent.set(true);
     let mut buf = buf;
@@ -658,6 +755,55 @@ mod tests {
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
             assert!(pool.take().is_none());
+        });
+    }
+
+    #[test]
+    fn a_reply_that_came_before_the_request_was_sent_is_refused() {
+        on_runtime(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            // The kernel turns arrival stamps on a moment after the first
+            // socket asks: wait until a stamped byte shows they are on.
+            let probe = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&probe);
+            let mut probe_peer = listener.accept().unwrap().0;
+            loop {
+                std::io::Write::write_all(&mut probe_peer, b"x").unwrap();
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                if first_arrival(&probe).is_some() {
+                    break;
+                }
+            }
+            // A connection taken from the pool, on which a stray reply then
+            // arrives before the next request goes out.
+            let conn = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&conn);
+            let mut peer = listener.accept().unwrap().0;
+            let stray = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"x\":1}\n";
+            std::io::Write::write_all(&mut peer, stray).unwrap();
+            while quiet(&conn) {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut request = b"GET /api/tags HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
+            let sent = std::cell::Cell::new(false);
+            let got = exchange_head(conn, &mut request, Vec::new(), Duration::from_secs(1), &sent).await;
+            assert!(matches!(got, Err((HeadFailure::Stray, _))), "the stray reply was taken for the answer");
+            assert_eq!(request, b"GET /api/tags HTTP/1.1\r\nHost: h\r\n\r\n", "the request comes back whole");
+
+            // On a clean connection the answer that follows the request is read.
+            let conn = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&conn);
+            let mut peer = listener.accept().unwrap().0;
+            let answer = std::thread::spawn(move || {
+                let mut got = [0u8; 64];
+                let n = std::io::Read::read(&mut peer, &mut got).unwrap();
+                std::io::Write::write_all(&mut peer, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+                n
+            });
+            let ex = exchange_head(conn, &mut request, Vec::new(), Duration::from_secs(5), &sent).await;
+            assert_eq!(ex.ok().map(|e| e.head.status), Some(204));
+            assert_eq!(answer.join().unwrap(), request.len());
         });
     }
 }

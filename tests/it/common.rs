@@ -305,6 +305,16 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Option<Response> 
     Some(Response { status, headers, body })
 }
 
+/// Reads the final response, skipping interim (1xx) ones as a client must.
+pub fn read_final_response(r: &mut impl BufRead) -> Option<Response> {
+    loop {
+        let resp = read_response(r, false)?;
+        if !(100..200).contains(&resp.status) {
+            return Some(resp);
+        }
+    }
+}
+
 /// The data payloads of an SSE body.
 pub fn sse_events(body: &str) -> Vec<String> {
     body.split("\n\n")

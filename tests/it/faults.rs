@@ -436,3 +436,30 @@ fn an_embeddings_reply_that_cannot_be_converted_is_a_502_not_a_cut_connection() 
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("content-length").is_some());
 }
+
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_its_answer() {
+    let m = mock(&["--tokens", "5", "--token-delay-ms", "30"]);
+    let g = gateway(&m, &[]);
+    for stream in [false, true] {
+        let mut s = connect(g.addr);
+        send(&mut s, "POST", "/v1/chat/completions", Some(&chat_body("llama3", stream)), &[]);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let r = read_final_response(&mut std::io::BufReader::new(s)).expect("an answer after a half-close");
+        assert_eq!(r.status, 200, "stream {stream}: {}", r.text());
+        if stream {
+            assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+        } else {
+            assert_eq!(r.json()["usage"]["completion_tokens"], 5);
+        }
+    }
+    assert_eq!(stats(&m)["cancelled"], 0, "a half-close cancelled a generation");
+    assert_eq!(stats(&m)["completed"], 2);
+    // A client that closes its socket altogether is still gone at once.
+    configure(&m, json!({"first_token_delay_ms": 5000}));
+    let mut s = connect(g.addr);
+    send(&mut s, "POST", "/v1/chat/completions", Some(&chat_body("llama3", false)), &[]);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 1));
+    drop(s);
+    assert!(eventually(Duration::from_secs(3), || stats(&m)["cancelled"] == 1), "the generation went on for nobody");
+}

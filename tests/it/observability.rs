@@ -111,8 +111,48 @@ fn keyless_scrapes_only_on_the_metrics_listener_and_readyz_says_little_without_a
     assert_eq!(as_user.json(), json!({"status": "ready"}));
     let as_admin = get(g.addr, "/readyz").json();
     assert_eq!(as_admin["hosts"][0]["url"], m.url());
+    // A probe that sends a key the gateway does not know still learns readiness.
     let wrong = request_with(g.addr, "GET", "/readyz", None, &[("Authorization", "Bearer sk_wrong")]);
-    assert_eq!(wrong.status, 401);
+    assert_eq!((wrong.status, wrong.json()), (200, json!({"status": "ready"})));
+}
+
+#[test]
+fn a_dripping_client_holds_the_metrics_listener_for_its_deadline_only_and_blocks_no_scrape() {
+    let m = mock(&[]);
+    let g = gateway(&m, &["--metrics-listen", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = g
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("metrics without a key on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the metrics address in the log")
+        .parse()
+        .unwrap();
+    // A client that sends its request one byte every 400 ms.
+    let dripping = std::thread::spawn(move || {
+        let mut s = connect(addr);
+        let started = std::time::Instant::now();
+        for b in b"GET /metrics HTTP/1.1\r\nHost: a-very-long-host-name.example\r\n\r\n" {
+            if std::io::Write::write_all(&mut s, &[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile, scrapes are answered at once.
+    for _ in 0..3 {
+        let mut s = connect(addr);
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    // The dripping one is cut off at the listener's deadline (5 s), not after its 20 s of bytes.
+    let held = dripping.join().unwrap();
+    assert!(held < Duration::from_secs(8), "held {held:?}");
 }
 
 #[test]

@@ -211,7 +211,11 @@ fn a_member_given_twice_in_any_case_is_refused_and_never_reaches_the_host() {
     assert_eq!(send("/api/generate", &deep).status, 400);
     let after = stats(&m);
     for counter in ["chat", "generate", "embed", "show"] {
-        assert_eq!(before[counter], after[counter], "{counter}: a refused body reached the host");
+        assert_eq!(
+            before["by_endpoint"][counter], after["by_endpoint"][counter],
+            "{counter}: a refused body reached the host"
+        );
+        assert!(after["by_endpoint"][counter].is_u64());
     }
     // One reading each: the allowed model is served, the other refused.
     assert_eq!(send("/api/generate", r#"{"model":"llama3","prompt":"x","stream":false}"#).status, 200);
@@ -330,4 +334,30 @@ fn cloud_models_and_web_search_are_only_for_keys_that_are_given_them() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["results"][0]["content"], "found");
     }
+}
+
+#[test]
+fn a_wrong_method_or_unknown_path_is_answered_in_the_shape_of_its_protocol() {
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    let r = request(g.addr, "GET", "/api/chat", None);
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
+    assert!(r.json()["error"].is_string(), "Ollama's shape: {}", r.text());
+    let r = request(g.addr, "GET", "/api/nothing-here", None);
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string(), "Ollama's shape: {}", r.text());
+    let r = request(g.addr, "GET", "/v1/messages", None);
+    assert_eq!((r.status, r.json()["type"].as_str()), (405, Some("error")), "Anthropic's shape: {}", r.text());
+    let r = request(g.addr, "GET", "/v1/chat/completions", None);
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"]["message"].is_string(), "OpenAI's shape: {}", r.text());
+    // An absurd `dimensions` never reaches the host.
+    for (path, body) in [
+        ("/v1/embeddings", json!({"model": "nomic-embed-text", "input": "x", "dimensions": 1_000_000_000u64})),
+        ("/api/embed", json!({"model": "nomic-embed-text", "input": "x", "dimensions": 1_000_000_000u64})),
+    ] {
+        let r = request(g.addr, "POST", path, Some(&body.to_string()));
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
+    assert_eq!(stats(&m)["by_endpoint"]["embed"], 0, "{}", stats(&m));
 }

@@ -44,7 +44,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         if generation {
             let Some(s) = stream.take() else { return };
             let (rd, wr) = s.into_split();
-            let mut watch = ClientWatch::start(rd, std::mem::take(&mut inbuf), 1024 * 1024);
+            let mut watch = ClientWatch::start(rd, std::mem::take(&mut inbuf), 1024 * 1024).eof_is_departure();
             let mut wr = Some(wr);
             let ok = crate::native::generate(&shared, &req, &mut watch, &mut wr).await;
             let (rd, buf, end) = watch.finish().await;
