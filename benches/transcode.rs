@@ -10,7 +10,7 @@ use ai_gateway::anthropic::stream::{NdjsonToAnthropic, plain as anthropic_plain}
 use ai_gateway::ollama::stream::{Flow, NativeRelay};
 use ai_gateway::openai::stream::{NdjsonToSse, plain};
 use ai_gateway::responses::reply::Shape;
-use ai_gateway::responses::request::ToolKind;
+use ai_gateway::responses::request::{ToolKind, ToolSpec};
 use ai_gateway::responses::stream::{NdjsonToResponses, plain as responses_plain};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
@@ -83,7 +83,7 @@ fn responses_shape() -> Shape {
         created_at: 1_764_004_524,
         model_json: b"\"llama3\"".to_vec(),
         echo: br#""instructions":null,"max_output_tokens":null,"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":null,"summary":null},"store":false,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","user":null,"metadata":{}"#.to_vec(),
-        tools: vec![("get_weather".into(), ToolKind::Function)],
+        tools: vec![ToolSpec::plain("get_weather", ToolKind::Function)],
         reasoning_content: false,
     }
 }

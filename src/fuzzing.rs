@@ -299,7 +299,7 @@ pub fn native_request(data: &[u8]) {
 pub fn agent_streams(data: &[u8]) {
     use crate::anthropic::stream::NdjsonToAnthropic;
     use crate::responses::reply::Shape;
-    use crate::responses::request::ToolKind;
+    use crate::responses::request::{ToolKind, ToolSpec};
     use crate::responses::stream::NdjsonToResponses;
     let Some((&first, input)) = data.split_first() else { return };
     let split = 1 + first as usize % 64;
@@ -317,7 +317,24 @@ pub fn agent_streams(data: &[u8]) {
             created_at: 0,
             model_json: br#""m\"odel""#.to_vec(),
             echo: br#""instructions":null,"metadata":{}"#.to_vec(),
-            tools: vec![("f".into(), ToolKind::Custom), ("local_shell".into(), ToolKind::LocalShell)],
+            tools: vec![
+                ToolSpec::plain("f", ToolKind::Custom),
+                ToolSpec::plain("local_shell", ToolKind::LocalShell),
+                ToolSpec {
+                    native: "ns.g".into(),
+                    kind: ToolKind::Function,
+                    name: "g".into(),
+                    namespace: Some("ns".into()),
+                    item_type: None,
+                },
+                ToolSpec {
+                    native: "tool_search".into(),
+                    kind: ToolKind::Client,
+                    name: "tool_search".into(),
+                    namespace: None,
+                    item_type: Some("tool_search_call".into()),
+                },
+            ],
             reasoning_content: first & 2 == 2,
         };
         let mut w = NdjsonToResponses::new(shape, Some(Vec::new()));

@@ -27,7 +27,12 @@ struct Counters {
     upstream_errors: HashMap<&'static str, u64>,
     /// key id → (requests, tokens), only with `--metrics-per-key`.
     per_key: HashMap<String, (u64, u64)>,
+    /// (protocol, kind) → what the fronts left out of requests (the tolerance rule).
+    dropped: HashMap<(&'static str, String), u64>,
 }
+
+/// Most (protocol, kind) series of left-out content a worker keeps; past it, `other`.
+const MAX_DROPPED_KINDS: usize = 256;
 
 /// What one finished request adds to the metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +49,9 @@ pub struct RequestMetrics<'a> {
     pub upstream_error: Option<&'static str>,
     pub rate_limited: bool,
     pub quota_refused: bool,
+    /// The protocol it came in on, and what its front left out of it.
+    pub api: &'static str,
+    pub dropped: &'a [String],
 }
 
 /// One worker's metrics.
@@ -77,6 +85,11 @@ impl WorkerMetrics {
         }
         c.rate_limited += u64::from(m.rate_limited);
         c.quota_refused += u64::from(m.quota_refused);
+        for kind in m.dropped {
+            let known = c.dropped.len() < MAX_DROPPED_KINDS || c.dropped.contains_key(&(m.api, kind.clone()));
+            let kind = if known { kind.clone() } else { "other".to_owned() };
+            *c.dropped.entry((m.api, kind)).or_default() += 1;
+        }
         if per_key && !m.key_id.is_empty() {
             let k = match c.per_key.get_mut(m.key_id) {
                 Some(k) => k,
@@ -183,6 +196,9 @@ impl Metrics {
             total.quota_refused += c.quota_refused;
             for (k, v) in &c.upstream_errors {
                 *total.upstream_errors.entry(k).or_default() += v;
+            }
+            for (k, v) in &c.dropped {
+                *total.dropped.entry(k.clone()).or_default() += v;
             }
             for (k, v) in &c.per_key {
                 let t = total.per_key.entry(k.clone()).or_default();
@@ -295,6 +311,16 @@ impl Metrics {
         for kind in ["unavailable", "timeout", "status", "stream"] {
             let n = total.upstream_errors.get(kind).copied().unwrap_or(0);
             let _ = writeln!(out, "ai_gateway_upstream_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        help(
+            &mut out,
+            "ai_gateway_dropped_content_total",
+            "counter",
+            "Request content a front could not represent and left out (the tolerance rule), by protocol and kind.",
+        );
+        let dropped: BTreeMap<_, _> = total.dropped.iter().collect();
+        for ((api, kind), n) in dropped {
+            let _ = writeln!(out, "ai_gateway_dropped_content_total{{api=\"{api}\",kind=\"{kind}\"}} {n}");
         }
         let writer = &self.usage_writer;
         help(

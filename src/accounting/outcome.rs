@@ -41,6 +41,8 @@ pub struct Outcome {
     /// The prompt's estimate: what a request that reached the model and ended
     /// without a final line is charged.
     pub prompt_estimate: u64,
+    /// What the front left out of the request (see `native_request::Dropped`).
+    pub dropped: Vec<String>,
 }
 
 /// A finished request as the access log and the metrics see it.

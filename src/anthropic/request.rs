@@ -8,7 +8,18 @@
 //! order, each naming the function it answers), then its text and images one
 //! `user` message; an assistant turn becomes one message with its text,
 //! thinking and tool calls. Several text blocks of one turn are joined with
-//! a newline. Every way a request can be wrong becomes a 400 naming the field.
+//! a newline. A `system` message in the middle of the conversation (as
+//! Claude Code sends its environment) is a native system message in its
+//! place.
+//!
+//! What it does not know it treats by the tolerance rule (docs/PROTOCOL.md):
+//! unknown fields are ignored; an unknown block that carries text (a
+//! `document` of text, a `search_result`, a `tool_reference`) goes on as
+//! text; one that cannot be represented (a server tool's result in the
+//! history) is left out and counted (`Plan::dropped`); a 400 names the field
+//! only where leaving a thing out would change what was asked (an image or
+//! a PDF the model would not see, a server tool that needs Anthropic's
+//! servers).
 
 use std::borrow::Cow;
 
@@ -19,7 +30,8 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::{
-    NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages, write_options,
+    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages,
+    write_options,
 };
 
 #[derive(Deserialize)]
@@ -69,8 +81,9 @@ struct Block<'a> {
     kind: Cow<'a, str>,
     #[serde(borrow, default)]
     text: Option<&'a RawValue>,
+    /// An image's or a document's source (an object), or a search result's (its URL).
     #[serde(borrow, default)]
-    source: Option<ImageSource<'a>>,
+    source: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -85,6 +98,12 @@ struct Block<'a> {
     is_error: Option<bool>,
     #[serde(borrow, default)]
     thinking: Option<&'a RawValue>,
+    /// A `search_result`'s or a `document`'s title.
+    #[serde(borrow, default)]
+    title: Option<&'a RawValue>,
+    /// A `tool_reference`'s tool.
+    #[serde(borrow, default)]
+    tool_name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +114,9 @@ struct ImageSource<'a> {
     media_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// A `content` source's blocks (a document made of text blocks).
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -164,17 +186,18 @@ pub fn convert_messages(
         Some(_) => return Err(ApiError::invalid("messages", "'messages' must contain at least one message.")),
         None => return Err(ApiError::invalid("messages", "'messages' is required.")),
     };
-    let think = think_value(req.thinking.as_ref(), req.output_config.as_ref())?;
+    let mut dropped = Dropped::default();
+    let think = think_value(req.thinking.as_ref(), req.output_config.as_ref(), &mut dropped);
 
     let mut native: Vec<NativeMessage<'_>> = Vec::with_capacity(messages.len() + 1);
     if let Some(system) = req.system {
-        let parts = system_text(system)?;
+        let parts = system_text(system, &mut dropped)?;
         if !parts.is_empty() {
             native.push(NativeMessage { role: "system", content: parts, ..Default::default() });
         }
     }
     for (i, m) in messages.iter().enumerate() {
-        convert_message(m, i, &mut native)?;
+        convert_message(m, i, &mut native, &mut dropped)?;
     }
     // A tool result names the function it answers, from the call with its id.
     let names: Vec<(Cow<'_, str>, Cow<'_, str>)> = native
@@ -197,7 +220,7 @@ pub fn convert_messages(
     write_messages(out, &native);
     out.extend_from_slice(b"],\"stream\":");
     out.extend_from_slice(if stream { b"true" } else { b"false" });
-    write_tools(out, req.tools.as_deref(), req.tool_choice.as_ref())?;
+    write_tools(out, req.tools.as_deref(), req.tool_choice.as_ref(), &mut dropped)?;
     if let Some(stop) = req.stop_sequences
         && !stop.get().starts_with('[')
         && stop.get() != "null"
@@ -233,40 +256,41 @@ pub fn convert_messages(
         user: req.metadata.and_then(|m| m.user_id).map(Cow::into_owned),
         max_tokens,
         generates: purpose == Purpose::Generate,
+        dropped,
     })
 }
 
 /// `thinking` (`enabled` or `adaptive` → on, `disabled` → off), else
-/// `output_config.effort` as a thinking level.
+/// `output_config.effort` as a thinking level. A type or an effort this
+/// gateway does not know leaves thinking to the model's default.
 fn think_value(
     thinking: Option<&Thinking<'_>>,
     output: Option<&OutputConfig<'_>>,
-) -> Result<Option<&'static str>, ApiError> {
+    dropped: &mut Dropped,
+) -> Option<&'static str> {
     if let Some(t) = thinking {
-        return match t.kind.as_ref() {
-            "enabled" | "adaptive" => Ok(Some("true")),
-            "disabled" => Ok(Some("false")),
-            other => Err(ApiError::invalid(
-                "thinking.type",
-                format!("Unsupported thinking type '{other}': use enabled, adaptive or disabled."),
-            )),
-        };
+        match t.kind.as_ref() {
+            "enabled" | "adaptive" => return Some("true"),
+            "disabled" => return Some("false"),
+            other => dropped.note(&format!("thinking.{other}")),
+        }
     }
     match output.and_then(|o| o.effort.as_deref()) {
-        None => Ok(None),
-        Some("low") => Ok(Some("\"low\"")),
-        Some("medium") => Ok(Some("\"medium\"")),
-        Some("high") => Ok(Some("\"high\"")),
-        Some("max" | "xhigh") => Ok(Some("\"max\"")),
-        Some(other) => Err(ApiError::invalid(
-            "output_config.effort",
-            format!("Unsupported effort '{other}': use low, medium, high or max."),
-        )),
+        None => None,
+        Some("low") => Some("\"low\""),
+        Some("medium") => Some("\"medium\""),
+        Some("high") => Some("\"high\""),
+        Some("max" | "xhigh") => Some("\"max\""),
+        Some(other) => {
+            dropped.note(&format!("effort.{other}"));
+            None
+        }
     }
 }
 
-/// `system`: a string, or text blocks (joined with newlines).
-fn system_text(system: &RawValue) -> Result<Vec<Text<'_>>, ApiError> {
+/// `system`: a string, or text blocks (joined with newlines; other blocks
+/// read by the tolerance rule).
+fn system_text<'a>(system: &'a RawValue, dropped: &mut Dropped) -> Result<Vec<Text<'a>>, ApiError> {
     let raw = system.get();
     match raw.as_bytes().first() {
         Some(b'"') if raw.len() > 2 => Ok(vec![Text::Raw(raw)]),
@@ -274,15 +298,13 @@ fn system_text(system: &RawValue) -> Result<Vec<Text<'_>>, ApiError> {
         Some(b'[') => {
             let blocks: Vec<Block<'_>> = serde_json::from_str(raw)
                 .map_err(|e| ApiError::invalid("system", format!("Invalid system blocks: {e}.")))?;
-            let mut parts = Vec::with_capacity(blocks.len());
+            let (mut parts, mut images) = (Vec::with_capacity(blocks.len()), Vec::new());
             for (n, b) in blocks.iter().enumerate() {
-                if b.kind != "text" {
-                    return Err(ApiError::invalid(
-                        format!("system[{n}].type"),
-                        format!("System blocks must be text blocks, not '{}'.", b.kind),
-                    ));
-                }
-                parts.push(Text::Raw(text_of(b.text, || format!("system[{n}].text"))?));
+                let param = |field: &str| format!("system[{n}]{field}");
+                text_block(b, &mut parts, &mut images, &param, dropped)?;
+            }
+            if !images.is_empty() {
+                dropped.note("system.image");
             }
             Ok(parts)
         }
@@ -298,14 +320,21 @@ fn text_of(text: Option<&RawValue>, param: impl Fn() -> String) -> Result<&str, 
     }
 }
 
-fn convert_message<'a>(m: &Message<'a>, i: usize, native: &mut Vec<NativeMessage<'a>>) -> Result<(), ApiError> {
+fn convert_message<'a>(
+    m: &Message<'a>,
+    i: usize,
+    native: &mut Vec<NativeMessage<'a>>,
+    dropped: &mut Dropped,
+) -> Result<(), ApiError> {
     let role: &'static str = match m.role.as_ref() {
         "user" => "user",
         "assistant" => "assistant",
+        // Mid-conversation system text (Claude Code's environment block).
+        "system" | "developer" => "system",
         other => {
             return Err(ApiError::invalid(
                 format!("messages[{i}].role"),
-                format!("Unsupported role '{other}': use user or assistant (put system text in 'system')."),
+                format!("Unsupported role '{other}': use user, assistant or system."),
             ));
         }
     };
@@ -330,8 +359,7 @@ fn convert_message<'a>(m: &Message<'a>, i: usize, native: &mut Vec<NativeMessage
     for (n, b) in blocks.into_iter().enumerate() {
         let param = |field: &str| format!("messages[{i}].content[{n}]{field}");
         match b.kind.as_ref() {
-            "text" => message.content.push(Text::Raw(text_of(b.text, || param(".text"))?)),
-            "image" => message.images.push(image(b.source.as_ref(), || param(".source"))?),
+            "image" => message.images.push(image(source_of(b.source).as_ref(), || param(".source"))?),
             "thinking" => {
                 if let Some(t) = b.thinking.filter(|t| t.get().starts_with('"')) {
                     message.thinking.push(Text::Raw(t.get()));
@@ -361,7 +389,7 @@ fn convert_message<'a>(m: &Message<'a>, i: usize, native: &mut Vec<NativeMessage
                 if b.is_error == Some(true) {
                     result.content.push(Text::Plain(Cow::Borrowed("Error:")));
                 }
-                tool_result_content(b.content, &mut result, || param(".content"))?;
+                tool_result_content(b.content, &mut result, || param(".content"), dropped)?;
                 native.push(result);
             }
             "tool_use" | "tool_result" => {
@@ -370,14 +398,7 @@ fn convert_message<'a>(m: &Message<'a>, i: usize, native: &mut Vec<NativeMessage
                     format!("A '{}' block cannot be in a {role} message.", b.kind),
                 ));
             }
-            other => {
-                return Err(ApiError::invalid(
-                    param(".type"),
-                    format!(
-                        "Unsupported content block type '{other}': use text, image, tool_use, tool_result or thinking."
-                    ),
-                ));
-            }
+            _ => text_block(&b, &mut message.content, &mut message.images, &param, dropped)?,
         }
     }
     // A user turn of only tool results adds no user message of its own.
@@ -387,11 +408,92 @@ fn convert_message<'a>(m: &Message<'a>, i: usize, native: &mut Vec<NativeMessage
     Ok(())
 }
 
-/// A `tool_result`'s `content`: a string, or text and image blocks.
+/// A block read as text, by the tolerance rule: `text`; a `document` of
+/// text (or of text blocks); a `search_result`'s title and text; a
+/// `tool_reference` as the tool's name; any other block that carries a
+/// `text` string. A document the model cannot read (a PDF) is a 400:
+/// leaving it out would change the question. Anything else is left out
+/// and counted.
+fn text_block<'a>(
+    b: &Block<'a>,
+    content: &mut Vec<Text<'a>>,
+    images: &mut Vec<Text<'a>>,
+    param: &dyn Fn(&str) -> String,
+    dropped: &mut Dropped,
+) -> Result<(), ApiError> {
+    let string = |v: Option<&'a RawValue>| v.map(RawValue::get).filter(|t| t.starts_with('"'));
+    match b.kind.as_ref() {
+        "text" => content.push(Text::Raw(text_of(b.text, || param(".text"))?)),
+        "tool_reference" => match &b.tool_name {
+            Some(name) => content.push(Text::Plain(Cow::Owned(format!("Tool available: {name}")))),
+            None => dropped.note("tool_reference"),
+        },
+        "document" => {
+            let source = source_of(b.source);
+            let source = source.as_ref();
+            match source.map(|s| s.kind.as_ref()) {
+                Some("text") => {
+                    content.extend(string(b.title).map(Text::Raw));
+                    match source.and_then(|s| string(s.data)) {
+                        Some(d) => content.push(Text::Raw(d)),
+                        None => return Err(ApiError::invalid(param(".source"), "A text document needs its 'data'.")),
+                    }
+                }
+                Some("content") => {
+                    content.extend(string(b.title).map(Text::Raw));
+                    let inner = source.and_then(|s| s.content).map(RawValue::get).unwrap_or("[]");
+                    nested_text(inner, content, images, param, dropped)?;
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        param(".source"),
+                        "Only text documents can be read here: send the document's text.",
+                    ));
+                }
+            }
+        }
+        "search_result" => {
+            content.extend(string(b.title).map(Text::Raw));
+            nested_text(b.content.map(RawValue::get).unwrap_or("[]"), content, images, param, dropped)?;
+        }
+        other => match string(b.text) {
+            Some(t) => content.push(Text::Raw(t)),
+            None => dropped.note(other),
+        },
+    }
+    Ok(())
+}
+
+/// Blocks nested in a block (a search result's, a document's): their text.
+fn nested_text<'a>(
+    raw: &'a str,
+    content: &mut Vec<Text<'a>>,
+    images: &mut Vec<Text<'a>>,
+    param: &dyn Fn(&str) -> String,
+    dropped: &mut Dropped,
+) -> Result<(), ApiError> {
+    if raw.starts_with('"') {
+        content.push(Text::Raw(raw));
+        return Ok(());
+    }
+    let blocks: Vec<Block<'a>> = serde_json::from_str(raw)
+        .map_err(|e| ApiError::invalid(param(".content"), format!("Invalid content blocks: {e}.")))?;
+    for b in &blocks {
+        match b.kind.as_ref() {
+            "image" => images.push(image(source_of(b.source).as_ref(), || param(".content"))?),
+            _ => text_block(b, content, images, param, dropped)?,
+        }
+    }
+    Ok(())
+}
+
+/// A `tool_result`'s `content`: a string, or blocks (text, images, tool
+/// references and documents read as the tolerance rule says).
 fn tool_result_content<'a>(
     content: Option<&'a RawValue>,
     result: &mut NativeMessage<'a>,
     param: impl Fn() -> String,
+    dropped: &mut Dropped,
 ) -> Result<(), ApiError> {
     let Some(content) = content else { return Ok(()) };
     let raw = content.get();
@@ -399,24 +501,17 @@ fn tool_result_content<'a>(
         Some(b'"') => result.content.push(Text::Raw(raw)),
         Some(b'n') => {}
         Some(b'[') => {
-            let blocks: Vec<Block<'a>> = serde_json::from_str(raw)
-                .map_err(|e| ApiError::invalid(param(), format!("Invalid tool result blocks: {e}.")))?;
-            for b in blocks {
-                match b.kind.as_ref() {
-                    "text" => result.content.push(Text::Raw(text_of(b.text, &param)?)),
-                    "image" => result.images.push(image(b.source.as_ref(), &param)?),
-                    other => {
-                        return Err(ApiError::invalid(
-                            param(),
-                            format!("A tool result may hold text and image blocks, not '{other}'."),
-                        ));
-                    }
-                }
-            }
+            let at = |_: &str| param();
+            nested_text(raw, &mut result.content, &mut result.images, &at, dropped)?;
         }
         _ => return Err(ApiError::invalid(param(), "A tool result's 'content' must be a string or blocks.")),
     }
     Ok(())
+}
+
+/// A block's `source` when it is an object (an image's, a document's).
+fn source_of<'a>(raw: Option<&'a RawValue>) -> Option<ImageSource<'a>> {
+    raw.filter(|r| r.get().starts_with('{')).and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
 /// An image block's base64 data (PNG, JPEG, GIF or WebP).
@@ -443,10 +538,24 @@ fn image<'a>(source: Option<&ImageSource<'a>>, param: impl Fn() -> String) -> Re
     }
 }
 
+/// Server tools: run on Anthropic's servers, which are not here.
+const SERVER_TOOLS: [&str; 5] = ["web_search_", "web_fetch_", "code_execution_", "tool_search_tool_", "mcp_toolset"];
+
+/// The input of Anthropic's `bash` tool, which the client runs.
+const BASH_SCHEMA: &str = r#"{"type":"object","properties":{"command":{"type":"string","description":"The command to run."},"restart":{"type":"boolean","description":"Restart the shell instead."}}}"#;
+
+/// The input of Anthropic's `text_editor` tool, which the client runs.
+const TEXT_EDITOR_SCHEMA: &str = r#"{"type":"object","properties":{"command":{"type":"string","enum":["view","create","str_replace","insert"]},"path":{"type":"string"},"file_text":{"type":"string"},"old_str":{"type":"string"},"new_str":{"type":"string"},"insert_line":{"type":"integer"},"view_range":{"type":"array","items":{"type":"integer"}}},"required":["command","path"]}"#;
+
 /// The native `tools`, honouring `tool_choice`: `none` sends no tools,
 /// `tool` only the named one; `auto` and `any` send them all (a local model
 /// cannot be forced to call one).
-fn write_tools(out: &mut Vec<u8>, tools: Option<&[Tool<'_>]>, choice: Option<&ToolChoice<'_>>) -> Result<(), ApiError> {
+fn write_tools(
+    out: &mut Vec<u8>,
+    tools: Option<&[Tool<'_>]>,
+    choice: Option<&ToolChoice<'_>>,
+    dropped: &mut Dropped,
+) -> Result<(), ApiError> {
     let Some(tools) = tools.filter(|t| !t.is_empty()) else {
         if let Some(c) = choice
             && c.kind == "tool"
@@ -480,23 +589,33 @@ fn write_tools(out: &mut Vec<u8>, tools: Option<&[Tool<'_>]>, choice: Option<&To
     out.extend_from_slice(b",\"tools\":[");
     let mut first = true;
     for (n, t) in tools.iter().enumerate() {
-        match t.kind.as_deref() {
-            None | Some("custom") => {}
-            Some(other) => {
+        // Anthropic-defined tools the client runs have a schema of Anthropic's;
+        // server tools need Anthropic's servers; an unknown tool with a schema
+        // is a tool like any other, one without is left out and counted.
+        let known = match t.kind.as_deref() {
+            None | Some("custom") => None,
+            Some(kind) if kind.starts_with("bash_") => Some(BASH_SCHEMA),
+            Some(kind) if kind.starts_with("text_editor_") => Some(TEXT_EDITOR_SCHEMA),
+            Some(kind) if SERVER_TOOLS.iter().any(|p| kind.starts_with(p)) => {
                 return Err(ApiError::invalid(
                     format!("tools[{n}].type"),
                     format!(
-                        "Anthropic's server tool '{other}' cannot run here: define the tool with a name and an input_schema."
+                        "Anthropic's server tool '{kind}' cannot run here: define the tool with a name and an input_schema."
                     ),
                 ));
             }
-        }
+            Some(kind) if t.input_schema.is_none() => {
+                dropped.note(&format!("tool.{kind}"));
+                continue;
+            }
+            Some(_) => None,
+        };
         let name =
             t.name.as_deref().ok_or_else(|| ApiError::invalid(format!("tools[{n}].name"), "A tool needs a 'name'."))?;
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let schema = t.input_schema.map(RawValue::get);
+        let schema = known.or(t.input_schema.map(RawValue::get));
         if let Some(s) = schema
             && (!s.starts_with('{') || !nesting_within(s, MAX_PASSTHROUGH_DEPTH))
         {
@@ -614,12 +733,12 @@ mod tests {
             (json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}), "max_tokens"),
             (json!({"model": "m", "max_tokens": 5, "messages": []}), "messages"),
             (
-                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}),
                 "messages[0].role",
             ),
             (
-                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]}),
-                "messages[0].content[0].type",
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}]}]}),
+                "messages[0].content[0].source",
             ),
             (
                 json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x"}}]}]}),
@@ -629,16 +748,52 @@ mod tests {
                 json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
                 "tools[0].type",
             ),
-            (
-                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "thinking": {"type": "sometimes"}}),
-                "thinking.type",
-            ),
         ];
         for (req, param) in cases {
             let e = convert(req.clone()).unwrap_err();
             assert_eq!(e.status, 400);
             assert_eq!(e.param.as_deref(), Some(param), "{req}");
         }
+    }
+
+    #[test]
+    fn what_the_front_does_not_know_is_read_as_text_or_left_out_and_counted() {
+        let (n, plan) = convert(json!({
+            "model": "m", "max_tokens": 50, "thinking": {"type": "sometimes"},
+            "system": [{"type": "text", "text": "Base."}, {"type": "mystery"}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "<env>"}]},
+                {"role": "system", "content": [{"type": "text", "text": "Environment: linux"}]},
+                {"role": "user", "content": [
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "The doc."}, "title": "Doc"},
+                    {"type": "search_result", "title": "Result", "source": "https://x", "content": [{"type": "text", "text": "Found it."}]},
+                    {"type": "future_block", "text": "Still text."},
+                    {"type": "future_block_without_text", "payload": 1}]},
+                {"role": "assistant", "content": [
+                    {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
+                    {"type": "web_search_tool_result", "tool_use_id": "srv_1", "content": []},
+                    {"type": "tool_use", "id": "toolu_1", "name": "ToolSearch", "input": {"query": "select:mcp__x__y"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "tool_reference", "tool_name": "mcp__x__y"}]}]}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            n["messages"],
+            json!([
+                {"role":"system","content":"Base."},
+                {"role":"user","content":"<env>"},
+                {"role":"system","content":"Environment: linux"},
+                {"role":"user","content":"Doc\nThe doc.\nResult\nFound it.\nStill text."},
+                {"role":"assistant","content":"","tool_calls":[{"id":"toolu_1","function":{"index":0,"name":"ToolSearch","arguments":{"query":"select:mcp__x__y"}}}]},
+                {"role":"tool","content":"Tool available: mcp__x__y","tool_name":"ToolSearch","tool_call_id":"toolu_1"}
+            ])
+        );
+        assert!(n.get("think").is_none(), "an unknown thinking type leaves thinking to the model");
+        assert_eq!(
+            plan.dropped.0,
+            ["thinking.sometimes", "mystery", "future_block_without_text", "server_tool_use", "web_search_tool_result"]
+        );
     }
 
     #[test]

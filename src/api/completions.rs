@@ -17,7 +17,7 @@ use crate::store::keys::KeyRecord;
 pub async fn completions<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
     let converted = convert_completion(&req.body, &worker.config.models, &mut native);
-    let plan = match admit(worker, ctx, key, converted, &native) {
+    let plan = match admit(worker, ctx, key, converted, &mut native) {
         Ok(p) => p,
         Err(refused) => return refused,
     };

@@ -22,7 +22,7 @@ const PIECE: usize = 64 * 1024;
 pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
     let converted = convert_embeddings(&req.body, &worker.config.models, &mut native);
-    let EmbeddingsPlan { plan, base64 } = match admit(worker, ctx, key, converted, &native) {
+    let EmbeddingsPlan { plan, base64 } = match admit(worker, ctx, key, converted, &mut native) {
         Ok(p) => p,
         Err(refused) => return refused,
     };

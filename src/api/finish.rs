@@ -109,6 +109,8 @@ fn record_metrics(worker: &Worker, f: &Finished<'_>) {
         upstream_error,
         rate_limited: o.rate_limited,
         quota_refused: o.quota_refused,
+        api: o.api,
+        dropped: &o.dropped,
     };
     worker.metrics.record(&m, worker.config.metrics_per_key);
 }

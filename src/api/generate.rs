@@ -28,14 +28,18 @@ pub fn admit<'w, P: AsRef<Plan>>(
     ctx: &mut Ctx,
     key: &KeyRecord,
     converted: Result<P, ApiError>,
-    native: &[u8],
+    native: &mut Vec<u8>,
 ) -> Result<P, Reply<'w>> {
     let converted = converted.map_err(Reply::error)?;
     let plan = converted.as_ref();
     if !super::admission::model_allowed(worker, key, &plan.model, &plan.served_model) {
         return Err(Reply::error(crate::policy::auth::model_not_allowed(key, &plan.model)));
     }
-    let raw = crate::upstream::estimate::count(native).raw_tokens();
+    let mut counts = crate::upstream::estimate::count(native);
+    if let Some(info) = worker.upstreams.model_info(&plan.served_model) {
+        fit_to_model(plan, &info, &mut counts, native).map_err(Reply::error)?;
+    }
+    let raw = counts.raw_tokens();
     let prompt = worker.calibration.estimate(&key.id, &plan.served_model, raw);
     let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
     admit_cost(worker, ctx, key, prompt.saturating_add(completion))?;
@@ -46,7 +50,46 @@ pub fn admit<'w, P: AsRef<Plan>>(
     o.served_model.push_str(&plan.served_model);
     o.stream = plan.stream;
     o.user = plan.user.as_deref().map(|u| crate::accounting::access_log::capped(u).to_owned());
+    o.dropped.clone_from(&plan.dropped.0);
     Ok(converted)
+}
+
+/// Fits a native request to what its model can do (its capabilities, from
+/// the host): thinking asked of a model that cannot think is taken out (as
+/// Ollama's own Anthropic layer does for Claude Code); tools for a model
+/// without tools, images for one without vision, a generation from an
+/// embedding model are a 400 naming the model and what it lacks.
+fn fit_to_model(
+    plan: &Plan,
+    info: &crate::upstream::tags::ModelInfo,
+    counts: &mut crate::upstream::estimate::Counts,
+    native: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    use crate::upstream::tags::Capabilities as C;
+    let caps = info.capabilities;
+    let lacks = |what: &str| ApiError::invalid("model", format!("The model '{}' does not support {what}.", plan.model));
+    if plan.generates && !caps.has(C::COMPLETION) {
+        return Err(if caps.has(C::EMBEDDING) {
+            ApiError::invalid(
+                "model",
+                format!("The model '{}' is an embedding model: it cannot generate text.", plan.model),
+            )
+        } else {
+            lacks("generating text")
+        });
+    }
+    if counts.tools && !caps.has(C::TOOLS) {
+        return Err(lacks("tools"));
+    }
+    if counts.images > 0 && !caps.has(C::VISION) {
+        return Err(lacks("images (vision)"));
+    }
+    if let Some((from, to)) = counts.think.take()
+        && !caps.has(C::THINKING)
+    {
+        native.drain(from..to);
+    }
+    Ok(())
 }
 
 /// Records which host answered and how long the request waited for its
@@ -73,14 +116,24 @@ pub async fn whole<'w>(
     model: &str,
     render: Render<'_>,
 ) -> Reply<'w> {
-    let mut reply = match upstream_json(worker, call, &ctx.sent).await {
-        Ok(r) => {
-            queued(ctx, r.host, r.waited, r.loads);
-            r
-        }
-        Err(e) => {
-            ctx.outcome.upstream_failed = true;
-            return Reply::error(client_error(e));
+    let mut retry = None;
+    let mut reply = loop {
+        let call = retry.as_deref().map_or(*call, |body| call.with_body(body));
+        match upstream_json(worker, &call, &ctx.sent).await {
+            Ok(r) => {
+                queued(ctx, r.host, r.waited, r.loads);
+                if retry.is_none()
+                    && let Some(body) = refused_thinking(&call, r.status, &r.body)
+                {
+                    retry = Some(body);
+                    continue;
+                }
+                break r;
+            }
+            Err(e) => {
+                ctx.outcome.upstream_failed = true;
+                return Reply::error(client_error(e));
+            }
         }
     };
     if reply.status != 200 {
@@ -115,32 +168,62 @@ pub async fn stream<'w>(
     writer: Box<dyn StreamWriter>,
 ) -> Reply<'w> {
     let read_timeout = worker.config.upstream_limits.read_timeout;
-    let answer = upstream_call(worker, call, &ctx.sent).await;
-    if let Ok(a) = &answer {
-        queued(ctx, a.host, a.waited, a.loads);
-    }
-    match answer {
-        Ok(answer) if answer.ex.head.status == 200 => {
-            let pool = &worker.pools[answer.host];
-            Reply::stream(Relay::new(answer, writer, pool, read_timeout))
+    let mut retry: Option<Vec<u8>> = None;
+    loop {
+        let call = retry.as_deref().map_or(*call, |body| call.with_body(body));
+        let answer = upstream_call(worker, &call, &ctx.sent).await;
+        if let Ok(a) = &answer {
+            queued(ctx, a.host, a.waited, a.loads);
         }
-        Ok(Answer { ex, host, .. }) => {
-            ctx.outcome.upstream_failed = true;
-            let status = ex.head.status;
-            let mut lease = worker.upstreams.buffers.lease();
-            match client::read_full_body(ex, read_timeout, 1024 * 1024, &mut lease).await {
-                Ok((body, reusable)) => {
-                    if let Some(c) = reusable {
-                        worker.pools[host].put(c);
-                    }
-                    Reply::error(status_error(status, &body, model))
-                }
-                Err(e) => Reply::error(client_error(e)),
+        return match answer {
+            Ok(answer) if answer.ex.head.status == 200 => {
+                let pool = &worker.pools[answer.host];
+                Reply::stream(Relay::new(answer, writer, pool, read_timeout))
             }
-        }
-        Err(e) => {
-            ctx.outcome.upstream_failed = true;
-            Reply::error(client_error(e))
-        }
+            Ok(Answer { ex, host, .. }) => {
+                let status = ex.head.status;
+                let mut lease = worker.upstreams.buffers.lease();
+                match client::read_full_body(ex, read_timeout, 1024 * 1024, &mut lease).await {
+                    Ok((body, reusable)) => {
+                        if let Some(c) = reusable {
+                            worker.pools[host].put(c);
+                        }
+                        if retry.is_none()
+                            && let Some(without) = refused_thinking(&call, status, &body)
+                        {
+                            retry = Some(without);
+                            continue;
+                        }
+                        ctx.outcome.upstream_failed = true;
+                        Reply::error(status_error(status, &body, model))
+                    }
+                    Err(e) => {
+                        ctx.outcome.upstream_failed = true;
+                        Reply::error(client_error(e))
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.outcome.upstream_failed = true;
+                Reply::error(client_error(e))
+            }
+        };
     }
+}
+
+/// A request the host refused because its model cannot think (Ollama's 400
+/// "… does not support thinking", `server/routes.go`), as it is without its
+/// `think`: to be sent once more. A model's capabilities come from the host
+/// a moment after it is listed (see `upstream::health`); a request that
+/// comes sooner is fitted to the model this way, so thinking asked of a
+/// model that cannot think is never the client's error.
+fn refused_thinking(call: &Call<'_>, status: u16, reply: &[u8]) -> Option<Vec<u8>> {
+    if status != 400 || memchr::memmem::find(reply, b"does not support thinking").is_none() {
+        return None;
+    }
+    let body = call.body?;
+    let (from, to) = crate::upstream::estimate::count(body).think?;
+    let mut without = body.to_vec();
+    without.drain(from..to);
+    Some(without)
 }

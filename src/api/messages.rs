@@ -28,7 +28,7 @@ use crate::store::keys::KeyRecord;
 pub async fn messages<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
     let converted = convert_messages(&req.body, &worker.config.models, Purpose::Generate, &mut native);
-    let plan = match admit(worker, ctx, key, converted, &native) {
+    let plan = match admit(worker, ctx, key, converted, &mut native) {
         Ok(p) => p,
         Err(refused) => return refused,
     };

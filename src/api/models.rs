@@ -22,6 +22,8 @@ pub struct ModelEntry {
     pub owned_by: String,
     /// A host lists it as remote: a cloud model (not part of the JSON).
     pub remote: bool,
+    /// What it can do, when a host has said (`capabilities`, `context_length`).
+    pub info: Option<crate::upstream::tags::ModelInfo>,
 }
 
 /// Reads an `/api/tags` reply into model entries.
@@ -29,7 +31,7 @@ pub fn models_from_tags(body: &[u8]) -> Result<Vec<ModelEntry>, ApiError> {
     let tags = crate::upstream::tags::parse_tags(body).map_err(|m| ApiError::upstream(502, m.to_owned()))?;
     Ok(tags
         .into_iter()
-        .map(|t| ModelEntry { id: t.name, created: t.modified, owned_by: t.namespace, remote: t.remote })
+        .map(|t| ModelEntry { id: t.name, created: t.modified, owned_by: t.namespace, remote: t.remote, info: None })
         .collect())
 }
 
@@ -40,6 +42,20 @@ fn write_model(out: &mut Vec<u8>, m: &ModelEntry) {
     number(out, m.created);
     out.extend_from_slice(b",\"owned_by\":");
     json_string(out, &m.owned_by);
+    if let Some(info) = &m.info {
+        out.extend_from_slice(b",\"capabilities\":[");
+        for (i, c) in info.capabilities.names().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(out, c);
+        }
+        out.push(b']');
+        if let Some(n) = info.context_length {
+            out.extend_from_slice(b",\"context_length\":");
+            number(out, n);
+        }
+    }
     out.push(b'}');
 }
 
@@ -94,7 +110,10 @@ async fn fetch(worker: &Worker, ctx: &Ctx) -> Result<Vec<ModelEntry>, ApiError> 
         let t = models.iter().find(|m| crate::store::keys::same_model(&m.id, target));
         let (created, owned_by, remote) =
             t.map_or((0, "library".to_owned(), false), |t| (t.created, t.owned_by.clone(), t.remote));
-        models.push(ModelEntry { id: alias.to_owned(), created, owned_by, remote });
+        models.push(ModelEntry { id: alias.to_owned(), created, owned_by, remote, info: None });
+    }
+    for m in &mut models {
+        m.info = worker.upstreams.model_info(worker.config.models.resolve(&m.id));
     }
     Ok(models)
 }
@@ -155,19 +174,22 @@ mod tests {
                     id: "llama3:latest".into(),
                     created: 1_777_629_600,
                     owned_by: "library".into(),
-                    remote: false
+                    remote: false,
+                    info: None
                 },
                 ModelEntry {
                     id: "mistralai/mistral:7b".into(),
                     created: 1_777_629_600,
                     owned_by: "mistralai".into(),
-                    remote: false
+                    remote: false,
+                    info: None
                 },
                 ModelEntry {
                     id: "hf.co/bartowski/qwen:q4".into(),
                     created: 0,
                     owned_by: "bartowski".into(),
-                    remote: false
+                    remote: false,
+                    info: None
                 },
             ]
         );

@@ -93,7 +93,7 @@ fn admitted<'w>(
 ) -> Result<(Vec<u8>, crate::upstream::native_request::Plan), Reply<'w>> {
     let mut native = Vec::with_capacity(req.body.len() + 64);
     let converted = prepare(&req.body, &worker.config.models, kind, key.grants.load_options, &mut native);
-    let plan = admit(worker, ctx, key, converted, &native)?;
+    let plan = admit(worker, ctx, key, converted, &mut native)?;
     Ok((native, plan))
 }
 

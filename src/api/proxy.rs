@@ -24,6 +24,7 @@ pub const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 /// A call to an upstream host. The request bytes are written for the host
 /// chosen (its `Host` header and base path).
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub method: &'static str,
     pub path: &'static str,
@@ -41,6 +42,14 @@ impl<'a> Call<'a> {
     /// A generation (`POST` with a body, queued as the key).
     pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str, lane: usize) -> Self {
         Self { method: "POST", path, body: Some(body), model, queue_as: Some((key_id, lane)), only: None }
+    }
+
+    /// The same call with another body.
+    pub fn with_body<'b>(&self, body: &'b [u8]) -> Call<'b>
+    where
+        'a: 'b,
+    {
+        Call { body: Some(body), ..*self }
     }
 
     /// A listing (`GET`) from one host, not queued.

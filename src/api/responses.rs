@@ -81,7 +81,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         }
         monoio::time::sleep(MEMORY_POLL).await;
     };
-    let mut rplan = match admit(worker, ctx, key, converted, &native) {
+    let mut rplan = match admit(worker, ctx, key, converted, &mut native) {
         Ok(p) => p,
         Err(refused) => return refused,
     };

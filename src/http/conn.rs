@@ -12,6 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::chunked::ChunkedDecoder;
+use super::coding::{Coding, DecodeError, decode};
 use super::request::{BodyFraming, HeadError, Request, RequestHead, parse_request_head};
 use crate::config::HttpLimits;
 use crate::error::ApiError;
@@ -217,6 +218,21 @@ pub async fn read_body(conn: &mut Conn, head: &RequestHead, limits: &HttpLimits)
         }
     }
     .await;
+    // A compressed body is read as what it decompresses to, within the same limit.
+    let result = match result {
+        Ok(()) if head.coding != Coding::Identity => match decode(head.coding, &body, limits.max_body) {
+            Ok(plain) => {
+                body = plain;
+                Ok(())
+            }
+            Err(DecodeError::TooLarge) => Err(Some(ApiError::request_too_large(limits.max_body))),
+            Err(DecodeError::Invalid(e)) => Err(Some(ApiError::bad_request(format!(
+                "The request body is not valid {} data ({e}).",
+                head.coding.name()
+            )))),
+        },
+        other => other,
+    };
     conn.req.body = body;
     // A large upload grew the read buffer; an idle connection should not keep it.
     if conn.inbuf.capacity() > 64 * 1024 && conn.inbuf.len() <= 16 * 1024 {

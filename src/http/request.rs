@@ -63,6 +63,8 @@ pub struct RequestHead {
     pub host: Option<Range<usize>>,
     /// `x-priority`: a lane the client asks for (it may only lower its key's).
     pub x_priority: Option<Range<usize>>,
+    /// `Content-Encoding` of the body.
+    pub coding: super::coding::Coding,
 }
 
 /// Why a head could not be accepted. Each maps to one response status.
@@ -144,7 +146,9 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         x_api_key: None,
         host: None,
         x_priority: None,
+        coding: super::coding::Coding::Identity,
     };
+    let mut saw_coding = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -193,6 +197,12 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
                 return Err(HeadError::Bad("duplicate x-api-key header"));
             }
             head.x_api_key = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            if saw_coding {
+                return Err(HeadError::Bad("duplicate Content-Encoding header"));
+            }
+            saw_coding = true;
+            head.coding = super::coding::Coding::parse(value);
         } else if name.eq_ignore_ascii_case(b"x-priority") {
             head.x_priority = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"origin") {

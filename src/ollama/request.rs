@@ -224,6 +224,7 @@ pub fn prepare(
         user: None,
         max_tokens,
         generates: kind == Kind::Generation,
+        dropped: Default::default(),
     })
 }
 

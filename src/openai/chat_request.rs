@@ -17,7 +17,7 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::Plan;
-use crate::upstream::native_request::{Sampling, model_name, write_options};
+use crate::upstream::native_request::{Dropped, Sampling, model_name, write_options};
 
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
@@ -133,6 +133,8 @@ struct ContentPart<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     image_url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -168,11 +170,12 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
         }
         _ => {}
     }
-    let think = match (req.reasoning_effort.as_deref(), req.reasoning.as_ref().and_then(|r| r.effort.as_deref())) {
-        (Some(e), _) => Some(think_value(e, "reasoning_effort")?),
-        (None, Some(e)) => Some(think_value(e, "reasoning.effort")?),
-        (None, None) => None,
-    };
+    let mut dropped = Dropped::default();
+    let think = req
+        .reasoning_effort
+        .as_deref()
+        .or(req.reasoning.as_ref().and_then(|r| r.effort.as_deref()))
+        .and_then(|e| think_value(e, &mut dropped));
     let stream = req.stream.unwrap_or(false);
 
     let served = models.resolve(&model);
@@ -180,7 +183,7 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
     out.extend_from_slice(b"{\"model\":");
     json_string(out, served);
     out.extend_from_slice(b",\"messages\":[");
-    write_messages(out, &messages)?;
+    write_messages(out, &messages, &mut dropped)?;
     out.extend_from_slice(b"],\"stream\":");
     out.extend_from_slice(if stream { b"true" } else { b"false" });
 
@@ -213,7 +216,7 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
         }
     }
 
-    write_tools(out, req.tools, req.tool_choice)?;
+    write_tools(out, req.tools, req.tool_choice, &mut dropped)?;
 
     write_options(
         out,
@@ -253,14 +256,22 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
         include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         user: req.user.map(Cow::into_owned),
         generates: true,
+        dropped,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
     })
 }
 
 /// The native `tools`, honouring `tool_choice`: `none` sends none, a named
 /// function only that one; `auto` and `required` send them all (a local
-/// model cannot be forced to call one).
-fn write_tools(out: &mut Vec<u8>, tools: Option<&RawValue>, choice: Option<&RawValue>) -> Result<(), ApiError> {
+/// model cannot be forced to call one). Function tools go as they came;
+/// a tool of another type (a hosted one, or a custom one this front has no
+/// call shape for) is left out and counted.
+fn write_tools(
+    out: &mut Vec<u8>,
+    tools: Option<&RawValue>,
+    choice: Option<&RawValue>,
+    dropped: &mut Dropped,
+) -> Result<(), ApiError> {
     #[derive(Deserialize)]
     struct Named<'a> {
         #[serde(borrow)]
@@ -273,6 +284,8 @@ fn write_tools(out: &mut Vec<u8>, tools: Option<&RawValue>, choice: Option<&RawV
     }
     #[derive(Deserialize)]
     struct Tool<'a> {
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         function: Option<NamedFunction<'a>>,
     }
@@ -301,52 +314,76 @@ fn write_tools(out: &mut Vec<u8>, tools: Option<&RawValue>, choice: Option<&RawV
                 .name,
         ),
     };
-    out.extend_from_slice(b",\"tools\":");
-    let Some(name) = only else {
-        out.extend_from_slice(raw.as_bytes());
-        return Ok(());
-    };
     let list: Vec<&RawValue> =
         serde_json::from_str(raw).map_err(|_| ApiError::invalid("tools", "'tools' must be an array."))?;
-    let named = list
-        .iter()
-        .find(|t| serde_json::from_str::<Tool<'_>>(t.get()).is_ok_and(|t| t.function.is_some_and(|f| f.name == name)));
-    let Some(tool) = named else {
-        return Err(ApiError::invalid(
-            "tool_choice",
-            format!("tool_choice names '{name}', which is not among 'tools'."),
-        ));
-    };
+    let mut kept: Vec<(&RawValue, Option<Cow<'_, str>>)> = Vec::with_capacity(list.len());
+    for (n, t) in list.iter().enumerate() {
+        let tool: Tool<'_> = serde_json::from_str(t.get())
+            .map_err(|_| ApiError::invalid(format!("tools[{n}]"), "A tool must be an object with a 'type'."))?;
+        match (tool.kind.as_deref(), tool.function) {
+            (Some("function") | None, Some(f)) => kept.push((t, Some(f.name))),
+            (Some("function"), None) => {
+                return Err(ApiError::invalid(format!("tools[{n}].function"), "A function tool needs its 'function'."));
+            }
+            (kind, _) => dropped.note(&format!("tool.{}", kind.unwrap_or("untyped"))),
+        }
+    }
+    if let Some(name) = &only {
+        kept.retain(|(_, n)| n.as_ref() == Some(name));
+        if kept.is_empty() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("tool_choice names '{name}', which is not among 'tools'."),
+            ));
+        }
+        kept.truncate(1);
+    }
+    if kept.is_empty() {
+        return Ok(());
+    }
+    out.extend_from_slice(b",\"tools\":");
+    if kept.len() == list.len() {
+        // All of them, as they came.
+        out.extend_from_slice(raw.as_bytes());
+        return Ok(());
+    }
     out.push(b'[');
-    out.extend_from_slice(tool.get().as_bytes());
+    for (i, (t, _)) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(t.get().as_bytes());
+    }
     out.push(b']');
     Ok(())
 }
 
-/// docs/PROTOCOL.md: `none`→false, `minimal`→"low", `low|medium|high`→same, `xhigh`→"max".
-fn think_value(effort: &str, param: &'static str) -> Result<&'static str, ApiError> {
-    Ok(match effort {
+/// docs/PROTOCOL.md: `none`→false, `minimal`→"low", `low|medium|high`→same,
+/// `xhigh`→"max"; an effort this gateway does not know leaves thinking to
+/// the model's default (noted as dropped).
+fn think_value(effort: &str, dropped: &mut Dropped) -> Option<&'static str> {
+    Some(match effort {
         "none" => "false",
         "minimal" | "low" => "\"low\"",
         "medium" => "\"medium\"",
         "high" => "\"high\"",
         "xhigh" => "\"max\"",
         other => {
-            return Err(ApiError::invalid(
-                param,
-                format!("Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."),
-            ));
+            dropped.note(&format!("effort.{other}"));
+            return None;
         }
     })
 }
 
-fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), ApiError> {
+fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>], dropped: &mut Dropped) -> Result<(), ApiError> {
     let mut first = true;
     for (i, m) in messages.iter().enumerate() {
         let role = m.role.to_ascii_lowercase();
         let role = match role.as_str() {
             "system" | "user" | "assistant" | "tool" => role,
             "developer" => "system".to_owned(),
+            // The legacy role of a function's result.
+            "function" => "tool".to_owned(),
             _ => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
@@ -372,7 +409,7 @@ fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>]) -> Result<(), Api
         let tool_name = if role == "tool" { tool_name_for(messages, i, m) } else { None };
 
         // The message's content becomes one or more native messages (one per part).
-        let pieces = content_pieces(m, i)?;
+        let pieces = content_pieces(m, i, dropped)?;
         if pieces.is_empty() && tool_calls.is_none() {
             return Err(ApiError::invalid(
                 format!("messages[{i}].content"),
@@ -441,7 +478,7 @@ enum Piece<'a> {
     Image(String),
 }
 
-fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiError> {
+fn content_pieces<'a>(m: &Message<'a>, i: usize, dropped: &mut Dropped) -> Result<Vec<Piece<'a>>, ApiError> {
     let Some(content) = m.content else {
         return Ok(Vec::new());
     };
@@ -453,34 +490,47 @@ fn content_pieces<'a>(m: &Message<'a>, i: usize) -> Result<Vec<Piece<'a>>, ApiEr
             let parts: Vec<ContentPart<'a>> = serde_json::from_str(raw).map_err(|e| {
                 ApiError::invalid(format!("messages[{i}].content"), format!("Invalid content parts: {e}."))
             })?;
-            parts
-                .into_iter()
-                .enumerate()
-                .map(|(p, part)| {
-                    let param = || format!("messages[{i}].content[{p}]");
-                    match part.kind.as_ref() {
-                        "text" | "input_text" => part
-                            .text
+            let mut pieces = Vec::with_capacity(parts.len());
+            for (p, part) in parts.into_iter().enumerate() {
+                let param = || format!("messages[{i}].content[{p}]");
+                match part.kind.as_ref() {
+                    "text" | "input_text" => pieces.push(
+                        part.text
                             .map(Piece::Text)
-                            .ok_or_else(|| ApiError::invalid(param(), "A text part needs a 'text' string.")),
-                        "image_url" => {
-                            let url = part.image_url.and_then(|u| image_url(u.get())).ok_or_else(|| {
-                                ApiError::invalid(param(), "An image_url part needs an 'image_url.url' string.")
-                            })?;
+                            .ok_or_else(|| ApiError::invalid(param(), "A text part needs a 'text' string."))?,
+                    ),
+                    "image_url" => {
+                        let url = part.image_url.and_then(|u| image_url(u.get())).ok_or_else(|| {
+                            ApiError::invalid(param(), "An image_url part needs an 'image_url.url' string.")
+                        })?;
+                        pieces.push(
                             image_data(url)
                                 .map(|data| match data {
                                     Cow::Borrowed(raw) => Piece::RawImage(raw),
                                     Cow::Owned(text) => Piece::Image(text),
                                 })
-                                .map_err(|msg| ApiError::invalid(param(), msg))
-                        }
-                        other => Err(ApiError::invalid(
-                            param(),
-                            format!("Unsupported content part type '{other}': use 'text' or 'image_url'."),
-                        )),
+                                .map_err(|msg| ApiError::invalid(param(), msg))?,
+                        );
                     }
-                })
-                .collect()
+                    "refusal" if part.refusal.is_some() => pieces.extend(part.refusal.map(Piece::Text)),
+                    // Sound or a file the model would be asked about and cannot take in.
+                    other @ ("input_audio" | "file") => {
+                        return Err(ApiError::invalid(
+                            param(),
+                            format!(
+                                "Content parts of type '{other}' cannot be passed to the model: send text or images."
+                            ),
+                        ));
+                    }
+                    // The tolerance rule: another part's text is read as text;
+                    // one without text is left out and counted.
+                    other => match part.text {
+                        Some(text) => pieces.push(Piece::Text(text)),
+                        None => dropped.note(other),
+                    },
+                }
+            }
+            Ok(pieces)
         }
         _ => Err(ApiError::invalid(
             format!("messages[{i}].content"),
@@ -609,7 +659,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"format":"json","tools":[],"options":{"temperature":0.5},"think":"low","logprobs":true,"top_logprobs":2}"#
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"format":"json","options":{"temperature":0.5},"think":"low","logprobs":true,"top_logprobs":2}"#
         );
     }
 
@@ -767,12 +817,34 @@ mod tests {
             convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning":{"effort":"high"}}))
                 .unwrap();
         assert_eq!(n["think"], "high");
-        assert_eq!(
-            err(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"huge"}))
-                .param
-                .as_deref(),
-            Some("reasoning_effort")
-        );
+        let (n, plan) =
+            convert(json!({"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"huge"})).unwrap();
+        assert!(n.get("think").is_none(), "an effort it does not know leaves thinking to the model");
+        assert_eq!(plan.dropped.0, ["effort.huge"]);
+    }
+
+    #[test]
+    fn parts_and_tools_it_does_not_know_follow_the_tolerance_rule() {
+        let (n, plan) = convert(json!({"model":"m","messages":[
+            {"role":"user","content":[{"type":"text","text":"a"},{"type":"future_text","text":"b"},{"type":"cache_marker"}]},
+            {"role":"assistant","content":[{"type":"refusal","refusal":"no"}]},
+            {"role":"function","name":"f","content":"42"}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{}}},{"type":"web_search"},{"type":"custom","custom":{"name":"p"}}]}))
+        .unwrap();
+        let m = n["messages"].as_array().unwrap();
+        assert_eq!((&m[0]["content"], &m[1]["content"]), (&json!("a"), &json!("b")));
+        assert_eq!(m[2], json!({"role":"assistant","content":"no"}));
+        assert_eq!(m[3]["role"], "tool");
+        assert_eq!(n["tools"], json!([{"type":"function","function":{"name":"f","parameters":{}}}]));
+        assert_eq!(plan.dropped.0, ["cache_marker", "tool.web_search", "tool.custom"]);
+        for kind in ["input_audio", "file"] {
+            let e = err(json!({"model":"m","messages":[{"role":"user","content":[{"type":kind,"text":"x"}]}]}));
+            assert_eq!(
+                e.param.as_deref(),
+                Some("messages[0].content[0]"),
+                "{kind}: dropping it would change the question"
+            );
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub fn convert_completion(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) -
         include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         user: req.user.map(Cow::into_owned),
         generates: true,
+        dropped: Default::default(),
         max_tokens: req.max_tokens,
     })
 }

@@ -8,7 +8,7 @@
 //! `message`; each tool call a `function_call`, `custom_tool_call` or
 //! `local_shell_call` item, as the tool was declared (see `request`).
 
-use super::request::{ResponsesPlan, ToolKind};
+use super::request::{ResponsesPlan, ToolKind, ToolSpec};
 use crate::error::ApiError;
 use crate::json::{json_string, json_string_body, number};
 use crate::upstream::native::{self, Usage, read_reply};
@@ -24,7 +24,7 @@ pub struct Shape {
     pub model_json: Vec<u8>,
     /// The request's settings the response repeats (see `ResponsesPlan::echo`).
     pub echo: Vec<u8>,
-    pub tools: Vec<(String, ToolKind)>,
+    pub tools: Vec<ToolSpec>,
     /// Reasoning items carry the thinking as `encrypted_content` too.
     pub reasoning_content: bool,
 }
@@ -61,9 +61,9 @@ impl Shape {
         format!("call_{}_{index}", self.suffix())
     }
 
-    /// How calls of the native function `name` come back.
-    pub fn kind_of(&self, name: &str) -> ToolKind {
-        self.tools.iter().find(|(n, _)| n == name).map_or(ToolKind::Function, |(_, k)| *k)
+    /// The declared tool the native function `name` is, if any.
+    pub fn tool(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.iter().find(|t| t.native == name)
     }
 }
 
@@ -192,7 +192,14 @@ pub struct Call {
     pub kind: ToolKind,
     pub index: u32,
     pub call_id: String,
+    /// The tool's own name (a namespace's member without its namespace).
     pub name: String,
+    /// The native function's name, as the conversation keeps it.
+    pub native_name: String,
+    /// A namespace's member: its namespace.
+    pub namespace: Option<String>,
+    /// A client tool's call item type.
+    pub item_type: Option<String>,
     /// The arguments object's compact text.
     pub arguments: String,
 }
@@ -202,11 +209,16 @@ impl Call {
     pub fn new(s: &Shape, index: u32, native: &native::ToolCall<'_>) -> Result<Self, &'static str> {
         let arguments =
             native.function.compact_arguments().map_err(|_| "the upstream sent malformed tool arguments")?;
+        let native_name = native.function.name.clone().into_owned();
+        let spec = s.tool(&native_name);
         Ok(Self {
-            kind: s.kind_of(&native.function.name),
+            kind: spec.map_or(ToolKind::Function, |t| t.kind),
             index,
             call_id: s.call_id(index),
-            name: native.function.name.clone().into_owned(),
+            name: spec.map_or_else(|| native_name.clone(), |t| t.name.clone()),
+            namespace: spec.and_then(|t| t.namespace.clone()),
+            item_type: spec.and_then(|t| t.item_type.clone()),
+            native_name,
             arguments,
         })
     }
@@ -216,6 +228,7 @@ impl Call {
             ToolKind::Function => "fc",
             ToolKind::Custom => "ctc",
             ToolKind::LocalShell => "lsh",
+            ToolKind::Client => "tc",
         }
     }
 
@@ -239,18 +252,28 @@ impl Call {
     pub fn write_item(&self, out: &mut Vec<u8>, s: &Shape, completed: bool) {
         out.extend_from_slice(b"{\"id\":\"");
         self.item_id(s, out);
-        out.extend_from_slice(match self.kind {
-            ToolKind::Function => b"\",\"type\":\"function_call\",\"status\":\"".as_slice(),
-            ToolKind::Custom => b"\",\"type\":\"custom_tool_call\",\"status\":\"".as_slice(),
-            ToolKind::LocalShell => b"\",\"type\":\"local_shell_call\",\"status\":\"".as_slice(),
-        });
+        out.extend_from_slice(b"\",\"type\":");
+        match self.kind {
+            ToolKind::Function => out.extend_from_slice(b"\"function_call\""),
+            ToolKind::Custom => out.extend_from_slice(b"\"custom_tool_call\""),
+            ToolKind::LocalShell => out.extend_from_slice(b"\"local_shell_call\""),
+            ToolKind::Client => json_string(out, self.item_type.as_deref().unwrap_or("tool_call")),
+        }
+        out.extend_from_slice(b",\"status\":\"");
         out.extend_from_slice(if completed { b"completed" } else { b"in_progress" });
         out.extend_from_slice(b"\",\"call_id\":");
         json_string(out, &self.call_id);
         match self.kind {
-            ToolKind::Function => {
+            ToolKind::Function | ToolKind::Client => {
+                if self.kind == ToolKind::Client {
+                    out.extend_from_slice(b",\"execution\":\"client\"");
+                }
                 out.extend_from_slice(b",\"name\":");
                 json_string(out, &self.name);
+                if let Some(ns) = &self.namespace {
+                    out.extend_from_slice(b",\"namespace\":");
+                    json_string(out, ns);
+                }
                 out.extend_from_slice(b",\"arguments\":");
                 json_string(out, if completed { &self.arguments } else { "" });
             }
@@ -285,7 +308,7 @@ impl Call {
     pub fn native(&self) -> NativeCall<'_> {
         NativeCall {
             id: Some(self.call_id.as_str().into()),
-            name: self.name.as_str().into(),
+            name: self.native_name.as_str().into(),
             arguments: self.arguments.as_str().into(),
         }
     }
@@ -378,7 +401,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn shape(tools: Vec<(String, ToolKind)>) -> Shape {
+    fn shape(tools: Vec<ToolSpec>) -> Shape {
         Shape {
             id: "resp_Ab".into(),
             created_at: 1_764_004_524,
@@ -419,7 +442,10 @@ mod tests {
             {"function":{"name":"get","arguments":{"city":"Paris"}}},
             {"function":{"name":"apply_patch","arguments":{"input":"*** Begin Patch"}}},
             {"function":{"name":"local_shell","arguments":{"command":["ls","-l"],"workdir":"/tmp"}}}]},"done":true,"done_reason":"length","eval_count":9}"#;
-        let s = shape(vec![("apply_patch".into(), ToolKind::Custom), ("local_shell".into(), ToolKind::LocalShell)]);
+        let s = shape(vec![
+            ToolSpec::plain("apply_patch", ToolKind::Custom),
+            ToolSpec::plain("local_shell", ToolKind::LocalShell),
+        ]);
         let mut out = Vec::new();
         let w = response(&mut out, &s, b"", body).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();

@@ -27,7 +27,8 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, number, parse_json};
 use crate::upstream::native_request::{
-    NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages, write_options,
+    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages,
+    write_options,
 };
 
 #[derive(Deserialize)]
@@ -114,6 +115,11 @@ struct Tool<'a> {
     format: Option<CustomFormat<'a>>,
     #[serde(borrow, default)]
     tools: Option<Vec<Tool<'a>>>,
+    /// `client`: a tool the client runs itself, whatever its type.
+    #[serde(borrow, default)]
+    execution: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input_schema: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -139,10 +145,12 @@ struct Item<'a> {
     call_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
+    /// A call's arguments: an object encoded as a string (or, tolerated, the object).
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<&'a RawValue>,
+    /// A custom call's free-form input (a string; a client tool's may be an object).
     #[serde(borrow, default)]
-    input: Option<Cow<'a, str>>,
+    input: Option<&'a RawValue>,
     #[serde(borrow, default)]
     output: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -151,6 +159,14 @@ struct Item<'a> {
     summary: Option<Vec<Part<'a>>>,
     #[serde(borrow, default)]
     encrypted_content: Option<&'a RawValue>,
+    /// A `function_call`'s namespace (a member of a `namespace` tool).
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    /// An `additional_tools` item's tools.
+    #[serde(borrow, default)]
+    tools: Option<Vec<Tool<'a>>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -187,14 +203,39 @@ pub enum ToolKind {
     Custom,
     /// A `local_shell_call` item with an `exec` action.
     LocalShell,
+    /// A call of a tool the client runs itself (`"execution": "client"`),
+    /// of any other type: its `{type}_call` item with JSON `arguments`.
+    Client,
+}
+
+/// A declared tool: the function name the model knows it by, how its calls
+/// come back, and the names the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolSpec {
+    /// The native function's name (`namespace.member` for a namespace's member).
+    pub native: String,
+    pub kind: ToolKind,
+    /// The tool's own name, as a call item names it.
+    pub name: String,
+    /// The namespace of a namespace's member.
+    pub namespace: Option<String>,
+    /// A client tool's call item type (`tool_search_call`).
+    pub item_type: Option<String>,
+}
+
+impl ToolSpec {
+    /// A tool known by one name only.
+    pub fn plain(name: &str, kind: ToolKind) -> Self {
+        Self { native: name.to_owned(), kind, name: name.to_owned(), namespace: None, item_type: None }
+    }
 }
 
 /// What the reply needs to know beyond the native body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponsesPlan {
     pub plan: Plan,
-    /// The function name each declared tool goes by, and how its calls come back.
-    pub tools: Vec<(String, ToolKind)>,
+    /// The declared tools: the function names they go by, how their calls come back.
+    pub tools: Vec<ToolSpec>,
     /// Keep the response (`store`, true unless the client says otherwise).
     pub store: bool,
     /// `include` asks for `reasoning.encrypted_content` (the model's thinking,
@@ -217,7 +258,7 @@ impl AsRef<Plan> for ResponsesPlan {
 impl ResponsesPlan {
     /// How calls of the native function `name` come back.
     pub fn kind_of(&self, name: &str) -> ToolKind {
-        self.tools.iter().find(|(n, _)| n == name).map_or(ToolKind::Function, |(_, k)| *k)
+        self.tools.iter().find(|t| t.native == name).map_or(ToolKind::Function, |t| t.kind)
     }
 }
 
@@ -254,8 +295,9 @@ pub fn convert_responses(
         Some(_) => return Err(ApiError::invalid("max_output_tokens", "'max_output_tokens' must be at least 1.")),
         None => None,
     };
+    let mut dropped = Dropped::default();
     let effort = req.reasoning.as_ref().and_then(|r| r.effort.as_deref());
-    let think = effort.map(think_value).transpose()?;
+    let think = effort.and_then(|e| think_value(e, &mut dropped));
 
     // The conversation: the stored one, then this request's input.
     let mut conversation = Vec::new();
@@ -283,7 +325,8 @@ pub fn convert_responses(
         }
     }
     let input = req.input.ok_or_else(|| ApiError::invalid("input", "'input' is required."))?;
-    let mut messages = input_messages(input)?;
+    let mut extra_tools = Vec::new();
+    let mut messages = input_messages(input, &mut extra_tools, &mut dropped)?;
     name_stored_calls(&mut messages, &conversation);
     if messages.is_empty() && conversation.is_empty() {
         return Err(ApiError::invalid("input", "'input' must hold at least one message."));
@@ -337,7 +380,10 @@ pub fn convert_responses(
             }
         }
     }
-    let tools = write_tools(out, req.tools.as_deref().unwrap_or(&[]), req.tool_choice)?;
+    // Tools come with the request, and (from Codex) in `additional_tools` items.
+    let mut declared = req.tools.unwrap_or_default();
+    declared.extend(extra_tools);
+    let tools = write_tools(out, &declared, req.tool_choice, &mut dropped)?;
     write_options(
         out,
         &Sampling {
@@ -414,6 +460,7 @@ pub fn convert_responses(
             user: req.user.map(Cow::into_owned),
             max_tokens,
             generates: true,
+            dropped,
         },
         tools,
         store,
@@ -467,19 +514,18 @@ fn tools_raw(body: &[u8]) -> String {
 }
 
 /// `reasoning.effort` as Ollama's `think`: `none` → false, `minimal` and
-/// `low` → "low", `medium` and `high` the same, `xhigh` → "max".
-fn think_value(effort: &str) -> Result<&'static str, ApiError> {
-    Ok(match effort {
+/// `low` → "low", `medium` and `high` the same, `xhigh` → "max"; an effort
+/// this gateway does not know leaves thinking to the model's default.
+fn think_value(effort: &str, dropped: &mut Dropped) -> Option<&'static str> {
+    Some(match effort {
         "none" => "false",
         "minimal" | "low" => "\"low\"",
         "medium" => "\"medium\"",
         "high" => "\"high\"",
         "xhigh" => "\"max\"",
         other => {
-            return Err(ApiError::invalid(
-                "reasoning.effort",
-                format!("Unsupported reasoning effort '{other}': use none, minimal, low, medium, high or xhigh."),
-            ));
+            dropped.note(&format!("effort.{other}"));
+            return None;
         }
     })
 }
@@ -493,8 +539,12 @@ fn instructions(raw: Option<&RawValue>) -> Result<Option<&str>, ApiError> {
     }
 }
 
-/// `input` as native messages.
-fn input_messages(input: &RawValue) -> Result<Vec<NativeMessage<'_>>, ApiError> {
+/// `input` as native messages; the tools of its `additional_tools` items go to `tools`.
+fn input_messages<'a>(
+    input: &'a RawValue,
+    tools: &mut Vec<Tool<'a>>,
+    dropped: &mut Dropped,
+) -> Result<Vec<NativeMessage<'a>>, ApiError> {
     let raw = input.get();
     match raw.as_bytes().first() {
         Some(b'"') => {
@@ -505,13 +555,17 @@ fn input_messages(input: &RawValue) -> Result<Vec<NativeMessage<'_>>, ApiError> 
         Some(b'[') => {
             let items: Vec<Item<'_>> = serde_json::from_str(raw)
                 .map_err(|e| ApiError::invalid("input", format!("Invalid input items: {e}.")))?;
-            items_to_messages(items)
+            items_to_messages(items, tools, dropped)
         }
         _ => Err(ApiError::invalid("input", "'input' must be a string or an array of items.")),
     }
 }
 
-fn items_to_messages(items: Vec<Item<'_>>) -> Result<Vec<NativeMessage<'_>>, ApiError> {
+fn items_to_messages<'a>(
+    items: Vec<Item<'a>>,
+    tools: &mut Vec<Tool<'a>>,
+    dropped: &mut Dropped,
+) -> Result<Vec<NativeMessage<'a>>, ApiError> {
     let mut out: Vec<NativeMessage<'_>> = Vec::with_capacity(items.len());
     // Reasoning waits for the assistant turn it belongs to.
     let mut thinking: Vec<Text<'_>> = Vec::new();
@@ -541,7 +595,7 @@ fn items_to_messages(items: Vec<Item<'_>>) -> Result<Vec<NativeMessage<'_>>, Api
                     }
                 };
                 let mut m = NativeMessage { role, ..Default::default() };
-                message_content(item.content, &mut m, &param)?;
+                message_content(item.content, &mut m, &param, dropped)?;
                 if role == "assistant" {
                     m.thinking = std::mem::take(&mut thinking);
                 }
@@ -560,28 +614,79 @@ fn items_to_messages(items: Vec<Item<'_>>) -> Result<Vec<NativeMessage<'_>>, Api
                     thinking.push(Text::Raw(t.get()));
                 }
             }
-            "function_call" | "custom_tool_call" | "local_shell_call" => {
+            "additional_tools" => tools.extend(item.tools.into_iter().flatten()),
+            // A reference stands for an item the request does not carry:
+            // leaving it out would change the conversation.
+            "item_reference" => {
+                return Err(ApiError::invalid(
+                    param(".type"),
+                    "Item references are not supported: send the item itself, or continue with 'previous_response_id'.",
+                ));
+            }
+            // A hosted search the gateway did not run; only history.
+            "web_search_call" => {}
+            _ if kind.ends_with("_output") => {
+                let call_id = item
+                    .call_id
+                    .ok_or_else(|| ApiError::invalid(param(".call_id"), "An output needs its 'call_id'."))?;
+                let tool_name = names.iter().find(|(id, _)| *id == call_id).map(|(_, n)| n.clone());
+                let mut m =
+                    NativeMessage { role: "tool", tool_name, tool_call_id: Some(call_id), ..Default::default() };
+                message_content(item.output, &mut m, &|f: &str| param(&format!(".output{f}")), dropped)?;
+                // A tool search's result is tools: declared from here on,
+                // and named to the model in the result.
+                if let Some(found) = item.tools.filter(|t| !t.is_empty()) {
+                    if m.content.is_empty() {
+                        let names: Vec<&str> = found.iter().filter_map(|t| t.name.as_deref()).collect();
+                        m.content.push(Text::Plain(Cow::Owned(format!("Tools available: {}", names.join(", ")))));
+                    }
+                    tools.extend(found);
+                }
+                out.push(m);
+            }
+            _ if kind.ends_with("_call") => {
                 let call_id =
                     item.call_id.ok_or_else(|| ApiError::invalid(param(".call_id"), "A call needs its 'call_id'."))?;
                 let (name, arguments) = match kind {
                     "function_call" => {
                         let name =
                             item.name.ok_or_else(|| ApiError::invalid(param(".name"), "A call needs its 'name'."))?;
+                        let name = match item.namespace {
+                            Some(ns) => Cow::Owned(format!("{ns}.{name}")),
+                            None => name,
+                        };
                         (name, call_arguments(item.arguments, &param)?)
                     }
                     "custom_tool_call" => {
                         let name =
                             item.name.ok_or_else(|| ApiError::invalid(param(".name"), "A call needs its 'name'."))?;
-                        let mut args = b"{\"input\":".to_vec();
-                        json_string(&mut args, item.input.as_deref().unwrap_or(""));
-                        args.push(b'}');
-                        (name, Cow::Owned(String::from_utf8(args).unwrap_or_default()))
+                        let input = match item.input {
+                            None => Cow::Borrowed(""),
+                            Some(i) => string_value(i).ok_or_else(|| {
+                                ApiError::invalid(param(".input"), "A custom call's 'input' must be a string.")
+                            })?,
+                        };
+                        (name, input_arguments(&input))
                     }
-                    _ => {
+                    "local_shell_call" => {
                         let action = item.action.ok_or_else(|| {
                             ApiError::invalid(param(".action"), "A local_shell_call needs its 'action'.")
                         })?;
                         (Cow::Borrowed("local_shell"), Cow::Owned(shell_arguments(&action)))
+                    }
+                    // A call of a tool the client runs (`tool_search_call`): named by
+                    // its tool, with its arguments (or input) as the native call's.
+                    other => {
+                        let name = item.name.unwrap_or_else(|| Cow::Owned(other.trim_end_matches("_call").to_owned()));
+                        let arguments = match (item.arguments, item.input) {
+                            (Some(a), _) => call_arguments(Some(a), &param)?,
+                            (None, Some(i)) => match string_value(i) {
+                                Some(text) => input_arguments(&text),
+                                None => call_arguments(Some(i), &|_: &str| param(".input"))?,
+                            },
+                            (None, None) => Cow::Borrowed("{}"),
+                        };
+                        (name, arguments)
                     }
                 };
                 names.push((call_id.clone(), name.clone()));
@@ -602,25 +707,25 @@ fn items_to_messages(items: Vec<Item<'_>>) -> Result<Vec<NativeMessage<'_>>, Api
                     }),
                 }
             }
-            "function_call_output" | "custom_tool_call_output" | "local_shell_call_output" => {
-                let call_id = item
-                    .call_id
-                    .ok_or_else(|| ApiError::invalid(param(".call_id"), "An output needs its 'call_id'."))?;
-                let tool_name = names.iter().find(|(id, _)| *id == call_id).map(|(_, n)| n.clone());
-                let mut m =
-                    NativeMessage { role: "tool", tool_name, tool_call_id: Some(call_id), ..Default::default() };
-                message_content(item.output, &mut m, &|f: &str| param(&format!(".output{f}")))?;
-                out.push(m);
-            }
-            // A hosted search the gateway did not run; only history.
-            "web_search_call" => {}
+            // Another item that carries text is read as a message (the
+            // tolerance rule); one that carries nothing readable is left out.
             other => {
-                return Err(ApiError::invalid(
-                    param(".type"),
-                    format!(
-                        "Unsupported input item type '{other}': use message, reasoning, function_call, function_call_output, custom_tool_call(_output) or local_shell_call(_output)."
-                    ),
-                ));
+                let role = match item.role.as_deref() {
+                    Some("assistant") => "assistant",
+                    Some("system" | "developer") => "system",
+                    _ => "user",
+                };
+                let mut m = NativeMessage { role, ..Default::default() };
+                if item.content.is_some() {
+                    message_content(item.content, &mut m, &param, dropped)?;
+                } else if let Some(t) = item.text.filter(|t| t.get().starts_with('"')) {
+                    m.content.push(Text::Raw(t.get()));
+                }
+                if m.is_empty() {
+                    dropped.note(other);
+                } else {
+                    out.push(m);
+                }
             }
         }
     }
@@ -668,12 +773,21 @@ fn name_stored_calls<'a>(messages: &mut [NativeMessage<'a>], conversation: &[u8]
 
 /// A call's `arguments` (a JSON object encoded as a string) as the object's text.
 fn call_arguments<'a>(
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<&'a RawValue>,
     param: &dyn Fn(&str) -> String,
 ) -> Result<Cow<'a, str>, ApiError> {
-    let Some(args) = arguments.filter(|a| !a.trim().is_empty()) else {
+    let Some(arguments) = arguments.filter(|a| a.get() != "null") else {
         return Ok(Cow::Borrowed("{}"));
     };
+    let args = match arguments.get() {
+        object if object.starts_with('{') => Cow::Borrowed(object),
+        _ => string_value(arguments).ok_or_else(|| {
+            ApiError::invalid(param(".arguments"), "A call's 'arguments' must be a JSON object encoded as a string.")
+        })?,
+    };
+    if args.trim().is_empty() {
+        return Ok(Cow::Borrowed("{}"));
+    }
     let ok = serde_json::from_str::<&RawValue>(args.trim()).is_ok_and(|v| v.get().starts_with('{'));
     if !ok || !nesting_within(&args, MAX_PASSTHROUGH_DEPTH) {
         return Err(ApiError::invalid(
@@ -682,6 +796,25 @@ fn call_arguments<'a>(
         ));
     }
     Ok(args)
+}
+
+/// A JSON string's text (borrowed when it has no escapes); `None` for any other value.
+fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<&str>(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
+        .ok()
+}
+
+/// A free-form input as a native call's arguments: `{"input": …}`.
+fn input_arguments(input: &str) -> Cow<'static, str> {
+    let mut args = b"{\"input\":".to_vec();
+    json_string(&mut args, input);
+    args.push(b'}');
+    Cow::Owned(String::from_utf8(args).unwrap_or_default())
 }
 
 /// A `local_shell_call` action as the native arguments of the `local_shell` function.
@@ -711,6 +844,7 @@ fn message_content<'a>(
     content: Option<&'a RawValue>,
     m: &mut NativeMessage<'a>,
     param: &dyn Fn(&str) -> String,
+    dropped: &mut Dropped,
 ) -> Result<(), ApiError> {
     let Some(content) = content else { return Ok(()) };
     let raw = content.get();
@@ -744,14 +878,21 @@ fn message_content<'a>(
                             .ok_or_else(|| ApiError::invalid(at(), "An input_image needs an 'image_url'."))?;
                         m.images.push(image_data(url).map_err(|msg| ApiError::invalid(at(), msg))?);
                     }
-                    other => {
+                    // A file or sound the model would be asked about and cannot take in.
+                    other @ ("input_file" | "input_audio") => {
                         return Err(ApiError::invalid(
                             at(),
                             format!(
-                                "Unsupported content part type '{other}': use input_text, output_text or input_image."
+                                "Content parts of type '{other}' cannot be passed to the model: send text or images."
                             ),
                         ));
                     }
+                    // The tolerance rule: another part's text is read as text;
+                    // one without text is left out and counted.
+                    other => match p.text.filter(|t| t.get().starts_with('"')) {
+                        Some(t) => m.content.push(Text::Raw(t.get())),
+                        None => dropped.note(other),
+                    },
                 }
             }
         }
@@ -779,18 +920,20 @@ fn image_data(url: Cow<'_, str>) -> Result<Text<'_>, &'static str> {
     }))
 }
 
-/// Hosted tools a local model cannot have run for it; left out of the request.
+/// Hosted tools a local model cannot have run for it, left out of the
+/// request (counted): offering them changes nothing the model was asked.
 const DROPPED_TOOLS: &[&str] =
     &["web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26"];
 
 /// The native `tools`, honouring `tool_choice` (`none` sends none; a named
 /// tool or an `allowed_tools` list only those; `auto` and `required` all, as
-/// a local model cannot be forced to call one). Returns each tool's kind.
+/// a local model cannot be forced to call one). Returns the declared tools.
 fn write_tools(
     out: &mut Vec<u8>,
     tools: &[Tool<'_>],
     choice: Option<&RawValue>,
-) -> Result<Vec<(String, ToolKind)>, ApiError> {
+    dropped: &mut Dropped,
+) -> Result<Vec<ToolSpec>, ApiError> {
     #[derive(Deserialize)]
     struct Choice<'a> {
         #[serde(borrow, rename = "type")]
@@ -821,30 +964,37 @@ fn write_tools(
             }
         }
     };
-    let mut flat: Vec<(String, &Tool<'_>, ToolKind)> = Vec::new();
+    let mut flat: Vec<(ToolSpec, &Tool<'_>)> = Vec::new();
     for (n, t) in tools.iter().enumerate() {
-        flatten(t, "", n, &mut flat)?;
+        flatten(t, None, n, &mut flat, dropped)?;
     }
+    let named = |spec: &ToolSpec, name: &str| spec.native == name || spec.name == name;
     if let Some(names) = &allowed
-        && let Some(missing) = names.iter().find(|name| !flat.iter().any(|(n, _, _)| n == *name))
+        && let Some(missing) = names.iter().find(|name| !flat.iter().any(|(spec, _)| named(spec, name)))
     {
         return Err(ApiError::invalid(
             "tool_choice",
             format!("tool_choice names '{missing}', which is not among 'tools'."),
         ));
     }
-    flat.retain(|(name, _, _)| allowed.as_ref().is_none_or(|a| a.iter().any(|x| x == name)));
+    flat.retain(|(spec, _)| allowed.as_ref().is_none_or(|a| a.iter().any(|x| named(spec, x))));
     if flat.is_empty() {
         return Ok(Vec::new());
     }
     out.extend_from_slice(b",\"tools\":[");
-    for (i, (name, t, kind)) in flat.iter().enumerate() {
+    for (i, (spec, t)) in flat.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         let description = t.description.map(RawValue::get).filter(|d| d.starts_with('"'));
-        match kind {
-            ToolKind::Function => write_function_tool(out, name, description, t.parameters.map(RawValue::get)),
+        match spec.kind {
+            ToolKind::Function => write_function_tool(out, &spec.native, description, t.parameters.map(RawValue::get)),
+            ToolKind::Client => write_function_tool(
+                out,
+                &spec.native,
+                description,
+                t.parameters.or(t.input_schema).map(RawValue::get).filter(|p| p.starts_with('{')),
+            ),
             ToolKind::Custom => {
                 let mut d = Vec::new();
                 let mut text = description
@@ -863,7 +1013,7 @@ fn write_tools(
                 let d = String::from_utf8(d).unwrap_or_default();
                 write_function_tool(
                     out,
-                    name,
+                    &spec.native,
                     Some(&d),
                     Some(
                         r#"{"type":"object","properties":{"input":{"type":"string","description":"The tool's whole input, as free text."}},"required":["input"]}"#,
@@ -881,22 +1031,29 @@ fn write_tools(
         }
     }
     out.push(b']');
-    Ok(flat.into_iter().map(|(n, _, k)| (n, k)).collect())
+    Ok(flat.into_iter().map(|(spec, _)| spec).collect())
 }
 
-/// A declared tool as the function tools it becomes (a namespace, its members).
+/// A declared tool as the function tools it becomes (a namespace, its
+/// members, named `namespace.member`; a tool the client runs, of any type).
 fn flatten<'t, 'a>(
     t: &'t Tool<'a>,
-    prefix: &str,
+    namespace: Option<&str>,
     n: usize,
-    flat: &mut Vec<(String, &'t Tool<'a>, ToolKind)>,
+    flat: &mut Vec<(ToolSpec, &'t Tool<'a>)>,
+    dropped: &mut Dropped,
 ) -> Result<(), ApiError> {
-    let named = |t: &Tool<'_>| {
-        t.name
-            .as_deref()
-            .map(|name| format!("{prefix}{name}"))
-            .ok_or_else(|| ApiError::invalid(format!("tools[{n}].name"), "A tool needs a 'name'."))
+    let spec = |kind: ToolKind, name: Option<&str>| -> Result<ToolSpec, ApiError> {
+        let name = name.ok_or_else(|| ApiError::invalid(format!("tools[{n}].name"), "A tool needs a 'name'."))?;
+        Ok(ToolSpec {
+            native: namespace.map_or_else(|| name.to_owned(), |ns| format!("{ns}.{name}")),
+            kind,
+            name: name.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            item_type: None,
+        })
     };
+    let client = t.execution.as_deref() == Some("client");
     match t.kind.as_ref() {
         "function" => {
             if let Some(p) = t.parameters
@@ -907,21 +1064,35 @@ fn flatten<'t, 'a>(
                     "A function's 'parameters' must be a JSON Schema object, nested at most 64 deep.",
                 ));
             }
-            flat.push((named(t)?, t, ToolKind::Function));
+            flat.push((spec(ToolKind::Function, t.name.as_deref())?, t));
         }
-        "custom" => flat.push((named(t)?, t, ToolKind::Custom)),
-        "local_shell" => flat.push(("local_shell".to_owned(), t, ToolKind::LocalShell)),
+        "custom" => flat.push((spec(ToolKind::Custom, t.name.as_deref())?, t)),
+        "local_shell" => flat.push((ToolSpec::plain("local_shell", ToolKind::LocalShell), t)),
         "namespace" => {
-            let ns = named(t)?;
+            let ns = spec(ToolKind::Function, t.name.as_deref())?.native;
             for member in t.tools.iter().flatten() {
-                flatten(member, &format!("{ns}."), n, flat)?;
+                flatten(member, Some(&ns), n, flat, dropped)?;
             }
         }
-        kind if DROPPED_TOOLS.contains(&kind) => {}
+        kind if client => {
+            let params = t.parameters.or(t.input_schema).map(RawValue::get);
+            if params.is_some_and(|p| !nesting_within(p, MAX_PASSTHROUGH_DEPTH)) {
+                return Err(ApiError::invalid(
+                    format!("tools[{n}].parameters"),
+                    "The tool's schema is nested too deeply.",
+                ));
+            }
+            let mut s = spec(ToolKind::Client, Some(t.name.as_deref().unwrap_or(kind)))?;
+            s.item_type = Some(format!("{kind}_call"));
+            flat.push((s, t));
+        }
+        kind if DROPPED_TOOLS.contains(&kind) => dropped.note(&format!("tool.{kind}")),
         other => {
             return Err(ApiError::invalid(
                 format!("tools[{n}].type"),
-                format!("The hosted tool '{other}' cannot run here: use function, custom or local_shell tools."),
+                format!(
+                    "The hosted tool '{other}' needs a server this gateway does not have: use function, custom or local_shell tools, or tools the client runs (\"execution\": \"client\")."
+                ),
             ));
         }
     }
@@ -1070,7 +1241,6 @@ mod tests {
                 "input[0].arguments",
             ),
             (json!({"model": "m", "input": "x", "tools": [{"type": "file_search"}]}), "tools[0].type"),
-            (json!({"model": "m", "input": "x", "reasoning": {"effort": "extreme"}}), "reasoning.effort"),
             (json!({"model": "m", "input": "x", "background": true}), "background"),
             (json!({"model": "m", "input": "x", "max_output_tokens": 0}), "max_output_tokens"),
             (
@@ -1083,5 +1253,58 @@ mod tests {
             assert_eq!(e.status, 400, "{req}");
             assert_eq!(e.param.as_deref(), Some(param), "{req}");
         }
+    }
+
+    #[test]
+    fn codex_tool_shapes_become_function_tools() {
+        let (n, plan) = convert(json!({
+            "model": "m",
+            "input": [
+                {"type": "additional_tools", "role": "developer", "tools": [
+                    {"type": "namespace", "name": "functions", "tools": [
+                        {"type": "function", "name": "wait", "parameters": {"type": "object", "properties": {}}}]}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "find a tool"}]},
+                {"type": "tool_search_call", "call_id": "c1", "execution": "client", "arguments": {"query": "git"}},
+                {"type": "tool_search_output", "call_id": "c1", "execution": "client", "tools": [
+                    {"type": "function", "name": "git_status", "parameters": {"type": "object", "properties": {}}}]},
+                {"type": "function_call", "call_id": "c2", "namespace": "functions", "name": "wait", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c2", "output": "done"},
+                {"type": "compaction_summary", "text": "Earlier we spoke."},
+                {"type": "ghost_snapshot", "ghost_commit": {"id": "x"}}
+            ],
+            "tools": [
+                {"type": "tool_search", "execution": "client", "description": "Finds tools.",
+                 "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}},
+                {"type": "web_search"}
+            ],
+            "reasoning": {"effort": "ultra"}
+        }))
+        .unwrap();
+        let names: Vec<&str> =
+            n["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["tool_search", "functions.wait", "git_status"],
+            "the request's tools, then the items' tools"
+        );
+        assert_eq!(n["tools"][0]["function"]["parameters"]["properties"]["query"]["type"], "string");
+        let m = n["messages"].as_array().unwrap();
+        assert_eq!(m[1]["tool_calls"][0]["function"]["name"], "tool_search");
+        assert_eq!(m[1]["tool_calls"][0]["function"]["arguments"], json!({"query": "git"}));
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_name": "tool_search", "tool_call_id": "c1", "content": "Tools available: git_status"})
+        );
+        assert_eq!(m[3]["tool_calls"][0]["function"]["name"], "functions.wait");
+        assert_eq!(m[5], json!({"role": "user", "content": "Earlier we spoke."}));
+        assert_eq!(m.len(), 6, "the item with no text is left out");
+        assert!(n.get("think").is_none(), "an unknown effort leaves thinking to the model");
+        let search = plan.tools.iter().find(|t| t.native == "tool_search").unwrap();
+        assert_eq!((search.kind, search.item_type.as_deref()), (ToolKind::Client, Some("tool_search_call")));
+        let wait = plan.tools.iter().find(|t| t.native == "functions.wait").unwrap();
+        assert_eq!((wait.name.as_str(), wait.namespace.as_deref()), ("wait", Some("functions")));
+        let mut noted: Vec<&str> = plan.plan.dropped.0.iter().map(String::as_str).collect();
+        noted.sort_unstable();
+        assert_eq!(noted, ["effort.ultra", "ghost_snapshot", "tool.web_search"]);
     }
 }

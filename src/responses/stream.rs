@@ -399,7 +399,8 @@ impl NdjsonToResponses {
                     crate::json::json_string(out, &input);
                     out.extend_from_slice(b"}\n\n");
                 }
-                super::request::ToolKind::LocalShell => {}
+                // A shell call's action and a client tool's item come whole.
+                super::request::ToolKind::LocalShell | super::request::ToolKind::Client => {}
             }
             let at = self.items_comma();
             call.write_item(&mut self.items, &self.shape, true);
@@ -436,7 +437,7 @@ pub mod plain;
 
 #[cfg(test)]
 mod tests {
-    use super::super::request::ToolKind;
+    use super::super::request::{ToolKind, ToolSpec};
     use super::*;
     use serde_json::{Value, json};
 
@@ -446,7 +447,24 @@ mod tests {
             created_at: 1_764_004_524,
             model_json: b"\"llama3\"".to_vec(),
             echo: br#""instructions":null,"max_output_tokens":null,"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":null,"summary":null},"store":true,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","user":null,"metadata":{}"#.to_vec(),
-            tools: vec![("patch".into(), ToolKind::Custom), ("local_shell".into(), ToolKind::LocalShell)],
+            tools: vec![
+                ToolSpec::plain("patch", ToolKind::Custom),
+                ToolSpec::plain("local_shell", ToolKind::LocalShell),
+                ToolSpec {
+                    native: "functions.wait".into(),
+                    kind: ToolKind::Function,
+                    name: "wait".into(),
+                    namespace: Some("functions".into()),
+                    item_type: None,
+                },
+                ToolSpec {
+                    native: "tool_search".into(),
+                    kind: ToolKind::Client,
+                    name: "tool_search".into(),
+                    namespace: None,
+                    item_type: Some("tool_search_call".into()),
+                },
+            ],
             reasoning_content: true,
         }
     }
@@ -556,7 +574,7 @@ mod tests {
     #[test]
     fn calls_of_each_kind_and_a_failure() {
         let native = concat!(
-            r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"get","arguments":{"a":1}}},{"function":{"name":"patch","arguments":{"input":"*** Begin"}}},{"function":{"name":"local_shell","arguments":{"command":["ls"]}}}]},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"get","arguments":{"a":1}}},{"function":{"name":"patch","arguments":{"input":"*** Begin"}}},{"function":{"name":"local_shell","arguments":{"command":["ls"]}}},{"function":{"name":"functions.wait","arguments":{}}},{"function":{"name":"tool_search","arguments":{"query":"git"}}}]},"done":false}"#,
             "\n",
             r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
             "\n"
@@ -570,6 +588,16 @@ mod tests {
         assert_eq!(done[0]["arguments"], "{\"a\":1}");
         assert_eq!(done[1]["input"], "*** Begin");
         assert_eq!(done[2]["action"]["command"], json!(["ls"]));
+        assert_eq!(
+            (&done[3]["type"], &done[3]["name"], &done[3]["namespace"]),
+            (&json!("function_call"), &json!("wait"), &json!("functions")),
+            "a namespace's member comes back by its own name, in its namespace"
+        );
+        assert_eq!(
+            (&done[4]["type"], &done[4]["execution"], &done[4]["arguments"]),
+            (&json!("tool_search_call"), &json!("client"), &json!("{\"query\":\"git\"}")),
+            "a client tool's call comes back as that tool's call item"
+        );
         let (out, _) = run(b"{\"message\":{\"content\":\"a\"},\"done\":false}\n{\"error\":\"boom\"}\n", 4, None);
         let ev = events(&out);
         let (name, v) = ev.last().unwrap();
@@ -582,7 +610,7 @@ mod tests {
             ["Hel", "lo", " \\u003cb\\u003e", " \\\"q\\\"", "\\n", " caf\u{e9}", " \u{1F600}", "", "\\\\", "&amp;"];
         let mut s = String::new();
         let lines = rng.usize(0..12);
-        let names = ["get", "patch", "local_shell"];
+        let names = ["get", "patch", "local_shell", "functions.wait", "tool_search"];
         for i in 0..lines {
             let content = words[rng.usize(..words.len())];
             let mut msg = format!(r#""role":"assistant","content":"{content}""#);
@@ -590,7 +618,7 @@ mod tests {
                 msg.push_str(&format!(r#","thinking":"{}""#, words[rng.usize(..words.len())]));
             }
             if rng.u8(..) < 20 {
-                let name = names[rng.usize(..3)];
+                let name = names[rng.usize(..names.len())];
                 let args = if name == "local_shell" {
                     format!(r#"{{"command":["ls","{i}"]}}"#)
                 } else {

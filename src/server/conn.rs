@@ -5,7 +5,8 @@
 //!
 //! The loop enforces the HTTP limits a public server needs: the head must
 //! arrive within the header timeout and fit in 64 KiB (else 431), the body
-//! within the body limit (else 413) and its deadline (else 408), an idle
+//! within the body limit (else 413; a compressed body's decompressed bytes
+//! too, and an unknown coding is 415) and its deadline (else 408), an idle
 //! keep-alive connection is closed after the idle timeout, and any framing
 //! error closes the connection after its 400. A request is accepted or
 //! refused from its head before any of its body is read. Pipelined requests
@@ -20,6 +21,7 @@ use crate::api::ctx::Ctx;
 use crate::api::reply::{After, Reply};
 use crate::api::worker::Worker;
 use crate::error::ApiError;
+use crate::http::coding::Coding;
 use crate::http::conn::{Conn, buffered_body_len, linger, read_body, read_head};
 use crate::http::request::BodyFraming;
 
@@ -62,6 +64,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             BodyFraming::Length(n) if n > limits.max_body as u64 => {
                 Err(Reply::error(ApiError::request_too_large(limits.max_body)))
             }
+            _ if head.coding == Coding::Unsupported => Err(Reply::error(ApiError::new(
+                415,
+                "invalid_request_error",
+                "unsupported_content_encoding",
+                "Unsupported Content-Encoding: send the body as it is, or compressed with one of gzip, deflate or zstd.",
+            ))),
             _ => crate::api::accept(&worker, &conn.req, &mut ctx, routed),
         };
         let accepted = match accepted {

@@ -51,6 +51,11 @@ pub struct Counts {
     pub images: u64,
     /// Token ids sent as numbers (`context`).
     pub token_ids: u64,
+    /// Tools are declared (a top-level `tools` array that is not empty).
+    pub tools: bool,
+    /// Where the top-level `think` member lies, its comma before it
+    /// included, so that it can be taken out for a model that cannot think.
+    pub think: Option<(usize, usize)>,
 }
 
 impl Counts {
@@ -116,6 +121,18 @@ fn count_with(native: &[u8], string_end: impl Fn(&[u8], usize) -> usize + Copy) 
                     if (depth == 1 && key == b"tools") || (depth == 3 && key == b"tool_calls") {
                         let end = value_end(native, k + 1, string_end);
                         c.json_bytes += (end - (k + 1)) as u64;
+                        if depth == 1 {
+                            c.tools |= native[k + 1..end].contains(&b'{');
+                        }
+                        i = end;
+                        continue;
+                    }
+                    if depth == 1 && key == b"think" {
+                        let end = value_end(native, k + 1, string_end);
+                        let comma = native[..i].iter().rposition(|&b| !b.is_ascii_whitespace());
+                        if let Some(comma) = comma.filter(|&at| native[at] == b',') {
+                            c.think = Some((comma, end));
+                        }
                         i = end;
                         continue;
                     }

@@ -4,7 +4,8 @@
 //! `--upstream-health-interval` (plain blocking I/O, off the workers' cores),
 //! reads which models are resident from `/api/ps` (for the host's queue,
 //! see `residency`), and refreshes its model list from `/api/tags` every
-//! tenth check and on recovery. Between checks it waits for the host's
+//! tenth check and on recovery; a second thread per host asks it what each
+//! new model can do (`/api/show`: capabilities, context length). Between checks it waits for the host's
 //! queue to ask for a model to be unloaded, and unloads it with Ollama's
 //! own `keep_alive: 0`. Every check has one deadline for all of it (connect, send,
 //! read), and each host has its own thread, so a host that drips its reply
@@ -32,6 +33,10 @@ pub fn spawn_checkers(
     (0..upstreams.hosts.len())
         .map(|i| {
             let (this, stop) = (upstreams.clone(), stop.clone());
+            let (shows, stop_shows) = (upstreams.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("upstream-show-{i}"))
+                .spawn(move || show_models(&shows.hosts[i], shows.check_timeout, &stop_shows))?;
             std::thread::Builder::new().name(format!("upstream-check-{i}")).spawn(move || {
                 let host = &this.hosts[i];
                 while !stop.load(Relaxed) {
@@ -78,7 +83,8 @@ fn check(h: &Host, timeout: Duration) {
                                 list.iter().filter(|t| t.remote).map(|t| t.name.clone()).collect();
                             h.any_remote.store(!remote.is_empty(), std::sync::atomic::Ordering::Relaxed);
                             *h.remote.lock() = remote;
-                            *h.models.lock() = Some(list.into_iter().map(|t| t.name).collect());
+                            *h.models.lock() = Some(list.iter().map(|t| t.name.clone()).collect());
+                            learn_models(h, &list);
                         }
                         Err(e) => *h.last_error.lock() = e.to_owned(),
                     },
@@ -87,6 +93,47 @@ fn check(h: &Host, timeout: Duration) {
             }
         }
         Err(e) => h.check_failed(e),
+    }
+}
+
+/// Most models whose capabilities one host is asked for.
+const MAX_SHOWN: usize = 512;
+
+/// Queues the listed models whose capabilities the gateway has not asked
+/// about yet (a model replaced under its name shows a new `modified_at`, and
+/// is asked again) for the host's `/api/show` thread; forgets the models
+/// gone. Cloud models are not asked (each would be a call to ollama.com).
+fn learn_models(h: &Host, list: &[super::tags::Tag]) {
+    h.info.lock().retain(|name, _| list.iter().any(|t| t.name == *name));
+    let mut shown = h.shown.lock();
+    shown.retain(|name, _| list.iter().any(|t| t.name == *name));
+    let mut next: Vec<(String, i64)> = list
+        .iter()
+        .filter(|t| !t.remote && shown.get(&t.name) != Some(&t.modified))
+        .take(MAX_SHOWN.saturating_sub(shown.len()))
+        .map(|t| (t.name.clone(), t.modified))
+        .collect();
+    next.reverse();
+    *h.to_show.lock() = next;
+}
+
+/// Asks the host about its queued models one at a time, on a thread of its
+/// own: a host with hundreds of models answers `/api/show` hundreds of
+/// times, and neither the checks nor the unloads the queue waits for wait
+/// on that.
+fn show_models(h: &Host, timeout: Duration, stop: &AtomicBool) {
+    while !stop.load(Relaxed) {
+        let next = h.to_show.lock().pop();
+        let Some((name, modified)) = next else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let body = serde_json::json!({ "model": name }).to_string();
+        let Ok(reply) = call(&h.target, "POST", "/api/show", Some(body.as_bytes()), timeout) else { continue };
+        if let Some(info) = super::tags::parse_show(&reply) {
+            h.info.lock().insert(name.clone(), info);
+        }
+        h.shown.lock().insert(name, modified);
     }
 }
 

@@ -46,6 +46,12 @@ pub struct Host {
     pub(super) remote: Mutex<Vec<String>>,
     /// Whether `remote` has any (so that a request looks only when it does).
     pub(super) any_remote: AtomicBool,
+    /// What each of its models can do (from `/api/show`, learned with the model list).
+    pub(super) info: Mutex<std::collections::HashMap<String, super::tags::ModelInfo>>,
+    /// The models asked about, with the `modified_at` they had then.
+    pub(super) shown: Mutex<std::collections::HashMap<String, i64>>,
+    /// The models to ask about next (name, `modified_at`), the next one last.
+    pub(super) to_show: Mutex<Vec<(String, i64)>>,
     version: Mutex<String>,
     pub(super) last_error: Mutex<String>,
 }
@@ -156,6 +162,9 @@ impl Upstreams {
                 models: Mutex::new(None),
                 remote: Mutex::new(Vec::new()),
                 any_remote: AtomicBool::new(false),
+                info: Mutex::new(std::collections::HashMap::new()),
+                shown: Mutex::new(std::collections::HashMap::new()),
+                to_show: Mutex::new(Vec::new()),
                 version: Mutex::new(String::new()),
                 last_error: Mutex::new(String::new()),
             });
@@ -203,6 +212,21 @@ impl Upstreams {
                 h.remote.lock().iter().any(|m| crate::store::keys::same_model(&m.to_ascii_lowercase(), &model))
             }
         })
+    }
+
+    /// What `model` can do, as a host that serves it (a healthy one first)
+    /// listed it; `None` while no host has said (nothing is assumed then).
+    pub fn model_info(&self, model: &str) -> Option<super::tags::ModelInfo> {
+        let find = |h: &Host| {
+            let info = h.info.lock();
+            if info.is_empty() {
+                return None;
+            }
+            let bare = model.strip_suffix(":latest").unwrap_or(model);
+            info.get(model).or_else(|| info.get(bare)).or_else(|| info.get(&format!("{bare}:latest"))).cloned()
+        };
+        let healthy = self.hosts.iter().filter(|h| h.healthy()).find_map(find);
+        healthy.or_else(|| self.hosts.iter().find_map(find))
     }
 
     /// True when some host is healthy.

@@ -30,6 +30,29 @@ pub struct Plan {
     /// The request generates tokens (chat, completions), rather than only
     /// reading its input (embeddings): a completion budget is reserved for it.
     pub generates: bool,
+    /// What of the request the front could not represent and left out (the
+    /// tolerance rule, docs/PROTOCOL.md): counted in a metric.
+    pub dropped: Dropped,
+}
+
+/// The kinds of things a front left out of a request (unknown content
+/// blocks, input items, tools): at most [`Dropped::MAX`] names a request,
+/// each cut to a short plain name, so a client cannot grow a label set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped(pub Vec<String>);
+
+impl Dropped {
+    pub const MAX: usize = 8;
+
+    /// Notes that something of kind `what` (a block or item type) was left out.
+    pub fn note(&mut self, what: &str) {
+        let name: String =
+            what.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')).take(48).collect();
+        let name = if name.is_empty() { "unnamed".to_owned() } else { name };
+        if self.0.len() < Self::MAX && !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
 }
 
 impl AsRef<Plan> for Plan {

@@ -74,6 +74,74 @@ pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, &'static str> {
         .collect())
 }
 
+/// What a model can do, as Ollama's `/api/show` lists it (`capabilities`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    pub const COMPLETION: Capabilities = Capabilities(1);
+    pub const TOOLS: Capabilities = Capabilities(2);
+    pub const THINKING: Capabilities = Capabilities(4);
+    pub const VISION: Capabilities = Capabilities(8);
+    pub const EMBEDDING: Capabilities = Capabilities(16);
+    pub const INSERT: Capabilities = Capabilities(32);
+
+    /// The names Ollama uses, in its order.
+    const NAMES: [(&'static str, Capabilities); 6] = [
+        ("completion", Self::COMPLETION),
+        ("tools", Self::TOOLS),
+        ("insert", Self::INSERT),
+        ("vision", Self::VISION),
+        ("embedding", Self::EMBEDDING),
+        ("thinking", Self::THINKING),
+    ];
+
+    pub fn has(self, c: Capabilities) -> bool {
+        self.0 & c.0 == c.0
+    }
+
+    /// The names of what it has.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES.into_iter().filter(move |(_, c)| self.has(*c)).map(|(n, _)| n)
+    }
+
+    fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut caps = Capabilities(0);
+        for n in names {
+            if let Some((_, c)) = Self::NAMES.iter().find(|(name, _)| *name == n) {
+                caps.0 |= c.0;
+            }
+        }
+        caps
+    }
+}
+
+/// What the gateway learns of a model from `/api/show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub capabilities: Capabilities,
+    /// The context window it was trained for (`model_info`'s `*.context_length`).
+    pub context_length: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Show<'a> {
+    #[serde(borrow, default)]
+    capabilities: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    model_info: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Reads an `/api/show` reply. `None` when it lists no capabilities (an
+/// older Ollama, or a reply the gateway cannot read): nothing is assumed.
+pub fn parse_show(body: &[u8]) -> Option<ModelInfo> {
+    let show: Show<'_> = serde_json::from_slice(body).ok()?;
+    let names = show.capabilities?;
+    let context_length =
+        show.model_info.iter().flatten().find(|(k, _)| k.ends_with(".context_length")).and_then(|(_, v)| v.as_u64());
+    Some(ModelInfo { capabilities: Capabilities::from_names(names.iter().map(|n| n.as_ref())), context_length })
+}
+
 #[derive(Deserialize)]
 struct Ps<'a> {
     #[serde(borrow, default)]
@@ -160,6 +228,17 @@ mod tests {
             assert_eq!(parse_tags(body).unwrap(), vec![]);
         }
         assert!(parse_tags(b"<html>").is_err());
+    }
+
+    #[test]
+    fn capabilities_and_context_are_read_from_show() {
+        let body = br#"{"modelfile":"","details":{},"model_info":{"general.name":"x","qwen3.context_length":40960},"capabilities":["completion","tools","thinking"]}"#;
+        let info = parse_show(body).unwrap();
+        assert!(info.capabilities.has(Capabilities::TOOLS) && info.capabilities.has(Capabilities::THINKING));
+        assert!(!info.capabilities.has(Capabilities::VISION));
+        assert_eq!(info.context_length, Some(40960));
+        assert_eq!(info.capabilities.names().collect::<Vec<_>>(), ["completion", "tools", "thinking"]);
+        assert_eq!(parse_show(br#"{"modelfile":""}"#), None, "an older host says nothing: nothing is assumed");
     }
 
     #[test]

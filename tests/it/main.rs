@@ -4,6 +4,7 @@
 //! source tree and keeps its layering rules.
 
 mod anthropic;
+mod capabilities;
 mod chat;
 mod cluster;
 mod common;

@@ -90,7 +90,7 @@ test("errors are the SDK's own classes", async () => {
   const bad = new Anthropic({ baseURL: pair.gateway.url, apiKey: "sk_" + "z".repeat(43), maxRetries: 0 });
   await assert.rejects(bad.messages.create({ model: "llama3", max_tokens: 5, messages: ask() }), Anthropic.AuthenticationError);
   await assert.rejects(
-    client.messages.create({ model: "llama3", max_tokens: 5, messages: [{ role: "system", content: "x" }] }),
+    client.messages.create({ model: "llama3", max_tokens: 5, messages: [{ role: "tool", content: "x" }] }),
     Anthropic.BadRequestError,
   );
   // ANTHROPIC_AUTH_TOKEN: the key as a Bearer token.

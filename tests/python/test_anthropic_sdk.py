@@ -117,7 +117,7 @@ def test_errors_are_the_sdks_own_classes(gateway, anthropic_client):
         anthropic_client.messages.create(model="llama9", max_tokens=10, messages=ask())
     assert e.value.status_code == 404 and e.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError) as e:
-        anthropic_client.messages.create(model="llama3", max_tokens=10, messages=[{"role": "system", "content": "x"}])
+        anthropic_client.messages.create(model="llama3", max_tokens=10, messages=[{"role": "tool", "content": "x"}])
     assert e.value.body["error"]["type"] == "invalid_request_error"
     bad = anthropic.Anthropic(base_url=gateway.url, api_key="sk_" + "z" * 43, max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):

@@ -32,6 +32,29 @@ pub struct Knobs {
     /// in to ollama.com lists them), comma-separated; served like the others.
     #[arg(long, value_delimiter = ',')]
     pub remote_models: Vec<String>,
+    /// Models' capabilities as `/api/show` lists them, `model=cap+cap`
+    /// (comma-separated; `completion`, `tools`, `thinking`, `vision`,
+    /// `embedding`, `insert`). A model not named has completion, tools,
+    /// thinking and vision, but one named `*embed*`, which has embedding only.
+    /// A request a model cannot serve gets Ollama's 400 ("… does not support
+    /// thinking").
+    #[arg(long, value_delimiter = ',')]
+    pub capabilities: Vec<String>,
+    /// Answer `/api/show` with a 500: a host that does not say what its
+    /// models can do.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub show_fails: bool,
+    /// A script of replies (a JSON file): a list of turns, each `{"match":
+    /// "text", "role": "tool", "tool": "name", "text": "…", "thinking": "…",
+    /// "tool_call": {"name": "…", "arguments": {…}}}`. A generation answers
+    /// with the first turn that fits it: its last message (not counting
+    /// system messages) contains `match`,
+    /// has the role `role`, and the request offers a tool named `tool` (or
+    /// `namespace.tool`); a turn without one of them fits any. `{last}` in
+    /// `text` is the last message's text (its first 200 characters). The
+    /// thinking is sent only to a request that thinks.
+    #[arg(long)]
+    pub script: Option<String>,
     /// Tokens (content lines) per reply.
     #[arg(long, default_value_t = 8)]
     pub tokens: u64,
@@ -132,6 +155,26 @@ pub struct Knobs {
 }
 
 impl Knobs {
+    /// The capabilities of `model` (see `capabilities`).
+    pub fn capabilities_of(&self, model: &str) -> Vec<String> {
+        let listed = self.capabilities.iter().find_map(|c| {
+            let (m, caps) = c.split_once('=')?;
+            let bare = model.strip_suffix(":latest").unwrap_or(model);
+            (m == model || m == bare).then(|| caps.split('+').map(str::to_owned).collect())
+        });
+        listed.unwrap_or_else(|| {
+            let caps: &[&str] =
+                if model.contains("embed") { &["embedding"] } else { &["completion", "tools", "thinking", "vision"] };
+            caps.iter().map(|c| (*c).to_owned()).collect()
+        })
+    }
+
+    /// The scripted turns, if a script is set (a file that cannot be read is no script).
+    pub fn script_turns(&self) -> Vec<Value> {
+        let Some(path) = &self.script else { return Vec::new() };
+        std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Vec<Value>>(&b).ok()).unwrap_or_default()
+    }
+
     /// How long `model` takes to load.
     pub fn load_ms_of(&self, model: &str) -> u64 {
         per_model(&self.model_load_ms, model).unwrap_or(self.load_ms)

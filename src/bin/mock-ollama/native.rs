@@ -79,14 +79,17 @@ pub fn simple(shared: &Shared, req: &Req, out: &mut Vec<u8>) {
                 .ok()
                 .and_then(|v| v.get("model").or(v.get("name")).and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_default();
-            match find_model(&shared.knobs.read(), &name) {
+            let knobs = shared.knobs.read().clone();
+            match find_model(&knobs, &name) {
+                Some(_) if knobs.show_fails => respond_error(out, 500, "cannot read the model"),
                 Some(m) => respond(
                     out,
                     200,
                     "application/json; charset=utf-8",
                     &go_json(&json!({"modelfile":"","parameters":"","template":"{{ .Prompt }}",
                         "details":{"format":"gguf","family":"llama","parameter_size":"8.0B","quantization_level":"Q4_0"},
-                        "model_info":{"general.name": m},"capabilities":["completion","tools","thinking"]})),
+                        "model_info":{"general.name": m, "llama.context_length": 8192},
+                        "capabilities": knobs.capabilities_of(m)})),
                 ),
                 None => respond_error(out, 404, &format!("model '{name}' not found")),
             }
@@ -231,12 +234,130 @@ struct Plan {
     load_ns: u64,
 }
 
+/// What a request asks of a model that it may not have: Ollama's 400, if any.
+fn unsupported(knobs: &Knobs, path: &str, v: &Value, model: &str) -> Option<String> {
+    let caps = knobs.capabilities_of(model);
+    let has = |c: &str| caps.iter().any(|x| x == c);
+    let think = v.get("think").is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
+    let tools = v.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+    let images = v.get("images").and_then(Value::as_array).is_some_and(|i| !i.is_empty())
+        || v.get("messages").and_then(Value::as_array).is_some_and(|m| {
+            m.iter().any(|m| m.get("images").and_then(Value::as_array).is_some_and(|i| !i.is_empty()))
+        });
+    let generates = path != "/api/embed";
+    if generates && !has("completion") {
+        let what = if path == "/api/generate" { "generate" } else { "chat" };
+        return Some(format!("\"{model}\" does not support {what}"));
+    }
+    if think && !has("thinking") {
+        return Some(format!("\"{model}\" does not support thinking"));
+    }
+    if tools && !has("tools") {
+        return Some(format!("registry.ollama.ai/library/{model} does not support tools"));
+    }
+    if images && !has("vision") {
+        return Some(format!("registry.ollama.ai/library/{model} does not support vision"));
+    }
+    None
+}
+
+/// The scripted turn for a request, if the script has one: the first that
+/// fits its last message and its tools (see `Knobs::script`), with `{last}`
+/// in its text filled in.
+fn scripted(knobs: &Knobs, v: &Value) -> Option<Value> {
+    let turns = knobs.script_turns();
+    if turns.is_empty() {
+        return None;
+    }
+    // The last message the model answers: a system message after it (an
+    // agent's environment block) is context, not what it answers.
+    let last_message = v
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) != Some("system")));
+    let last = last_message.and_then(|m| m.get("content")).or(v.get("prompt")).and_then(Value::as_str).unwrap_or("");
+    let role = last_message.and_then(|m| m.get("role")).and_then(Value::as_str).unwrap_or("user");
+    let offers = |name: &str| {
+        v.get("tools").and_then(Value::as_array).is_some_and(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+                .any(|n| n == name || n.rsplit_once('.').is_some_and(|(_, member)| member == name))
+        })
+    };
+    let text = |key: &str, t: &Value| t.get(key).and_then(Value::as_str).map(str::to_owned);
+    let mut turn = turns.into_iter().find(|t| {
+        text("match", t).is_none_or(|m| last.contains(&m))
+            && text("role", t).is_none_or(|r| r == role)
+            && text("tool", t).is_none_or(|n| offers(&n))
+    })?;
+    if let Some(t) = text("text", &turn).filter(|t| t.contains("{last}")) {
+        let excerpt: String = last.chars().take(200).collect();
+        turn["text"] = Value::String(t.replace("{last}", excerpt.trim()));
+    }
+    // A tool call goes to the tool by the name the request offers it under.
+    if let Some(name) = turn.pointer("/tool_call/name").and_then(Value::as_str).map(str::to_owned) {
+        let offered = v.get("tools").and_then(Value::as_array).and_then(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+                .find(|n| n.rsplit_once('.').is_some_and(|(_, member)| member == name))
+                .map(str::to_owned)
+        });
+        if let Some(full) = offered {
+            turn["tool_call"]["name"] = Value::String(full);
+        }
+    }
+    Some(turn)
+}
+
+/// The words of a scripted text, each a token (its space before it).
+fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, w) in text.split(' ').enumerate() {
+        out.push(if i == 0 { w.to_owned() } else { format!(" {w}") });
+    }
+    out
+}
+
 /// The producer: plans the reply to a chat or generate request `v`.
 fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
     let openai = path == "/v1/chat/completions";
     let chat = path == "/api/chat" || openai;
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(!openai);
-    let wants_think = v.get("think").is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
+    // A model that thinks does unless told not to (Ollama's default for it).
+    let can_think = knobs.capabilities_of(&model).iter().any(|c| c == "thinking");
+    let wants_think = can_think && v.get("think").is_none_or(|t| t.as_bool() != Some(false));
+    let asked_think = v.get("think").is_some_and(|t| t.as_bool() != Some(false) && !t.is_null());
+    if let Some(turn) = scripted(knobs, v) {
+        let mut lines = Vec::new();
+        if wants_think && let Some(t) = turn.get("thinking").and_then(Value::as_str) {
+            lines.extend(words(t).into_iter().map(Line::Think));
+        }
+        if let Some(t) = turn.get("text").and_then(Value::as_str) {
+            lines.extend(words(t).into_iter().map(Line::Content));
+        }
+        if let Some(call) = turn.get("tool_call").filter(|_| chat) {
+            let id = format!("call_{:08x}", fastrand::u32(..));
+            let args = call.get("arguments").cloned().unwrap_or(json!({}));
+            let name = call.get("name").cloned().unwrap_or(json!("tool"));
+            lines.push(Line::ToolCall(json!({"id": id, "function": {"index": 0, "name": name, "arguments": args}})));
+        }
+        let eval_count = lines.len() as u64;
+        let prompt = knobs.prompt_eval_count.unwrap_or_else(|| prompt_tokens(v));
+        return Plan {
+            model,
+            chat,
+            openai,
+            stream,
+            lines,
+            done_reason: "stop",
+            prompt,
+            eval_count,
+            load_ns: 1_000_000,
+        };
+    }
+    let wants_think = asked_think && can_think;
     let thinking = if knobs.thinking > 0 {
         knobs.thinking
     } else if wants_think {
@@ -399,6 +520,10 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
         let body =
             json!({"model": model, "created_at": now_rfc3339(), "response": "", "done": true, "done_reason": "unload"});
         crate::serve::respond(&mut out, 200, "application/json", body.to_string().as_bytes());
+        return write(wr, &mut out).await;
+    }
+    if let Some(message) = unsupported(&knobs, &req.path, &v, find_model(&knobs, &model).unwrap_or(&model)) {
+        fail(&mut out, openai, 400, &message);
         return write(wr, &mut out).await;
     }
     {

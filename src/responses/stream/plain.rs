@@ -150,17 +150,27 @@ pub fn transcode(s: &Shape, ndjson: &str) -> String {
                     Value::Null => json!({}),
                     a => a.clone(),
                 };
-                let kind = s.tools.iter().find(|(n, _)| n == name).map_or(ToolKind::Function, |(_, k)| *k);
+                let spec = s.tools.iter().find(|t| t.native == name);
+                let kind = spec.map_or(ToolKind::Function, |t| t.kind);
+                let name = spec.map_or(name, |t| t.name.as_str());
                 let call_id = w.id("call", index);
                 let (id, added, done) = match kind {
-                    ToolKind::Function => {
-                        let id = w.id("fc", index);
+                    ToolKind::Function | ToolKind::Client => {
+                        let id = w.id(if kind == ToolKind::Client { "tc" } else { "fc" }, index);
                         let a = args.to_string();
-                        (
-                            id.clone(),
-                            json!({"id": id, "type": "function_call", "status": "in_progress", "call_id": call_id, "name": name, "arguments": ""}),
-                            json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id, "name": name, "arguments": a}),
-                        )
+                        let mut item = json!({"id": id, "type": "function_call", "status": "in_progress", "call_id": call_id, "name": name, "arguments": ""});
+                        if kind == ToolKind::Client {
+                            let t = spec.and_then(|t| t.item_type.as_deref()).unwrap_or("tool_call");
+                            item["type"] = json!(t);
+                            item["execution"] = json!("client");
+                        }
+                        if let Some(ns) = spec.and_then(|t| t.namespace.as_deref()) {
+                            item["namespace"] = json!(ns);
+                        }
+                        let mut done = item.clone();
+                        done["status"] = json!("completed");
+                        done["arguments"] = json!(a);
+                        (id, item, done)
                     }
                     ToolKind::Custom => {
                         let id = w.id("ctc", index);
@@ -211,7 +221,7 @@ pub fn transcode(s: &Shape, ndjson: &str) -> String {
                             json!({"item_id": id, "output_index": index, "input": input}),
                         );
                     }
-                    ToolKind::LocalShell => {}
+                    ToolKind::LocalShell | ToolKind::Client => {}
                 }
                 w.event("response.output_item.done", json!({"output_index": index, "item": done}));
                 items.push(done);
