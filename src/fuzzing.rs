@@ -320,20 +320,8 @@ pub fn agent_streams(data: &[u8]) {
             tools: vec![
                 ToolSpec::plain("f", ToolKind::Custom),
                 ToolSpec::plain("local_shell", ToolKind::LocalShell),
-                ToolSpec {
-                    native: "ns.g".into(),
-                    kind: ToolKind::Function,
-                    name: "g".into(),
-                    namespace: Some("ns".into()),
-                    item_type: None,
-                },
-                ToolSpec {
-                    native: "tool_search".into(),
-                    kind: ToolKind::Client,
-                    name: "tool_search".into(),
-                    namespace: None,
-                    item_type: Some("tool_search_call".into()),
-                },
+                ToolSpec::member("ns", "g"),
+                ToolSpec::client("tool_search", "tool_search"),
             ],
             reasoning_content: first & 2 == 2,
         };

@@ -30,8 +30,8 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::{
-    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages,
-    write_options,
+    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, effort_think, model_name, write_function_tool,
+    write_messages, write_options,
 };
 
 #[derive(Deserialize)]
@@ -233,19 +233,14 @@ pub fn convert_messages(
             max_tokens,
             temperature: req.temperature,
             top_p: req.top_p,
-            seed: None,
-            frequency_penalty: None,
-            presence_penalty: None,
             top_k: req.top_k,
             stop: req.stop_sequences,
+            think,
+            ..Default::default()
         },
         models.load(served),
     )
     .map_err(|_| ApiError::invalid("stop_sequences", "'stop_sequences' must be an array of strings."))?;
-    if let Some(t) = think {
-        out.extend_from_slice(b",\"think\":");
-        out.extend_from_slice(t.as_bytes());
-    }
     out.push(b'}');
 
     Ok(Plan {
@@ -275,17 +270,7 @@ fn think_value(
             other => dropped.note(&format!("thinking.{other}")),
         }
     }
-    match output.and_then(|o| o.effort.as_deref()) {
-        None => None,
-        Some("low") => Some("\"low\""),
-        Some("medium") => Some("\"medium\""),
-        Some("high") => Some("\"high\""),
-        Some("max" | "xhigh") => Some("\"max\""),
-        Some(other) => {
-            dropped.note(&format!("effort.{other}"));
-            None
-        }
-    }
+    output.and_then(|o| o.effort.as_deref()).and_then(|e| effort_think(e, dropped))
 }
 
 /// `system`: a string, or text blocks (joined with newlines; other blocks

@@ -17,8 +17,8 @@
 //! per token. [`plain`] is the serde_json twin the tests hold it to.
 
 use crate::json::{self, json_string, number};
-use crate::upstream::lines::{self, LineSink};
-use crate::upstream::native::{self, NativeError, StreamEnd, Usage, parse_native_line};
+use crate::upstream::lines;
+use crate::upstream::native::{self, StreamEnd, Usage};
 
 use super::reply::{stop_reason, tool_use_id, write_input, write_usage};
 
@@ -124,20 +124,11 @@ impl NdjsonToAnthropic {
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            return;
-        }
-        let native = match parse_native_line(line) {
-            Ok(l) => l,
-            Err(_) => return self.fail(out, b"the upstream sent a line that is not valid JSON"),
+        let native = match lines::native_line(line) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(message) => return self.fail(out, message),
         };
-        if let Some(err) = native.error {
-            return match err {
-                NativeError::Message(m) => self.fail(out, m),
-                NativeError::Other => self.fail(out, b"the upstream reported an error"),
-            };
-        }
         self.start(out);
         let carries = !native.thinking.is_empty() || !native.content.is_empty() || native.tool_calls.is_some();
         if carries {
@@ -262,26 +253,7 @@ impl NdjsonToAnthropic {
     }
 }
 
-impl LineSink for NdjsonToAnthropic {
-    #[inline]
-    fn partial(&mut self) -> &mut Vec<u8> {
-        &mut self.partial
-    }
-
-    #[inline]
-    fn running(&self) -> bool {
-        self.end == StreamEnd::Running
-    }
-
-    #[inline]
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        NdjsonToAnthropic::line(self, line, out)
-    }
-
-    fn line_too_long(&mut self, out: &mut Vec<u8>) {
-        self.fail(out, b"the upstream sent a line longer than 2 MiB");
-    }
-}
+crate::upstream::lines::line_sink!(NdjsonToAnthropic);
 
 pub mod plain;
 

@@ -8,7 +8,7 @@
 //! A progress stream (a model pull) has no final `done` line and no counts:
 //! it ends with its body.
 
-use crate::upstream::lines::{self, LineSink};
+use crate::upstream::lines;
 use crate::upstream::native::{NativeError, StreamEnd, Usage, parse_native_line};
 
 /// What the stream is.
@@ -72,7 +72,7 @@ impl NativeRelay {
         self.end = StreamEnd::Failed;
     }
 
-    fn line(&mut self, line: &[u8]) {
+    fn line(&mut self, line: &[u8], _out: &mut Vec<u8>) {
         let line = line.trim_ascii();
         if line.is_empty() {
             return;
@@ -96,26 +96,7 @@ impl NativeRelay {
     }
 }
 
-impl LineSink for NativeRelay {
-    #[inline]
-    fn partial(&mut self) -> &mut Vec<u8> {
-        &mut self.partial
-    }
-
-    #[inline]
-    fn running(&self) -> bool {
-        self.end == StreamEnd::Running
-    }
-
-    #[inline]
-    fn line(&mut self, line: &[u8], _out: &mut Vec<u8>) {
-        NativeRelay::line(self, line)
-    }
-
-    fn line_too_long(&mut self, out: &mut Vec<u8>) {
-        self.fail(out, b"the upstream sent a line longer than 2 MiB");
-    }
-}
+crate::upstream::lines::line_sink!(NativeRelay);
 
 #[cfg(test)]
 mod tests {

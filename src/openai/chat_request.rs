@@ -17,7 +17,7 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, parse_json};
 use crate::upstream::native_request::Plan;
-use crate::upstream::native_request::{Dropped, Sampling, model_name, write_options};
+use crate::upstream::native_request::{Dropped, Sampling, effort_think, model_name, write_options};
 
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
@@ -175,7 +175,7 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
         .reasoning_effort
         .as_deref()
         .or(req.reasoning.as_ref().and_then(|r| r.effort.as_deref()))
-        .and_then(|e| think_value(e, &mut dropped));
+        .and_then(|e| effort_think(e, &mut dropped));
     let stream = req.stream.unwrap_or(false);
 
     let served = models.resolve(&model);
@@ -227,16 +227,13 @@ pub fn convert_chat_with(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) ->
             seed: req.seed,
             frequency_penalty: req.frequency_penalty,
             presence_penalty: req.presence_penalty,
-            top_k: None,
             stop: req.stop,
+            think,
+            ..Default::default()
         },
         models.load(served),
     )?;
 
-    if let Some(t) = think {
-        out.extend_from_slice(b",\"think\":");
-        out.extend_from_slice(t.as_bytes());
-    }
     if let Some(lp) = req.logprobs {
         out.extend_from_slice(if lp { b",\"logprobs\":true" } else { b",\"logprobs\":false" });
     }
@@ -356,23 +353,6 @@ fn write_tools(
     }
     out.push(b']');
     Ok(())
-}
-
-/// docs/PROTOCOL.md: `none`→false, `minimal`→"low", `low|medium|high`→same,
-/// `xhigh`→"max"; an effort this gateway does not know leaves thinking to
-/// the model's default (noted as dropped).
-fn think_value(effort: &str, dropped: &mut Dropped) -> Option<&'static str> {
-    Some(match effort {
-        "none" => "false",
-        "minimal" | "low" => "\"low\"",
-        "medium" => "\"medium\"",
-        "high" => "\"high\"",
-        "xhigh" => "\"max\"",
-        other => {
-            dropped.note(&format!("effort.{other}"));
-            return None;
-        }
-    })
 }
 
 fn write_messages(out: &mut Vec<u8>, messages: &[Message<'_>], dropped: &mut Dropped) -> Result<(), ApiError> {

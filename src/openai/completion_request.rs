@@ -109,8 +109,8 @@ pub fn convert_completion(body: &[u8], models: &ModelTable, out: &mut Vec<u8>) -
             seed: req.seed,
             frequency_penalty: req.frequency_penalty,
             presence_penalty: req.presence_penalty,
-            top_k: None,
             stop: req.stop,
+            ..Default::default()
         },
         models.load(served),
     )?;

@@ -15,8 +15,8 @@
 
 use crate::json;
 use crate::openai::write;
-use crate::upstream::lines::{self, LineSink};
-use crate::upstream::native::{NativeError, NativeLine, StreamEnd, Usage, parse_native_line};
+use crate::upstream::lines;
+use crate::upstream::native::{NativeLine, StreamEnd, Usage};
 
 /// The transcoder for one streamed chat completion.
 pub struct NdjsonToSse {
@@ -100,20 +100,11 @@ impl NdjsonToSse {
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            return;
-        }
-        let native = match parse_native_line(line) {
-            Ok(l) => l,
-            Err(_) => return self.fail(out, b"the upstream sent a line that is not valid JSON"),
+        let native = match lines::native_line(line) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(message) => return self.fail(out, message),
         };
-        if let Some(err) = native.error {
-            return match err {
-                NativeError::Message(m) => self.fail(out, m),
-                NativeError::Other => self.fail(out, b"the upstream reported an error"),
-            };
-        }
         if self.envelope.is_empty() {
             self.build_envelope(&native);
         }
@@ -255,26 +246,7 @@ impl NdjsonToSse {
     }
 }
 
-impl LineSink for NdjsonToSse {
-    #[inline]
-    fn partial(&mut self) -> &mut Vec<u8> {
-        &mut self.partial
-    }
-
-    #[inline]
-    fn running(&self) -> bool {
-        self.end == StreamEnd::Running
-    }
-
-    #[inline]
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        NdjsonToSse::line(self, line, out)
-    }
-
-    fn line_too_long(&mut self, out: &mut Vec<u8>) {
-        self.fail(out, b"the upstream sent a line longer than 2 MiB");
-    }
-}
+crate::upstream::lines::line_sink!(NdjsonToSse);
 
 pub mod plain;
 

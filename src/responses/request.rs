@@ -27,8 +27,8 @@ use crate::config::ModelTable;
 use crate::error::ApiError;
 use crate::json::{MAX_PASSTHROUGH_DEPTH, json_string, nesting_within, number, parse_json};
 use crate::upstream::native_request::{
-    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, model_name, write_function_tool, write_messages,
-    write_options,
+    Dropped, NativeCall, NativeMessage, Plan, Sampling, Text, effort_think, model_name, write_function_tool,
+    write_messages, write_options,
 };
 
 #[derive(Deserialize)]
@@ -228,6 +228,22 @@ impl ToolSpec {
     pub fn plain(name: &str, kind: ToolKind) -> Self {
         Self { native: name.to_owned(), kind, name: name.to_owned(), namespace: None, item_type: None }
     }
+
+    /// A namespace's function `name`, known to the model as `namespace.name`.
+    pub fn member(namespace: &str, name: &str) -> Self {
+        Self {
+            native: format!("{namespace}.{name}"),
+            kind: ToolKind::Function,
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            item_type: None,
+        }
+    }
+
+    /// A tool of type `kind` the client runs itself; its calls are `{kind}_call` items.
+    pub fn client(kind: &str, name: &str) -> Self {
+        Self { item_type: Some(format!("{kind}_call")), ..Self::plain(name, ToolKind::Client) }
+    }
 }
 
 /// What the reply needs to know beyond the native body.
@@ -297,7 +313,7 @@ pub fn convert_responses(
     };
     let mut dropped = Dropped::default();
     let effort = req.reasoning.as_ref().and_then(|r| r.effort.as_deref());
-    let think = effort.and_then(|e| think_value(e, &mut dropped));
+    let think = effort.and_then(|e| effort_think(e, &mut dropped));
 
     // The conversation: the stored one, then this request's input.
     let mut conversation = Vec::new();
@@ -386,22 +402,9 @@ pub fn convert_responses(
     let tools = write_tools(out, &declared, req.tool_choice, &mut dropped)?;
     write_options(
         out,
-        &Sampling {
-            max_tokens,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-            top_k: None,
-            stop: None,
-        },
+        &Sampling { max_tokens, temperature: req.temperature, top_p: req.top_p, think, ..Default::default() },
         models.load(served),
     )?;
-    if let Some(t) = think {
-        out.extend_from_slice(b",\"think\":");
-        out.extend_from_slice(t.as_bytes());
-    }
     out.push(b'}');
 
     let store = req.store.unwrap_or(true);
@@ -511,23 +514,6 @@ fn tools_raw(body: &[u8]) -> String {
         .filter(|t| t.starts_with('['))
         .unwrap_or("[]")
         .to_owned()
-}
-
-/// `reasoning.effort` as Ollama's `think`: `none` → false, `minimal` and
-/// `low` → "low", `medium` and `high` the same, `xhigh` → "max"; an effort
-/// this gateway does not know leaves thinking to the model's default.
-fn think_value(effort: &str, dropped: &mut Dropped) -> Option<&'static str> {
-    Some(match effort {
-        "none" => "false",
-        "minimal" | "low" => "\"low\"",
-        "medium" => "\"medium\"",
-        "high" => "\"high\"",
-        "xhigh" => "\"max\"",
-        other => {
-            dropped.note(&format!("effort.{other}"));
-            return None;
-        }
-    })
 }
 
 /// `instructions`: a string literal, or `None` (absent, null or empty).

@@ -25,8 +25,8 @@ use super::reply::{
     Call, Shape, Status, native_turn, write_message_item, write_reasoning_item, write_response, write_text_part,
 };
 use crate::json::number;
-use crate::upstream::lines::{self, LineSink};
-use crate::upstream::native::{self, NativeError, StreamEnd, Usage, parse_native_line};
+use crate::upstream::lines;
+use crate::upstream::native::{self, StreamEnd, Usage};
 
 /// Most text and thinking one streamed response may accumulate (the API
 /// repeats it in the `.done` events and the final response).
@@ -161,20 +161,11 @@ impl NdjsonToResponses {
     }
 
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            return;
-        }
-        let native = match parse_native_line(line) {
-            Ok(l) => l,
-            Err(_) => return self.fail(out, b"the upstream sent a line that is not valid JSON"),
+        let native = match lines::native_line(line) {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(message) => return self.fail(out, message),
         };
-        if let Some(err) = native.error {
-            return match err {
-                NativeError::Message(m) => self.fail(out, m),
-                NativeError::Other => self.fail(out, b"the upstream reported an error"),
-            };
-        }
         self.start(out);
         if !native.thinking.is_empty() || !native.content.is_empty() || native.tool_calls.is_some() {
             self.content_chunks += 1;
@@ -412,26 +403,7 @@ impl NdjsonToResponses {
     }
 }
 
-impl LineSink for NdjsonToResponses {
-    #[inline]
-    fn partial(&mut self) -> &mut Vec<u8> {
-        &mut self.partial
-    }
-
-    #[inline]
-    fn running(&self) -> bool {
-        self.end == StreamEnd::Running
-    }
-
-    #[inline]
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        NdjsonToResponses::line(self, line, out)
-    }
-
-    fn line_too_long(&mut self, out: &mut Vec<u8>) {
-        self.fail(out, b"the upstream sent a line longer than 2 MiB");
-    }
-}
+crate::upstream::lines::line_sink!(NdjsonToResponses);
 
 pub mod plain;
 
@@ -450,20 +422,8 @@ mod tests {
             tools: vec![
                 ToolSpec::plain("patch", ToolKind::Custom),
                 ToolSpec::plain("local_shell", ToolKind::LocalShell),
-                ToolSpec {
-                    native: "functions.wait".into(),
-                    kind: ToolKind::Function,
-                    name: "wait".into(),
-                    namespace: Some("functions".into()),
-                    item_type: None,
-                },
-                ToolSpec {
-                    native: "tool_search".into(),
-                    kind: ToolKind::Client,
-                    name: "tool_search".into(),
-                    namespace: None,
-                    item_type: Some("tool_search_call".into()),
-                },
+                ToolSpec::member("functions", "wait"),
+                ToolSpec::client("tool_search", "tool_search"),
             ],
             reasoning_content: true,
         }

@@ -23,6 +23,57 @@ pub trait LineSink {
     fn line_too_long(&mut self, out: &mut Vec<u8>);
 }
 
+/// Implements [`LineSink`] for a front's stream writer, which keeps a line
+/// that straddles two reads in `partial` and its state in `end`
+/// ([`StreamEnd`](super::native::StreamEnd)), takes a line with
+/// `line(&mut self, &[u8], &mut Vec<u8>)` and ends a stream with an error
+/// with `fail(&mut self, &mut Vec<u8>, &[u8])`: what every writer is, so a
+/// new front's writer gets its line splitting from one line of its own.
+macro_rules! line_sink {
+    ($writer:ty) => {
+        impl $crate::upstream::lines::LineSink for $writer {
+            #[inline]
+            fn partial(&mut self) -> &mut Vec<u8> {
+                &mut self.partial
+            }
+
+            #[inline]
+            fn running(&self) -> bool {
+                self.end == $crate::upstream::native::StreamEnd::Running
+            }
+
+            #[inline]
+            fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+                <$writer>::line(self, line, out)
+            }
+
+            fn line_too_long(&mut self, out: &mut Vec<u8>) {
+                self.fail(out, b"the upstream sent a line longer than 2 MiB");
+            }
+        }
+    };
+}
+pub(crate) use line_sink;
+
+/// A line as a stream writer takes it: `Ok(None)` for a blank line, the
+/// parsed line, or `Err` with the escaped message the writer fails the
+/// stream with (a line that is not JSON, or the host's `{"error": …}`).
+#[inline]
+pub fn native_line(line: &[u8]) -> Result<Option<super::native::NativeLine<'_>>, &[u8]> {
+    use super::native::NativeError;
+    let line = line.trim_ascii();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let native = super::native::parse_native_line(line)
+        .map_err(|_| b"the upstream sent a line that is not valid JSON".as_slice())?;
+    match native.error {
+        None => Ok(Some(native)),
+        Some(NativeError::Message(m)) => Err(m),
+        Some(NativeError::Other) => Err(b"the upstream reported an error"),
+    }
+}
+
 /// Feeds a piece of the decoded body: each complete line goes to `sink.line`.
 #[inline]
 pub fn feed<S: LineSink>(sink: &mut S, mut data: &[u8], out: &mut Vec<u8>) {

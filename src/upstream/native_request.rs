@@ -88,7 +88,9 @@ pub const MAX_MODEL_NAME: usize = 256;
 /// embedding model has, and the host sizes its work by it.
 pub const MAX_DIMENSIONS: u64 = 1 << 16;
 
-/// The sampling options chat and completions share, as the client sent them.
+/// What every front may ask of the generation, as the client sent it: the
+/// sampling options and thinking. A front sets what its API has and leaves
+/// the rest to `Default`.
 #[derive(Default)]
 pub struct Sampling<'a> {
     pub max_tokens: Option<u64>,
@@ -99,12 +101,33 @@ pub struct Sampling<'a> {
     pub presence_penalty: Option<f64>,
     pub top_k: Option<u64>,
     pub stop: Option<&'a RawValue>,
+    /// `think`'s value as JSON (`true`, `false`, `"high"`, …; see [`effort_think`]).
+    pub think: Option<&'static str>,
+}
+
+/// A reasoning effort as Ollama's `think`: `none` → false, `minimal` and
+/// `low` → "low", `medium` and `high` the same, `xhigh` and `max` → "max"
+/// (docs/PROTOCOL.md). An effort this gateway does not know leaves thinking
+/// to the model's default, and is noted as dropped.
+pub fn effort_think(effort: &str, dropped: &mut Dropped) -> Option<&'static str> {
+    Some(match effort {
+        "none" => "false",
+        "minimal" | "low" => "\"low\"",
+        "medium" => "\"medium\"",
+        "high" => "\"high\"",
+        "xhigh" | "max" => "\"max\"",
+        other => {
+            dropped.note(&format!("effort.{other}"));
+            return None;
+        }
+    })
 }
 
 /// Writes Ollama's `options` object for `s`: only the options the client set,
 /// so that the model's own defaults apply to the rest (docs/PROTOCOL.md, "Chat completions"),
 /// and the served model's load-time settings, which are the operator's
-/// (`config::loads`): its runner options in `options`, its `keep_alive` after.
+/// (`config::loads`): its runner options in `options`; then `think`, and the
+/// model's `keep_alive`.
 pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>, load: &Load) -> Result<(), ApiError> {
     let mut options = Options::new(out);
     options.uint("num_predict", s.max_tokens);
@@ -122,6 +145,10 @@ pub fn write_options(out: &mut Vec<u8>, s: &Sampling<'_>, load: &Load) -> Result
         options.out.extend_from_slice(value.as_bytes());
     }
     options.close();
+    if let Some(think) = s.think {
+        out.extend_from_slice(b",\"think\":");
+        out.extend_from_slice(think.as_bytes());
+    }
     if let Some(keep_alive) = &load.keep_alive {
         out.extend_from_slice(b",\"keep_alive\":");
         out.extend_from_slice(keep_alive.as_bytes());

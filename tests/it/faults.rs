@@ -298,6 +298,8 @@ fn a_refused_upstream_connection_is_a_prompt_502() {
 fn bytes_an_upstream_sends_unasked_never_answer_a_later_request() {
     let m = mock(&["--tokens", "3", "--extra-response-after-ms", "30"]);
     let g = gateway(&m, &["--workers", "1"]);
+    // The gateway has asked about the host's three models (connections of its own).
+    assert!(eventually(Duration::from_secs(10), || stats(&m)["by_endpoint"]["show"] == 3));
     let body = chat_body("llama3", false);
     // A forged response arrives on the idle pooled connection after a reply:
     // the next request must not read it as its answer.
