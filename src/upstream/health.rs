@@ -104,7 +104,9 @@ const MAX_SHOWN: usize = 512;
 /// is asked again) for the host's `/api/show` thread; forgets the models
 /// gone. Cloud models are not asked (each would be a call to ollama.com).
 fn learn_models(h: &Host, list: &[super::tags::Tag]) {
-    h.info.lock().retain(|name, _| list.iter().any(|t| t.name == *name));
+    h.info
+        .lock()
+        .retain(|name, _| list.iter().any(|t| t.name == *name || t.name.strip_suffix(":latest") == Some(name)));
     let mut shown = h.shown.lock();
     shown.retain(|name, _| list.iter().any(|t| t.name == *name));
     let mut next: Vec<(String, i64)> = list
@@ -131,7 +133,12 @@ fn show_models(h: &Host, timeout: Duration, stop: &AtomicBool) {
         let body = serde_json::json!({ "model": name }).to_string();
         let Ok(reply) = call(&h.target, "POST", "/api/show", Some(body.as_bytes()), timeout) else { continue };
         if let Some(info) = super::tags::parse_show(&reply) {
-            h.info.lock().insert(name.clone(), info);
+            let mut known = h.info.lock();
+            // `llama3` is `llama3:latest`: found by either name with one lookup.
+            if let Some(bare) = name.strip_suffix(":latest") {
+                known.insert(bare.to_owned(), info.clone());
+            }
+            known.insert(name.clone(), info);
         }
         h.shown.lock().insert(name, modified);
     }

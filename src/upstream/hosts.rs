@@ -222,8 +222,8 @@ impl Upstreams {
             if info.is_empty() {
                 return None;
             }
-            let bare = model.strip_suffix(":latest").unwrap_or(model);
-            info.get(model).or_else(|| info.get(bare)).or_else(|| info.get(&format!("{bare}:latest"))).cloned()
+            // Kept under both `name:latest` and `name` (see `health::show_models`).
+            info.get(model).or_else(|| model.strip_suffix(":latest").and_then(|bare| info.get(bare))).cloned()
         };
         let healthy = self.hosts.iter().filter(|h| h.healthy()).find_map(find);
         healthy.or_else(|| self.hosts.iter().find_map(find))
