@@ -112,11 +112,10 @@ impl Pool {
         self.limits
     }
 
-    /// The most recently used idle connection that has not expired. Whether
-    /// the upstream closed it or wrote to it while it sat idle is found out
-    /// once the next request is written to it (see `exchange_head`): bytes
-    /// nobody asked for are never read as the answer to the next request,
-    /// which may be another key's.
+    /// The most recently used idle connection that has not expired and is
+    /// still quiet. A connection the upstream closed, or wrote to while it
+    /// sat idle, is dropped: bytes nobody asked for must never be read as
+    /// the answer to the next request (which may be another key's).
     fn take(&self) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         // Returned in time order on a clock that never goes back: the expired
@@ -125,7 +124,12 @@ impl Pool {
         let timeout = self.limits.idle_timeout.as_millis() as u64;
         let expired = idle.partition_point(|(_, since)| now.saturating_sub(*since) >= timeout);
         idle.drain(..expired);
-        idle.pop().map(|(s, _)| s)
+        while let Some((s, _)) = idle.pop() {
+            if quiet(&s) {
+                return Some(s);
+            }
+        }
+        None
     }
 
     /// Returns a connection whose last response was read completely.
@@ -151,6 +155,64 @@ fn quiet(s: &TcpStream) -> bool {
     // the descriptor is the open socket `s` owns.
     let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Now, on the clock the kernel stamps arrivals with (nanoseconds since the Unix epoch).
+fn arrival_clock() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// Asks the kernel to stamp the arrival of each segment on `s`.
+fn stamp_arrivals(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from `on`, which outlives the call;
+    // the descriptor is the open socket `s` owns.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// When the first byte waiting on `s` arrived (kernel stamp, nanoseconds
+/// since the Unix epoch); `None` when nothing is waiting (or it bears no stamp).
+fn first_arrival(s: &TcpStream) -> Option<u128> {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    // Room for one control message holding a timespec (aligned as cmsghdr).
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below to `iov`
+    // and `control`, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg peeks at most one byte into `byte` and at most
+    // `msg_controllen` bytes into `control`; the descriptor is the open
+    // socket `s` owns.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n <= 0 {
+        return None;
+    }
+    // SAFETY: the CMSG_ macros walk the control buffer recvmsg filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                return Some(ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    None
 }
 
 /// Sends what the socket takes of `data` now, without waiting: how much.
@@ -417,6 +479,7 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
             reset_on_close(&conn);
+            stamp_arrivals(&conn);
             Ok(conn)
         }
     }
@@ -433,23 +496,24 @@ async fn exchange_head(
     // The request is small next to the socket buffer: sent at once with one
     // non-blocking send (what it does not take is written as usual; the
     // buffer is lent to the write and comes back, for a retry and for
-    // failover, never copied). Then, on a connection that served before, one
-    // look at the socket: anything to read at that instant (bytes the host
-    // sent while the connection sat idle or as the request went out, or its
-    // close) came before the host could have answered the request — a stray
-    // reply, refused. A new connection has had nothing to answer.
+    // failover, never copied). Then any bytes already waiting are checked:
+    // the kernel stamped their arrival, and bytes that arrived before the
+    // request's last part went out cannot be its answer — a stray reply,
+    // refused. (A new connection has had nothing to answer: not looked at.)
+    let mut last_part = arrival_clock();
     let written = match send_now(&conn, request) {
         Ok(n) => n,
         Err(e) => return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf)),
     };
     if written < request.len() {
+        last_part = arrival_clock();
         let (res, back) = conn.write_all(std::mem::take(request).slice(written..)).await;
         *request = back.into_inner();
         if let Err(e) = res {
             return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
         }
     }
-    if reused && !quiet(&conn) {
+    if reused && first_arrival(&conn).is_some_and(|at| at < last_part) {
         return Err((HeadFailure::Stray, buf));
     }
     sent.set(true);
@@ -682,6 +746,16 @@ mod tests {
             monoio::time::sleep(Duration::from_millis(150)).await;
             assert_eq!(pool.take().unwrap().local_addr().unwrap().port(), fresh_port);
             assert!(pool.take().is_none(), "the older one expired");
+
+            // A connection the upstream wrote to while idle is never handed out.
+            let s = TcpStream::connect_addr(addr).await.unwrap();
+            let mut peer = listener.accept().unwrap().0;
+            std::io::Write::write_all(&mut peer, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            pool.put(s);
+            while quiet(&pool.idle.borrow()[0].0) {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(pool.take().is_none());
         });
     }
 
@@ -690,9 +764,22 @@ mod tests {
         on_runtime(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
+            // The kernel turns arrival stamps on a moment after the first
+            // socket asks: wait until a stamped byte shows they are on.
+            let probe = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&probe);
+            let mut probe_peer = listener.accept().unwrap().0;
+            loop {
+                std::io::Write::write_all(&mut probe_peer, b"x").unwrap();
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                if first_arrival(&probe).is_some() {
+                    break;
+                }
+            }
             // A connection taken from the pool, on which a stray reply then
             // arrives before the next request goes out.
             let conn = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&conn);
             let mut peer = listener.accept().unwrap().0;
             let stray = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"x\":1}\n";
             std::io::Write::write_all(&mut peer, stray).unwrap();
@@ -705,8 +792,9 @@ mod tests {
             assert!(matches!(got, Err((HeadFailure::Stray, _))), "the stray reply was taken for the answer");
             assert_eq!(request, b"GET /api/tags HTTP/1.1\r\nHost: h\r\n\r\n", "the request comes back whole");
 
-            // On a clean pooled connection the answer that follows the request is read.
+            // On a clean connection the answer that follows the request is read.
             let conn = TcpStream::connect_addr(addr).await.unwrap();
+            stamp_arrivals(&conn);
             let mut peer = listener.accept().unwrap().0;
             let answer = std::thread::spawn(move || {
                 let mut got = [0u8; 64];
