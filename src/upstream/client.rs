@@ -157,64 +157,6 @@ fn quiet(s: &TcpStream) -> bool {
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
-/// Now, on the clock the kernel stamps arrivals with (nanoseconds since the Unix epoch).
-fn arrival_clock() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
-/// Asks the kernel to stamp the arrival of each segment on `s`.
-fn stamp_arrivals(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from `on`, which outlives the call;
-    // the descriptor is the open socket `s` owns.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// When the first byte waiting on `s` arrived (kernel stamp, nanoseconds
-/// since the Unix epoch); `None` when nothing is waiting (or it bears no stamp).
-fn first_arrival(s: &TcpStream) -> Option<u128> {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
-    // Room for one control message holding a timespec (aligned as cmsghdr).
-    let mut control = [0u64; 8];
-    // SAFETY: a zeroed msghdr is valid; its pointers are set below to `iov`
-    // and `control`, which outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: recvmsg peeks at most one byte into `byte` and at most
-    // `msg_controllen` bytes into `control`; the descriptor is the open
-    // socket `s` owns.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    if n <= 0 {
-        return None;
-    }
-    // SAFETY: the CMSG_ macros walk the control buffer recvmsg filled, within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                return Some(ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    None
-}
-
 /// Sends what the socket takes of `data` now, without waiting: how much.
 fn send_now(s: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
@@ -444,16 +386,13 @@ pub async fn send(
             None => connect(target, limits.connect_timeout).await?,
         };
         buf.clear();
-        match exchange_head(conn, reused, request, buf, limits.read_timeout, sent).await {
+        match exchange_head(conn, request, buf, limits.read_timeout, sent).await {
             Ok(ex) => return Ok(ex),
             // A pooled connection out of step with its requests: closed (the
             // host stops whatever it began for it), and one fresh try.
-            Err((HeadFailure::DeadBeforeResponse(_) | HeadFailure::Stray, b)) if reused => {
+            Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
                 buf = b;
                 continue;
-            }
-            Err((HeadFailure::Stray, _)) => {
-                return Err(UpstreamError::Protocol("the host sent a reply before it had the request".into()));
             }
             Err((HeadFailure::DeadBeforeResponse(e), _)) => {
                 return Err(UpstreamError::Unreachable(format!("connection lost before the response: {e}")));
@@ -466,8 +405,6 @@ pub async fn send(
 
 enum HeadFailure {
     DeadBeforeResponse(String),
-    /// Bytes arrived before the request's last part was sent: not its answer.
-    Stray,
     Timeout,
     Protocol(&'static str),
 }
@@ -479,7 +416,6 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
             reset_on_close(&conn);
-            stamp_arrivals(&conn);
             Ok(conn)
         }
     }
@@ -487,34 +423,28 @@ async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream
 
 async fn exchange_head(
     mut conn: TcpStream,
-    reused: bool,
     request: &mut Vec<u8>,
     buf: Vec<u8>,
     read_timeout: Duration,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
     // The request is small next to the socket buffer: sent at once with one
-    // non-blocking send (what it does not take is written as usual; the
-    // buffer is lent to the write and comes back, for a retry and for
-    // failover, never copied). Then any bytes already waiting are checked:
-    // the kernel stamped their arrival, and bytes that arrived before the
-    // request's last part went out cannot be its answer — a stray reply,
-    // refused. (A new connection has had nothing to answer: not looked at.)
-    let mut last_part = arrival_clock();
+    // non-blocking send, right after the connection was found quiet (see
+    // `Pool::take`), so that a reply nobody asked for that the host sends
+    // meanwhile has a window of one system call, not of the rest of the
+    // worker's turn, to pass for the answer. What the send does not take is
+    // written as usual; the buffer is lent to the write and comes back, for
+    // a retry and for failover, never copied.
     let written = match send_now(&conn, request) {
         Ok(n) => n,
         Err(e) => return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf)),
     };
     if written < request.len() {
-        last_part = arrival_clock();
         let (res, back) = conn.write_all(std::mem::take(request).slice(written..)).await;
         *request = back.into_inner();
         if let Err(e) = res {
             return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
         }
-    }
-    if reused && first_arrival(&conn).is_some_and(|at| at < last_part) {
-        return Err((HeadFailure::Stray, buf));
     }
     sent.set(true);
     let mut buf = buf;
@@ -756,55 +686,6 @@ mod tests {
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
             assert!(pool.take().is_none());
-        });
-    }
-
-    #[test]
-    fn a_reply_that_came_before_the_request_was_sent_is_refused() {
-        on_runtime(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            // The kernel turns arrival stamps on a moment after the first
-            // socket asks: wait until a stamped byte shows they are on.
-            let probe = TcpStream::connect_addr(addr).await.unwrap();
-            stamp_arrivals(&probe);
-            let mut probe_peer = listener.accept().unwrap().0;
-            loop {
-                std::io::Write::write_all(&mut probe_peer, b"x").unwrap();
-                monoio::time::sleep(Duration::from_millis(1)).await;
-                if first_arrival(&probe).is_some() {
-                    break;
-                }
-            }
-            // A connection taken from the pool, on which a stray reply then
-            // arrives before the next request goes out.
-            let conn = TcpStream::connect_addr(addr).await.unwrap();
-            stamp_arrivals(&conn);
-            let mut peer = listener.accept().unwrap().0;
-            let stray = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"x\":1}\n";
-            std::io::Write::write_all(&mut peer, stray).unwrap();
-            while quiet(&conn) {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let mut request = b"GET /api/tags HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
-            let sent = std::cell::Cell::new(false);
-            let got = exchange_head(conn, true, &mut request, Vec::new(), Duration::from_secs(1), &sent).await;
-            assert!(matches!(got, Err((HeadFailure::Stray, _))), "the stray reply was taken for the answer");
-            assert_eq!(request, b"GET /api/tags HTTP/1.1\r\nHost: h\r\n\r\n", "the request comes back whole");
-
-            // On a clean connection the answer that follows the request is read.
-            let conn = TcpStream::connect_addr(addr).await.unwrap();
-            stamp_arrivals(&conn);
-            let mut peer = listener.accept().unwrap().0;
-            let answer = std::thread::spawn(move || {
-                let mut got = [0u8; 64];
-                let n = std::io::Read::read(&mut peer, &mut got).unwrap();
-                std::io::Write::write_all(&mut peer, b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-                n
-            });
-            let ex = exchange_head(conn, true, &mut request, Vec::new(), Duration::from_secs(5), &sent).await;
-            assert_eq!(ex.ok().map(|e| e.head.status), Some(204));
-            assert_eq!(answer.join().unwrap(), request.len());
         });
     }
 }

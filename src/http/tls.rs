@@ -1,0 +1,309 @@
+//! TLS on a client connection: the handshake, and the record layer between
+//! the socket and the HTTP code, on rustls.
+//!
+//! This is a thin adapter of our own rather than a TLS stream type, because
+//! the connection is taken apart while a request waits (the read half
+//! parked in the client watch, the write half with the reply, see
+//! `http::watch`): the watch reads raw bytes off the socket — ciphertext
+//! here — and hands them back when the request is done, and they are given
+//! to the session then ([`Tls::pending`]); the reply is sealed by the
+//! session and written to the write half. One session, one owner at a
+//! time, no locks: the worker's thread is the only one that touches it.
+//!
+//! The crypto is rustls' `ring` provider: already in the binary (the Redis
+//! link's TLS uses it), small (the image has a size budget), and built from
+//! crates.io without a C toolchain beyond the one `ring` brings. TLS 1.2 and
+//! 1.3, ALPN `http/1.1`; with `--tls-client-ca`, a client without a
+//! certificate that CA signed is refused during the handshake.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::ServerConnection;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::config::TlsFiles;
+
+/// The protocol the gateway speaks over TLS.
+const ALPN: &[u8] = b"http/1.1";
+
+/// The crypto every TLS configuration of the gateway uses (see the module's paragraph).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read the certificate {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate {} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("the certificate {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+}
+
+/// Builds the server's TLS configuration from its files: the certificate
+/// must match the key, and the client CA (if any) must hold a certificate.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots.add(c).map_err(|e| format!("the client CA {} is not usable: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("the client CA {} is not usable: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!("the certificate {} and the key {} do not go together: {e}", files.cert.display(), files.key.display())
+    })?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS side of a client connection.
+pub struct Tls {
+    pub session: ServerConnection,
+    /// Ciphertext read off the socket but not yet given to the session (what
+    /// the client watch read while the connection was split).
+    pub pending: Vec<u8>,
+    /// Sealed bytes on their way to the socket (reused).
+    sealed: Vec<u8>,
+}
+
+impl Tls {
+    /// Seals `plain` into records, appended to the bytes to write.
+    pub fn seal(&mut self, plain: &[u8]) -> std::io::Result<&mut Vec<u8>> {
+        let mut rest = plain;
+        while !rest.is_empty() {
+            let n = self.session.writer().write(rest)?;
+            rest = &rest[n..];
+            self.drain_records()?;
+            if n == 0 && !rest.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the TLS session takes no more"));
+            }
+        }
+        self.drain_records()?;
+        Ok(&mut self.sealed)
+    }
+
+    /// Moves the session's outgoing records into `sealed`.
+    fn drain_records(&mut self) -> std::io::Result<()> {
+        while self.session.wants_write() {
+            self.session.write_tls(&mut self.sealed)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the session ciphertext (all of it); its records are decrypted.
+    fn take_in(&mut self, mut raw: &[u8]) -> std::io::Result<()> {
+        while !raw.is_empty() {
+            self.session.read_tls(&mut raw)?;
+            self.session.process_new_packets().map_err(|e| {
+                // The alert that says why goes out with the next write, if any.
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Decrypted bytes the session holds, appended to `into`: `Some(n)` (0
+    /// at the client's orderly end), `None` when it holds none.
+    fn plain(&mut self, into: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+        let start = into.len();
+        let room = (into.capacity() - start).max(16 * 1024);
+        into.resize(start + room, 0);
+        let got = self.session.reader().read(&mut into[start..]);
+        into.truncate(start + *got.as_ref().unwrap_or(&0));
+        match got {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            // The peer closed without close_notify: an end like any other here.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes what the session has sealed (alerts, tickets, key updates).
+    async fn flush_records(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        self.drain_records()?;
+        if self.sealed.is_empty() {
+            return Ok(());
+        }
+        let (res, mut sealed) = stream.write_all(std::mem::take(&mut self.sealed)).await;
+        sealed.clear();
+        self.sealed = sealed;
+        res.map(|_| ())
+    }
+}
+
+/// Reads decrypted bytes into `inbuf`, within `timeout` for each read of the
+/// socket: how many (0 at the client's end).
+pub async fn fill(stream: &mut TcpStream, tls: &mut Tls, inbuf: &mut Vec<u8>, timeout: Duration) -> std::io::Result<usize> {
+    loop {
+        if let Some(n) = tls.plain(inbuf)? {
+            return Ok(n);
+        }
+        if !tls.pending.is_empty() {
+            let pending = std::mem::take(&mut tls.pending);
+            tls.take_in(&pending)?;
+            continue;
+        }
+        let raw = Vec::with_capacity(16 * 1024);
+        let (res, raw) = match monoio::time::timeout(timeout, stream.read(raw.slice_mut(0..))).await {
+            Ok((res, slice)) => (res, slice.into_inner()),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
+        };
+        if res? == 0 {
+            // The socket's end: the session says whether it was orderly.
+            tls.session.read_tls(&mut &[][..])?;
+            let _ = tls.session.process_new_packets();
+            return Ok(tls.plain(inbuf)?.unwrap_or(0));
+        }
+        let taken = tls.take_in(&raw);
+        // Alerts for a bad record, and what the session answers (a key update).
+        tls.flush_records(stream).await?;
+        taken?;
+    }
+}
+
+/// The server side of a TLS handshake on a new connection, all of it within
+/// `timeout`. A client that fails it (no shared version or cipher, no
+/// valid client certificate) gets the session's alert, and an error.
+pub async fn accept(
+    mut stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, Box<Tls>)> {
+    let session = ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut tls = Box::new(Tls { session, pending: Vec::new(), sealed: Vec::new() });
+    let deadline = Instant::now() + timeout;
+    while tls.session.is_handshaking() {
+        tls.flush_records(&mut stream).await?;
+        if !tls.session.is_handshaking() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let raw = Vec::with_capacity(4096);
+        let (res, raw) = match monoio::time::timeout(left, stream.read(raw.slice_mut(0..))).await {
+            Ok((res, slice)) => (res, slice.into_inner()),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake took too long")),
+        };
+        if res? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+        }
+        let taken = tls.take_in(&raw);
+        tls.flush_records(&mut stream).await?;
+        taken?;
+    }
+    tls.flush_records(&mut stream).await?;
+    Ok((stream, tls))
+}
+
+/// Writes `plain` to the client through the session.
+pub async fn write_all<W: monoio::io::AsyncWriteRent>(
+    wr: &mut W,
+    tls: &mut Tls,
+    plain: Vec<u8>,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let sealed = match tls.seal(&plain) {
+        Ok(s) => std::mem::take(s),
+        Err(e) => return (Err(e), plain),
+    };
+    let (res, mut sealed) = monoio::io::AsyncWriteRentExt::write_all(wr, sealed).await;
+    sealed.clear();
+    tls.sealed = sealed;
+    (res.map(|_| ()), plain)
+}
+
+/// The listener's TLS, shared by every worker: the configuration new
+/// handshakes use (replaced whole by a reload; a handshake holds the one it
+/// began with) and what happened to handshakes and reloads.
+pub struct TlsState {
+    pub files: TlsFiles,
+    config: parking_lot::RwLock<Arc<rustls::ServerConfig>>,
+    /// The files' modification times when they were last loaded.
+    loaded: parking_lot::Mutex<Vec<Option<std::time::SystemTime>>>,
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub reload_failures: std::sync::atomic::AtomicU64,
+    pub handshake_failures: std::sync::atomic::AtomicU64,
+    /// Connections closed because the worker had too many handshakes in progress.
+    pub handshakes_refused: std::sync::atomic::AtomicU64,
+}
+
+impl TlsState {
+    /// Loads the files; an error says what is wrong with them.
+    pub fn load(files: TlsFiles) -> Result<Self, String> {
+        let stamps = stamps(&files);
+        let config = server_config(&files)?;
+        Ok(Self {
+            files,
+            config: parking_lot::RwLock::new(config),
+            loaded: parking_lot::Mutex::new(stamps),
+            reloads: Default::default(),
+            reload_failures: Default::default(),
+            handshake_failures: Default::default(),
+            handshakes_refused: Default::default(),
+        })
+    }
+
+    /// The configuration a new handshake uses.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.read().clone()
+    }
+
+    /// Whether a file changed since it was loaded.
+    pub fn changed(&self) -> bool {
+        *self.loaded.lock() != stamps(&self.files)
+    }
+
+    /// Loads the files again: new handshakes use them. A pair that does not
+    /// load changes nothing (the error says why, and is counted).
+    pub fn reload(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = stamps(&self.files);
+        *self.loaded.lock() = now;
+        match server_config(&self.files) {
+            Ok(config) => {
+                *self.config.write() = config;
+                self.reloads.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The modification times of the files (`None` for one that cannot be read).
+fn stamps(files: &TlsFiles) -> Vec<Option<std::time::SystemTime>> {
+    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
