@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -155,22 +155,6 @@ fn quiet(s: &TcpStream) -> bool {
     // the descriptor is the open socket `s` owns.
     let n = unsafe { libc::recv(s.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
-}
-
-/// Sends what the socket takes of `data` now, without waiting: how much.
-fn send_now(s: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: send reads at most `data.len()` bytes from `data`, which outlives
-    // the call; the descriptor is the open socket `s` owns.
-    let n =
-        unsafe { libc::send(s.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n >= 0 {
-        return Ok(n as usize);
-    }
-    match std::io::Error::last_os_error() {
-        e if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        e => Err(e),
-    }
 }
 
 /// Makes closing `s` reset the connection (see the module's notes).
@@ -388,8 +372,6 @@ pub async fn send(
         buf.clear();
         match exchange_head(conn, request, buf, limits.read_timeout, sent).await {
             Ok(ex) => return Ok(ex),
-            // A pooled connection out of step with its requests: closed (the
-            // host stops whatever it began for it), and one fresh try.
             Err((HeadFailure::DeadBeforeResponse(_), b)) if reused => {
                 buf = b;
                 continue;
@@ -428,23 +410,13 @@ async fn exchange_head(
     read_timeout: Duration,
     sent: &std::cell::Cell<bool>,
 ) -> Result<Exchange, (HeadFailure, Vec<u8>)> {
-    // The request is small next to the socket buffer: sent at once with one
-    // non-blocking send, right after the connection was found quiet (see
-    // `Pool::take`), so that a reply nobody asked for that the host sends
-    // meanwhile has a window of one system call, not of the rest of the
-    // worker's turn, to pass for the answer. What the send does not take is
-    // written as usual; the buffer is lent to the write and comes back, for
-    // a retry and for failover, never copied.
-    let written = match send_now(&conn, request) {
-        Ok(n) => n,
-        Err(e) => return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf)),
-    };
-    if written < request.len() {
-        let (res, back) = conn.write_all(std::mem::take(request).slice(written..)).await;
-        *request = back.into_inner();
-        if let Err(e) = res {
-            return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
-        }
+    // The request is small next to the socket buffer: write it whole. The
+    // buffer is lent to the write and comes back (for a retry, and for the
+    // next host on failover), so the request is never copied.
+    let (res, back) = conn.write_all(std::mem::take(request)).await;
+    *request = back;
+    if let Err(e) = res {
+        return Err((HeadFailure::DeadBeforeResponse(e.to_string()), buf));
     }
     sent.set(true);
     let mut buf = buf;
