@@ -88,6 +88,10 @@ pub fn always(msg: Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+pub fn debug(msg: Arguments<'_>) {
+    line(Level::Debug, "DEBUG", msg);
+}
+
 pub fn info(msg: Arguments<'_>) {
     line(Level::Info, "INFO", msg);
 }

@@ -115,6 +115,8 @@ pub struct Metrics {
     pub usage_writer: Arc<crate::accounting::usage::WriterStats>,
     /// The cluster's state, when the gateway runs with `--redis`.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterState>>,
+    /// The listener's TLS, with `--tls-cert`.
+    pub tls: Option<Arc<crate::http::tls::TlsState>>,
 }
 
 /// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
@@ -226,6 +228,32 @@ impl Metrics {
         }
         help(&mut out, "ai_gateway_in_flight_requests", "gauge", "Requests being served now.");
         let _ = writeln!(out, "ai_gateway_in_flight_requests {in_flight}");
+        if let Some(t) = &self.tls {
+            use std::sync::atomic::Ordering::Relaxed;
+            help(
+                &mut out,
+                "ai_gateway_tls_reloads_total",
+                "counter",
+                "Loads of the TLS certificate after the first, by result.",
+            );
+            let _ = writeln!(out, "ai_gateway_tls_reloads_total{{result=\"ok\"}} {}", t.reloads.load(Relaxed));
+            let _ =
+                writeln!(out, "ai_gateway_tls_reloads_total{{result=\"failed\"}} {}", t.reload_failures.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed or timed out.",
+            );
+            let _ = writeln!(out, "ai_gateway_tls_handshake_failures_total {}", t.handshake_failures.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_tls_handshakes_refused_total",
+                "counter",
+                "Connections closed because their worker had the most handshakes in progress.",
+            );
+            let _ = writeln!(out, "ai_gateway_tls_handshakes_refused_total {}", t.handshakes_refused.load(Relaxed));
+        }
         if let Some(c) = self.cluster.get() {
             use std::sync::atomic::Ordering::Relaxed;
             help(&mut out, "ai_gateway_redis_up", "gauge", "Whether the cluster's Redis answered the last exchange.");
@@ -457,6 +485,7 @@ mod tests {
             live: Default::default(),
             usage_writer: Default::default(),
             cluster: Default::default(),
+            tls: None,
         }
         .render();
         for line in [

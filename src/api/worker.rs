@@ -59,4 +59,8 @@ pub struct Worker {
     pub cutoff: Rc<Cutoff>,
     /// The cluster's Redis, with `--redis` (key changes go through it).
     pub cluster: Option<Arc<crate::cluster::link::Link>>,
+    /// The listener's TLS, with `--tls-cert` (shared by every worker).
+    pub tls: Option<Arc<crate::http::tls::TlsState>>,
+    /// TLS handshakes in progress on this worker.
+    pub handshakes: Cell<usize>,
 }

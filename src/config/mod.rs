@@ -51,6 +51,25 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
+    /// Serve TLS with this certificate chain (PEM, leaf first); with
+    /// `--tls-key`. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "AI_GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "AI_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: ask clients for a certificate signed by one of these CAs
+    /// (PEM); a connection without one is refused during the handshake.
+    #[arg(long, env = "AI_GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With TLS: most handshakes in progress per worker; a connection past
+    /// it is closed at once (handshakes cost CPU before any key is checked).
+    #[arg(long, env = "AI_GATEWAY_TLS_MAX_HANDSHAKES", default_value_t = 256)]
+    pub tls_max_handshakes: usize,
+
     /// Configuration file (TOML): every setting below by its name with `_`
     /// (e.g. `upstream_max_concurrent = 8`), plus an `[aliases]` table.
     /// Precedence: file < environment < flags.
@@ -264,6 +283,17 @@ pub struct ClientLimits {
     pub idle_timeout: Duration,
 }
 
+/// Where the listener's TLS certificate and key come from (`--tls-cert`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; none: no client certificates asked.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Limits of the client-facing HTTP server.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -278,6 +308,10 @@ pub struct HttpLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS on the listener: its files (`None`: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// Handshakes in progress per worker, at most.
+    pub tls_max_handshakes: usize,
     pub upstreams: Vec<String>,
     pub upstream_health_interval: Duration,
     /// `--public-url`, without a trailing slash.
@@ -337,7 +371,19 @@ impl Config {
         if a.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());
         }
+        if a.tls_max_handshakes == 0 {
+            return Err("--tls-max-handshakes must be at least 1".into());
+        }
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_client_ca.clone() })
+            }
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
         Ok(Self {
+            tls,
+            tls_max_handshakes: a.tls_max_handshakes,
             listen: a.listen,
             upstreams: {
                 let list: Vec<String> =

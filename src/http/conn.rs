@@ -14,6 +14,7 @@ use monoio::net::TcpStream;
 use super::chunked::ChunkedDecoder;
 use super::coding::{Coding, DecodeError, decode};
 use super::request::{BodyFraming, HeadError, Request, RequestHead, parse_request_head};
+use super::tls::Tls;
 use crate::config::HttpLimits;
 use crate::error::ApiError;
 
@@ -24,6 +25,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub struct Conn {
     /// `None` only while the socket is split for the client watch.
     pub stream: Option<TcpStream>,
+    /// The TLS session, on a TLS listener (`None` while split, like the socket).
+    pub tls: Option<Box<Tls>>,
     /// Bytes read from the client and not consumed yet.
     pub inbuf: Vec<u8>,
     /// The response being assembled.
@@ -33,8 +36,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
-        Self { stream: Some(stream), inbuf: Vec::with_capacity(1024), out: Vec::new(), req: Request::default() }
+    pub fn new(stream: TcpStream, tls: Option<Box<Tls>>) -> Self {
+        Self { stream: Some(stream), tls, inbuf: Vec::with_capacity(1024), out: Vec::new(), req: Request::default() }
     }
 
     /// Writes `out` to the client and clears it.
@@ -43,10 +46,16 @@ impl Conn {
             return Err(std::io::Error::other("connection is split"));
         };
         let out = std::mem::take(&mut self.out);
-        let (res, mut out) = stream.write_all(out).await;
+        let (res, mut out) = match self.tls.as_mut() {
+            Some(tls) => super::tls::write_all(stream, tls, out).await,
+            None => {
+                let (res, out) = stream.write_all(out).await;
+                (res.map(|_| ()), out)
+            }
+        };
         out.clear();
         self.out = out;
-        res.map(|_| ())
+        res
     }
 
     /// Reads more bytes into `inbuf`. `Ok(0)` is EOF.
@@ -54,6 +63,9 @@ impl Conn {
         let Some(stream) = self.stream.as_mut() else {
             return Err(std::io::Error::other("connection is split"));
         };
+        if let Some(tls) = self.tls.as_mut() {
+            return super::tls::fill(stream, tls, &mut self.inbuf, timeout).await;
+        }
         // Buffers start small (an idle connection holds little) and double as needed.
         let spare = self.inbuf.capacity() - self.inbuf.len();
         if spare < 512 {
@@ -84,6 +96,14 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// kernel does not answer the unread bytes with a reset that could destroy
 /// the response before the client reads it.
 pub async fn linger(conn: &mut Conn) {
+    if let Some(tls) = conn.tls.as_mut() {
+        // A TLS client is told the end in the protocol first.
+        tls.session.send_close_notify();
+        conn.out.clear();
+        if conn.flush().await.is_err() {
+            return;
+        }
+    }
     let Some(stream) = conn.stream.as_mut() else { return };
     if monoio::io::AsyncWriteRent::shutdown(stream).await.is_err() {
         return;

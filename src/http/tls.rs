@@ -161,7 +161,12 @@ impl Tls {
 
 /// Reads decrypted bytes into `inbuf`, within `timeout` for each read of the
 /// socket: how many (0 at the client's end).
-pub async fn fill(stream: &mut TcpStream, tls: &mut Tls, inbuf: &mut Vec<u8>, timeout: Duration) -> std::io::Result<usize> {
+pub async fn fill(
+    stream: &mut TcpStream,
+    tls: &mut Tls,
+    inbuf: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<usize> {
     loop {
         if let Some(n) = tls.plain(inbuf)? {
             return Ok(n);

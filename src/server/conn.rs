@@ -1,5 +1,6 @@
-//! One client connection: read a request, accept it or not, read its body,
-//! answer it, account for it, and again while the connection stays alive.
+//! One client connection: (on a TLS listener, its handshake,) read a
+//! request, accept it or not, read its body, answer it, account for it, and
+//! again while the connection stays alive.
 //! [`serve`] is a request's whole path in order; each step is a call into
 //! the module that owns it.
 //!
@@ -24,11 +25,19 @@ use crate::error::ApiError;
 use crate::http::coding::Coding;
 use crate::http::conn::{Conn, buffered_body_len, linger, read_body, read_head};
 use crate::http::request::BodyFraming;
+use crate::http::tls::{Tls, TlsState};
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn::new(stream);
+    // 0. On a TLS listener, the handshake first (bounded in time and in number).
+    let mut conn = match &worker.tls {
+        None => Conn::new(stream, None),
+        Some(state) => match handshake(&worker, state, stream).await {
+            Some((stream, tls)) => Conn::new(stream, Some(tls)),
+            None => return,
+        },
+    };
     let limits = worker.config.http;
     loop {
         // 1. Read and parse the head (idle timeout before the first byte, header timeout after).
@@ -115,6 +124,30 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         drop(in_flight);
         if after == After::Close || conn.stream.is_none() {
             return;
+        }
+    }
+}
+
+/// A TLS handshake on a new connection, within the header timeout, with
+/// the certificate loaded now. `None` (the connection closes) when it
+/// fails, or when this worker already has `--tls-max-handshakes` in
+/// progress: a handshake costs CPU before any key is checked, so a flood of
+/// them is cut off here, counted, rather than queued.
+async fn handshake(worker: &Worker, state: &TlsState, stream: TcpStream) -> Option<(TcpStream, Box<Tls>)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if worker.handshakes.get() >= worker.config.tls_max_handshakes {
+        state.handshakes_refused.fetch_add(1, Relaxed);
+        return None;
+    }
+    worker.handshakes.set(worker.handshakes.get() + 1);
+    let done = crate::http::tls::accept(stream, state.current(), worker.config.http.header_timeout).await;
+    worker.handshakes.set(worker.handshakes.get() - 1);
+    match done {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            state.handshake_failures.fetch_add(1, Relaxed);
+            crate::log::debug(format_args!("TLS handshake failed: {e}"));
+            None
         }
     }
 }

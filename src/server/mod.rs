@@ -56,6 +56,11 @@ pub fn run(config: Config) -> Result<(), String> {
         config.upstream_buffer_bytes,
     )?;
     raise_fd_limit();
+    // TLS files that do not load stop the start, with what is wrong with them.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(crate::http::tls::TlsState::load(files.clone())?)),
+        None => None,
+    };
     let listeners = bind_listeners(config.listen, config.workers)?;
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
     // Held for the life of the process: one server per data directory.
@@ -75,6 +80,7 @@ pub fn run(config: Config) -> Result<(), String> {
         live: Default::default(),
         usage_writer: writer_stats,
         cluster: OnceLock::new(),
+        tls: tls.clone(),
     });
     if let Some(addr) = config.metrics_listen {
         let bound = scrape::spawn(addr, all_metrics.clone())?;
@@ -106,6 +112,10 @@ pub fn run(config: Config) -> Result<(), String> {
     let stop_checks = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checkers = crate::upstream::health::spawn_checkers(&upstreams, stop_checks.clone())
         .map_err(|e| format!("cannot start the health checker: {e}"))?;
+    let reloader = match &tls {
+        Some(t) => Some(spawn_tls_reloader(t.clone(), stop_checks.clone())?),
+        None => None,
+    };
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let config = Arc::new(config);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -123,6 +133,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let all_metrics = all_metrics.clone();
         let limiter_book = limiter_book.clone();
         let cluster_link = cluster_link.clone();
+        let tls = tls.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -148,6 +159,8 @@ pub fn run(config: Config) -> Result<(), String> {
                     calibration: Default::default(),
                     cutoff: Default::default(),
                     cluster: cluster_link,
+                    tls,
+                    handshakes: Cell::new(0),
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {
@@ -176,7 +189,8 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let hosts: Vec<String> = upstreams.hosts.iter().map(|h| format!("{} ({})", h.target.url, h.target.addr)).collect();
     crate::log::always(format_args!(
-        "ai-gateway listening on {local} (driver {driver}, {} workers), upstream {}",
+        "ai-gateway listening on {local} ({}, driver {driver}, {} workers), upstream {}",
+        if tls.is_some() { "https" } else { "http" },
         threads.len(),
         hosts.join(", ")
     ));
@@ -186,6 +200,9 @@ pub fn run(config: Config) -> Result<(), String> {
     stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in checkers {
         let _ = c.join();
+    }
+    if let Some(r) = reloader {
+        let _ = r.join();
     }
     if let Some(c) = cluster {
         c.stop();
@@ -197,6 +214,38 @@ pub fn run(config: Config) -> Result<(), String> {
     committed.map_err(|e| format!("ai-gateway stopped, but {e}"))?;
     crate::log::always(format_args!("ai-gateway stopped; usage committed"));
     Ok(())
+}
+
+/// Loads the TLS certificate again on SIGHUP and when its files change
+/// (looked at every second): new handshakes use the new pair; connections
+/// and streams in progress keep theirs. A pair that does not load is
+/// logged and counted, and the old one keeps serving.
+fn spawn_tls_reloader(
+    tls: Arc<crate::http::tls::TlsState>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || {
+            let mut waited = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                waited += std::time::Duration::from_millis(100);
+                let asked = shutdown::take_hangup();
+                if !asked && (waited < std::time::Duration::from_secs(1) || !tls.changed()) {
+                    continue;
+                }
+                waited = std::time::Duration::ZERO;
+                let why = if asked { "SIGHUP" } else { "its files changed" };
+                match tls.reload() {
+                    Ok(()) => crate::log::info(format_args!("TLS certificate loaded again ({why})")),
+                    Err(e) => crate::log::error(format_args!(
+                        "TLS certificate not loaded again ({why}): {e}; the one loaded before still serves"
+                    )),
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the TLS reload thread: {e}"))
 }
 
 /// An instance's load, for its heartbeat in the cluster.

@@ -25,6 +25,7 @@ use crate::http::chunked::write_chunk_header;
 use crate::http::conn::{Conn, MAX_HEAD};
 use crate::http::request::Method;
 use crate::http::response::ResponseHead;
+use crate::http::tls::Tls;
 use crate::http::watch::{ClientWatch, WatchEnd};
 
 /// Bytes a client may pipeline while it is watched.
@@ -217,7 +218,7 @@ async fn stream(
             crate::api::finish::settle(worker, ctx);
         }
         if !out.is_empty() {
-            let (res, o) = split.wr.write_all(out).await;
+            let (res, o) = split.write(out).await;
             out = o;
             out.clear();
             if res.is_err() {
@@ -238,7 +239,7 @@ async fn stream(
                 events.clear();
                 relay.cut_off(&mut events);
                 frame(&mut out, &events, true);
-                let (res, _) = split.wr.write_all(std::mem::take(&mut out)).await;
+                let (res, _) = split.write(std::mem::take(&mut out)).await;
                 break if res.is_ok() { Relayed::CutOff } else { Relayed::ClientGone };
             }
             None => break Relayed::ClientGone,
@@ -268,10 +269,11 @@ fn frame(out: &mut Vec<u8>, data: &[u8], ended: bool) {
 }
 
 /// The client connection taken apart while a request waits: the read half
-/// parked in a watch, the write half for the reply.
+/// parked in a watch, the write half (and a TLS session) for the reply.
 struct Split {
     watch: ClientWatch,
     wr: TcpOwnedWriteHalf,
+    tls: Option<Box<Tls>>,
 }
 
 impl Split {
@@ -279,10 +281,25 @@ impl Split {
         let stream = conn.stream.take()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (rd, wr) = stream.into_split();
-        let buf = std::mem::take(&mut conn.inbuf);
-        let watch =
-            ClientWatch::start(rd, buf, WATCH_LIMIT).with_cutoff(worker.cutoff.clone()).probing(conn.req.http11, fd);
-        Some(Self { watch, wr })
+        let tls = conn.tls.take();
+        // The watch keeps what it reads as it came off the socket: with TLS,
+        // ciphertext, so the bytes already decrypted stay in the connection.
+        let buf = if tls.is_some() { Vec::new() } else { std::mem::take(&mut conn.inbuf) };
+        // Its interim responses go out as they are: not on a TLS connection.
+        let probing = conn.req.http11 && tls.is_none();
+        let watch = ClientWatch::start(rd, buf, WATCH_LIMIT).with_cutoff(worker.cutoff.clone()).probing(probing, fd);
+        Some(Self { watch, wr, tls })
+    }
+
+    /// Writes `out` to the client (sealed, with TLS).
+    async fn write(&mut self, out: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        match self.tls.as_mut() {
+            Some(tls) => crate::http::tls::write_all(&mut self.wr, tls, out).await,
+            None => {
+                let (res, out) = self.wr.write_all(out).await;
+                (res.map(|_| ()), out)
+            }
+        }
     }
 
     /// Puts the connection back together. `After::Close` when the client
@@ -290,7 +307,13 @@ impl Split {
     /// half-closed still gets its answer, and the connection closes after it.
     async fn rejoin(self, conn: &mut Conn) -> After {
         let (rd, buf, end) = self.watch.finish().await;
-        conn.inbuf = buf;
+        match self.tls {
+            Some(mut tls) => {
+                tls.pending.extend_from_slice(&buf);
+                conn.tls = Some(tls);
+            }
+            None => conn.inbuf = buf,
+        }
         if end == WatchEnd::Gone {
             return After::Close;
         }

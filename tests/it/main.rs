@@ -24,6 +24,7 @@ mod ollama_api;
 mod responses;
 mod scheduling;
 mod secrets;
+mod tls;
 mod startup;
 mod upstreams;
 mod usage;
