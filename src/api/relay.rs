@@ -11,8 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use super::ctx::Ctx;
 use super::proxy::Answer;
 use crate::anthropic::stream::NdjsonToAnthropic;
@@ -254,7 +252,7 @@ pub enum Relayed {
 /// A streamed reply's body: the upstream exchange and the front's writer.
 pub struct Relay<'w> {
     /// `None` once dropped (a timeout, an EOF, a pull dropped mid-read).
-    conn: Option<TcpStream>,
+    conn: Option<client::HostConn>,
     head: UpstreamHead,
     decoder: BodyDecoder,
     /// Bytes read and not fed yet (first: those that came with the head).

@@ -76,8 +76,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Ollama base URL (plain HTTP). Repeat the flag (or separate with commas)
-    /// for several hosts.
+    /// Ollama base URL (`http://`, or `https://` for a host reached through
+    /// TLS). Repeat the flag (or separate with commas) for several hosts.
     #[arg(
         long = "upstream",
         env = "AI_GATEWAY_UPSTREAM",
@@ -85,6 +85,11 @@ pub struct ServeArgs {
         default_value = "http://127.0.0.1:11434"
     )]
     pub upstream: Vec<String>,
+
+    /// The CA certificates (PEM) that `https://` hosts' certificates must
+    /// chain to, instead of the system's roots.
+    #[arg(long, env = "AI_GATEWAY_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// The gateway's external base URL as clients reach it (e.g.
     /// `https://ai.example.com`), shown in the docs page's snippets; without
@@ -308,6 +313,8 @@ pub struct HttpLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `--upstream-ca`: the roots for `https://` hosts.
+    pub upstream_ca: Option<PathBuf>,
     /// TLS on the listener: its files (`None`: plain HTTP).
     pub tls: Option<TlsFiles>,
     /// Handshakes in progress per worker, at most.
@@ -382,6 +389,7 @@ impl Config {
             _ => return Err("--tls-cert and --tls-key go together".into()),
         };
         Ok(Self {
+            upstream_ca: a.upstream_ca.clone(),
             tls,
             tls_max_handshakes: a.tls_max_handshakes,
             listen: a.listen,

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use rustls::ServerConnection;
+use std::ops::{Deref, DerefMut};
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
 pub use crate::config::TlsFiles;
 
@@ -83,9 +85,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Stri
     Ok(Arc::new(config))
 }
 
-/// The TLS side of a client connection.
-pub struct Tls {
-    pub session: ServerConnection,
+/// The TLS side of a connection: a rustls session (a server's, on the
+/// listener; a client's, to an `https://` host) and its record buffers.
+pub struct Records<C> {
+    pub session: C,
     /// Ciphertext read off the socket but not yet given to the session (what
     /// the client watch read while the connection was split).
     pub pending: Vec<u8>,
@@ -93,7 +96,21 @@ pub struct Tls {
     sealed: Vec<u8>,
 }
 
-impl Tls {
+/// The TLS side of a client connection.
+pub type Tls = Records<ServerConnection>;
+
+/// The TLS side of a connection to a host.
+pub type HostTls = Records<ClientConnection>;
+
+impl<C, S> Records<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    fn new(session: C) -> Box<Self> {
+        Box::new(Self { session, pending: Vec::new(), sealed: Vec::new() })
+    }
+
     /// Seals `plain` into records, appended to the bytes to write.
     pub fn seal(&mut self, plain: &[u8]) -> std::io::Result<&mut Vec<u8>> {
         let mut rest = plain;
@@ -118,7 +135,7 @@ impl Tls {
     }
 
     /// Gives the session ciphertext (all of it); its records are decrypted.
-    fn take_in(&mut self, mut raw: &[u8]) -> std::io::Result<()> {
+    pub fn take_in(&mut self, mut raw: &[u8]) -> std::io::Result<()> {
         while !raw.is_empty() {
             self.session.read_tls(&mut raw)?;
             self.session.process_new_packets().map_err(|e| {
@@ -130,8 +147,8 @@ impl Tls {
     }
 
     /// Decrypted bytes the session holds, appended to `into`: `Some(n)` (0
-    /// at the client's orderly end), `None` when it holds none.
-    fn plain(&mut self, into: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    /// at the peer's orderly end), `None` when it holds none.
+    pub fn plain(&mut self, into: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
         let start = into.len();
         let room = (into.capacity() - start).max(16 * 1024);
         into.resize(start + room, 0);
@@ -160,13 +177,17 @@ impl Tls {
 }
 
 /// Reads decrypted bytes into `inbuf`, within `timeout` for each read of the
-/// socket: how many (0 at the client's end).
-pub async fn fill(
+/// socket: how many (0 at the peer's end).
+pub async fn fill<C, S>(
     stream: &mut TcpStream,
-    tls: &mut Tls,
+    tls: &mut Records<C>,
     inbuf: &mut Vec<u8>,
     timeout: Duration,
-) -> std::io::Result<usize> {
+) -> std::io::Result<usize>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
     loop {
         if let Some(n) = tls.plain(inbuf)? {
             return Ok(n);
@@ -198,12 +219,35 @@ pub async fn fill(
 /// `timeout`. A client that fails it (no shared version or cipher, no
 /// valid client certificate) gets the session's alert, and an error.
 pub async fn accept(
-    mut stream: TcpStream,
+    stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) -> std::io::Result<(TcpStream, Box<Tls>)> {
     let session = ServerConnection::new(config).map_err(std::io::Error::other)?;
-    let mut tls = Box::new(Tls { session, pending: Vec::new(), sealed: Vec::new() });
+    handshake(stream, Records::new(session), timeout).await
+}
+
+/// The client side of a TLS handshake with a host named `name`, within `timeout`.
+pub async fn connect(
+    stream: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, Box<HostTls>)> {
+    let session = ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    handshake(stream, Records::new(session), timeout).await
+}
+
+/// Either side's handshake: records back and forth until it is done.
+async fn handshake<C, S>(
+    mut stream: TcpStream,
+    mut tls: Box<Records<C>>,
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, Box<Records<C>>)>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
     let deadline = Instant::now() + timeout;
     while tls.session.is_handshaking() {
         tls.flush_records(&mut stream).await?;
@@ -227,12 +271,13 @@ pub async fn accept(
     Ok((stream, tls))
 }
 
-/// Writes `plain` to the client through the session.
-pub async fn write_all<W: monoio::io::AsyncWriteRent>(
-    wr: &mut W,
-    tls: &mut Tls,
-    plain: Vec<u8>,
-) -> (std::io::Result<()>, Vec<u8>) {
+/// Writes `plain` to the peer through the session.
+pub async fn write_all<W, C, S>(wr: &mut W, tls: &mut Records<C>, plain: Vec<u8>) -> (std::io::Result<()>, Vec<u8>)
+where
+    W: monoio::io::AsyncWriteRent,
+    C: DerefMut + Deref<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
     let sealed = match tls.seal(&plain) {
         Ok(s) => std::mem::take(s),
         Err(e) => return (Err(e), plain),

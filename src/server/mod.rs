@@ -42,6 +42,7 @@ use crate::upstream::hosts::Upstreams;
 pub fn run(config: Config) -> Result<(), String> {
     let upstreams = Upstreams::new(
         &config.upstreams,
+        config.upstream_ca.as_deref(),
         crate::upstream::gate::GateConfig {
             max_in_flight: config.upstream_max_concurrent,
             queue_cap: config.upstream_queue,

@@ -31,6 +31,34 @@ use monoio::net::TcpStream;
 
 use crate::config::ClientLimits;
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
+use crate::http::tls::HostTls;
+
+/// The TLS client configuration for `https://` hosts: their certificates
+/// must chain to `ca`, or to the system's roots; ALPN `http/1.1`.
+pub fn host_tls_config(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in crate::http::tls::read_certs(path)? {
+                roots.add(cert).map_err(|e| format!("the CA {} is not usable: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err("no system CA certificates found: give the host's CA with --upstream-ca".into());
+            }
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
 
 /// Where the upstream is, resolved at startup.
 #[derive(Debug, Clone)]
@@ -42,18 +70,24 @@ pub struct UpstreamTarget {
     pub base_path: String,
     /// The URL as configured, for logs.
     pub url: String,
+    /// For an `https://` host: the TLS client configuration and the name
+    /// its certificate must carry.
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 impl UpstreamTarget {
-    /// Parses `http://host[:port][/path]` and resolves the host (blocking: call at startup).
-    pub fn resolve(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                format!("upstream '{url}': https is not supported; Ollama speaks plain HTTP (put TLS in front of the gateway, not behind it)")
-            } else {
-                format!("upstream '{url}' must start with http://")
-            }
-        })?;
+    /// Parses `http://host[:port][/path]` or `https://…` and resolves the
+    /// host (blocking: call at startup). An `https://` host's certificate
+    /// must chain to `ca` (a PEM file of CA certificates), or else to the
+    /// system's roots.
+    pub fn resolve(url: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
+        let (rest, default_port, https) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, 80, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, 443, true)
+        } else {
+            return Err(format!("upstream '{url}' must start with http:// or https://"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -61,18 +95,24 @@ impl UpstreamTarget {
         if authority.is_empty() {
             return Err(format!("upstream '{url}' has no host"));
         }
-        let with_port =
-            if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
-                authority.to_owned()
-            } else {
-                format!("{authority}:80")
-            };
+        let has_port =
+            authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']');
+        let with_port = if has_port { authority.to_owned() } else { format!("{authority}:{default_port}") };
         let addr = with_port
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve upstream '{url}': {e}"))?
             .next()
             .ok_or_else(|| format!("upstream '{url}' resolved to no address"))?;
-        Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned() })
+        let tls = if https {
+            let host = if has_port { authority.rsplit_once(':').map_or(authority, |(h, _)| h) } else { authority };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("upstream '{url}': '{host}' is not a name a certificate can carry: {e}"))?;
+            Some((host_tls_config(ca).map_err(|e| format!("upstream '{url}': {e}"))?, name))
+        } else {
+            None
+        };
+        Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned(), tls })
     }
 
     /// Writes a request head (and body) for `path` into `out`.
@@ -96,10 +136,62 @@ impl UpstreamTarget {
     }
 }
 
+/// A connection to a host: its socket, and the TLS session over it for an
+/// `https://` host. Dropping it closes the socket (with a reset, see the
+/// module's notes), which is how a host learns that a generation is
+/// unwanted, with TLS or without.
+pub struct HostConn {
+    pub tcp: TcpStream,
+    pub tls: Option<Box<HostTls>>,
+}
+
+impl HostConn {
+    /// Writes `data` whole (sealed, to an `https://` host); the buffer comes back.
+    async fn write_all(&mut self, data: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        match self.tls.as_mut() {
+            Some(tls) => crate::http::tls::write_all(&mut self.tcp, tls, data).await,
+            None => {
+                let (res, data) = self.tcp.write_all(data).await;
+                (res.map(|_| ()), data)
+            }
+        }
+    }
+
+    /// Nothing to read: no bytes, no end, no error. Over TLS, records that
+    /// carry no data (a session ticket the host sent after the handshake)
+    /// are taken in here and do not count; data, an alert or the end do.
+    fn quiet(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else { return quiet(&self.tcp) };
+        let mut raw = [0u8; 4096];
+        loop {
+            use std::os::fd::AsRawFd;
+            // SAFETY: recv writes at most `raw.len()` bytes into `raw`, which
+            // outlives the call; the descriptor is the open socket this owns.
+            let n = unsafe { libc::recv(self.tcp.as_raw_fd(), raw.as_mut_ptr().cast(), raw.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                    return false;
+                }
+                break;
+            }
+            if n == 0 {
+                return false;
+            }
+            tls.pending.extend_from_slice(&raw[..n as usize]);
+        }
+        let pending = std::mem::take(&mut tls.pending);
+        tls.take_in(&pending).is_ok()
+            && tls
+                .session
+                .process_new_packets()
+                .is_ok_and(|io| io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed())
+    }
+}
+
 /// A worker's idle upstream connections, oldest first, each with the time it
 /// was returned (`clock::coarse_ms`: an age in seconds needs no finer clock).
 pub struct Pool {
-    idle: RefCell<Vec<(TcpStream, u64)>>,
+    idle: RefCell<Vec<(HostConn, u64)>>,
     limits: ClientLimits,
 }
 
@@ -116,7 +208,7 @@ impl Pool {
     /// still quiet. A connection the upstream closed, or wrote to while it
     /// sat idle, is dropped: bytes nobody asked for must never be read as
     /// the answer to the next request (which may be another key's).
-    fn take(&self) -> Option<TcpStream> {
+    fn take(&self) -> Option<HostConn> {
         let mut idle = self.idle.borrow_mut();
         // Returned in time order on a clock that never goes back: the expired
         // connections are the front of the list.
@@ -124,8 +216,8 @@ impl Pool {
         let timeout = self.limits.idle_timeout.as_millis() as u64;
         let expired = idle.partition_point(|(_, since)| now.saturating_sub(*since) >= timeout);
         idle.drain(..expired);
-        while let Some((s, _)) = idle.pop() {
-            if quiet(&s) {
+        while let Some((mut s, _)) = idle.pop() {
+            if s.quiet() {
                 return Some(s);
             }
         }
@@ -133,7 +225,7 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn put(&self, conn: TcpStream) {
+    pub fn put(&self, conn: HostConn) {
         let mut idle = self.idle.borrow_mut();
         if idle.len() < self.limits.max_idle {
             idle.push((conn, crate::clock::coarse_ms()));
@@ -304,7 +396,7 @@ impl BodyDecoder {
 
 /// An upstream exchange in progress: the connection and what is known of the response.
 pub struct Exchange {
-    pub conn: TcpStream,
+    pub conn: HostConn,
     pub head: UpstreamHead,
     pub body: BodyDecoder,
     /// Body bytes that arrived together with the head.
@@ -339,12 +431,17 @@ pub const READ_CHUNK: usize = 4096;
 /// so that dropping it (client gone, timeout) closes the upstream socket.
 /// The buffer starts small (a streamed token line is a few hundred bytes, and
 /// thousands of streams may be open) and doubles while a large body fills it.
-pub async fn read_owned(mut conn: TcpStream, mut buf: Vec<u8>) -> (TcpStream, std::io::Result<usize>, Vec<u8>) {
+pub async fn read_owned(mut conn: HostConn, mut buf: Vec<u8>) -> (HostConn, std::io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(buf.capacity().max(READ_CHUNK));
     }
+    if let Some(tls) = conn.tls.as_mut() {
+        // The caller's timeout bounds the wait (dropping this future drops the connection).
+        let res = crate::http::tls::fill(&mut conn.tcp, tls, &mut buf, Duration::from_secs(86_400 * 365)).await;
+        return (conn, res, buf);
+    }
     let len = buf.len();
-    let (res, slice) = conn.read(buf.slice_mut(len..)).await;
+    let (res, slice) = conn.tcp.read(buf.slice_mut(len..)).await;
     (conn, res, slice.into_inner())
 }
 
@@ -391,20 +488,28 @@ enum HeadFailure {
     Protocol(&'static str),
 }
 
-async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr)).await {
-        Err(_) => Err(UpstreamError::Unreachable(format!("connecting to {} timed out", target.url))),
-        Ok(Err(e)) => Err(UpstreamError::Unreachable(format!("{}: {e}", target.url))),
-        Ok(Ok(conn)) => {
-            let _ = conn.set_nodelay(true);
-            reset_on_close(&conn);
-            Ok(conn)
-        }
+async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<HostConn, UpstreamError> {
+    let started = Instant::now();
+    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr)).await {
+        Err(_) => return Err(UpstreamError::Unreachable(format!("connecting to {} timed out", target.url))),
+        Ok(Err(e)) => return Err(UpstreamError::Unreachable(format!("{}: {e}", target.url))),
+        Ok(Ok(conn)) => conn,
+    };
+    let _ = tcp.set_nodelay(true);
+    reset_on_close(&tcp);
+    let Some((config, name)) = &target.tls else {
+        return Ok(HostConn { tcp, tls: None });
+    };
+    // The handshake within what is left of the connect timeout.
+    let left = timeout.saturating_sub(started.elapsed());
+    match crate::http::tls::connect(tcp, config.clone(), name.clone(), left).await {
+        Ok((tcp, tls)) => Ok(HostConn { tcp, tls: Some(tls) }),
+        Err(e) => Err(UpstreamError::Unreachable(format!("{}: TLS: {e}", target.url))),
     }
 }
 
 async fn exchange_head(
-    mut conn: TcpStream,
+    mut conn: HostConn,
     request: &mut Vec<u8>,
     buf: Vec<u8>,
     read_timeout: Duration,
@@ -548,7 +653,7 @@ pub async fn read_full_body(
     read_timeout: Duration,
     limit: usize,
     lease: &mut BufferLease<'_>,
-) -> Result<(Vec<u8>, Option<TcpStream>), UpstreamError> {
+) -> Result<(Vec<u8>, Option<HostConn>), UpstreamError> {
     let Exchange { mut conn, head, body: mut decoder, early } = ex;
     let mut body = Vec::new();
     if let BodyKind::Length(n) = head.body
@@ -624,11 +729,11 @@ mod tests {
                 let s = TcpStream::connect_addr(addr).await.unwrap();
                 ports.push(s.local_addr().unwrap().port());
                 peers.push(listener.accept().unwrap().0);
-                pool.put(s);
+                pool.put(HostConn { tcp: s, tls: None });
             }
             assert_eq!(pool.idle_count(), 2, "at most max_idle kept");
             let newest = pool.take().unwrap();
-            assert_eq!(newest.local_addr().unwrap().port(), ports[1], "the most recently returned first");
+            assert_eq!(newest.tcp.local_addr().unwrap().port(), ports[1], "the most recently returned first");
             pool.put(newest);
 
             // Past the idle timeout (and a coarse tick) every one has expired.
@@ -639,22 +744,22 @@ mod tests {
             // Only the expired ones go: an old connection is dropped, a newer one kept.
             let old = TcpStream::connect_addr(addr).await.unwrap();
             peers.push(listener.accept().unwrap().0);
-            pool.put(old);
+            pool.put(HostConn { tcp: old, tls: None });
             monoio::time::sleep(Duration::from_millis(200)).await;
             let fresh = TcpStream::connect_addr(addr).await.unwrap();
             let fresh_port = fresh.local_addr().unwrap().port();
             peers.push(listener.accept().unwrap().0);
-            pool.put(fresh);
+            pool.put(HostConn { tcp: fresh, tls: None });
             monoio::time::sleep(Duration::from_millis(150)).await;
-            assert_eq!(pool.take().unwrap().local_addr().unwrap().port(), fresh_port);
+            assert_eq!(pool.take().unwrap().tcp.local_addr().unwrap().port(), fresh_port);
             assert!(pool.take().is_none(), "the older one expired");
 
             // A connection the upstream wrote to while idle is never handed out.
             let s = TcpStream::connect_addr(addr).await.unwrap();
             let mut peer = listener.accept().unwrap().0;
             std::io::Write::write_all(&mut peer, b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
-            pool.put(s);
-            while quiet(&pool.idle.borrow()[0].0) {
+            pool.put(HostConn { tcp: s, tls: None });
+            while quiet(&pool.idle.borrow()[0].0.tcp) {
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
             assert!(pool.take().is_none());

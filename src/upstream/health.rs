@@ -170,6 +170,10 @@ fn unload(h: &Host, model: &str, timeout: Duration) {
     h.gate.unloaded(model);
 }
 
+/// A blocking byte stream to a host: the socket, or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// A blocking `GET` of `path` on the host; the body of a 200 reply.
 fn get(target: &UpstreamTarget, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     call(target, "GET", path, None, timeout)
@@ -189,20 +193,32 @@ fn call(
         let d = deadline.saturating_duration_since(std::time::Instant::now());
         if d.is_zero() { Err(format!("{path}: no complete answer within {}s", timeout.as_secs_f64())) } else { Ok(d) }
     };
-    let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    // The deadlines are the socket's, whatever speaks over it.
+    let timeouts = tcp.try_clone().map_err(|e| e.to_string())?;
+    let mut s: Box<dyn ReadWrite> = match &target.tls {
+        None => Box::new(tcp),
+        Some((config, name)) => {
+            let session =
+                rustls::ClientConnection::new(config.clone(), name.clone()).map_err(|e| format!("TLS: {e}"))?;
+            Box::new(rustls::StreamOwned::new(session, tcp))
+        }
+    };
+    timeouts.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
     let mut request = Vec::with_capacity(128);
     target.request(&mut request, method, path, body);
     // One request per connection: close-delimited replies are fine too.
     let head_end = memchr::memmem::find(&request, b"\r\n\r\n").map_or(request.len() - 2, |i| i + 2);
     request.splice(head_end..head_end, b"Connection: close\r\n".iter().copied());
-    s.write_all(&request).map_err(|e| format!("write: {e}"))?;
+    s.write_all(&request).and_then(|()| s.flush()).map_err(|e| format!("write: {e}"))?;
     let mut reply = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
+        timeouts.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
         match s.read(&mut chunk) {
             Ok(0) => break,
+            // A TLS host that closed without close_notify: the reply ended all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Ok(n) if reply.len() + n > MAX_CHECK_REPLY => return Err(format!("{path}: reply too large")),
             Ok(n) => reply.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

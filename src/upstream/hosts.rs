@@ -138,6 +138,7 @@ impl Upstreams {
     /// the first check runs at once.
     pub fn new(
         urls: &[String],
+        ca: Option<&std::path::Path>,
         gate: GateConfig,
         interval: Duration,
         check_timeout: Duration,
@@ -148,7 +149,7 @@ impl Upstreams {
         }
         let mut hosts = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let target = UpstreamTarget::resolve(url)?;
+            let target = UpstreamTarget::resolve(url, ca)?;
             if hosts.iter().any(|h: &Host| h.target.addr == target.addr && h.target.base_path == target.base_path) {
                 return Err(format!("upstream '{url}' is configured twice"));
             }
@@ -252,7 +253,7 @@ mod tests {
 
     fn hosts(n: usize) -> Arc<Upstreams> {
         let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 40001 + i)).collect();
-        Upstreams::new(&urls, GateConfig::plain(4, 16), Duration::from_secs(1), Duration::from_secs(1), 1 << 20)
+        Upstreams::new(&urls, None, GateConfig::plain(4, 16), Duration::from_secs(1), Duration::from_secs(1), 1 << 20)
             .unwrap()
     }
 

@@ -375,3 +375,142 @@ fn start_fails(m: &Proc, args: &[&str]) -> (i32, String) {
         .unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// A gateway whose only host is `url`.
+fn gateway_to(url: &str, extra: &[&str]) -> Proc {
+    let dir = temp_data_dir();
+    let mut args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", url, "--upstream-num-parallel", "0", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.push(dir.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = start(env!("CARGO_BIN_EXE_ai-gateway"), &args, &[("AI_GATEWAY_ADMIN_KEY", ADMIN_KEY)]);
+    p.data_dir = Some(dir);
+    p
+}
+
+/// A TLS front for the emulator, as an Ollama host reached across a network
+/// would have: each TLS connection it accepts is one plain connection to
+/// `backend`, bytes copied both ways; either side closing closes both.
+/// Returns its address and how many connections it accepted.
+fn tls_front(
+    backend: std::net::SocketAddr,
+    certs: &Certs,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let config = {
+        let certs_der = CertificateDer::pem_file_iter(certs.path("server.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(certs.path("server.key")).unwrap();
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs_der, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(plain) = TcpStream::connect(backend) else { return };
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), client);
+                // Handshake first, then one thread a direction.
+                while tls.conn.is_handshaking() {
+                    if tls.conn.complete_io(&mut tls.sock).is_err() {
+                        return;
+                    }
+                }
+                let tls = Arc::new(std::sync::Mutex::new(tls));
+                let (up, down) = (plain.try_clone().unwrap(), plain);
+                let reader = tls.clone();
+                let sock = reader.lock().unwrap().sock.try_clone().unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                let to_backend = std::thread::spawn(move || {
+                    let mut up = up;
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = {
+                            let mut t = reader.lock().unwrap();
+                            match t.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => n,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                                {
+                                    continue;
+                                }
+                                Err(_) => break,
+                            }
+                        };
+                        if up.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up.shutdown(std::net::Shutdown::Both);
+                });
+                let mut down = down;
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match down.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut t = tls.lock().unwrap();
+                            if t.write_all(&buf[..n]).and_then(|()| t.flush()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tls.lock().unwrap().sock.shutdown(std::net::Shutdown::Both);
+                let _ = to_backend.join();
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn an_https_host_is_reached_through_tls_pooled_and_cancelled_like_a_plain_one() {
+    let certs = Certs::new();
+    let m = mock(&["--tokens", "5"]);
+    let (front, accepted) = tls_front(m.addr, &certs);
+    let url = format!("https://127.0.0.1:{}", front.port());
+    let ca = certs.path("ca.pem");
+    let g = gateway_to(&url, &["--upstream-ca", &ca, "--workers", "1", "--upstream-health-interval", "60"]);
+    assert!(eventually(Duration::from_secs(10), || get(g.addr, "/readyz").status == 200), "{}", g.log_text());
+    // The checks and the questions about each model are over (connections of their own).
+    assert!(eventually(Duration::from_secs(10), || stats(&m)["by_endpoint"]["show"] == 3), "{}", stats(&m));
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    for stream in [false, true, false, true, false] {
+        let r = post(g.addr, "/v1/chat/completions", &chat_body("llama3", stream));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if stream {
+            assert!(r.text().ends_with("data: [DONE]\n\n"));
+        }
+    }
+    let used = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(used <= 2, "five requests, {used} new TLS connections: pooled");
+    // A client that leaves a stream closes the TLS connection, and the host stops.
+    configure(&m, serde_json::json!({"tokens": 200, "token_delay_ms": 20}));
+    let mut s = open_stream(g.addr, None);
+    let mut line = String::new();
+    s.read_line(&mut line).unwrap();
+    drop(s);
+    assert!(eventually(Duration::from_secs(5), || stats(&m)["cancelled"] == 1), "{}", stats(&m));
+
+    // A host whose certificate the gateway cannot trust is unreachable, not a plain-text fallback.
+    let untrusted = gateway_to(&url, &[]);
+    let r = post(untrusted.addr, "/v1/chat/completions", &chat_body("llama3", false));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("TLS"), "{}", r.text());
+}
