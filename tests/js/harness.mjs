@@ -25,7 +25,8 @@ export function start(bin, args, env = {}) {
     child.stderr.setEncoding("utf8");
     child.stderr.on("data", (d) => {
       log += d;
-      const m = log.match(/listening on (\S+)/);
+      // Only a whole line counts: a pipe may hand the line over in pieces.
+      const m = log.match(/listening on (\S+)\s/);
       if (m && timer) {
         clearTimeout(timer);
         resolve({ child, url: `http://${m[1]}`, stop: () => child.kill("SIGKILL") });
