@@ -39,15 +39,29 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(ai_gateway::config::ServeArgs),
+    /// Check a configuration (a config file and the flags, read as `serve`
+    /// reads them) without starting: every problem with its line, exit 1.
+    CheckConfig(CheckArgs),
     /// Manage API keys (works while the gateway runs).
     Keys(ai_gateway::cli::KeysArgs),
     /// Show recorded usage (works while the gateway runs).
     Usage(ai_gateway::cli::UsageArgs),
 }
 
-/// A CLI command failed: one line on stderr, exit status 1.
+/// `ai-gateway check-config [FILE] [serve's flags]`.
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The config file (else `--config`, or `AI_GATEWAY_CONFIG`).
+    file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    serve: ai_gateway::config::ServeArgs,
+}
+
+/// A CLI command failed: a line on stderr per problem, exit status 1.
 fn exit_with(msg: &str) -> ! {
-    eprintln!("error: {msg}");
+    for line in msg.lines() {
+        eprintln!("error: {line}");
+    }
     std::process::exit(1)
 }
 
@@ -68,16 +82,42 @@ fn main() {
     }
     // A config file's settings become the defaults of the flags (file < env < flags).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let (command, tables) =
+    let (command, tables, origin) =
         ai_gateway::config::file::apply(Cli::command(), &args).unwrap_or_else(|msg| exit_with(&msg));
-    let cli = Cli::from_arg_matches(&command.get_matches_from(&args)).unwrap_or_else(|e| e.exit());
+    let matches = command.get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
+    // `serve` refuses to start on what `check-config` reports, in the same words.
+    let checked = |args: &ai_gateway::config::ServeArgs| {
+        let config = ai_gateway::config::Config::from_args(args, tables.clone());
+        let problems =
+            ai_gateway::config::check::problems(args, config.as_ref().map_err(Vec::as_slice), &sub, origin.as_ref());
+        (config, problems)
+    };
     let result = match cli.command {
-        Command::Serve(args) => ai_gateway::config::Config::from_args(&args, tables).and_then(ai_gateway::server::run),
+        Command::Serve(args) => match checked(&args) {
+            (Ok(config), problems) if problems.is_empty() => ai_gateway::server::run(config),
+            (_, problems) => Err(problems.join("\n")),
+        },
+        Command::CheckConfig(check) => {
+            let (_, problems) = checked(&check.serve);
+            let what = check.file.as_ref().or(origin.as_ref().map(|o| &o.path)).map(|p| p.display().to_string());
+            if problems.is_empty() {
+                println!("{}: ok", what.as_deref().unwrap_or("the flags and environment"));
+                return;
+            }
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            std::process::exit(1);
+        }
         Command::Keys(args) => return ai_gateway::cli::run_keys(args).unwrap_or_else(|msg| exit_with(&msg)),
         Command::Usage(args) => return ai_gateway::cli::run_usage(args).unwrap_or_else(|msg| exit_with(&msg)),
     };
     if let Err(msg) = result {
-        ai_gateway::log::error(format_args!("{msg}"));
+        for line in msg.lines() {
+            ai_gateway::log::error(format_args!("{line}"));
+        }
         std::process::exit(1);
     }
 }

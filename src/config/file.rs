@@ -19,22 +19,72 @@ use crate::config::ModelTable;
 use crate::config::aliases::Aliases;
 use crate::config::loads::Loads;
 
+/// The subcommands whose flags a file sets: `serve`, and `check-config`,
+/// which reads them exactly as `serve` would.
+const READERS: [&str; 2] = ["serve", "check-config"];
+
+/// Where each setting of the config file stands in it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub path: PathBuf,
+    /// Setting (argument id) → its line; `aliases` and `models` for those tables.
+    pub lines: BTreeMap<String, usize>,
+}
+
+impl Origin {
+    /// `path:line` of `setting`, if the file sets it.
+    pub fn place(&self, setting: &str) -> Option<String> {
+        self.lines.get(setting).map(|line| format!("{}:{line}", self.path.display()))
+    }
+}
+
 /// Reads the config file named on the command line (or in the environment),
-/// if any, and returns the command with the file's values as defaults of the
-/// `serve` subcommand, and the file's tables.
-pub fn apply(cmd: Command, args: &[OsString]) -> Result<(Command, ModelTable), String> {
+/// if any, and returns the command with the file's values as defaults of
+/// `serve` (and `check-config`), the file's tables, and where each setting
+/// stands. Every problem the file has, each with its line, is an error:
+/// one line per problem.
+pub fn apply(cmd: Command, args: &[OsString]) -> Result<(Command, ModelTable, Option<Origin>), String> {
     let Some(path) = config_path(args) else {
-        return Ok((cmd, ModelTable::default()));
+        return Ok((cmd, ModelTable::default(), None));
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (defaults, tables) = parse(&text, &known_settings(&cmd)).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cmd = cmd.mut_subcommand("serve", |mut serve| {
-        for (id, values) in defaults {
-            serve = serve.mut_arg(id, |a| a.default_values(values));
+    let at = |line: usize| format!("{}:{line}", path.display());
+    let parsed = parse(&text, &known_settings(&cmd)).map_err(|problems| {
+        problems.iter().map(|(line, msg)| format!("{}: {msg}", at(*line))).collect::<Vec<_>>().join("\n")
+    })?;
+    // Each value is checked now as its flag would be, so that a bad one is
+    // named with its line (and all of them at once).
+    let serve = cmd.find_subcommand("serve").cloned().unwrap_or_else(|| Command::new("serve"));
+    let mut problems = Vec::new();
+    for (id, values, line) in &parsed.settings {
+        let Some(long) = serve.get_arguments().find(|a| a.get_id().as_str() == id).and_then(|a| a.get_long()) else {
+            continue;
+        };
+        let argv = values.iter().flat_map(|v| [format!("--{long}"), v.clone()]);
+        if let Err(e) = serve.clone().no_binary_name(true).try_get_matches_from(argv) {
+            use clap::error::ErrorKind as K;
+            // Only what is wrong with the value itself: the flags it needs are checked together later.
+            if matches!(e.kind(), K::InvalidValue | K::ValueValidation | K::InvalidUtf8 | K::TooManyValues) {
+                let why = e.to_string();
+                let why = why.lines().next().unwrap_or("").trim_start_matches("error: ").to_owned();
+                problems.push(format!("{}: {id}: {why}", at(*line)));
+            }
         }
-        serve
-    });
-    Ok((cmd, tables))
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    let mut cmd = cmd;
+    for reader in READERS {
+        cmd = cmd.mut_subcommand(reader, |mut sub| {
+            for (id, values, _) in &parsed.settings {
+                sub = sub.mut_arg(id.as_str(), |a| a.default_values(values.clone()));
+            }
+            sub
+        });
+    }
+    let lines = parsed.settings.iter().map(|(id, _, line)| (id.clone(), *line)).chain(parsed.tables).collect();
+    Ok((cmd, parsed.models, Some(Origin { path, lines })))
 }
 
 /// The names a file may set: the `serve` arguments, except `config` itself.
@@ -54,34 +104,61 @@ fn known_settings(cmd: &Command) -> Vec<String> {
 /// Settings from a file: argument id → its values as text.
 pub type Settings = Vec<(String, Vec<String>)>;
 
-/// Settings and tables from the file's text.
-pub fn parse(text: &str, known: &[String]) -> Result<(Settings, ModelTable), String> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
+/// What a file holds: its settings (id, values, line), its tables, and the
+/// lines of the tables (`aliases`, `models`).
+pub struct Parsed {
+    pub settings: Vec<(String, Vec<String>, usize)>,
+    pub models: ModelTable,
+    pub tables: Vec<(String, usize)>,
+}
+
+/// Settings and tables from the file's text; every problem with its line.
+pub fn parse(text: &str, known: &[String]) -> Result<Parsed, Vec<(usize, String)>> {
+    let line_of = |offset: usize| 1 + text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count();
+    let table: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(s.start));
+        vec![(line, format!("not valid TOML: {}", e.message()))]
+    })?;
+    let mut problems = Vec::new();
     let mut settings = Vec::new();
+    let mut tables = Vec::new();
     let mut aliases = BTreeMap::new();
     let mut loads = Loads::default();
+    let mut aliases_line = 0;
     for (key, value) in table {
+        let line = line_of(key.span().start);
+        let (key, value) = (key.into_inner(), value.into_inner());
         if key == "models" {
-            let toml::Value::Table(t) = value else {
-                return Err("[models] must be a table of per-model settings ([models.\"name\"])".into());
-            };
-            loads = Loads::from_toml(&t)?;
+            tables.push((key.clone(), line));
+            match &value {
+                toml::Value::Table(t) => match Loads::from_toml(t) {
+                    Ok(l) => loads = l,
+                    Err(e) => problems.push((line, e)),
+                },
+                _ => problems.push((line, "[models] must be a table of per-model settings ([models.\"name\"])".into())),
+            }
             continue;
         }
         if key == "aliases" {
+            tables.push((key.clone(), line));
+            aliases_line = line;
             let toml::Value::Table(t) = value else {
-                return Err("[aliases] must be a table of \"requested\" = \"served\" names".into());
+                problems.push((line, "[aliases] must be a table of \"requested\" = \"served\" names".into()));
+                continue;
             };
             for (alias, target) in t {
-                let toml::Value::String(target) = target else {
-                    return Err(format!("alias '{alias}' must name a model as a string"));
-                };
-                aliases.insert(alias, target);
+                match target {
+                    toml::Value::String(target) => {
+                        aliases.insert(alias, target);
+                    }
+                    _ => problems.push((line, format!("alias '{alias}' must name a model as a string"))),
+                }
             }
             continue;
         }
         if !known.contains(&key) {
-            return Err(format!("unknown setting '{key}' (settings are the serve flags with '_' for '-')"));
+            problems.push((line, format!("unknown setting '{key}' (settings are the serve flags with '_' for '-')")));
+            continue;
         }
         let scalar = |v: &toml::Value| -> Result<String, String> {
             match v {
@@ -93,17 +170,35 @@ pub fn parse(text: &str, known: &[String]) -> Result<(Settings, ModelTable), Str
             }
         };
         let values = match &value {
-            toml::Value::Array(list) if key == "upstream" => list.iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
-            v => vec![scalar(v)?],
+            toml::Value::Array(list) if key == "upstream" => list.iter().map(scalar).collect::<Result<Vec<_>, _>>(),
+            v => scalar(v).map(|one| vec![one]),
         };
-        settings.push((key, values));
+        match values {
+            Ok(values) => settings.push((key, values, line)),
+            Err(e) => problems.push((line, e)),
+        }
     }
-    Ok((settings, ModelTable { aliases: Aliases::new(aliases)?, loads }))
+    let aliases = Aliases::new(aliases).unwrap_or_else(|e| {
+        problems.push((aliases_line.max(1), e));
+        Aliases::default()
+    });
+    if !problems.is_empty() {
+        problems.sort();
+        return Err(problems);
+    }
+    Ok(Parsed { settings, models: ModelTable { aliases, loads }, tables })
 }
 
-/// `--config PATH` / `--config=PATH` on the command line, else `AI_GATEWAY_CONFIG`.
+/// `--config PATH` / `--config=PATH` on the command line (or the file
+/// `check-config` is given), else `AI_GATEWAY_CONFIG`.
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
-    let mut it = args.iter();
+    let mut it = args.iter().skip(1).peekable();
+    if it.peek().is_some_and(|a| *a == "check-config") {
+        it.next();
+        if let Some(file) = it.peek().filter(|a| !a.to_string_lossy().starts_with('-')) {
+            return Some(PathBuf::from(file));
+        }
+    }
     while let Some(a) = it.next() {
         let a = a.to_string_lossy();
         if a == "--config" {
@@ -129,7 +224,7 @@ mod tests {
 
     #[test]
     fn settings_lists_and_aliases() {
-        let (settings, tables) = parse(
+        let parsed = parse(
             r#"
             listen = "127.0.0.1:4000"
             workers = 2
@@ -141,6 +236,7 @@ mod tests {
             &known(),
         )
         .unwrap();
+        let settings: Settings = parsed.settings.into_iter().map(|(k, v, _)| (k, v)).collect();
         assert_eq!(
             settings,
             vec![
@@ -150,15 +246,21 @@ mod tests {
                 ("workers".to_owned(), vec!["2".to_owned()]),
             ]
         );
-        assert_eq!(tables.aliases.resolve("gpt-4o"), "llama3:latest");
+        assert_eq!(parsed.models.aliases.resolve("gpt-4o"), "llama3:latest");
     }
 
     #[test]
-    fn unknown_keys_and_bad_shapes_are_errors_naming_the_key() {
-        assert!(parse("listne = \"x\"", &known()).unwrap_err().contains("'listne'"));
-        assert!(parse("workers = [1, 2]", &known()).unwrap_err().contains("'workers'"));
-        assert!(parse("[aliases]\nx = 3", &known()).unwrap_err().contains("'x'"));
-        assert!(parse("aliases = 3", &known()).unwrap_err().contains("[aliases]"));
-        assert!(parse("workers = ", &known()).unwrap_err().contains("not valid TOML"));
+    fn unknown_keys_and_bad_shapes_are_errors_naming_the_key_and_its_line() {
+        let err = |text: &str| parse(text, &known()).err().expect("a problem");
+        assert_eq!(err("workers = 2\nlistne = \"x\"")[0].0, 2);
+        assert!(err("listne = \"x\"")[0].1.contains("'listne'"));
+        assert!(err("workers = [1, 2]")[0].1.contains("'workers'"));
+        assert!(err("[aliases]\nx = 3")[0].1.contains("'x'"));
+        assert!(err("aliases = 3")[0].1.contains("[aliases]"));
+        let toml = err("workers = 2\n\nworkers = ");
+        assert_eq!(toml[0].0, 3);
+        assert!(toml[0].1.contains("not valid TOML"));
+        // Every problem, not the first only.
+        assert_eq!(err("a = 1\nb = 2\nworkers = 1").len(), 2);
     }
 }

@@ -6,6 +6,7 @@
 //! is turned into the validated [`Config`] the workers share.
 
 pub mod aliases;
+pub mod check;
 pub mod file;
 pub mod loads;
 
@@ -361,128 +362,159 @@ pub struct Config {
 }
 
 impl Config {
-    /// Validates the arguments; `tables` come from the config file.
-    pub fn from_args(a: &ServeArgs, models: ModelTable) -> Result<Self, String> {
-        let secs = |name: &str, v: f64| -> Result<Duration, String> {
+    /// Validates the arguments; `tables` come from the config file. Every
+    /// problem is returned, each with the setting it is about.
+    pub fn from_args(a: &ServeArgs, models: ModelTable) -> Result<Self, Vec<Problem>> {
+        let mut p = Problems::default();
+        let secs = |p: &mut Problems, name: &'static str, v: f64| -> Duration {
             if v.is_finite() && v > 0.0 && v < 1e9 {
-                Ok(Duration::from_secs_f64(v))
+                Duration::from_secs_f64(v)
             } else {
-                Err(format!("--{name} must be a positive number of seconds, got {v}"))
+                p.add(name, format!("--{} must be a positive number of seconds, got {v}", name.replace('_', "-")));
+                Duration::from_secs(1)
             }
         };
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let workers = a.workers.unwrap_or(cores);
         if workers == 0 || workers > 1024 {
-            return Err(format!("--workers must be between 1 and 1024, got {workers}"));
+            p.add("workers", format!("--workers must be between 1 and 1024, got {workers}"));
         }
         if a.max_body_bytes == 0 {
-            return Err("--max-body-bytes must be at least 1".into());
+            p.add("max_body_bytes", "--max-body-bytes must be at least 1".into());
         }
         if a.tls_max_handshakes == 0 {
-            return Err("--tls-max-handshakes must be at least 1".into());
+            p.add("tls_max_handshakes", "--tls-max-handshakes must be at least 1".into());
         }
         let tls = match (&a.tls_cert, &a.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: a.tls_client_ca.clone() })
             }
             (None, None) => None,
-            _ => return Err("--tls-cert and --tls-key go together".into()),
+            _ => {
+                p.add("tls_cert", "--tls-cert and --tls-key go together".into());
+                None
+            }
         };
-        Ok(Self {
+        let upstreams: Vec<String> = a.upstream.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+        if upstreams.is_empty() {
+            p.add("upstream", "--upstream needs at least one URL".into());
+        }
+        let public_url = match a.public_url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
+            None | Some("") => None,
+            Some(u) if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) => {
+                Some(u.to_owned())
+            }
+            Some(u) => {
+                p.add("public_url", format!("--public-url must be an http:// or https:// URL, got '{u}'"));
+                None
+            }
+        };
+        let usage_flush = if (1..=3_600_000).contains(&a.usage_flush_ms) {
+            Duration::from_millis(a.usage_flush_ms)
+        } else {
+            p.add(
+                "usage_flush_ms",
+                format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms),
+            );
+            Duration::from_secs(1)
+        };
+        if a.responses_ttl > 10 * 365 * 86_400 {
+            p.add(
+                "responses_ttl",
+                format!("--responses-ttl must be at most ten years of seconds, got {}", a.responses_ttl),
+            );
+        }
+        if !(1 << 20..=8 << 30).contains(&a.responses_max_bytes) {
+            p.add(
+                "responses_max_bytes",
+                format!("--responses-max-bytes must be between 1 MiB and 8 GiB, got {}", a.responses_max_bytes),
+            );
+        }
+        if a.upstream_max_concurrent == 0 {
+            p.add("upstream_max_concurrent", "--upstream-max-concurrent must be at least 1".into());
+        }
+        if a.upstream_max_loaded_models == 0 {
+            p.add("upstream_max_loaded_models", "--upstream-max-loaded-models must be at least 1".into());
+        }
+        let cluster_size = match a.cluster_size {
+            Some(n) if n == 0 || n > 1024 => {
+                p.add("cluster_size", format!("--cluster-size must be between 1 and 1024, got {n}"));
+                0
+            }
+            Some(n) => n,
+            None => 0,
+        };
+        let shutdown_grace = if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
+            Duration::from_secs_f64(a.shutdown_grace)
+        } else {
+            p.add("shutdown_grace", format!("--shutdown-grace must be a number of seconds, got {}", a.shutdown_grace));
+            Duration::ZERO
+        };
+        let config = Self {
             upstream_ca: a.upstream_ca.clone(),
             tls,
             tls_max_handshakes: a.tls_max_handshakes,
             listen: a.listen,
-            upstreams: {
-                let list: Vec<String> =
-                    a.upstream.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
-                if list.is_empty() {
-                    return Err("--upstream needs at least one URL".into());
-                }
-                list
-            },
-            upstream_health_interval: secs("upstream-health-interval", a.upstream_health_interval)?,
-            public_url: match a.public_url.as_deref().map(|u| u.trim().trim_end_matches('/')) {
-                None | Some("") => None,
-                Some(u)
-                    if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) =>
-                {
-                    Some(u.to_owned())
-                }
-                Some(u) => return Err(format!("--public-url must be an http:// or https:// URL, got '{u}'")),
-            },
+            upstreams,
+            upstream_health_interval: secs(&mut p, "upstream_health_interval", a.upstream_health_interval),
+            public_url,
             models,
             workers,
             http: HttpLimits {
                 max_body: a.max_body_bytes,
-                header_timeout: secs("header-timeout", a.header_timeout)?,
-                body_timeout: secs("body-timeout", a.body_timeout)?,
-                idle_timeout: secs("idle-timeout", a.idle_timeout)?,
+                header_timeout: secs(&mut p, "header_timeout", a.header_timeout),
+                body_timeout: secs(&mut p, "body_timeout", a.body_timeout),
+                idle_timeout: secs(&mut p, "idle_timeout", a.idle_timeout),
             },
             upstream_limits: ClientLimits {
-                connect_timeout: secs("upstream-connect-timeout", a.upstream_connect_timeout)?,
-                read_timeout: secs("upstream-first-byte-timeout", a.upstream_first_byte_timeout)?,
+                connect_timeout: secs(&mut p, "upstream_connect_timeout", a.upstream_connect_timeout),
+                read_timeout: secs(&mut p, "upstream_first_byte_timeout", a.upstream_first_byte_timeout),
                 max_idle: a.upstream_max_idle,
-                idle_timeout: secs("upstream-idle-timeout", a.upstream_idle_timeout)?,
+                idle_timeout: secs(&mut p, "upstream_idle_timeout", a.upstream_idle_timeout),
             },
             data_dir: a.data.data_dir.clone(),
-            usage_flush: if (1..=3_600_000).contains(&a.usage_flush_ms) {
-                Duration::from_millis(a.usage_flush_ms)
-            } else {
-                return Err(format!("--usage-flush-ms must be between 1 and 3600000, got {}", a.usage_flush_ms));
-            },
+            usage_flush,
             usage_retention_days: a.usage_retention_days,
-            responses_ttl: if a.responses_ttl <= 10 * 365 * 86_400 {
-                Duration::from_secs(a.responses_ttl)
-            } else {
-                return Err(format!("--responses-ttl must be at most ten years of seconds, got {}", a.responses_ttl));
-            },
-            responses_max_bytes: if a.responses_max_bytes >= 1 << 20 && a.responses_max_bytes <= 8 << 30 {
-                a.responses_max_bytes
-            } else {
-                return Err(format!(
-                    "--responses-max-bytes must be between 1 MiB and 8 GiB, got {}",
-                    a.responses_max_bytes
-                ));
-            },
+            responses_ttl: Duration::from_secs(a.responses_ttl),
+            responses_max_bytes: a.responses_max_bytes,
             log_format: a.log_format,
             log_level: a.log_level,
             metrics_per_key: a.metrics_per_key,
             metrics_listen: a.metrics_listen,
-            upstream_max_concurrent: if a.upstream_max_concurrent == 0 {
-                return Err("--upstream-max-concurrent must be at least 1".into());
-            } else {
-                a.upstream_max_concurrent
-            },
+            upstream_max_concurrent: a.upstream_max_concurrent,
             upstream_queue: a.upstream_queue,
-            upstream_queue_timeout: secs("upstream-queue-timeout", a.upstream_queue_timeout)?,
+            upstream_queue_timeout: secs(&mut p, "upstream_queue_timeout", a.upstream_queue_timeout),
             upstream_reserve_interactive: match a.upstream_reserve_interactive {
                 Some(n) => n.min(a.upstream_max_concurrent.saturating_sub(1)),
                 None => usize::from(a.upstream_max_concurrent >= 4),
             },
             upstream_num_parallel: a.upstream_num_parallel,
-            upstream_max_loaded_models: if a.upstream_max_loaded_models == 0 {
-                return Err("--upstream-max-loaded-models must be at least 1".into());
-            } else {
-                a.upstream_max_loaded_models
-            },
-            swap_max_wait: secs("swap-max-wait", a.swap_max_wait)?,
-            queue_aging: secs("queue-aging", a.queue_aging)?,
+            upstream_max_loaded_models: a.upstream_max_loaded_models,
+            swap_max_wait: secs(&mut p, "swap_max_wait", a.swap_max_wait),
+            queue_aging: secs(&mut p, "queue_aging", a.queue_aging),
             completion_reservation: a.completion_reservation,
             upstream_buffer_bytes: a.upstream_buffer_bytes,
             cluster: a.cluster.clone(),
-            cluster_size: match a.cluster_size {
-                Some(n) if n == 0 || n > 1024 => {
-                    return Err(format!("--cluster-size must be between 1 and 1024, got {n}"));
-                }
-                Some(n) => n,
-                None => 0,
-            },
-            shutdown_grace: if a.shutdown_grace >= 0.0 && a.shutdown_grace < 1e6 {
-                Duration::from_secs_f64(a.shutdown_grace)
-            } else {
-                return Err(format!("--shutdown-grace must be a number of seconds, got {}", a.shutdown_grace));
-            },
-        })
+            cluster_size,
+            shutdown_grace,
+        };
+        if p.0.is_empty() { Ok(config) } else { Err(p.0) }
+    }
+}
+
+/// Something wrong with a setting: which (its argument id), and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+/// The problems found so far.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, setting: &'static str, message: String) {
+        self.0.push(Problem { setting, message });
     }
 }

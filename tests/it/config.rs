@@ -116,3 +116,120 @@ fn an_unknown_setting_or_a_bad_value_stops_the_start_with_its_name() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ai-gateway.toml"));
 }
+
+/// Runs the gateway binary with `args` (and `env`); exit code, stdout, stderr.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = temp_data_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(args)
+        .env("AI_GATEWAY_DATA_DIR", &dir)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An openssl certificate and key in `dir` (`name.pem`, `name.key`), valid for `days`.
+fn self_signed(dir: &std::path::Path, name: &str, days: &str) {
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            days,
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_line_and_serve_refuses_with_the_same_words() {
+    let good = config_file("listen = \"127.0.0.1:0\"\nworkers = 2\n[aliases]\n\"gpt-4o\" = \"llama3:latest\"\n");
+    let (code, out, err) = run(&["check-config", good.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+
+    // What the file's text gets wrong: each with its line, all of them.
+    let path = config_file("workers = 2\nworkres = 3\n\n[aliases]\n\"a\" = 5\n");
+    let (code, _, err) = run(&["check-config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    let file = path.display().to_string();
+    assert!(err.contains(&format!("{file}:2: unknown setting 'workres'")), "{err}");
+    assert!(err.contains(&format!("{file}:4: alias 'a' must name a model as a string")), "{err}");
+    // A value its flag would not take, with its line.
+    let path = config_file("listen = \"127.0.0.1:0\"\nworkers = \"many\"\n");
+    let (code, _, err) = run(&["check-config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}:2: workers: invalid value 'many'", path.display())), "{err}");
+
+    // What the settings name: files, certificates, hosts, addresses, limits.
+    let dir = path.parent().unwrap().to_path_buf();
+    self_signed(&dir, "server", "2");
+    self_signed(&dir, "other", "2");
+    // A certificate that expired yesterday.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    std::fs::write(dir.join("old.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(dir.join("old.key"), key.serialize_pem()).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:4100\"\nworkers = 0\ntls_cert = \"{d}/server.pem\"\ntls_key = \"{d}/other.key\"\n\
+         upstream = [\"http://a:11434\", \"http://a:11434\", \"ftp://b\"]\nmetrics_listen = \"127.0.0.1:4100\"\n\
+         upstream_ca = \"{d}/missing.pem\"\nshutdown_grace = -1\n",
+        d = dir.display()
+    );
+    let bad = config_file(&text);
+    let file = bad.display().to_string();
+    let (code, _, err) = run(&["check-config", &file], &[]);
+    assert_eq!(code, 1);
+    let expected = [
+        format!("{file}:2: --workers must be between 1 and 1024, got 0"),
+        format!(
+            "{file}:3: the certificate {}/server.pem and the key {}/other.key do not go together",
+            dir.display(),
+            dir.display()
+        ),
+        format!("{file}:5: upstream 'http://a:11434' is given twice"),
+        format!("{file}:5: upstream 'ftp://b' must start with http:// or https://"),
+        format!("{file}:6: --metrics-listen is --listen's address (127.0.0.1:4100)"),
+        format!("{file}:7: cannot read the certificate {}/missing.pem", dir.display()),
+        format!("{file}:8: --shutdown-grace must be a number of seconds, got -1"),
+    ];
+    for line in &expected {
+        assert!(err.contains(line.as_str()), "missing {line:?} in:\n{err}");
+    }
+    // `serve` refuses to start on the same problems, in the same words.
+    let (code, _, serve_err) = run(&["serve", "--config", &file], &[]);
+    assert_eq!(code, 1);
+    for line in &expected {
+        assert!(serve_err.contains(line.as_str()), "serve: missing {line:?} in:\n{serve_err}");
+    }
+
+    // An expired certificate.
+    let expired = config_file(&format!("tls_cert = \"{d}/old.pem\"\ntls_key = \"{d}/old.key\"\n", d = dir.display()));
+    let (code, _, err) = run(&["check-config", expired.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":1: the certificate") && err.contains("expired on"), "{err}");
+
+    // A flag or a variable is named as such.
+    let (code, _, err) = run(&["check-config", good.to_str().unwrap(), "--workers", "0"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: --workers: --workers must be between 1 and 1024"), "{err}");
+    let (code, _, err) = run(&["check-config", good.to_str().unwrap()], &[("AI_GATEWAY_WORKERS", "0")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: AI_GATEWAY_WORKERS: --workers must be"), "{err}");
+}

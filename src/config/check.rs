@@ -1,0 +1,161 @@
+//! Checking a configuration without starting anything: `ai-gateway
+//! check-config [FILE]`, and `serve` before it starts — the same checks,
+//! the same words, so a restart never finds what a check could have.
+//!
+//! Beyond what every setting must be (`Config::from_args`), the checks here
+//! look at what the settings name, offline: the files (TLS certificate and
+//! key, client and host CAs, the Redis CA) are readable PEM, the
+//! certificate goes with its key and is valid now, the data directory can
+//! be written, the hosts are well-formed URLs and none twice, and the two
+//! listeners are not one address. Each problem says where the setting came
+//! from: the config file's line, the environment variable, or the flag.
+
+use std::path::Path;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+
+use super::file::Origin;
+use super::{Config, Problem, ServeArgs};
+
+/// Every problem of a configuration, each as one line: `where: what`.
+pub fn problems(
+    a: &ServeArgs,
+    config: Result<&Config, &[Problem]>,
+    matches: &ArgMatches,
+    origin: Option<&Origin>,
+) -> Vec<String> {
+    let mut found: Vec<Problem> = match config {
+        Ok(_) => Vec::new(),
+        Err(p) => p.to_vec(),
+    };
+    offline(a, &mut found);
+    found.into_iter().map(|p| format!("{}: {}", place(p.setting, matches, origin), p.message)).collect()
+}
+
+/// Where a setting's value came from, as an operator finds it.
+fn place(setting: &str, matches: &ArgMatches, origin: Option<&Origin>) -> String {
+    let flag = format!("--{}", setting.replace('_', "-"));
+    let env = format!("AI_GATEWAY_{}", setting.to_ascii_uppercase());
+    match matches.value_source(setting) {
+        Some(ValueSource::CommandLine) => flag,
+        Some(ValueSource::EnvVariable) => env,
+        _ => origin.and_then(|o| o.place(setting)).unwrap_or(flag),
+    }
+}
+
+/// The checks of what the settings name.
+fn offline(a: &ServeArgs, found: &mut Vec<Problem>) {
+    let mut add = |setting: &'static str, message: String| found.push(Problem { setting, message });
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key)
+        && let Err(e) = certificate_and_key(cert, key)
+    {
+        add("tls_cert", e);
+    }
+    for (setting, ca) in
+        [("tls_client_ca", &a.tls_client_ca), ("upstream_ca", &a.upstream_ca), ("redis_ca", &a.cluster.redis_ca)]
+    {
+        if let Some(ca) = ca
+            && let Err(e) = certificates(ca)
+        {
+            add(setting, e);
+        }
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for url in a.upstream.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+        if let Err(e) = host_url(url) {
+            add("upstream", e);
+        }
+        let key = url.trim_end_matches('/').to_ascii_lowercase();
+        if seen.contains(&key) {
+            add("upstream", format!("upstream '{url}' is given twice"));
+        }
+        seen.push(key);
+    }
+    // Port 0 is a new port for each listener, never one twice.
+    if a.metrics_listen == Some(a.listen) && a.listen.port() != 0 {
+        add("metrics_listen", format!("--metrics-listen is --listen's address ({})", a.listen));
+    }
+    if let Err(e) = writable_dir(&a.data.data_dir) {
+        add("data_dir", e);
+    }
+}
+
+/// The certificates in a PEM file.
+fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read the certificate {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate {} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("the certificate {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The leaf certificate goes with the key and is valid now.
+fn certificate_and_key(cert: &Path, key: &Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = certificates(cert)?;
+    let der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| format!("the key {} is not one TLS can use: {e}", key.display()))?;
+    let certified = rustls::sign::CertifiedKey::new(certs.clone(), signer);
+    certified
+        .keys_match()
+        .map_err(|_| format!("the certificate {} and the key {} do not go together", cert.display(), key.display()))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|e| format!("the certificate {} cannot be read: {e}", cert.display()))?;
+    let validity = leaf.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        return Err(format!("the certificate {} expired on {}", cert.display(), validity.not_after));
+    }
+    if now < validity.not_before {
+        return Err(format!("the certificate {} is not valid before {}", cert.display(), validity.not_before));
+    }
+    Ok(())
+}
+
+/// A host's URL as `UpstreamTarget` takes it (without resolving its name).
+fn host_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("upstream '{url}' must start with http:// or https://"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        return Err(format!("upstream '{url}' has no host"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':').filter(|_| !authority.ends_with(']'))
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("upstream '{url}' has a port that is not one ('{port}')"));
+    }
+    Ok(())
+}
+
+/// The data directory exists and can be written, or can be made.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!("the data directory {}: {} is not a directory", dir.display(), existing.display()));
+    }
+    // SAFETY: access() reads the NUL-terminated path, which outlives the call.
+    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(format!("the data directory {}: {} cannot be written", dir.display(), existing.display()));
+    }
+    Ok(())
+}
