@@ -18,9 +18,16 @@
 //! idle connections open that long after the streams end, so that a harness
 //! can read the server's memory meanwhile. It prints one Markdown table row:
 //! | streams | completed | events | TTFT p50 | TTFT p99 | gap p50 | gap p99 | gap max |
+//!
+//! With `PERF_TLS_CA=FILE` (the CA that signed the target's certificate,
+//! for its IP address) each stream speaks TLS: a full handshake on its own
+//! connection (no resumption), and the time to first token counts from the
+//! handshake's first byte, as a client that starts a stream on a new
+//! connection sees it.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -87,6 +94,20 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
             headers.push_str("\r\n");
         }
     }
+    let tls = match std::env::var("PERF_TLS_CA") {
+        Ok(ca) if !ca.is_empty() => match ai_gateway::upstream::client::host_tls_config(Some(ca.as_ref())) {
+            Ok(config) => {
+                let mut config = (*config).clone();
+                config.resumption = rustls::client::Resumption::disabled();
+                Some(Arc::new(config))
+            }
+            Err(e) => {
+                eprintln!("stream_load: {e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
     let request = Rc::new(
         format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\
@@ -125,8 +146,10 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
                 }
             }
         }
-        let tasks: Vec<_> =
-            conns.into_iter().map(|s| monoio::spawn(one(s, Rc::clone(&request), pattern.to_vec()))).collect();
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|s| monoio::spawn(one(s, addr, tls.clone(), Rc::clone(&request), pattern.to_vec())))
+            .collect();
         for t in tasks {
             match t.await {
                 Ok(s) => samples.push(s),
@@ -165,11 +188,30 @@ async fn run(addr: SocketAddr, mode: String, streams: usize, idle: usize, hold: 
     if failures > 0 { 1 } else { 0 }
 }
 
-/// Sends one request and reads the reply to its end, timing each event.
-async fn one(mut s: TcpStream, request: Rc<Vec<u8>>, pattern: Vec<u8>) -> Result<Sample, String> {
+/// Sends one request and reads the reply to its end, timing each event
+/// (over TLS when `tls` is given, the handshake timed with the rest).
+async fn one(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    request: Rc<Vec<u8>>,
+    pattern: Vec<u8>,
+) -> Result<Sample, String> {
+    use ai_gateway::http::tls;
     let finder = memchr::memmem::Finder::new(&pattern);
     let start = Instant::now();
-    let (res, _) = s.write_all(request.to_vec()).await;
+    let mut session = None;
+    if let Some(config) = tls {
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let (stream, t) =
+            tls::connect(s, config, name, Duration::from_secs(60)).await.map_err(|e| format!("TLS handshake: {e}"))?;
+        s = stream;
+        session = Some(t);
+    }
+    let res = match &mut session {
+        Some(t) => tls::write_all(&mut s, t, request.to_vec()).await.0,
+        None => s.write_all(request.to_vec()).await.0.map(|_| ()),
+    };
     res.map_err(|e| format!("write: {e}"))?;
     let mut reply: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut scanned = 0;
@@ -179,14 +221,19 @@ async fn one(mut s: TcpStream, request: Rc<Vec<u8>>, pattern: Vec<u8>) -> Result
     let mut gaps = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let (res, b) = s.read(buf).await;
-        buf = b;
-        let n = res.map_err(|e| format!("read: {e}"))?;
+        let n = match &mut session {
+            Some(t) => tls::fill(&mut s, t, &mut reply, Duration::from_secs(300)).await,
+            None => {
+                let (res, b) = s.read(buf).await;
+                buf = b;
+                res.inspect(|&n| reply.extend_from_slice(&buf[..n]))
+            }
+        };
+        let n = n.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             break;
         }
         let now = Instant::now();
-        reply.extend_from_slice(&buf[..n]);
         let mut found = 0;
         while let Some(i) = finder.find(&reply[scanned..]) {
             found += 1;

@@ -199,6 +199,18 @@ fn requests_and_streams_over_tls_1_2_and_1_3_with_alpn() {
             }
         }
         assert_eq!(tls_request(&mut s, "GET", "/healthz", None).status, 200);
+        // A body of many records, and two requests in one write: every byte
+        // of each comes through the records, in order.
+        let big =
+            serde_json::json!({"model": "llama3", "messages": [{"role": "user", "content": "word ".repeat(200_000)}]});
+        let r = tls_request(&mut s, "POST", "/v1/chat/completions", Some(&big.to_string()));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["usage"]["prompt_tokens"].as_u64().unwrap() > 100_000, "{}", r.text());
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
+        s.flush().unwrap();
+        let mut r = BufReader::new(&mut s);
+        assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+        assert_eq!(read_response(&mut r, false).unwrap().status, 404);
     }
     // Plain HTTP on the TLS port is no request: the handshake fails, counted.
     let r = std::panic::catch_unwind(|| request(g.addr, "GET", "/healthz", None));
