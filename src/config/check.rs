@@ -81,8 +81,8 @@ fn offline(a: &ServeArgs, found: &mut Vec<Problem>) {
     }
 }
 
-/// The certificates in a PEM file.
-fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+/// The certificates in a PEM file (a chain, leaf first, or a CA's).
+pub fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read the certificate {}: {e}", path.display()))?

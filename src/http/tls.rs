@@ -26,8 +26,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::ops::{Deref, DerefMut};
 
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
 pub use crate::config::TlsFiles;
@@ -52,17 +52,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider)
 }
 
-/// The certificate chain in a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read the certificate {}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the certificate {} is not valid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("the certificate {} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
+/// The certificate chain in a PEM file, read as `check-config` reads it.
+pub use crate::config::check::certificates as read_certs;
 
 /// The private key in a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
