@@ -139,14 +139,36 @@ where
         Ok(())
     }
 
-    /// Gives the session ciphertext (all of it); its records are decrypted.
-    pub fn take_in(&mut self, mut raw: &[u8]) -> std::io::Result<()> {
+    /// Gives the session ciphertext (all of it, up to the peer's end: what
+    /// follows its close_notify is not read); its records are decrypted and
+    /// the bytes they hold stay in the session (at most 16 KiB, so `raw`
+    /// must be small: a handshake's read; else [`Records::take_in_to`]).
+    pub fn take_in(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.take(raw, None)
+    }
+
+    /// The same, with the bytes the records hold appended to `into` as they
+    /// are decrypted, so a backlog of any size goes through the session's
+    /// bounded buffer.
+    pub fn take_in_to(&mut self, raw: &[u8], into: &mut Vec<u8>) -> std::io::Result<()> {
+        self.take(raw, Some(into))
+    }
+
+    fn take(&mut self, mut raw: &[u8], mut into: Option<&mut Vec<u8>>) -> std::io::Result<()> {
         while !raw.is_empty() {
-            self.session.read_tls(&mut raw)?;
+            let n = self.session.read_tls(&mut raw)?;
             self.session.process_new_packets().map_err(|e| {
                 // The alert that says why goes out with the next write, if any.
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e)
             })?;
+            if let Some(into) = into.as_deref_mut() {
+                self.plain(into)?;
+            }
+            if n == 0 {
+                // The session reads nothing more (the peer said close_notify):
+                // the rest is not for it, and asking again would spin.
+                break;
+            }
         }
         Ok(())
     }
@@ -211,9 +233,14 @@ where
         if let Some(n) = tls.plain(inbuf)? {
             return Ok(n);
         }
+        let before = inbuf.len();
         if !tls.pending.is_empty() {
+            // What the client watch kept while a request was answered.
             let pending = std::mem::take(&mut tls.pending);
-            tls.take_in(&pending)?;
+            tls.take_in_to(&pending, inbuf)?;
+            if inbuf.len() > before {
+                return Ok(inbuf.len() - before);
+            }
             continue;
         }
         let raw = Vec::with_capacity(16 * 1024);
@@ -227,10 +254,13 @@ where
             let _ = tls.session.process_new_packets();
             return Ok(tls.plain(inbuf)?.unwrap_or(0));
         }
-        let taken = tls.take_in(&raw);
+        let taken = tls.take_in_to(&raw, inbuf);
         // Alerts for a bad record, and what the session answers (a key update).
         tls.flush_records(stream).await?;
         taken?;
+        if inbuf.len() > before {
+            return Ok(inbuf.len() - before);
+        }
     }
 }
 
@@ -375,4 +405,93 @@ fn stamps(files: &TlsFiles) -> Vec<Option<std::time::SystemTime>> {
         .flatten()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's records and a client's session, handshaken in memory.
+    fn pair() -> (Box<Tls>, ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let certs = vec![cert.der().clone()];
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs.clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certs[0].clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut server = Records::new(ServerConnection::new(Arc::new(server)).unwrap());
+        let mut client = ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
+        while client.is_handshaking() || server.session.is_handshaking() {
+            server.take_in(&wire(&mut client)).unwrap();
+            let mut back = Vec::new();
+            while server.session.wants_write() {
+                server.session.write_tls(&mut back).unwrap();
+            }
+            let mut rest = &back[..];
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+        (server, client)
+    }
+
+    /// What the client has to send.
+    fn wire(client: &mut ClientConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// Runs `f` on a thread of its own: a call that spins fails the test
+    /// instead of hanging it.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(10)).expect("the call did not return")
+    }
+
+    #[test]
+    fn a_backlog_larger_than_the_sessions_buffer_comes_through_whole() {
+        let (mut server, mut client) = pair();
+        let sent: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        client.writer().write_all(&sent).unwrap();
+        let backlog = wire(&mut client);
+        let got = within(move || {
+            let mut got = Vec::new();
+            server.take_in_to(&backlog, &mut got).map(|()| got)
+        });
+        assert_eq!(got.unwrap(), sent);
+    }
+
+    #[test]
+    fn bytes_after_close_notify_end_the_session_without_a_spin() {
+        let (mut server, mut client) = pair();
+        client.writer().write_all(b"last words").unwrap();
+        client.send_close_notify();
+        let mut raw = wire(&mut client);
+        // The start of a record longer than what follows, then many bytes:
+        // more than the session reads at once.
+        raw.extend_from_slice(&[0x17, 0x03, 0x03, 0x3f, 0xff]);
+        raw.extend(std::iter::repeat_n(0u8, 12 * 1024));
+        let (got, end) = within(move || {
+            let mut got = Vec::new();
+            let taken = server.take_in_to(&raw, &mut got);
+            (taken.map(|()| got), server.plain(&mut Vec::new()).ok())
+        });
+        assert_eq!(got.unwrap(), b"last words");
+        assert_eq!(end, Some(Some(0)), "the end is an orderly one");
+    }
 }

@@ -249,6 +249,34 @@ fn a_client_that_leaves_a_tls_stream_cancels_its_generation() {
 }
 
 #[test]
+fn requests_pipelined_while_a_generation_is_answered_are_answered_in_order() {
+    let certs = Certs::new();
+    let m = mock(&["--tokens", "5", "--first-token-delay-ms", "300"]);
+    let g = tls_gateway(&m, &certs, &[]);
+    let config = client_config(&certs.path("ca.pem"), None, None);
+    // A backlog larger than the session's own 16 KiB buffer, pipelined while
+    // a generation is answered: every request of it is answered, in order.
+    let mut s = tls_connect(&g, config).unwrap();
+    let body = chat_body("llama3", false);
+    let mut out = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let pad = "p".repeat(900);
+    for i in 0..120 {
+        out.push_str(&format!("GET /healthz?n={i} HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n"));
+    }
+    s.write_all(out.as_bytes()).unwrap();
+    s.flush().unwrap();
+    let mut r = BufReader::new(&mut s);
+    let first = read_response(&mut r, false).unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    for i in 0..120 {
+        assert_eq!(read_response(&mut r, false).map(|r| r.status), Some(200), "pipelined request {i}");
+    }
+}
+
+#[test]
 fn handshakes_are_bounded_in_time_and_in_number() {
     let certs = Certs::new();
     let m = mock(&[]);
