@@ -117,7 +117,10 @@ fn main() {
             Err(_) => std::process::exit(1),
         }
     }
-    eprintln!("mock-ollama listening on {addr} ({workers} workers)");
+    // One write: harnesses wait for this line, and a line written in pieces
+    // (an address is formatted octet by octet) can be read half-way.
+    let line = format!("mock-ollama listening on {addr} ({workers} workers)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     for t in threads {
         let _ = t.join();
     }
