@@ -178,6 +178,10 @@ impl HostConn {
                 return false;
             }
             tls.pending.extend_from_slice(&raw[..n as usize]);
+            if tls.pending.len() > QUIET_TLS_BYTES {
+                // More than tickets: a host that talks unasked is not reused.
+                return false;
+            }
         }
         let pending = std::mem::take(&mut tls.pending);
         tls.take_in(&pending).is_ok()
@@ -187,6 +191,10 @@ impl HostConn {
                 .is_ok_and(|io| io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed())
     }
 }
+
+/// Most bytes an idle `https://` connection may hold (session tickets, a
+/// key update) and still be reused.
+const QUIET_TLS_BYTES: usize = 16 * 1024;
 
 /// A worker's idle upstream connections, oldest first, each with the time it
 /// was returned (`clock::coarse_ms`: an age in seconds needs no finer clock).
