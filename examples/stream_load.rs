@@ -208,10 +208,7 @@ async fn one(
         s = stream;
         session = Some(t);
     }
-    let res = match &mut session {
-        Some(t) => tls::write_all(&mut s, t, request.to_vec()).await.0,
-        None => s.write_all(request.to_vec()).await.0.map(|_| ()),
-    };
+    let res = tls::write_all(&mut s, session.as_deref_mut(), request.to_vec()).await.0;
     res.map_err(|e| format!("write: {e}"))?;
     let mut reply: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut scanned = 0;

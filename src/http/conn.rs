@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use super::chunked::ChunkedDecoder;
@@ -46,13 +46,7 @@ impl Conn {
             return Err(std::io::Error::other("connection is split"));
         };
         let out = std::mem::take(&mut self.out);
-        let (res, mut out) = match self.tls.as_mut() {
-            Some(tls) => super::tls::write_all(stream, tls, out).await,
-            None => {
-                let (res, out) = stream.write_all(out).await;
-                (res.map(|_| ()), out)
-            }
-        };
+        let (res, mut out) = super::tls::write_all(stream, self.tls.as_deref_mut(), out).await;
         out.clear();
         self.out = out;
         res

@@ -320,13 +320,22 @@ where
     Ok((stream, tls))
 }
 
-/// Writes `plain` to the peer through the session.
-pub async fn write_all<W, C, S>(wr: &mut W, tls: &mut Records<C>, plain: Vec<u8>) -> (std::io::Result<()>, Vec<u8>)
+/// Writes `plain` to the peer whole: sealed into records by the session
+/// when there is one, as it is when there is none. The buffer comes back.
+pub async fn write_all<W, C, S>(
+    wr: &mut W,
+    tls: Option<&mut Records<C>>,
+    plain: Vec<u8>,
+) -> (std::io::Result<()>, Vec<u8>)
 where
     W: monoio::io::AsyncWriteRent,
     C: DerefMut + Deref<Target = ConnectionCommon<S>>,
     S: SideData,
 {
+    let Some(tls) = tls else {
+        let (res, plain) = monoio::io::AsyncWriteRentExt::write_all(wr, plain).await;
+        return (res.map(|_| ()), plain);
+    };
     let sealed = match tls.seal(&plain) {
         Ok(s) => std::mem::take(s),
         Err(e) => return (Err(e), plain),

@@ -12,7 +12,7 @@
 //! so a fast reply costs no read and no cancel on the client's socket, and
 //! bytes a client pipelines meanwhile are handed back, never lost.
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::Splitable;
 use monoio::net::tcp::TcpOwnedWriteHalf;
 
 use crate::api::Accepted;
@@ -293,13 +293,7 @@ impl Split {
 
     /// Writes `out` to the client (sealed, with TLS).
     async fn write(&mut self, out: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        match self.tls.as_mut() {
-            Some(tls) => crate::http::tls::write_all(&mut self.wr, tls, out).await,
-            None => {
-                let (res, out) = self.wr.write_all(out).await;
-                (res.map(|_| ()), out)
-            }
-        }
+        crate::http::tls::write_all(&mut self.wr, self.tls.as_deref_mut(), out).await
     }
 
     /// Puts the connection back together. `After::Close` when the client

@@ -26,7 +26,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::config::ClientLimits;
@@ -148,13 +148,7 @@ pub struct HostConn {
 impl HostConn {
     /// Writes `data` whole (sealed, to an `https://` host); the buffer comes back.
     async fn write_all(&mut self, data: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        match self.tls.as_mut() {
-            Some(tls) => crate::http::tls::write_all(&mut self.tcp, tls, data).await,
-            None => {
-                let (res, data) = self.tcp.write_all(data).await;
-                (res.map(|_| ()), data)
-            }
-        }
+        crate::http::tls::write_all(&mut self.tcp, self.tls.as_deref_mut(), data).await
     }
 
     /// Nothing to read: no bytes, no end, no error. Over TLS, records that

@@ -41,72 +41,25 @@ impl Certs {
         self.dir.join(name).display().to_string()
     }
 
+    /// A new P-256 key in `{name}.key` and, with `what`, the request or
+    /// self-signed certificate openssl makes of it.
+    fn key_and(&self, name: &str, what: &str) {
+        let args = format!("req {what} -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key");
+        ssl(&self.dir, &args.split(' ').collect::<Vec<_>>());
+    }
+
     fn ca(&self, name: &str) {
-        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-        ssl(
-            &self.dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
+        self.key_and(name, &format!("-x509 -days 2 -subj /CN={name} -out {name}.pem"));
     }
 
     /// `{name}.pem` and `{name}.key`, signed by the CA `ca`.
     fn leaf(&self, ca: &str, name: &str, subject: &str, ext: Option<&str>) {
-        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
-        ssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                subject,
-            ],
+        self.key_and(name, &format!("-subj {subject} -out {name}.csr"));
+        std::fs::write(self.dir.join(format!("{name}.ext")), ext.unwrap_or("extendedKeyUsage=clientAuth\n")).unwrap();
+        let args = format!(
+            "x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
         );
-        let ext_file = format!("{name}.ext");
-        std::fs::write(self.dir.join(&ext_file), ext.unwrap_or("extendedKeyUsage=clientAuth\n")).unwrap();
-        ssl(
-            &self.dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext_file,
-            ],
-        );
+        ssl(&self.dir, &args.split(' ').collect::<Vec<_>>());
     }
 }
 
