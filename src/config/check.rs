@@ -94,12 +94,17 @@ pub fn certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer
     Ok(certs)
 }
 
+/// The private key in a PEM file.
+pub fn private_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+}
+
 /// The leaf certificate goes with the key and is valid now.
 fn certificate_and_key(cert: &Path, key: &Path) -> Result<(), String> {
-    use rustls::pki_types::pem::PemObject;
     let certs = certificates(cert)?;
-    let der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let der = private_key(key)?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| format!("the key {} is not one TLS can use: {e}", key.display()))?;
     let certified = rustls::sign::CertifiedKey::new(certs.clone(), signer);
@@ -119,22 +124,46 @@ fn certificate_and_key(cert: &Path, key: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A host's URL as `UpstreamTarget` takes it (without resolving its name).
-fn host_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("upstream '{url}' must start with http:// or https://"))?;
-    let authority = rest.split('/').next().unwrap_or("");
+/// A host's URL (`--upstream`), taken apart: `http[s]://host[:port][/path]`.
+/// `check-config` checks it and `UpstreamTarget::resolve` reaches it, so
+/// both read it alike.
+pub struct HostUrl<'a> {
+    pub https: bool,
+    /// `host:port` as written (the port the scheme's when none is).
+    pub authority: &'a str,
+    /// The host alone, without the port and an IPv6 address's brackets.
+    pub host: &'a str,
+    pub port: u16,
+    /// The path prefix, without a trailing slash (`""` for none).
+    pub path: &'a str,
+}
+
+/// Takes `url` apart (without resolving its name).
+pub fn host_url(url: &str) -> Result<HostUrl<'_>, String> {
+    let (rest, https) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else {
+        return Err(format!("upstream '{url}' must start with http:// or https://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
     if authority.is_empty() || authority.contains(char::is_whitespace) {
         return Err(format!("upstream '{url}' has no host"));
     }
-    if let Some((_, port)) = authority.rsplit_once(':').filter(|_| !authority.ends_with(']'))
-        && port.parse::<u16>().is_err()
-    {
-        return Err(format!("upstream '{url}' has a port that is not one ('{port}')"));
-    }
-    Ok(())
+    let (host, port) = match authority.rsplit_once(':').filter(|_| !authority.ends_with(']')) {
+        Some((host, port)) => {
+            let port =
+                port.parse::<u16>().map_err(|_| format!("upstream '{url}' has a port that is not one ('{port}')"))?;
+            (host, port)
+        }
+        None => (authority, if https { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(HostUrl { https, authority, host, port, path })
 }
 
 /// The data directory exists and can be written, or can be made.

@@ -101,9 +101,6 @@ fn known_settings(cmd: &Command) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Settings from a file: argument id → its values as text.
-pub type Settings = Vec<(String, Vec<String>)>;
-
 /// What a file holds: its settings (id, values, line), its tables, and the
 /// lines of the tables (`aliases`, `models`).
 pub struct Parsed {
@@ -236,7 +233,7 @@ mod tests {
             &known(),
         )
         .unwrap();
-        let settings: Settings = parsed.settings.into_iter().map(|(k, v, _)| (k, v)).collect();
+        let settings: Vec<(String, Vec<String>)> = parsed.settings.into_iter().map(|(k, v, _)| (k, v)).collect();
         assert_eq!(
             settings,
             vec![

@@ -17,7 +17,6 @@
 //! certificate that CA signed is refused during the handshake.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,6 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::ops::{Deref, DerefMut};
 
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
 pub use crate::config::TlsFiles;
@@ -55,10 +52,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The certificate chain in a PEM file, read as `check-config` reads it.
 pub use crate::config::check::certificates as read_certs;
 
-/// The private key in a PEM file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
-}
+/// The private key in a PEM file, read as `check-config` reads it.
+pub use crate::config::check::private_key as read_key;
 
 /// Builds the server's TLS configuration from its files: the certificate
 /// must match the key, and the client CA (if any) must hold a certificate.
@@ -429,7 +424,7 @@ mod tests {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(certs.clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+            .with_single_cert(certs.clone(), rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certs[0].clone()).unwrap();

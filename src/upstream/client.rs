@@ -81,37 +81,20 @@ impl UpstreamTarget {
     /// must chain to `ca` (a PEM file of CA certificates), or else to the
     /// system's roots.
     pub fn resolve(url: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
-        let (rest, default_port, https) = if let Some(rest) = url.strip_prefix("http://") {
-            (rest, 80, false)
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            (rest, 443, true)
-        } else {
-            return Err(format!("upstream '{url}' must start with http:// or https://"));
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            return Err(format!("upstream '{url}' has no host"));
-        }
-        let has_port =
-            authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']');
-        let with_port = if has_port { authority.to_owned() } else { format!("{authority}:{default_port}") };
-        let addr = with_port
+        let u = crate::config::check::host_url(url)?;
+        let addr = (u.host, u.port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve upstream '{url}': {e}"))?
             .next()
             .ok_or_else(|| format!("upstream '{url}' resolved to no address"))?;
-        let tls = if https {
-            let host = if has_port { authority.rsplit_once(':').map_or(authority, |(h, _)| h) } else { authority };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                .map_err(|e| format!("upstream '{url}': '{host}' is not a name a certificate can carry: {e}"))?;
+        let tls = if u.https {
+            let name = rustls::pki_types::ServerName::try_from(u.host.to_owned())
+                .map_err(|e| format!("upstream '{url}': '{}' is not a name a certificate can carry: {e}", u.host))?;
             Some((host_tls_config(ca).map_err(|e| format!("upstream '{url}': {e}"))?, name))
         } else {
             None
         };
+        let (authority, path) = (u.authority, u.path);
         Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned(), tls })
     }
 
