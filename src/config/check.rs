@@ -188,3 +188,29 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_url;
+
+    #[test]
+    fn a_host_url_is_taken_apart_as_serve_reaches_it() {
+        let u = host_url("https://gpu-a:8443/ollama/").unwrap();
+        assert_eq!((u.https, u.authority, u.host, u.port, u.path), (true, "gpu-a:8443", "gpu-a", 8443, "/ollama"));
+        let u = host_url("http://[::1]").unwrap();
+        assert_eq!((u.https, u.authority, u.host, u.port, u.path), (false, "[::1]", "::1", 80, ""));
+        let u = host_url("https://[::1]:11434").unwrap();
+        assert_eq!((u.host, u.port), ("::1", 11434));
+        assert_eq!(host_url("https://ollama.lan").unwrap().port, 443);
+        for (url, why) in [
+            ("ftp://a", "must start with http:// or https://"),
+            ("http:///path", "has no host"),
+            ("http://a b:1", "has no host"),
+            ("http://a:port", "has a port that is not one ('port')"),
+            ("http://a:70000", "has a port that is not one"),
+        ] {
+            let err = host_url(url).err().unwrap_or_default();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
+}
