@@ -149,6 +149,10 @@ pub struct Knobs {
     /// Requests that may wait (`OLLAMA_MAX_QUEUE`); past it, 503.
     #[arg(long, default_value_t = 512)]
     pub max_queue: usize,
+    /// Microseconds to evaluate one prompt token not found in the slot's
+    /// cache, with the scheduler (before the first token; 0: no time).
+    #[arg(long, default_value_t = 0)]
+    pub prompt_eval_us_per_token: u64,
     /// Seconds a model stays loaded after its last use (`/api/ps`'s `expires_at`).
     #[arg(long, default_value_t = 300)]
     pub keep_alive_secs: u64,
@@ -302,6 +306,9 @@ pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
             v["loads"] = loads.into();
             v["queued"] = queued.into();
             v["unloads"] = unloads.into();
+            let (evaluated, cached) = shared.scheduler.prompt_counts();
+            v["prompt_evaluated"] = evaluated.into();
+            v["prompt_cached"] = cached.into();
             respond(out, 200, "application/json", &v.to_string().into_bytes())
         }
         (Method::Post, "/_reset") => {

@@ -211,6 +211,24 @@ fn prompt_tokens(v: &Value) -> u64 {
     }
 }
 
+/// The prompt as the host's cache compares it (see `scheduler`): each
+/// message (its whole JSON, so a changed tool call or image differs) with
+/// its tokens as `prompt_tokens` counts them; a `/api/generate` prompt is one.
+fn cache_prompt(v: &Value) -> crate::scheduler::Prompt {
+    use std::hash::{Hash, Hasher};
+    let hash = |m: &Value| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        m.to_string().hash(&mut h);
+        h.finish()
+    };
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
+        msgs.iter().map(|m| (hash(m), 1 + m.get("content").and_then(Value::as_str).map(words).unwrap_or(0))).collect()
+    } else {
+        vec![(hash(v.get("prompt").unwrap_or(&Value::Null)), prompt_tokens(v))]
+    }
+}
+
 /// One reply line to write, and what it counts for.
 enum Line {
     Think(String),
@@ -232,6 +250,10 @@ struct Plan {
     eval_count: u64,
     /// `load_duration` of the final line, ns.
     load_ns: u64,
+    /// Prompt tokens the host's cache held (`prompt_cached_count`), and the
+    /// time spent evaluating the others (`prompt_eval_duration`), ns.
+    cached: u64,
+    prompt_eval_ns: u64,
 }
 
 /// What a request asks of a model that it may not have: Ollama's 400, if any.
@@ -355,6 +377,8 @@ fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
             prompt,
             eval_count,
             load_ns: 1_000_000,
+            cached: 0,
+            prompt_eval_ns: 500_000,
         };
     }
     let wants_think = asked_think && can_think;
@@ -403,7 +427,19 @@ fn plan(knobs: &Knobs, path: &str, v: &Value, model: String) -> Plan {
     }
     let eval_count = lines.len() as u64;
     let prompt = knobs.prompt_eval_count.unwrap_or_else(|| prompt_tokens(v));
-    Plan { model, chat, openai, stream, lines, done_reason, prompt, eval_count, load_ns: 1_000_000 }
+    Plan {
+        model,
+        chat,
+        openai,
+        stream,
+        lines,
+        done_reason,
+        prompt,
+        eval_count,
+        load_ns: 1_000_000,
+        cached: 0,
+        prompt_eval_ns: 500_000,
+    }
 }
 
 impl Plan {
@@ -444,7 +480,10 @@ impl Plan {
         l["total_duration"] = json!(ns + 1_000_000);
         l["load_duration"] = json!(self.load_ns);
         l["prompt_eval_count"] = json!(self.prompt);
-        l["prompt_eval_duration"] = json!(500_000);
+        l["prompt_eval_duration"] = json!(self.prompt_eval_ns);
+        if self.cached > 0 {
+            l["prompt_cached_count"] = json!(self.cached);
+        }
         l["eval_count"] = json!(self.eval_count);
         l["eval_duration"] = json!(ns);
         l
@@ -541,8 +580,9 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
             return write(wr, &mut out).await;
         };
         let name = find_model(&knobs, &model).unwrap_or(&model).to_owned();
+        let prompt = cache_prompt(&v);
         let slot = loop {
-            if let Some(s) = shared.scheduler.try_start(ticket, &name, &knobs) {
+            if let Some(s) = shared.scheduler.try_start(ticket, &name, &prompt, &knobs) {
                 break s;
             }
             if !sleep_or_gone(watch, 1).await {
@@ -590,6 +630,19 @@ pub async fn generate(shared: &Shared, req: &Req, watch: &mut ClientWatch, wr: &
     }
     let mut plan = plan(&knobs, &req.path, &v, model);
     plan.load_ns = slot.as_ref().map_or(1_000_000, |s| s.load.as_nanos() as u64 + 1_000_000);
+    if let Some(s) = &slot {
+        // The prompt not found in the slot's cache is evaluated first.
+        plan.cached = s.cached.min(plan.prompt);
+        let evaluated = plan.prompt - plan.cached;
+        let us = evaluated * knobs.prompt_eval_us_per_token;
+        if us > 0 {
+            plan.prompt_eval_ns = us * 1000;
+            if !sleep_or_gone(watch, us.div_ceil(1000)).await {
+                stats.cancelled.fetch_add(1, Relaxed);
+                return false;
+            }
+        }
+    }
     // Held until the reply is written: the model's slot is busy meanwhile.
     let _slot = slot;
     if knobs.first_token_delay_ms > 0 && !sleep_or_gone(watch, knobs.first_token_delay_ms).await {
