@@ -427,6 +427,38 @@ fn render_schedule(out: &mut String, upstreams: &crate::upstream::hosts::Upstrea
     for (host, stats, _) in &views {
         let _ = writeln!(out, "ai_gateway_upstream_model_unloads_total{{host=\"{host}\"}} {}", stats.unloads);
     }
+    help(
+        out,
+        "ai_gateway_upstream_prompt_tokens_total",
+        "counter",
+        "Prompt tokens of the generations a host finished, by how it got them: evaluated, or served from its prompt cache (as its final lines said).",
+    );
+    for h in &upstreams.hosts {
+        let (evaluated, cached, _) = h.work();
+        let host = label(&h.target.url);
+        let _ =
+            writeln!(out, "ai_gateway_upstream_prompt_tokens_total{{host=\"{host}\",kind=\"evaluated\"}} {evaluated}");
+        let _ = writeln!(out, "ai_gateway_upstream_prompt_tokens_total{{host=\"{host}\",kind=\"cached\"}} {cached}");
+    }
+    help(
+        out,
+        "ai_gateway_upstream_load_seconds_total",
+        "counter",
+        "Time a host spent loading models for the gateway's requests (its final lines' load_duration).",
+    );
+    for h in &upstreams.hosts {
+        let _ =
+            writeln!(out, "ai_gateway_upstream_load_seconds_total{{host=\"{}\"}} {}", label(&h.target.url), h.work().2);
+    }
+    help(
+        out,
+        "ai_gateway_upstream_affinity_turns_total",
+        "counter",
+        "Conversation turns sent back to the host that served the previous turn (returned), or moved to another because that host's queue was full or the wait passed --affinity-max-wait (moved).",
+    );
+    let (returned, moved) = upstreams.affinity.counts();
+    let _ = writeln!(out, "ai_gateway_upstream_affinity_turns_total{{outcome=\"returned\"}} {returned}");
+    let _ = writeln!(out, "ai_gateway_upstream_affinity_turns_total{{outcome=\"moved\"}} {moved}");
     help(out, "ai_gateway_upstream_models_resident", "gauge", "Models resident on the host, as its queue knows them.");
     for (host, _, view) in &views {
         let n = view["resident"].as_array().map_or(0, Vec::len);

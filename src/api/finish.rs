@@ -58,11 +58,17 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
         if completed && o.prompt_raw > 0 && o.usage.prompt_tokens > 0 {
             worker.calibration.observe(&key.id, &o.served_model, o.prompt_raw, o.usage.prompt_tokens);
         }
-        // The host loaded the model for this request: its queue learns what a load costs.
-        if let (Some(h), true) = (o.host, o.loaded_model && o.usage.load_ns > 0)
-            && let Some(host) = worker.upstreams.hosts.get(h)
-        {
-            host.gate.learn_load(&o.served_model, o.usage.load_ns as f64 / 1e6);
+        if let Some(host) = o.host.and_then(|h| worker.upstreams.hosts.get(h)) {
+            // The host's own work: prompt evaluated or cached, time loading
+            // (only a count the host gave, never an estimate).
+            let load_ns = if o.loaded_model { o.usage.load_ns } else { 0 };
+            if !o.estimated {
+                host.record_work(o.usage.prompt_tokens, o.usage.cached_tokens, load_ns);
+            }
+            // The host loaded the model for this request: its queue learns what a load costs.
+            if load_ns > 0 {
+                host.gate.learn_load(&o.served_model, load_ns as f64 / 1e6);
+            }
         }
     }
     // The concurrency slot is given back here, with the request's outcome.

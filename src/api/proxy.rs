@@ -74,19 +74,52 @@ pub struct Answer {
 /// Chooses a host, waits for its slot, sends the request and waits for the
 /// response head, failing over to the next host while one cannot be
 /// reached. `sent` is set once the request was written to a host.
+///
+/// With several hosts, a conversation's turn (see `upstream::affinity`)
+/// first goes back to the host that served its previous turn, while that
+/// host is up and has the model resident, and waits there at most
+/// `--affinity-max-wait`; past it, the request leaves that queue and goes
+/// where load says, within what is left of `--upstream-queue-timeout`.
 pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) -> Result<Answer, UpstreamError> {
     let mut tried: Vec<usize> = Vec::new();
     let mut request = Vec::with_capacity(call.body.map_or(0, <[u8]>::len) + 192);
+    let upstreams = &worker.upstreams;
+    let conversation = conversation_of(worker, call);
+    let mut returning = conversation.and_then(|c| upstreams.affinity.host(c));
+    // The host a turn left after waiting for it, and that wait.
+    let mut left: Option<usize> = None;
+    let mut waited_before = Duration::ZERO;
     loop {
-        let host = match call.only {
-            Some(i) => worker.upstreams.hosts.get(i).filter(|_| tried.is_empty()),
-            None => worker.upstreams.choose(call.model, &tried),
+        let back = returning
+            .take()
+            .and_then(|i| upstreams.hosts.get(i))
+            .filter(|h| h.healthy() && h.has_model(call.model) != Some(false) && h.gate.holds(call.model));
+        let host = match (call.only, back) {
+            (Some(i), _) => upstreams.hosts.get(i).filter(|_| tried.is_empty()),
+            (None, Some(h)) => Some(h),
+            (None, None) => {
+                let avoid: Vec<usize> = tried.iter().copied().chain(left).collect();
+                upstreams.choose(call.model, &avoid).or_else(|| upstreams.choose(call.model, &tried))
+            }
         };
         let Some(host) = host else {
             return Err(UpstreamError::Unreachable("no model server is configured".into()));
         };
         let mut permit = match call.queue_as {
-            Some((key_id, lane)) => Some(upstream_slot(worker, host, key_id, lane, call.model).await?),
+            Some((key_id, lane)) => {
+                let limit = worker.config.upstream_queue_timeout.saturating_sub(waited_before);
+                let bound = back.map(|_| worker.config.affinity_max_wait.min(limit));
+                match upstream_slot(worker, host, key_id, lane, call.model, limit, bound).await {
+                    Ok(p) => Some(p),
+                    Err(Slot::Elsewhere(waited)) => {
+                        upstreams.affinity.count(false);
+                        left = Some(host.index);
+                        waited_before += waited;
+                        continue;
+                    }
+                    Err(Slot::Failed(e)) => return Err(e),
+                }
+            }
             None => None,
         };
         host.target.request(&mut request, call.method, call.path, call.body);
@@ -96,13 +129,19 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
                 if let Some(p) = permit.as_mut() {
                     p.answered(ex.head.status);
                 }
+                if let Some(c) = conversation {
+                    if back.is_some() {
+                        upstreams.affinity.count(true);
+                    }
+                    upstreams.affinity.served(c, host.index);
+                }
                 let (waited, loads) = permit.as_ref().map_or((Duration::ZERO, false), |p| (p.waited, p.loads()));
-                return Ok(Answer { ex, host: host.index, permit, waited, loads });
+                return Ok(Answer { ex, host: host.index, permit, waited: waited + waited_before, loads });
             }
             Err(UpstreamError::Unreachable(e)) => {
                 host.connection_failed(&e);
                 tried.push(host.index);
-                if call.only.is_some() || tried.len() >= worker.upstreams.hosts.len() {
+                if call.only.is_some() || tried.len() >= upstreams.hosts.len() {
                     return Err(UpstreamError::Unreachable(e));
                 }
             }
@@ -111,27 +150,55 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
     }
 }
 
-/// Waits in a host's queue for a slot, for at most `--upstream-queue-timeout`.
+/// The conversation a generation continues, when affinity can matter:
+/// several hosts, `--affinity-max-wait` above zero, a chat.
+fn conversation_of(worker: &Worker, call: &Call<'_>) -> Option<u64> {
+    let (key_id, _) = call.queue_as?;
+    if call.only.is_some()
+        || worker.upstreams.hosts.len() < 2
+        || worker.config.affinity_max_wait.is_zero()
+        || call.path != "/api/chat"
+    {
+        return None;
+    }
+    crate::upstream::affinity::conversation(key_id, call.model, call.body?)
+}
+
+/// Why no slot was had.
+enum Slot {
+    /// The conversation's host is full, or the wait for it passed its
+    /// bound (this long): try another.
+    Elsewhere(Duration),
+    Failed(UpstreamError),
+}
+
+/// Waits in a host's queue for a slot, for at most `limit` (what is left of
+/// `--upstream-queue-timeout`), or `bound` when the host is a conversation's own.
 async fn upstream_slot(
     worker: &Worker,
     host: &Host,
     key_id: &str,
     lane: usize,
     model: &str,
-) -> Result<Permit, UpstreamError> {
-    let limit = worker.config.upstream_queue_timeout;
+    limit: Duration,
+    bound: Option<Duration>,
+) -> Result<Permit, Slot> {
     let serves = |m: &str| host.has_model(m) == Some(true);
     let mut acquire = host.gate.acquire(key_id, lane, model, serves);
     // Most requests find a slot free: no queue timer for them.
     if let Some(decided) = acquire.decided() {
-        return decided;
+        return match decided {
+            Err(_) if bound.is_some() => Err(Slot::Elsewhere(Duration::ZERO)),
+            decided => decided.map_err(Slot::Failed),
+        };
     }
-    match monoio::time::timeout(limit, acquire).await {
-        Err(_) => Err(UpstreamError::Overloaded(format!(
+    match monoio::time::timeout(bound.unwrap_or(limit), acquire).await {
+        Err(_) if let Some(b) = bound.filter(|b| *b < limit) => Err(Slot::Elsewhere(b)),
+        Err(_) => Err(Slot::Failed(UpstreamError::Overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",
-            limit.as_secs_f64()
-        ))),
-        Ok(acquired) => acquired,
+            worker.config.upstream_queue_timeout.as_secs_f64()
+        )))),
+        Ok(acquired) => acquired.map_err(Slot::Failed),
     }
 }
 

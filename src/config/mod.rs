@@ -176,6 +176,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_SWAP_MAX_WAIT", default_value_t = 5.0)]
     pub swap_max_wait: f64,
 
+    /// Seconds a conversation's next turn waits for the host that served its
+    /// previous one (and holds its prompt in cache) before it goes to another
+    /// host; 0 routes every request by load alone. With one host, no effect.
+    #[arg(long, env = "AI_GATEWAY_AFFINITY_MAX_WAIT", default_value_t = 5.0)]
+    pub affinity_max_wait: f64,
+
     /// Seconds after which a request waiting in a lane that gets no slot is
     /// lifted to the lane above (where it takes its turn), so a batch request
     /// cannot wait forever behind interactive ones.
@@ -350,6 +356,8 @@ pub struct Config {
     pub upstream_num_parallel: usize,
     pub upstream_max_loaded_models: usize,
     pub swap_max_wait: Duration,
+    /// Zero: no prompt-cache affinity.
+    pub affinity_max_wait: Duration,
     pub queue_aging: Duration,
     /// Completion tokens reserved for a request without `max_tokens`.
     pub completion_reservation: u64,
@@ -491,6 +499,12 @@ impl Config {
             upstream_num_parallel: a.upstream_num_parallel,
             upstream_max_loaded_models: a.upstream_max_loaded_models,
             swap_max_wait: secs(&mut p, "swap_max_wait", a.swap_max_wait),
+            // Zero turns affinity off.
+            affinity_max_wait: if a.affinity_max_wait == 0.0 {
+                Duration::ZERO
+            } else {
+                secs(&mut p, "affinity_max_wait", a.affinity_max_wait)
+            },
             queue_aging: secs(&mut p, "queue_aging", a.queue_aging),
             completion_reservation: a.completion_reservation,
             upstream_buffer_bytes: a.upstream_buffer_bytes,

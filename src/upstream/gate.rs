@@ -491,6 +491,13 @@ impl UpstreamGate {
         }
     }
 
+    /// Whether `model` is resident on the host as far as the queue knows
+    /// (true while it does not know the host's models).
+    pub fn holds(&self, model: &str) -> bool {
+        let s = self.state.lock();
+        !s.host.known || s.host.resident(model)
+    }
+
     /// The counters.
     pub fn stats(&self) -> GateStats {
         self.state.lock().stats.clone()

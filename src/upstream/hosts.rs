@@ -54,6 +54,11 @@ pub struct Host {
     pub(super) to_show: Mutex<Vec<(String, i64)>>,
     version: Mutex<String>,
     pub(super) last_error: Mutex<String>,
+    /// Prompt tokens it evaluated, and served from its prompt cache, as its final lines said.
+    prompt_evaluated: AtomicU64,
+    prompt_cached: AtomicU64,
+    /// Nanoseconds it spent loading models for the gateway's requests.
+    load_ns: AtomicU64,
 }
 
 impl Host {
@@ -100,6 +105,24 @@ impl Host {
         recovered
     }
 
+    /// A generation it finished: `prompt` tokens of which `cached` came from
+    /// its prompt cache, and `load_ns` spent loading the model for it.
+    pub fn record_work(&self, prompt: u64, cached: u64, load_ns: u64) {
+        let cached = cached.min(prompt);
+        self.prompt_evaluated.fetch_add(prompt - cached, Relaxed);
+        if cached > 0 {
+            self.prompt_cached.fetch_add(cached, Relaxed);
+        }
+        if load_ns > 0 {
+            self.load_ns.fetch_add(load_ns, Relaxed);
+        }
+    }
+
+    /// (prompt tokens evaluated, prompt tokens served from cache, seconds spent loading).
+    pub fn work(&self) -> (u64, u64, f64) {
+        (self.prompt_evaluated.load(Relaxed), self.prompt_cached.load(Relaxed), self.load_ns.load(Relaxed) as f64 / 1e9)
+    }
+
     /// Generations in flight plus queued on this host.
     pub fn load(&self) -> usize {
         let l = self.gate.load();
@@ -117,6 +140,8 @@ impl Host {
             "queued": load.queued,
             "models": self.models.lock().as_ref().map(Vec::len),
             "schedule": self.gate.view(),
+            "prompt_tokens": {"evaluated": self.work().0, "cached": self.work().1},
+            "load_seconds": self.work().2,
             "last_error": Some(self.last_error.lock().clone()).filter(|e| !e.is_empty()),
         })
     }
@@ -131,6 +156,8 @@ pub struct Upstreams {
     pub(super) interval: Duration,
     /// Deadline of one health check.
     pub(super) check_timeout: Duration,
+    /// Which host served each conversation last (used with several hosts).
+    pub affinity: super::affinity::Affinity,
 }
 
 impl Upstreams {
@@ -168,10 +195,14 @@ impl Upstreams {
                 to_show: Mutex::new(Vec::new()),
                 version: Mutex::new(String::new()),
                 last_error: Mutex::new(String::new()),
+                prompt_evaluated: AtomicU64::new(0),
+                prompt_cached: AtomicU64::new(0),
+                load_ns: AtomicU64::new(0),
             });
         }
         let buffers = BufferBudget::new(buffer_budget);
-        Ok(Arc::new(Self { hosts, buffers, interval, check_timeout }))
+        let affinity = super::affinity::Affinity::default();
+        Ok(Arc::new(Self { hosts, buffers, interval, check_timeout, affinity }))
     }
 
     /// The host for a request for `model`, skipping the hosts in `tried`.

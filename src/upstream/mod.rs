@@ -1,7 +1,8 @@
 //! Reaching Ollama: which hosts there are and which are up ([`hosts`],
 //! [`health`]), what each serves ([`tags`]), the queue in front of each
 //! ([`gate`]: lanes, keys, slots) with its choice ([`schedule`]) and its
-//! picture of the host's models ([`residency`]), the HTTP client and its per-core pool ([`client`]), the
+//! picture of the host's models ([`residency`]), which host a conversation
+//! returns to ([`affinity`]), the HTTP client and its per-core pool ([`client`]), the
 //! native request body ([`native_request`]), the zero-copy reader of
 //! native reply lines ([`native`]) and the line splitter every stream
 //! writer shares ([`lines`]), and prompt estimates ([`estimate`]).
@@ -10,6 +11,7 @@
 //! or any other client protocol (the fronts read native lines and write
 //! native requests; never the reverse).
 
+pub mod affinity;
 pub mod client;
 pub mod estimate;
 pub mod gate;

@@ -27,6 +27,9 @@ pub struct NativeLine<'a> {
     pub eval_count: u64,
     /// `load_duration`: nanoseconds the host spent loading the model for this request.
     pub load_duration: u64,
+    /// `prompt_cached_count`: of the prompt's tokens, those the host found in
+    /// its prompt cache (a host that does not say counts as none).
+    pub prompt_cached_count: u64,
     /// Escaped body of `created_at`.
     pub created_at: Option<&'a [u8]>,
     /// The `error` field: escaped body when it is a string, the raw JSON otherwise.
@@ -36,7 +39,12 @@ pub struct NativeLine<'a> {
 impl NativeLine<'_> {
     /// The usage a final line reports.
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_eval_count, completion_tokens: self.eval_count, load_ns: self.load_duration }
+        Usage {
+            prompt_tokens: self.prompt_eval_count,
+            completion_tokens: self.eval_count,
+            load_ns: self.load_duration,
+            cached_tokens: self.prompt_cached_count.min(self.prompt_eval_count),
+        }
     }
 }
 
@@ -130,6 +138,7 @@ pub(crate) fn scan_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
                 b"prompt_eval_count" => out.prompt_eval_count = c.count()?,
                 b"eval_count" => out.eval_count = c.count()?,
                 b"load_duration" => out.load_duration = c.count()?,
+                b"prompt_cached_count" => out.prompt_cached_count = c.count()?,
                 // Only read (as a date), never copied: no UTF-8 check needed.
                 b"created_at" => {
                     out.created_at = if c.peek()? == b'n' {
@@ -164,6 +173,69 @@ pub(crate) fn scan_line(line: &[u8]) -> Result<NativeLine<'_>, ScanError> {
         return Err(ScanError("trailing bytes after upstream JSON object"));
     }
     Ok(out)
+}
+
+/// The leading messages of a native `/api/chat` body, up to and including
+/// its first `user` message: the raw bytes of those array elements, which
+/// every later turn of the same conversation repeats byte for byte (the
+/// gateway wrote them, the same way each time). `None` for a body without
+/// a `messages` array or without a user message in it. The scan stops at
+/// that message: the rest of the body (the long history) is not read.
+pub fn leading_messages(body: &[u8]) -> Option<&[u8]> {
+    let mut c = Cursor { b: body, i: 0 };
+    c.ws();
+    c.expect(b'{').ok()?;
+    loop {
+        c.ws();
+        let key = c.string().ok()?;
+        c.ws();
+        c.expect(b':').ok()?;
+        c.ws();
+        if key == b"messages" {
+            break;
+        }
+        c.skip_value().ok()?;
+        c.ws();
+        if c.next().ok()? != b',' {
+            return None;
+        }
+    }
+    c.expect(b'[').ok()?;
+    let start = c.i;
+    loop {
+        c.ws();
+        c.expect(b'{').ok()?;
+        let mut user = false;
+        loop {
+            c.ws();
+            if c.peek().ok()? == b'}' {
+                c.i += 1;
+                break;
+            }
+            let key = c.string().ok()?;
+            c.ws();
+            c.expect(b':').ok()?;
+            c.ws();
+            if key == b"role" && c.peek().ok()? == b'"' {
+                user |= c.string().ok()? == b"user";
+            } else {
+                c.skip_value().ok()?;
+            }
+            c.ws();
+            match c.next().ok()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+        if user {
+            return Some(&body[start..c.i]);
+        }
+        c.ws();
+        if c.next().ok()? != b',' {
+            return None;
+        }
+    }
 }
 
 struct Cursor<'a> {
@@ -462,6 +534,8 @@ pub struct Usage {
     /// Nanoseconds the host spent loading the model (`load_duration`), which
     /// its queue learns from.
     pub load_ns: u64,
+    /// Of `prompt_tokens`, those served from the host's prompt cache.
+    pub cached_tokens: u64,
 }
 
 /// What a relayed native stream has come to (for any front's stream writer).
@@ -649,5 +723,26 @@ mod tests {
         assert!(parse_native_line(s.as_bytes()).is_err());
         let ok = format!("{{\"x\":{}{}}}", "[".repeat(100), "]".repeat(100));
         assert!(parse_native_line(ok.as_bytes()).is_ok());
+    }
+    #[test]
+    fn leading_messages_end_with_the_first_user_message() {
+        let body = br#"{"model":"m","options":{"a":[1,{"b":"]"}]},"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\"","images":["x"]},{"role":"assistant","content":"ok"}],"stream":true}"#;
+        let lead = leading_messages(body).unwrap();
+        assert_eq!(
+            lead,
+            br#"{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\"","images":["x"]}"#
+        );
+        // The next turn of the same conversation has the same leading messages.
+        let next = br#"{"model":"m","options":{"a":[1,{"b":"]"}]},"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\"","images":["x"]},{"role":"assistant","content":"ok"},{"role":"user","content":"more"}],"stream":true}"#;
+        assert_eq!(leading_messages(next), Some(lead));
+        for none in [
+            &br#"{"model":"m","prompt":"hi"}"#[..],
+            br#"{"model":"m","messages":[{"role":"system","content":"x"}]}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"cut"#,
+            br#"not json"#,
+        ] {
+            assert_eq!(leading_messages(none), None, "{}", String::from_utf8_lossy(none));
+        }
     }
 }

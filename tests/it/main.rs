@@ -3,6 +3,7 @@
 //! on free ports and talks HTTP to them (see [`common`]); `layers` reads the
 //! source tree and keeps its layering rules.
 
+mod affinity;
 mod agents;
 mod anthropic;
 mod capabilities;
