@@ -453,6 +453,8 @@ async function refreshLive() {
         el("td", { class: "num" }, fmt(s.loads ?? 0)),
         el("td", { class: "num" }, fmt(s.loads_forced ?? 0)),
         el("td", { class: "num" }, fmt(s.loads_avoided ?? 0)),
+        el("td", { class: "num" }, `${(h.load_seconds ?? 0).toFixed(1)} s`),
+        el("td", { class: "num prompt-work" }, `${fmt(h.prompt_tokens?.evaluated ?? 0)} / ${fmt(h.prompt_tokens?.cached ?? 0)}`),
       );
     }),
   );

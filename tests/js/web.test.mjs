@@ -177,6 +177,9 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   // Each host's queue: its slots by lane, with the one kept for interactive requests.
   const schedule = await page.textContent("#schedule-table tbody tr");
   assert.ok(schedule.includes(pair.mock.url) && schedule.includes("of 64 (1 kept for interactive)"), schedule);
+  // And what the host did: the prompt tokens it evaluated (the chat above's, at least) and served from cache.
+  const work = (await page.textContent("#schedule-table tbody tr .prompt-work")).match(/^([\d,]+) \/ ([\d,]+)$/);
+  assert.ok(work && Number(work[1].replaceAll(",", "")) >= 3 && work[2] === "0", String(work));
   await page.screenshot({ path: path.join(OUT, "live.png"), fullPage: true });
 
   // Edit its limits and models in the dialog.
