@@ -85,7 +85,13 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
     let mut request = Vec::with_capacity(call.body.map_or(0, <[u8]>::len) + 192);
     let upstreams = &worker.upstreams;
     let conversation = conversation_of(worker, call);
-    let mut returning = conversation.and_then(|c| upstreams.affinity.host(c));
+    let (mut returning, mut turn) = match conversation {
+        Some(c) => {
+            let (back, turn) = upstreams.affinity.begin(c);
+            (back, Some(turn))
+        }
+        None => (None, None),
+    };
     // The host a turn left after waiting for it, and that wait.
     let mut left: Option<usize> = None;
     let mut waited_before = Duration::ZERO;
@@ -134,6 +140,10 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
                         upstreams.affinity.count(true);
                     }
                     upstreams.affinity.served(c, host.index);
+                    // The turn is under way while the host's slot is held.
+                    if let Some(p) = permit.as_mut() {
+                        p.turn = turn.take();
+                    }
                 }
                 let (waited, loads) = permit.as_ref().map_or((Duration::ZERO, false), |p| (p.waited, p.loads()));
                 return Ok(Answer { ex, host: host.index, permit, waited: waited + waited_before, loads });

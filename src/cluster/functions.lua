@@ -168,6 +168,118 @@ local function slots_v1(keys, args)
   return mine
 end
 
+-- A host's slots across the cluster (`--upstream-max-concurrent` and
+-- `--upstream-reserve-interactive` of one Ollama host, shared by every
+-- instance in front of it):
+--   P hs:<host>  hash  instance -> {s = shared slots held, r = reserved
+--                slots held, q = {waiting by lane}, w = {oldest wait by
+--                lane, ms since the epoch; 0: none}, m = {model = in flight}}
+-- An instance says what it holds now (`keep_s`, `keep_r`: never taken from
+-- it; it lowers them itself before it says so), what waits on it by lane
+-- and since when, its generations in flight by model, and how many slots
+-- it would like in all (`target`: beyond those, a little spare so that a
+-- busy instance need not ask for every request). It keeps what it holds,
+-- plus free slots for its waiting requests, lane by lane, as long as no
+-- other live instance has a request waiting in a better lane (or in the
+-- same lane, longer): so a freed slot goes to the cluster's most urgent
+-- request, whichever instance holds it; spare slots only while no other
+-- instance waits. Reserved slots go to interactive requests only. Instances
+-- whose heartbeat is older than `timeout` ms are forgotten (their slots
+-- come back). Replies {shared held, reserved held, the others' in flight
+-- by model as JSON}.
+local function host_slots_v1(keys, args)
+  local p, host, inst = args[1], args[2], args[3]
+  local max, reserve, timeout = tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
+  local keep_s, keep_r = tonumber(args[7]), tonumber(args[8])
+  local q = {tonumber(args[9]), tonumber(args[10]), tonumber(args[11])}
+  local w = {tonumber(args[12]), tonumber(args[13]), tonumber(args[14])}
+  local models, target = args[15], tonumber(args[16])
+  local h = p .. 'hs:' .. host
+  local now = now_ms()
+  local all = redis.call('HGETALL', h)
+  local used_s, used_r = 0, 0
+  local others = {}
+  local in_flight = {}
+  for i = 1, #all, 2 do
+    local who = all[i]
+    if who ~= inst then
+      local alive = false
+      local beat = redis.call('HGET', p .. 'instances', who)
+      if beat then
+        local ok, j = pcall(cjson.decode, beat)
+        alive = ok and j.seen_ms ~= nil and now - j.seen_ms <= timeout
+      end
+      local ok, o = pcall(cjson.decode, all[i + 1])
+      if alive and ok then
+        used_s = used_s + (o.s or 0)
+        used_r = used_r + (o.r or 0)
+        others[#others + 1] = o
+        for m, n in pairs(o.m or {}) do
+          in_flight[m] = (in_flight[m] or 0) + n
+        end
+      else
+        redis.call('HDEL', h, who)
+      end
+    end
+  end
+  -- Whether another instance's waiting request goes before ours in `lane`.
+  local function behind(lane)
+    for _, o in ipairs(others) do
+      local oq, ow = o.q or {}, o.w or {}
+      for b = 1, lane do
+        if (oq[b] or 0) > 0 and (b < lane or (ow[b] or 0) < w[lane]) then
+          return true
+        end
+      end
+    end
+    return false
+  end
+  local mine_s, mine_r = keep_s, keep_r
+  local free_s = math.max(0, max - reserve - used_s - mine_s)
+  local free_r = math.max(0, reserve - used_r - mine_r)
+  for lane = 1, 3 do
+    if q[lane] > 0 and (free_s > 0 or (lane == 1 and free_r > 0)) then
+      if behind(lane) then
+        break
+      end
+      while q[lane] > 0 do
+        if lane == 1 and free_r > 0 then
+          free_r = free_r - 1
+          mine_r = mine_r + 1
+        elseif free_s > 0 then
+          free_s = free_s - 1
+          mine_s = mine_s + 1
+        else
+          break
+        end
+        q[lane] = q[lane] - 1
+      end
+    end
+  end
+  -- Spare slots, while nobody else waits.
+  local others_wait = false
+  for _, o in ipairs(others) do
+    local oq = o.q or {}
+    if (oq[1] or 0) + (oq[2] or 0) + (oq[3] or 0) > 0 then
+      others_wait = true
+    end
+  end
+  if not others_wait and mine_s + mine_r < target then
+    mine_s = mine_s + math.min(free_s, target - mine_s - mine_r)
+  end
+  local ok, m = pcall(cjson.decode, models)
+  if not ok then
+    m = {}
+  end
+  if mine_s + mine_r + q[1] + q[2] + q[3] > 0 or next(m) ~= nil then
+    redis.call('HSET', h, inst, cjson.encode({s = mine_s, r = mine_r, q = q, w = w, m = m}))
+    redis.call('PEXPIRE', h, 3600000)
+  else
+    redis.call('HDEL', h, inst)
+  end
+  return {mine_s, mine_r, cjson.encode(in_flight)}
+end
+
 -- Usage. Each instance's store pushes what it committed, in numbered
 -- batches; a batch is added once (a retried push is a no-op):
 --   P usage:seen             hash  store id -> last batch added
@@ -311,6 +423,7 @@ redis.register_function('aigw_usage_add_v1', usage_add_v1)
 redis.register_function('aigw_borrow_v1', borrow_v1)
 redis.register_function('aigw_give_back_v1', give_back_v1)
 redis.register_function('aigw_slots_v1', slots_v1)
+redis.register_function('aigw_host_slots_v1', host_slots_v1)
 redis.register_function('aigw_key_put_v1', key_put_v1)
 redis.register_function{function_name = 'aigw_key_changes_v1', callback = key_changes_v1, flags = {'no-writes'}}
 redis.register_function{function_name = 'aigw_key_get_v1', callback = key_get_v1, flags = {'no-writes'}}

@@ -183,14 +183,14 @@ pub struct Urgent {
 /// Every key's lease on this instance, and the way to ask the cluster thread for more.
 pub struct LeaseBook {
     leases: RwLock<HashMap<String, Arc<Lease>>>,
-    urgent: std::sync::mpsc::Sender<Urgent>,
+    urgent: std::sync::mpsc::Sender<super::Wake>,
 }
 
 /// Most keys with a lease; past it, idle ones are forgotten.
 const MAX_LEASES: usize = 100_000;
 
 impl LeaseBook {
-    pub fn new(urgent: std::sync::mpsc::Sender<Urgent>) -> Self {
+    pub fn new(urgent: std::sync::mpsc::Sender<super::Wake>) -> Self {
         Self { leases: RwLock::new(HashMap::new()), urgent }
     }
 
@@ -234,7 +234,7 @@ impl LeaseBook {
         }
         let (done, answered) = oneshot::channel();
         let urgent = Urgent { key_id: key_id.to_owned(), lease: lease.clone(), short, done };
-        if self.urgent.send(urgent).is_err() {
+        if self.urgent.send(super::Wake::Lease(urgent)).is_err() {
             return false;
         }
         matches!(monoio::time::timeout(BORROW_WAIT, answered).await, Ok(Ok(()))) && open(lease)

@@ -10,6 +10,7 @@
 //! [`RETRY`]; on its return the changes made meanwhile are pushed and the
 //! mirror catches up.
 
+pub mod hosts;
 pub mod keys;
 pub mod leases;
 pub mod link;
@@ -38,6 +39,14 @@ pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PRUNE: Duration = Duration::from_secs(60);
 /// How long to wait before connecting again after Redis failed.
 pub const RETRY: Duration = Duration::from_millis(250);
+
+/// What wakes the cluster thread between its rounds.
+pub enum Wake {
+    /// A request waits for a borrow.
+    Lease(Urgent),
+    /// A host's queue changed what it uses or wants (see `hosts`).
+    Hosts,
+}
 
 /// The checked link, when `--redis` is given.
 pub fn link(args: &ClusterArgs) -> Result<Option<Link>, String> {
@@ -101,6 +110,8 @@ pub struct Cluster {
     pub leases: Arc<LeaseBook>,
     /// What the other instances used, for quotas.
     pub remote: Arc<usage::Remote>,
+    /// The hosts whose slots the instances share.
+    pub hosts: Arc<hosts::HostBook>,
     /// This instance's id in the cluster (random per start).
     pub instance: String,
     stop: Arc<AtomicBool>,
@@ -125,7 +136,8 @@ impl Cluster {
             format!("inst_{}", (0..10).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>());
         let stop = Arc::new(AtomicBool::new(false));
         let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let (urgent_tx, urgent_rx) = std::sync::mpsc::channel::<Urgent>();
+        let (urgent_tx, urgent_rx) = std::sync::mpsc::channel::<Wake>();
+        let host_book = Arc::new(hosts::HostBook::new(urgent_tx.clone()));
         let leases = Arc::new(LeaseBook::new(urgent_tx));
         let remote = Arc::new(usage::Remote::default());
         let store_id = store.store_id().map_err(|e| e.to_string())?;
@@ -134,7 +146,7 @@ impl Cluster {
         store.queue_usage.store(true, Relaxed);
         let thread = {
             let (link, state, stop, me) = (link.clone(), state.clone(), stop.clone(), instance.clone());
-            let (leases, remote) = (leases.clone(), remote.clone());
+            let (leases, remote, host_book) = (leases.clone(), remote.clone(), host_book.clone());
             std::thread::Builder::new()
                 .name("cluster".into())
                 .spawn(move || {
@@ -149,6 +161,7 @@ impl Cluster {
                         next_beat: Instant::now(),
                         leases,
                         remote,
+                        hosts: host_book,
                         store_id,
                         rates: HashMap::new(),
                         shares: HashMap::new(),
@@ -168,12 +181,23 @@ impl Cluster {
                             }
                             next_round = Instant::now() + if ok { POLL } else { RETRY };
                         }
-                        // A request waiting for a borrow is served at once.
+                        // A request waiting for a borrow, or a host's queue
+                        // that changed, is served at once.
                         let wait = next_round.saturating_duration_since(Instant::now());
-                        if let Ok(u) = urgent_rx.recv_timeout(wait) {
-                            let mut batch = vec![u];
-                            batch.extend(urgent_rx.try_iter());
-                            sync.urgent_batch(batch);
+                        if let Ok(w) = urgent_rx.recv_timeout(wait) {
+                            let (mut batch, mut hosts) = (Vec::new(), false);
+                            for w in std::iter::once(w).chain(urgent_rx.try_iter()) {
+                                match w {
+                                    Wake::Lease(u) => batch.push(u),
+                                    Wake::Hosts => hosts = true,
+                                }
+                            }
+                            if !batch.is_empty() {
+                                sync.urgent_batch(batch);
+                            }
+                            if hosts {
+                                sync.host_round(false);
+                            }
                         }
                     }
                     sync.leave();
@@ -190,7 +214,7 @@ impl Cluster {
                 link.shown
             )),
         }
-        Ok(Self { link, state, leases, remote, instance, stop, thread: Some(thread) })
+        Ok(Self { link, state, leases, remote, hosts: host_book, instance, stop, thread: Some(thread) })
     }
 
     /// Stops the thread (after a last heartbeat saying this instance left).
@@ -214,6 +238,7 @@ struct Syncer {
     next_beat: Instant,
     leases: Arc<LeaseBook>,
     remote: Arc<usage::Remote>,
+    hosts: Arc<hosts::HostBook>,
     /// This store's id in the cluster (usage pushes count once per id and batch).
     store_id: String,
     /// Recent spending per key and rate, units per second (for slice sizes).
@@ -242,6 +267,7 @@ impl Syncer {
             }
             Err(e) => {
                 self.con = None;
+                hosts::fall_back(&self.hosts, self.instances());
                 if self.state.up.swap(false, Relaxed) {
                     crate::log::error(format_args!(
                         "cluster: Redis at {} failed ({e}); serving from the local store, retrying every {} ms",
@@ -288,6 +314,10 @@ impl Syncer {
         let (version, _) = keys::pull(con, &self.link, self.store)?;
         self.state.keys_version.store(version, Relaxed);
         self.tend().map_err(|e| e.to_string())?;
+        // The hosts' slots: every host after a reconnection or each
+        // heartbeat, else those whose queue changed or has requests waiting.
+        let beat = Instant::now() >= self.next_beat;
+        self.hosts_sync(fresh || beat).map_err(|e| e.to_string())?;
         let Some(con) = self.con.as_mut() else { return Err("not connected".into()) };
         usage::push(con, &self.link.prefix, self.store, &self.store_id)?;
         self.state.queued_usage.store(self.store.usage_outbox_len().unwrap_or(0), Relaxed);
@@ -421,6 +451,33 @@ impl Syncer {
             }
         }
         self.state.borrowed.store(borrowed, Relaxed);
+        Ok(())
+    }
+
+    /// A round for the hosts' slots between the regular rounds (a queue
+    /// nudged the thread); on failure the hosts fall back to their shares
+    /// and the next round reconnects.
+    fn host_round(&mut self, force: bool) {
+        if self.con.is_none() {
+            return;
+        }
+        if let Err(e) = self.hosts_sync(force) {
+            crate::log::warn(format_args!(
+                "cluster: sharing the hosts' slots failed ({e}); using this instance's share"
+            ));
+            self.con = None;
+            self.state.up.store(false, Relaxed);
+            hosts::fall_back(&self.hosts, self.instances());
+        }
+    }
+
+    fn hosts_sync(&mut self, force: bool) -> redis::RedisResult<()> {
+        self.hosts.nudge.taken();
+        let instances = self.instances();
+        let Some(con) = self.con.as_mut() else { return Ok(()) };
+        for h in self.hosts.all() {
+            hosts::sync(con, &self.link.prefix, &self.me, &h, instances, force)?;
+        }
         Ok(())
     }
 

@@ -95,6 +95,13 @@ pub fn run(config: Config) -> Result<(), String> {
             let bound = listeners[0].local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
             let c = crate::cluster::Cluster::start(link, store, bound, load, config.cluster_size)?;
             let _ = all_metrics.cluster.set(c.state.clone());
+            // Each host's slots are the cluster's: its queue runs within what Redis leases it.
+            for h in &upstreams.hosts {
+                let (max, reserve) = h.gate.slots();
+                c.hosts.add(&h.target.url, max, reserve, h.gate.clone());
+                h.gate.join_cluster(c.hosts.nudge.clone());
+            }
+            c.hosts.nudge.nudge();
             Some(c)
         }
         None => None,

@@ -39,6 +39,7 @@ use parking_lot::{Condvar, Mutex};
 use super::client::UpstreamError;
 use super::residency::{HostModels, PsModel, Swap};
 use super::schedule::{Choice, Fit, Head, Room, Rules, choose, lifted_lane};
+use crate::cluster::hosts::{Caps, Demand, Nudge, SharedGate};
 use crate::histogram::Histogram;
 
 /// Lanes, by index: interactive, standard, batch.
@@ -151,6 +152,16 @@ struct GateState {
     turns: u64,
     /// When each lane (as requests stand in it, lifted or not) last got a slot.
     last_grant: [Instant; 3],
+    /// In a cluster: the slots this instance holds (shared, reserved for
+    /// interactive requests), leased through Redis; `None` alone.
+    caps: Option<Caps>,
+    /// In a cluster: the other instances' generations in flight.
+    others_in_flight: usize,
+    /// The caps are leased through Redis (not a share while it is away): a
+    /// slot freed past `spare` goes back to the cluster, never straight to a local waiter.
+    leased: bool,
+    /// Slots the cluster lets this instance keep beyond those in use.
+    spare: usize,
 }
 
 impl GateState {
@@ -167,6 +178,9 @@ pub struct UpstreamGate {
     state: Mutex<GateState>,
     /// Wakes the host's checker thread when a model is to be unloaded.
     unload_ready: Condvar,
+    /// In a cluster: wakes the cluster thread when what this queue uses or
+    /// wants changed (see `cluster::hosts`).
+    nudge: std::sync::OnceLock<Arc<Nudge>>,
 }
 
 /// A slot of the host; freed (and handed to the next waiter) on drop.
@@ -178,6 +192,8 @@ pub struct Permit {
     loads: bool,
     /// How long it waited for the slot.
     pub waited: Duration,
+    /// The conversation turn it serves, if any (counted while the slot is held).
+    pub turn: Option<super::affinity::Turn>,
 }
 
 impl Permit {
@@ -202,6 +218,56 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.gate.release(self.model.as_deref(), self.lane, self.loads);
+    }
+}
+
+impl SharedGate for UpstreamGate {
+    fn demand(&self) -> Demand {
+        let s = self.state.lock();
+        // What Redis must leave this instance: the slots it holds, or (its
+        // share while Redis was away, or nothing yet) those it uses.
+        let held = match s.caps {
+            Some(caps) if s.leased => caps,
+            caps => Self::in_use(&s, caps.unwrap_or_default()),
+        };
+        let now = Instant::now();
+        let epoch_ms = crate::cluster::now_ms();
+        let mut waiting = [0; 3];
+        let mut since_ms = [0u64; 3];
+        for (lane, q) in s.lanes.iter().enumerate() {
+            for list in q.waiters.values() {
+                for w in list {
+                    let w = w.lock();
+                    // Only a request that could start with a slot asks for one
+                    // (not one held back for a load or a busy model).
+                    if !matches!(s.host.fit(&w.model, lane == 0), Fit::Ready | Fit::Load) {
+                        continue;
+                    }
+                    waiting[lane] += 1;
+                    let since = epoch_ms.saturating_sub(now.saturating_duration_since(w.since).as_millis() as u64);
+                    if since_ms[lane] == 0 || since < since_ms[lane] {
+                        since_ms[lane] = since;
+                    }
+                }
+            }
+        }
+        let models =
+            s.host.models.iter().filter(|(_, m)| m.in_flight > 0).map(|(n, m)| (n.clone(), m.in_flight)).collect();
+        Demand { held, in_flight: s.in_flight, waiting, since_ms, models }
+    }
+
+    fn grant(&self, caps: Caps, others: HashMap<String, usize>, leased: bool, spare: usize) {
+        let mut s = self.state.lock();
+        s.leased = leased;
+        s.spare = spare;
+        let caps = (caps.0.min(self.config.max_in_flight), caps.1.min(self.config.reserve_interactive));
+        s.caps = Some(caps);
+        s.others_in_flight = others.values().sum();
+        s.host.set_remote(&others);
+        if let Some(v) = s.host.drained() {
+            self.ask_unload(&mut s, v);
+        }
+        self.schedule(&mut s);
     }
 }
 
@@ -235,9 +301,33 @@ impl UpstreamGate {
                 unload: None,
                 turns: 0,
                 last_grant: [Instant::now(); 3],
+                caps: None,
+                others_in_flight: 0,
+                leased: false,
+                spare: 0,
             }),
             unload_ready: Condvar::new(),
+            nudge: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares the host's slots with the cluster: from now on this queue
+    /// runs within the slots the cluster thread leases for it (none until
+    /// the first lease), and nudges the thread when its needs change.
+    pub fn join_cluster(&self, nudge: Arc<Nudge>) {
+        let _ = self.nudge.set(nudge);
+        self.state.lock().caps = Some((0, 0));
+    }
+
+    /// The slots configured for the host, and those of them reserved for interactive requests.
+    pub fn slots(&self) -> (usize, usize) {
+        (self.config.max_in_flight, self.config.reserve_interactive)
+    }
+
+    fn nudge(&self) {
+        if let Some(n) = self.nudge.get() {
+            n.nudge();
+        }
     }
 
     pub fn load(&self) -> GateLoad {
@@ -294,6 +384,8 @@ impl UpstreamGate {
         }
         st.queued += 1;
         self.schedule(st);
+        drop(s);
+        self.nudge();
         Acquire { gate: self.clone(), waiter: Some(waiter), ready: None, key: key.to_owned(), lane }
     }
 
@@ -310,10 +402,22 @@ impl UpstreamGate {
     }
 
     fn room(&self, s: &GateState) -> Room {
+        if let Some(caps) = s.caps {
+            let (shared, reserved) = Self::in_use(s, caps);
+            let shared_free = caps.0.saturating_sub(shared);
+            return Room { free: shared_free + caps.1.saturating_sub(reserved), shared: shared_free };
+        }
         let free = self.config.max_in_flight.saturating_sub(s.in_flight);
         let shared_cap = self.config.max_in_flight - self.config.reserve_interactive;
         let shared = shared_cap.saturating_sub(s.by_lane[1] + s.by_lane[2]).min(free);
         Room { free, shared }
+    }
+
+    /// Slots in use as the cluster counts them: (shared, reserved), an
+    /// interactive generation in a reserved slot while there is one.
+    fn in_use(s: &GateState, caps: Caps) -> (usize, usize) {
+        let reserved = s.by_lane[0].min(caps.1);
+        (s.by_lane[1] + s.by_lane[2] + s.by_lane[0] - reserved, reserved)
     }
 
     fn rules(&self) -> Rules {
@@ -402,12 +506,26 @@ impl UpstreamGate {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         s.by_lane[lane] = s.by_lane[lane].saturating_sub(1);
+        // In a cluster a freed slot beyond the spare ones goes back (lowered
+        // here before Redis hears of it, so no request here takes it meanwhile):
+        // the cluster's most urgent request takes it, whichever instance it waits on.
+        let mut gave_back = false;
+        if let (Some(caps), true) = (s.caps, s.leased) {
+            let (shared, reserved) = Self::in_use(&s, caps);
+            let kept = ((shared + s.spare).min(caps.0), reserved.min(caps.1));
+            gave_back = kept != caps;
+            s.caps = Some(kept);
+        }
         if let Some(m) = model
             && let Some(v) = s.host.ended(m, loads)
         {
             self.ask_unload(&mut s, v);
         }
         self.schedule(&mut s);
+        drop(s);
+        if gave_back {
+            self.nudge();
+        }
     }
 
     /// Takes a waiter out of the queue (its client left, or it timed out).
@@ -435,6 +553,8 @@ impl UpstreamGate {
         }
         // A head that left may have held others back.
         self.schedule(&mut s);
+        drop(s);
+        self.nudge();
         None
     }
 
@@ -481,7 +601,12 @@ impl UpstreamGate {
     /// `Hold` (it would wait: no free slot, or others wait already).
     pub fn placement(&self, model: &str) -> Fit {
         let s = self.state.lock();
-        if s.queued > 0 || s.in_flight >= self.config.max_in_flight {
+        // In a cluster, whether the host has a slot free for any instance.
+        let full = match s.caps {
+            Some(_) => s.in_flight + s.others_in_flight >= self.config.max_in_flight,
+            None => s.in_flight >= self.config.max_in_flight,
+        };
+        if s.queued > 0 || full {
             return Fit::Hold;
         }
         match s.host.fit(model, false) {
@@ -556,6 +681,9 @@ impl UpstreamGate {
                 "max": self.config.max_in_flight,
                 "reserved_interactive": self.config.reserve_interactive,
                 "in_flight": lanes(s.by_lane),
+                // In a cluster: what this instance holds of them now, and what the others run.
+                "held": s.caps.map(|(shared, reserved)| serde_json::json!({"shared": shared, "reserved": reserved, "leased": s.leased})),
+                "others_in_flight": s.caps.map(|_| s.others_in_flight),
             },
             "queued": lanes(queued_by_lane),
             "queued_by_model": by_model.iter().map(|(m, n)| serde_json::json!({"model": m, "queued": lanes(*n)})).collect::<Vec<_>>(),
@@ -668,7 +796,14 @@ impl Acquire {
     }
 
     fn permit(&self, g: Grant) -> Permit {
-        Permit { gate: self.gate.clone(), model: g.model, lane: self.lane, loads: g.loads, waited: g.waited }
+        Permit {
+            gate: self.gate.clone(),
+            model: g.model,
+            lane: self.lane,
+            loads: g.loads,
+            waited: g.waited,
+            turn: None,
+        }
     }
 }
 

@@ -157,7 +157,7 @@ pub struct Upstreams {
     /// Deadline of one health check.
     pub(super) check_timeout: Duration,
     /// Which host served each conversation last (used with several hosts).
-    pub affinity: super::affinity::Affinity,
+    pub affinity: Arc<super::affinity::Affinity>,
 }
 
 impl Upstreams {
@@ -201,7 +201,7 @@ impl Upstreams {
             });
         }
         let buffers = BufferBudget::new(buffer_budget);
-        let affinity = super::affinity::Affinity::default();
+        let affinity = Arc::new(super::affinity::Affinity::default());
         Ok(Arc::new(Self { hosts, buffers, interval, check_timeout, affinity }))
     }
 

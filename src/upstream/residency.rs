@@ -51,6 +51,9 @@ pub struct ModelState {
     pub resident: bool,
     /// Generations the gateway has in flight on it.
     pub in_flight: usize,
+    /// Generations the cluster's other instances have in flight on it (as
+    /// of their last exchange through Redis; 0 alone).
+    pub remote: usize,
     /// A request that loads it was sent and its answer has not begun: until
     /// then, or until this deadline (its learned load time), it is loading.
     pub loading: Option<Instant>,
@@ -65,11 +68,17 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// Generations run on it, through this instance or another.
+    pub fn busy(&self) -> bool {
+        self.in_flight + self.remote > 0
+    }
+
     fn new(name: &str) -> Self {
         Self {
             name: name.into(),
             resident: false,
             in_flight: 0,
+            remote: 0,
             loading: None,
             last_sent: None,
             last_interactive: None,
@@ -172,7 +181,7 @@ impl HostModels {
             return Fit::Ready;
         }
         if let Some(m) = self.get(model).filter(|m| m.resident) {
-            let full = self.num_parallel > 0 && m.in_flight >= self.num_parallel;
+            let full = self.num_parallel > 0 && m.in_flight + m.remote >= self.num_parallel;
             return if m.is_loading() || full || self.swapping(model) { Fit::Hold } else { Fit::Ready };
         }
         if self.resident_count() < self.max_loaded {
@@ -208,8 +217,8 @@ impl HostModels {
                 (name, m, interactive)
             })
             .filter(|&(_, _, interactive)| !(spare_interactive && interactive))
-            .min_by_key(|&(name, m, interactive)| (interactive, m.in_flight > 0, m.last_sent, name.as_str()))
-            .map(|(name, m, _)| (name.as_str(), m.in_flight == 0))
+            .min_by_key(|&(name, m, interactive)| (interactive, m.busy(), m.last_sent, name.as_str()))
+            .map(|(name, m, _)| (name.as_str(), !m.busy()))
     }
 
     /// Starts making room for `model` (see [`Self::victim`]): the victim is
@@ -281,8 +290,13 @@ impl HostModels {
                 m.resident = false;
             }
         }
+        self.drained()
+    }
+
+    /// A draining victim with nothing left in flight is unloaded now: returns it.
+    pub fn drained(&mut self) -> Option<String> {
         match &self.swap {
-            Some(Swap::Draining(v)) if self.get(v).is_none_or(|m| m.in_flight == 0) => {
+            Some(Swap::Draining(v)) if self.get(v).is_none_or(|m| !m.busy()) => {
                 let v = v.clone();
                 self.swap = Some(Swap::Unloading(v.clone()));
                 Some(v)
@@ -298,6 +312,24 @@ impl HostModels {
             m.loading = None;
         }
         self.swap = None;
+    }
+
+    /// The other instances of the cluster have `others` in flight (by model):
+    /// a model they run is resident and busy here too.
+    pub fn set_remote(&mut self, others: &std::collections::HashMap<String, usize>) {
+        for m in self.models.values_mut() {
+            m.remote = 0;
+        }
+        if !self.known {
+            return;
+        }
+        for (name, &n) in others {
+            if n > 0 {
+                let m = self.entry(name);
+                m.remote = n;
+                m.resident = true;
+            }
+        }
     }
 
     /// The host's `/api/ps` answered `list`: correct the picture.
@@ -321,8 +353,8 @@ impl HostModels {
             let listed = list.iter().any(|p| same_model(&p.name, name));
             // A model the gateway is using or loading stays, whatever a
             // listing taken a moment ago says.
-            m.resident = listed || m.loading.is_some() || m.in_flight > 0;
-            m.resident || m.in_flight > 0
+            m.resident = listed || m.loading.is_some() || m.busy();
+            m.resident || m.busy()
         });
         if let Some(v) = unloading
             && !self.models.get(&v).is_some_and(|m| m.resident)

@@ -129,13 +129,14 @@ fn past_the_affinity_bound_a_turn_goes_to_another_host() {
     let (a, b, g) = two_hosts(&["--affinity-max-wait", "0.3"]);
     chat(&g, &turn_body("c", 1, false));
     assert_eq!(stats(&a)["completed"], 1, "the first turn went to host 0");
-    // Host 0 now holds its one slot on a request that never ends ...
+    // Host 0 now holds its one slot on another conversation's request that
+    // never ends (both hosts idle, by load it goes to the first) ...
     configure(&a, json!({"never_respond": true}));
     let mut held = connect(g.addr);
-    send(&mut held, "POST", "/v1/chat/completions", Some(&turn_body("c", 2, true)), &[]);
+    send(&mut held, "POST", "/v1/chat/completions", Some(&turn_body("other", 1, true)), &[]);
     assert!(eventually(std::time::Duration::from_secs(5), || stats(&a)["in_flight"] == 1));
     // ... so the next turn waits there 0.3 s, then goes to host 1.
-    let r = chat(&g, &turn_body("c", 3, false));
+    let r = chat(&g, &turn_body("c", 2, false));
     assert!(r.json()["choices"][0]["message"]["content"].is_string());
     assert_eq!(stats(&b)["completed"], 1);
     let metrics = get(g.addr, "/metrics").text();

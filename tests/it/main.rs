@@ -9,6 +9,7 @@ mod anthropic;
 mod capabilities;
 mod chat;
 mod cluster;
+mod cluster_hosts;
 mod common;
 mod completions;
 mod config;
