@@ -129,7 +129,7 @@ pub(super) fn sync(
         *last = Some(d.clone());
     }
     let busy = d.in_flight + d.waiting.iter().sum::<usize>();
-    let spare = spare(host.max, instances, busy);
+    let spare = spare(host.max, instances);
     let models: serde_json::Map<String, serde_json::Value> =
         d.models.iter().take(MAX_MODELS).map(|(m, n)| (m.clone(), (*n).into())).collect();
     let (shared, reserved, others): (usize, usize, String) = redis::cmd("FCALL")
@@ -162,13 +162,12 @@ pub(super) fn sync(
 }
 
 /// Slots an instance keeps beyond those it uses, so that a busy one does
-/// not wait on Redis for every request: half as many again as it has busy
-/// (at least one), up to a quarter of its share of the host; none for a
-/// host of few slots (a GPU host's handful), where every slot goes through
-/// Redis and lanes hold exactly.
-pub fn spare(max: usize, instances: usize, busy: usize) -> usize {
-    let cap = max / (4 * instances.max(1));
-    (busy / 2).clamp(1, cap.max(1)).min(cap)
+/// not wait on Redis for every request: a quarter of its share of the
+/// host; none for a host of few slots (a GPU host's handful: fewer than
+/// four per instance), where every slot goes through Redis and lanes hold
+/// exactly.
+pub fn spare(max: usize, instances: usize) -> usize {
+    max / (4 * instances.max(1))
 }
 
 /// While Redis is away: this instance's share of a host's slots, the slots
@@ -203,11 +202,10 @@ mod tests {
 
     #[test]
     fn spare_slots_only_for_hosts_of_many() {
-        assert_eq!(spare(4, 1, 10), 1);
-        assert_eq!(spare(4, 3, 10), 0, "a GPU host's few slots all go through Redis");
-        assert_eq!(spare(8, 3, 10), 0);
-        assert_eq!(spare(4096, 1, 64), 32);
-        assert_eq!(spare(4096, 3, 0), 1);
-        assert_eq!(spare(4096, 2, 10_000), 512);
+        assert_eq!(spare(4, 1), 1);
+        assert_eq!(spare(4, 3), 0, "a GPU host's few slots all go through Redis");
+        assert_eq!(spare(8, 3), 0);
+        assert_eq!(spare(4096, 1), 1024);
+        assert_eq!(spare(4096, 3), 341);
     }
 }

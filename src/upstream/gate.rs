@@ -509,10 +509,13 @@ impl UpstreamGate {
         // In a cluster a freed slot beyond the spare ones goes back (lowered
         // here before Redis hears of it, so no request here takes it meanwhile):
         // the cluster's most urgent request takes it, whichever instance it waits on.
+        // Spare slots go back only past twice their number, so a busy
+        // instance does not give back and ask again with every request.
         let mut gave_back = false;
         if let (Some(caps), true) = (s.caps, s.leased) {
             let (shared, reserved) = Self::in_use(&s, caps);
-            let kept = ((shared + s.spare).min(caps.0), reserved.min(caps.1));
+            let shared_kept = if caps.0 > shared + 2 * s.spare { shared + s.spare } else { caps.0 };
+            let kept = (shared_kept, reserved.min(caps.1));
             gave_back = kept != caps;
             s.caps = Some(kept);
         }
