@@ -16,7 +16,8 @@
 //! standard user's requests, total tokens/s, and the emulator's model loads
 //! (read from its `/_stats`, reset at the start).
 //!
-//! usage: busy_host <target host:port> <emulator host:port> <seconds> <label> [batch-key interactive-key standard-key]
+//! usage: busy_host <target host:port[,host:port…]> <emulator host:port> <seconds> <label> [batch-key interactive-key standard-key]
+//! Several targets (the instances of a cluster) take the requests in turn.
 //! With `idle` as the label only the interactive user runs (the idle-host
 //! reference). Environment: `BUSY_MODELS` (`a,b,c`, default
 //! `llama3,qwen3:8b,phi3`), `BUSY_BATCH_WORKERS` (default 6),
@@ -87,6 +88,15 @@ fn stream(addr: SocketAddr, key: Option<&str>, model: &str, max_tokens: u64) -> 
     Seen { ok: done && ttft.is_some(), ttft: ttft.unwrap_or_default(), tokens }
 }
 
+/// The targets, taken in turn.
+static TARGETS: std::sync::OnceLock<Vec<SocketAddr>> = std::sync::OnceLock::new();
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn target() -> SocketAddr {
+    let all = TARGETS.get().map(Vec::as_slice).unwrap_or_default();
+    all[NEXT.fetch_add(1, Relaxed) % all.len()]
+}
+
 fn control(emulator: SocketAddr, method: &str, path: &str) -> serde_json::Value {
     let Ok(mut s) = TcpStream::connect(emulator) else { return serde_json::Value::Null };
     let req = format!("{method} {path} HTTP/1.1\r\nHost: e\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -109,14 +119,16 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 5 {
         eprintln!(
-            "usage: busy_host <target host:port> <emulator host:port> <seconds> <label> [batch-key interactive-key standard-key]"
+            "usage: busy_host <target host:port[,host:port…]> <emulator host:port> <seconds> <label> [batch-key interactive-key standard-key]"
         );
         std::process::exit(2);
     }
-    let (Ok(target), Ok(emulator)) = (a[1].parse::<SocketAddr>(), a[2].parse::<SocketAddr>()) else {
+    let targets: Result<Vec<SocketAddr>, _> = a[1].split(',').map(str::parse::<SocketAddr>).collect();
+    let (Ok(targets), Ok(emulator)) = (targets, a[2].parse::<SocketAddr>()) else {
         eprintln!("busy_host: bad address");
         std::process::exit(2);
     };
+    let _ = TARGETS.set(targets);
     let seconds: u64 = a[3].parse().unwrap_or(60);
     let label = a[4].clone();
     let keys: Vec<Option<String>> = (0..3).map(|i| a.get(5 + i).cloned()).collect();
@@ -147,7 +159,7 @@ fn main() {
                 while !stop.load(Relaxed) {
                     let job = next_job.fetch_add(1, Relaxed);
                     let model = &models[(job / block.max(1)) % 2];
-                    let seen = stream(target, key.as_deref(), model, batch_tokens);
+                    let seen = stream(target(), key.as_deref(), model, batch_tokens);
                     batch.lock().unwrap_or_else(|e| e.into_inner()).push(seen);
                 }
             }));
@@ -160,7 +172,7 @@ fn main() {
         threads.push(std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(Relaxed) {
-                let seen = stream(target, key.as_deref(), &models[i % 2], standard_tokens);
+                let seen = stream(target(), key.as_deref(), &models[i % 2], standard_tokens);
                 standard.lock().unwrap_or_else(|e| e.into_inner()).push(seen);
                 i += 1;
             }
@@ -180,7 +192,7 @@ fn main() {
                     let (standard, model, key, outstanding) =
                         (standard.clone(), models[i % 2].clone(), key.clone(), outstanding.clone());
                     sent.push(std::thread::spawn(move || {
-                        let seen = stream(target, key.as_deref(), &model, standard_tokens);
+                        let seen = stream(target(), key.as_deref(), &model, standard_tokens);
                         standard.lock().unwrap_or_else(|e| e.into_inner()).push(seen);
                         outstanding.fetch_sub(1, Relaxed);
                     }));
@@ -199,9 +211,9 @@ fn main() {
         let (stop, interactive, model, key) = (stop.clone(), interactive.clone(), models[2].clone(), keys[1].clone());
         threads.push(std::thread::spawn(move || {
             // One request first, so that an idle host has the model loaded.
-            stream(target, key.as_deref(), &model, interactive_tokens);
+            stream(target(), key.as_deref(), &model, interactive_tokens);
             while !stop.load(Relaxed) {
-                let seen = stream(target, key.as_deref(), &model, interactive_tokens);
+                let seen = stream(target(), key.as_deref(), &model, interactive_tokens);
                 interactive.lock().unwrap_or_else(|e| e.into_inner()).push(seen);
                 std::thread::sleep(pause);
             }
@@ -237,7 +249,7 @@ fn main() {
     let s_served = (s_n - s_failed) as u64;
     let floor = 1 + s_served.max(u64::from(!idle));
     println!(
-        "| {label} | {:.1} / {:.1} ms | {} | {:.0} | {:.1} s | {} | {:.1} s | {:.0} | {} | {floor} | {} |",
+        "| {label} | {:.1} / {:.1} ms | {} | {:.0} | {:.1} s | {} | {:.1} s | {:.0} | {} | {floor} | {} | {} |",
         pct(&i_ttft, 0.5),
         pct(&i_ttft, 0.99),
         i_n,
@@ -247,6 +259,7 @@ fn main() {
         pct(&s_ttft, 0.5) / 1e3,
         total_tokens.load(Relaxed) as f64 / elapsed,
         stats["loads"].as_u64().unwrap_or(0),
+        stats["max_in_flight"].as_u64().unwrap_or(0),
         i_failed + b_failed + s_failed,
     );
     eprintln!("busy_host {label}: {b_n} batch requests, {elapsed:.1} s, emulator stats {stats}");

@@ -173,7 +173,10 @@ end
 -- instance in front of it):
 --   P hs:<host>  hash  instance -> {s = shared slots held, r = reserved
 --                slots held, q = {waiting by lane}, w = {oldest wait by
---                lane, ms since the epoch; 0: none}, m = {model = in flight}}
+--                lane, ms since the epoch; 0: none}, m = {model = in flight},
+--                i = {model = 1: an interactive key used it lately},
+--                x = the model it is making room by (a swap), if any,
+--                u = {model = 1: it unloaded it lately}}
 -- An instance says what it holds now (`keep_s`, `keep_r`: never taken from
 -- it; it lowers them itself before it says so), what waits on it by lane
 -- and since when, its generations in flight by model, and how many slots
@@ -185,21 +188,22 @@ end
 -- request, whichever instance holds it; spare slots only while no other
 -- instance waits. Reserved slots go to interactive requests only. Instances
 -- whose heartbeat is older than `timeout` ms are forgotten (their slots
--- come back). Replies {shared held, reserved held, the others' in flight
--- by model as JSON}.
+-- come back). Replies {shared held, reserved held, JSON of the others'
+-- {f = in flight by model, i = models interactive keys used lately,
+-- x = models they are making room by, u = models they unloaded lately}}.
 local function host_slots_v1(keys, args)
   local p, host, inst = args[1], args[2], args[3]
   local max, reserve, timeout = tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
   local keep_s, keep_r = tonumber(args[7]), tonumber(args[8])
   local q = {tonumber(args[9]), tonumber(args[10]), tonumber(args[11])}
   local w = {tonumber(args[12]), tonumber(args[13]), tonumber(args[14])}
-  local models, target = args[15], tonumber(args[16])
+  local models, target, recent, swap, gone = args[15], tonumber(args[16]), args[17], args[18], args[19]
   local h = p .. 'hs:' .. host
   local now = now_ms()
   local all = redis.call('HGETALL', h)
   local used_s, used_r = 0, 0
   local others = {}
-  local in_flight = {}
+  local in_flight, interactive, swaps, unloaded = {}, {}, {}, {}
   for i = 1, #all, 2 do
     local who = all[i]
     if who ~= inst then
@@ -216,6 +220,15 @@ local function host_slots_v1(keys, args)
         others[#others + 1] = o
         for m, n in pairs(o.m or {}) do
           in_flight[m] = (in_flight[m] or 0) + n
+        end
+        for m, _ in pairs(o.i or {}) do
+          interactive[m] = 1
+        end
+        if o.x and o.x ~= '' then
+          swaps[o.x] = 1
+        end
+        for m, _ in pairs(o.u or {}) do
+          unloaded[m] = 1
         end
       else
         redis.call('HDEL', h, who)
@@ -271,13 +284,21 @@ local function host_slots_v1(keys, args)
   if not ok then
     m = {}
   end
-  if mine_s + mine_r + q[1] + q[2] + q[3] > 0 or next(m) ~= nil then
-    redis.call('HSET', h, inst, cjson.encode({s = mine_s, r = mine_r, q = q, w = w, m = m}))
+  local ok_i, i = pcall(cjson.decode, recent)
+  if not ok_i then
+    i = {}
+  end
+  local ok_u, u = pcall(cjson.decode, gone)
+  if not ok_u then
+    u = {}
+  end
+  if mine_s + mine_r + q[1] + q[2] + q[3] > 0 or next(m) ~= nil or next(i) ~= nil or swap ~= '' or next(u) ~= nil then
+    redis.call('HSET', h, inst, cjson.encode({s = mine_s, r = mine_r, q = q, w = w, m = m, i = i, x = swap, u = u}))
     redis.call('PEXPIRE', h, 3600000)
   else
     redis.call('HDEL', h, inst)
   end
-  return {mine_s, mine_r, cjson.encode(in_flight)}
+  return {mine_s, mine_r, cjson.encode({f = in_flight, i = interactive, x = swaps, u = unloaded})}
 end
 
 -- Usage. Each instance's store pushes what it committed, in numbered

@@ -11,9 +11,10 @@
 //! keeps the slots it uses and gives back the others at once; a freed slot
 //! goes to the instance whose waiting request is most urgent (the better
 //! lane, then the longest wait), so lanes hold across the cluster. The
-//! instances also share their generations in flight per model, so each
-//! one's picture of the host counts the others' work (a model busy through
-//! another instance is not idle). The slots of an instance whose heartbeat
+//! instances also share their picture of the host's models: generations
+//! in flight per model (a model busy through another instance is not
+//! idle), the models interactive keys used lately, the swap or load under
+//! way (one at a time on a host), the models just unloaded. The slots of an instance whose heartbeat
 //! stops come back after [`super::INSTANCE_TIMEOUT`]. While Redis is away
 //! each instance runs within its share: the slots divided by the instances
 //! last seen (at least one).
@@ -37,6 +38,36 @@ pub struct Demand {
     pub since_ms: [u64; 3],
     /// Generations in flight by model.
     pub models: Vec<(String, usize)>,
+    /// Models an interactive key used lately (never to be pushed out for other work).
+    pub interactive: Vec<String>,
+    /// The model this instance is making room by (draining or unloading
+    /// it), or loading: the others start no load or swap of their own meanwhile.
+    pub swap: Option<String>,
+    /// The models it unloaded lately.
+    pub unloaded: Vec<String>,
+}
+
+/// What the other instances do on a host, as of their last exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Others {
+    /// Generations in flight by model.
+    #[serde(default, rename = "f", deserialize_with = "map_or_empty")]
+    pub in_flight: HashMap<String, usize>,
+    /// Models an interactive key used lately through one of them.
+    #[serde(default, rename = "i", deserialize_with = "map_or_empty")]
+    pub interactive: HashMap<String, usize>,
+    /// The models they are making room by.
+    #[serde(default, rename = "x", deserialize_with = "map_or_empty")]
+    pub swaps: HashMap<String, usize>,
+    /// The models they unloaded lately.
+    #[serde(default, rename = "u", deserialize_with = "map_or_empty")]
+    pub unloaded: HashMap<String, usize>,
+}
+
+/// A JSON object of counts; anything else (Lua writes an empty table as `{}` or `[]`) is empty.
+fn map_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, usize>, D::Error> {
+    let v = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 /// The slots an instance may use: (shared, reserved for interactive requests).
@@ -49,7 +80,7 @@ pub trait SharedGate: Send + Sync {
     /// in flight by model; the queue hands out what became free. `leased`:
     /// from Redis, with `spare` slots it may keep beyond those in use (a
     /// slot freed past them goes back to Redis); else a share while Redis is away.
-    fn grant(&self, caps: Caps, others: HashMap<String, usize>, leased: bool, spare: usize);
+    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize);
 }
 
 /// Wakes the cluster thread for a host round (at most one wake pending).
@@ -130,6 +161,10 @@ pub(super) fn sync(
     }
     let busy = d.in_flight + d.waiting.iter().sum::<usize>();
     let spare = spare(host.max, instances);
+    let unloaded: serde_json::Map<String, serde_json::Value> =
+        d.unloaded.iter().take(MAX_MODELS).map(|m| (m.clone(), 1.into())).collect();
+    let recent: serde_json::Map<String, serde_json::Value> =
+        d.interactive.iter().take(MAX_MODELS).map(|m| (m.clone(), 1.into())).collect();
     let models: serde_json::Map<String, serde_json::Value> =
         d.models.iter().take(MAX_MODELS).map(|(m, n)| (m.clone(), (*n).into())).collect();
     let (shared, reserved, others): (usize, usize, String) = redis::cmd("FCALL")
@@ -151,12 +186,17 @@ pub(super) fn sync(
         .arg(d.since_ms[2])
         .arg(serde_json::Value::Object(models).to_string())
         .arg(busy + spare)
+        .arg(serde_json::Value::Object(recent).to_string())
+        .arg(d.swap.as_deref().unwrap_or(""))
+        .arg(serde_json::Value::Object(unloaded).to_string())
         .query(con)?;
-    let others: HashMap<String, usize> = serde_json::from_str::<HashMap<String, usize>>(&others)
-        .unwrap_or_default()
-        .into_iter()
-        .take(MAX_MODELS)
-        .collect();
+    let mut others: Others = serde_json::from_str(&others).unwrap_or_default();
+    // Bounded, whatever Redis holds.
+    for map in [&mut others.in_flight, &mut others.interactive, &mut others.swaps, &mut others.unloaded] {
+        if map.len() > MAX_MODELS {
+            *map = std::mem::take(map).into_iter().take(MAX_MODELS).collect();
+        }
+    }
     host.gate.grant((shared, reserved), others, true, spare);
     Ok(())
 }
@@ -183,7 +223,7 @@ pub fn share(max: usize, reserve: usize, instances: usize) -> Caps {
 pub(super) fn fall_back(book: &HostBook, instances: usize) {
     for h in book.all() {
         *h.last.lock() = None;
-        h.gate.grant(share(h.max, h.reserve, instances), HashMap::new(), false, 0);
+        h.gate.grant(share(h.max, h.reserve, instances), Others::default(), false, 0);
     }
 }
 
@@ -207,5 +247,14 @@ mod tests {
         assert_eq!(spare(8, 3), 0);
         assert_eq!(spare(4096, 1), 1024);
         assert_eq!(spare(4096, 3), 341);
+    }
+
+    #[test]
+    fn the_others_work_reads_whatever_lua_made_of_empty_tables() {
+        let o: Others = serde_json::from_str(r#"{"f":{"llama3":2},"i":[]}"#).unwrap();
+        assert_eq!(o.in_flight.get("llama3"), Some(&2));
+        assert!(o.interactive.is_empty());
+        let o: Others = serde_json::from_str(r#"{"f":{},"i":{"phi3":1}}"#).unwrap();
+        assert!(o.in_flight.is_empty() && o.interactive.contains_key("phi3"));
     }
 }

@@ -39,7 +39,7 @@ use parking_lot::{Condvar, Mutex};
 use super::client::UpstreamError;
 use super::residency::{HostModels, PsModel, Swap};
 use super::schedule::{Choice, Fit, Head, Room, Rules, choose, lifted_lane};
-use crate::cluster::hosts::{Caps, Demand, Nudge, SharedGate};
+use crate::cluster::hosts::{Caps, Demand, Nudge, Others, SharedGate};
 use crate::histogram::Histogram;
 
 /// Lanes, by index: interactive, standard, batch.
@@ -253,17 +253,21 @@ impl SharedGate for UpstreamGate {
         }
         let models =
             s.host.models.iter().filter(|(_, m)| m.in_flight > 0).map(|(n, m)| (n.clone(), m.in_flight)).collect();
-        Demand { held, in_flight: s.in_flight, waiting, since_ms, models }
+        let interactive =
+            s.host.models.iter().filter(|(_, m)| m.interactive_lately(now)).map(|(n, _)| n.clone()).collect();
+        let swap = s.host.changing().map(str::to_owned);
+        let unloaded = s.host.recent_unloads();
+        Demand { held, in_flight: s.in_flight, waiting, since_ms, models, interactive, swap, unloaded }
     }
 
-    fn grant(&self, caps: Caps, others: HashMap<String, usize>, leased: bool, spare: usize) {
+    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize) {
         let mut s = self.state.lock();
         s.leased = leased;
         s.spare = spare;
         let caps = (caps.0.min(self.config.max_in_flight), caps.1.min(self.config.reserve_interactive));
         s.caps = Some(caps);
-        s.others_in_flight = others.values().sum();
-        s.host.set_remote(&others);
+        s.others_in_flight = others.in_flight.values().sum();
+        s.host.set_remote(&others.in_flight, &others.interactive, &others.swaps, &others.unloaded);
         if let Some(v) = s.host.drained() {
             self.ask_unload(&mut s, v);
         }
@@ -396,7 +400,7 @@ impl UpstreamGate {
         slot && match fit {
             Fit::Ready => true,
             // A load that needs another model unloaded first goes through the queue.
-            Fit::Load => s.host.swap.is_none() && !s.host.needs_room(model),
+            Fit::Load => !s.host.any_swap() && !s.host.needs_room(model),
             Fit::Hold | Fit::Stuck => false,
         }
     }
@@ -592,6 +596,9 @@ impl UpstreamGate {
         s.host.unloaded(model);
         s.stats.unloads += 1;
         self.schedule(&mut s);
+        drop(s);
+        // The cluster's other instances hear of it at once.
+        self.nudge();
     }
 
     /// A final line said loading `model` took `load_ms`.
@@ -613,7 +620,7 @@ impl UpstreamGate {
             return Fit::Hold;
         }
         match s.host.fit(model, false) {
-            Fit::Load if s.host.swap.is_some() => Fit::Hold,
+            Fit::Load if s.host.any_swap() => Fit::Hold,
             Fit::Stuck => Fit::Hold,
             fit => fit,
         }

@@ -29,6 +29,8 @@ use crate::store::keys::same_model;
 
 /// Models an interactive key used within this long are unloaded last.
 const INTERACTIVE_RECENT: Duration = Duration::from_secs(300);
+/// How long an instance tells the others it unloaded a model.
+const RECENT_UNLOAD: Duration = Duration::from_secs(3);
 /// Learned load costs kept (real models only; a bound all the same).
 const MAX_LEARNED: usize = 256;
 /// How long a load is assumed to take before one was learned.
@@ -54,6 +56,8 @@ pub struct ModelState {
     /// Generations the cluster's other instances have in flight on it (as
     /// of their last exchange through Redis; 0 alone).
     pub remote: usize,
+    /// An interactive key used it lately through another instance.
+    pub remote_interactive: bool,
     /// A request that loads it was sent and its answer has not begun: until
     /// then, or until this deadline (its learned load time), it is loading.
     pub loading: Option<Instant>,
@@ -68,6 +72,11 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// An interactive key used it through this instance lately.
+    pub fn interactive_lately(&self, now: Instant) -> bool {
+        self.last_interactive.is_some_and(|t| now.duration_since(t) < INTERACTIVE_RECENT)
+    }
+
     /// Generations run on it, through this instance or another.
     pub fn busy(&self) -> bool {
         self.in_flight + self.remote > 0
@@ -79,6 +88,7 @@ impl ModelState {
             resident: false,
             in_flight: 0,
             remote: 0,
+            remote_interactive: false,
             loading: None,
             last_sent: None,
             last_interactive: None,
@@ -118,6 +128,10 @@ pub struct HostModels {
     /// Learned load time per model, milliseconds (a moving average).
     pub load_ms: HashMap<String, f64>,
     pub swap: Option<Swap>,
+    /// The models other instances of the cluster are making room by (their swaps).
+    pub remote_swaps: Vec<String>,
+    /// The models this instance unloaded lately, and when.
+    unloads: Vec<(String, Instant)>,
 }
 
 impl HostModels {
@@ -129,6 +143,8 @@ impl HostModels {
             models: HashMap::new(),
             load_ms: HashMap::new(),
             swap: None,
+            remote_swaps: Vec::new(),
+            unloads: Vec::new(),
         }
     }
 
@@ -168,8 +184,23 @@ impl HostModels {
 
     fn swapping(&self, model: &str) -> bool {
         match &self.swap {
-            Some(Swap::Draining(m) | Swap::Unloading(m)) => same_model(m, model),
-            None => false,
+            Some(Swap::Draining(m) | Swap::Unloading(m)) if same_model(m, model) => true,
+            _ => self.remote_swaps.iter().any(|m| same_model(m, model)),
+        }
+    }
+
+    /// A swap is under way on the host, made by this instance or another.
+    pub fn any_swap(&self) -> bool {
+        self.swap.is_some() || !self.remote_swaps.is_empty()
+    }
+
+    /// What this instance is changing on the host, for the cluster's other
+    /// instances to wait for: the model it makes room by (draining or
+    /// unloading), else a model it is loading.
+    pub fn changing(&self) -> Option<&str> {
+        match &self.swap {
+            Some(Swap::Draining(m) | Swap::Unloading(m)) => Some(m),
+            None => self.models.iter().find(|(_, m)| m.is_loading()).map(|(n, _)| n.as_str()),
         }
     }
 
@@ -186,8 +217,8 @@ impl HostModels {
         }
         if self.resident_count() < self.max_loaded {
             Fit::Load
-        } else if self.swap.is_some() {
-            // Room is being made: wait for it.
+        } else if self.any_swap() {
+            // Room is being made (here or by another instance): wait for it.
             Fit::Hold
         } else if self.victim(model, !interactive).is_some_and(|(_, idle)| idle) {
             Fit::Load
@@ -213,7 +244,7 @@ impl HostModels {
             .iter()
             .filter(|(name, m)| m.resident && !m.is_loading() && !same_model(name, model))
             .map(|(name, m)| {
-                let interactive = m.last_interactive.is_some_and(|t| now.duration_since(t) < INTERACTIVE_RECENT);
+                let interactive = m.remote_interactive || m.interactive_lately(now);
                 (name, m, interactive)
             })
             .filter(|&(_, _, interactive)| !(spare_interactive && interactive))
@@ -225,7 +256,8 @@ impl HostModels {
     /// unloaded at once when idle, else it drains first. Returns the model
     /// to unload now, if any. No-op while a swap is under way.
     pub fn make_room(&mut self, model: &str, spare_interactive: bool) -> Option<String> {
-        if self.swap.is_some() {
+        // One swap at a time on a host, whichever instance makes it.
+        if self.any_swap() {
             return None;
         }
         let (v, idle) = self.victim(model, spare_interactive).map(|(v, idle)| (v.to_owned(), idle))?;
@@ -312,22 +344,64 @@ impl HostModels {
             m.loading = None;
         }
         self.swap = None;
+        // Said to the cluster's other instances for a while, so that none
+        // sends it work on a picture from before (its next listing is up
+        // to a health interval away).
+        let now = Instant::now();
+        self.unloads.retain(|(m, at)| !same_model(m, model) && now.duration_since(*at) < RECENT_UNLOAD);
+        self.unloads.push((model.to_owned(), now));
     }
 
-    /// The other instances of the cluster have `others` in flight (by model):
-    /// a model they run is resident and busy here too.
-    pub fn set_remote(&mut self, others: &std::collections::HashMap<String, usize>) {
+    /// The models this instance unloaded lately (for the cluster).
+    pub fn recent_unloads(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.unloads.iter().filter(|(_, at)| now.duration_since(*at) < RECENT_UNLOAD).map(|(m, _)| m.clone()).collect()
+    }
+
+    /// The other instances of the cluster have `in_flight` (by model): a
+    /// model they run is resident and busy here too; one `interactive` keys
+    /// used through them lately is spared like one used here; the models
+    /// they make room by (`swaps`) drain here too, and no other swap starts
+    /// meanwhile.
+    pub fn set_remote(
+        &mut self,
+        in_flight: &std::collections::HashMap<String, usize>,
+        interactive: &std::collections::HashMap<String, usize>,
+        swaps: &std::collections::HashMap<String, usize>,
+        unloaded: &std::collections::HashMap<String, usize>,
+    ) {
+        self.remote_swaps = swaps.keys().cloned().collect();
+        // A model another instance just unloaded is gone, unless it runs again.
+        let now = Instant::now();
+        for name in unloaded.keys() {
+            if in_flight.get(name).is_some_and(|&n| n > 0) {
+                continue;
+            }
+            if let Some(m) = self.get_mut(name)
+                && m.in_flight == 0
+                && m.loading.is_none()
+                && m.last_sent.is_none_or(|t| now.duration_since(t) > RECENT_UNLOAD)
+            {
+                m.resident = false;
+            }
+        }
         for m in self.models.values_mut() {
             m.remote = 0;
+            m.remote_interactive = false;
         }
         if !self.known {
             return;
         }
-        for (name, &n) in others {
+        for (name, &n) in in_flight {
             if n > 0 {
                 let m = self.entry(name);
                 m.remote = n;
                 m.resident = true;
+            }
+        }
+        for name in interactive.keys() {
+            if let Some(m) = self.get_mut(name) {
+                m.remote_interactive = true;
             }
         }
     }
@@ -485,5 +559,30 @@ mod tests {
             h.learn_load(&format!("m{i}"), 1.0);
         }
         assert_eq!(h.load_ms.len(), MAX_LEARNED);
+    }
+
+    #[test]
+    fn the_other_instances_work_is_part_of_the_picture() {
+        use std::collections::HashMap;
+        let map = |pairs: &[(&str, usize)]| pairs.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect::<HashMap<_, _>>();
+        let mut h = HostModels::new(1, 2);
+        h.observe(&ps(&["a", "b"]));
+        // b busy through another instance: its one parallel slot is taken, and it is not idle.
+        h.set_remote(&map(&[("b", 1)]), &map(&[]), &map(&[]), &map(&[]));
+        assert_eq!(h.fit("b", false), Fit::Hold);
+        assert_eq!(h.victim("c", false), Some(("a", true)), "the idle one goes first");
+        // a used by an interactive key through another instance: batch work does not push it out.
+        h.set_remote(&map(&[("b", 1)]), &map(&[("a", 1)]), &map(&[]), &map(&[]));
+        assert_eq!(h.victim("c", true), Some(("b", false)));
+        // Another instance is making room by b: b drains here too, and no second swap starts.
+        h.set_remote(&map(&[]), &map(&[]), &map(&[("b", 1)]), &map(&[]));
+        assert_eq!(h.fit("b", false), Fit::Hold);
+        assert_eq!(h.fit("c", true), Fit::Hold, "room is being made: wait for it");
+        assert_eq!(h.make_room("c", false), None);
+        assert!(h.swap.is_none());
+        // Its swap over (it unloaded b), b is gone here too, and this instance may load c.
+        h.set_remote(&map(&[]), &map(&[]), &map(&[]), &map(&[("b", 1)]));
+        assert!(!h.resident("b"));
+        assert_eq!(h.fit("c", false), Fit::Load);
     }
 }
