@@ -188,9 +188,14 @@ end
 -- request, whichever instance holds it; spare slots only while no other
 -- instance waits. Reserved slots go to interactive requests only. Instances
 -- whose heartbeat is older than `timeout` ms are forgotten (their slots
--- come back). Replies {shared held, reserved held, JSON of the others'
+-- come back). The instance that changes the host's models (makes room,
+-- loads one) holds the change token (P hc:<host>) meanwhile: one instance
+-- at a time, so no two act on one picture (`change`: it wants or holds it;
+-- a holder whose heartbeat stopped loses it). Replies {shared held,
+-- reserved held, JSON of the others'
 -- {f = in flight by model, i = models interactive keys used lately,
--- x = models they are making room by, u = models they unloaded lately}}.
+-- x = models they are making room by, u = models they unloaded lately},
+-- 1 if it holds the change token}.
 local function host_slots_v1(keys, args)
   local p, host, inst = args[1], args[2], args[3]
   local max, reserve, timeout = tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
@@ -198,6 +203,7 @@ local function host_slots_v1(keys, args)
   local q = {tonumber(args[9]), tonumber(args[10]), tonumber(args[11])}
   local w = {tonumber(args[12]), tonumber(args[13]), tonumber(args[14])}
   local models, target, recent, swap, gone = args[15], tonumber(args[16]), args[17], args[18], args[19]
+  local change = args[20] == '1'
   local h = p .. 'hs:' .. host
   local now = now_ms()
   local all = redis.call('HGETALL', h)
@@ -298,7 +304,30 @@ local function host_slots_v1(keys, args)
   else
     redis.call('HDEL', h, inst)
   end
-  return {mine_s, mine_r, cjson.encode({f = in_flight, i = interactive, x = swaps, u = unloaded})}
+  local ck = p .. 'hc:' .. host
+  local holder = redis.call('GET', ck)
+  if holder and holder ~= inst then
+    local beat = redis.call('HGET', p .. 'instances', holder)
+    local alive = false
+    if beat then
+      local ok_b, j = pcall(cjson.decode, beat)
+      alive = ok_b and j.seen_ms ~= nil and now - j.seen_ms <= timeout
+    end
+    if not alive then
+      redis.call('DEL', ck)
+      holder = false
+    end
+  end
+  local token = 0
+  if change then
+    if not holder or holder == inst then
+      redis.call('SET', ck, inst, 'PX', 3600000)
+      token = 1
+    end
+  elseif holder == inst then
+    redis.call('DEL', ck)
+  end
+  return {mine_s, mine_r, cjson.encode({f = in_flight, i = interactive, x = swaps, u = unloaded}), token}
 end
 
 -- Usage. Each instance's store pushes what it committed, in numbered

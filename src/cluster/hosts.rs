@@ -45,6 +45,9 @@ pub struct Demand {
     pub swap: Option<String>,
     /// The models it unloaded lately.
     pub unloaded: Vec<String>,
+    /// It changes the host's models, or has a request waiting to: it asks
+    /// for the change token (one instance at a time holds it).
+    pub change: bool,
 }
 
 /// What the other instances do on a host, as of their last exchange.
@@ -80,7 +83,9 @@ pub trait SharedGate: Send + Sync {
     /// in flight by model; the queue hands out what became free. `leased`:
     /// from Redis, with `spare` slots it may keep beyond those in use (a
     /// slot freed past them goes back to Redis); else a share while Redis is away.
-    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize);
+    /// `change_token`: this instance may change the host's models (make
+    /// room, load) now; the others hold their changes meanwhile.
+    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize, change_token: bool);
 }
 
 /// Wakes the cluster thread for a host round (at most one wake pending).
@@ -167,7 +172,7 @@ pub(super) fn sync(
         d.interactive.iter().take(MAX_MODELS).map(|m| (m.clone(), 1.into())).collect();
     let models: serde_json::Map<String, serde_json::Value> =
         d.models.iter().take(MAX_MODELS).map(|(m, n)| (m.clone(), (*n).into())).collect();
-    let (shared, reserved, others): (usize, usize, String) = redis::cmd("FCALL")
+    let (shared, reserved, others, token): (usize, usize, String, u8) = redis::cmd("FCALL")
         .arg("aigw_host_slots_v1")
         .arg(0)
         .arg(prefix)
@@ -189,6 +194,7 @@ pub(super) fn sync(
         .arg(serde_json::Value::Object(recent).to_string())
         .arg(d.swap.as_deref().unwrap_or(""))
         .arg(serde_json::Value::Object(unloaded).to_string())
+        .arg(u8::from(d.change))
         .query(con)?;
     let mut others: Others = serde_json::from_str(&others).unwrap_or_default();
     // Bounded, whatever Redis holds.
@@ -197,7 +203,7 @@ pub(super) fn sync(
             *map = std::mem::take(map).into_iter().take(MAX_MODELS).collect();
         }
     }
-    host.gate.grant((shared, reserved), others, true, spare);
+    host.gate.grant((shared, reserved), others, true, spare, token == 1);
     Ok(())
 }
 
@@ -223,7 +229,7 @@ pub fn share(max: usize, reserve: usize, instances: usize) -> Caps {
 pub(super) fn fall_back(book: &HostBook, instances: usize) {
     for h in book.all() {
         *h.last.lock() = None;
-        h.gate.grant(share(h.max, h.reserve, instances), Others::default(), false, 0);
+        h.gate.grant(share(h.max, h.reserve, instances), Others::default(), false, 0, true);
     }
 }
 

@@ -162,6 +162,11 @@ struct GateState {
     leased: bool,
     /// Slots the cluster lets this instance keep beyond those in use.
     spare: usize,
+    /// In a cluster: this instance may change the host's models (make room,
+    /// load): one instance at a time holds this, through Redis.
+    change_token: bool,
+    /// A request here waits for that token.
+    wants_change: bool,
 }
 
 impl GateState {
@@ -257,13 +262,15 @@ impl SharedGate for UpstreamGate {
             s.host.models.iter().filter(|(_, m)| m.interactive_lately(now)).map(|(n, _)| n.clone()).collect();
         let swap = s.host.changing().map(str::to_owned);
         let unloaded = s.host.recent_unloads();
-        Demand { held, in_flight: s.in_flight, waiting, since_ms, models, interactive, swap, unloaded }
+        let change = s.wants_change || swap.is_some();
+        Demand { held, in_flight: s.in_flight, waiting, since_ms, models, interactive, swap, unloaded, change }
     }
 
-    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize) {
+    fn grant(&self, caps: Caps, others: Others, leased: bool, spare: usize, change_token: bool) {
         let mut s = self.state.lock();
         s.leased = leased;
         s.spare = spare;
+        s.change_token = change_token;
         let caps = (caps.0.min(self.config.max_in_flight), caps.1.min(self.config.reserve_interactive));
         s.caps = Some(caps);
         s.others_in_flight = others.in_flight.values().sum();
@@ -309,6 +316,8 @@ impl UpstreamGate {
                 others_in_flight: 0,
                 leased: false,
                 spare: 0,
+                change_token: false,
+                wants_change: false,
             }),
             unload_ready: Condvar::new(),
             nudge: std::sync::OnceLock::new(),
@@ -354,7 +363,11 @@ impl UpstreamGate {
         // Nobody waits and the request can start now: no queue entry at all.
         if s.queued == 0 && self.may_start(&s, lane, model, fit) {
             let grant = s.grant_now(model, lane, Duration::ZERO, false, false);
+            let told = grant.loads && s.caps.is_some();
             drop(s);
+            if told {
+                self.nudge();
+            }
             return Acquire { gate: self.clone(), waiter: None, ready: Some(Ok(grant)), key: String::new(), lane };
         }
         if s.queued >= self.config.queue_cap && !s.evict_for(key, lane, self.config.queue_cap) {
@@ -399,8 +412,9 @@ impl UpstreamGate {
         let slot = if lane == 0 { room.free > 0 } else { room.shared > 0 };
         slot && match fit {
             Fit::Ready => true,
-            // A load that needs another model unloaded first goes through the queue.
-            Fit::Load => !s.host.any_swap() && !s.host.needs_room(model),
+            // A load that needs another model unloaded first goes through the
+            // queue, and so does one while another instance may change the host.
+            Fit::Load => !s.host.any_swap() && !s.host.needs_room(model) && Self::may_change(s),
             Fit::Hold | Fit::Stuck => false,
         }
     }
@@ -415,6 +429,12 @@ impl UpstreamGate {
         let shared_cap = self.config.max_in_flight - self.config.reserve_interactive;
         let shared = shared_cap.saturating_sub(s.by_lane[1] + s.by_lane[2]).min(free);
         Room { free, shared }
+    }
+
+    /// Whether this instance may change the host's models now: alone always,
+    /// in a cluster while it holds the change token.
+    fn may_change(s: &GateState) -> bool {
+        s.caps.is_none() || s.change_token
     }
 
     /// Slots in use as the cluster counts them: (shared, reserved), an
@@ -434,7 +454,21 @@ impl UpstreamGate {
     /// Hands free slots to waiting requests, as [`choose`] says, until it
     /// says wait.
     fn schedule(&self, s: &mut GateState) {
+        if s.caps.is_none() {
+            return self.hand_out(s);
+        }
+        // In a cluster a swap or load begun here is told to the others at once.
+        let before = s.host.changing().map(str::to_owned);
+        self.hand_out(s);
+        if s.host.changing() != before.as_deref() {
+            self.nudge();
+        }
+    }
+
+    /// Hands free slots out (see [`Self::schedule`]).
+    fn hand_out(&self, s: &mut GateState) {
         let now = Instant::now();
+        s.wants_change = false;
         let rules = self.rules();
         let mut heads: Vec<Head> = Vec::new();
         // Each head's place: (native lane, position in its turn, turn number).
@@ -483,6 +517,12 @@ impl UpstreamGate {
             let model = head.lock().model.clone();
             // Others wait for a resident model: a load now is forced on them.
             let forced = heads[i].fit != Fit::Ready && heads.iter().any(|h| matches!(h.fit, Fit::Ready | Fit::Hold));
+            // In a cluster, changing the host's models waits for the token.
+            if (!run || s.host.needs_room(&model) || heads[i].fit != Fit::Ready) && !Self::may_change(s) {
+                s.wants_change = true;
+                self.nudge();
+                break;
+            }
             if !run || s.host.needs_room(&model) {
                 head.lock().forced |= forced;
                 // Room first: an idle model is unloaded now, a busy one drains.
