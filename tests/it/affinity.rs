@@ -41,7 +41,7 @@ fn chat(g: &Proc, body: &str) -> Response {
 }
 
 fn two_hosts(extra: &[&str]) -> (Proc, Proc, Proc) {
-    let knobs = ["--num-parallel", "1", "--tokens", "4", "--token-delay-ms", "5"];
+    let knobs = ["--num-parallel", "1", "--tokens", "4", "--token-delay-ms", "100"];
     let a = mock(&knobs);
     let b = mock(&knobs);
     let mut args = vec!["--upstream", &b.url()].into_iter().map(String::from).collect::<Vec<_>>();
@@ -66,7 +66,8 @@ fn two_hosts(extra: &[&str]) -> (Proc, Proc, Proc) {
 /// with both hosts idle, B's and A's second turns. Returns the prompt
 /// tokens each host found in its cache.
 fn two_conversations(a: &Proc, b: &Proc, g: &Proc) -> (u64, u64) {
-    // A's first turn streams on host 0 (its one slot) ...
+    // A's first turn streams on host 0 (its one slot; its last three tokens
+    // take 300 ms more) ...
     let mut s = connect(g.addr);
     send(&mut s, "POST", "/v1/chat/completions", Some(&turn_body("a", 1, true)), &[]);
     let mut r = std::io::BufReader::new(s);

@@ -117,8 +117,8 @@ type FirstToken = (&'static str, Option<Instant>);
 #[test]
 fn a_freed_slot_goes_to_the_better_lane_whichever_instance_it_waits_on() {
     let redis = Redis::start();
-    // Each reply takes about 600 ms.
-    let m = mock(&["--tokens", "6", "--token-delay-ms", "100"]);
+    // Each reply takes about 1.8 s: time enough for both to queue behind the first.
+    let m = mock(&["--tokens", "6", "--token-delay-ms", "300"]);
     let a = instance(&m, &redis, "1");
     let b = instance(&m, &redis, "1");
     joined(&[&a, &b]);
