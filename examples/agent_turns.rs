@@ -15,6 +15,9 @@
 //! Prints one markdown row: label, prompt tokens evaluated, cached, turn
 //! TTFT p50 / p99, turns served, failed, wall time.
 
+mod common;
+
+use common::{control, pct};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -82,24 +85,6 @@ fn turn(addr: SocketAddr, key: Option<&str>, body: &str, reply: &mut String) -> 
     ttft.filter(|_| done)
 }
 
-fn stats(emulator: &str) -> serde_json::Value {
-    let Ok(mut s) = TcpStream::connect(emulator) else { return serde_json::Value::Null };
-    let req = "GET /_stats HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n";
-    let _ = s.write_all(req.as_bytes());
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or_default()
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
-}
-
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 4 {
@@ -122,7 +107,7 @@ fn main() {
     let before: Vec<(u64, u64)> = emulators
         .iter()
         .map(|e| {
-            let s = stats(e);
+            let s = control(e.as_str(), "GET", "/_stats");
             (s["prompt_evaluated"].as_u64().unwrap_or(0), s["prompt_cached"].as_u64().unwrap_or(0))
         })
         .collect();
@@ -157,7 +142,7 @@ fn main() {
     let wall = started.elapsed().as_secs_f64();
     let (mut evaluated, mut cached) = (0u64, 0u64);
     for (e, (ev0, ca0)) in emulators.iter().zip(before) {
-        let s = stats(e);
+        let s = control(e.as_str(), "GET", "/_stats");
         evaluated += s["prompt_evaluated"].as_u64().unwrap_or(0) - ev0;
         cached += s["prompt_cached"].as_u64().unwrap_or(0) - ca0;
     }

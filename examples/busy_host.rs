@@ -26,6 +26,9 @@
 //! `BUSY_INTERACTIVE_TOKENS` (8), `BUSY_INTERACTIVE_PAUSE_MS` (400),
 //! `BUSY_STANDARD_EVERY_MS` (0: one at a time).
 
+mod common;
+
+use common::{control, pct};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -95,24 +98,6 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 fn target() -> SocketAddr {
     let all = TARGETS.get().map(Vec::as_slice).unwrap_or_default();
     all[NEXT.fetch_add(1, Relaxed) % all.len()]
-}
-
-fn control(emulator: SocketAddr, method: &str, path: &str) -> serde_json::Value {
-    let Ok(mut s) = TcpStream::connect(emulator) else { return serde_json::Value::Null };
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: e\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or_default()
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
 fn main() {

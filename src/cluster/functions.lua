@@ -91,6 +91,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Whether instance `who` has beaten its heartbeat within `timeout` ms of `now`.
+local function alive(p, who, now, timeout)
+  local beat = redis.call('HGET', p .. 'instances', who)
+  if not beat then
+    return false
+  end
+  local ok, j = pcall(cjson.decode, beat)
+  return ok and j.seen_ms ~= nil and now - j.seen_ms <= timeout
+end
+
 local function bucket(p, key, kind, limit)
   local k = p .. 'rl:' .. key .. ':' .. kind
   local d = redis.call('HMGET', k, 'b', 't')
@@ -145,13 +155,7 @@ local function slots_v1(keys, args)
   for i = 1, #held, 2 do
     local who, n = held[i], tonumber(held[i + 1])
     if who ~= inst then
-      local alive = false
-      local beat = redis.call('HGET', p .. 'instances', who)
-      if beat then
-        local ok, j = pcall(cjson.decode, beat)
-        alive = ok and j.seen_ms ~= nil and now - j.seen_ms <= timeout
-      end
-      if alive then
+      if alive(p, who, now, timeout) then
         others = others + n
       else
         redis.call('HDEL', h, who)
@@ -213,14 +217,8 @@ local function host_slots_v1(keys, args)
   for i = 1, #all, 2 do
     local who = all[i]
     if who ~= inst then
-      local alive = false
-      local beat = redis.call('HGET', p .. 'instances', who)
-      if beat then
-        local ok, j = pcall(cjson.decode, beat)
-        alive = ok and j.seen_ms ~= nil and now - j.seen_ms <= timeout
-      end
       local ok, o = pcall(cjson.decode, all[i + 1])
-      if alive and ok then
+      if ok and alive(p, who, now, timeout) then
         used_s = used_s + (o.s or 0)
         used_r = used_r + (o.r or 0)
         others[#others + 1] = o
@@ -286,18 +284,11 @@ local function host_slots_v1(keys, args)
   if not others_wait and mine_s + mine_r < target then
     mine_s = mine_s + math.min(free_s, target - mine_s - mine_r)
   end
-  local ok, m = pcall(cjson.decode, models)
-  if not ok then
-    m = {}
+  local function table_of(json)
+    local ok, t = pcall(cjson.decode, json)
+    return ok and t or {}
   end
-  local ok_i, i = pcall(cjson.decode, recent)
-  if not ok_i then
-    i = {}
-  end
-  local ok_u, u = pcall(cjson.decode, gone)
-  if not ok_u then
-    u = {}
-  end
+  local m, i, u = table_of(models), table_of(recent), table_of(gone)
   if mine_s + mine_r + q[1] + q[2] + q[3] > 0 or next(m) ~= nil or next(i) ~= nil or swap ~= '' or next(u) ~= nil then
     redis.call('HSET', h, inst, cjson.encode({s = mine_s, r = mine_r, q = q, w = w, m = m, i = i, x = swap, u = u}))
     redis.call('PEXPIRE', h, 3600000)
@@ -306,17 +297,9 @@ local function host_slots_v1(keys, args)
   end
   local ck = p .. 'hc:' .. host
   local holder = redis.call('GET', ck)
-  if holder and holder ~= inst then
-    local beat = redis.call('HGET', p .. 'instances', holder)
-    local alive = false
-    if beat then
-      local ok_b, j = pcall(cjson.decode, beat)
-      alive = ok_b and j.seen_ms ~= nil and now - j.seen_ms <= timeout
-    end
-    if not alive then
-      redis.call('DEL', ck)
-      holder = false
-    end
+  if holder and holder ~= inst and not alive(p, holder, now, timeout) then
+    redis.call('DEL', ck)
+    holder = false
   end
   local token = 0
   if change then

@@ -5,6 +5,7 @@
 //! away each instance keeps to its share.
 
 use std::io::BufRead;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,8 @@ fn ready(g: &Proc) -> Value {
 }
 
 /// Opens a stream as `secret` and reads its status line; the reader, at the body.
-fn start_stream(g: &Proc, secret: &str) -> (String, std::io::BufReader<std::net::TcpStream>) {
-    let mut r = open_stream(g.addr, Some(secret));
+fn start_stream(addr: SocketAddr, secret: &str) -> (String, std::io::BufReader<std::net::TcpStream>) {
+    let mut r = open_stream(addr, Some(secret));
     let mut status = String::new();
     r.read_line(&mut status).unwrap();
     (status, r)
@@ -57,6 +58,21 @@ fn finish_stream(mut r: std::io::BufReader<std::net::TcpStream>) -> (Option<Inst
     }
 }
 
+/// A stream through each of `addrs` at once (as the admin key): every one completes.
+fn all_complete(addrs: impl Iterator<Item = SocketAddr>) {
+    let streams: Vec<_> = addrs
+        .map(|addr| {
+            std::thread::spawn(move || {
+                let (status, r) = start_stream(addr, ADMIN_KEY);
+                status.contains(" 200 ") && finish_stream(r).1
+            })
+        })
+        .collect();
+    for s in streams {
+        assert!(s.join().unwrap(), "every stream completed");
+    }
+}
+
 /// Both instances see each other in Redis.
 fn joined(nodes: &[&Proc]) {
     let n = nodes.len();
@@ -74,20 +90,7 @@ fn a_hosts_slots_hold_across_instances_and_a_dead_instances_come_back() {
     let mut nodes: Vec<Proc> = (0..3).map(|_| instance(&m, &redis, "1")).collect();
     joined(&nodes.iter().collect::<Vec<_>>());
     // Two streams through each instance at once: one at a time at the host.
-    let outcomes: Vec<_> = (0..6)
-        .map(|i| {
-            let addr = nodes[i % 3].addr;
-            std::thread::spawn(move || {
-                let mut r = open_stream(addr, None);
-                let mut status = String::new();
-                r.read_line(&mut status).unwrap();
-                status.contains(" 200 ") && finish_stream(r).1
-            })
-        })
-        .collect();
-    for o in outcomes {
-        assert!(o.join().unwrap(), "every stream completed");
-    }
+    all_complete((0..6).map(|i| nodes[i % 3].addr));
     let st = stats(&m);
     assert_eq!(st["max_in_flight"], 1, "the host's one slot, for the whole cluster: {st}");
     assert_eq!(st["completed"], 6);
@@ -95,7 +98,7 @@ fn a_hosts_slots_hold_across_instances_and_a_dead_instances_come_back() {
     // An instance killed while it holds the slot: it comes back to the others.
     configure(&m, json!({"token_delay_ms": 2000}));
     let holder = nodes.remove(2);
-    let (status, held) = start_stream(&holder, ADMIN_KEY);
+    let (status, held) = start_stream(holder.addr, ADMIN_KEY);
     assert!(status.contains(" 200 "), "{status}");
     assert!(eventually(Duration::from_secs(5), || stats(&m)["in_flight"] == 1));
     let mut holder = holder;
@@ -130,15 +133,13 @@ fn a_freed_slot_goes_to_the_better_lane_whichever_instance_it_waits_on() {
             == 200
     }));
     // The slot is taken on A; a batch request waits on A, then an interactive one on B.
-    let (status, running) = start_stream(&a, &standard);
+    let (status, running) = start_stream(a.addr, &standard);
     assert!(status.contains(" 200 "), "{status}");
     let firsts: Arc<Mutex<Vec<FirstToken>>> = Arc::default();
     let waiting = |g: &Proc, secret: String, name: &'static str| {
         let (addr, firsts) = (g.addr, firsts.clone());
         std::thread::spawn(move || {
-            let mut r = open_stream(addr, Some(&secret));
-            let mut status = String::new();
-            r.read_line(&mut status).unwrap();
+            let (status, r) = start_stream(addr, &secret);
             let (first, done) = finish_stream(r);
             assert!(status.contains(" 200 ") && done, "{name}: {status}");
             firsts.lock().unwrap().push((name, first));
@@ -171,20 +172,7 @@ fn with_redis_away_each_instance_keeps_to_its_share() {
     redis.pause();
     assert!(eventually(Duration::from_secs(15), || ready(&a)["redis"] == "down" && ready(&b)["redis"] == "down"));
     // Three streams through each: each instance runs one at a time (2 slots / 2 instances).
-    let outcomes: Vec<_> = (0..6)
-        .map(|i| {
-            let addr = if i % 2 == 0 { a.addr } else { b.addr };
-            std::thread::spawn(move || {
-                let mut r = open_stream(addr, None);
-                let mut status = String::new();
-                r.read_line(&mut status).unwrap();
-                status.contains(" 200 ") && finish_stream(r).1
-            })
-        })
-        .collect();
-    for o in outcomes {
-        assert!(o.join().unwrap(), "every stream completed");
-    }
+    all_complete((0..6).map(|i| if i % 2 == 0 { a.addr } else { b.addr }));
     let st = stats(&m);
     assert!(st["max_in_flight"].as_u64().unwrap() <= 2, "{st}");
     let held = ready(&a)["hosts"][0]["schedule"]["slots"]["held"].clone();

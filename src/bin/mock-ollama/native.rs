@@ -199,13 +199,21 @@ fn find_model<'k>(knobs: &'k Knobs, name: &str) -> Option<&'k str> {
     knobs.models.iter().chain(&knobs.remote_models).find(|m| *m == name || **m == latest).map(String::as_str)
 }
 
+fn word_count(s: &str) -> u64 {
+    s.split_whitespace().count() as u64
+}
+
+/// One message's tokens: the words of its content, plus one.
+fn message_tokens(m: &Value) -> u64 {
+    1 + m.get("content").and_then(Value::as_str).map(word_count).unwrap_or(0)
+}
+
 /// Rough prompt size in tokens: words of every text field, plus one per message.
 fn prompt_tokens(v: &Value) -> u64 {
-    let words = |s: &str| s.split_whitespace().count() as u64;
     if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-        msgs.iter().map(|m| 1 + m.get("content").and_then(Value::as_str).map(words).unwrap_or(0)).sum()
+        msgs.iter().map(message_tokens).sum()
     } else if let Some(p) = v.get("prompt").and_then(Value::as_str) {
-        1 + words(p) + v.get("suffix").and_then(Value::as_str).map(words).unwrap_or(0)
+        1 + word_count(p) + v.get("suffix").and_then(Value::as_str).map(word_count).unwrap_or(0)
     } else {
         0
     }
@@ -221,9 +229,8 @@ fn cache_prompt(v: &Value) -> crate::scheduler::Prompt {
         m.to_string().hash(&mut h);
         h.finish()
     };
-    let words = |s: &str| s.split_whitespace().count() as u64;
     if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-        msgs.iter().map(|m| (hash(m), 1 + m.get("content").and_then(Value::as_str).map(words).unwrap_or(0))).collect()
+        msgs.iter().map(|m| (hash(m), message_tokens(m))).collect()
     } else {
         vec![(hash(v.get("prompt").unwrap_or(&Value::Null)), prompt_tokens(v))]
     }
