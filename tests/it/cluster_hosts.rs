@@ -179,3 +179,23 @@ fn with_redis_away_each_instance_keeps_to_its_share() {
     assert_eq!(held, json!({"shared": 1, "reserved": 0, "leased": false}), "{held}");
     redis.resume();
 }
+
+#[test]
+fn spare_slots_on_a_host_of_many_never_take_the_cluster_past_its_slots() {
+    let redis = Redis::start();
+    let m = mock(&["--tokens", "4", "--token-delay-ms", "30"]);
+    // 8 slots, 2 instances: each may keep one spare slot (a quarter of its share).
+    let a = instance(&m, &redis, "8");
+    let b = instance(&m, &redis, "8");
+    joined(&[&a, &b]);
+    // Ten streams through each at once, twice: the spare slots race the leases.
+    for _ in 0..2 {
+        all_complete((0..20).map(|i| if i % 2 == 0 { a.addr } else { b.addr }));
+    }
+    let st = stats(&m);
+    let most = st["max_in_flight"].as_u64().unwrap();
+    assert!(most <= 8, "the host's 8 slots, for the whole cluster: {st}");
+    assert!(most >= 4, "the slots are used: {st}");
+    let held = ready(&a)["hosts"][0]["schedule"]["slots"]["held"].clone();
+    assert_eq!(held["leased"], true, "{held}");
+}
