@@ -1,6 +1,8 @@
-//! A latency histogram in Prometheus' shape: fixed buckets from 5 ms to two
-//! minutes, counted without allocation. A leaf, so that the upstream queue
-//! (its waits by lane) and the request metrics count the same way.
+//! Histograms in Prometheus' shape, counted without allocation: latencies
+//! in fixed buckets from 5 ms to two minutes ([`Histogram`]), and values in
+//! buckets a convention advises ([`Spread`], the GenAI metrics). A leaf, so
+//! that the upstream queue (its waits by lane) and the request metrics
+//! count the same way.
 
 use std::fmt::Write;
 
@@ -58,5 +60,85 @@ impl Histogram {
     /// Durations counted.
     pub fn count(&self) -> u64 {
         self.count
+    }
+}
+
+/// Most bucket bounds a [`Spread`] takes.
+const MAX_BOUNDS: usize = 16;
+
+/// Values counted into buckets given by a convention's advice (at most 16
+/// bounds, ascending).
+#[derive(Debug, Clone)]
+pub struct Spread {
+    bounds: &'static [f64],
+    /// Count per bucket (not cumulative); the one after the last bound is +Inf.
+    buckets: [u64; MAX_BOUNDS + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Spread {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.len() <= MAX_BOUNDS && bounds.is_sorted());
+        Spread { bounds: &bounds[..bounds.len().min(MAX_BOUNDS)], buckets: [0; MAX_BOUNDS + 1], sum: 0.0, count: 0 }
+    }
+
+    /// Counts one value.
+    pub fn observe(&mut self, v: f64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// Adds another spread's counts (over the same bounds).
+    pub fn merge(&mut self, o: &Spread) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+
+    /// Writes the series `{name}_bucket`, `_sum` and `_count` with `labels`
+    /// (`k="v",…`, never empty).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets[i];
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[self.bounds.len()];
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_counts_into_its_bounds_cumulatively() {
+        static BOUNDS: [f64; 3] = [1.0, 4.0, 16.0];
+        let mut s = Spread::new(&BOUNDS);
+        for v in [1.0, 2.0, 4.0, 100.0] {
+            s.observe(v);
+        }
+        let mut other = Spread::new(&BOUNDS);
+        other.observe(0.5);
+        s.merge(&other);
+        let mut out = String::new();
+        s.render(&mut out, "m", "a=\"b\"");
+        assert_eq!(
+            out,
+            "m_bucket{a=\"b\",le=\"1\"} 2\nm_bucket{a=\"b\",le=\"4\"} 4\nm_bucket{a=\"b\",le=\"16\"} 4\n\
+             m_bucket{a=\"b\",le=\"+Inf\"} 5\nm_sum{a=\"b\"} 107.5\nm_count{a=\"b\"} 5\n"
+        );
     }
 }

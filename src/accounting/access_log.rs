@@ -79,6 +79,8 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
                 "upstream_failed": o.upstream_failed,
                 "estimated": o.estimated,
                 "user": o.user,
+                "session": Some(f.session).filter(|s| !s.is_empty()),
+                "trace_id": f.trace_id.map(|t| crate::ids::hex(&t)),
             });
             let _ = serde_json::to_writer(&mut *out, &v);
             out.push(b'\n');
@@ -123,6 +125,12 @@ pub fn write_line(out: &mut Vec<u8>, format: LogFormat, f: &Finished<'_>) {
             }
             out.extend_from_slice(b" user=");
             text_field(out, o.user.as_deref().unwrap_or(""));
+            out.extend_from_slice(b" session=");
+            text_field(out, f.session);
+            if let Some(t) = &f.trace_id {
+                out.extend_from_slice(b" trace=");
+                crate::ids::push_hex(out, t);
+            }
             out.push(b'\n');
         }
     }

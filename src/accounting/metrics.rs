@@ -1,5 +1,9 @@
 //! Prometheus metrics at `GET /metrics` (text exposition format 0.0.4).
 //!
+//! Beside the gateway's own `ai_gateway_*` series, the GenAI conventions'
+//! histograms (token usage, request duration, time to first token; names
+//! and buckets from [`super::semconv`]) by operation and model.
+//!
 //! Each worker counts into its own [`WorkerMetrics`]; only that worker
 //! writes it, so the lock inside is uncontended except for the moment a
 //! scrape reads it. A scrape sums all workers. Per-key series are off by
@@ -13,7 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::histogram::Histogram;
+use super::semconv;
+use crate::histogram::{Histogram, Spread};
 
 #[derive(Debug, Clone, Default)]
 struct Counters {
@@ -29,6 +34,62 @@ struct Counters {
     per_key: HashMap<String, (u64, u64)>,
     /// (protocol, kind) → what the fronts left out of requests (the tolerance rule).
     dropped: HashMap<(&'static str, String), u64>,
+    /// model → operation → the GenAI histograms.
+    genai: HashMap<String, Vec<(&'static str, GenAi)>>,
+}
+
+/// One (operation, model)'s GenAI histograms; durations by `error.type` ("" for none).
+#[derive(Debug, Clone)]
+struct GenAi {
+    input: Spread,
+    output: Spread,
+    first_token: Spread,
+    duration: Vec<(&'static str, Spread)>,
+}
+
+impl Default for GenAi {
+    fn default() -> Self {
+        GenAi {
+            input: Spread::new(&semconv::TOKEN_BUCKETS),
+            output: Spread::new(&semconv::TOKEN_BUCKETS),
+            first_token: Spread::new(&semconv::TIME_TO_FIRST_TOKEN_BUCKETS),
+            duration: Vec::new(),
+        }
+    }
+}
+
+/// The histograms of `op` among a model's.
+fn of_operation<'a>(ops: &'a mut Vec<(&'static str, GenAi)>, op: &'static str) -> &'a mut GenAi {
+    let i = match ops.iter().position(|(o, _)| *o == op) {
+        Some(i) => i,
+        None => {
+            ops.push((op, GenAi::default()));
+            ops.len() - 1
+        }
+    };
+    &mut ops[i].1
+}
+
+impl GenAi {
+    fn duration(&mut self, error: &'static str) -> &mut Spread {
+        let i = match self.duration.iter().position(|(e, _)| *e == error) {
+            Some(i) => i,
+            None => {
+                self.duration.push((error, Spread::new(&semconv::DURATION_BUCKETS)));
+                self.duration.len() - 1
+            }
+        };
+        &mut self.duration[i].1
+    }
+
+    fn merge(&mut self, o: &GenAi) {
+        self.input.merge(&o.input);
+        self.output.merge(&o.output);
+        self.first_token.merge(&o.first_token);
+        for (error, d) in &o.duration {
+            self.duration(error).merge(d);
+        }
+    }
 }
 
 /// Most (protocol, kind) series of left-out content a worker keeps; past it, `other`.
@@ -52,6 +113,12 @@ pub struct RequestMetrics<'a> {
     /// The protocol it came in on, and what its front left out of it.
     pub api: &'static str,
     pub dropped: &'a [String],
+    /// The GenAI operation (`chat`, …) of a request to a model, with its
+    /// duration, its `error.type` (from a fixed set) and whether it streamed.
+    pub operation: Option<&'static str>,
+    pub total_us: u64,
+    pub error_type: Option<&'static str>,
+    pub stream: bool,
 }
 
 /// One worker's metrics.
@@ -90,6 +157,21 @@ impl WorkerMetrics {
             let kind = if known { kind.clone() } else { "other".to_owned() };
             *c.dropped.entry((m.api, kind)).or_default() += 1;
         }
+        if let (Some(op), false) = (m.operation, m.model.is_empty()) {
+            let ops = match c.genai.get_mut(m.model) {
+                Some(ops) => ops,
+                None => c.genai.entry(m.model.to_owned()).or_default(),
+            };
+            let g = of_operation(ops, op);
+            if m.prompt_tokens + m.completion_tokens > 0 {
+                g.input.observe(m.prompt_tokens as f64);
+                g.output.observe(m.completion_tokens as f64);
+            }
+            if let (Some(us), None, true) = (m.first_token_us, m.error_type, m.stream) {
+                g.first_token.observe(us as f64 / 1e6);
+            }
+            g.duration(m.error_type.unwrap_or("")).observe(m.total_us as f64 / 1e6);
+        }
         if per_key && !m.key_id.is_empty() {
             let k = match c.per_key.get_mut(m.key_id) {
                 Some(k) => k,
@@ -117,6 +199,8 @@ pub struct Metrics {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterState>>,
     /// The listener's TLS, with `--tls-cert`.
     pub tls: Option<Arc<crate::http::tls::TlsState>>,
+    /// The trace exporter's counters, with `--otlp-endpoint`.
+    pub otlp: Option<Arc<crate::accounting::otlp::ExportStats>>,
 }
 
 /// How often the live view's totals are sampled, and how many samples are kept (5 minutes).
@@ -202,6 +286,12 @@ impl Metrics {
             for (k, v) in &c.dropped {
                 *total.dropped.entry(k.clone()).or_default() += v;
             }
+            for (model, ops) in &c.genai {
+                let to = total.genai.entry(model.clone()).or_default();
+                for (op, g) in ops {
+                    of_operation(to, op).merge(g);
+                }
+            }
             for (k, v) in &c.per_key {
                 let t = total.per_key.entry(k.clone()).or_default();
                 t.0 += v.0;
@@ -253,6 +343,29 @@ impl Metrics {
                 "Connections closed because their worker had the most handshakes in progress.",
             );
             let _ = writeln!(out, "ai_gateway_tls_handshakes_refused_total {}", t.handshakes_refused.load(Relaxed));
+        }
+        if let Some(t) = &self.otlp {
+            use std::sync::atomic::Ordering::Relaxed;
+            help(&mut out, "ai_gateway_otlp_spans_exported_total", "counter", "Spans the trace collector accepted.");
+            let _ = writeln!(out, "ai_gateway_otlp_spans_exported_total {}", t.exported.load(Relaxed));
+            help(
+                &mut out,
+                "ai_gateway_otlp_spans_dropped_total",
+                "counter",
+                "Spans dropped: the export queue was full (queue_full), or their export failed past its retries (export_failed).",
+            );
+            let _ = writeln!(
+                out,
+                "ai_gateway_otlp_spans_dropped_total{{reason=\"queue_full\"}} {}",
+                t.dropped_queue.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "ai_gateway_otlp_spans_dropped_total{{reason=\"export_failed\"}} {}",
+                t.dropped_failed.load(Relaxed)
+            );
+            help(&mut out, "ai_gateway_otlp_export_failures_total", "counter", "Trace exports that failed (each try).");
+            let _ = writeln!(out, "ai_gateway_otlp_export_failures_total {}", t.failures.load(Relaxed));
         }
         if let Some(c) = self.cluster.get() {
             use std::sync::atomic::Ordering::Relaxed;
@@ -368,6 +481,7 @@ impl Metrics {
             writeln!(out, "ai_gateway_usage_commit_failures_total {}", writer.failed_commits.load(Ordering::Relaxed));
         help(&mut out, "ai_gateway_usage_pending", "gauge", "Usage records waiting for a commit.");
         let _ = writeln!(out, "ai_gateway_usage_pending {}", writer.pending.load(Ordering::Relaxed));
+        render_genai(&mut out, &total.genai);
         if self.per_key {
             help(&mut out, "ai_gateway_key_requests_total", "counter", "Requests by key id.");
             for (key, (n, _)) in total.per_key.iter().collect::<BTreeMap<_, _>>() {
@@ -382,7 +496,42 @@ impl Metrics {
     }
 }
 
-/// Escapes a label value.
+/// The GenAI conventions' histograms, by operation and model (and
+/// `error.type` for durations): only requests that reached a model's
+/// handling, under the bounded model label.
+fn render_genai(out: &mut String, genai: &HashMap<String, Vec<(&'static str, GenAi)>>) {
+    use semconv as n;
+    let (op, provider, model, token_type, error) = (
+        n::label(n::OPERATION),
+        n::label(n::PROVIDER),
+        n::label(n::REQUEST_MODEL),
+        n::label(n::TOKEN_TYPE),
+        n::label(n::ERROR_TYPE),
+    );
+    let series: BTreeMap<_, _> =
+        genai.iter().flat_map(|(m, ops)| ops.iter().map(move |(o, g)| ((*o, m.as_str()), g))).collect();
+    let base =
+        |(o, m): &(&str, &str)| format!("{op}=\"{o}\",{provider}=\"{}\",{model}=\"{}\"", n::PROVIDER_OLLAMA, label(m));
+    help(out, n::METRIC_TOKEN_USAGE, "histogram", "Tokens used per request, by type (input, output).");
+    for (k, g) in series.iter().filter(|(_, g)| g.input.count() > 0) {
+        let labels = base(k);
+        g.input.render(out, n::METRIC_TOKEN_USAGE, &format!("{labels},{token_type}=\"{}\"", n::TOKEN_INPUT));
+        g.output.render(out, n::METRIC_TOKEN_USAGE, &format!("{labels},{token_type}=\"{}\"", n::TOKEN_OUTPUT));
+    }
+    help(out, n::METRIC_REQUEST_DURATION, "histogram", "Duration of GenAI requests, head to last byte.");
+    for (k, g) in &series {
+        let labels = base(k);
+        for (e, d) in &g.duration {
+            let labels = if e.is_empty() { labels.clone() } else { format!("{labels},{error}=\"{e}\"") };
+            d.render(out, n::METRIC_REQUEST_DURATION, &labels);
+        }
+    }
+    help(out, n::METRIC_TIME_TO_FIRST_TOKEN, "histogram", "Time to the first token of successful streamed responses.");
+    for (k, g) in series.iter().filter(|(_, g)| g.first_token.count() > 0) {
+        g.first_token.render(out, n::METRIC_TIME_TO_FIRST_TOKEN, &base(k));
+    }
+}
+
 /// Each host's queue by lane: waits, slots in use, waiting requests, and
 /// the model loads it let through, forced and avoided.
 fn render_schedule(out: &mut String, upstreams: &crate::upstream::hosts::Upstreams) {
@@ -470,6 +619,7 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
 
+/// Escapes a label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -518,6 +668,7 @@ mod tests {
             usage_writer: Default::default(),
             cluster: Default::default(),
             tls: None,
+            otlp: None,
         }
         .render();
         for line in [

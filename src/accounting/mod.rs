@@ -1,8 +1,13 @@
 //! What happened: a finished request's [`outcome`], recorded in the usage
-//! books ([`usage`]), the Prometheus metrics ([`metrics`]) and the access
-//! log ([`access_log`]).
+//! books ([`usage`]), the Prometheus metrics ([`metrics`]), the access log
+//! ([`access_log`]) and, with `--otlp-endpoint`, its trace ([`trace`],
+//! exported by [`otlp`]); the OpenTelemetry names of the traces and the
+//! GenAI metrics in one table ([`semconv`]).
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 pub mod outcome;
+pub mod semconv;
+pub mod trace;
 pub mod usage;

@@ -58,4 +58,8 @@ pub struct Finished<'a> {
     /// Microseconds from the head to now.
     pub total_us: u64,
     pub outcome: &'a Outcome,
+    /// The agent session it belongs to (`""`: none named).
+    pub session: &'a str,
+    /// Its trace's id, when it is traced.
+    pub trace_id: Option<[u8; 16]>,
 }

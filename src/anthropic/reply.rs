@@ -114,7 +114,15 @@ mod tests {
         let body = br#"{"model":"llama3","created_at":"2025-11-24T17:15:24Z","message":{"role":"assistant","content":"Hello \"you\""},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":3}"#;
         let mut out = Vec::new();
         let usage = message(&mut out, "msg_1", "claude-x", body).unwrap();
-        assert_eq!(usage, Usage { prompt_tokens: 26, completion_tokens: 3, ..Default::default() });
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 26,
+                completion_tokens: 3,
+                finish: crate::upstream::native::Finish::Stop,
+                ..Default::default()
+            }
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,

@@ -40,7 +40,7 @@ pub fn admit_request<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, check_
     let now = limits::now_ns();
     match worker.limiters.admit(key, now) {
         Ok(a) => {
-            ctx.headers = limits::headers(key, a.limiter(), now);
+            ctx.add_headers(limits::headers(key, a.limiter(), now));
             ctx.admission = Some(a);
             Ok(())
         }
@@ -79,7 +79,7 @@ pub fn admit_cost<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, cost: u64
 /// `retry-after-ms` and the key's rate-limit headers (docs/PROTOCOL.md, "Rate limits").
 fn rate_limited<'w>(worker: &Worker, ctx: &mut Ctx, key: &KeyRecord, e: ApiError, wait_ms: u64, now: u64) -> Reply<'w> {
     ctx.outcome.rate_limited = true;
-    ctx.headers = limits::headers(key, &worker.limiters.limiter_of(&key.id), now);
+    ctx.add_headers(limits::headers(key, &worker.limiters.limiter_of(&key.id), now));
     Reply::error(e)
         .header("retry-after", wait_ms.div_ceil(1000).max(1).to_string())
         .header("retry-after-ms", wait_ms.to_string())

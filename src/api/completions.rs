@@ -21,7 +21,8 @@ pub async fn completions<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, k
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let call = Call::generation("/api/generate", &native, &plan.served_model, &key.id, ctx.lane);
+    let call =
+        Call::generation("/api/generate", &native, &plan.served_model, &key.id, ctx.lane).traced(ctx.upstream_trace());
     if plan.stream {
         let writer = Box::new(NdjsonToSse::completion(&ctx.id, &plan.model, plan.include_usage));
         stream(worker, ctx, &call, &plan.model, writer).await

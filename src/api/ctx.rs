@@ -40,6 +40,8 @@ pub struct Ctx {
     pub sent: Cell<bool>,
     /// What became of it.
     pub outcome: Outcome,
+    /// Its trace, with `--otlp-endpoint` (see `accounting::trace`).
+    pub trace: Option<Box<crate::accounting::trace::RequestTrace>>,
 }
 
 impl Ctx {
@@ -57,6 +59,31 @@ impl Ctx {
             settled: false,
             sent: Cell::new(false),
             outcome: Outcome::default(),
+            trace: None,
+        }
+    }
+
+    /// Adds headers every response to the request carries.
+    pub fn add_headers(&mut self, headers: Vec<(&'static str, String)>) {
+        if self.headers.is_empty() {
+            self.headers = headers;
+        } else {
+            self.headers.extend(headers);
+        }
+    }
+
+    /// The `traceparent` its calls to a host carry, when it is traced.
+    pub fn upstream_trace(&self) -> Option<crate::ids::TraceParent> {
+        self.trace.as_ref().map(|t| t.upstream)
+    }
+
+    /// Notes that the request was admitted now (for its trace's events), and
+    /// the sampling options of the body the host is sent. Nothing untraced.
+    pub fn traced_admission(&mut self, native: &[u8]) {
+        let now = self.elapsed_us().max(1);
+        if let Some(t) = self.trace.as_mut().filter(|t| t.span.sampled) {
+            t.admitted_us = now;
+            t.request = crate::accounting::trace::RequestOptions::of(native);
         }
     }
 

@@ -6,7 +6,7 @@
 //! in its first piece goes out whole, with its length).
 
 use super::ctx::Ctx;
-use super::generate::admit;
+use super::generate::{admit, queued};
 use super::proxy::{Call, client_error, status_error, upstream_json};
 use super::reply::{Pieces, Reply};
 use super::worker::Worker;
@@ -26,9 +26,13 @@ pub async fn embeddings<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, ke
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let call = Call::generation("/api/embed", &native, &plan.served_model, &key.id, ctx.lane);
+    let call =
+        Call::generation("/api/embed", &native, &plan.served_model, &key.id, ctx.lane).traced(ctx.upstream_trace());
     let reply = match upstream_json(worker, &call, &ctx.sent).await {
-        Ok(reply) => reply,
+        Ok(reply) => {
+            queued(ctx, reply.host, reply.waited, reply.loads);
+            reply
+        }
         Err(e) => {
             ctx.outcome.upstream_failed = true;
             return Reply::error(client_error(e));

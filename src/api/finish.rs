@@ -88,9 +88,16 @@ pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
         route: ctx.route,
         total_us,
         outcome: &ctx.outcome,
+        session: &req.session,
+        trace_id: ctx.trace.as_ref().map(|t| t.span.trace_id),
     };
     worker.access_log.log(&finished);
     record_metrics(worker, &finished);
+    if let (Some(tracer), Some(trace)) = (&worker.tracer, &ctx.trace) {
+        let host = ctx.outcome.host.and_then(|h| worker.upstreams.hosts.get(h)).map(|h| h.target.address());
+        let request = crate::accounting::trace::Request { method: &req.method_name, host };
+        tracer.finish(trace, &finished, &request);
+    }
 }
 
 /// Counts a finished request in this worker's metrics.
@@ -117,6 +124,10 @@ fn record_metrics(worker: &Worker, f: &Finished<'_>) {
         quota_refused: o.quota_refused,
         api: o.api,
         dropped: &o.dropped,
+        operation: crate::accounting::trace::operation(f.route),
+        total_us: f.total_us,
+        error_type: crate::accounting::trace::error_type(o),
+        stream: o.stream,
     };
     worker.metrics.record(&m, worker.config.metrics_per_key);
 }

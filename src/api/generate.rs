@@ -43,6 +43,9 @@ pub fn admit<'w, P: AsRef<Plan>>(
     let prompt = worker.calibration.estimate(&key.id, &plan.served_model, raw);
     let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
     admit_cost(worker, ctx, key, prompt.saturating_add(completion))?;
+    if ctx.trace.is_some() {
+        ctx.traced_admission(native);
+    }
     let o = &mut ctx.outcome;
     o.prompt_raw = raw;
     o.prompt_estimate = prompt;
@@ -94,7 +97,7 @@ fn fit_to_model(
 
 /// Records which host answered and how long the request waited for its
 /// slot; a request that waited a millisecond or more says so in `x-queue-wait-ms`.
-fn queued(ctx: &mut Ctx, host: usize, waited: std::time::Duration, loads: bool) {
+pub(super) fn queued(ctx: &mut Ctx, host: usize, waited: std::time::Duration, loads: bool) {
     let o = &mut ctx.outcome;
     o.host = Some(host);
     o.loaded_model = loads;

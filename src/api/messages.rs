@@ -32,7 +32,8 @@ pub async fn messages<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key:
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let call = Call::generation("/api/chat", &native, &plan.served_model, &key.id, ctx.lane);
+    let call =
+        Call::generation("/api/chat", &native, &plan.served_model, &key.id, ctx.lane).traced(ctx.upstream_trace());
     if plan.stream {
         let writer = Box::new(NdjsonToAnthropic::new(&ctx.id, &plan.model, ctx.outcome.prompt_estimate));
         stream(worker, ctx, &call, &plan.model, writer).await

@@ -97,6 +97,13 @@ impl Accepted {
 /// The server calls this before reading the body, so an unknown client
 /// never gets to upload one.
 pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed) -> Result<Accepted, Reply<'w>> {
+    if let Some(tracer) = &worker.tracer
+        && traced(&routed)
+    {
+        let trace = tracer.start(&req.traceparent, &req.tracestate);
+        ctx.headers.push(("traceresponse", trace.span.header()));
+        ctx.trace = Some(Box::new(trace));
+    }
     let route = match routed {
         Routed::Endpoint(r) => r,
         Routed::Preflight { allow } => return Err(preflight(req, allow)),
@@ -125,6 +132,25 @@ pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed)
         ctx.metered = route.needs_key() && !route.needs_admin();
     }
     Ok(Accepted { route })
+}
+
+/// Whether a request gets a trace: every one but probes, scrapes, the
+/// pages and preflights.
+fn traced(routed: &Routed) -> bool {
+    match routed {
+        Routed::Endpoint(r) => !matches!(
+            r,
+            Route::Health
+                | Route::Ready
+                | Route::Metrics
+                | Route::Docs
+                | Route::Dashboard
+                | Route::Asset(_)
+                | Route::AdminLive
+        ),
+        Routed::Preflight { .. } => false,
+        _ => true,
+    }
 }
 
 /// How many borrows a request waits for before it is refused anyway.

@@ -44,7 +44,7 @@ pub async fn generation<'w>(
         Ok(n) => n,
         Err(refused) => return refused,
     };
-    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane);
+    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane).traced(ctx.upstream_trace());
     if plan.stream {
         stream(worker, ctx, &call, &plan.model, Box::new(NativeRelay::new(Flow::Generation))).await
     } else {
@@ -65,7 +65,7 @@ pub async fn embedding<'w>(
         Ok(n) => n,
         Err(refused) => return refused,
     };
-    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane);
+    let call = Call::generation(path, &native, &plan.served_model, &key.id, ctx.lane).traced(ctx.upstream_trace());
     let estimate = ctx.outcome.prompt_estimate;
     let estimated = Cell::new(false);
     let render = |out: &mut Vec<u8>, id: &str, model: &str, body: &[u8]| {
@@ -123,6 +123,7 @@ pub async fn show<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &Ke
         model: &plan.served_model,
         queue_as: None,
         only: None,
+        trace: ctx.upstream_trace(),
     };
     relay_json(worker, ctx, &call, &plan.model).await
 }
@@ -185,7 +186,15 @@ pub async fn web<'w>(
     }
     let hosts = &worker.upstreams.hosts;
     let host = hosts.iter().position(|h| h.healthy()).unwrap_or(0);
-    let call = Call { method: "POST", path, body: Some(&req.body), model: "", queue_as: None, only: Some(host) };
+    let call = Call {
+        method: "POST",
+        path,
+        body: Some(&req.body),
+        model: "",
+        queue_as: None,
+        only: Some(host),
+        trace: ctx.upstream_trace(),
+    };
     relay_json(worker, ctx, &call, "").await
 }
 
@@ -229,7 +238,7 @@ pub async fn manage<'w>(
     let streams = matches!(path, "/api/pull" | "/api/push" | "/api/create")
         && !serde_json::from_slice::<serde_json::Value>(&req.body).is_ok_and(stream_off);
     let body = (!req.body.is_empty()).then_some(req.body.as_slice());
-    let call = Call { method, path, body, model: "", queue_as: None, only: Some(host) };
+    let call = Call { method, path, body, model: "", queue_as: None, only: Some(host), trace: ctx.upstream_trace() };
     if streams {
         return stream(worker, ctx, &call, "", Box::new(NativeRelay::new(Flow::Progress))).await;
     }

@@ -36,12 +36,19 @@ pub struct Call<'a> {
     pub queue_as: Option<(&'a str, usize)>,
     /// Only this host (by index), no failover: for per-host listings.
     pub only: Option<usize>,
+    /// The `traceparent` the host is sent (a traced request's).
+    pub trace: Option<crate::ids::TraceParent>,
 }
 
 impl<'a> Call<'a> {
     /// A generation (`POST` with a body, queued as the key).
     pub fn generation(path: &'static str, body: &'a [u8], model: &'a str, key_id: &'a str, lane: usize) -> Self {
-        Self { method: "POST", path, body: Some(body), model, queue_as: Some((key_id, lane)), only: None }
+        Self { method: "POST", path, body: Some(body), model, queue_as: Some((key_id, lane)), only: None, trace: None }
+    }
+
+    /// The same call carrying a trace's `traceparent` (none: as it was).
+    pub fn traced(self, trace: Option<crate::ids::TraceParent>) -> Self {
+        Self { trace, ..self }
     }
 
     /// The same call with another body.
@@ -54,7 +61,7 @@ impl<'a> Call<'a> {
 
     /// A listing (`GET`) from one host, not queued.
     pub fn listing(path: &'static str, host: usize) -> Self {
-        Self { method: "GET", path, body: None, model: "", queue_as: None, only: Some(host) }
+        Self { method: "GET", path, body: None, model: "", queue_as: None, only: Some(host), trace: None }
     }
 }
 
@@ -128,7 +135,7 @@ pub async fn upstream_call(worker: &Worker, call: &Call<'_>, sent: &Cell<bool>) 
             }
             None => None,
         };
-        host.target.request(&mut request, call.method, call.path, call.body);
+        host.target.request(&mut request, call.method, call.path, call.body, call.trace.as_ref());
         let pool = &worker.pools[host.index];
         match client::send(&host.target, pool, &mut request, Vec::with_capacity(client::READ_CHUNK), sent).await {
             Ok(ex) => {

@@ -95,7 +95,8 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     });
     let model = rplan.plan.model.clone();
     let shape = Shape::new(&ctx.id, &model, &rplan);
-    let call = Call::generation("/api/chat", &native, &rplan.plan.served_model, &key.id, ctx.lane);
+    let call = Call::generation("/api/chat", &native, &rplan.plan.served_model, &key.id, ctx.lane)
+        .traced(ctx.upstream_trace());
     if rplan.plan.stream {
         let history = if keep.is_some() { std::mem::take(&mut rplan.history) } else { Vec::new() };
         let writer = NdjsonToResponses::new(shape, keep.is_some().then_some(history));

@@ -63,4 +63,6 @@ pub struct Worker {
     pub tls: Option<Arc<crate::http::tls::TlsState>>,
     /// TLS handshakes in progress on this worker.
     pub handshakes: Cell<usize>,
+    /// With `--otlp-endpoint`: this worker's tracer.
+    pub tracer: Option<crate::accounting::trace::Tracer>,
 }

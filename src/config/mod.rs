@@ -9,6 +9,7 @@ pub mod aliases;
 pub mod check;
 pub mod file;
 pub mod loads;
+pub mod otlp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -250,6 +251,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
+    #[command(flatten)]
+    pub otlp: otlp::OtlpArgs,
+
     /// With `--redis`: the most instances the cluster runs. While Redis
     /// cannot be reached, each instance enforces its share of every limit
     /// and quota: 1/N of it, N the larger of this and the instances it last
@@ -367,6 +371,8 @@ pub struct Config {
     pub cluster: ClusterArgs,
     /// `--cluster-size`: the instances counted on while Redis is away (0: as last seen).
     pub cluster_size: usize,
+    /// Trace export (`--otlp-endpoint`); `None`: tracing is off.
+    pub otlp: Option<otlp::Otlp>,
 }
 
 impl Config {
@@ -458,7 +464,14 @@ impl Config {
             p.add("shutdown_grace", format!("--shutdown-grace must be a number of seconds, got {}", a.shutdown_grace));
             Duration::ZERO
         };
+        let otlp = otlp::Otlp::from_args(&a.otlp).unwrap_or_else(|problems| {
+            for (setting, message) in problems {
+                p.add(setting, message);
+            }
+            None
+        });
         let config = Self {
+            otlp,
             upstream_ca: a.upstream_ca.clone(),
             tls,
             tls_max_handshakes: a.tls_max_handshakes,

@@ -65,7 +65,25 @@ pub struct RequestHead {
     pub x_priority: Option<Range<usize>>,
     /// `Content-Encoding` of the body.
     pub coding: super::coding::Coding,
+    /// W3C trace context: `traceparent` and `tracestate`.
+    pub traceparent: Option<Range<usize>>,
+    pub tracestate: Option<Range<usize>>,
+    /// The agent session the request belongs to, and which header said so
+    /// (a lower number wins: see [`SESSION_HEADERS`]).
+    pub session: Option<(usize, Range<usize>)>,
 }
+
+/// The headers that name an agent session, the first present winning:
+/// Claude Code's, Codex's (`session-id`; `session_id` in older versions),
+/// and the one any client can send.
+pub const SESSION_HEADERS: [&str; 4] = ["x-claude-code-session-id", "session-id", "session_id", "x-session-id"];
+
+/// Longest session id kept, in bytes (a longer one is cut).
+pub const MAX_SESSION_ID: usize = 128;
+
+/// Longest `tracestate` passed on (the W3C limit is 32 members of at most
+/// 256 bytes; 512 bytes keeps what real systems send).
+pub const MAX_TRACESTATE: usize = 512;
 
 /// Why a head could not be accepted. Each maps to one response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +165,9 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
         host: None,
         x_priority: None,
         coding: super::coding::Coding::Identity,
+        traceparent: None,
+        tracestate: None,
+        session: None,
     };
     let mut saw_coding = false;
     for h in req.headers.iter() {
@@ -209,6 +230,15 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
             head.origin = Some(at(value));
         } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
             head.access_control_request_headers = Some(at(value));
+        } else if name.eq_ignore_ascii_case(b"traceparent") {
+            // Two parents are no parent (the W3C rule for a repeated header).
+            head.traceparent = if head.traceparent.is_some() { Some(0..0) } else { Some(at(value)) };
+        } else if name.eq_ignore_ascii_case(b"tracestate") {
+            head.tracestate = Some(at(value));
+        } else if let Some(rank) = SESSION_HEADERS.iter().position(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            && head.session.as_ref().is_none_or(|(r, _)| rank < *r)
+        {
+            head.session = Some((rank, at(value)));
         }
     }
     if chunked && content_length.is_some() {
@@ -287,6 +317,13 @@ pub struct Request {
     pub host: String,
     /// `x-priority` as sent (empty when absent).
     pub priority: String,
+    /// `traceparent` and `tracestate` as sent (empty when absent; the
+    /// state cut at [`MAX_TRACESTATE`]).
+    pub traceparent: String,
+    pub tracestate: String,
+    /// The agent session named by one of [`SESSION_HEADERS`] (empty when
+    /// none; cut at [`MAX_SESSION_ID`]).
+    pub session: String,
     pub body: Vec<u8>,
 }
 
@@ -343,6 +380,18 @@ impl Request {
         if let Some(r) = &head.x_priority {
             push_text(&mut self.priority, &buf[r.start..r.end.min(r.start + 32)]);
         }
+        self.traceparent.clear();
+        if let Some(r) = &head.traceparent {
+            push_text(&mut self.traceparent, &buf[r.start..r.end.min(r.start + 128)]);
+        }
+        self.tracestate.clear();
+        if let Some(r) = &head.tracestate {
+            push_text(&mut self.tracestate, &buf[r.start..r.end.min(r.start + MAX_TRACESTATE)]);
+        }
+        self.session.clear();
+        if let Some((_, r)) = &head.session {
+            push_text(&mut self.session, &buf[r.start..r.end.min(r.start + MAX_SESSION_ID)]);
+        }
         self.body.clear();
     }
 
@@ -356,6 +405,9 @@ impl Request {
         self.origin = false;
         self.authorization = None;
         self.priority.clear();
+        self.traceparent.clear();
+        self.tracestate.clear();
+        self.session.clear();
         self.body.clear();
     }
 }

@@ -122,7 +122,15 @@ mod tests {
             r.finish(&mut out);
             assert_eq!(out, STREAM.as_bytes(), "split {split}");
             assert_eq!(r.end(), StreamEnd::Completed);
-            assert_eq!(r.usage, Usage { prompt_tokens: 26, completion_tokens: 2, ..Default::default() });
+            assert_eq!(
+                r.usage,
+                Usage {
+                    prompt_tokens: 26,
+                    completion_tokens: 2,
+                    finish: crate::upstream::native::Finish::Stop,
+                    ..Default::default()
+                }
+            );
             assert_eq!(r.content_chunks, 2);
         }
     }

@@ -88,7 +88,15 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"id":"chatcmpl-7QyqpwdfhqwajicIEznoc6Q47XAyW","object":"chat.completion","created":1764004524,"model":"llama3","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":26,"completion_tokens":3,"total_tokens":29}}"#
         );
-        assert_eq!(usage, Usage { prompt_tokens: 26, completion_tokens: 3, ..Default::default() });
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 26,
+                completion_tokens: 3,
+                finish: crate::upstream::native::Finish::Stop,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -116,7 +124,15 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"id":"cmpl-abc","object":"text_completion","created":1764004524,"model":"gpt-3.5-turbo-instruct","system_fingerprint":"fp_ollama","choices":[{"text":"x \u003c y","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":4,"total_tokens":16}}"#
         );
-        assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 4, ..Default::default() });
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 12,
+                completion_tokens: 4,
+                finish: crate::upstream::native::Finish::Length,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

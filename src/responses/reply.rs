@@ -431,7 +431,15 @@ mod tests {
             json!({"input_tokens":26,"input_tokens_details":{"cached_tokens":0},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":29})
         );
         assert_eq!(v["incomplete_details"], Value::Null);
-        assert_eq!(w.usage, Usage { prompt_tokens: 26, completion_tokens: 3, ..Default::default() });
+        assert_eq!(
+            w.usage,
+            Usage {
+                prompt_tokens: 26,
+                completion_tokens: 3,
+                finish: crate::upstream::native::Finish::Stop,
+                ..Default::default()
+            }
+        );
         let history: Value = serde_json::from_str(&format!("[{}]", String::from_utf8(w.history).unwrap())).unwrap();
         assert_eq!(history, json!([{"role":"user","content":"hi"},{"role":"assistant","content":"Hello \"you\""}]));
     }

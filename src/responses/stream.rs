@@ -510,7 +510,15 @@ mod tests {
             assert_eq!(done["output"][0]["encrypted_content"], "Let me");
             assert_eq!(done["output"][1]["content"][0]["text"], "Hello \"x\"");
             assert_eq!(done["usage"]["total_tokens"], 29);
-            assert_eq!(t.usage, Usage { prompt_tokens: 26, completion_tokens: 3, ..Default::default() });
+            assert_eq!(
+                t.usage,
+                Usage {
+                    prompt_tokens: 26,
+                    completion_tokens: 3,
+                    finish: crate::upstream::native::Finish::Stop,
+                    ..Default::default()
+                }
+            );
         }
     }
 

@@ -73,7 +73,24 @@ pub fn run(config: Config) -> Result<(), String> {
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
+    // With `--otlp-endpoint`: the exporter thread, fed by every worker's tracer.
+    let (spans, exporter) = match &config.otlp {
+        Some(o) => {
+            let (sink, thread) =
+                crate::accounting::otlp::start(o).map_err(|e| format!("cannot start the trace exporter: {e}"))?;
+            crate::log::info(format_args!(
+                "traces to {}://{}{} (sampled {})",
+                if o.https { "https" } else { "http" },
+                o.authority,
+                o.path,
+                o.sample_ratio
+            ));
+            (Some(sink), Some(thread))
+        }
+        None => (None, None),
+    };
     let all_metrics = Arc::new(Metrics {
+        otlp: spans.as_ref().map(|s| s.stats.clone()),
         workers: worker_metrics.clone(),
         driver: OnceLock::new(),
         per_key: config.metrics_per_key,
@@ -142,6 +159,10 @@ pub fn run(config: Config) -> Result<(), String> {
         let limiter_book = limiter_book.clone();
         let cluster_link = cluster_link.clone();
         let tls = tls.clone();
+        let tracer = match (&spans, &config.otlp) {
+            (Some(sink), Some(o)) => Some(crate::accounting::trace::Tracer::new(sink.clone(), o.sample_ratio)),
+            _ => None,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
@@ -169,6 +190,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     cluster: cluster_link,
                     tls,
                     handshakes: Cell::new(0),
+                    tracer,
                 });
                 let built = build_runtime(true).or_else(|_| build_runtime(false));
                 match built {
@@ -204,6 +226,11 @@ pub fn run(config: Config) -> Result<(), String> {
     ));
     for t in threads {
         let _ = t.join();
+    }
+    // Every worker's tracer is gone: the exporter sends what it holds and ends.
+    drop(spans);
+    if let Some(e) = exporter {
+        let _ = e.join();
     }
     stop_checks.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in checkers {

@@ -174,7 +174,7 @@ fn head<'o>(
         // Keys travel as Bearer headers, never cookies, so any origin may call the API.
         h = h.header("Access-Control-Allow-Origin", b"*").header(
             "Access-Control-Expose-Headers",
-            b"x-request-id, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens",
+            b"x-request-id, traceresponse, retry-after, retry-after-ms, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens",
         );
     }
     h

@@ -98,8 +98,26 @@ impl UpstreamTarget {
         Ok(Self { addr, host: authority.to_owned(), base_path: path.to_owned(), url: url.to_owned(), tls })
     }
 
-    /// Writes a request head (and body) for `path` into `out`.
-    pub fn request(&self, out: &mut Vec<u8>, method: &str, path: &str, body: Option<&[u8]>) {
+    /// The host's name and port, as configured (`server.address` and
+    /// `server.port` in traces).
+    pub fn address(&self) -> (&str, u16) {
+        let name = match self.host.rsplit_once(':') {
+            Some((name, port)) if !self.host.ends_with(']') && port.parse::<u16>().is_ok() => name,
+            _ => self.host.as_str(),
+        };
+        (name.trim_start_matches('[').trim_end_matches(']'), self.addr.port())
+    }
+
+    /// Writes a request head (and body) for `path` into `out`, with a
+    /// `traceparent` when the request is traced.
+    pub fn request(
+        &self,
+        out: &mut Vec<u8>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        trace: Option<&crate::ids::TraceParent>,
+    ) {
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -108,6 +126,11 @@ impl UpstreamTarget {
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(self.host.as_bytes());
         out.extend_from_slice(b"\r\nUser-Agent: ai-gateway\r\nAccept: application/json\r\n");
+        if let Some(t) = trace {
+            out.extend_from_slice(b"traceparent: ");
+            t.write(out);
+            out.extend_from_slice(b"\r\n");
+        }
         if let Some(body) = body {
             out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
             out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());

@@ -206,7 +206,7 @@ fn call(
     };
     timeouts.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
     let mut request = Vec::with_capacity(128);
-    target.request(&mut request, method, path, body);
+    target.request(&mut request, method, path, body, None);
     // One request per connection: close-delimited replies are fine too.
     let head_end = memchr::memmem::find(&request, b"\r\n\r\n").map_or(request.len() - 2, |i| i + 2);
     request.splice(head_end..head_end, b"Connection: close\r\n".iter().copied());

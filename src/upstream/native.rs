@@ -44,6 +44,7 @@ impl NativeLine<'_> {
             completion_tokens: self.eval_count,
             load_ns: self.load_duration,
             cached_tokens: self.prompt_cached_count.min(self.prompt_eval_count),
+            finish: self.done_reason.map_or(Finish::None, Finish::of),
         }
     }
 }
@@ -536,6 +537,42 @@ pub struct Usage {
     pub load_ns: u64,
     /// Of `prompt_tokens`, those served from the host's prompt cache.
     pub cached_tokens: u64,
+    /// Why the host stopped (its final line's `done_reason`).
+    pub finish: Finish,
+}
+
+/// Why the host stopped generating: its `done_reason`, as a closed set
+/// (a trace attribute never carries a host's free text).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// No final line, or one without a reason.
+    #[default]
+    None,
+    Stop,
+    Length,
+    /// A reason this gateway does not know (`load`, `unload`, …).
+    Other,
+}
+
+impl Finish {
+    /// From the escaped body of `done_reason`.
+    pub fn of(reason: &[u8]) -> Self {
+        match reason {
+            b"stop" => Finish::Stop,
+            b"length" => Finish::Length,
+            _ => Finish::Other,
+        }
+    }
+
+    /// Its name, as Ollama sends it (`""` for none).
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::None => "",
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Other => "other",
+        }
+    }
 }
 
 /// What a relayed native stream has come to (for any front's stream writer).

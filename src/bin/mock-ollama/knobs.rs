@@ -286,10 +286,27 @@ pub struct Shared {
     /// The body of the last generation or embedding request (`GET /_last`),
     /// so tests can check what the gateway sent.
     pub last_request: parking_lot::Mutex<Vec<u8>>,
+    /// The last requests that carried a `traceparent`: `(path, value)`,
+    /// newest last, at most [`TRACED_KEPT`] (`GET /_traceparents`).
+    pub traceparents: parking_lot::Mutex<std::collections::VecDeque<(String, String)>>,
     /// Models that served a generation, as `/api/ps` lists them (loaded).
     pub loaded: parking_lot::Mutex<Vec<String>>,
     /// Ollama's scheduler, with `--num-parallel`.
     pub scheduler: crate::scheduler::Scheduler,
+}
+
+/// How many traced requests `GET /_traceparents` keeps.
+pub const TRACED_KEPT: usize = 1024;
+
+impl Shared {
+    /// Notes a request's `traceparent`.
+    pub fn traced(&self, path: &str, traceparent: &str) {
+        let mut kept = self.traceparents.lock();
+        if kept.len() == TRACED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((path.to_owned(), traceparent.to_owned()));
+    }
 }
 
 /// The control endpoints: `GET /_stats`, `POST /_reset`, `POST /_config`.
@@ -299,6 +316,11 @@ pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
         (Method::Get, "/_last") => {
             let body = shared.last_request.lock().clone();
             respond(out, 200, "application/json", if body.is_empty() { b"null" } else { &body })
+        }
+        (Method::Get, "/_traceparents") => {
+            let kept: Vec<Value> =
+                shared.traceparents.lock().iter().map(|(p, t)| json!({"path": p, "traceparent": t})).collect();
+            respond(out, 200, "application/json", &Value::Array(kept).to_string().into_bytes())
         }
         (Method::Get, "/_stats") => {
             let mut v = shared.stats.json();
@@ -313,6 +335,7 @@ pub fn control(shared: &Shared, req: &Req, out: &mut Vec<u8>) -> bool {
         }
         (Method::Post, "/_reset") => {
             shared.stats.reset();
+            shared.traceparents.lock().clear();
             shared.scheduler.reset();
             respond(out, 200, "application/json", b"{}");
         }

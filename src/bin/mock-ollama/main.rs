@@ -65,6 +65,7 @@ fn main() {
         knobs: RwLock::new(knobs),
         stats: Stats::default(),
         last_request: Default::default(),
+        traceparents: Default::default(),
         loaded: Default::default(),
         scheduler: Default::default(),
     });

@@ -24,6 +24,8 @@ pub struct Req {
     pub path: String,
     pub body: Vec<u8>,
     pub keep_alive: bool,
+    /// The `traceparent` header, when one came.
+    pub traceparent: Option<String>,
 }
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
@@ -37,6 +39,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             return;
         };
         shared.stats.requests.fetch_add(1, Relaxed);
+        if let Some(t) = &req.traceparent {
+            shared.traced(&req.path, t);
+        }
         let keep_alive = req.keep_alive;
         let generation =
             matches!(req.path.as_str(), "/api/chat" | "/api/generate" | "/api/embed" | "/v1/chat/completions")
@@ -78,6 +83,8 @@ async fn read_request(s: &mut TcpStream, inbuf: &mut Vec<u8>) -> Option<Req> {
             match parse_request_head(inbuf, 1024 * 1024) {
                 Ok(Some(head)) => {
                     let path = String::from_utf8_lossy(&inbuf[head.path.clone()]).into_owned();
+                    let traceparent =
+                        head.traceparent.as_ref().map(|r| String::from_utf8_lossy(&inbuf[r.clone()]).into_owned());
                     let mut body = Vec::new();
                     match head.framing {
                         BodyFraming::Empty => {
@@ -104,7 +111,7 @@ async fn read_request(s: &mut TcpStream, inbuf: &mut Vec<u8>) -> Option<Req> {
                             inbuf.drain(..pos);
                         }
                     }
-                    return Some(Req { method: head.method, path, body, keep_alive: head.keep_alive });
+                    return Some(Req { method: head.method, path, body, keep_alive: head.keep_alive, traceparent });
                 }
                 Ok(None) => {}
                 Err(_) => return None,
