@@ -41,6 +41,7 @@ fn main() {
         expires_at: 2_000_000_000 + i as u64,
         history: b"{\"role\":\"user\",\"content\":\"hi\"}".to_vec(),
         response: vec![b'x'; bytes],
+        session: String::new(),
     };
     for i in 0..records {
         store.put_response(&record(i, size), u64::MAX).unwrap_or_else(|e| panic!("{e}"));

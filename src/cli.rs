@@ -336,9 +336,11 @@ pub struct UsageArgs {
     /// Last day (YYYY-MM-DD, UTC), inclusive.
     #[arg(long)]
     pub to: Option<String>,
-    /// Group rows by day, model, the model that served it, key, or protocol
-    /// (api: openai, anthropic, responses, ollama).
-    #[arg(long, value_parser = ["day", "model", "served_model", "key", "api"], default_value = "day")]
+    /// Group rows by day, model, the model that served it, key, protocol
+    /// (api: openai, anthropic, responses, ollama), or agent session (each
+    /// session with its key, the most tokens first; this store's sessions,
+    /// not by model).
+    #[arg(long, value_parser = ["day", "model", "served_model", "key", "api", "session"], default_value = "day")]
     pub by: String,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]
@@ -356,6 +358,14 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
             && crate::clock::rfc3339_to_unix(format!("{d}T00:00:00Z").as_bytes()).is_none()
         {
             return Err(format!("invalid --{flag} '{d}': use a date like 2026-11-24"));
+        }
+    }
+    if args.by == "session" {
+        if link.is_some() {
+            return Err("usage by session is kept by each instance's store: run it without --redis, with that instance's --data-dir".into());
+        }
+        if args.model.is_some() {
+            return Err("usage by session is not kept by model: leave --model out".into());
         }
     }
     let store = match link {
@@ -384,8 +394,9 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
         println!("{}", crate::accounting::usage::groups_json(&args.by, &groups));
         return Ok(());
     }
+    // By session, the group is `session \t key`: two columns.
+    let by: &[&str] = if args.by == "session" { &["session", "key"] } else { &[args.by.as_str()] };
     let header = [
-        args.by.as_str(),
         "requests",
         "errors",
         "cancelled",
@@ -402,8 +413,8 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
             let avg = |sum: u64| {
                 if r.requests == 0 { "0".to_owned() } else { format!("{:.1}", sum as f64 / r.requests as f64 / 1000.0) }
             };
-            vec![
-                name.clone(),
+            let mut cells: Vec<String> = name.splitn(by.len(), '\t').map(str::to_owned).collect();
+            cells.extend([
                 r.requests.to_string(),
                 r.errors.to_string(),
                 r.cancelled.to_string(),
@@ -413,9 +424,11 @@ pub fn run_usage(args: UsageArgs) -> Result<(), String> {
                 avg(r.latency_sum_us),
                 format!("{:.1}", r.latency_max_us as f64 / 1000.0),
                 avg(r.first_token_sum_us),
-            ]
+            ]);
+            cells
         })
         .collect();
+    let header: Vec<&str> = by.iter().chain(header.iter()).copied().collect();
     if args.csv {
         println!("{}", header.join(","));
         for r in rows {

@@ -232,12 +232,16 @@ async function revokeKey(k) {
 }
 
 // ---- usage -----------------------------------------------------------------------------
-let shown = { perKey: [], perDay: [], perApi: [] };
+let shown = { perKey: [], perDay: [], perApi: [], perSession: [] };
+
+// Sessions shown (the busiest); the CSV export holds the same.
+const SESSIONS_SHOWN = 100;
 
 function usageQuery(by) {
   const f = new FormData($("usage-form"));
   const q = new URLSearchParams({ by });
-  for (const k of ["from", "to", "key", "model"]) {
+  // Sessions are not kept by model.
+  for (const k of by === "session" ? ["from", "to", "key"] : ["from", "to", "key", "model"]) {
     const v = (f.get(k) ?? "").trim();
     if (v) q.set(k, v);
   }
@@ -250,13 +254,15 @@ async function loadUsage() {
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "all keys"), ...keys.data.map((k) => el("option", { value: k.id }, k.name)));
   select.value = chosen;
-  const [byDayModel, byDay, byKey, byApi] = await Promise.all([
+  const [byDayModel, byDay, byKey, byApi, bySession] = await Promise.all([
     api("GET", usageQuery("day_model")),
     api("GET", usageQuery("day")),
     api("GET", usageQuery("key")),
     api("GET", usageQuery("api")),
+    api("GET", usageQuery("session")),
   ]);
-  shown = { perKey: byKey.data, perDay: byDay.data, perApi: byApi.data };
+  const sessions = bySession.data.slice(0, SESSIONS_SHOWN);
+  shown = { perKey: byKey.data, perDay: byDay.data, perApi: byApi.data, perSession: sessions };
   drawStacked($("tokens-chart"), $("tokens-legend"), byDayModel.data);
   drawRequests($("requests-chart"), byDay.data);
   const row = (name, r) =>
@@ -272,6 +278,20 @@ async function loadUsage() {
     );
   $("usage-table").tBodies[0].replaceChildren(...byKey.data.map((r) => row(r.key, r)));
   $("usage-api-table").tBodies[0].replaceChildren(...byApi.data.map((r) => row(r.api, r)));
+  $("usage-session-table").tBodies[0].replaceChildren(
+    ...sessions.map((r) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, r.session),
+        el("td", {}, r.key),
+        el("td", { class: "num" }, fmt(r.requests)),
+        el("td", { class: "num" }, fmt(r.errors)),
+        el("td", { class: "num" }, fmt(r.total_tokens)),
+        el("td", { class: "num" }, (r.latency_ms_sum / 1000).toFixed(1)),
+      ),
+    ),
+  );
 }
 
 function csvCell(v) {
@@ -284,6 +304,7 @@ function exportCsv() {
   for (const r of shown.perKey) rows.push(["key", r.key, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
   for (const r of shown.perDay) rows.push(["day", r.day, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
   for (const r of shown.perApi ?? []) rows.push(["protocol", r.api, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
+  for (const r of shown.perSession ?? []) rows.push(["session", `${r.session} (${r.key})`, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.total_tokens]);
   const blob = new Blob([rows.map((r) => r.map(csvCell).join(",")).join("\n") + "\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "ai-gateway-usage.csv" });
   document.body.append(a);

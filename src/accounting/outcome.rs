@@ -12,6 +12,9 @@ pub struct Outcome {
     pub served_model: String,
     /// The protocol it came in on (`openai`, `anthropic`, `responses`, `ollama`).
     pub api: &'static str,
+    /// The session a front found for a request that named none in a header
+    /// (a Responses conversation's: see `api::responses`).
+    pub session: String,
     pub stream: bool,
     pub usage: crate::upstream::native::Usage,
     /// Microseconds from the head to the first byte of the answer.

@@ -9,6 +9,14 @@
 //! happens at shutdown, so a clean stop loses nothing and a crash loses at
 //! most one interval. Rollups are stored under `key_id \0 YYYY-MM-DD \0
 //! model`, so one key's days are a contiguous range.
+//!
+//! A request that names an agent session (`X-Claude-Code-Session-Id`,
+//! Codex's `session_id`, `x-session-id`) is also rolled up per key, day and
+//! session, in a table of its own with its own retention and a cap of
+//! sessions per key and day (`store::usage`). A worker keeps at most
+//! [`MAX_SESSIONS_PER_FLUSH`] sessions between two flushes and counts the
+//! rest under one label, so a client naming a new session per request grows
+//! nothing.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use crate::store::usage::{DeltaError, Rollup, UsageRow};
+use crate::store::usage::{DeltaError, OTHER_SESSIONS, Rollup, UsageRow};
 use crate::store::{Store, StoreError};
 
 /// What a request for a model that no host serves is recorded under, so that
@@ -59,6 +67,8 @@ pub struct UsageRecord<'a> {
     pub upstream_failed: bool,
     /// Counts are estimates (a stream the client cancelled has no final line).
     pub estimated: bool,
+    /// The agent session the request named (`""`: none).
+    pub session: &'a str,
 }
 
 impl UsageRecord<'_> {
@@ -83,11 +93,24 @@ pub type Delta = ((String, String, String), Rollup);
 /// Day → rollup, for one key and model.
 type Days = HashMap<String, Rollup>;
 
-/// A worker's unflushed usage: key id → model → day → rollup.
+/// A worker's unflushed usage: key id → model → day → rollup; and key id →
+/// session → day → rollup.
 #[derive(Default)]
 pub struct UsageAccumulator {
     map: RefCell<HashMap<String, HashMap<String, Days>>>,
+    sessions: RefCell<Sessions>,
 }
+
+/// Sessions seen since the last flush, and how many.
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<String, HashMap<String, Days>>,
+    count: usize,
+}
+
+/// Most sessions a worker keeps between two flushes; the requests of any
+/// other session in that interval are counted under [`OTHER_SESSIONS`].
+pub const MAX_SESSIONS_PER_FLUSH: usize = 4096;
 
 impl UsageAccumulator {
     /// Adds a finished request on `day`. Allocates only the first time a
@@ -106,6 +129,42 @@ impl UsageAccumulator {
             Some(roll) => r.add_to(roll),
             None => r.add_to(days.entry(day.to_owned()).or_default()),
         }
+        if !r.session.is_empty() {
+            self.record_session(r, day);
+        }
+    }
+
+    fn record_session(&self, r: &UsageRecord<'_>, day: &str) {
+        let mut s = self.sessions.borrow_mut();
+        let s = &mut *s;
+        let sessions = match s.map.get_mut(r.key_id) {
+            Some(m) => m,
+            None => s.map.entry(r.key_id.to_owned()).or_default(),
+        };
+        let days = match sessions.get_mut(r.session) {
+            Some(d) => d,
+            None if s.count < MAX_SESSIONS_PER_FLUSH => {
+                s.count += 1;
+                sessions.entry(r.session.to_owned()).or_default()
+            }
+            None => sessions.entry(OTHER_SESSIONS.to_owned()).or_default(),
+        };
+        r.add_to(days.entry(day.to_owned()).or_default());
+    }
+
+    /// Takes the session deltas gathered so far, `(key id, session, day)`,
+    /// and forgets the sessions (a session is seen again when it comes back).
+    pub fn take_sessions(&self) -> Vec<Delta> {
+        let taken = std::mem::take(&mut *self.sessions.borrow_mut());
+        let mut out = Vec::new();
+        for (key, sessions) in taken.map {
+            for (session, days) in sessions {
+                for (day, roll) in days {
+                    out.push(((key.clone(), session.clone(), day), roll));
+                }
+            }
+        }
+        out
     }
 
     /// Takes the deltas gathered so far, leaving the maps' entries in place
@@ -133,6 +192,8 @@ impl UsageAccumulator {
 /// Messages to the writer thread.
 pub enum WriterMsg {
     Deltas(Vec<Delta>),
+    /// Session deltas: `(key id, session, day)`.
+    Sessions(Vec<Delta>),
     /// Commit now and answer on the channel (tests).
     Flush(mpsc::Sender<()>),
     /// Commit what is pending and end (after every worker sent its last deltas).
@@ -161,14 +222,33 @@ const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// How often expired stored responses are deleted.
 const RESPONSE_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// What the writer keeps: days of usage and of sessions (0: forever), and
+/// sessions per key and day.
+#[derive(Debug, Clone, Copy)]
+pub struct Keeping {
+    pub usage_days: u32,
+    pub session_days: u32,
+    pub sessions_per_day: usize,
+}
+
+impl Keeping {
+    /// Usage for `usage_days`, and the default bounds of sessions.
+    pub fn usage_days(usage_days: u32) -> Self {
+        Keeping { usage_days, session_days: 30, sessions_per_day: 1000 }
+    }
+}
+
+/// Most session deltas waiting for a commit (while the store fails); past
+/// it, new sessions are added to their key's [`OTHER_SESSIONS`].
+const MAX_PENDING_SESSIONS: usize = 100_000;
+
 impl UsageWriter {
-    /// Starts the writer: it commits every `interval`, and keeps rollups for
-    /// `retention_days` days (0: forever).
-    pub fn spawn(store: &'static Store, interval: Duration, stats: Arc<WriterStats>, retention_days: u32) -> Self {
+    /// Starts the writer: it commits every `interval`, and keeps what `keeping` says.
+    pub fn spawn(store: &'static Store, interval: Duration, stats: Arc<WriterStats>, keeping: Keeping) -> Self {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let thread = std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || writer_loop(store, rx, interval, &stats, retention_days))
+            .spawn(move || writer_loop(store, rx, interval, &stats, keeping))
             .unwrap_or_else(|e| panic!("cannot start the usage writer thread: {e}"));
         Self { tx, thread }
     }
@@ -190,9 +270,10 @@ fn writer_loop(
     rx: mpsc::Receiver<WriterMsg>,
     interval: Duration,
     stats: &WriterStats,
-    retention_days: u32,
+    keeping: Keeping,
 ) -> Result<(), String> {
     let mut pending: Pending = HashMap::new();
+    let mut sessions: Pending = HashMap::new();
     let mut next = std::time::Instant::now() + interval;
     let mut next_prune = std::time::Instant::now();
     let mut next_response_prune = std::time::Instant::now();
@@ -207,14 +288,9 @@ fn writer_loop(
                 Err(e) => crate::log::error(format_args!("stored responses: {e}")),
             }
         }
-        if retention_days > 0 && std::time::Instant::now() >= next_prune {
+        if std::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
-            let before = crate::clock::day_of(crate::clock::unix_now() - i64::from(retention_days) * 86_400);
-            match store.prune_usage(&before) {
-                Ok(0) => {}
-                Ok(n) => crate::log::info(format_args!("deleted {n} usage rollups from before {before} (retention)")),
-                Err(e) => crate::log::error(format_args!("usage retention: {e}")),
-            }
+            prune(store, keeping);
         }
         let wait = next.saturating_duration_since(std::time::Instant::now());
         let msg = rx.recv_timeout(wait);
@@ -223,6 +299,19 @@ fn writer_loop(
             Ok(WriterMsg::Deltas(d)) => {
                 for (k, r) in d {
                     pending.entry(k).or_default().merge(&r);
+                }
+                false
+            }
+            Ok(WriterMsg::Sessions(d)) => {
+                for ((key, session, day), r) in d {
+                    let k = if sessions.len() < MAX_PENDING_SESSIONS
+                        || sessions.contains_key(&(key.clone(), session.clone(), day.clone()))
+                    {
+                        (key, session, day)
+                    } else {
+                        (key, OTHER_SESSIONS.to_owned(), day)
+                    };
+                    sessions.entry(k).or_default().merge(&r);
                 }
                 false
             }
@@ -260,6 +349,17 @@ fn writer_loop(
                     store.dir.display()
                 ));
             }
+            // Sessions after the usage (which quotas and reports read): a
+            // failure keeps them for the next commit, and only logs.
+            if !sessions.is_empty() {
+                match store.add_session_usage(&sessions, keeping.sessions_per_day) {
+                    Ok(()) => sessions.clear(),
+                    Err(e) => crate::log::error(format_args!(
+                        "session usage commit failed ({} records kept for the next try): {e}",
+                        sessions.len()
+                    )),
+                }
+            }
             next = std::time::Instant::now() + interval;
         }
         if let Some(done) = ack {
@@ -267,6 +367,27 @@ fn writer_loop(
         }
         if stop {
             return Ok(());
+        }
+    }
+}
+
+/// Deletes usage and sessions past their retention.
+fn prune(store: &Store, keeping: Keeping) {
+    let before = |days: u32| crate::clock::day_of(crate::clock::unix_now() - i64::from(days) * 86_400);
+    if keeping.usage_days > 0 {
+        let before = before(keeping.usage_days);
+        match store.prune_usage(&before) {
+            Ok(0) => {}
+            Ok(n) => crate::log::info(format_args!("deleted {n} usage rollups from before {before} (retention)")),
+            Err(e) => crate::log::error(format_args!("usage retention: {e}")),
+        }
+    }
+    if keeping.session_days > 0 {
+        let before = before(keeping.session_days);
+        match store.prune_sessions(&before) {
+            Ok(0) => {}
+            Ok(n) => crate::log::info(format_args!("deleted {n} session rollups from before {before} (retention)")),
+            Err(e) => crate::log::error(format_args!("session retention: {e}")),
         }
     }
 }
@@ -312,14 +433,33 @@ pub struct UsageQuery<'a> {
     pub model: Option<&'a str>,
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    /// `day`, `model` (as requested), `served_model`, `key`, `api` or `day_model`.
+    /// `day`, `model` (as requested), `served_model`, `key`, `api`,
+    /// `day_model`, or `session` (the sessions table: `session \t key name`).
     pub by: &'a str,
 }
 
 /// Stored usage matching `q`, summed per group (keys by name), sorted by group.
 pub fn query(store: &Store, q: &UsageQuery<'_>) -> Result<Vec<(String, Rollup)>, StoreError> {
     let names: HashMap<String, String> = store.list_keys()?.into_iter().map(|k| (k.id, k.name)).collect();
+    if q.by == "session" {
+        return Ok(by_session(store.session_rows(q.key_id, q.from, q.to)?, &names));
+    }
     Ok(group(store.usage_rows(q.key_id, q.from, q.to)?, &names, q))
+}
+
+/// Session rows summed per session and key (its name), over the days asked,
+/// the busiest sessions (most tokens) first.
+fn by_session(rows: Vec<crate::store::usage::SessionRow>, names: &HashMap<String, String>) -> Vec<(String, Rollup)> {
+    let mut groups: HashMap<(String, String), Rollup> = HashMap::new();
+    for row in rows {
+        groups.entry((row.session, row.key_id)).or_default().merge(&row.rollup);
+    }
+    let mut out: Vec<(String, Rollup)> = groups
+        .into_iter()
+        .map(|((session, key), r)| (format!("{session}\t{}", names.get(&key).map_or(key.as_str(), |n| n.as_str())), r))
+        .collect();
+    out.sort_by(|a, b| b.1.tokens().cmp(&a.1.tokens()).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 /// The cluster's usage matching `q` (all instances, or one store's part with
@@ -406,6 +546,10 @@ pub fn groups_json(by: &str, groups: &[(String, Rollup)]) -> serde_json::Value {
                     row["day"] = day.into();
                     row["model"] = model.into();
                 }
+                ("session", Some((session, key))) => {
+                    row["session"] = session.into();
+                    row["key"] = key.into();
+                }
                 _ => row[by] = g.as_str().into(),
             }
             row
@@ -449,7 +593,7 @@ mod tests {
     #[test]
     fn writer_commits_and_queries_filter() {
         let store = Store::open(&crate::store::temp_dir("usage")).unwrap();
-        let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default(), 0);
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), Arc::default(), Keeping::usage_days(0));
         let acc = UsageAccumulator::default();
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-24");
         acc.record(&rec("key_a", "llama3", 3, 5), "2026-11-25");
@@ -471,7 +615,7 @@ mod tests {
     fn a_delta_that_cannot_be_stored_is_dropped_and_counted_and_the_rest_commit() {
         let store = Store::open(&crate::store::temp_dir("usage-bad")).unwrap();
         let stats = Arc::new(WriterStats::default());
-        let w = UsageWriter::spawn(store, Duration::from_secs(3600), stats.clone(), 0);
+        let w = UsageWriter::spawn(store, Duration::from_secs(3600), stats.clone(), Keeping::usage_days(0));
         let acc = UsageAccumulator::default();
         let long = "m".repeat(600);
         acc.record(&rec("key_a", &long, 3, 5), "2026-11-24");

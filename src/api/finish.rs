@@ -20,8 +20,10 @@ use crate::policy::limits::{self, Limiters};
 /// book and the token rate, the calibration, and its concurrency slot. A
 /// client that sends its next request the moment it has read a reply so
 /// finds everything the previous one held given back. Runs once; [`finish`]
-/// runs it for a request that ended any other way.
-pub fn settle(worker: &Worker, ctx: &mut Ctx) {
+/// runs it for a request that ended any other way. `session`: the agent
+/// session the request named in a header (`""`: none; then the one its
+/// front found, if any).
+pub fn settle(worker: &Worker, ctx: &mut Ctx, session: &str) {
     if ctx.settled {
         return;
     }
@@ -29,6 +31,7 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
     let admission = ctx.admission.take();
     if let (Some(key), true) = (ctx.key.as_deref(), ctx.metered) {
         let o = &ctx.outcome;
+        let session = if session.is_empty() { o.session.as_str() } else { session };
         let total_us = ctx.elapsed_us();
         let today = crate::clock::today();
         let model = recorded_model(worker, o);
@@ -44,6 +47,7 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
             cancelled: o.cancelled,
             upstream_failed: o.upstream_failed,
             estimated: o.estimated,
+            session,
         };
         worker.usage.record(&record, &today);
         let reserved = admission.as_ref().map_or(0, |a| a.quota_reserved);
@@ -78,7 +82,7 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx) {
 /// Accounts for a finished request (its reply written, or its client gone):
 /// settles it if that was not done yet, then its access log line and metrics.
 pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
-    settle(worker, ctx);
+    settle(worker, ctx, &req.session);
     let total_us = ctx.elapsed_us();
     let finished = Finished {
         id: &ctx.id,
@@ -88,7 +92,7 @@ pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
         route: ctx.route,
         total_us,
         outcome: &ctx.outcome,
-        session: &req.session,
+        session: if req.session.is_empty() { &ctx.outcome.session } else { &req.session },
         trace_id: ctx.trace.as_ref().map(|t| t.span.trace_id),
     };
     worker.access_log.log(&finished);

@@ -136,6 +136,8 @@ pub struct Keep {
     pub key_id: String,
     pub ttl: Duration,
     pub max_bytes: u64,
+    /// The conversation's session (see `store::responses`).
+    pub session: String,
 }
 
 impl Keep {
@@ -148,6 +150,7 @@ impl Keep {
             expires_at: crate::clock::unix_now().max(0) as u64 + self.ttl.as_secs(),
             history,
             response,
+            session: self.session,
         };
         let (max, cluster) = (self.max_bytes, self.cluster);
         let put = move |s: &'static Store| {

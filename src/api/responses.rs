@@ -28,6 +28,7 @@ use crate::responses::request::convert_responses;
 use crate::responses::stream::NdjsonToResponses;
 use crate::store::StoreError;
 use crate::store::keys::KeyRecord;
+use crate::store::responses::Conversation;
 use crate::upstream::client::UpstreamError;
 
 pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &KeyRecord) -> Reply<'w> {
@@ -40,7 +41,13 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let lease = RefCell::new(worker.upstreams.buffers.lease());
     let over = Cell::new(false);
     let elsewhere: Cell<Option<String>> = Cell::new(None);
-    let fetched: RefCell<Option<(String, Option<Vec<u8>>)>> = RefCell::new(None);
+    let fetched: RefCell<Option<(String, Option<Conversation>)>> = RefCell::new(None);
+    // The session of the conversation continued (its first response's id
+    // when it was stored without one).
+    let chain: RefCell<Option<String>> = RefCell::new(None);
+    let continued = |id: &str, session: String| {
+        *chain.borrow_mut() = Some(if session.is_empty() { id.to_owned() } else { session });
+    };
     let budget = |n: usize| lease.borrow_mut().cover(COPIES * n);
     let overloaded = || {
         over.set(true);
@@ -49,12 +56,19 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let history = |id: &str| {
         if let Some((_, h)) = fetched.borrow_mut().take_if(|(fid, _)| fid == id) {
             return match h {
-                Some(h) if !budget(h.len()) => overloaded(),
-                h => Ok(h),
+                Some(c) if !budget(c.history.len()) => overloaded(),
+                Some(c) => {
+                    continued(id, c.session);
+                    Ok(Some(c.history))
+                }
+                None => Ok(None),
             };
         }
         match store.response_history(id, &key.id, now, budget) {
-            Ok(Some(Ok(h))) => Ok(Some(h)),
+            Ok(Some(Ok(c))) => {
+                continued(id, c.session);
+                Ok(Some(c.history))
+            }
             Ok(Some(Err(_))) => overloaded(),
             Ok(None) if worker.cluster.is_some() => {
                 elsewhere.set(Some(id.to_owned()));
@@ -70,7 +84,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         let converted = convert_responses(&req.body, &worker.config.models, &history, &mut native);
         if let Some(id) = elsewhere.take() {
             let found = match shared_record(worker, &id).await {
-                Ok(r) => r.and_then(|b| record_part(&b, &key.id, now, |h, _| h.to_vec())),
+                Ok(r) => r.and_then(|b| record_part(&b, &key.id, now, |r| r.conversation())),
                 Err(e) => return Reply::error(e),
             };
             *fetched.borrow_mut() = Some((id, found));
@@ -85,13 +99,26 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let keep = (rplan.store && !worker.config.responses_ttl.is_zero()).then(|| Keep {
+    let keep = (rplan.store && !worker.config.responses_ttl.is_zero()).then_some(());
+    // The session: the agent's (a header), else the chain's: the one of the
+    // response continued, or, for a stored first response, its own id.
+    let session = match chain.take() {
+        _ if !req.session.is_empty() => req.session.clone(),
+        Some(chained) => chained,
+        None if keep.is_some() => ctx.id.clone(),
+        None => String::new(),
+    };
+    if req.session.is_empty() {
+        ctx.outcome.session.clone_from(&session);
+    }
+    let keep = keep.map(|()| Keep {
         store,
         cluster: worker.cluster.clone(),
         id: ctx.id.clone(),
         key_id: key.id.clone(),
         ttl: worker.config.responses_ttl,
         max_bytes: worker.config.responses_max_bytes,
+        session,
     });
     let model = rplan.plan.model.clone();
     let shape = Shape::new(&ctx.id, &model, &rplan);
@@ -146,7 +173,7 @@ pub async fn retrieve<'w>(worker: &'w Worker, key: &KeyRecord, id: &str) -> Repl
         Ok(r) => r,
         Err(e) => return Reply::error(e),
     };
-    match record.and_then(|b| record_part(&b, &key.id, now, |_, r| r.to_vec())) {
+    match record.and_then(|b| record_part(&b, &key.id, now, |r| r.response.to_vec())) {
         Some(r) if lease.cover(r.len()) => Reply::json(200, r).holding(lease),
         Some(_) => over(),
         None => Reply::error(not_found(id)),
@@ -197,9 +224,14 @@ async fn shared_record(worker: &Worker, id: &str) -> Result<Option<Vec<u8>>, Api
 }
 
 /// A part of a record read from the cluster, if key `key_id` made it and it has not expired.
-fn record_part<T>(record: &[u8], key_id: &str, now: u64, part: impl FnOnce(&[u8], &[u8]) -> T) -> Option<T> {
-    let (expires_at, owner, history, response) = crate::store::responses::view(record)?;
-    (owner == key_id && expires_at > now).then(|| part(history, response))
+fn record_part<T>(
+    record: &[u8],
+    key_id: &str,
+    now: u64,
+    part: impl FnOnce(crate::store::responses::RecordView<'_>) -> T,
+) -> Option<T> {
+    let r = crate::store::responses::view(record)?;
+    (r.key_id == key_id && r.expires_at > now).then(|| part(r))
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -54,7 +54,9 @@ pub fn own<'w>(worker: &Worker, key: &KeyRecord) -> Reply<'w> {
 /// `GET /admin/v1/usage?key=&model=&from=&to=&by=`. The query may read the
 /// whole usage table, so it runs on the blocking pool, not on the worker.
 /// In a cluster it reads the cluster's totals from Redis (`instance=` a
-/// store id for one instance's part, `scope=local` for this one's store).
+/// store id for one instance's part, `scope=local` for this one's store);
+/// `by=session` reads this instance's store (sessions are kept where they
+/// were served).
 pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let by = req.query_param("by").unwrap_or_else(|| "day".into());
     let from = req.query_param("from");
@@ -62,10 +64,18 @@ pub async fn admin<'w>(worker: &Worker, req: &Request) -> Reply<'w> {
     let model = req.query_param("model");
     let key = req.query_param("key");
     let instance = req.query_param("instance");
-    let cluster = worker.cluster.clone().filter(|_| req.query_param("scope").as_deref() != Some("local"));
+    // Sessions are kept by each instance's store: always this one's.
+    let local = req.query_param("scope").as_deref() == Some("local") || by == "session";
+    let cluster = worker.cluster.clone().filter(|_| !local);
     let checked = (|| {
-        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "api" | "day_model") {
-            return Err(ApiError::invalid("by", "'by' must be day, model, served_model, key, api or day_model."));
+        if !matches!(by.as_str(), "day" | "model" | "served_model" | "key" | "api" | "day_model" | "session") {
+            return Err(ApiError::invalid(
+                "by",
+                "'by' must be day, model, served_model, key, api, day_model or session.",
+            ));
+        }
+        if by == "session" && model.is_some() {
+            return Err(ApiError::invalid("model", "Usage by session is not kept by model: leave 'model' out."));
         }
         for (name, d) in [("from", &from), ("to", &to)] {
             if let Some(d) = d

@@ -209,6 +209,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_USAGE_RETENTION_DAYS", default_value_t = 400)]
     pub usage_retention_days: u32,
 
+    /// Days of usage by agent session kept (0: forever).
+    #[arg(long, env = "AI_GATEWAY_SESSION_RETENTION_DAYS", default_value_t = 30)]
+    pub session_retention_days: u32,
+
+    /// Sessions kept per key and day; the requests of any session past them
+    /// are rolled up under one row, `(other sessions)`.
+    #[arg(long, env = "AI_GATEWAY_SESSIONS_PER_KEY_DAY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sessions_per_key_day: u32,
+
     /// Seconds a stored Responses API response is kept (for
     /// `previous_response_id` and `GET /v1/responses/{id}`); 0 stores none.
     #[arg(long, env = "AI_GATEWAY_RESPONSES_TTL", default_value_t = 86_400)]
@@ -343,6 +353,9 @@ pub struct Config {
     pub usage_flush: Duration,
     /// Days of usage kept (0: forever).
     pub usage_retention_days: u32,
+    /// Days of usage by session kept (0: forever), and sessions per key and day.
+    pub session_retention_days: u32,
+    pub sessions_per_key_day: usize,
     /// How long stored responses are kept (zero: none are stored).
     pub responses_ttl: Duration,
     pub responses_max_bytes: u64,
@@ -496,6 +509,8 @@ impl Config {
             data_dir: a.data.data_dir.clone(),
             usage_flush,
             usage_retention_days: a.usage_retention_days,
+            session_retention_days: a.session_retention_days,
+            sessions_per_key_day: a.sessions_per_key_day as usize,
             responses_ttl: Duration::from_secs(a.responses_ttl),
             responses_max_bytes: a.responses_max_bytes,
             log_format: a.log_format,

@@ -69,7 +69,12 @@ pub fn run(config: Config) -> Result<(), String> {
     bootstrap_admin_key(store)?;
     shutdown::install()?;
     let writer_stats = Arc::new(crate::accounting::usage::WriterStats::default());
-    let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), config.usage_retention_days);
+    let keeping = crate::accounting::usage::Keeping {
+        usage_days: config.usage_retention_days,
+        session_days: config.session_retention_days,
+        sessions_per_day: config.sessions_per_key_day,
+    };
+    let writer = UsageWriter::spawn(store, config.usage_flush, writer_stats.clone(), keeping);
     crate::log::set_level(config.log_level);
     let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
@@ -420,6 +425,10 @@ fn flush_usage(worker: &Worker) {
     let deltas = worker.usage.take();
     if !deltas.is_empty() {
         let _ = worker.usage_tx.send(WriterMsg::Deltas(deltas));
+    }
+    let sessions = worker.usage.take_sessions();
+    if !sessions.is_empty() {
+        let _ = worker.usage_tx.send(WriterMsg::Sessions(sessions));
     }
 }
 

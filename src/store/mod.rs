@@ -35,6 +35,10 @@ pub struct Store {
     pub key_names: Database<'static, Str, Bytes>,
     /// `key_id \0 YYYY-MM-DD \0 model` → usage rollup (see `usage`).
     pub usage: Database<'static, Bytes, Bytes>,
+    /// `key_id \0 YYYY-MM-DD \0 session` → usage rollup of an agent
+    /// session (see `usage`); `None` only when a read-only open finds a
+    /// store written before sessions were kept.
+    pub sessions: Option<Database<'static, Bytes, Bytes>>,
     /// Stored Responses API responses, and their expiry index (see
     /// `responses`); `None` only when a read-only open finds a store
     /// written before they existed.
@@ -106,13 +110,14 @@ impl Store {
         let env = unsafe { opts.open(dir) }
             .map_err(|e| StoreError::Io(format!("cannot open the store in {}: {e}", dir.display())))?;
         let env: &'static Env<WithoutTls> = Box::leak(Box::new(env));
-        let (meta, keys, key_ids, key_names, usage, (records, index, shares, share_order)) = env
+        let (meta, keys, key_ids, key_names, (usage, sessions), (records, index, shares, share_order)) = env
             .create_databases_and_commit(env.write_txn()?, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta = wdo.create_database::<Str, Bytes>(wtxn, Some("meta"))?;
                 let keys = wdo.create_database::<Bytes, Bytes>(wtxn, Some("keys"))?;
                 let key_ids = wdo.create_database::<Str, Bytes>(wtxn, Some("key_ids"))?;
                 let key_names = wdo.create_database::<Str, Bytes>(wtxn, Some("key_names"))?;
                 let usage = wdo.create_database::<Bytes, Bytes>(wtxn, Some("usage"))?;
+                let sessions = wdo.create_database::<Bytes, Bytes>(wtxn, Some("sessions"))?;
                 let records = wdo.create_database::<Bytes, Bytes>(wtxn, Some("responses"))?;
                 let index = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_index"))?;
                 let shares = wdo.create_database::<Bytes, Bytes>(wtxn, Some("response_shares"))?;
@@ -122,7 +127,7 @@ impl Store {
                     keys,
                     key_ids,
                     key_names,
-                    usage,
+                    (usage, sessions),
                     (records, index, shares, share_order),
                 )))
             })?
@@ -135,6 +140,7 @@ impl Store {
             key_ids,
             key_names,
             usage,
+            sessions: Some(sessions),
             responses: Some(responses),
             dir: dir.to_owned(),
             queue_usage: Default::default(),
@@ -197,7 +203,10 @@ impl Store {
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("keys"))?,
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_ids"))?,
                     dbo.open_database::<Str, Bytes>(rtxn, Some("key_names"))?,
-                    dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
+                    (
+                        dbo.open_database::<Bytes, Bytes>(rtxn, Some("usage"))?,
+                        dbo.open_database::<Bytes, Bytes>(rtxn, Some("sessions"))?,
+                    ),
                     dbo.open_database::<Bytes, Bytes>(rtxn, Some("responses"))?,
                     (
                         dbo.open_database::<Bytes, Bytes>(rtxn, Some("response_index"))?,
@@ -207,8 +216,15 @@ impl Store {
                 )))
             })?
             .unwrap_commit();
-        let (Some(meta), Some(keys), Some(key_ids), Some(key_names), Some(usage), records, (index, shares, order)) =
-            tables
+        let (
+            Some(meta),
+            Some(keys),
+            Some(key_ids),
+            Some(key_names),
+            (Some(usage), sessions),
+            records,
+            (index, shares, order),
+        ) = tables
         else {
             return Err(StoreError::Io(format!("the store in {} is not initialized yet", dir.display())));
         };
@@ -225,6 +241,7 @@ impl Store {
             key_ids,
             key_names,
             usage,
+            sessions,
             responses,
             dir: dir.to_owned(),
             queue_usage: Default::default(),

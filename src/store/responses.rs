@@ -20,7 +20,11 @@
 //! change waiting for the writer waits for one of those at most.
 //!
 //! Record layout: `expires_at (u64 LE) · key id length (u32 LE) · key id ·
-//! history length (u32 LE) · history · response`. Index key:
+//! history length (u32 LE) · history · response`; a record of a
+//! conversation that has a session sets the high bit of the key id's length
+//! and has `session length (u32 LE) · session` after the key id (the
+//! session of the chain's first response: its agent's, or that response's
+//! id). Index key:
 //! `key id · 0 · expires_at (u64 BE) · id`, value the record's size (u64 LE).
 //! Shares: `key id` → its records' bytes (u64 LE); share order:
 //! `bytes (u64 BE) · key id` → nothing.
@@ -69,30 +73,71 @@ pub struct StoredResponse {
     pub history: Vec<u8>,
     /// The response object, as `GET /v1/responses/{id}` returns it.
     pub response: Vec<u8>,
+    /// The conversation's session (`""`: none).
+    pub session: String,
 }
 
-/// A record read in place: (expires_at, key id, history, response).
-pub type RecordView<'a> = (u64, &'a str, &'a [u8], &'a [u8]);
+/// What a follow-up continues: a stored conversation and its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub history: Vec<u8>,
+    pub session: String,
+}
 
-/// A record's parts, read in place: (expires_at, key id, history, response).
+/// A record's parts, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub expires_at: u64,
+    pub key_id: &'a str,
+    pub session: &'a str,
+    pub history: &'a [u8],
+    pub response: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// The conversation and its session, copied.
+    pub fn conversation(&self) -> Conversation {
+        Conversation { history: self.history.to_vec(), session: self.session.to_owned() }
+    }
+}
+
+/// The high bit of the key id's length: a session follows the key id.
+const HAS_SESSION: u32 = 1 << 31;
+
+/// A record's parts, read in place (`None`: not a record).
 pub fn view(b: &[u8]) -> Option<RecordView<'_>> {
     let expires_at = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-    let key_len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
+    let key_len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
+    let (has_session, key_len) = (key_len & HAS_SESSION != 0, (key_len & !HAS_SESSION) as usize);
     let key_id = std::str::from_utf8(b.get(12..12 + key_len)?).ok()?;
-    let at = 12 + key_len;
+    let mut at = 12 + key_len;
+    let mut session = "";
+    if has_session {
+        let len = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
+        session = std::str::from_utf8(b.get(at + 4..at + 4 + len)?).ok()?;
+        at += 4 + len;
+    }
     let hist_len = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
     let history = b.get(at + 4..at + 4 + hist_len)?;
     let response = b.get(at + 4 + hist_len..)?;
-    Some((expires_at, key_id, history, response))
+    Some(RecordView { expires_at, key_id, session, history, response })
 }
 
 impl StoredResponse {
     /// The record's bytes (the layout above).
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16 + self.key_id.len() + self.history.len() + self.response.len());
+        let mut v =
+            Vec::with_capacity(20 + self.key_id.len() + self.session.len() + self.history.len() + self.response.len());
         v.extend_from_slice(&self.expires_at.to_le_bytes());
-        v.extend_from_slice(&(self.key_id.len() as u32).to_le_bytes());
-        v.extend_from_slice(self.key_id.as_bytes());
+        if self.session.is_empty() {
+            v.extend_from_slice(&(self.key_id.len() as u32).to_le_bytes());
+            v.extend_from_slice(self.key_id.as_bytes());
+        } else {
+            v.extend_from_slice(&(self.key_id.len() as u32 | HAS_SESSION).to_le_bytes());
+            v.extend_from_slice(self.key_id.as_bytes());
+            v.extend_from_slice(&(self.session.len() as u32).to_le_bytes());
+            v.extend_from_slice(self.session.as_bytes());
+        }
         v.extend_from_slice(&(self.history.len() as u32).to_le_bytes());
         v.extend_from_slice(&self.history);
         v.extend_from_slice(&self.response);
@@ -100,13 +145,14 @@ impl StoredResponse {
     }
 
     fn decode(id: &str, b: &[u8]) -> Option<Self> {
-        let (expires_at, key_id, history, response) = view(b)?;
+        let r = view(b)?;
         Some(Self {
             id: id.to_owned(),
-            key_id: key_id.to_owned(),
-            expires_at,
-            history: history.to_vec(),
-            response: response.to_vec(),
+            key_id: r.key_id.to_owned(),
+            expires_at: r.expires_at,
+            history: r.history.to_vec(),
+            response: r.response.to_vec(),
+            session: r.session.to_owned(),
         })
     }
 
@@ -118,7 +164,7 @@ impl StoredResponse {
 
     /// The bytes this record takes in the bound.
     pub fn size(&self) -> u64 {
-        size_of(&self.id, &self.key_id, self.history.len() + self.response.len())
+        size_of(&self.id, &self.key_id, self.session.len() + self.history.len() + self.response.len())
     }
 }
 
@@ -233,7 +279,7 @@ impl Store {
         id: &str,
         key_id: &str,
         now: u64,
-        read: impl FnOnce(u64, &[u8], &[u8]) -> T,
+        read: impl FnOnce(RecordView<'_>) -> T,
     ) -> Result<Option<T>, StoreError> {
         if !usable_id(id) {
             return Ok(None);
@@ -241,35 +287,36 @@ impl Store {
         let t = self.response_tables()?;
         let rtxn = self.read()?;
         let Some(raw) = t.records.get(&rtxn, id.as_bytes())? else { return Ok(None) };
-        let (expires_at, owner, history, response) =
-            view(raw).ok_or_else(|| StoreError::Io(format!("stored response {id} is unreadable")))?;
-        Ok((owner == key_id && expires_at > now).then(|| read(expires_at, history, response)))
+        let r = view(raw).ok_or_else(|| StoreError::Io(format!("stored response {id} is unreadable")))?;
+        Ok((r.key_id == key_id && r.expires_at > now).then(|| read(r)))
     }
 
     /// The response `id` as key `key_id` may see it: `None` when there is no
     /// such record, it has expired, or another key made it.
     pub fn get_response(&self, id: &str, key_id: &str, now: u64) -> Result<Option<StoredResponse>, StoreError> {
-        self.read_response(id, key_id, now, |expires_at, history, response| StoredResponse {
+        self.read_response(id, key_id, now, |r| StoredResponse {
             id: id.to_owned(),
             key_id: key_id.to_owned(),
-            expires_at,
-            history: history.to_vec(),
-            response: response.to_vec(),
+            expires_at: r.expires_at,
+            history: r.history.to_vec(),
+            response: r.response.to_vec(),
+            session: r.session.to_owned(),
         })
     }
 
-    /// Only the conversation of a response (what a follow-up continues), with
-    /// its size first given to `admit`, which may refuse it (`Ok(None)` from
-    /// `admit`: not copied, and the size is returned as the error's payload).
+    /// Only the conversation of a response (what a follow-up continues) and
+    /// its session, with the conversation's size first given to `admit`,
+    /// which may refuse it (`false`: not copied, and the size is returned as
+    /// the error's payload).
     pub fn response_history(
         &self,
         id: &str,
         key_id: &str,
         now: u64,
         admit: impl FnOnce(usize) -> bool,
-    ) -> Result<Option<Result<Vec<u8>, usize>>, StoreError> {
-        self.read_response(id, key_id, now, |_, history, _| {
-            if admit(history.len()) { Ok(history.to_vec()) } else { Err(history.len()) }
+    ) -> Result<Option<Result<Conversation, usize>>, StoreError> {
+        self.read_response(id, key_id, now, |r| {
+            if admit(r.history.len()) { Ok(r.conversation()) } else { Err(r.history.len()) }
         })
     }
 
@@ -281,8 +328,8 @@ impl Store {
         now: u64,
         admit: impl FnOnce(usize) -> bool,
     ) -> Result<Option<Result<Vec<u8>, usize>>, StoreError> {
-        self.read_response(id, key_id, now, |_, _, response| {
-            if admit(response.len()) { Ok(response.to_vec()) } else { Err(response.len()) }
+        self.read_response(id, key_id, now, |r| {
+            if admit(r.response.len()) { Ok(r.response.to_vec()) } else { Err(r.response.len()) }
         })
     }
 
@@ -452,6 +499,7 @@ mod tests {
             expires_at,
             history: br#"{"role":"user","content":"hi"}"#.to_vec(),
             response: vec![b'x'; size],
+            session: String::new(),
         }
     }
 
@@ -543,5 +591,21 @@ mod tests {
         assert!(store.get_response("resp_15", "k", 0).unwrap().is_none());
         assert!(store.get_response("resp_16", "k", 0).unwrap().is_some());
         assert!(store.responses_bytes().unwrap() < before);
+    }
+
+    #[test]
+    fn a_records_session_round_trips_and_a_record_without_one_reads_as_before() {
+        let mut r = record("resp_1", "key_a", 100, 10);
+        let plain = r.encode();
+        // The layout without a session is the one records had before sessions.
+        assert_eq!(u32::from_le_bytes(plain[8..12].try_into().unwrap()), 5);
+        assert_eq!(view(&plain).map(|v| (v.key_id, v.session, v.response.len())), Some(("key_a", "", 10)));
+        r.session = "cc-1".into();
+        let with = r.encode();
+        let v = view(&with).unwrap();
+        assert_eq!((v.key_id, v.session, v.history, v.response), ("key_a", "cc-1", &r.history[..], &r.response[..]));
+        assert_eq!(StoredResponse::decode("resp_1", &with), Some(r));
+        // A cut record is no record.
+        assert!(view(&with[..14]).is_none());
     }
 }

@@ -7,8 +7,18 @@
 //! the protocols after OpenAI's (rows without an api are OpenAI's, so the
 //! rows written before protocols were recorded keep their meaning). The usage writer (`accounting::usage`) adds deltas here;
 //! reports and quotas read it; old days are pruned by retention.
+//!
+//! Beside it, the `sessions` table: one rollup per (key, UTC day, agent
+//! session), under `key_id \0 YYYY-MM-DD \0 session`. A key's day holds at
+//! most the configured number of sessions; the requests of any session
+//! past them go under one row, [`OTHER_SESSIONS`], so a client inventing a
+//! session per request cannot grow the table. It is pruned by its own
+//! (shorter) retention.
 
 use std::collections::HashMap;
+
+use heed::Database;
+use heed::types::Bytes;
 
 use super::{Store, StoreError};
 
@@ -320,12 +330,17 @@ impl Store {
 
     /// Deletes the rollups of days before `before` (`YYYY-MM-DD`). Returns how many.
     pub fn prune_usage(&self, before: &str) -> Result<u64, StoreError> {
+        self.prune_days(self.usage, before)
+    }
+
+    /// Deletes the rows of `table` (keyed `key \0 day \0 …`) of days before `before`.
+    fn prune_days(&self, table: Database<'static, Bytes, Bytes>, before: &str) -> Result<u64, StoreError> {
         let mut deleted = 0;
         loop {
             // In batches, so one transaction never holds millions of keys.
             let mut wtxn = self.env.write_txn()?;
             let mut doomed = Vec::new();
-            for item in self.usage.iter(&wtxn)? {
+            for item in table.iter(&wtxn)? {
                 let (k, _) = item?;
                 let day = k.split(|&b| b == 0).nth(1).unwrap_or(b"");
                 if day < before.as_bytes() {
@@ -336,7 +351,7 @@ impl Store {
                 }
             }
             for k in &doomed {
-                self.usage.delete(&mut wtxn, k)?;
+                table.delete(&mut wtxn, k)?;
             }
             wtxn.commit()?;
             deleted += doomed.len() as u64;
@@ -364,6 +379,118 @@ impl Store {
             rows.extend(usage_row(k, v));
         }
         Ok(rows)
+    }
+}
+
+/// What the sessions of a key's day past its cap are recorded under (no
+/// agent names a session with parentheses and spaces).
+pub const OTHER_SESSIONS: &str = "(other sessions)";
+
+/// One stored session rollup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub key_id: String,
+    pub day: String,
+    pub session: String,
+    pub rollup: Rollup,
+}
+
+impl Store {
+    /// Adds session deltas, `(key id, session, day)` → rollup, in one
+    /// transaction. A key's day keeps at most `cap` sessions: a session not
+    /// yet stored that would pass the cap (or whose id is too long to be a
+    /// store key) is added to [`OTHER_SESSIONS`].
+    pub fn add_session_usage(
+        &self,
+        deltas: &HashMap<(String, String, String), Rollup>,
+        cap: usize,
+    ) -> Result<(), StoreError> {
+        let Some(table) = self.sessions else { return Ok(()) };
+        let mut wtxn = self.env.write_txn()?;
+        // (key, day) → sessions stored, counted once per transaction.
+        let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
+        for ((key_id, session, day), delta) in deltas {
+            let mut k = rollup_key(key_id, day, session);
+            let mut total = match table.get(&wtxn, &k)?.and_then(Rollup::decode) {
+                Some(total) => total,
+                None => {
+                    let n = match counts.get_mut(&(key_id.as_str(), day.as_str())) {
+                        Some(n) => n,
+                        None => {
+                            let prefix = rollup_key(key_id, day, "");
+                            let other = rollup_key(key_id, day, OTHER_SESSIONS);
+                            let mut n = 0;
+                            for item in table.prefix_iter(&wtxn, &prefix)?.take(cap + 1) {
+                                n += usize::from(item?.0 != other.as_slice());
+                            }
+                            counts.entry((key_id, day)).or_insert(n)
+                        }
+                    };
+                    if *n >= cap || k.len() > MAX_STORE_KEY {
+                        k = rollup_key(key_id, day, OTHER_SESSIONS);
+                        table.get(&wtxn, &k)?.and_then(Rollup::decode).unwrap_or_default()
+                    } else {
+                        *n += 1;
+                        Rollup::default()
+                    }
+                }
+            };
+            total.merge(delta);
+            table.put(&mut wtxn, &k, &total.encode())?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Stored session rollups, optionally of one key, between two days (inclusive).
+    pub fn session_rows(
+        &self,
+        key_id: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let Some(table) = self.sessions else { return Ok(Vec::new()) };
+        let rtxn = self.read()?;
+        use std::ops::Bound;
+        // One key's rows: from `key \0` to just before `key \x01`.
+        let bounds = key_id.map(|k| {
+            let start = [k.as_bytes(), &[0]].concat();
+            let end = [k.as_bytes(), &[1]].concat();
+            (start, end)
+        });
+        let range = match &bounds {
+            Some((start, end)) => (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let mut rows = Vec::new();
+        for item in table.range(&rtxn, &range)? {
+            let (k, v) = item?;
+            let mut parts = k.splitn(3, |&b| b == 0);
+            let (Some(key), Some(day), Some(session), Some(rollup)) =
+                (parts.next(), parts.next(), parts.next(), Rollup::decode(v))
+            else {
+                continue;
+            };
+            let day = String::from_utf8_lossy(day).into_owned();
+            if from.is_some_and(|f| day.as_str() < f) || to.is_some_and(|t| day.as_str() > t) {
+                continue;
+            }
+            rows.push(SessionRow {
+                key_id: String::from_utf8_lossy(key).into_owned(),
+                day,
+                session: String::from_utf8_lossy(session).into_owned(),
+                rollup,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Deletes the session rollups of days before `before`. Returns how many.
+    pub fn prune_sessions(&self, before: &str) -> Result<u64, StoreError> {
+        match self.sessions {
+            Some(table) => self.prune_days(table, before),
+            None => Ok(0),
+        }
     }
 }
 
@@ -444,5 +571,34 @@ mod tests {
         assert_eq!(store.prune_usage("2026-11-01").unwrap(), 2);
         assert_eq!(store.usage_rows(None, None, None).unwrap().len(), 6);
         assert_eq!(store.prune_usage("2026-11-01").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_keys_day_keeps_its_cap_of_sessions_and_the_rest_under_one_row() {
+        let store = Store::open(&crate::store::temp_dir("sessions")).unwrap();
+        let delta = |sessions: &[&str], key: &str, day: &str| {
+            sessions.iter().map(|s| ((key.to_owned(), (*s).to_owned(), day.to_owned()), roll(1, 1))).collect()
+        };
+        store.add_session_usage(&delta(&["a", "b"], "key_a", "2026-12-01"), 3).unwrap();
+        // Past the cap of 3: one of c, d, e is kept, the other two are "other"; a and b still add up.
+        store.add_session_usage(&delta(&["a", "c", "d", "e"], "key_a", "2026-12-01"), 3).unwrap();
+        store.add_session_usage(&delta(&["b", "f"], "key_a", "2026-12-01"), 3).unwrap();
+        // Another day and another key have caps of their own; an id too long for a store key is "other".
+        let long = "s".repeat(600);
+        store.add_session_usage(&delta(&["x", &long], "key_a", "2026-12-02"), 3).unwrap();
+        store.add_session_usage(&delta(&["y"], "key_b", "2026-12-01"), 3).unwrap();
+        let rows = store.session_rows(Some("key_a"), Some("2026-12-01"), Some("2026-12-01")).unwrap();
+        let named: Vec<_> = rows.iter().filter(|r| r.session != OTHER_SESSIONS).collect();
+        assert_eq!(named.len(), 3);
+        let of = |s: &str| rows.iter().find(|r| r.session == s).map(|r| r.rollup.requests);
+        assert_eq!((of("a"), of("b")), (Some(2), Some(2)));
+        assert_eq!(of(OTHER_SESSIONS), Some(3), "two of c, d, e and f");
+        assert_eq!(rows.iter().map(|r| r.rollup.requests).sum::<u64>(), 8, "nothing lost");
+        let day2 = store.session_rows(Some("key_a"), Some("2026-12-02"), None).unwrap();
+        assert_eq!(day2.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(), ["(other sessions)", "x"]);
+        assert_eq!(store.session_rows(None, None, None).unwrap().len(), 7);
+        assert_eq!(store.session_rows(Some("key_"), None, None).unwrap().len(), 0, "a key id, not a prefix");
+        assert_eq!(store.prune_sessions("2026-12-02").unwrap(), 5);
+        assert_eq!(store.session_rows(None, None, None).unwrap().len(), 2);
     }
 }

@@ -233,3 +233,40 @@ fn refused_requests_are_counted_and_logged() {
     assert_eq!(too_large["path"], "/v1/chat/completions");
     assert!(too_large["request_id"].as_str().is_some_and(|id| !id.is_empty()));
 }
+
+/// The agent session a request names is in its access log line (the first
+/// of the session headers in their order wins, and a long one is cut), and
+/// with tracing on so is its trace id: the client's, when it sent one.
+#[test]
+fn access_log_has_the_session_and_the_trace() {
+    let m = mock(&["--tokens", "2"]);
+    // A collector nobody listens on: spans are dropped, requests never wait.
+    let g = gateway(&m, &["--log-format", "json", "--otlp-endpoint", "http://127.0.0.1:9"]);
+    let body = chat_body("llama3", false);
+    let long = "s".repeat(300);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = format!("00-{trace}-b7ad6b7169203331-01");
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("x-session-id", "mine"), ("X-Claude-Code-Session-Id", "d8c1d07e"), ("traceparent", &parent)],
+        &[("session_id", "codex-conv")],
+        &[("x-session-id", &long)],
+        &[],
+    ];
+    let mut ids = Vec::new();
+    for headers in cases {
+        let r = request_with(g.addr, "POST", "/v1/chat/completions", Some(&body), headers);
+        assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").unwrap().to_owned());
+    }
+    assert!(eventually(Duration::from_secs(5), || g.stdout_text().lines().count() >= 4));
+    let lines: Vec<Value> = g.stdout_text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let line = |id: &str| lines.iter().find(|l| l["request_id"] == id).unwrap().clone();
+    assert_eq!(line(&ids[0])["session"], "d8c1d07e");
+    assert_eq!(line(&ids[0])["trace_id"], trace);
+    assert_eq!(line(&ids[1])["session"], "codex-conv");
+    assert_eq!(line(&ids[2])["session"].as_str().unwrap().len(), 128);
+    assert!(line(&ids[3])["session"].is_null());
+    // A trace the gateway started: 32 hex digits, not the client's.
+    let started = line(&ids[3])["trace_id"].as_str().unwrap().to_owned();
+    assert!(started.len() == 32 && started != trace && started.bytes().all(|b| b.is_ascii_hexdigit()));
+}

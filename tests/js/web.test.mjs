@@ -142,7 +142,10 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
 
   // Use it through the SDK.
   const client = new OpenAI({ baseURL: `${pair.gateway.url}/v1`, apiKey: secret, maxRetries: 0 });
-  const r = await client.chat.completions.create({ model: "llama3", messages: [{ role: "user", content: "hi there" }] });
+  const r = await client.chat.completions.create(
+    { model: "llama3", messages: [{ role: "user", content: "hi there" }] },
+    { headers: { "x-session-id": "web-session-1" } },
+  );
   assert.equal(r.usage.completion_tokens, 4);
 
   // Its usage shows up once the flush interval has passed.
@@ -160,6 +163,9 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   // And by protocol: the SDK's chat is OpenAI's.
   const apis = await page.$$eval("#usage-api-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
   assert.ok(apis.some((c) => c[0] === "openai" && Number(c[1]) >= 1), JSON.stringify(apis));
+  // And by agent session: the header the request named.
+  const sessions = await page.$$eval("#usage-session-table tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+  assert.deepEqual(sessions.find((c) => c[0] === "web-session-1")?.slice(0, 5), ["web-session-1", "web-user", "1", "0", "7"]);
   assert.ok((await page.$$("#tokens-chart rect")).length >= 1, "the tokens chart has a bar");
   assert.ok((await page.textContent("#tokens-legend")).includes("llama3"));
   await page.screenshot({ path: path.join(OUT, "usage.png"), fullPage: true });
@@ -169,6 +175,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   const csv = await (await download.createReadStream()).toArray();
   assert.ok(Buffer.concat(csv).toString().includes("key,web-user,1,0,3,4,7"));
   assert.ok(Buffer.concat(csv).toString().includes("protocol,openai,"));
+  assert.ok(Buffer.concat(csv).toString().includes("session,web-session-1 (web-user),1,0,3,4,7"));
 
   // Live view: the host is healthy, the numbers refresh.
   await page.click("#nav a[data-view=live]");
