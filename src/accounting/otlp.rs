@@ -1,20 +1,29 @@
 //! Spans exported over OTLP/HTTP (protobuf), from a thread of its own.
 //!
-//! Workers hand finished spans to a bounded channel and never wait: when it
-//! is full (the collector slow or away) a span is dropped and counted. The
-//! exporter thread gathers them into batches (a full batch at once, the rest
-//! every `--otlp-batch-delay-ms`), encodes an `ExportTraceServiceRequest`
-//! and posts it to the collector on a kept connection; a failed export is
-//! retried with backoff (connection errors, timeouts, 429, 502, 503, 504)
-//! until its time is up, then counted as dropped. The messages below are
-//! the subset of `opentelemetry-proto` the gateway sends, with their field
-//! numbers; the suite decodes what is sent with the official definitions.
+//! A worker writes each sampled request's spans straight into protobuf
+//! bytes ([`Wire`]: no message objects, no allocation but its batch's
+//! buffer) and gathers them into a batch of its own, which it hands to the
+//! exporter when the batch is full or at its next tick (50 ms): the
+//! exporter is woken once per batch, never per request, and a worker never
+//! waits. The spans waiting for export are bounded (`--otlp-queue`): a
+//! batch that would pass the bound is dropped and its spans counted. The
+//! exporter thread wraps what it holds in an `ExportTraceServiceRequest`
+//! (a full batch at once, the rest every `--otlp-batch-delay-ms`) and posts
+//! it to the collector on a kept connection; a failed export is retried
+//! with backoff (connection errors, timeouts, 429, 502, 503, 504) until its
+//! time is up, then counted as dropped.
+//!
+//! The messages of [`proto`] are the subset of `opentelemetry-proto` the
+//! gateway sends, with their field numbers: [`Plain`] builds them (the
+//! plain version: the tests compare [`Wire`]'s bytes with their prost
+//! encoding), and the suite decodes what is sent with the official
+//! definitions.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use crate::config::otlp::Otlp;
@@ -166,39 +175,83 @@ pub struct ExportStats {
     pub failures: AtomicU64,
 }
 
+/// Spans as bytes: each one a `ScopeSpans.spans` entry (its field's tag,
+/// its length, the span), so that batches are joined by concatenation.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    pub spans: usize,
+}
+
+/// What the exporter is handed: a worker's batch, or the end (every
+/// worker has handed over its last).
+enum Handed {
+    Batch(Batch),
+    End,
+}
+
 /// A worker's end of the export queue.
 #[derive(Clone)]
 pub struct SpanSink {
-    tx: SyncSender<proto::Span>,
+    tx: Sender<Handed>,
+    /// Spans handed over and not yet taken by the exporter (bounded by `limit`).
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    closed: Arc<std::sync::atomic::AtomicBool>,
     pub stats: Arc<ExportStats>,
 }
 
 impl SpanSink {
-    /// Queues a finished span, or drops it (counted) when the queue is full.
-    pub fn send(&self, span: proto::Span) {
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped_queue.fetch_add(1, Relaxed);
-            }
+    /// Hands a worker's batch to the exporter, or drops it (its spans
+    /// counted) when the spans waiting would pass the queue's bound.
+    pub fn send(&self, batch: Batch) {
+        let n = batch.spans;
+        if n == 0 {
+            return;
         }
+        let fits = self.queued.fetch_update(Relaxed, Relaxed, |q| (q + n <= self.limit).then_some(q + n)).is_ok();
+        if !fits {
+            self.stats.dropped_queue.fetch_add(n as u64, Relaxed);
+            return;
+        }
+        if self.tx.send(Handed::Batch(batch)).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+            self.stats.dropped_queue.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Tells the exporter that nothing more comes: it exports what it holds
+    /// and ends (a collector that is away is not waited for).
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+        let _ = self.tx.send(Handed::End);
     }
 }
 
 /// Starts the exporter thread; the sink is cloned into every worker. The
 /// thread ends (after one last export) once every sink is dropped.
 pub fn start(config: &Otlp) -> std::io::Result<(SpanSink, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
+    let (tx, rx) = std::sync::mpsc::channel();
     let stats = Arc::new(ExportStats::default());
-    let mut exporter = Exporter::new(config, stats.clone())?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let mut exporter = Exporter::new(config, stats.clone(), queued.clone())?;
+    let closed = exporter.closed.clone();
     let handle = std::thread::Builder::new().name("otlp-export".into()).spawn(move || exporter.run(rx))?;
-    Ok((SpanSink { tx, stats }, handle))
+    Ok((SpanSink { tx, queued, limit: config.queue, closed, stats }, handle))
 }
 
 /// The exporter thread's state.
 struct Exporter {
     config: Otlp,
-    resource: proto::Resource,
+    /// The request's fields before the spans and after them, encoded once
+    /// (see [`Exporter::encode`]).
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    queued: Arc<AtomicUsize>,
+    /// The end was handed over: no export waits for a retry any more.
+    closing: bool,
+    /// Set by [`SpanSink::close`] (seen while an export waits to retry).
+    closed: Arc<std::sync::atomic::AtomicBool>,
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     conn: Option<Conn>,
     stats: Arc<ExportStats>,
@@ -235,7 +288,7 @@ enum Sent {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Exporter {
-    fn new(config: &Otlp, stats: Arc<ExportStats>) -> std::io::Result<Self> {
+    fn new(config: &Otlp, stats: Arc<ExportStats>, queued: Arc<AtomicUsize>) -> std::io::Result<Self> {
         let tls = if config.https {
             let c = crate::upstream::client::host_tls_config(config.ca.as_deref()).map_err(std::io::Error::other)?;
             let name = rustls::pki_types::ServerName::try_from(config.host.clone()).map_err(std::io::Error::other)?;
@@ -254,31 +307,42 @@ impl Exporter {
                 attributes.push(kv(k, proto::Value::String(v.clone())));
             }
         }
-        Ok(Self { config: config.clone(), resource: proto::Resource { attributes }, tls, conn: None, stats })
+        use prost::Message;
+        let resource = proto::Resource { attributes }.encode_to_vec();
+        let scope =
+            proto::InstrumentationScope { name: "ai-gateway".into(), version: env!("CARGO_PKG_VERSION").into() }
+                .encode_to_vec();
+        let closed = Arc::default();
+        Ok(Self { config: config.clone(), resource, scope, queued, closing: false, closed, tls, conn: None, stats })
     }
 
-    fn run(&mut self, rx: Receiver<proto::Span>) {
-        let mut batch: Vec<proto::Span> = Vec::new();
+    fn run(&mut self, rx: Receiver<Handed>) {
+        // The workers' batches taken so far, and their spans.
+        let mut held: Vec<Batch> = Vec::new();
+        let mut spans = 0;
         let mut due = Instant::now() + self.config.batch_delay;
         loop {
             let wait = due.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(span) => {
-                    batch.push(span);
-                    if batch.len() >= self.config.batch {
-                        self.export(std::mem::take(&mut batch), &rx);
+                Ok(Handed::Batch(b)) => {
+                    self.queued.fetch_sub(b.spans, Relaxed);
+                    spans += b.spans;
+                    held.push(b);
+                    if spans >= self.config.batch {
+                        self.export(std::mem::take(&mut held), std::mem::take(&mut spans));
                         due = Instant::now() + self.config.batch_delay;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if !batch.is_empty() {
-                        self.export(std::mem::take(&mut batch), &rx);
+                    if spans > 0 {
+                        self.export(std::mem::take(&mut held), std::mem::take(&mut spans));
                     }
                     due = Instant::now() + self.config.batch_delay;
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !batch.is_empty() {
-                        self.export(batch, &rx);
+                Ok(Handed::End) | Err(RecvTimeoutError::Disconnected) => {
+                    self.closing = true;
+                    if spans > 0 {
+                        self.export(held, spans);
                     }
                     return;
                 }
@@ -288,9 +352,11 @@ impl Exporter {
 
     /// Exports one batch, retrying with backoff for up to the batch delay
     /// plus the timeout (at least 30 s), then drops it.
-    fn export(&mut self, spans: Vec<proto::Span>, rx: &Receiver<proto::Span>) {
-        let n = spans.len() as u64;
-        let body = self.encode(spans);
+    fn export(&mut self, held: Vec<Batch>, spans: usize) {
+        let n = spans as u64;
+        let parts: Vec<&[u8]> = held.iter().map(|b| b.bytes.as_slice()).collect();
+        let body = self.encode(&parts);
+        drop(held);
         let give_up = Instant::now() + (self.config.batch_delay + self.config.timeout).max(Duration::from_secs(30));
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -309,8 +375,7 @@ impl Exporter {
                     self.stats.failures.fetch_add(1, Relaxed);
                     self.conn = None;
                     // The workers' last spans: a stop does not wait for a collector that is away.
-                    let closing = matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected));
-                    if closing || Instant::now() + backoff > give_up {
+                    if self.closing || self.closed.load(Relaxed) || Instant::now() + backoff > give_up {
                         self.stats.dropped_failed.fetch_add(n, Relaxed);
                         crate::log::warn(format_args!("trace export failed, {n} spans dropped: {why}"));
                         return;
@@ -322,23 +387,11 @@ impl Exporter {
         }
     }
 
-    fn encode(&self, spans: Vec<proto::Span>) -> Vec<u8> {
-        use prost::Message;
-        let request = proto::ExportTraceServiceRequest {
-            resource_spans: vec![proto::ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![proto::ScopeSpans {
-                    scope: Some(proto::InstrumentationScope {
-                        name: "ai-gateway".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                    }),
-                    spans,
-                    schema_url: super::semconv::SCHEMA_URL.into(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        let body = request.encode_to_vec();
+    /// The `ExportTraceServiceRequest` around spans already encoded: one
+    /// `ResourceSpans` (the resource) holding one `ScopeSpans` (the scope,
+    /// the spans, the conventions' schema URL).
+    fn encode(&self, spans: &[&[u8]]) -> Vec<u8> {
+        let body = export_request(&self.resource, &self.scope, spans);
         if self.config.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::fast());
             if gz.write_all(&body).is_ok()
@@ -415,6 +468,305 @@ impl Exporter {
     }
 }
 
+/// An `ExportTraceServiceRequest`'s bytes: `resource` and `scope` encoded
+/// messages, `spans` runs of `ScopeSpans.spans` entries (the workers'
+/// batches, copied once, here).
+pub fn export_request(resource: &[u8], scope: &[u8], spans: &[&[u8]]) -> Vec<u8> {
+    use wire::{LEN, field_len, tag, varint};
+    let schema = super::semconv::SCHEMA_URL.as_bytes();
+    let spans_len: usize = spans.iter().map(|s| s.len()).sum();
+    let scope_spans = field_len(scope.len()) + spans_len + field_len(schema.len());
+    let resource_spans = field_len(resource.len()) + field_len(scope_spans);
+    let mut out = Vec::with_capacity(field_len(resource_spans));
+    tag(&mut out, 1, LEN);
+    varint(&mut out, resource_spans as u64);
+    tag(&mut out, 1, LEN);
+    varint(&mut out, resource.len() as u64);
+    out.extend_from_slice(resource);
+    tag(&mut out, 2, LEN);
+    varint(&mut out, scope_spans as u64);
+    tag(&mut out, 1, LEN);
+    varint(&mut out, scope.len() as u64);
+    out.extend_from_slice(scope);
+    for s in spans {
+        out.extend_from_slice(s);
+    }
+    tag(&mut out, 3, LEN);
+    varint(&mut out, schema.len() as u64);
+    out.extend_from_slice(schema);
+    out
+}
+
+/// Where a span is written: the protobuf messages ([`Plain`]) or their
+/// bytes ([`Wire`]). Calls come in the order of the span's fields: `begin`,
+/// the attributes, the events, `end`.
+pub trait SpanOut {
+    fn begin(&mut self, head: &SpanHead<'_>);
+    fn str(&mut self, key: &str, v: &str);
+    fn bool(&mut self, key: &str, v: bool);
+    fn int(&mut self, key: &str, v: i64);
+    fn double(&mut self, key: &str, v: f64);
+    /// An array of strings.
+    fn strs(&mut self, key: &str, v: &[&str]);
+    /// An event without attributes.
+    fn event(&mut self, time_unix_nano: u64, name: &str);
+    /// The status (`(message, code)`, none when unset) and the flags.
+    fn end(&mut self, status: Option<(&str, i32)>, flags: u32);
+}
+
+/// A span's fields before its attributes.
+pub struct SpanHead<'a> {
+    pub trace_id: &'a [u8; 16],
+    pub span_id: &'a [u8; 8],
+    pub trace_state: &'a str,
+    pub parent: Option<&'a [u8; 8]>,
+    /// The name, in pieces written one after the other.
+    pub name: [&'a str; 3],
+    pub kind: i32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The plain writer: prost messages, one per span.
+#[derive(Debug, Default)]
+pub struct Plain {
+    pub spans: Vec<proto::Span>,
+}
+
+impl Plain {
+    fn last(&mut self) -> &mut proto::Span {
+        if self.spans.is_empty() {
+            self.spans.push(proto::Span::default());
+        }
+        let i = self.spans.len() - 1;
+        &mut self.spans[i]
+    }
+
+    fn attr(&mut self, key: &str, v: proto::Value) {
+        self.last().attributes.push(kv(key, v));
+    }
+}
+
+impl SpanOut for Plain {
+    fn begin(&mut self, h: &SpanHead<'_>) {
+        self.spans.push(proto::Span {
+            trace_id: h.trace_id.to_vec(),
+            span_id: h.span_id.to_vec(),
+            trace_state: h.trace_state.to_owned(),
+            parent_span_id: h.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: h.name.concat(),
+            kind: h.kind,
+            start_time_unix_nano: h.start,
+            end_time_unix_nano: h.end,
+            ..Default::default()
+        });
+    }
+    fn str(&mut self, key: &str, v: &str) {
+        self.attr(key, proto::Value::String(v.to_owned()));
+    }
+    fn bool(&mut self, key: &str, v: bool) {
+        self.attr(key, proto::Value::Bool(v));
+    }
+    fn int(&mut self, key: &str, v: i64) {
+        self.attr(key, proto::Value::Int(v));
+    }
+    fn double(&mut self, key: &str, v: f64) {
+        self.attr(key, proto::Value::Double(v));
+    }
+    fn strs(&mut self, key: &str, v: &[&str]) {
+        let values = v.iter().map(|s| proto::AnyValue { value: Some(proto::Value::String((*s).to_owned())) }).collect();
+        self.attr(key, proto::Value::Array(proto::ArrayValue { values }));
+    }
+    fn event(&mut self, time_unix_nano: u64, name: &str) {
+        self.last().events.push(proto::Event { time_unix_nano, name: name.to_owned(), attributes: vec![] });
+    }
+    fn end(&mut self, status: Option<(&str, i32)>, flags: u32) {
+        let span = self.last();
+        span.status = status.map(|(message, code)| proto::Status { message: message.to_owned(), code });
+        span.flags = flags;
+    }
+}
+
+/// The fast writer: each span's protobuf bytes appended to a batch, as a
+/// `ScopeSpans.spans` entry, with what prost would write (the same fields,
+/// in the same order, defaults left out as proto3 does).
+pub struct Wire<'b> {
+    pub batch: &'b mut Batch,
+    /// Where the open span's bytes begin (after its tag).
+    start: usize,
+}
+
+impl<'b> Wire<'b> {
+    pub fn new(batch: &'b mut Batch) -> Self {
+        Wire { batch, start: 0 }
+    }
+
+    /// An attribute: `KeyValue { key, value: AnyValue { <value> } }`, the
+    /// value's field and bytes given by `value` after its length.
+    fn attr(&mut self, key: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+        use wire::{LEN, field_len, tag, varint};
+        let any = value_len;
+        let kv = field_len(key.len()) + field_len(any);
+        let out = &mut self.batch.bytes;
+        tag(out, 9, LEN);
+        varint(out, kv as u64);
+        tag(out, 1, LEN);
+        varint(out, key.len() as u64);
+        out.extend_from_slice(key.as_bytes());
+        tag(out, 2, LEN);
+        varint(out, any as u64);
+        value(out);
+    }
+}
+
+impl SpanOut for Wire<'_> {
+    fn begin(&mut self, h: &SpanHead<'_>) {
+        use wire::{FIXED64, LEN, VARINT, tag, varint};
+        let out = &mut self.batch.bytes;
+        tag(out, 2, LEN);
+        self.start = out.len();
+        wire::bytes(out, 1, h.trace_id);
+        wire::bytes(out, 2, h.span_id);
+        wire::bytes(out, 3, h.trace_state.as_bytes());
+        if let Some(p) = h.parent {
+            wire::bytes(out, 4, p);
+        }
+        let name_len: usize = h.name.iter().map(|p| p.len()).sum();
+        if name_len > 0 {
+            tag(out, 5, LEN);
+            varint(out, name_len as u64);
+            for p in h.name {
+                out.extend_from_slice(p.as_bytes());
+            }
+        }
+        if h.kind != 0 {
+            tag(out, 6, VARINT);
+            varint(out, h.kind as u64);
+        }
+        for (field, v) in [(7, h.start), (8, h.end)] {
+            if v != 0 {
+                tag(out, field, FIXED64);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    fn str(&mut self, key: &str, v: &str) {
+        self.attr(key, wire::field_len(v.len()), |out| wire::string_always(out, 1, v.as_bytes()));
+    }
+    fn bool(&mut self, key: &str, v: bool) {
+        self.attr(key, 2, |out| {
+            wire::tag(out, 2, wire::VARINT);
+            out.push(u8::from(v));
+        });
+    }
+    fn int(&mut self, key: &str, v: i64) {
+        self.attr(key, 1 + wire::varint_len(v as u64), |out| {
+            wire::tag(out, 3, wire::VARINT);
+            wire::varint(out, v as u64);
+        });
+    }
+    fn double(&mut self, key: &str, v: f64) {
+        self.attr(key, 9, |out| {
+            wire::tag(out, 4, wire::FIXED64);
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        });
+    }
+    fn strs(&mut self, key: &str, v: &[&str]) {
+        use wire::field_len;
+        // ArrayValue { values: [AnyValue { string_value }] }
+        let array: usize = v.iter().map(|s| field_len(field_len(s.len()))).sum();
+        self.attr(key, field_len(array), |out| {
+            wire::tag(out, 5, wire::LEN);
+            wire::varint(out, array as u64);
+            for s in v {
+                wire::tag(out, 1, wire::LEN);
+                wire::varint(out, field_len(s.len()) as u64);
+                wire::string_always(out, 1, s.as_bytes());
+            }
+        });
+    }
+    fn event(&mut self, time_unix_nano: u64, name: &str) {
+        use wire::{FIXED64, LEN, field_len, tag, varint};
+        let len = if time_unix_nano != 0 { 9 } else { 0 } + if name.is_empty() { 0 } else { field_len(name.len()) };
+        let out = &mut self.batch.bytes;
+        tag(out, 11, LEN);
+        varint(out, len as u64);
+        if time_unix_nano != 0 {
+            tag(out, 1, FIXED64);
+            out.extend_from_slice(&time_unix_nano.to_le_bytes());
+        }
+        wire::bytes(out, 2, name.as_bytes());
+    }
+    fn end(&mut self, status: Option<(&str, i32)>, flags: u32) {
+        use wire::{FIXED32, LEN, VARINT, field_len, tag, varint, varint_len};
+        let out = &mut self.batch.bytes;
+        if let Some((message, code)) = status {
+            let len = if message.is_empty() { 0 } else { field_len(message.len()) }
+                + if code != 0 { 1 + varint_len(code as u64) } else { 0 };
+            tag(out, 15, LEN);
+            varint(out, len as u64);
+            wire::bytes(out, 2, message.as_bytes());
+            if code != 0 {
+                tag(out, 3, VARINT);
+                varint(out, code as u64);
+            }
+        }
+        if flags != 0 {
+            tag(out, 16, FIXED32);
+            out.extend_from_slice(&flags.to_le_bytes());
+        }
+        // The span's length goes before its bytes.
+        let len = out.len() - self.start;
+        let mut prefix = Vec::with_capacity(3);
+        varint(&mut prefix, len as u64);
+        out.splice(self.start..self.start, prefix);
+        self.batch.spans += 1;
+    }
+}
+
+/// Protobuf's wire format, as much as spans need.
+pub mod wire {
+    pub const VARINT: u8 = 0;
+    pub const FIXED64: u8 = 1;
+    pub const LEN: u8 = 2;
+    pub const FIXED32: u8 = 5;
+
+    pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    pub fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    pub fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+        varint(out, u64::from(field << 3 | u32::from(wire_type)));
+    }
+
+    /// A length-delimited field of `len` bytes, all of it (fields 1 to 15).
+    pub fn field_len(len: usize) -> usize {
+        1 + varint_len(len as u64) + len
+    }
+
+    /// A `bytes` or `string` field, left out when empty (proto3's default).
+    pub fn bytes(out: &mut Vec<u8>, field: u32, v: &[u8]) {
+        if !v.is_empty() {
+            string_always(out, field, v);
+        }
+    }
+
+    /// A string field written even when empty (a `oneof` member).
+    pub fn string_always(out: &mut Vec<u8>, field: u32, v: &[u8]) {
+        tag(out, field, LEN);
+        varint(out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+}
+
 /// Most bytes of a collector's response read (its head and a small body).
 const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -461,4 +813,47 @@ fn read_response(stream: &mut dyn ReadWrite) -> std::io::Result<(u16, bool)> {
 /// A string-keyed attribute.
 pub fn kv(key: &str, value: proto::Value) -> proto::KeyValue {
     proto::KeyValue { key: key.to_owned(), value: Some(proto::AnyValue { value: Some(value) }) }
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn an_export_request_around_encoded_spans_decodes_as_the_messages_would() {
+        let resource = proto::Resource { attributes: vec![kv("service.name", proto::Value::String("gw".into()))] };
+        let scope = proto::InstrumentationScope { name: "ai-gateway".into(), version: "1".into() };
+        let spans: Vec<proto::Span> = (0..=255u8)
+            .map(|i| proto::Span { span_id: vec![i; 8], name: "x".repeat(usize::from(i) * 2), ..Default::default() })
+            .collect();
+        let mut bytes = Vec::new();
+        for span in &spans {
+            prost::encoding::message::encode(2, span, &mut bytes);
+        }
+        let (first, rest) = bytes.split_at(bytes.len() / 3);
+        let body = export_request(&resource.encode_to_vec(), &scope.encode_to_vec(), &[first, rest]);
+        let want = proto::ExportTraceServiceRequest {
+            resource_spans: vec![proto::ResourceSpans {
+                resource: Some(resource),
+                scope_spans: vec![proto::ScopeSpans {
+                    scope: Some(scope),
+                    spans,
+                    schema_url: crate::accounting::semconv::SCHEMA_URL.into(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        assert_eq!(body, want.encode_to_vec());
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            wire::varint(&mut out, v);
+            assert_eq!(out.len(), wire::varint_len(v), "{v}");
+            assert_eq!(out.len(), prost::encoding::encoded_len_varint(v), "{v}");
+        }
+    }
 }

@@ -15,16 +15,21 @@
 //!
 //! With tracing off nothing here runs: the request's trace is `None`.
 
-use super::otlp::{SpanSink, kv, proto};
+use super::otlp::{Batch, Plain, SpanHead, SpanOut, SpanSink, Wire, proto};
 use super::outcome::Finished;
 use super::semconv as names;
 use crate::ids::TraceParent;
 
-/// A worker's tracer: the export queue and the sampling rule.
+/// A worker's tracer: the sampling rule, and its batch of spans (written
+/// as protobuf bytes, handed to the export queue when full or at the
+/// worker's tick).
 pub struct Tracer {
     sink: SpanSink,
     /// Trace ids whose low 64 bits are below this are sampled (the ratio).
     threshold: u64,
+    batch: std::cell::RefCell<Batch>,
+    /// Spans a batch holds before it is handed over.
+    batch_spans: usize,
 }
 
 /// A request's trace context, from its head to its accounting.
@@ -38,6 +43,8 @@ pub struct RequestTrace {
     pub state: String,
     /// The span of the call to the host: what the host is sent as `traceparent`.
     pub upstream: TraceParent,
+    /// The span of its wait for the host's slot.
+    pub queue_span: [u8; 8],
     /// Unix nanoseconds when the head was read.
     pub start_ns: u64,
     /// Microseconds from the head to the request's admission (0: not admitted).
@@ -59,8 +66,25 @@ pub struct RequestOptions {
 }
 
 impl RequestOptions {
-    /// The options of a native body (`options.*`); none when it has none.
+    /// The options of a native body the gateway wrote (`options.*`; none
+    /// when it has none). Its writers put `options` after the messages, the
+    /// tools and the format, and nothing after it can hold an `"options"`
+    /// member, so the last `,"options":{` is the body's own (one inside a
+    /// string would have its quotes escaped): only that object is read, not
+    /// the whole body. Should a tool's schema hold the last one (a body
+    /// without options), its members are not numbers and it reads as none.
     pub fn of(native: &[u8]) -> Self {
+        const MEMBER: &[u8] = b",\"options\":";
+        let Some(at) = memchr::memmem::rfind(native, MEMBER) else { return Self::default() };
+        let rest = &native[at + MEMBER.len()..];
+        if rest.first() != Some(&b'{') {
+            return Self::default();
+        }
+        serde_json::Deserializer::from_slice(rest).into_iter::<Self>().next().and_then(Result::ok).unwrap_or_default()
+    }
+
+    /// The plain version of [`Self::of`]: the whole body parsed.
+    pub fn of_whole(native: &[u8]) -> Self {
         #[derive(serde::Deserialize)]
         struct Body {
             options: Option<RequestOptions>,
@@ -70,9 +94,17 @@ impl RequestOptions {
 }
 
 impl Tracer {
-    pub fn new(sink: SpanSink, ratio: f64) -> Self {
+    /// A worker's tracer: `ratio` of the traces it starts are sampled, and
+    /// its batches hold up to `batch_spans` spans.
+    pub fn new(sink: SpanSink, ratio: f64, batch_spans: usize) -> Self {
         let threshold = if ratio >= 1.0 { u64::MAX } else { (ratio.max(0.0) * u64::MAX as f64) as u64 };
-        Self { sink, threshold }
+        Self { sink, threshold, batch: Default::default(), batch_spans: batch_spans.max(1) }
+    }
+
+    /// Hands the batch gathered so far to the export queue (at the worker's tick, and when it stops).
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        self.sink.send(batch);
     }
 
     /// The export counters, for `/metrics`.
@@ -89,18 +121,26 @@ impl Tracer {
             parent: parent.map(|p| p.span_id),
             state: if parent.is_some() { tracestate.to_owned() } else { String::new() },
             upstream: TraceParent { trace_id, span_id: crate::ids::span_id(), sampled },
+            queue_span: crate::ids::span_id(),
             start_ns: unix_ns(),
             admitted_us: 0,
             request: RequestOptions::default(),
         }
     }
 
-    /// Exports a finished request's spans, if its trace is sampled.
+    /// Writes a finished request's spans into the batch, if its trace is
+    /// sampled; a full batch goes to the export queue.
     pub fn finish(&self, trace: &RequestTrace, f: &Finished<'_>, request: &Request<'_>) {
-        if trace.span.sampled {
-            for span in spans(trace, f, request, unix_ns()) {
-                self.sink.send(span);
-            }
+        if !trace.span.sampled {
+            return;
+        }
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            write_spans(trace, f, request, unix_ns(), &mut Wire::new(&mut batch));
+            batch.spans >= self.batch_spans
+        };
+        if full {
+            self.flush();
         }
     }
 }
@@ -142,46 +182,62 @@ pub fn unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn s(v: &str) -> proto::Value {
-    proto::Value::String(v.to_owned())
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
 }
 
-fn secs(us: u64) -> proto::Value {
-    proto::Value::Double(us as f64 / 1e6)
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn int(v: u64) -> proto::Value {
-    proto::Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// A finished request's spans: its own, and with a host, its wait in the
-/// host's queue and its call to the host. `end_ns`: now.
+/// A finished request's spans as prost messages: the plain version of
+/// [`write_spans`] into a worker's batch, which the tests compare with it.
 pub fn spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: u64) -> Vec<proto::Span> {
+    let mut plain = Plain::default();
+    write_spans(t, f, r, end_ns, &mut plain);
+    plain.spans
+}
+
+/// Writes a finished request's spans to `out`: its own (kind server), and,
+/// when a host was chosen, its wait for the host's slot (internal) and its
+/// call to the host (client, the span the host was sent as `traceparent`).
+pub fn write_spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: u64, out: &mut impl SpanOut) {
     use names as n;
     let o = f.outcome;
     let at = |us: u64| t.start_ns + us * 1000;
     let op = operation(f.route);
     let name = match (op, o.model.is_empty()) {
-        (Some(op), false) => format!("{op} {}", o.model),
-        (Some(op), true) => op.to_owned(),
-        (None, _) if !f.route.is_empty() => format!("{} {}", r.method, f.route),
-        (None, _) => r.method.to_owned(),
+        (Some(op), false) => [op, " ", o.model.as_str()],
+        (Some(op), true) => [op, "", ""],
+        (None, _) if !f.route.is_empty() => [r.method, " ", f.route],
+        (None, _) => [r.method, "", ""],
     };
-    let mut a = Vec::with_capacity(32);
+    let error = error_type(o);
+    let remote = if t.parent.is_some() { proto::FLAGS_IS_REMOTE } else { 0 };
+    out.begin(&SpanHead {
+        trace_id: &t.span.trace_id,
+        span_id: &t.span.span_id,
+        trace_state: &t.state,
+        parent: t.parent.as_ref(),
+        name,
+        kind: proto::KIND_SERVER,
+        start: t.start_ns,
+        end: end_ns.max(t.start_ns),
+    });
     if let Some(op) = op {
-        a.push(kv(n::OPERATION, s(op)));
-        a.push(kv(n::PROVIDER, s(n::PROVIDER_OLLAMA)));
-        a.push(kv(n::REQUEST_STREAM, proto::Value::Bool(o.stream)));
+        out.str(n::OPERATION, op);
+        out.str(n::PROVIDER, n::PROVIDER_OLLAMA);
+        out.bool(n::REQUEST_STREAM, o.stream);
     }
     if !o.model.is_empty() {
-        a.push(kv(n::REQUEST_MODEL, s(&o.model)));
+        out.str(n::REQUEST_MODEL, &o.model);
     }
     if o.status == 200 && !o.served_model.is_empty() {
-        a.push(kv(n::RESPONSE_MODEL, s(&o.served_model)));
+        out.str(n::RESPONSE_MODEL, &o.served_model);
     }
     let q = &t.request;
     if let Some(v) = q.num_predict.filter(|&v| v >= 0) {
-        a.push(kv(n::REQUEST_MAX_TOKENS, proto::Value::Int(v)));
+        out.int(n::REQUEST_MAX_TOKENS, v);
     }
     for (name, v) in [
         (n::REQUEST_TEMPERATURE, q.temperature),
@@ -190,152 +246,114 @@ pub fn spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: u64) -
         (n::REQUEST_PRESENCE_PENALTY, q.presence_penalty),
     ] {
         if let Some(v) = v {
-            a.push(kv(name, proto::Value::Double(v)));
+            out.double(name, v);
         }
     }
     for (name, v) in [(n::REQUEST_TOP_K, q.top_k), (n::REQUEST_SEED, q.seed)] {
         if let Some(v) = v {
-            a.push(kv(name, proto::Value::Int(v)));
+            out.int(name, v);
         }
     }
     if op.is_some() && !f.key_id.is_empty() {
-        a.push(kv(n::USAGE_INPUT_TOKENS, int(o.usage.prompt_tokens)));
-        a.push(kv(n::USAGE_OUTPUT_TOKENS, int(o.usage.completion_tokens)));
+        out.int(n::USAGE_INPUT_TOKENS, int(o.usage.prompt_tokens));
+        out.int(n::USAGE_OUTPUT_TOKENS, int(o.usage.completion_tokens));
         if o.usage.cached_tokens > 0 {
-            a.push(kv(n::USAGE_CACHE_READ_INPUT_TOKENS, int(o.usage.cached_tokens)));
+            out.int(n::USAGE_CACHE_READ_INPUT_TOKENS, int(o.usage.cached_tokens));
         }
-        a.push(kv(n::INPUT_TOKENS_ESTIMATE, int(o.prompt_estimate)));
-        a.push(kv(n::USAGE_ESTIMATED, proto::Value::Bool(o.estimated)));
+        out.int(n::INPUT_TOKENS_ESTIMATE, int(o.prompt_estimate));
+        out.bool(n::USAGE_ESTIMATED, o.estimated);
     }
     let reason = o.usage.finish.name();
     if !reason.is_empty() {
-        let values = vec![proto::AnyValue { value: Some(s(reason)) }];
-        a.push(kv(n::RESPONSE_FINISH_REASONS, proto::Value::Array(proto::ArrayValue { values })));
+        out.strs(n::RESPONSE_FINISH_REASONS, &[reason]);
     }
     if op.is_some() && o.status == 200 {
-        a.push(kv(n::RESPONSE_ID, s(f.id)));
+        out.str(n::RESPONSE_ID, f.id);
     }
     if !f.session.is_empty() {
-        a.push(kv(n::CONVERSATION_ID, s(f.session)));
-        a.push(kv(n::SESSION_ID, s(f.session)));
+        out.str(n::CONVERSATION_ID, f.session);
+        out.str(n::SESSION_ID, f.session);
     }
     if let Some((host, port)) = r.host {
-        a.push(kv(n::SERVER_ADDRESS, s(host)));
-        a.push(kv(n::SERVER_PORT, int(u64::from(port))));
+        out.str(n::SERVER_ADDRESS, host);
+        out.int(n::SERVER_PORT, i64::from(port));
     }
-    a.push(kv(n::HTTP_METHOD, s(r.method)));
+    out.str(n::HTTP_METHOD, r.method);
     if !f.route.is_empty() {
-        a.push(kv(n::HTTP_ROUTE, s(f.route)));
+        out.str(n::HTTP_ROUTE, f.route);
     }
     if o.status != 0 {
-        a.push(kv(n::HTTP_STATUS, int(u64::from(o.status))));
+        out.int(n::HTTP_STATUS, i64::from(o.status));
     }
-    let error = error_type(o);
     if let Some(e) = error {
-        a.push(kv(n::ERROR_TYPE, s(e)));
+        out.str(n::ERROR_TYPE, e);
     }
-    a.push(kv(n::REQUEST_ID, s(f.id)));
+    out.str(n::REQUEST_ID, f.id);
     if !f.key_id.is_empty() {
-        a.push(kv(n::KEY_ID, s(f.key_id)));
+        out.str(n::KEY_ID, f.key_id);
     }
     if !o.api.is_empty() {
-        a.push(kv(n::FRONT, s(o.api)));
+        out.str(n::FRONT, o.api);
     }
     if !o.lane.is_empty() {
-        a.push(kv(n::LANE, s(o.lane)));
-        a.push(kv(n::QUEUE_WAIT, secs(o.queue_wait_us)));
-        a.push(kv(n::MODEL_LOAD_FORCED, proto::Value::Bool(o.loaded_model)));
+        out.str(n::LANE, o.lane);
+        out.double(n::QUEUE_WAIT, secs(o.queue_wait_us));
+        out.bool(n::MODEL_LOAD_FORCED, o.loaded_model);
         if o.loaded_model && o.usage.load_ns > 0 {
-            a.push(kv(n::MODEL_LOAD_DURATION, proto::Value::Double(o.usage.load_ns as f64 / 1e9)));
+            out.double(n::MODEL_LOAD_DURATION, o.usage.load_ns as f64 / 1e9);
         }
     }
     if o.first_byte_us > 0 && op.is_some() {
-        a.push(kv(n::TIME_TO_FIRST_TOKEN, secs(o.first_byte_us)));
+        out.double(n::TIME_TO_FIRST_TOKEN, secs(o.first_byte_us));
     }
-    a.push(kv(n::CANCELLED, proto::Value::Bool(o.cancelled)));
-
-    let mut events = Vec::new();
+    out.bool(n::CANCELLED, o.cancelled);
     if t.admitted_us > 0 {
-        events.push(proto::Event {
-            time_unix_nano: at(t.admitted_us),
-            name: n::EVENT_ADMITTED.into(),
-            attributes: vec![],
-        });
+        out.event(at(t.admitted_us), n::EVENT_ADMITTED);
     }
     if o.first_byte_us > 0 && op.is_some() && o.status == 200 {
-        events.push(proto::Event {
-            time_unix_nano: at(o.first_byte_us),
-            name: n::EVENT_FIRST_TOKEN.into(),
-            attributes: vec![],
-        });
+        out.event(at(o.first_byte_us), n::EVENT_FIRST_TOKEN);
     }
     let failed = o.upstream_failed || o.status >= 500;
-    let status =
-        failed.then(|| proto::Status { message: error.unwrap_or("error").to_owned(), code: proto::STATUS_ERROR });
-    let remote = if t.parent.is_some() { proto::FLAGS_IS_REMOTE } else { 0 };
-    let own = proto::Span {
-        trace_id: t.span.trace_id.to_vec(),
-        span_id: t.span.span_id.to_vec(),
-        trace_state: t.state.clone(),
-        parent_span_id: t.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        name,
-        kind: proto::KIND_SERVER,
-        start_time_unix_nano: t.start_ns,
-        end_time_unix_nano: end_ns.max(t.start_ns),
-        attributes: a,
-        events,
-        status: status.clone(),
-        flags: 1 | proto::FLAGS_HAS_IS_REMOTE | remote,
-    };
-    let mut out = vec![own];
+    let status = failed.then(|| (error.unwrap_or("error"), proto::STATUS_ERROR));
+    out.end(status, 1 | proto::FLAGS_HAS_IS_REMOTE | remote);
+
     // The host's part: the wait for its slot, then the call (from the
     // admission on: the request goes to the queue right after it).
-    if let (Some((host, port)), true) = (r.host, t.admitted_us > 0) {
-        let queued_ns = at(t.admitted_us);
-        let sent_ns = queued_ns + o.queue_wait_us * 1000;
-        let child = |span_id: [u8; 8], name: String, kind: i32, start: u64, end: u64, attributes| proto::Span {
-            trace_id: t.span.trace_id.to_vec(),
-            span_id: span_id.to_vec(),
-            trace_state: t.state.clone(),
-            parent_span_id: t.span.span_id.to_vec(),
+    let (Some((host, port)), true) = (r.host, t.admitted_us > 0) else { return };
+    let queued_ns = at(t.admitted_us);
+    let sent_ns = queued_ns + o.queue_wait_us * 1000;
+    fn child<'a>(t: &'a RequestTrace, id: &'a [u8; 8], name: [&'a str; 3], kind: i32, at: (u64, u64)) -> SpanHead<'a> {
+        SpanHead {
+            trace_id: &t.span.trace_id,
+            span_id: id,
+            trace_state: &t.state,
+            parent: Some(&t.span.span_id),
             name,
             kind,
-            start_time_unix_nano: start,
-            end_time_unix_nano: end.max(start),
-            attributes,
-            events: vec![],
-            status: None,
-            flags: 1 | proto::FLAGS_HAS_IS_REMOTE,
-        };
-        out.push(child(
-            crate::ids::span_id(),
-            n::SPAN_QUEUE.into(),
-            proto::KIND_INTERNAL,
-            queued_ns,
-            sent_ns,
-            vec![kv(n::LANE, s(o.lane)), kv(n::QUEUE_WAIT, secs(o.queue_wait_us))],
-        ));
-        let mut attributes = vec![
-            kv(n::PROVIDER, s(n::PROVIDER_OLLAMA)),
-            kv(n::SERVER_ADDRESS, s(host)),
-            kv(n::SERVER_PORT, int(u64::from(port))),
-            kv(n::MODEL_LOAD_FORCED, proto::Value::Bool(o.loaded_model)),
-        ];
-        if let Some(op) = op {
-            attributes.push(kv(n::OPERATION, s(op)));
+            start: at.0,
+            end: at.1.max(at.0),
         }
-        if !o.served_model.is_empty() {
-            attributes.push(kv(n::REQUEST_MODEL, s(&o.served_model)));
-        }
-        let call_name = match op {
-            Some(op) => format!("{op} {}", o.served_model),
-            None => "upstream".into(),
-        };
-        let mut call = child(t.upstream.span_id, call_name, proto::KIND_CLIENT, sent_ns, end_ns, attributes);
-        call.status = status;
-        out.push(call);
     }
-    out
+    out.begin(&child(t, &t.queue_span, [n::SPAN_QUEUE, "", ""], proto::KIND_INTERNAL, (queued_ns, sent_ns)));
+    out.str(n::LANE, o.lane);
+    out.double(n::QUEUE_WAIT, secs(o.queue_wait_us));
+    out.end(None, 1 | proto::FLAGS_HAS_IS_REMOTE);
+    let call_name = match op {
+        Some(op) => [op, " ", o.served_model.as_str()],
+        None => ["upstream", "", ""],
+    };
+    out.begin(&child(t, &t.upstream.span_id, call_name, proto::KIND_CLIENT, (sent_ns, end_ns)));
+    out.str(n::PROVIDER, n::PROVIDER_OLLAMA);
+    out.str(n::SERVER_ADDRESS, host);
+    out.int(n::SERVER_PORT, i64::from(port));
+    out.bool(n::MODEL_LOAD_FORCED, o.loaded_model);
+    if let Some(op) = op {
+        out.str(n::OPERATION, op);
+    }
+    if !o.served_model.is_empty() {
+        out.str(n::REQUEST_MODEL, &o.served_model);
+    }
+    out.end(status, 1 | proto::FLAGS_HAS_IS_REMOTE);
 }
 
 /// `error.type` of a request that failed: the exchange with the host's kind
@@ -403,5 +421,101 @@ mod tests {
         assert_eq!(operation("embeddings"), Some("embeddings"));
         assert_eq!(operation("ollama_embed"), Some("embeddings"));
         assert_eq!(operation("models"), None);
+    }
+
+    /// The fast writer's bytes are exactly the plain messages' prost
+    /// encoding, for requests of every shape (a full one, a refused one, a
+    /// failed one, a cancelled stream, no host, a continued trace).
+    #[test]
+    fn the_wire_writer_writes_what_prost_encodes_from_the_plain_spans() {
+        use crate::accounting::outcome::Outcome;
+        use crate::upstream::native::{Finish, Usage};
+        use prost::Message;
+        let parent = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let mut traced = RequestTrace {
+            span: TraceParent { trace_id: [7; 16], span_id: [1; 8], sampled: true },
+            parent: parent.map(|p| p.span_id),
+            state: "vendor=a,other=b".into(),
+            upstream: TraceParent { trace_id: [7; 16], span_id: [2; 8], sampled: true },
+            queue_span: [3; 8],
+            start_ns: 1_765_000_000_000_000_000,
+            admitted_us: 120,
+            request: RequestOptions::of(
+                br#"{"model":"m","options":{"num_predict":64,"temperature":0.25,"top_k":40,"seed":-3}}"#,
+            ),
+        };
+        let full = Outcome {
+            status: 200,
+            model: "claude-sonnet-4-5".into(),
+            served_model: "qwen3:8b".into(),
+            api: "anthropic",
+            stream: true,
+            usage: Usage {
+                prompt_tokens: 1200,
+                completion_tokens: 300,
+                load_ns: 2_500_000_000,
+                cached_tokens: 1024,
+                finish: Finish::Length,
+            },
+            first_byte_us: 900,
+            lane: "interactive",
+            queue_wait_us: 40,
+            loaded_model: true,
+            prompt_estimate: 1180,
+            ..Outcome::default()
+        };
+        let outcomes = [
+            full.clone(),
+            Outcome { status: 401, ..Outcome::default() },
+            Outcome { status: 502, upstream_failed: true, model: "m".into(), ..Outcome::default() },
+            Outcome { cancelled: true, estimated: true, ..full.clone() },
+        ];
+        for (i, o) in outcomes.iter().enumerate() {
+            for host in [Some(("gpu-1.internal", 11434)), None] {
+                let f = Finished {
+                    id: "msg_0123",
+                    key_id: if o.status == 401 { "" } else { "key_abc" },
+                    method: "POST",
+                    path: "/v1/messages",
+                    route: if i == 1 { "" } else { "messages" },
+                    total_us: 5000,
+                    outcome: o,
+                    session: if i == 0 { "d8c1d07e" } else { "" },
+                    trace_id: Some([7; 16]),
+                };
+                let r = Request { method: "POST", host };
+                let plain = spans(&traced, &f, &r, traced.start_ns + 5_000_000);
+                let mut want = Vec::new();
+                for span in &plain {
+                    prost::encoding::message::encode(2, span, &mut want);
+                }
+                let mut batch = Batch::default();
+                write_spans(&traced, &f, &r, traced.start_ns + 5_000_000, &mut Wire::new(&mut batch));
+                assert_eq!(batch.spans, plain.len());
+                assert_eq!(batch.bytes, want, "outcome {i}, host {host:?}");
+                // And the bytes decode to the same spans.
+                let decoded = proto::ScopeSpans::decode(batch.bytes.as_slice()).expect("decodes");
+                assert_eq!(decoded.spans, plain);
+            }
+            traced.parent = None;
+            traced.state.clear();
+        }
+    }
+
+    #[test]
+    fn the_options_are_read_from_the_last_options_member_as_from_the_whole_body() {
+        let bodies: [&[u8]; 6] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"\",\"options\":{\"temperature\":9}"}],"options":{"temperature":0.5,"num_predict":10},"think":false}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"a":1,"options":{"type":"object"}}}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"function":{"parameters":{"a":1,"options":{"type":"object"}}}}],"options":{"top_p":0.9,"seed":1}}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","options":{"temperature":"hot"}}"#,
+            b"",
+        ];
+        for body in bodies {
+            let (fast, plain) = (RequestOptions::of(body), RequestOptions::of_whole(body));
+            assert_eq!(format!("{fast:?}"), format!("{plain:?}"), "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(RequestOptions::of(bodies[0]).temperature, Some(0.5));
     }
 }

@@ -165,7 +165,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let cluster_link = cluster_link.clone();
         let tls = tls.clone();
         let tracer = match (&spans, &config.otlp) {
-            (Some(sink), Some(o)) => Some(crate::accounting::trace::Tracer::new(sink.clone(), o.sample_ratio)),
+            (Some(sink), Some(o)) => Some(crate::accounting::trace::Tracer::new(sink.clone(), o.sample_ratio, o.batch)),
             _ => None,
         };
         let thread = std::thread::Builder::new()
@@ -232,8 +232,10 @@ pub fn run(config: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
-    // Every worker's tracer is gone: the exporter sends what it holds and ends.
-    drop(spans);
+    // Every worker has handed over its last spans: the exporter sends what it holds and ends.
+    if let Some(sink) = spans {
+        sink.close();
+    }
     if let Some(e) = exporter {
         let _ = e.join();
     }
@@ -385,6 +387,9 @@ async fn worker_main(
         // Usage goes to the writer every tick, so that what a crash can lose is
         // only what the writer has not committed yet: at most one flush interval.
         flush_usage(&worker);
+        if let Some(tracer) = &worker.tracer {
+            tracer.flush();
+        }
     }
 
     // Drain: stop accepting, let requests in flight finish within the grace period.
@@ -411,6 +416,9 @@ async fn worker_main(
     }
     flush_usage(&worker);
     worker.access_log.flush();
+    if let Some(tracer) = &worker.tracer {
+        tracer.flush();
+    }
     // Returning drops the runtime, closing idle connections and anything left.
 }
 

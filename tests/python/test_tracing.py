@@ -409,3 +409,31 @@ def test_the_genai_histograms_by_the_conventions(mock):
         assert len(failed) == 1 and "no-such-model" not in failed[0] and m[failed[0]] == 1
     finally:
         g.stop()
+
+
+def test_a_stop_sends_the_last_spans_and_never_waits_for_a_collector_that_is_away(mock):
+    c = Collector()
+    # A long batch delay: only the stop sends these spans.
+    g = Gateway(mock.url, "--otlp-endpoint", c.url, "--otlp-batch-delay-ms", "60000")
+    try:
+        k = g.create_key("k")
+        parent = traceparent()
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+        assert post(g, "/v1/chat/completions", body, k, {"traceparent": parent})[0] == 200
+        g.proc.terminate()
+        assert g.proc.wait(timeout=20) == 0
+        assert len(c.trace(parent.split("-")[1], 3)) == 3
+    finally:
+        g.stop()
+        c.stop()
+    # The collector away: the stop drops what it cannot send and ends.
+    c = Collector()
+    c.stop()
+    g = Gateway(mock.url, "--otlp-endpoint", c.url, "--otlp-batch-delay-ms", "60000")
+    try:
+        k = g.create_key("k")
+        assert post(g, "/v1/chat/completions", body, k)[0] == 200
+        g.proc.terminate()
+        assert g.proc.wait(timeout=20) == 0
+    finally:
+        g.stop()
