@@ -117,6 +117,19 @@ impl Spread {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Count per bucket (not cumulative), the last one past every bound.
+    pub fn buckets(&self) -> &[u64] {
+        &self.buckets[..=self.bounds.len()]
+    }
 }
 
 #[cfg(test)]

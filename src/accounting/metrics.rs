@@ -496,6 +496,70 @@ impl Metrics {
     }
 }
 
+/// One histogram series of the GenAI metrics, for OTLP: the metric's name,
+/// its attributes, and the spread.
+pub struct GenAiPoint {
+    pub metric: &'static str,
+    pub attributes: Vec<(&'static str, String)>,
+    pub spread: Spread,
+}
+
+impl Metrics {
+    /// The GenAI histograms summed over the workers (cumulative since the start).
+    pub fn genai_points(&self) -> Vec<GenAiPoint> {
+        use semconv as n;
+        let mut total: HashMap<String, Vec<(&'static str, GenAi)>> = HashMap::new();
+        for w in &self.workers {
+            let c = w.counters.lock();
+            for (model, ops) in &c.genai {
+                let to = total.entry(model.clone()).or_default();
+                for (op, g) in ops {
+                    of_operation(to, op).merge(g);
+                }
+            }
+        }
+        let mut points = Vec::new();
+        for (model, ops) in total {
+            for (op, g) in ops {
+                let base = vec![
+                    (n::OPERATION, op.to_owned()),
+                    (n::PROVIDER, n::PROVIDER_OLLAMA.to_owned()),
+                    (n::REQUEST_MODEL, model.clone()),
+                ];
+                let with = |k: &'static str, v: &str| {
+                    let mut a = base.clone();
+                    a.push((k, v.to_owned()));
+                    a
+                };
+                if g.input.count() > 0 {
+                    points.push(GenAiPoint {
+                        metric: n::OTLP_TOKEN_USAGE,
+                        attributes: with(n::TOKEN_TYPE, n::TOKEN_INPUT),
+                        spread: g.input.clone(),
+                    });
+                    points.push(GenAiPoint {
+                        metric: n::OTLP_TOKEN_USAGE,
+                        attributes: with(n::TOKEN_TYPE, n::TOKEN_OUTPUT),
+                        spread: g.output.clone(),
+                    });
+                }
+                for (e, d) in &g.duration {
+                    let attributes = if e.is_empty() { base.clone() } else { with(n::ERROR_TYPE, e) };
+                    points.push(GenAiPoint { metric: n::OTLP_REQUEST_DURATION, attributes, spread: d.clone() });
+                }
+                if g.first_token.count() > 0 {
+                    points.push(GenAiPoint {
+                        metric: n::OTLP_TIME_TO_FIRST_TOKEN,
+                        attributes: base.clone(),
+                        spread: g.first_token.clone(),
+                    });
+                }
+            }
+        }
+        points
+    }
+}
+
 /// The GenAI conventions' histograms, by operation and model (and
 /// `error.type` for durations): only requests that reached a model's
 /// handling, under the bounded model label.

@@ -151,6 +151,73 @@ pub mod proto {
         pub values: Vec<AnyValue>,
     }
 
+    // Metrics (`metrics/v1`, `collector/metrics/v1`): histograms only.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportMetricsServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_metrics: Vec<ResourceMetrics>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceMetrics {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_metrics: Vec<ScopeMetrics>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeMetrics {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub metrics: Vec<Metric>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    /// A metric; of its `data` one-of, only the histogram (field 9).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Metric {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub description: String,
+        #[prost(string, tag = "3")]
+        pub unit: String,
+        #[prost(message, optional, tag = "9")]
+        pub histogram: Option<Histogram>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Histogram {
+        #[prost(message, repeated, tag = "1")]
+        pub data_points: Vec<HistogramDataPoint>,
+        #[prost(int32, tag = "2")]
+        pub aggregation_temporality: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HistogramDataPoint {
+        #[prost(fixed64, tag = "2")]
+        pub start_time_unix_nano: u64,
+        #[prost(fixed64, tag = "3")]
+        pub time_unix_nano: u64,
+        #[prost(fixed64, tag = "4")]
+        pub count: u64,
+        #[prost(double, optional, tag = "5")]
+        pub sum: Option<f64>,
+        #[prost(fixed64, repeated, tag = "6")]
+        pub bucket_counts: Vec<u64>,
+        #[prost(double, repeated, tag = "7")]
+        pub explicit_bounds: Vec<f64>,
+        #[prost(message, repeated, tag = "9")]
+        pub attributes: Vec<KeyValue>,
+    }
+
+    /// `AggregationTemporality`: every export holds the totals since the start.
+    pub const CUMULATIVE: i32 = 2;
+
     /// `Span.SpanKind`.
     pub const KIND_SERVER: i32 = 2;
     pub const KIND_CLIENT: i32 = 3;
@@ -228,13 +295,19 @@ impl SpanSink {
     }
 }
 
+/// Where the exporter finds the metrics it exports (set once they exist).
+pub type MetricsSource = Arc<std::sync::OnceLock<Arc<super::metrics::Metrics>>>;
+
 /// Starts the exporter thread; the sink is cloned into every worker. The
-/// thread ends (after one last export) once every sink is dropped.
-pub fn start(config: &Otlp) -> std::io::Result<(SpanSink, std::thread::JoinHandle<()>)> {
+/// thread ends (after one last export) when the sink is closed or every
+/// sink is dropped. With a metrics interval, it also exports the GenAI
+/// metrics of `metrics` (once set) that often, and once more at the end.
+pub fn start(config: &Otlp, metrics: MetricsSource) -> std::io::Result<(SpanSink, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stats = Arc::new(ExportStats::default());
     let queued = Arc::new(AtomicUsize::new(0));
     let mut exporter = Exporter::new(config, stats.clone(), queued.clone())?;
+    exporter.metrics = metrics;
     let closed = exporter.closed.clone();
     let handle = std::thread::Builder::new().name("otlp-export".into()).spawn(move || exporter.run(rx))?;
     Ok((SpanSink { tx, queued, limit: config.queue, closed, stats }, handle))
@@ -252,6 +325,10 @@ struct Exporter {
     closing: bool,
     /// Set by [`SpanSink::close`] (seen while an export waits to retry).
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// The metrics exported every `metrics_interval`, and since when they count.
+    metrics: MetricsSource,
+    resource_message: proto::Resource,
+    started_ns: u64,
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     conn: Option<Conn>,
     stats: Arc<ExportStats>,
@@ -308,12 +385,26 @@ impl Exporter {
             }
         }
         use prost::Message;
-        let resource = proto::Resource { attributes }.encode_to_vec();
+        let resource_message = proto::Resource { attributes };
+        let resource = resource_message.encode_to_vec();
         let scope =
             proto::InstrumentationScope { name: "ai-gateway".into(), version: env!("CARGO_PKG_VERSION").into() }
                 .encode_to_vec();
         let closed = Arc::default();
-        Ok(Self { config: config.clone(), resource, scope, queued, closing: false, closed, tls, conn: None, stats })
+        Ok(Self {
+            config: config.clone(),
+            resource,
+            scope,
+            queued,
+            closing: false,
+            closed,
+            metrics: Arc::default(),
+            resource_message,
+            started_ns: super::trace::unix_ns(),
+            tls,
+            conn: None,
+            stats,
+        })
     }
 
     fn run(&mut self, rx: Receiver<Handed>) {
@@ -321,8 +412,16 @@ impl Exporter {
         let mut held: Vec<Batch> = Vec::new();
         let mut spans = 0;
         let mut due = Instant::now() + self.config.batch_delay;
+        let mut metrics_due = self.config.metrics_interval.map(|i| Instant::now() + i);
         loop {
-            let wait = due.saturating_duration_since(Instant::now());
+            if let (Some(at), Some(every)) = (metrics_due, self.config.metrics_interval)
+                && Instant::now() >= at
+            {
+                self.export_metrics();
+                metrics_due = Some(Instant::now() + every);
+            }
+            let next = metrics_due.map_or(due, |m| m.min(due));
+            let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Handed::Batch(b)) => {
                     self.queued.fetch_sub(b.spans, Relaxed);
@@ -333,16 +432,20 @@ impl Exporter {
                         due = Instant::now() + self.config.batch_delay;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= due => {
                     if spans > 0 {
                         self.export(std::mem::take(&mut held), std::mem::take(&mut spans));
                     }
                     due = Instant::now() + self.config.batch_delay;
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Ok(Handed::End) | Err(RecvTimeoutError::Disconnected) => {
                     self.closing = true;
                     if spans > 0 {
                         self.export(held, spans);
+                    }
+                    if self.config.metrics_interval.is_some() {
+                        self.export_metrics();
                     }
                     return;
                 }
@@ -360,7 +463,10 @@ impl Exporter {
         let give_up = Instant::now() + (self.config.batch_delay + self.config.timeout).max(Duration::from_secs(30));
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.post(&body) {
+            let path = std::mem::take(&mut self.config.path);
+            let sent = self.post(&path, &body);
+            self.config.path = path;
+            match sent {
                 Sent::Done => {
                     self.stats.exported.fetch_add(n, Relaxed);
                     return;
@@ -387,11 +493,37 @@ impl Exporter {
         }
     }
 
+    /// Exports the GenAI metrics (cumulative since the start) in one try: a
+    /// failure is counted and the next export carries the same totals.
+    fn export_metrics(&mut self) {
+        use prost::Message;
+        let Some(metrics) = self.metrics.get() else { return };
+        let points = metrics.genai_points();
+        if points.is_empty() {
+            return;
+        }
+        let body =
+            metrics_request(&self.resource_message, points, self.started_ns, super::trace::unix_ns()).encode_to_vec();
+        let path = self.config.metrics_path.clone();
+        let body = self.compress(body);
+        match self.post(&path, &body) {
+            Sent::Done => {}
+            Sent::Refused(why) | Sent::Retry(why) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                crate::log::warn(format_args!("metrics export failed: {why}"));
+            }
+        }
+    }
+
     /// The `ExportTraceServiceRequest` around spans already encoded: one
     /// `ResourceSpans` (the resource) holding one `ScopeSpans` (the scope,
     /// the spans, the conventions' schema URL).
     fn encode(&self, spans: &[&[u8]]) -> Vec<u8> {
-        let body = export_request(&self.resource, &self.scope, spans);
+        self.compress(export_request(&self.resource, &self.scope, spans))
+    }
+
+    /// The body as sent: gzipped with `--otlp-compression gzip`.
+    fn compress(&self, body: Vec<u8>) -> Vec<u8> {
         if self.config.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::fast());
             if gz.write_all(&body).is_ok()
@@ -403,8 +535,8 @@ impl Exporter {
         body
     }
 
-    /// One try: a POST on the kept connection (made anew when there is none).
-    fn post(&mut self, body: &[u8]) -> Sent {
+    /// One try: a POST to `path` on the kept connection (made anew when there is none).
+    fn post(&mut self, path: &str, body: &[u8]) -> Sent {
         let conn = match self.conn.take() {
             Some(c) => c,
             None => match self.connect() {
@@ -417,7 +549,7 @@ impl Exporter {
         let _ = write!(
             head,
             "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ai-gateway/{}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n",
-            self.config.path,
+            path,
             self.config.authority,
             env!("CARGO_PKG_VERSION"),
             body.len()
@@ -495,6 +627,65 @@ pub fn export_request(resource: &[u8], scope: &[u8], spans: &[&[u8]]) -> Vec<u8>
     varint(&mut out, schema.len() as u64);
     out.extend_from_slice(schema);
     out
+}
+
+/// An `ExportMetricsServiceRequest` of the GenAI histograms: one metric per
+/// name, a data point per series, cumulative from `start_ns` to `now_ns`.
+pub fn metrics_request(
+    resource: &proto::Resource,
+    points: Vec<super::metrics::GenAiPoint>,
+    start_ns: u64,
+    now_ns: u64,
+) -> proto::ExportMetricsServiceRequest {
+    use super::semconv as n;
+    let mut metrics: Vec<proto::Metric> = Vec::new();
+    for p in points {
+        let (unit, description) = match p.metric {
+            n::OTLP_TOKEN_USAGE => (n::UNIT_TOKEN, "Tokens used per request, by type."),
+            n::OTLP_REQUEST_DURATION => (n::UNIT_SECONDS, "Duration of GenAI requests, head to last byte."),
+            _ => (n::UNIT_SECONDS, "Time to the first token of successful streamed responses."),
+        };
+        let i = match metrics.iter().position(|m| m.name == p.metric) {
+            Some(i) => i,
+            None => {
+                metrics.push(proto::Metric {
+                    name: p.metric.into(),
+                    description: description.into(),
+                    unit: unit.into(),
+                    histogram: Some(proto::Histogram {
+                        data_points: vec![],
+                        aggregation_temporality: proto::CUMULATIVE,
+                    }),
+                });
+                metrics.len() - 1
+            }
+        };
+        let point = proto::HistogramDataPoint {
+            start_time_unix_nano: start_ns,
+            time_unix_nano: now_ns,
+            count: p.spread.count(),
+            sum: Some(p.spread.sum()),
+            bucket_counts: p.spread.buckets().to_vec(),
+            explicit_bounds: p.spread.bounds().to_vec(),
+            attributes: p.attributes.iter().map(|(k, v)| kv(k, proto::Value::String(v.clone()))).collect(),
+        };
+        if let Some(h) = metrics[i].histogram.as_mut() {
+            h.data_points.push(point);
+        }
+    }
+    proto::ExportMetricsServiceRequest {
+        resource_metrics: vec![proto::ResourceMetrics {
+            resource: Some(resource.clone()),
+            scope_metrics: vec![proto::ScopeMetrics {
+                scope: Some(proto::InstrumentationScope {
+                    name: "ai-gateway".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                metrics,
+                schema_url: n::SCHEMA_URL.into(),
+            }],
+        }],
+    }
 }
 
 /// Where a span is written: the protobuf messages ([`Plain`]) or their

@@ -65,6 +65,12 @@ pub const EVENT_FIRST_TOKEN: &str = "ai_gateway.first_token";
 pub const METRIC_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
 pub const METRIC_REQUEST_DURATION: &str = "gen_ai_server_request_duration_seconds";
 pub const METRIC_TIME_TO_FIRST_TOKEN: &str = "gen_ai_server_time_to_first_token_seconds";
+// The same metrics over OTLP, by their own names and units.
+pub const OTLP_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+pub const OTLP_REQUEST_DURATION: &str = "gen_ai.server.request.duration";
+pub const OTLP_TIME_TO_FIRST_TOKEN: &str = "gen_ai.server.time_to_first_token";
+pub const UNIT_TOKEN: &str = "{token}";
+pub const UNIT_SECONDS: &str = "s";
 /// `gen_ai.token.type`: which side of the usage a token count is.
 pub const TOKEN_TYPE: &str = "gen_ai.token.type";
 pub const TOKEN_INPUT: &str = "input";

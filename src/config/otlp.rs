@@ -56,6 +56,11 @@ pub struct OtlpArgs {
     /// certificate, instead of the system's roots.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
     pub otlp_ca: Option<PathBuf>,
+
+    /// Milliseconds between exports of the GenAI metrics to the endpoint's
+    /// `/v1/metrics` (0: none are exported; `/metrics` serves them either way).
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000)]
+    pub otlp_metrics_interval_ms: u64,
 }
 
 /// Validated trace export settings.
@@ -66,8 +71,12 @@ pub struct Otlp {
     pub authority: String,
     pub host: String,
     pub port: u16,
-    /// The traces path (`/v1/traces` under the endpoint's base path).
+    /// The traces path (`/v1/traces` under the endpoint's base path), and
+    /// the metrics path beside it (`/v1/metrics`).
     pub path: String,
+    pub metrics_path: String,
+    /// How often the GenAI metrics are exported (`None`: never).
+    pub metrics_interval: Option<Duration>,
     pub headers: Vec<(String, String)>,
     pub service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, as `key=value` pairs.
@@ -121,6 +130,9 @@ impl Otlp {
         if a.otlp_batch == 0 {
             problems.push(("otlp_batch", "--otlp-batch must be at least 1".into()));
         }
+        if a.otlp_metrics_interval_ms > 86_400_000 {
+            problems.push(("otlp_metrics_interval_ms", "--otlp-metrics-interval-ms must be at most 86400000".into()));
+        }
         if !(1..=600_000).contains(&a.otlp_timeout_ms) {
             problems.push(("otlp_timeout_ms", "--otlp-timeout-ms must be between 1 and 600000".into()));
         }
@@ -136,12 +148,16 @@ impl Otlp {
         let (Some(url), true) = (url, problems.is_empty()) else { return Err(problems) };
         let path =
             if url.path.ends_with("/v1/traces") { url.path.to_owned() } else { format!("{}/v1/traces", url.path) };
+        let metrics_path = format!("{}/v1/metrics", &path[..path.len() - "/v1/traces".len()]);
         Ok(Some(Self {
             https: url.https,
             authority: url.authority.to_owned(),
             host: url.host.to_owned(),
             port: url.port,
             path,
+            metrics_path,
+            metrics_interval: (a.otlp_metrics_interval_ms > 0)
+                .then(|| Duration::from_millis(a.otlp_metrics_interval_ms)),
             headers,
             service_name: a.otlp_service_name.clone(),
             resource,
@@ -215,6 +231,7 @@ mod tests {
             otlp_batch: 512,
             otlp_timeout_ms: 10_000,
             otlp_compression: "none".into(),
+            otlp_metrics_interval_ms: 60_000,
             ..Default::default()
         }
     }
@@ -225,8 +242,10 @@ mod tests {
         assert_eq!((o.host.as_str(), o.port, o.path.as_str(), o.https), ("collector", 4318, "/v1/traces", false));
         let o = Otlp::from_args(&args("https://api.example.com/otlp/v1/traces")).expect("valid").expect("on");
         assert_eq!((o.port, o.path.as_str(), o.https), (443, "/otlp/v1/traces", true));
+        assert_eq!(o.metrics_path, "/otlp/v1/metrics");
         let o = Otlp::from_args(&args("https://api.example.com/otlp/")).expect("valid").expect("on");
         assert_eq!(o.path, "/otlp/v1/traces");
+        assert_eq!(o.metrics_interval, Some(Duration::from_secs(60)));
         assert!(Otlp::from_args(&OtlpArgs::default()).expect("valid").is_none());
     }
 

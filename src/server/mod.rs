@@ -79,16 +79,21 @@ pub fn run(config: Config) -> Result<(), String> {
     let (access_tx, access_thread) = crate::accounting::access_log::spawn_writer();
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..listeners.len()).map(|_| Arc::default()).collect();
     // With `--otlp-endpoint`: the exporter thread, fed by every worker's tracer.
+    let metrics_source = crate::accounting::otlp::MetricsSource::default();
     let (spans, exporter) = match &config.otlp {
         Some(o) => {
-            let (sink, thread) =
-                crate::accounting::otlp::start(o).map_err(|e| format!("cannot start the trace exporter: {e}"))?;
+            let (sink, thread) = crate::accounting::otlp::start(o, metrics_source.clone())
+                .map_err(|e| format!("cannot start the trace exporter: {e}"))?;
             crate::log::info(format_args!(
-                "traces to {}://{}{} (sampled {})",
+                "traces to {}://{}{} (sampled {}){}",
                 if o.https { "https" } else { "http" },
                 o.authority,
                 o.path,
-                o.sample_ratio
+                o.sample_ratio,
+                match o.metrics_interval {
+                    Some(every) => format!(", GenAI metrics to {} every {} ms", o.metrics_path, every.as_millis()),
+                    None => String::new(),
+                }
             ));
             (Some(sink), Some(thread))
         }
@@ -105,6 +110,7 @@ pub fn run(config: Config) -> Result<(), String> {
         cluster: OnceLock::new(),
         tls: tls.clone(),
     });
+    let _ = metrics_source.set(all_metrics.clone());
     if let Some(addr) = config.metrics_listen {
         let bound = scrape::spawn(addr, all_metrics.clone())?;
         crate::log::info(format_args!("metrics without a key on {bound} (GET /metrics)"));

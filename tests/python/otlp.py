@@ -1,7 +1,8 @@
-"""An OTLP/HTTP trace receiver for the tests, built on the official protobuf
+"""An OTLP/HTTP receiver for the tests, built on the official protobuf
 definitions (the `opentelemetry-proto` package): it decodes every export
-the gateway posts to /v1/traces and keeps the spans. It can be made slow,
-answer an error status, or go down and come back on the same port."""
+the gateway posts to /v1/traces and keeps the spans, and every export to
+/v1/metrics and keeps the last of each. It can be made slow, answer an
+error status, or go down and come back on the same port."""
 
 import gzip
 import http.server
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 
@@ -52,6 +54,7 @@ class Collector:
 
     def __init__(self, port=0):
         self.spans = []
+        self.metrics = []
         self.requests = []
         self.delay = 0.0
         self.status = 200
@@ -79,7 +82,14 @@ class Collector:
                 if collector.delay:
                     time.sleep(collector.delay)
                 status = collector.status
-                if status == 200:
+                if status == 200 and self.path.endswith("/v1/metrics"):
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    request = metrics_service_pb2.ExportMetricsServiceRequest()
+                    request.ParseFromString(body)
+                    with collector.lock:
+                        collector.metrics.append(request)
+                elif status == 200:
                     if self.headers.get("Content-Encoding") == "gzip":
                         body = gzip.decompress(body)
                     request = trace_service_pb2.ExportTraceServiceRequest()

@@ -437,3 +437,45 @@ def test_a_stop_sends_the_last_spans_and_never_waits_for_a_collector_that_is_awa
         assert g.proc.wait(timeout=20) == 0
     finally:
         g.stop()
+
+
+def test_the_genai_metrics_go_over_otlp_too(mock):
+    c = Collector()
+    g = Gateway(mock.url, "--otlp-endpoint", c.url, "--otlp-metrics-interval-ms", "100")
+    try:
+        k = g.create_key("k")
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(3):
+            assert post(g, "/v1/chat/completions", body, k)[0] == 200
+
+        def usage_points():
+            with c.lock:
+                last = c.metrics[-1] if c.metrics else None
+            if last is None:
+                return {}
+            (rm,) = last.resource_metrics
+            assert rm.resource.attributes[0].key == "service.name"
+            (sm,) = rm.scope_metrics
+            assert sm.scope.name == "ai-gateway" and sm.schema_url.startswith("https://opentelemetry.io/schemas/")
+            return {m.name: m for m in sm.metrics}
+
+        deadline = time.monotonic() + 10
+        while True:
+            by_name = usage_points()
+            usage = by_name.get("gen_ai.client.token.usage")
+            if usage and sum(p.count for p in usage.histogram.data_points) >= 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert usage.unit == "{token}" and usage.histogram.aggregation_temporality == 2
+        points = {dict((a.key, a.value.string_value) for a in p.attributes)["gen_ai.token.type"]: p for p in usage.histogram.data_points}
+        out = points["output"]
+        assert out.count == 3 and out.sum == 24 and list(out.explicit_bounds)[:3] == [1, 4, 16]
+        assert sum(out.bucket_counts) == 3 and out.bucket_counts[2] == 3, "8 tokens: the bucket (4, 16]"
+        attrs = {a.key: a.value.string_value for a in out.attributes}
+        assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.request.model"] == "llama3" and attrs["gen_ai.provider.name"] == "ollama"
+        duration = by_name["gen_ai.server.request.duration"]
+        assert duration.unit == "s" and sum(p.count for p in duration.histogram.data_points) == 3
+        assert list(duration.histogram.data_points[0].explicit_bounds)[:2] == [0.01, 0.02]
+    finally:
+        g.stop()
+        c.stop()
