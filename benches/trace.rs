@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
         start_ns: 1_765_000_000_000_000_000,
         admitted_us: 40,
         request: RequestOptions::of(native.as_bytes()),
+        contents: None,
     };
     let o = Outcome {
         status: 200,

@@ -98,6 +98,10 @@ pub struct CreateArgs {
     /// owner's ollama.com account).
     #[arg(long)]
     pub web_search: bool,
+    /// Record the key's message contents in its requests' traces (with
+    /// `--otlp-endpoint`); otherwise they never are.
+    #[arg(long)]
+    pub trace_contents: bool,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -142,6 +146,9 @@ pub struct UpdateArgs {
     /// `true` or `false`: whether the key may use web search and fetch.
     #[arg(long)]
     pub web_search: Option<bool>,
+    /// `true` or `false`: whether the key's message contents are recorded in traces.
+    #[arg(long)]
+    pub trace_contents: Option<bool>,
     #[command(flatten)]
     pub json: JsonFlag,
 }
@@ -175,7 +182,11 @@ pub fn run_keys(args: KeysArgs) -> Result<(), String> {
                     monthly_tokens: a.monthly_tokens,
                 },
                 priority: a.priority.as_deref().map(priority_from_arg).transpose()?.unwrap_or_default(),
-                grants: Grants { load_options: a.load_options, web_search: a.web_search },
+                grants: Grants {
+                    load_options: a.load_options,
+                    web_search: a.web_search,
+                    trace_contents: a.trace_contents,
+                },
                 secret: None,
             };
             let (record, secret) = keys.create(new).map_err(|e| e.to_string())?;
@@ -246,6 +257,7 @@ fn update_from_args(a: &UpdateArgs) -> Result<KeyUpdate, String> {
         priority: a.priority.as_deref().map(priority_from_arg).transpose()?,
         load_options: a.load_options,
         web_search: a.web_search,
+        trace_contents: a.trace_contents,
     })
 }
 
@@ -306,10 +318,13 @@ pub fn table(keys: &[KeyRecord]) -> String {
     align(&rows)
 }
 
-/// A key's grants for the table: `load,web`, or `-`.
+/// A key's grants for the table: `load,web,contents`, or `-`.
 fn grants(g: &Grants) -> String {
-    let names: Vec<&str> =
-        [(g.load_options, "load"), (g.web_search, "web")].into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect();
+    let names: Vec<&str> = [(g.load_options, "load"), (g.web_search, "web"), (g.trace_contents, "contents")]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n)
+        .collect();
     if names.is_empty() { "-".into() } else { names.join(",") }
 }
 

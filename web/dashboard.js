@@ -104,7 +104,7 @@ function limitsText(l) {
 }
 
 function grantsText(k) {
-  const g = [k.load_options && "load settings", k.web_search && "web search"].filter(Boolean);
+  const g = [k.load_options && "load settings", k.web_search && "web search", k.trace_contents && "contents traced"].filter(Boolean);
   return g.length ? g.join(", ") : "none";
 }
 
@@ -166,6 +166,7 @@ function settingsFrom(form, creating) {
   out.priority = f.get("priority");
   out.load_options = f.get("load_options") === "on";
   out.web_search = f.get("web_search") === "on";
+  out.trace_contents = f.get("trace_contents") === "on";
   const expires = f.get("expires").trim();
   if (expires !== "" || !creating) out.expires = expires === "" ? null : expires;
   return out;
@@ -201,6 +202,7 @@ function editKey(k) {
   form.elements.priority.value = k.priority ?? "standard";
   form.elements.load_options.checked = !!k.load_options;
   form.elements.web_search.checked = !!k.web_search;
+  form.elements.trace_contents.checked = !!k.trace_contents;
   form.elements.expires.value = k.expires ? day(k.expires) : "";
   form.dataset.key = k.id;
   $("edit-dialog").showModal();

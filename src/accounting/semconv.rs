@@ -29,6 +29,9 @@ pub const USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_t
 pub const RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
 pub const RESPONSE_ID: &str = "gen_ai.response.id";
 pub const CONVERSATION_ID: &str = "gen_ai.conversation.id";
+/// Message contents, only for a key opted in (JSON, the conventions' shape).
+pub const INPUT_MESSAGES: &str = "gen_ai.input.messages";
+pub const OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
 /// `gen_ai.provider.name`'s value: every host is Ollama.
 pub const PROVIDER_OLLAMA: &str = "ollama";
 

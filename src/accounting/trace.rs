@@ -51,6 +51,15 @@ pub struct RequestTrace {
     pub admitted_us: u64,
     /// The sampling options the request set (from the body the host is sent).
     pub request: RequestOptions,
+    /// Its key's message contents, when the key is opted in (see `accounting::contents`).
+    pub contents: Option<Box<Contents>>,
+}
+
+/// A request's message contents, as its span records them.
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub input: String,
+    pub output: String,
 }
 
 /// The request's sampling options, as the host is sent them.
@@ -125,6 +134,7 @@ impl Tracer {
             start_ns: unix_ns(),
             admitted_us: 0,
             request: RequestOptions::default(),
+            contents: None,
         }
     }
 
@@ -273,6 +283,12 @@ pub fn write_spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: 
     if !f.session.is_empty() {
         out.str(n::CONVERSATION_ID, f.session);
         out.str(n::SESSION_ID, f.session);
+    }
+    if let Some(c) = &t.contents {
+        out.str(n::INPUT_MESSAGES, &c.input);
+        if !c.output.is_empty() {
+            out.str(n::OUTPUT_MESSAGES, &c.output);
+        }
     }
     if let Some((host, port)) = r.host {
         out.str(n::SERVER_ADDRESS, host);
@@ -443,6 +459,7 @@ mod tests {
             request: RequestOptions::of(
                 br#"{"model":"m","options":{"num_predict":64,"temperature":0.25,"top_k":40,"seed":-3}}"#,
             ),
+            contents: Some(Box::new(Contents { input: r#"[{"role":"user"}]"#.into(), output: "[]".into() })),
         };
         let full = Outcome {
             status: 200,

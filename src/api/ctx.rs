@@ -81,9 +81,28 @@ impl Ctx {
     /// the sampling options of the body the host is sent. Nothing untraced.
     pub fn traced_admission(&mut self, native: &[u8]) {
         let now = self.elapsed_us().max(1);
+        let contents = self.key.as_deref().is_some_and(|k| k.grants.trace_contents);
         if let Some(t) = self.trace.as_mut().filter(|t| t.span.sampled) {
             t.admitted_us = now;
             t.request = crate::accounting::trace::RequestOptions::of(native);
+            // Only for a key whose operator opted its contents in.
+            if contents {
+                let input = crate::accounting::contents::input_messages(native);
+                t.contents = Some(Box::new(crate::accounting::trace::Contents { input, output: String::new() }));
+            }
+        }
+    }
+
+    /// Whether the request's trace records its contents (its reply's is wanted).
+    pub fn traces_contents(&self) -> bool {
+        self.trace.as_ref().is_some_and(|t| t.contents.is_some())
+    }
+
+    /// Records the host's reply (whole, or a stream's lines) as the trace's
+    /// output contents, when it records contents.
+    pub fn traced_output(&mut self, reply: &[u8]) {
+        if let Some(c) = self.trace.as_mut().and_then(|t| t.contents.as_mut()) {
+            c.output = crate::accounting::contents::output_messages(reply);
         }
     }
 

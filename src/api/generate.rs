@@ -148,6 +148,9 @@ pub async fn whole<'w>(
         ctx.outcome.upstream_failed = true;
         return Reply::error(client_error(client::UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)));
     }
+    if ctx.traces_contents() {
+        ctx.traced_output(&reply.body);
+    }
     let mut out = Vec::with_capacity(reply.body.len() + 256);
     match render(&mut out, &ctx.id, model, &reply.body) {
         Ok(usage) => {
@@ -181,7 +184,11 @@ pub async fn stream<'w>(
         return match answer {
             Ok(answer) if answer.ex.head.status == 200 => {
                 let pool = &worker.pools[answer.host];
-                Reply::stream(Relay::new(answer, writer, pool, read_timeout))
+                let mut relay = Relay::new(answer, writer, pool, read_timeout);
+                if ctx.traces_contents() {
+                    relay.capture();
+                }
+                Reply::stream(relay)
             }
             Ok(Answer { ex, host, .. }) => {
                 let status = ex.head.status;

@@ -270,6 +270,9 @@ pub struct Relay<'w> {
     /// Memory the stream holds against the budget for large data (a stored
     /// conversation it continues), until it ends.
     _held: Option<BufferLease<'w>>,
+    /// The host's lines as they came (at most `contents::MAX_CAPTURE`
+    /// bytes), for a trace that records contents.
+    capture: Option<Vec<u8>>,
 }
 
 impl<'w> Relay<'w> {
@@ -286,7 +289,13 @@ impl<'w> Relay<'w> {
             _slot: permit,
             keep: None,
             _held: None,
+            capture: None,
         }
+    }
+
+    /// Keeps the host's lines for the trace's output contents.
+    pub fn capture(&mut self) {
+        self.capture = Some(Vec::new());
     }
 
     /// Stores the stream's record (see [`StreamWriter::take_record`]) with `keep`.
@@ -315,8 +324,15 @@ impl<'w> Relay<'w> {
     pub fn ready(&mut self, out: &mut Vec<u8>) -> Pull {
         self.writer.start(out);
         if !self.buf.is_empty() {
-            let (decoder, writer) = (&mut self.decoder, &mut self.writer);
-            if decoder.feed(&self.buf, &mut |d| writer.feed(d, out)).is_err() {
+            let (decoder, writer, capture) = (&mut self.decoder, &mut self.writer, &mut self.capture);
+            let mut feed = |d: &[u8]| {
+                if let Some(c) = capture.as_mut() {
+                    let room = crate::accounting::contents::MAX_CAPTURE.saturating_sub(c.len());
+                    c.extend_from_slice(&d[..d.len().min(room)]);
+                }
+                writer.feed(d, out)
+            };
+            if decoder.feed(&self.buf, &mut feed).is_err() {
                 writer.fail(out, b"the upstream sent a malformed chunked body");
             }
             self.buf.clear();
@@ -383,6 +399,9 @@ impl<'w> Relay<'w> {
     /// Records how the stream ended: the final line's counts, or (no final
     /// line) the prompt's estimate and the content chunks relayed.
     pub fn account(&self, ctx: &mut Ctx, how: Relayed) {
+        if let Some(lines) = &self.capture {
+            ctx.traced_output(lines);
+        }
         let o = &mut ctx.outcome;
         let end = self.writer.end();
         o.cancelled = how != Relayed::Done;

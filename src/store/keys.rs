@@ -77,6 +77,11 @@ pub struct Grants {
     /// owner's account.
     #[serde(default, skip_serializing_if = "is_false")]
     pub web_search: bool,
+    /// Its requests' message contents are recorded in their traces
+    /// (`gen_ai.input.messages`, `gen_ai.output.messages`); without it,
+    /// never.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trace_contents: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -170,6 +175,7 @@ impl KeyRecord {
             "priority": self.priority,
             "load_options": self.grants.load_options,
             "web_search": self.grants.web_search,
+            "trace_contents": self.grants.trace_contents,
         })
     }
 
@@ -278,6 +284,7 @@ pub struct KeyUpdate {
     pub priority: Option<Priority>,
     pub load_options: Option<bool>,
     pub web_search: Option<bool>,
+    pub trace_contents: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -355,9 +362,13 @@ impl KeyUpdate {
                     }
                 }
                 "rpm" | "tpm" | "max_concurrent" | "daily_tokens" | "monthly_tokens" => set_limit(&mut u, k, k, v)?,
-                "load_options" | "web_search" => {
+                "load_options" | "web_search" | "trace_contents" => {
                     let b = v.as_bool().ok_or_else(|| (k.clone(), format!("'{k}' must be true or false.")))?;
-                    if k == "load_options" { u.load_options = Some(b) } else { u.web_search = Some(b) }
+                    match k.as_str() {
+                        "load_options" => u.load_options = Some(b),
+                        "web_search" => u.web_search = Some(b),
+                        _ => u.trace_contents = Some(b),
+                    }
                 }
                 // Read-only fields of the view are accepted and ignored, so a
                 // fetched key can be sent back with changes.
@@ -391,6 +402,9 @@ impl KeyUpdate {
         }
         if let Some(b) = self.web_search {
             record.grants.web_search = b;
+        }
+        if let Some(b) = self.trace_contents {
+            record.grants.trace_contents = b;
         }
         let l = &mut record.limits;
         for (field, value) in [
@@ -426,7 +440,11 @@ impl KeyUpdate {
         if let Some(p) = self.priority {
             v.insert("priority".into(), p.name().into());
         }
-        for (name, grant) in [("load_options", self.load_options), ("web_search", self.web_search)] {
+        for (name, grant) in [
+            ("load_options", self.load_options),
+            ("web_search", self.web_search),
+            ("trace_contents", self.trace_contents),
+        ] {
             if let Some(b) = grant {
                 v.insert(name.into(), b.into());
             }
@@ -464,6 +482,7 @@ impl KeyUpdate {
             grants: Grants {
                 load_options: self.load_options.unwrap_or(false),
                 web_search: self.web_search.unwrap_or(false),
+                trace_contents: self.trace_contents.unwrap_or(false),
             },
             secret: None,
         })

@@ -124,6 +124,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.fill("#create-form input[name=rpm]", "600");
   await page.selectOption("#create-form select[name=priority]", "interactive");
   await page.check("#create-form input[name=web_search]");
+  await page.check("#create-form input[name=trace_contents]");
   await page.click("#create-form button[type=submit]");
   await page.waitForSelector("#secret-box:not(.hidden)");
   const secret = await page.textContent("#secret-value");
@@ -131,7 +132,7 @@ test("dashboard: sign in, create a key, use it, see its usage, revoke it", async
   await page.waitForSelector("#keys-table tr:has-text('web-user')");
   const row = await page.textContent("#keys-table tr:has-text('web-user')");
   assert.ok(row.includes("rpm 600") && row.includes("active") && row.includes("interactive"), row);
-  assert.ok(row.includes("web search") && !row.includes("load settings"), row);
+  assert.ok(row.includes("web search") && row.includes("contents traced") && !row.includes("load settings"), row);
   assert.ok(!row.includes(secret));
   await page.screenshot({ path: path.join(OUT, "keys-created.png") });
   await page.click("#secret-done");

@@ -479,3 +479,35 @@ def test_the_genai_metrics_go_over_otlp_too(mock):
     finally:
         g.stop()
         c.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_contents_only_for_a_key_opted_in(gateway, key, collector, stream):
+    opted = gateway.create_key(f"contents-{stream}", "--trace-contents")
+    body = {
+        "model": "llama3",
+        "stream": stream,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a secret plan"}],
+    }
+    seen = {}
+    for name, secret in [("opted", opted), ("plain", key)]:
+        parent = traceparent()
+        status, _, reply = post(gateway, "/v1/chat/completions", body, secret, {"traceparent": parent})
+        assert status == 200
+        seen[name] = (next(s for s in collector.trace(parent.split("-")[1], 3) if s.kind == SERVER), reply)
+    own, reply = seen["opted"]
+    given = json.loads(own.attributes["gen_ai.input.messages"])
+    assert given == [
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "a secret plan"}]},
+    ]
+    (answer,) = json.loads(own.attributes["gen_ai.output.messages"])
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in reply.decode().splitlines()
+        if line.startswith("data: {")
+    ) if stream else json.loads(reply)["choices"][0]["message"]["content"]
+    assert answer["role"] == "assistant" and answer["parts"] == [{"type": "text", "content": text}] and text
+    plain, _ = seen["plain"]
+    assert "gen_ai.input.messages" not in plain.attributes and "gen_ai.output.messages" not in plain.attributes
+    assert "a secret plan" not in str(plain.attributes)
