@@ -815,6 +815,9 @@ impl SpanOut for Wire<'_> {
         use wire::{FIXED64, LEN, VARINT, tag, varint};
         let out = &mut self.batch.bytes;
         tag(out, 2, LEN);
+        // Two bytes for the length, written at the end: most spans are
+        // 128 bytes to 16 KiB (another length moves the bytes once).
+        out.extend_from_slice(&[0, 0]);
         self.start = out.len();
         wire::bytes(out, 1, h.trace_id);
         wire::bytes(out, 2, h.span_id);
@@ -906,11 +909,15 @@ impl SpanOut for Wire<'_> {
             tag(out, 16, FIXED32);
             out.extend_from_slice(&flags.to_le_bytes());
         }
-        // The span's length goes before its bytes.
+        // The span's length goes before its bytes, in the two bytes kept for it.
         let len = out.len() - self.start;
         let mut prefix = Vec::with_capacity(3);
         varint(&mut prefix, len as u64);
-        out.splice(self.start..self.start, prefix);
+        if prefix.len() == 2 {
+            out[self.start - 2..self.start].copy_from_slice(&prefix);
+        } else {
+            out.splice(self.start - 2..self.start, prefix);
+        }
         self.batch.spans += 1;
     }
 }
@@ -1036,6 +1043,36 @@ mod export_tests {
             }],
         };
         assert_eq!(body, want.encode_to_vec());
+    }
+
+    /// Spans of every length class (one, two and three bytes of length)
+    /// are written as prost writes them.
+    #[test]
+    fn wire_spans_short_and_long_match_prost() {
+        for attrs in [0usize, 3, 1200] {
+            let head = SpanHead {
+                trace_id: &[1; 16],
+                span_id: &[2; 8],
+                trace_state: "",
+                parent: None,
+                name: ["x", "", ""],
+                kind: 0,
+                start: 0,
+                end: 0,
+            };
+            let (mut plain, mut batch) = (Plain::default(), Batch::default());
+            let mut wire = Wire::new(&mut batch);
+            for out in [&mut plain as &mut dyn SpanOut, &mut wire] {
+                out.begin(&head);
+                for i in 0..attrs {
+                    out.int("k", i as i64 - 1);
+                }
+                out.end(None, 0);
+            }
+            let mut want = Vec::new();
+            prost::encoding::message::encode(2, &plain.spans[0], &mut want);
+            assert_eq!(batch.bytes, want, "{attrs} attributes");
+        }
     }
 
     #[test]
