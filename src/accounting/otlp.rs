@@ -911,11 +911,12 @@ impl SpanOut for Wire<'_> {
         }
         // The span's length goes before its bytes, in the two bytes kept for it.
         let len = out.len() - self.start;
-        let mut prefix = Vec::with_capacity(3);
-        varint(&mut prefix, len as u64);
-        if prefix.len() == 2 {
-            out[self.start - 2..self.start].copy_from_slice(&prefix);
+        if (128..16_384).contains(&len) {
+            out[self.start - 2] = len as u8 | 0x80;
+            out[self.start - 1] = (len >> 7) as u8;
         } else {
+            let mut prefix = Vec::with_capacity(3);
+            varint(&mut prefix, len as u64);
             out.splice(self.start - 2..self.start, prefix);
         }
         self.batch.spans += 1;

@@ -112,8 +112,16 @@ impl Tracer {
 
     /// Hands the batch gathered so far to the export queue (at the worker's tick, and when it stops).
     pub fn flush(&self) {
-        let batch = std::mem::take(&mut *self.batch.borrow_mut());
-        self.sink.send(batch);
+        let mut batch = self.batch.borrow_mut();
+        if batch.spans == 0 {
+            return;
+        }
+        // The next batch starts as large as this one ended (a full one does
+        // not grow by doubling, copying itself at each step).
+        let next = Batch { bytes: Vec::with_capacity(batch.bytes.len()), spans: 0 };
+        let full = std::mem::replace(&mut *batch, next);
+        drop(batch);
+        self.sink.send(full);
     }
 
     /// The export counters, for `/metrics`.
