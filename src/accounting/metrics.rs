@@ -23,8 +23,8 @@ use crate::histogram::{Histogram, Spread};
 #[derive(Debug, Clone, Default)]
 struct Counters {
     requests: HashMap<(&'static str, u16), u64>,
-    /// model → (prompt, completion)
-    tokens: HashMap<String, (u64, u64)>,
+    /// model → its tokens and GenAI histograms (one lookup a request).
+    models: HashMap<String, ModelSeries>,
     upstream_latency: Histogram,
     first_token: Histogram,
     rate_limited: u64,
@@ -34,8 +34,25 @@ struct Counters {
     per_key: HashMap<String, (u64, u64)>,
     /// (protocol, kind) → what the fronts left out of requests (the tolerance rule).
     dropped: HashMap<(&'static str, String), u64>,
-    /// model → operation → the GenAI histograms.
-    genai: HashMap<String, Vec<(&'static str, GenAi)>>,
+}
+
+/// One model's series: its prompt and completion tokens, and its GenAI
+/// histograms by operation.
+#[derive(Debug, Clone, Default)]
+struct ModelSeries {
+    prompt: u64,
+    completion: u64,
+    ops: Vec<(&'static str, GenAi)>,
+}
+
+impl ModelSeries {
+    fn merge(&mut self, o: &ModelSeries) {
+        self.prompt += o.prompt;
+        self.completion += o.completion;
+        for (op, g) in &o.ops {
+            of_operation(&mut self.ops, op).merge(g);
+        }
+    }
 }
 
 /// One (operation, model)'s GenAI histograms; durations by `error.type` ("" for none).
@@ -133,13 +150,25 @@ impl WorkerMetrics {
     pub fn record(&self, m: &RequestMetrics<'_>, per_key: bool) {
         let mut c = self.counters.lock();
         *c.requests.entry((m.route, m.status)).or_default() += 1;
-        if !m.model.is_empty() && m.prompt_tokens + m.completion_tokens > 0 {
-            let t = match c.tokens.get_mut(m.model) {
-                Some(t) => t,
-                None => c.tokens.entry(m.model.to_owned()).or_default(),
+        let tokens = m.prompt_tokens + m.completion_tokens > 0;
+        if !m.model.is_empty() && (tokens || m.operation.is_some()) {
+            let series = match c.models.get_mut(m.model) {
+                Some(s) => s,
+                None => c.models.entry(m.model.to_owned()).or_default(),
             };
-            t.0 += m.prompt_tokens;
-            t.1 += m.completion_tokens;
+            series.prompt += m.prompt_tokens;
+            series.completion += m.completion_tokens;
+            if let Some(op) = m.operation {
+                let g = of_operation(&mut series.ops, op);
+                if tokens {
+                    g.input.observe(m.prompt_tokens as f64);
+                    g.output.observe(m.completion_tokens as f64);
+                }
+                if let (Some(us), None, true) = (m.first_token_us, m.error_type, m.stream) {
+                    g.first_token.observe(us as f64 / 1e6);
+                }
+                g.duration(m.error_type.unwrap_or("")).observe(m.total_us as f64 / 1e6);
+            }
         }
         if let Some(us) = m.upstream_us {
             c.upstream_latency.observe(us);
@@ -156,21 +185,6 @@ impl WorkerMetrics {
             let known = c.dropped.len() < MAX_DROPPED_KINDS || c.dropped.contains_key(&(m.api, kind.clone()));
             let kind = if known { kind.clone() } else { "other".to_owned() };
             *c.dropped.entry((m.api, kind)).or_default() += 1;
-        }
-        if let (Some(op), false) = (m.operation, m.model.is_empty()) {
-            let ops = match c.genai.get_mut(m.model) {
-                Some(ops) => ops,
-                None => c.genai.entry(m.model.to_owned()).or_default(),
-            };
-            let g = of_operation(ops, op);
-            if m.prompt_tokens + m.completion_tokens > 0 {
-                g.input.observe(m.prompt_tokens as f64);
-                g.output.observe(m.completion_tokens as f64);
-            }
-            if let (Some(us), None, true) = (m.first_token_us, m.error_type, m.stream) {
-                g.first_token.observe(us as f64 / 1e6);
-            }
-            g.duration(m.error_type.unwrap_or("")).observe(m.total_us as f64 / 1e6);
         }
         if per_key && !m.key_id.is_empty() {
             let k = match c.per_key.get_mut(m.key_id) {
@@ -232,7 +246,7 @@ impl Metrics {
         for w in &self.workers {
             let c = w.counters.lock();
             requests += c.requests.values().sum::<u64>();
-            tokens += c.tokens.values().map(|(p, c)| p + c).sum::<u64>();
+            tokens += c.models.values().map(|s| s.prompt + s.completion).sum::<u64>();
         }
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -271,10 +285,8 @@ impl Metrics {
             for (k, v) in &c.requests {
                 *total.requests.entry(*k).or_default() += v;
             }
-            for (k, v) in &c.tokens {
-                let t = total.tokens.entry(k.clone()).or_default();
-                t.0 += v.0;
-                t.1 += v.1;
+            for (k, v) in &c.models {
+                total.models.entry(k.clone()).or_default().merge(v);
             }
             total.upstream_latency.merge(&c.upstream_latency);
             total.first_token.merge(&c.first_token);
@@ -285,12 +297,6 @@ impl Metrics {
             }
             for (k, v) in &c.dropped {
                 *total.dropped.entry(k.clone()).or_default() += v;
-            }
-            for (model, ops) in &c.genai {
-                let to = total.genai.entry(model.clone()).or_default();
-                for (op, g) in ops {
-                    of_operation(to, op).merge(g);
-                }
             }
             for (k, v) in &c.per_key {
                 let t = total.per_key.entry(k.clone()).or_default();
@@ -311,7 +317,12 @@ impl Metrics {
             let _ = writeln!(out, "ai_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
         }
         help(&mut out, "ai_gateway_tokens_total", "counter", "Tokens by model and kind.");
-        for (model, (p, c)) in total.tokens.iter().collect::<BTreeMap<_, _>>() {
+        let tokens = total
+            .models
+            .iter()
+            .filter(|(_, s)| s.prompt + s.completion > 0)
+            .map(|(m, s)| (m, (s.prompt, s.completion)));
+        for (model, (p, c)) in tokens.collect::<BTreeMap<_, _>>() {
             let model = label(model);
             let _ = writeln!(out, "ai_gateway_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {p}");
             let _ = writeln!(out, "ai_gateway_tokens_total{{model=\"{model}\",kind=\"completion\"}} {c}");
@@ -481,7 +492,7 @@ impl Metrics {
             writeln!(out, "ai_gateway_usage_commit_failures_total {}", writer.failed_commits.load(Ordering::Relaxed));
         help(&mut out, "ai_gateway_usage_pending", "gauge", "Usage records waiting for a commit.");
         let _ = writeln!(out, "ai_gateway_usage_pending {}", writer.pending.load(Ordering::Relaxed));
-        render_genai(&mut out, &total.genai);
+        render_genai(&mut out, &total.models);
         if self.per_key {
             help(&mut out, "ai_gateway_key_requests_total", "counter", "Requests by key id.");
             for (key, (n, _)) in total.per_key.iter().collect::<BTreeMap<_, _>>() {
@@ -508,19 +519,16 @@ impl Metrics {
     /// The GenAI histograms summed over the workers (cumulative since the start).
     pub fn genai_points(&self) -> Vec<GenAiPoint> {
         use semconv as n;
-        let mut total: HashMap<String, Vec<(&'static str, GenAi)>> = HashMap::new();
+        let mut total: HashMap<String, ModelSeries> = HashMap::new();
         for w in &self.workers {
             let c = w.counters.lock();
-            for (model, ops) in &c.genai {
-                let to = total.entry(model.clone()).or_default();
-                for (op, g) in ops {
-                    of_operation(to, op).merge(g);
-                }
+            for (model, series) in &c.models {
+                total.entry(model.clone()).or_default().merge(series);
             }
         }
         let mut points = Vec::new();
-        for (model, ops) in total {
-            for (op, g) in ops {
+        for (model, series) in total {
+            for (op, g) in series.ops {
                 let base = vec![
                     (n::OPERATION, op.to_owned()),
                     (n::PROVIDER, n::PROVIDER_OLLAMA.to_owned()),
@@ -563,7 +571,7 @@ impl Metrics {
 /// The GenAI conventions' histograms, by operation and model (and
 /// `error.type` for durations): only requests that reached a model's
 /// handling, under the bounded model label.
-fn render_genai(out: &mut String, genai: &HashMap<String, Vec<(&'static str, GenAi)>>) {
+fn render_genai(out: &mut String, models: &HashMap<String, ModelSeries>) {
     use semconv as n;
     let (op, provider, model, token_type, error) = (
         n::label(n::OPERATION),
@@ -573,7 +581,7 @@ fn render_genai(out: &mut String, genai: &HashMap<String, Vec<(&'static str, Gen
         n::label(n::ERROR_TYPE),
     );
     let series: BTreeMap<_, _> =
-        genai.iter().flat_map(|(m, ops)| ops.iter().map(move |(o, g)| ((*o, m.as_str()), g))).collect();
+        models.iter().flat_map(|(m, s)| s.ops.iter().map(move |(o, g)| ((*o, m.as_str()), g))).collect();
     let base =
         |(o, m): &(&str, &str)| format!("{op}=\"{o}\",{provider}=\"{}\",{model}=\"{}\"", n::PROVIDER_OLLAMA, label(m));
     help(out, n::METRIC_TOKEN_USAGE, "histogram", "Tokens used per request, by type (input, output).");
