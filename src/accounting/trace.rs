@@ -216,9 +216,14 @@ pub fn spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: u64) -
     plain.spans
 }
 
+/// The shortest wait for a host's slot that gets a span of its own (the
+/// same as `x-queue-wait-ms`'s).
+pub const QUEUE_SPAN_US: u64 = 1000;
+
 /// Writes a finished request's spans to `out`: its own (kind server), and,
-/// when a host was chosen, its wait for the host's slot (internal) and its
-/// call to the host (client, the span the host was sent as `traceparent`).
+/// when a host was chosen, its wait for the host's slot (internal, when it
+/// waited a millisecond or more) and its call to the host (client, the
+/// span the host was sent as `traceparent`).
 pub fn write_spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: u64, out: &mut impl SpanOut) {
     use names as n;
     let o = f.outcome;
@@ -341,8 +346,10 @@ pub fn write_spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: 
     let status = failed.then(|| (error.unwrap_or("error"), proto::STATUS_ERROR));
     out.end(status, 1 | proto::FLAGS_HAS_IS_REMOTE | remote);
 
-    // The host's part: the wait for its slot, then the call (from the
-    // admission on: the request goes to the queue right after it).
+    // The host's part: the wait for its slot (a span only when it waited:
+    // an instant one says nothing the parent's `ai_gateway.queue.wait` does
+    // not), then the call (from the admission on: the request goes to the
+    // queue right after it).
     let (Some((host, port)), true) = (r.host, t.admitted_us > 0) else { return };
     let queued_ns = at(t.admitted_us);
     let sent_ns = queued_ns + o.queue_wait_us * 1000;
@@ -358,10 +365,12 @@ pub fn write_spans(t: &RequestTrace, f: &Finished<'_>, r: &Request<'_>, end_ns: 
             end: at.1.max(at.0),
         }
     }
-    out.begin(&child(t, &t.queue_span, [n::SPAN_QUEUE, "", ""], proto::KIND_INTERNAL, (queued_ns, sent_ns)));
-    out.str(n::LANE, o.lane);
-    out.double(n::QUEUE_WAIT, secs(o.queue_wait_us));
-    out.end(None, 1 | proto::FLAGS_HAS_IS_REMOTE);
+    if o.queue_wait_us >= QUEUE_SPAN_US {
+        out.begin(&child(t, &t.queue_span, [n::SPAN_QUEUE, "", ""], proto::KIND_INTERNAL, (queued_ns, sent_ns)));
+        out.str(n::LANE, o.lane);
+        out.double(n::QUEUE_WAIT, secs(o.queue_wait_us));
+        out.end(None, 1 | proto::FLAGS_HAS_IS_REMOTE);
+    }
     let call_name = match op {
         Some(op) => [op, " ", o.served_model.as_str()],
         None => ["upstream", "", ""],
@@ -484,7 +493,7 @@ mod tests {
             },
             first_byte_us: 900,
             lane: "interactive",
-            queue_wait_us: 40,
+            queue_wait_us: 40_000,
             loaded_model: true,
             prompt_estimate: 1180,
             ..Outcome::default()

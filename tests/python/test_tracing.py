@@ -98,13 +98,13 @@ def test_a_chat_span_carries_every_attribute_and_continues_the_clients_trace(gat
         extra_headers={"traceparent": parent, "tracestate": "vendor=abc", "x-session-id": "sess-42"},
     )
     reply = raw.parse()
-    spans = collector.trace(trace_id, 3)
+    spans = collector.trace(trace_id, 2)
     own = next(s for s in spans if s.kind == SERVER)
-    queue = next(s for s in spans if s.kind == INTERNAL)
     call = next(s for s in spans if s.kind == CLIENT)
-    # The gateway's span is the client's span's child; the queue and the host call are the gateway's.
+    # The gateway's span is the client's span's child; the host call is the
+    # gateway's (no wait for a slot here: no queue span).
     assert own.parent_id == CLIENT_SPAN and own.trace_state == "vendor=abc"
-    assert queue.parent_id == own.span_id and call.parent_id == own.span_id
+    assert call.parent_id == own.span_id and len(spans) == 2
     assert own.name == "chat llama3"
     # The response names the trace and the gateway's span.
     assert raw.headers["traceresponse"] == f"00-{trace_id}-{own.span_id}-01"
@@ -151,10 +151,46 @@ def test_a_chat_span_carries_every_attribute_and_continues_the_clients_trace(gat
     names = [e[0] for e in own.events]
     assert names == ["ai_gateway.admitted", "ai_gateway.first_token"]
     assert own.start <= own.events[0][1] <= own.events[1][1] <= own.end
-    assert queue.end <= call.start + 1 and own.start <= queue.start and call.end <= own.end + 1
+    assert own.start <= call.start and call.end <= own.end + 1
     assert call.attributes["server.port"] == int(port) and call.name == "chat llama3"
     assert own.resource["service.name"] == "gw-test"
     assert own.scope[0] == "ai-gateway" and own.scope[2].startswith("https://opentelemetry.io/schemas/")
+
+
+def test_a_request_that_waits_for_a_slot_has_its_queue_span(mock, collector):
+    # One slot: the second request waits while the first is generating.
+    mock.configure(tokens=20, token_delay_ms=10)
+    g = Gateway(
+        mock.url, "--otlp-endpoint", collector.url, "--otlp-batch-delay-ms", "50",
+        "--upstream-max-concurrent", "1", "--upstream-reserve-interactive", "0",
+    )
+    try:
+        k = g.create_key("k")
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+        parents = [traceparent(), traceparent()]
+        import threading
+
+        held = {**body, "stream": True}  # the emulator paces its tokens in a stream
+        first = threading.Thread(target=post, args=(g, "/v1/chat/completions", held, k, {"traceparent": parents[0]}))
+        first.start()
+        # The first holds the slot (a 200 ms generation) before the second asks.
+        deadline = time.monotonic() + 10
+        while metric(g, "ai_gateway_upstream_in_flight ") < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert post(g, "/v1/chat/completions", body, k, {"traceparent": parents[1]})[0] == 200
+        first.join()
+        spans = collector.trace(parents[1].split("-")[1], 3)
+        own = next(s for s in spans if s.kind == SERVER)
+        queue = next(s for s in spans if s.kind == INTERNAL)
+        call = next(s for s in spans if s.kind == CLIENT)
+        assert queue.name == "ai_gateway.queue" and queue.parent_id == own.span_id and call.parent_id == own.span_id
+        waited = queue.attributes["ai_gateway.queue.wait"]
+        assert waited >= 0.001 and waited == own.attributes["ai_gateway.queue.wait"]
+        assert abs((queue.end - queue.start) / 1e9 - waited) < 0.001
+        assert own.start <= queue.start and queue.end <= call.start + 1000 and call.end <= own.end + 1000
+    finally:
+        mock.configure(tokens=8, token_delay_ms=0)
+        g.stop()
 
 
 def test_without_a_traceparent_the_gateway_starts_the_trace(gateway, key, collector, mock):
@@ -179,7 +215,7 @@ def test_an_unsampled_parent_is_passed_on_and_nothing_is_exported(gateway, key, 
     # A sampled request sent after it is exported; the unsampled one never is.
     marker = traceparent()
     post(gateway, "/v1/chat/completions", {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}, key, {"traceparent": marker})
-    collector.trace(marker.split("-")[1], 3)
+    collector.trace(marker.split("-")[1], 2)
     assert not [s for s in collector.spans if s.trace_id == trace_id]
 
 
@@ -212,7 +248,7 @@ def test_every_front_streamed_or_not(gateway, key, collector, path, body, op, fr
     trace_id = parent.split("-")[1]
     status, _, _ = post(gateway, path, {**body, "stream": stream}, key, {"traceparent": parent})
     assert status == 200
-    spans = collector.trace(trace_id, 3)
+    spans = collector.trace(trace_id, 2)
     own = next(s for s in spans if s.kind == SERVER)
     a = own.attributes
     assert own.name == f"{op} llama3" and own.parent_id == CLIENT_SPAN
@@ -228,7 +264,7 @@ def test_embeddings_on_both_fronts(gateway, key, collector):
         parent = traceparent()
         status, _, _ = post(gateway, path, body, key, {"traceparent": parent})
         assert status == 200
-        own = next(s for s in collector.trace(parent.split("-")[1], 3) if s.kind == SERVER)
+        own = next(s for s in collector.trace(parent.split("-")[1], 2) if s.kind == SERVER)
         assert own.name == "embeddings llama3" and own.attributes["gen_ai.operation.name"] == "embeddings"
         assert own.attributes["gen_ai.usage.input_tokens"] > 0
 
@@ -242,7 +278,7 @@ def test_the_anthropic_sdk_with_a_claude_code_session(gateway, key, collector):
         messages=[{"role": "user", "content": "hi"}],
         extra_headers={"traceparent": parent, "X-Claude-Code-Session-Id": "d8c1d07e-c6a1-4038-8a0d-921b72a24593", "x-session-id": "loses"},
     )
-    own = next(s for s in collector.trace(parent.split("-")[1], 3) if s.kind == SERVER)
+    own = next(s for s in collector.trace(parent.split("-")[1], 2) if s.kind == SERVER)
     assert own.attributes["gen_ai.response.id"] == m.id
     assert own.attributes["gen_ai.conversation.id"] == "d8c1d07e-c6a1-4038-8a0d-921b72a24593"
     assert own.attributes["gen_ai.usage.output_tokens"] == m.usage.output_tokens
@@ -293,7 +329,7 @@ def test_a_cancelled_stream(gateway, key, collector, mock):
         got += s.recv(4096)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()
-    spans = collector.trace(trace_id, 3)
+    spans = collector.trace(trace_id, 2)
     own = next(x for x in spans if x.kind == SERVER)
     assert own.attributes["ai_gateway.cancelled"] is True and own.attributes["error.type"] == "cancelled"
     assert own.attributes["gen_ai.request.stream"] is True
@@ -315,7 +351,7 @@ def test_the_exporter_retries_while_the_receiver_fails_and_comes_back(mock):
         assert metric(g, "ai_gateway_otlp_export_failures_total") >= 2
         c.status = 200
         c.delay = 0.5
-        c.trace(first.split("-")[1], 3)
+        c.trace(first.split("-")[1], 2)
         c.delay = 0
         c.stop()
         down = traceparent()
@@ -326,9 +362,9 @@ def test_the_exporter_retries_while_the_receiver_fails_and_comes_back(mock):
             time.sleep(0.05)
         assert metric(g, "ai_gateway_otlp_export_failures_total") > failures
         c.start()
-        c.trace(down.split("-")[1], 3)
+        c.trace(down.split("-")[1], 2)
         assert metric(g, 'ai_gateway_otlp_spans_dropped_total{reason="export_failed"}') == 0
-        assert metric(g, "ai_gateway_otlp_spans_exported_total") >= 6
+        assert metric(g, "ai_gateway_otlp_spans_exported_total") >= 4
     finally:
         g.stop()
         c.stop()
@@ -422,7 +458,7 @@ def test_a_stop_sends_the_last_spans_and_never_waits_for_a_collector_that_is_awa
         assert post(g, "/v1/chat/completions", body, k, {"traceparent": parent})[0] == 200
         g.proc.terminate()
         assert g.proc.wait(timeout=20) == 0
-        assert len(c.trace(parent.split("-")[1], 3)) == 3
+        assert len(c.trace(parent.split("-")[1], 2)) == 2
     finally:
         g.stop()
         c.stop()
@@ -494,7 +530,7 @@ def test_contents_only_for_a_key_opted_in(gateway, key, collector, stream):
         parent = traceparent()
         status, _, reply = post(gateway, "/v1/chat/completions", body, secret, {"traceparent": parent})
         assert status == 200
-        seen[name] = (next(s for s in collector.trace(parent.split("-")[1], 3) if s.kind == SERVER), reply)
+        seen[name] = (next(s for s in collector.trace(parent.split("-")[1], 2) if s.kind == SERVER), reply)
     own, reply = seen["opted"]
     given = json.loads(own.attributes["gen_ai.input.messages"])
     assert given == [
