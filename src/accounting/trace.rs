@@ -75,21 +75,26 @@ pub struct RequestOptions {
 }
 
 impl RequestOptions {
-    /// The options of a native body the gateway wrote (`options.*`; none
-    /// when it has none). Its writers put `options` after the messages, the
-    /// tools and the format, and nothing after it can hold an `"options"`
-    /// member, so the last `,"options":{` is the body's own (one inside a
-    /// string would have its quotes escaped): only that object is read, not
-    /// the whole body. Should a tool's schema hold the last one (a body
-    /// without options), its members are not numbers and it reads as none.
+    /// The options of a native body (`options.*`; none when it has none),
+    /// as [`Self::of_whole`] reads them, without parsing the whole body when
+    /// it can. The gateway's writers put `options` after the messages, the
+    /// tools and the format, so the last `,"options":` (one inside a string
+    /// has its quotes escaped) is most often the body's own: that object is
+    /// read, and taken only when what follows it closes the body at the top
+    /// level. Any other candidate (one inside a tool's arguments, a schema,
+    /// or the options' own values, as the Ollama front passes a client's
+    /// on) falls back to the whole body. Invariant: the same options as
+    /// `of_whole`, for every body (unit test).
     pub fn of(native: &[u8]) -> Self {
         const MEMBER: &[u8] = b",\"options\":";
+        // A top-level `options` always follows another member (`model` is first).
         let Some(at) = memchr::memmem::rfind(native, MEMBER) else { return Self::default() };
         let rest = &native[at + MEMBER.len()..];
-        if rest.first() != Some(&b'{') {
-            return Self::default();
+        let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<Option<Self>>();
+        match stream.next() {
+            Some(Ok(options)) if closes_the_body(&rest[stream.byte_offset()..]) => options.unwrap_or_default(),
+            _ => Self::of_whole(native),
         }
-        serde_json::Deserializer::from_slice(rest).into_iter::<Self>().next().and_then(Result::ok).unwrap_or_default()
     }
 
     /// The plain version of [`Self::of`]: the whole body parsed.
@@ -100,6 +105,32 @@ impl RequestOptions {
         }
         serde_json::from_slice::<Body>(native).ok().and_then(|b| b.options).unwrap_or_default()
     }
+}
+
+/// Whether `tail` (what follows a member's value) closes the object the
+/// member is in, and that object is the whole body: strings skipped, it
+/// reaches one closing bracket more than it opens, with only white space
+/// after it.
+fn closes_the_body(tail: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < tail.len() {
+        match tail[i] {
+            b'"' => {
+                // To the closing quote: past any escaped character.
+                i += 1;
+                while i < tail.len() && tail[i] != b'"' {
+                    i += if tail[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return tail[i + 1..].iter().all(u8::is_ascii_whitespace),
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 impl Tracer {
@@ -538,18 +569,31 @@ mod tests {
 
     #[test]
     fn the_options_are_read_from_the_last_options_member_as_from_the_whole_body() {
-        let bodies: [&[u8]; 6] = [
+        let bodies: [&[u8]; 11] = [
             br#"{"model":"m","messages":[{"role":"user","content":"\",\"options\":{\"temperature\":9}"}],"options":{"temperature":0.5,"num_predict":10},"think":false}"#,
             br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":{"a":1,"options":{"type":"object"}}}}]}"#,
             br#"{"model":"m","messages":[],"tools":[{"function":{"parameters":{"a":1,"options":{"type":"object"}}}}],"options":{"top_p":0.9,"seed":1}}"#,
             br#"{"model":"m","messages":[]}"#,
             br#"{"model":"m","options":{"temperature":"hot"}}"#,
             b"",
+            // The last candidate is not the body's own: inside a tool call's
+            // arguments after the options, inside the options' own values,
+            // or in a later member when the body has none.
+            br#"{"model":"m","options":{"temperature":0.5},"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":{"a":1,"options":{"temperature":9}}}}]}]}"#,
+            br#"{"model":"m","options":{"temperature":0.5,"x":{"a":1,"options":{"temperature":9}}}}"#,
+            br#"{"model":"m","messages":[],"format":{"a":1,"options":{"temperature":9}}}"#,
+            br#"{"model":"m","options":{"temperature":0.5},"think":"high","keep_alive":"5m"}"#,
+            br#"{"model":"m","options":null}"#,
         ];
         for body in bodies {
             let (fast, plain) = (RequestOptions::of(body), RequestOptions::of_whole(body));
             assert_eq!(format!("{fast:?}"), format!("{plain:?}"), "{}", String::from_utf8_lossy(body));
         }
         assert_eq!(RequestOptions::of(bodies[0]).temperature, Some(0.5));
+        for nested in &bodies[6..8] {
+            assert_eq!(RequestOptions::of(nested).temperature, Some(0.5), "the body's own, not the nested one");
+        }
+        assert_eq!(RequestOptions::of(bodies[8]).temperature, None);
+        assert_eq!(RequestOptions::of(bodies[9]).temperature, Some(0.5));
     }
 }
