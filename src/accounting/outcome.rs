@@ -12,8 +12,9 @@ pub struct Outcome {
     pub served_model: String,
     /// The protocol it came in on (`openai`, `anthropic`, `responses`, `ollama`).
     pub api: &'static str,
-    /// The session a front found for a request that named none in a header
-    /// (a Responses conversation's: see `api::responses`).
+    /// The agent session it belongs to: the one its headers name, else the
+    /// one its front found (a Responses conversation's: see
+    /// `api::responses`); `""` for none.
     pub session: String,
     pub stream: bool,
     pub usage: crate::upstream::native::Usage,

@@ -155,11 +155,6 @@ impl Tracer {
         self.sink.send(full);
     }
 
-    /// The export counters, for `/metrics`.
-    pub fn stats(&self) -> &super::otlp::ExportStats {
-        &self.sink.stats
-    }
-
     /// A request's trace: the client's continued, else a new one.
     pub fn start(&self, traceparent: &str, tracestate: &str) -> RequestTrace {
         let parent = TraceParent::parse(traceparent);

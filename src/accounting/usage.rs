@@ -231,6 +231,7 @@ pub struct Keeping {
     pub sessions_per_day: usize,
 }
 
+#[cfg(test)]
 impl Keeping {
     /// Usage for `usage_days`, and the default bounds of sessions.
     pub fn usage_days(usage_days: u32) -> Self {
@@ -373,21 +374,15 @@ fn writer_loop(
 
 /// Deletes usage and sessions past their retention.
 fn prune(store: &Store, keeping: Keeping) {
-    let before = |days: u32| crate::clock::day_of(crate::clock::unix_now() - i64::from(days) * 86_400);
-    if keeping.usage_days > 0 {
-        let before = before(keeping.usage_days);
-        match store.prune_usage(&before) {
+    type Prune = fn(&Store, &str) -> Result<u64, StoreError>;
+    let tables: [(u32, &str, Prune); 2] =
+        [(keeping.usage_days, "usage", Store::prune_usage), (keeping.session_days, "session", Store::prune_sessions)];
+    for (days, what, prune) in tables.into_iter().filter(|(days, ..)| *days > 0) {
+        let before = crate::clock::day_of(crate::clock::unix_now() - i64::from(days) * 86_400);
+        match prune(store, &before) {
             Ok(0) => {}
-            Ok(n) => crate::log::info(format_args!("deleted {n} usage rollups from before {before} (retention)")),
-            Err(e) => crate::log::error(format_args!("usage retention: {e}")),
-        }
-    }
-    if keeping.session_days > 0 {
-        let before = before(keeping.session_days);
-        match store.prune_sessions(&before) {
-            Ok(0) => {}
-            Ok(n) => crate::log::info(format_args!("deleted {n} session rollups from before {before} (retention)")),
-            Err(e) => crate::log::error(format_args!("session retention: {e}")),
+            Ok(n) => crate::log::info(format_args!("deleted {n} {what} rollups from before {before} (retention)")),
+            Err(e) => crate::log::error(format_args!("{what} retention: {e}")),
         }
     }
 }

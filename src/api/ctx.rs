@@ -80,16 +80,18 @@ impl Ctx {
     /// Notes that the request was admitted now (for its trace's events), and
     /// the sampling options of the body the host is sent. Nothing untraced.
     pub fn traced_admission(&mut self, native: &[u8]) {
+        if !self.trace.as_ref().is_some_and(|t| t.span.sampled) {
+            return;
+        }
         let now = self.elapsed_us().max(1);
         let contents = self.key.as_deref().is_some_and(|k| k.grants.trace_contents);
-        if let Some(t) = self.trace.as_mut().filter(|t| t.span.sampled) {
-            t.admitted_us = now;
-            t.request = crate::accounting::trace::RequestOptions::of(native);
-            // Only for a key whose operator opted its contents in.
-            if contents {
-                let input = crate::accounting::contents::input_messages(native);
-                t.contents = Some(Box::new(crate::accounting::trace::Contents { input, output: String::new() }));
-            }
+        let Some(t) = self.trace.as_mut() else { return };
+        t.admitted_us = now;
+        t.request = crate::accounting::trace::RequestOptions::of(native);
+        // Only for a key whose operator opted its contents in.
+        if contents {
+            let input = crate::accounting::contents::input_messages(native);
+            t.contents = Some(Box::new(crate::accounting::trace::Contents { input, output: String::new() }));
         }
     }
 

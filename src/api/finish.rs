@@ -20,10 +20,8 @@ use crate::policy::limits::{self, Limiters};
 /// book and the token rate, the calibration, and its concurrency slot. A
 /// client that sends its next request the moment it has read a reply so
 /// finds everything the previous one held given back. Runs once; [`finish`]
-/// runs it for a request that ended any other way. `session`: the agent
-/// session the request named in a header (`""`: none; then the one its
-/// front found, if any).
-pub fn settle(worker: &Worker, ctx: &mut Ctx, session: &str) {
+/// runs it for a request that ended any other way.
+pub fn settle(worker: &Worker, ctx: &mut Ctx) {
     if ctx.settled {
         return;
     }
@@ -31,7 +29,6 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx, session: &str) {
     let admission = ctx.admission.take();
     if let (Some(key), true) = (ctx.key.as_deref(), ctx.metered) {
         let o = &ctx.outcome;
-        let session = if session.is_empty() { o.session.as_str() } else { session };
         let total_us = ctx.elapsed_us();
         let today = crate::clock::today();
         let model = recorded_model(worker, o);
@@ -47,7 +44,7 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx, session: &str) {
             cancelled: o.cancelled,
             upstream_failed: o.upstream_failed,
             estimated: o.estimated,
-            session,
+            session: &o.session,
         };
         worker.usage.record(&record, &today);
         let reserved = admission.as_ref().map_or(0, |a| a.quota_reserved);
@@ -82,7 +79,7 @@ pub fn settle(worker: &Worker, ctx: &mut Ctx, session: &str) {
 /// Accounts for a finished request (its reply written, or its client gone):
 /// settles it if that was not done yet, then its access log line and metrics.
 pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
-    settle(worker, ctx, &req.session);
+    settle(worker, ctx);
     let total_us = ctx.elapsed_us();
     let finished = Finished {
         id: &ctx.id,
@@ -92,7 +89,7 @@ pub fn finish(worker: &Worker, req: &Request, ctx: &mut Ctx) {
         route: ctx.route,
         total_us,
         outcome: &ctx.outcome,
-        session: if req.session.is_empty() { &ctx.outcome.session } else { &req.session },
+        session: &ctx.outcome.session,
         trace_id: ctx.trace.as_ref().map(|t| t.span.trace_id),
     };
     worker.access_log.log(&finished);

@@ -43,9 +43,7 @@ pub fn admit<'w, P: AsRef<Plan>>(
     let prompt = worker.calibration.estimate(&key.id, &plan.served_model, raw);
     let completion = if plan.generates { plan.max_tokens.unwrap_or(worker.config.completion_reservation) } else { 0 };
     admit_cost(worker, ctx, key, prompt.saturating_add(completion))?;
-    if ctx.trace.is_some() {
-        ctx.traced_admission(native);
-    }
+    ctx.traced_admission(native);
     let o = &mut ctx.outcome;
     o.prompt_raw = raw;
     o.prompt_estimate = prompt;
@@ -148,9 +146,7 @@ pub async fn whole<'w>(
         ctx.outcome.upstream_failed = true;
         return Reply::error(client_error(client::UpstreamError::OverBudget(worker.config.upstream_buffer_bytes)));
     }
-    if ctx.traces_contents() {
-        ctx.traced_output(&reply.body);
-    }
+    ctx.traced_output(&reply.body);
     let mut out = Vec::with_capacity(reply.body.len() + 256);
     match render(&mut out, &ctx.id, model, &reply.body) {
         Ok(usage) => {

@@ -104,6 +104,10 @@ pub fn accept<'w>(worker: &Worker, req: &Request, ctx: &mut Ctx, routed: Routed)
         ctx.headers.push(("traceresponse", trace.span.header()));
         ctx.trace = Some(Box::new(trace));
     }
+    // The agent session its headers name (a front may find one otherwise: see `Outcome::session`).
+    if !req.session.is_empty() {
+        ctx.outcome.session.clone_from(&req.session);
+    }
     let route = match routed {
         Routed::Endpoint(r) => r,
         Routed::Preflight { allow } => return Err(preflight(req, allow)),

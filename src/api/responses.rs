@@ -102,15 +102,15 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
     let keep = (rplan.store && !worker.config.responses_ttl.is_zero()).then_some(());
     // The session: the agent's (a header), else the chain's: the one of the
     // response continued, or, for a stored first response, its own id.
-    let session = match chain.take() {
-        _ if !req.session.is_empty() => req.session.clone(),
-        Some(chained) => chained,
-        None if keep.is_some() => ctx.id.clone(),
-        None => String::new(),
-    };
-    if req.session.is_empty() {
-        ctx.outcome.session.clone_from(&session);
+    let chained = chain.take();
+    if ctx.outcome.session.is_empty() {
+        ctx.outcome.session = match chained {
+            Some(chained) => chained,
+            None if keep.is_some() => ctx.id.clone(),
+            None => String::new(),
+        };
     }
+    let session = ctx.outcome.session.clone();
     let keep = keep.map(|()| Keep {
         store,
         cluster: worker.cluster.clone(),

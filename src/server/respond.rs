@@ -76,7 +76,7 @@ pub async fn write(worker: &Worker, conn: &mut Conn, ctx: &mut Ctx, mut reply: R
     ctx.outcome.status = status;
     ctx.first_byte_now();
     // Settled before the reply goes out, so the client's next request finds it so.
-    crate::api::finish::settle(worker, ctx, &conn.req.session);
+    crate::api::finish::settle(worker, ctx);
     let head_only = conn.req.method() == Method::Head;
     let origin = conn.req.origin && reply.cors;
     let h = head(&mut conn.out, ctx, status, &reply.headers, origin).connection(keep_alive);
@@ -215,7 +215,7 @@ async fn stream(
         if pull == Pull::End {
             // Settled before the last bytes go out, so the client's next request finds it so.
             relay.account(ctx, Relayed::Done);
-            crate::api::finish::settle(worker, ctx, &conn.req.session);
+            crate::api::finish::settle(worker, ctx);
         }
         if !out.is_empty() {
             let (res, o) = split.write(out).await;

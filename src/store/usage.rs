@@ -366,12 +366,7 @@ impl Store {
     pub fn usage_range(&self, key_id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
         use std::ops::Bound;
         let rtxn = self.read()?;
-        let start = rollup_key(key_id, from, "");
-        // Just past every model of day `to`: `key \0 to \x01`.
-        let mut end = rollup_key(key_id, to, "");
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
+        let (start, end) = days_of(key_id, from, to);
         let range = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
         let mut rows = Vec::new();
         for item in self.usage.range(&rtxn, &range)? {
@@ -452,12 +447,8 @@ impl Store {
         let Some(table) = self.sessions else { return Ok(Vec::new()) };
         let rtxn = self.read()?;
         use std::ops::Bound;
-        // One key's rows: from `key \0` to just before `key \x01`.
-        let bounds = key_id.map(|k| {
-            let start = [k.as_bytes(), &[0]].concat();
-            let end = [k.as_bytes(), &[1]].concat();
-            (start, end)
-        });
+        // One key's rows are its range of days; without a key, the whole table.
+        let bounds = key_id.map(|k| days_of(k, from.unwrap_or("0000-00-00"), to.unwrap_or("9999-12-31")));
         let range = match &bounds {
             Some((start, end)) => (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())),
             None => (Bound::Unbounded, Bound::Unbounded),
@@ -492,6 +483,18 @@ impl Store {
             None => Ok(0),
         }
     }
+}
+
+/// The keys bounding one key's rows from day `from` to day `to` (inclusive)
+/// in a table keyed `key \0 day \0 …`: `key \0 from \0`, and just past
+/// every row of day `to`, `key \0 to \x01`.
+fn days_of(key_id: &str, from: &str, to: &str) -> (Vec<u8>, Vec<u8>) {
+    let start = rollup_key(key_id, from, "");
+    let mut end = rollup_key(key_id, to, "");
+    if let Some(last) = end.last_mut() {
+        *last = 1;
+    }
+    (start, end)
 }
 
 /// Reads one stored rollup (`None` for a key that is not in the table's shape).

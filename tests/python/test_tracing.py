@@ -394,7 +394,9 @@ def test_tracing_off_sends_no_traceparent_and_no_header(mock):
         )
         assert status == 200 and "traceresponse" not in headers
         assert sent_traceparents(mock) == []
-        assert metric(g, "ai_gateway_otlp_") == 0
+        scraped = urllib.request.Request(g.url + "/metrics", headers={"Authorization": "Bearer " + ADMIN})
+        with urllib.request.urlopen(scraped) as r:
+            assert "ai_gateway_otlp_" not in r.read().decode(), "no export series without an endpoint"
     finally:
         g.stop()
 
