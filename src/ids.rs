@@ -79,20 +79,33 @@ impl TraceParent {
         Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
     }
 
-    /// Appends the version-00 value (55 bytes).
+    /// The version-00 value (55 bytes), written in place: it goes into every
+    /// traced request's call to the host and its reply.
+    pub fn bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, b) in self.trace_id.iter().enumerate() {
+            v[3 + 2 * i] = HEX[usize::from(b >> 4)];
+            v[4 + 2 * i] = HEX[usize::from(b & 15)];
+        }
+        for (i, b) in self.span_id.iter().enumerate() {
+            v[36 + 2 * i] = HEX[usize::from(b >> 4)];
+            v[37 + 2 * i] = HEX[usize::from(b & 15)];
+        }
+        if self.sampled {
+            v[54] = b'1';
+        }
+        v
+    }
+
+    /// Appends the version-00 value.
     pub fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"00-");
-        push_hex(out, &self.trace_id);
-        out.push(b'-');
-        push_hex(out, &self.span_id);
-        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        out.extend_from_slice(&self.bytes());
     }
 
     /// The version-00 value as a string.
     pub fn header(&self) -> String {
-        let mut out = Vec::with_capacity(TRACEPARENT_LEN);
-        self.write(&mut out);
-        String::from_utf8(out).unwrap_or_default()
+        self.bytes().iter().map(|&b| char::from(b)).collect()
     }
 }
 
@@ -183,5 +196,14 @@ mod tests {
         }
         let fresh = TraceParent { trace_id: trace_id(), span_id: span_id(), sampled: true };
         assert_eq!(TraceParent::parse(&fresh.header()), Some(fresh));
+        // The in-place writer against the plain hex of each field.
+        for sampled in [true, false] {
+            let t = TraceParent { trace_id: trace_id(), span_id: span_id(), sampled };
+            let plain = format!("00-{}-{}-0{}", hex(&t.trace_id), hex(&t.span_id), u8::from(sampled));
+            assert_eq!(t.header(), plain);
+            let mut out = b"x".to_vec();
+            t.write(&mut out);
+            assert_eq!(&out[1..], plain.as_bytes());
+        }
     }
 }

@@ -733,6 +733,7 @@ impl Plain {
         &mut self.spans[i]
     }
 
+    #[inline]
     fn attr(&mut self, key: &str, v: proto::Value) {
         self.last().attributes.push(kv(key, v));
     }
@@ -794,11 +795,13 @@ impl<'b> Wire<'b> {
 
     /// An attribute: `KeyValue { key, value: AnyValue { <value> } }`, the
     /// value's field and bytes given by `value` after its length.
+    #[inline]
     fn attr(&mut self, key: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
         use wire::{LEN, field_len, tag, varint};
         let any = value_len;
         let kv = field_len(key.len()) + field_len(any);
         let out = &mut self.batch.bytes;
+        out.reserve(field_len(kv));
         tag(out, 9, LEN);
         varint(out, kv as u64);
         tag(out, 1, LEN);
@@ -930,7 +933,12 @@ pub mod wire {
     pub const LEN: u8 = 2;
     pub const FIXED32: u8 = 5;
 
+    #[inline]
     pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+        if v < 0x80 {
+            out.push(v as u8);
+            return;
+        }
         while v >= 0x80 {
             out.push(v as u8 | 0x80);
             v >>= 7;
@@ -938,20 +946,31 @@ pub mod wire {
         out.push(v as u8);
     }
 
+    #[inline]
     pub fn varint_len(v: u64) -> usize {
-        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+        // Most lengths in a span are one or two bytes: no division for them.
+        if v < 1 << 7 {
+            1
+        } else if v < 1 << 14 {
+            2
+        } else {
+            (64 - v.leading_zeros() as usize).div_ceil(7)
+        }
     }
 
+    #[inline]
     pub fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
         varint(out, u64::from(field << 3 | u32::from(wire_type)));
     }
 
     /// A length-delimited field of `len` bytes, all of it (fields 1 to 15).
+    #[inline]
     pub fn field_len(len: usize) -> usize {
         1 + varint_len(len as u64) + len
     }
 
     /// A `bytes` or `string` field, left out when empty (proto3's default).
+    #[inline]
     pub fn bytes(out: &mut Vec<u8>, field: u32, v: &[u8]) {
         if !v.is_empty() {
             string_always(out, field, v);
@@ -959,6 +978,7 @@ pub mod wire {
     }
 
     /// A string field written even when empty (a `oneof` member).
+    #[inline]
     pub fn string_always(out: &mut Vec<u8>, field: u32, v: &[u8]) {
         tag(out, field, LEN);
         varint(out, v.len() as u64);
@@ -1078,7 +1098,7 @@ mod export_tests {
 
     #[test]
     fn varint_lengths() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, u64::from(u32::MAX), u64::MAX] {
             let mut out = Vec::new();
             wire::varint(&mut out, v);
             assert_eq!(out.len(), wire::varint_len(v), "{v}");
