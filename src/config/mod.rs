@@ -104,9 +104,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AI_GATEWAY_UPSTREAM_HEALTH_INTERVAL", default_value_t = 2.0)]
     pub upstream_health_interval: f64,
 
-    /// Worker threads, one per core, each pinned with its own listener (default: number of cores).
+    /// Worker threads, each with its own listener (default: number of cores).
     #[arg(long, env = "AI_GATEWAY_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Pin worker N to core N (mod the cores). Off by default: on a box the
+    /// gateway shares with the model server and its clients, a pinned worker
+    /// waits for its core while another sits idle; on cores kept for the
+    /// gateway alone, pinning keeps each worker's caches warm.
+    #[arg(long, env = "AI_GATEWAY_PIN_WORKERS")]
+    pub pin_workers: bool,
 
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "AI_GATEWAY_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -347,6 +354,8 @@ pub struct Config {
     /// Model aliases and load-time settings from the config file.
     pub models: ModelTable,
     pub workers: usize,
+    /// `--pin-workers`: worker N runs on core N only.
+    pub pin_workers: bool,
     pub http: HttpLimits,
     pub upstream_limits: ClientLimits,
     pub data_dir: PathBuf,
@@ -494,6 +503,7 @@ impl Config {
             public_url,
             models,
             workers,
+            pin_workers: a.pin_workers,
             http: HttpLimits {
                 max_body: a.max_body_bytes,
                 header_timeout: secs(&mut p, "header_timeout", a.header_timeout),

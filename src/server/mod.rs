@@ -177,7 +177,9 @@ pub fn run(config: Config) -> Result<(), String> {
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
-                let _ = monoio::utils::bind_to_cpu_set([index % cores]);
+                if config.pin_workers {
+                    let _ = monoio::utils::bind_to_cpu_set([index % cores]);
+                }
                 let pools = upstreams.hosts.iter().map(|_| Pool::new(config.upstream_limits)).collect();
                 let keys = KeyCache::default();
                 let worker = Rc::new(Worker {
@@ -230,9 +232,10 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let hosts: Vec<String> = upstreams.hosts.iter().map(|h| format!("{} ({})", h.target.url, h.target.addr)).collect();
     crate::log::always(format_args!(
-        "ai-gateway listening on {local} ({}, driver {driver}, {} workers), upstream {}",
+        "ai-gateway listening on {local} ({}, driver {driver}, {} workers{}), upstream {}",
         if tls.is_some() { "https" } else { "http" },
         threads.len(),
+        if config.pin_workers { ", pinned" } else { "" },
         hosts.join(", ")
     ));
     for t in threads {

@@ -28,6 +28,45 @@ fn startup_log_names_the_driver_address_and_upstream() {
     assert!(log.contains(&m.url()), "{log}");
 }
 
+/// The cores each worker thread of `pid` may run on, by worker name.
+fn worker_cores(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("worker-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim();
+        out.push((comm.trim().to_owned(), cores.to_owned()));
+    }
+    // A worker's helper threads carry its name (and its cores): one row each.
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn workers_are_pinned_only_when_asked() {
+    let m = mock(&[]);
+    // The process's own cores: what an unpinned worker may use.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let g = gateway(&m, &["--workers", "2"]);
+    let free = worker_cores(g.child.id());
+    assert_eq!(free.len(), 2, "{free:?}");
+    assert!(free.iter().all(|(_, c)| *c == own), "{free:?} against {own}");
+    assert!(!g.log_text().contains("pinned"), "{}", g.log_text());
+
+    let g = gateway(&m, &["--workers", "2", "--pin-workers"]);
+    let pinned = worker_cores(g.child.id());
+    let expected: Vec<(String, String)> = (0..2).map(|i| (format!("worker-{i}"), (i % cores).to_string())).collect();
+    assert_eq!(pinned, expected);
+    assert!(g.log_text().contains("2 workers, pinned"), "{}", g.log_text());
+}
+
 #[test]
 fn a_port_held_by_another_process_is_a_clear_error() {
     let m = mock(&[]);
