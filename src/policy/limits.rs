@@ -55,11 +55,18 @@ pub struct BucketState {
     pub reset_ns: u64,
 }
 
+/// The nanoseconds one unit of a per-minute `limit` takes from its bucket:
+/// at least one, so a limit past 60 billion a minute (an admin may set any
+/// whole number) counts as that many rather than dividing by zero.
+fn per_unit(limit: u64) -> u64 {
+    (MINUTE_NS / limit.max(1)).max(1)
+}
+
 impl Gcra {
     /// Takes `cost` units if the bucket allows it (capacity `limit` per
     /// minute). On refusal, the nanoseconds to wait.
     pub fn take(&self, limit: u64, cost: u64, now: u64) -> Result<(), u64> {
-        let interval = MINUTE_NS / limit.max(1);
+        let interval = per_unit(limit);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let base = tat.max(now);
@@ -77,7 +84,7 @@ impl Gcra {
     /// Admits while the bucket is not overdrawn, reserving `cost` (which may
     /// overdraw it: a reservation is settled later). On refusal, the wait.
     pub fn reserve(&self, limit: u64, cost: u64, now: u64) -> Result<(), u64> {
-        let interval = MINUTE_NS / limit.max(1);
+        let interval = per_unit(limit);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             if tat > now + MINUTE_NS {
@@ -94,7 +101,7 @@ impl Gcra {
     /// Adjusts the bucket by `delta` units (positive: more used than
     /// reserved; negative: give back).
     pub fn settle(&self, limit: u64, delta: i64, now: u64) {
-        let interval = MINUTE_NS / limit.max(1);
+        let interval = per_unit(limit);
         let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
             let base = tat.max(now);
             Some(if delta >= 0 {
@@ -107,7 +114,7 @@ impl Gcra {
     }
 
     pub fn state(&self, limit: u64, now: u64) -> BucketState {
-        let interval = MINUTE_NS / limit.max(1);
+        let interval = per_unit(limit);
         let used_ns = self.tat.load(Ordering::Relaxed).saturating_sub(now);
         let remaining = (MINUTE_NS.saturating_sub(used_ns) / interval).min(limit);
         BucketState { limit, remaining, reset_ns: used_ns }
@@ -302,7 +309,6 @@ impl Limiters {
     /// The 429 for a request still short after a borrow: the cluster's
     /// slice of that limit is spent.
     pub fn cluster_limited(key: &KeyRecord, short: Short) -> (ApiError, u64) {
-        let per_unit = |limit: u64| MINUTE_NS / limit.max(1);
         match short {
             Short::Slot => {
                 let max = key.limits.max_concurrent.unwrap_or(0);
@@ -337,7 +343,7 @@ impl Limiters {
             // debt only here: refused only when the cluster's bucket is known
             // to be empty too (the debt is charged to it next round).
             if !lease.tokens_left() && lease.empty_until[1].load(Ordering::Relaxed) > crate::cluster::now_ms() {
-                let wait = (MINUTE_NS / tpm.max(1)).saturating_mul(64);
+                let wait = per_unit(tpm).saturating_mul(64);
                 return Err(limited(key, "tokens", "tokens per minute", tpm, wait));
             }
             lease.reserve_tokens(reserve);
@@ -407,6 +413,21 @@ mod tests {
         assert_eq!((s.limit, s.remaining), (60, 0));
         let later = g.state(60, t0 + 61 * SEC);
         assert_eq!(later.remaining, 60);
+    }
+
+    #[test]
+    fn a_limit_of_any_size_counts_without_dividing_by_zero() {
+        // An admin may set any whole number: past 60 billion a minute, one unit costs a nanosecond.
+        let t0 = 100 * SEC;
+        for limit in [60_000_000_000, 60_000_000_001, u64::MAX / 4, u64::MAX] {
+            let g = Gcra::default();
+            assert!(g.take(limit, 1_000, t0).is_ok());
+            assert!(g.reserve(limit, 1_000, t0).is_ok());
+            g.settle(limit, -500, t0);
+            let s = g.state(limit, t0);
+            assert_eq!(s.limit, limit);
+            assert!(s.remaining > 0, "{limit}: {}", s.remaining);
+        }
     }
 
     #[test]

@@ -66,6 +66,25 @@ fn requests_per_minute_are_exact_across_workers_and_connections() {
 }
 
 #[test]
+fn a_limit_of_any_size_is_served() {
+    // Past 60 billion a minute one unit's share of the bucket was zero: every
+    // request of such a key divided by it while writing its headers.
+    let m = mock(&[]);
+    let g = gateway(&m, &[]);
+    let huge = u64::MAX.to_string();
+    let key =
+        create_key(&g, "unlimited", &["--rpm", "100000000000", "--tpm", &huge])["secret"].as_str().unwrap().to_owned();
+    for stream in [false, true] {
+        let r = chat_as(&g, &key, &chat_body("llama3", stream));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("100000000000"));
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), Some(huge.as_str()));
+    }
+    // The worker that served them still serves.
+    assert_eq!(chat_as(&g, &key, &chat_body("llama3", false)).status, 200);
+}
+
+#[test]
 fn the_429_contract_and_rate_limit_headers() {
     let m = mock(&[]);
     let g = gateway(&m, &[]);
