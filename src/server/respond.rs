@@ -151,8 +151,9 @@ fn first_piece(ctx: &mut Ctx, body: &mut Body<'_>) -> Option<Vec<u8>> {
     }
 }
 
-/// The head every reply starts with.
-fn head<'o>(
+/// The head every reply starts with (public for `benches/cost.rs`, which
+/// drives it as a phase of its own).
+pub fn head<'o>(
     out: &'o mut Vec<u8>,
     ctx: &Ctx,
     status: u16,
