@@ -320,12 +320,14 @@ fn a_store_from_a_newer_version_is_refused_at_startup() {
 }
 
 /// Requests sent with `secret` on one kept connection until `stop`: for each,
-/// when it was sent and the status it got.
+/// when it was sent and the status it got. `served` counts the clients that
+/// have had a 200 (each once).
 fn hammer(
     addr: std::net::SocketAddr,
     secret: String,
     path: &'static str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> std::thread::JoinHandle<Vec<(std::time::Instant, u16)>> {
     std::thread::spawn(move || {
         let auth = format!("Bearer {secret}");
@@ -336,6 +338,9 @@ fn hammer(
             let at = std::time::Instant::now();
             send(&mut s, "GET", path, None, &[("Authorization", &auth)]);
             let Some(resp) = read_response(&mut r, false) else { break };
+            if resp.status == 200 && !sent.iter().any(|&(_, s)| s == 200) {
+                served.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
             sent.push((at, resp.status));
             if resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
                 s = connect(addr);
@@ -359,8 +364,14 @@ fn served_after_revocation(g: &Proc, role: &str, path: &'static str, rounds: usi
         let (id, secret) = (created.json()["id"].as_str().unwrap().to_owned(), created.json()["secret"].to_string());
         let secret = secret.trim_matches('"').to_owned();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let clients: Vec<_> = (0..2).map(|_| hammer(g.addr, secret.clone(), path, stop.clone())).collect();
-        std::thread::sleep(Duration::from_millis(20));
+        let in_use = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients: Vec<_> =
+            (0..2).map(|_| hammer(g.addr, secret.clone(), path, stop.clone(), in_use.clone())).collect();
+        // The key is in use on both connections (each has been served) before it is revoked.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while in_use.load(std::sync::atomic::Ordering::Acquire) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let r = admin(g, ADMIN_KEY, "DELETE", &format!("/admin/v1/keys/{id}"), None);
         let returned = std::time::Instant::now();
         assert_eq!(r.status, 200, "{}", r.text());
