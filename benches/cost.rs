@@ -11,6 +11,8 @@
 //!
 //! `perf/cost` runs this bench and prints the table with each phase's budget.
 
+mod common;
+
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use ai_gateway::policy::auth::KeyCache;
 use ai_gateway::policy::limits::{LimiterBook, Limiters};
 use ai_gateway::policy::quota::QuotaBook;
 use ai_gateway::store::Store;
-use ai_gateway::store::keys::{Limits, NewKey, Role};
+use ai_gateway::store::keys::{NewKey, Role};
 use ai_gateway::upstream::client::{BodyDecoder, Pool, parse_response_head};
 use ai_gateway::upstream::gate::Permit;
 use ai_gateway::upstream::native_request::Plan;
@@ -64,31 +66,9 @@ fn worker() -> (Worker, String) {
         "0",
     ]);
     let config = Config::from_args(&args.serve, Default::default()).unwrap_or_else(|p| panic!("{p:?}"));
-    let upstreams = ai_gateway::upstream::hosts::Upstreams::new(
-        &config.upstreams,
-        None,
-        ai_gateway::upstream::gate::GateConfig {
-            max_in_flight: config.upstream_max_concurrent,
-            queue_cap: config.upstream_queue,
-            reserve_interactive: config.upstream_reserve_interactive,
-            num_parallel: config.upstream_num_parallel,
-            max_loaded: config.upstream_max_loaded_models,
-            aging: config.queue_aging,
-            swap_max_wait: config.swap_max_wait,
-        },
-        config.upstream_health_interval,
-        config.upstream_limits.connect_timeout,
-        config.upstream_buffer_bytes,
-    )
-    .unwrap();
+    let upstreams = ai_gateway::upstream::hosts::Upstreams::from_config(&config).unwrap();
     let store = Store::open(&dir).unwrap();
-    let limits = Limits {
-        rpm: Some(u64::MAX / 4),
-        tpm: Some(u64::MAX / 4),
-        max_concurrent: Some(1_000_000),
-        daily_tokens: Some(u64::MAX / 4),
-        monthly_tokens: Some(u64::MAX / 4),
-    };
+    let limits = common::every_limit_set();
     let new = NewKey {
         name: "bench".into(),
         role: Role::User,

@@ -6,6 +6,8 @@
 //! 10,000 keys with every limit set. Beside it, each step alone, so the sum
 //! of the parts can be read against the whole.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -15,20 +17,14 @@ use ai_gateway::policy::auth::KeyCache;
 use ai_gateway::policy::limits::{LimiterBook, Limiters, now_ns};
 use ai_gateway::policy::quota::QuotaBook;
 use ai_gateway::store::Store;
-use ai_gateway::store::keys::{Limits, NewKey, Role};
+use ai_gateway::store::keys::{NewKey, Role};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("ai-gateway-bench-path-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir).unwrap();
-    let limits = Limits {
-        rpm: Some(u64::MAX / 4),
-        tpm: Some(u64::MAX / 4),
-        max_concurrent: Some(1_000_000),
-        daily_tokens: Some(u64::MAX / 4),
-        monthly_tokens: Some(u64::MAX / 4),
-    };
+    let limits = common::every_limit_set();
     let mut secret = String::new();
     for i in 0..10_000 {
         let new = NewKey {

@@ -40,22 +40,7 @@ use crate::upstream::hosts::Upstreams;
 /// Binds, starts the workers and serves until the process is stopped.
 /// Returns an error message for startup failures.
 pub fn run(config: Config) -> Result<(), String> {
-    let upstreams = Upstreams::new(
-        &config.upstreams,
-        config.upstream_ca.as_deref(),
-        crate::upstream::gate::GateConfig {
-            max_in_flight: config.upstream_max_concurrent,
-            queue_cap: config.upstream_queue,
-            reserve_interactive: config.upstream_reserve_interactive,
-            num_parallel: config.upstream_num_parallel,
-            max_loaded: config.upstream_max_loaded_models,
-            aging: config.queue_aging,
-            swap_max_wait: config.swap_max_wait,
-        },
-        config.upstream_health_interval,
-        config.upstream_limits.connect_timeout,
-        config.upstream_buffer_bytes,
-    )?;
+    let upstreams = Upstreams::from_config(&config)?;
     raise_fd_limit();
     // TLS files that do not load stop the start, with what is wrong with them.
     let tls = match &config.tls {

@@ -161,6 +161,27 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// The hosts as `serve`'s configuration names them: their URLs and CA,
+    /// their queues' settings, their checks and the buffer budget.
+    pub fn from_config(config: &crate::config::Config) -> Result<Arc<Self>, String> {
+        Self::new(
+            &config.upstreams,
+            config.upstream_ca.as_deref(),
+            GateConfig {
+                max_in_flight: config.upstream_max_concurrent,
+                queue_cap: config.upstream_queue,
+                reserve_interactive: config.upstream_reserve_interactive,
+                num_parallel: config.upstream_num_parallel,
+                max_loaded: config.upstream_max_loaded_models,
+                aging: config.queue_aging,
+                swap_max_wait: config.swap_max_wait,
+            },
+            config.upstream_health_interval,
+            config.upstream_limits.connect_timeout,
+            config.upstream_buffer_bytes,
+        )
+    }
+
     /// Resolves every URL (blocking: call at startup). Hosts start healthy;
     /// the first check runs at once.
     pub fn new(
