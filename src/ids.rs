@@ -82,16 +82,9 @@ impl TraceParent {
     /// The version-00 value (55 bytes), written in place: it goes into every
     /// traced request's call to the host and its reply.
     pub fn bytes(&self) -> [u8; TRACEPARENT_LEN] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        for (i, b) in self.trace_id.iter().enumerate() {
-            v[3 + 2 * i] = HEX[usize::from(b >> 4)];
-            v[4 + 2 * i] = HEX[usize::from(b & 15)];
-        }
-        for (i, b) in self.span_id.iter().enumerate() {
-            v[36 + 2 * i] = HEX[usize::from(b >> 4)];
-            v[37 + 2 * i] = HEX[usize::from(b & 15)];
-        }
+        hex_into(&mut v[3..35], &self.trace_id);
+        hex_into(&mut v[36..52], &self.span_id);
         if self.sampled {
             v[54] = b'1';
         }
@@ -125,10 +118,17 @@ pub fn span_id() -> [u8; 8] {
 
 /// Lower-case hex of `bytes`, appended.
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    let at = out.len();
+    out.resize(at + 2 * bytes.len(), 0);
+    hex_into(&mut out[at..], bytes);
+}
+
+/// `bytes` as lower-case hex into `out`, two digits a byte (`out` is that long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
 }
 
