@@ -110,7 +110,6 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
             None => String::new(),
         };
     }
-    let session = ctx.outcome.session.clone();
     let keep = keep.map(|()| Keep {
         store,
         cluster: worker.cluster.clone(),
@@ -118,7 +117,7 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         key_id: key.id.clone(),
         ttl: worker.config.responses_ttl,
         max_bytes: worker.config.responses_max_bytes,
-        session,
+        session: ctx.outcome.session.clone(),
     });
     let model = rplan.plan.model.clone();
     let shape = Shape::new(&ctx.id, &model, &rplan);
