@@ -6,6 +6,7 @@ and the exporter with the receiver slow, failing, down and back."""
 
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -168,8 +169,6 @@ def test_a_request_that_waits_for_a_slot_has_its_queue_span(mock, collector):
         k = g.create_key("k")
         body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
         parents = [traceparent(), traceparent()]
-        import threading
-
         held = {**body, "stream": True}  # the emulator paces its tokens in a stream
         first = threading.Thread(target=post, args=(g, "/v1/chat/completions", held, k, {"traceparent": parents[0]}))
         first.start()
