@@ -101,9 +101,11 @@ pub enum HeadError {
 /// Returns `Ok(None)` when the head is not complete yet (and still within
 /// `limit` bytes), `Ok(Some(head))` when it is.
 pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes the headers it finds, and a
+    // hundred empty ones written first cost more than the parse of a short head.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limit { Err(HeadError::TooLarge) } else { Ok(None) };
@@ -173,72 +175,86 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if content_length.is_some() {
-                return Err(HeadError::Bad("duplicate Content-Length header"));
+        // The names acted on, told apart by their length first: most of a
+        // client's headers (`accept`, `user-agent`, `x-stainless-*`) are
+        // passed over with one comparison.
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            14 if is("content-length") => {
+                if content_length.is_some() {
+                    return Err(HeadError::Bad("duplicate Content-Length header"));
+                }
+                content_length = Some(parse_content_length(value)?);
             }
-            content_length = Some(parse_content_length(value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if saw_te {
-                return Err(HeadError::Bad("duplicate Transfer-Encoding header"));
+            17 if is("transfer-encoding") => {
+                if saw_te {
+                    return Err(HeadError::Bad("duplicate Transfer-Encoding header"));
+                }
+                saw_te = true;
+                if !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(HeadError::Bad("unsupported Transfer-Encoding: only a single 'chunked' is accepted"));
+                }
+                chunked = true;
             }
-            saw_te = true;
-            if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Bad("unsupported Transfer-Encoding: only a single 'chunked' is accepted"));
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
+            10 if is("connection") => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(HeadError::UnsupportedExpect);
+            6 if is("expect") => {
+                if value.eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    return Err(HeadError::UnsupportedExpect);
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            if head.host.is_some() {
-                return Err(HeadError::Bad("duplicate Host header"));
+            4 if is("host") => {
+                if head.host.is_some() {
+                    return Err(HeadError::Bad("duplicate Host header"));
+                }
+                head.host = Some(at(value));
             }
-            head.host = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"authorization") {
-            // Two credentials are ambiguous (which one is checked?): refused, never "the last wins".
-            if head.authorization.is_some() {
-                return Err(HeadError::Bad("duplicate Authorization header"));
+            13 if is("authorization") => {
+                // Two credentials are ambiguous (which one is checked?): refused, never "the last wins".
+                if head.authorization.is_some() {
+                    return Err(HeadError::Bad("duplicate Authorization header"));
+                }
+                head.authorization = Some(at(value));
             }
-            head.authorization = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"x-api-key") {
-            if head.x_api_key.is_some() {
-                return Err(HeadError::Bad("duplicate x-api-key header"));
+            9 if is("x-api-key") => {
+                if head.x_api_key.is_some() {
+                    return Err(HeadError::Bad("duplicate x-api-key header"));
+                }
+                head.x_api_key = Some(at(value));
             }
-            head.x_api_key = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"content-encoding") {
-            if saw_coding {
-                return Err(HeadError::Bad("duplicate Content-Encoding header"));
+            16 if is("content-encoding") => {
+                if saw_coding {
+                    return Err(HeadError::Bad("duplicate Content-Encoding header"));
+                }
+                saw_coding = true;
+                head.coding = super::coding::Coding::parse(value);
             }
-            saw_coding = true;
-            head.coding = super::coding::Coding::parse(value);
-        } else if name.eq_ignore_ascii_case(b"x-priority") {
-            head.x_priority = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"origin") {
-            head.origin = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
-            head.access_control_request_headers = Some(at(value));
-        } else if name.eq_ignore_ascii_case(b"traceparent") {
+            10 if is("x-priority") => head.x_priority = Some(at(value)),
+            6 if is("origin") => head.origin = Some(at(value)),
+            30 if is("access-control-request-headers") => head.access_control_request_headers = Some(at(value)),
             // Two parents are no parent (the W3C rule for a repeated header).
-            head.traceparent = if head.traceparent.is_some() { Some(0..0) } else { Some(at(value)) };
-        } else if name.eq_ignore_ascii_case(b"tracestate") {
-            head.tracestate = Some(at(value));
-        } else if let Some(rank) = SESSION_HEADERS.iter().position(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-            && head.session.as_ref().is_none_or(|(r, _)| rank < *r)
-        {
-            head.session = Some((rank, at(value)));
+            11 if is("traceparent") => {
+                head.traceparent = if head.traceparent.is_some() { Some(0..0) } else { Some(at(value)) };
+            }
+            10 if is("tracestate") => head.tracestate = Some(at(value)),
+            10 | 12 | 24 => {
+                if let Some(rank) = SESSION_HEADERS.iter().position(|h| is(h))
+                    && head.session.as_ref().is_none_or(|(r, _)| rank < *r)
+                {
+                    head.session = Some((rank, at(value)));
+                }
+            }
+            _ => {}
         }
     }
     if chunked && content_length.is_some() {
@@ -291,7 +307,19 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
 }
 
 /// True when some line of the head ends in LF without a CR before it.
+///
+/// One branch-free pass over each byte and the one before it, which the
+/// compiler turns into comparisons of 16 bytes at a time; looking up each
+/// LF in turn and checking its neighbour ([`has_bare_lf_plain`], which tests
+/// hold it equal to) cost a call per line.
 fn has_bare_lf(head: &[u8]) -> bool {
+    let Some((&first, rest)) = head.split_first() else { return false };
+    first == b'\n' || rest.iter().zip(head).fold(false, |bare, (&b, &before)| bare | ((b == b'\n') & (before != b'\r')))
+}
+
+/// [`has_bare_lf`]'s plain twin: each LF found, its neighbour checked.
+#[cfg(test)]
+fn has_bare_lf_plain(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
@@ -486,6 +514,52 @@ mod tests {
         ] {
             assert!(matches!(parse(s), Err(HeadError::Bad(_))), "accepted: {s:?}");
         }
+    }
+
+    #[test]
+    fn bare_lf_is_found_as_the_plain_scan_finds_it() {
+        let fixed: [&[u8]; 8] = [b"", b"\n", b"\r", b"\r\n", b"a\n", b"a\r\nb\r\n\r\n", b"a\r\nb\n\r\n", b"\r\r\n\n"];
+        for head in fixed {
+            assert_eq!(has_bare_lf(head), has_bare_lf_plain(head), "{head:?}");
+        }
+        // Heads of every length around the vector width, a CR, LF or CRLF anywhere.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..80);
+            let head: Vec<u8> = (0..len).map(|_| *rng.choice(b"\r\n\r\nab :").unwrap()).collect();
+            assert_eq!(has_bare_lf(&head), has_bare_lf_plain(&head), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn every_header_acted_on_is_seen_in_any_letter_case() {
+        let s = "POST /p HTTP/1.1\r\nHOST: h\r\nCONTENT-LENGTH: 3\r\nConnection: Close\r\nAUTHORIZATION: Bearer k\r\n\
+                 X-API-KEY: x\r\nContent-Encoding: gzip\r\nX-Priority: batch\r\nORIGIN: o\r\n\
+                 Access-Control-Request-Headers: a\r\nTraceParent: t\r\nTraceState: s\r\nSession-Id: c\r\n\
+                 X-Session-Id: x\r\nAccept: */*\r\nUser-Agent: u\r\nX-Stainless-Lang: js\r\n\r\n";
+        let h = parse(s).unwrap().unwrap();
+        let v = |r: Option<Range<usize>>| &s[r.unwrap()];
+        assert_eq!(v(h.host.clone()), "h");
+        assert_eq!(h.framing, BodyFraming::Length(3));
+        assert!(!h.keep_alive);
+        assert_eq!(v(h.authorization.clone()), "Bearer k");
+        assert_eq!(v(h.x_api_key.clone()), "x");
+        assert_eq!(h.coding, super::super::coding::Coding::parse(b"gzip"));
+        assert_eq!(v(h.x_priority.clone()), "batch");
+        assert_eq!(v(h.origin.clone()), "o");
+        assert_eq!(v(h.access_control_request_headers.clone()), "a");
+        assert_eq!(v(h.traceparent.clone()), "t");
+        assert_eq!(v(h.tracestate.clone()), "s");
+        // `session-id` outranks `x-session-id`, whichever comes first.
+        assert_eq!(h.session.clone().map(|(rank, r)| (rank, &s[r])), Some((1, "c")));
+        let claude =
+            "GET / HTTP/1.1\r\nHost: h\r\nx-session-id: x\r\nX-Claude-Code-Session-Id: cc\r\nsession_id: o\r\n\r\n";
+        let h = parse(claude).unwrap().unwrap();
+        assert_eq!(h.session.map(|(rank, r)| (rank, &claude[r])), Some((0, "cc")));
+        let expect = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nEXPECT: 100-Continue\r\n\r\n";
+        assert!(parse(expect).unwrap().unwrap().expect_continue);
+        let te = "POST / HTTP/1.1\r\nHost: h\r\nTRANSFER-ENCODING: Chunked\r\n\r\n";
+        assert_eq!(parse(te).unwrap().unwrap().framing, BodyFraming::Chunked);
     }
 
     #[test]

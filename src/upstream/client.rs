@@ -288,9 +288,10 @@ pub struct UpstreamHead {
 
 /// Parses a response head; `Ok(None)` while incomplete. Returns the head and its length.
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<(UpstreamHead, usize)>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
+    // Left uninitialised, as the client's head is (`http::request`).
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; 64];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
             return Err("response head too large");
