@@ -217,7 +217,8 @@ fn admission(w: &Worker, _: &[u8], _: &[u8], s: &mut State) {
 fn conversion(w: &Worker, _: &[u8], _: &[u8], s: &mut State) {
     let ctx = s.ctx.as_mut().unwrap();
     let key = ctx.key.clone().unwrap();
-    s.native.clear();
+    // Sized as `api::chat` sizes it.
+    s.native = Vec::with_capacity(s.req.body.len() + 64);
     let converted = ai_gateway::openai::chat_request::convert_chat_with(&s.req.body, &w.config.models, &mut s.native);
     let plan = ai_gateway::api::generate::admit(w, ctx, &key, converted, &mut s.native);
     s.plan = Some(plan.unwrap_or_else(|_| panic!("refused")));
@@ -258,7 +259,8 @@ fn upstream_read(_: &Worker, _: &[u8], reply: &[u8], s: &mut State) {
 fn reply_conversion(_: &Worker, _: &[u8], _: &[u8], s: &mut State) {
     let ctx = s.ctx.as_mut().unwrap();
     let plan = s.plan.as_ref().unwrap();
-    s.reply.clear();
+    // Sized as `api::generate::whole` sizes it.
+    s.reply = Vec::with_capacity(s.upstream_body.len() + 256);
     let usage = ai_gateway::openai::completion::chat_completion(&mut s.reply, &ctx.id, &plan.model, &s.upstream_body);
     ctx.outcome.usage = usage.unwrap();
 }
