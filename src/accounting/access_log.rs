@@ -187,6 +187,11 @@ fn millis(out: &mut Vec<u8>, us: u64) {
 /// The thread that writes access log buffers to stdout. An empty buffer
 /// (which workers never send) tells it to stop after what came before.
 pub fn spawn_writer() -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
+    spawn_writer_to(std::io::stdout())
+}
+
+/// [`spawn_writer`], writing to `out` (the cost bench writes nowhere).
+pub fn spawn_writer_to(mut out: impl Write + Send + 'static) -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let thread = std::thread::Builder::new()
         .name("access-log".into())
@@ -195,7 +200,6 @@ pub fn spawn_writer() -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
                 if buf.is_empty() {
                     return;
                 }
-                let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&buf);
                 let _ = out.flush();
             }
