@@ -467,8 +467,12 @@ impl UpstreamGate {
 
     /// Hands free slots out (see [`Self::schedule`]).
     fn hand_out(&self, s: &mut GateState) {
-        let now = Instant::now();
         s.wants_change = false;
+        // Nobody waits (every request of an unbusy host): no clock to read.
+        if s.queued == 0 {
+            return;
+        }
+        let now = Instant::now();
         let rules = self.rules();
         let mut heads: Vec<Head> = Vec::new();
         // Each head's place: (native lane, position in its turn, turn number).
