@@ -175,9 +175,10 @@ pub fn parse_request_head(buf: &[u8], limit: usize) -> Result<Option<RequestHead
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        // The names acted on, told apart by their length first: most of a
-        // client's headers (`accept`, `user-agent`, `x-stainless-*`) are
-        // passed over with one comparison.
+        // The names acted on, told apart by their length first: a header
+        // the gateway does not act on (`accept`, `user-agent`,
+        // `x-stainless-*`) is passed over after one comparison of lengths,
+        // or of the few names as long as it.
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         match name.len() {
             14 if is("content-length") => {
