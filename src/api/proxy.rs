@@ -209,7 +209,7 @@ async fn upstream_slot(
             decided => decided.map_err(Slot::Failed),
         };
     }
-    match monoio::time::timeout(bound.unwrap_or(limit), acquire).await {
+    match crate::http::deadline::within(bound.unwrap_or(limit), acquire).await {
         Err(_) if let Some(b) = bound.filter(|b| *b < limit) => Err(Slot::Elsewhere(b)),
         Err(_) => Err(Slot::Failed(UpstreamError::Overloaded(format!(
             "The model server is busy: no upstream slot came free within {}s. Try again shortly.",

@@ -360,7 +360,7 @@ impl<'w> Relay<'w> {
                 return Pull::End;
             };
             let buf = std::mem::take(&mut self.buf);
-            match monoio::time::timeout(self.read_timeout, read_owned(conn, buf)).await {
+            match crate::http::deadline::within(self.read_timeout, read_owned(conn, buf)).await {
                 Err(_) => {
                     self.writer.fail(out, b"the model server stopped sending (read timed out)");
                     return Pull::End;
@@ -430,8 +430,7 @@ impl<'w> Relay<'w> {
         let mut buf = std::mem::take(&mut self.buf);
         while !self.decoder.is_done() {
             buf.clear();
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let Ok((c, Ok(n), b)) = monoio::time::timeout(wait, client::read_owned(conn, buf)).await else {
+            let Ok((c, Ok(n), b)) = crate::http::deadline::until(deadline, client::read_owned(conn, buf)).await else {
                 return;
             };
             if n == 0 || self.decoder.feed(&b, &mut |_| {}).is_err() {

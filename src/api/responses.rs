@@ -93,7 +93,8 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         if !over.replace(false) || Instant::now() >= deadline {
             break converted;
         }
-        monoio::time::sleep(MEMORY_POLL).await;
+        // On the heap: a timer inline would make every Responses request's future larger (see `http::deadline`).
+        Box::pin(monoio::time::sleep(MEMORY_POLL)).await;
     };
     let mut rplan = match admit(worker, ctx, key, converted, &mut native) {
         Ok(p) => p,

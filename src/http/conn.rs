@@ -68,7 +68,7 @@ impl Conn {
         let len = self.inbuf.len();
         let buf = std::mem::take(&mut self.inbuf);
         // A read lost to the timeout closes the connection, so no bytes matter any more.
-        match monoio::time::timeout(timeout, stream.read(buf.slice_mut(len..))).await {
+        match super::deadline::within(timeout, stream.read(buf.slice_mut(len..))).await {
             Ok((res, slice)) => {
                 self.inbuf = slice.into_inner();
                 res

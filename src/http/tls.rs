@@ -239,7 +239,7 @@ where
             continue;
         }
         let raw = Vec::with_capacity(16 * 1024);
-        let (res, raw) = match monoio::time::timeout(timeout, stream.read(raw.slice_mut(0..))).await {
+        let (res, raw) = match super::deadline::within(timeout, stream.read(raw.slice_mut(0..))).await {
             Ok((res, slice)) => (res, slice.into_inner()),
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
         };
@@ -298,9 +298,8 @@ where
         if !tls.session.is_handshaking() {
             break;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
         let raw = Vec::with_capacity(4096);
-        let (res, raw) = match monoio::time::timeout(left, stream.read(raw.slice_mut(0..))).await {
+        let (res, raw) = match super::deadline::until(deadline, stream.read(raw.slice_mut(0..))).await {
             Ok((res, slice)) => (res, slice.into_inner()),
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake took too long")),
         };

@@ -223,11 +223,11 @@ impl ClientWatch {
     /// the race. `op` is borrowed pinned, not moved in, so a future as large
     /// as an endpoint's is stored once (in the caller), not twice.
     pub async fn race<F: Future>(&mut self, mut op: std::pin::Pin<&mut F>) -> Option<F::Output> {
-        let mut arm_timer = std::pin::pin!(match self.state {
-            State::Waiting(..) => Some(monoio::time::sleep_until(self.arm_at.into())),
-            _ => None,
-        });
-        let mut probe_timer = std::pin::pin!(None::<monoio::time::Sleep>);
+        // The timers live on the heap, made when first needed (see
+        // `super::deadline`): a request done before its watch is due arms none.
+        let mut arming = matches!(self.state, State::Waiting(..));
+        let mut arm_timer = None::<std::pin::Pin<Box<monoio::time::Sleep>>>;
+        let mut probe_timer = None::<std::pin::Pin<Box<monoio::time::Sleep>>>;
         let half_closed_at = Cell::new(None::<Instant>);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(v) = op.as_mut().poll(cx) {
@@ -236,11 +236,14 @@ impl ClientWatch {
             if self.poll_cutoff(cx.waker()) {
                 return Poll::Ready(None);
             }
-            if let Some(t) = arm_timer.as_mut().as_pin_mut() {
-                if t.poll(cx).is_pending() {
+            if arming {
+                let arm_at = self.arm_at;
+                let t = arm_timer.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(arm_at.into())));
+                if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                arm_timer.set(None);
+                arm_timer = None;
+                arming = false;
                 self.arm();
             }
             if self.poll_gone(cx) {
@@ -251,16 +254,16 @@ impl ClientWatch {
                 let since = *half_closed_at.get().get_or_insert_with(Instant::now);
                 half_closed_at.set(Some(since));
                 let due = since + PROBES[self.probes];
-                if let Some(t) = probe_timer.as_mut().as_pin_mut()
-                    && t.poll(cx).is_pending()
+                if let Some(t) = probe_timer.as_mut()
+                    && t.as_mut().poll(cx).is_pending()
                 {
                     return Poll::Pending;
                 }
                 if Instant::now() < due {
-                    probe_timer.set(Some(monoio::time::sleep_until(due.into())));
+                    probe_timer = Some(Box::pin(monoio::time::sleep_until(due.into())));
                     continue;
                 }
-                probe_timer.set(None);
+                probe_timer = None;
                 self.probes += 1;
                 if !self.probe() {
                     return Poll::Ready(None);

@@ -499,7 +499,7 @@ enum HeadFailure {
 
 async fn connect(target: &UpstreamTarget, timeout: Duration) -> Result<HostConn, UpstreamError> {
     let started = Instant::now();
-    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(target.addr)).await {
+    let tcp = match crate::http::deadline::within(timeout, TcpStream::connect_addr(target.addr)).await {
         Err(_) => return Err(UpstreamError::Unreachable(format!("connecting to {} timed out", target.url))),
         Ok(Err(e)) => return Err(UpstreamError::Unreachable(format!("{}: {e}", target.url))),
         Ok(Ok(conn)) => conn,
@@ -558,7 +558,7 @@ async fn exchange_head(
             }
             Some(d) => d.saturating_duration_since(Instant::now()),
         };
-        let (c, res, b) = match monoio::time::timeout(wait, read_owned(conn, buf)).await {
+        let (c, res, b) = match crate::http::deadline::within(wait, read_owned(conn, buf)).await {
             Err(_) => return Err((HeadFailure::Timeout, Vec::new())),
             Ok(out) => out,
         };
@@ -689,7 +689,7 @@ pub async fn read_full_body(
     let mut buf = early;
     while !decoder.is_done() && !too_big.get() && !no_budget.get() {
         buf.clear();
-        let (c, res, b) = monoio::time::timeout(read_timeout, read_owned(conn, buf))
+        let (c, res, b) = crate::http::deadline::within(read_timeout, read_owned(conn, buf))
             .await
             .map_err(|_| UpstreamError::Timeout("the response body stalled"))?;
         conn = c;
