@@ -4,12 +4,16 @@
 //! measured next to parsing the same body into a generic tree with
 //! serde_json and with simd-json, which is what choosing the parser for this
 //! job rests on. Also: the prompt estimate's count over the converted body,
-//! next to its plain twin; and parsing an SDK's request head.
+//! next to its plain twin; parsing an SDK's request head; and a Responses
+//! request → Ollama body, a tiny one and a coding agent's (64 KB of input
+//! items, 24 tools), which the front reads in one parse.
 
 use std::hint::black_box;
 
+use ai_gateway::config::ModelTable;
 use ai_gateway::http::request::parse_request_head;
 use ai_gateway::openai::chat_request::convert_chat;
+use ai_gateway::responses::request::convert_responses;
 use ai_gateway::upstream::estimate;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -78,5 +82,47 @@ fn bench_head(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_convert, bench_head);
+/// A coding agent's Responses request: instructions, `input_bytes` of
+/// messages, calls and their outputs, and 24 function tools.
+fn agent_request(input_bytes: usize) -> Vec<u8> {
+    let mut input =
+        vec![json!({"role":"user","content":[{"type":"input_text","text":"Fix the failing test in src/lib.rs."}]})];
+    let output = "test result: FAILED. 41 passed; 1 failed; see \"src/lib.rs:120\"\n".repeat(8);
+    let mut n = 0;
+    while serde_json::to_vec(&input).unwrap().len() < input_bytes {
+        input.push(json!({"type":"function_call","call_id":format!("call_{n}"),"name":"shell","arguments":"{\"cmd\":[\"cargo\",\"test\"]}"}));
+        input.push(json!({"type":"function_call_output","call_id":format!("call_{n}"),"output":output}));
+        n += 1;
+    }
+    let tools: Vec<_> = (0..24)
+        .map(|i| json!({"type":"function","name":format!("tool_{i}"),"description":"Runs a thing the agent needs, with care.",
+            "parameters":{"type":"object","properties":{"cmd":{"type":"array","items":{"type":"string"}},"workdir":{"type":"string"}},"required":["cmd"]}}))
+        .collect();
+    serde_json::to_vec(&json!({"model":"llama3","instructions":"You are a coding agent. ".repeat(200),"input":input,
+        "tools":tools,"tool_choice":"auto","parallel_tool_calls":false,"store":false,"stream":true,
+        "reasoning":{"effort":"medium"},"text":{"format":{"type":"text"}}}))
+    .unwrap()
+}
+
+fn bench_responses(c: &mut Criterion) {
+    let models = ModelTable::default();
+    let none = |_: &str| Ok(None);
+    for (name, body) in [
+        ("tiny", br#"{"model":"llama3","input":"Say hello","store":false}"#.to_vec()),
+        ("agent_64KB", agent_request(64 * 1024)),
+    ] {
+        let mut g = c.benchmark_group(format!("responses_request/{name}"));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        let mut out = Vec::with_capacity(body.len() * 2);
+        g.bench_function("convert", |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(convert_responses(black_box(&body), &models, &none, &mut out).map(|p| p.store))
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_convert, bench_head, bench_responses);
 criterion_main!(benches);

@@ -134,9 +134,10 @@ pub async fn create<'w>(worker: &'w Worker, req: &Request, ctx: &mut Ctx, key: &
         return reply.holding(lease.into_inner());
     }
     let conversation = RefCell::new(None);
+    let before = keep.is_some().then_some(rplan.history.as_slice());
     let render = |out: &mut Vec<u8>, _id: &str, _model: &str, body: &[u8]| {
-        let w = response(out, &shape, &rplan.history, body)?;
-        *conversation.borrow_mut() = Some(w.history);
+        let w = response(out, &shape, before, body)?;
+        *conversation.borrow_mut() = w.history;
         Ok(w.usage)
     };
     let reply = whole(worker, ctx, &call, &model, &render).await;

@@ -341,12 +341,15 @@ pub fn native_turn(out: &mut Vec<u8>, text: &[u8], thinking: &[u8], calls: &[Cal
 /// plan keeps it) and the token counts.
 pub struct Whole {
     pub usage: Usage,
-    /// The conversation with this turn, as the stored record keeps it.
-    pub history: Vec<u8>,
+    /// The conversation with this turn, as the stored record keeps it
+    /// (only when one is kept).
+    pub history: Option<Vec<u8>>,
 }
 
-/// Writes the `response` JSON for the native reply `body` into `out`.
-pub fn response(out: &mut Vec<u8>, s: &Shape, history: &[u8], body: &[u8]) -> Result<Whole, ApiError> {
+/// Writes the `response` JSON for the native reply `body` into `out`;
+/// `history` is the conversation before this turn when the response is
+/// stored (`None`: it is not, and no record is written).
+pub fn response(out: &mut Vec<u8>, s: &Shape, history: Option<&[u8]>, body: &[u8]) -> Result<Whole, ApiError> {
     let (native, usage) = read_reply(body)?;
     let bad = || ApiError::upstream(502, "The model server sent a malformed tool call.".into());
     let mut items = Vec::with_capacity(body.len() + 256);
@@ -381,12 +384,15 @@ pub fn response(out: &mut Vec<u8>, s: &Shape, history: &[u8], body: &[u8]) -> Re
     let status = if native.done_reason == Some(b"length") { Status::Incomplete } else { Status::Completed };
     out.clear();
     write_response(out, s, status, &items, Some(usage), None);
-    let mut conversation = history.to_vec();
-    if !conversation.is_empty() {
-        conversation.push(b',');
-    }
-    native_turn(&mut conversation, native.content, native.thinking, &written);
-    Ok(Whole { usage, history: conversation })
+    let history = history.map(|before| {
+        let mut conversation = before.to_vec();
+        if !conversation.is_empty() {
+            conversation.push(b',');
+        }
+        native_turn(&mut conversation, native.content, native.thinking, &written);
+        conversation
+    });
+    Ok(Whole { usage, history })
 }
 
 /// Appends `text` to an escaped accumulator (for tests and the plain twin).
@@ -416,7 +422,10 @@ mod tests {
     fn a_text_reply_and_its_history() {
         let body = br#"{"model":"llama3","created_at":"2025-11-24T17:15:24Z","message":{"role":"assistant","content":"Hello \"you\""},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":3}"#;
         let mut out = Vec::new();
-        let w = response(&mut out, &shape(vec![]), br#"{"role":"user","content":"hi"}"#, body).unwrap();
+        let mut unkept = Vec::new();
+        assert!(response(&mut unkept, &shape(vec![]), None, body).unwrap().history.is_none(), "nothing to store");
+        let w = response(&mut out, &shape(vec![]), Some(br#"{"role":"user","content":"hi"}"#), body).unwrap();
+        assert_eq!(out, unkept, "the reply is the same, stored or not");
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "resp_Ab");
         assert_eq!(v["object"], "response");
@@ -440,7 +449,8 @@ mod tests {
                 ..Default::default()
             }
         );
-        let history: Value = serde_json::from_str(&format!("[{}]", String::from_utf8(w.history).unwrap())).unwrap();
+        let history: Value =
+            serde_json::from_str(&format!("[{}]", String::from_utf8(w.history.unwrap()).unwrap())).unwrap();
         assert_eq!(history, json!([{"role":"user","content":"hi"},{"role":"assistant","content":"Hello \"you\""}]));
     }
 
@@ -455,7 +465,7 @@ mod tests {
             ToolSpec::plain("local_shell", ToolKind::LocalShell),
         ]);
         let mut out = Vec::new();
-        let w = response(&mut out, &s, b"", body).unwrap();
+        let w = response(&mut out, &s, Some(b""), body).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let o = &v["output"];
         assert_eq!(o[0], json!({"id":"rs_Ab_0","type":"reasoning","summary":[{"type":"summary_text","text":"Hmm"}]}));
@@ -474,7 +484,8 @@ mod tests {
         );
         assert_eq!(v["status"], "incomplete");
         assert_eq!(v["incomplete_details"], json!({"reason":"max_output_tokens"}));
-        let history: Value = serde_json::from_str(&format!("[{}]", String::from_utf8(w.history).unwrap())).unwrap();
+        let history: Value =
+            serde_json::from_str(&format!("[{}]", String::from_utf8(w.history.unwrap()).unwrap())).unwrap();
         assert_eq!(
             history[0]["tool_calls"][1],
             json!({"id":"call_Ab_2","function":{"index":1,"name":"apply_patch","arguments":{"input":"*** Begin Patch"}}})

@@ -39,8 +39,9 @@ struct ResponsesRequest<'a> {
     instructions: Option<&'a RawValue>,
     #[serde(borrow, default)]
     input: Option<&'a RawValue>,
+    /// Kept raw (echoed as sent) and read by [`declared_tools`].
     #[serde(borrow, default)]
-    tools: Option<Vec<Tool<'a>>>,
+    tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
     tool_choice: Option<&'a RawValue>,
     #[serde(default)]
@@ -89,8 +90,9 @@ struct Reasoning<'a> {
 
 #[derive(Deserialize)]
 struct TextConfig<'a> {
+    /// Kept raw (echoed as sent) and read by [`text_format`].
     #[serde(borrow, default)]
-    format: Option<Format<'a>>,
+    format: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -373,8 +375,9 @@ pub fn convert_responses(
     out.extend_from_slice(b"],\"stream\":");
     out.extend_from_slice(if stream { b"true" } else { b"false" });
 
-    let format = req.text.as_ref().and_then(|t| t.format.as_ref());
-    if let Some(f) = format {
+    let format_raw = req.text.as_ref().and_then(|t| t.format);
+    let format = text_format(format_raw, body)?;
+    if let Some(f) = &format {
         match f.kind.as_ref() {
             "text" => {}
             "json_object" => out.extend_from_slice(b",\"format\":\"json\""),
@@ -397,7 +400,7 @@ pub fn convert_responses(
         }
     }
     // Tools come with the request, and (from Codex) in `additional_tools` items.
-    let mut declared = req.tools.unwrap_or_default();
+    let mut declared = declared_tools(req.tools, body)?;
     declared.extend(extra_tools);
     let tools = write_tools(out, &declared, req.tool_choice, &mut dropped)?;
     write_options(
@@ -434,17 +437,15 @@ pub fn convert_responses(
     echo.extend_from_slice(b",\"temperature\":");
     float_or(&mut echo, req.temperature, 1.0);
     echo.extend_from_slice(b",\"text\":{\"format\":");
-    match (format, req.text.as_ref().and_then(|t| t.format.as_ref()).map(|f| f.kind.as_ref())) {
-        (Some(_), Some("json_schema" | "json_object")) => {
-            // The format as the client sent it: find it again in the body.
-            echo.extend_from_slice(text_format_raw(body).as_bytes());
-        }
+    match (format_raw, format.as_ref().map(|f| f.kind.as_ref())) {
+        // The format as the client sent it.
+        (Some(raw), Some("json_schema" | "json_object")) => echo.extend_from_slice(raw.get().as_bytes()),
         _ => echo.extend_from_slice(b"{\"type\":\"text\"}"),
     }
     echo.extend_from_slice(b"},\"tool_choice\":");
     echo.extend_from_slice(req.tool_choice.map_or("\"auto\"", RawValue::get).as_bytes());
     echo.extend_from_slice(b",\"tools\":");
-    echo.extend_from_slice(tools_raw(body).as_bytes());
+    echo.extend_from_slice(req.tools.map(RawValue::get).filter(|t| t.starts_with('[')).unwrap_or("[]").as_bytes());
     echo.extend_from_slice(b",\"top_p\":");
     float_or(&mut echo, req.top_p, 1.0);
     echo.extend_from_slice(b",\"truncation\":");
@@ -484,36 +485,47 @@ fn float_or(out: &mut Vec<u8>, v: Option<f64>, default: f64) {
     let _ = serde_json::to_writer(&mut *out, &v.unwrap_or(default));
 }
 
-/// The raw `text.format` object of the body (already checked to be there).
-fn text_format_raw(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Outer<'a> {
-        #[serde(borrow)]
-        text: Inner<'a>,
-    }
-    #[derive(Deserialize)]
-    struct Inner<'a> {
-        #[serde(borrow)]
-        format: &'a RawValue,
-    }
-    serde_json::from_slice::<Outer<'_>>(body)
-        .map_or_else(|_| "{\"type\":\"text\"}".to_owned(), |o| o.text.format.get().to_owned())
+/// The request's `tools`, read from their raw value (the body is parsed
+/// once; the array is read again here, borrowing from it). A fault is
+/// named as the whole body's parse names it: that parse runs only then.
+fn declared_tools<'a>(raw: Option<&'a RawValue>, body: &[u8]) -> Result<Vec<Tool<'a>>, ApiError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    serde_json::from_str(raw.get()).map_err(|e| {
+        #[derive(Deserialize)]
+        struct Whole<'a> {
+            #[serde(borrow, default, rename = "tools")]
+            _tools: Option<Vec<Tool<'a>>>,
+        }
+        fault::<Whole<'_>>(body, "tools", e)
+    })
 }
 
-/// The raw `tools` array of the body, or `[]`.
-fn tools_raw(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Outer<'a> {
-        #[serde(borrow, default)]
-        tools: Option<&'a RawValue>,
+/// The request's `text.format`, read from its raw value as
+/// [`declared_tools`] reads the tools.
+fn text_format<'a>(raw: Option<&'a RawValue>, body: &[u8]) -> Result<Option<Format<'a>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    serde_json::from_str(raw.get()).map(Some).map_err(|e| {
+        #[derive(Deserialize)]
+        struct Whole<'a> {
+            #[serde(borrow, default, rename = "text")]
+            _text: Option<Text<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Text<'a> {
+            #[serde(borrow, default, rename = "format")]
+            _format: Option<Format<'a>>,
+        }
+        fault::<Whole<'_>>(body, "text.format", e)
+    })
+}
+
+/// The error for a member that did not read: the whole body's parse into
+/// `T` (the member as a plain struct reads it) names the path at fault.
+fn fault<'a, T: Deserialize<'a>>(body: &'a [u8], member: &'static str, e: serde_json::Error) -> ApiError {
+    match parse_json::<T>(body) {
+        Err(named) => named,
+        Ok(_) => ApiError::invalid(member, format!("Invalid value for '{member}': {e}.")),
     }
-    serde_json::from_slice::<Outer<'_>>(body)
-        .ok()
-        .and_then(|o| o.tools)
-        .map(|t| t.get())
-        .filter(|t| t.starts_with('['))
-        .unwrap_or("[]")
-        .to_owned()
 }
 
 /// `instructions`: a string literal, or `None` (absent, null or empty).
@@ -789,10 +801,11 @@ fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
     if !raw.get().starts_with('"') {
         return None;
     }
-    serde_json::from_str::<&str>(raw.get())
-        .map(Cow::Borrowed)
-        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
-        .ok()
+    /// Borrowed when the string has no escapes, in one parse (a `&str`
+    /// tried first fails on an escape, and its error formats the string).
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    serde_json::from_str::<Text<'_>>(raw.get()).ok().map(|t| t.0)
 }
 
 /// A free-form input as a native call's arguments: `{"input": …}`.
@@ -1239,6 +1252,46 @@ mod tests {
             assert_eq!(e.status, 400, "{req}");
             assert_eq!(e.param.as_deref(), Some(param), "{req}");
         }
+    }
+
+    #[test]
+    fn a_string_value_is_borrowed_without_escapes_and_read_with_them() {
+        fn raw(s: &str) -> &RawValue {
+            serde_json::from_str(s).unwrap()
+        }
+        assert!(matches!(string_value(raw(r#""plain""#)), Some(Cow::Borrowed("plain"))));
+        let escaped = string_value(raw(r#""a \"quoted\"\nline \u00e9""#));
+        assert!(matches!(&escaped, Some(Cow::Owned(s)) if s == "a \"quoted\"\nline é"), "{escaped:?}");
+        assert_eq!(string_value(raw("7")), None);
+        assert_eq!(string_value(raw("null")), None);
+        assert_eq!(string_value(raw(r#"["x"]"#)), None);
+    }
+
+    #[test]
+    fn tools_and_text_format_read_from_their_raw_values_name_a_fault_as_the_whole_parse_did() {
+        let cases = [
+            (json!({"model": "m", "input": "x", "tools": [{"name": "f"}]}), "tools[0]"),
+            (json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": 7}]}), "tools[0].name"),
+            (json!({"model": "m", "input": "x", "tools": 5}), "tools"),
+            (json!({"model": "m", "input": "x", "text": {"format": {"schema": {}}}}), "text.format"),
+            (json!({"model": "m", "input": "x", "text": {"format": {"type": 1}}}), "text.format.type"),
+        ];
+        for (req, param) in cases {
+            let e = convert(req.clone()).unwrap_err();
+            assert_eq!(e.status, 400, "{req}");
+            assert_eq!(e.param.as_deref(), Some(param), "{req}: {}", e.message);
+        }
+        // Null is absent, and what is echoed is what was sent.
+        let mut out = Vec::new();
+        let body = br#"{"model":"m","input":"x","tools":null,"text":{"format":null}}"#;
+        let plan = convert_responses(body, &ModelTable::default(), &|_: &str| Ok(None), &mut out).unwrap();
+        let echo = String::from_utf8(plan.echo).unwrap();
+        assert!(echo.contains(r#""tools":[]"#) && echo.contains(r#""text":{"format":{"type":"text"}}"#), "{echo}");
+        let body = br#"{"model":"m","input":"x","text":{"format":{"type":"json_schema", "name":"r","schema":{"type":"object"}}},"tools":[ {"type":"function","name":"f"} ]}"#;
+        let plan = convert_responses(body, &ModelTable::default(), &|_: &str| Ok(None), &mut out).unwrap();
+        let echo = String::from_utf8(plan.echo).unwrap();
+        assert!(echo.contains(r#""format":{"type":"json_schema", "name":"r","schema":{"type":"object"}}"#), "{echo}");
+        assert!(echo.contains(r#""tools":[ {"type":"function","name":"f"} ]"#), "{echo}");
     }
 
     #[test]
