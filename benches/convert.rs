@@ -6,10 +6,13 @@
 //! job rests on. Also: the prompt estimate's count over the converted body,
 //! next to its plain twin; parsing an SDK's request head; and a Responses
 //! request → Ollama body, a tiny one and a coding agent's (64 KB of input
-//! items, 24 tools), which the front reads in one parse.
+//! items, 24 tools), which the front reads in one parse; and the same for
+//! a Messages request (a coding agent's: a long system prompt, tool uses
+//! and results, 24 tools).
 
 use std::hint::black_box;
 
+use ai_gateway::anthropic::request::{Purpose, convert_messages};
 use ai_gateway::config::ModelTable;
 use ai_gateway::http::request::parse_request_head;
 use ai_gateway::openai::chat_request::convert_chat;
@@ -124,5 +127,45 @@ fn bench_responses(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_convert, bench_head, bench_responses);
+/// A coding agent's Messages request: a system prompt in blocks,
+/// `conversation_bytes` of tool uses and their results, and 24 tools.
+fn agent_messages(conversation_bytes: usize) -> Vec<u8> {
+    let mut messages =
+        vec![json!({"role":"user","content":[{"type":"text","text":"Fix the failing test in src/lib.rs."}]})];
+    let output = "test result: FAILED. 41 passed; 1 failed; see \"src/lib.rs:120\"\n".repeat(8);
+    let mut n = 0;
+    while serde_json::to_vec(&messages).unwrap().len() < conversation_bytes {
+        messages.push(json!({"role":"assistant","content":[{"type":"text","text":"Running the tests."},
+            {"type":"tool_use","id":format!("toolu_{n}"),"name":"Bash","input":{"command":"cargo test"}}]}));
+        messages.push(json!({"role":"user","content":[{"type":"tool_result","tool_use_id":format!("toolu_{n}"),"content":output}]}));
+        n += 1;
+    }
+    let tools: Vec<_> = (0..24)
+        .map(|i| json!({"name":format!("Tool{i}"),"description":"Runs a thing the agent needs, with care.",
+            "input_schema":{"type":"object","properties":{"command":{"type":"string"},"timeout":{"type":"number"}},"required":["command"]}}))
+        .collect();
+    serde_json::to_vec(&json!({"model":"llama3","max_tokens":32000,"stream":true,
+        "system":[{"type":"text","text":"You are Claude Code. ".repeat(400),"cache_control":{"type":"ephemeral"}}],
+        "messages":messages,"tools":tools,"metadata":{"user_id":"user_abc"}}))
+    .unwrap()
+}
+
+fn bench_messages(c: &mut Criterion) {
+    let models = ModelTable::default();
+    let tiny = br#"{"model":"llama3","max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#.to_vec();
+    for (name, body) in [("tiny", tiny), ("agent_64KB", agent_messages(64 * 1024))] {
+        let mut g = c.benchmark_group(format!("messages_request/{name}"));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        let mut out = Vec::with_capacity(body.len() * 2);
+        g.bench_function("convert", |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(convert_messages(black_box(&body), &models, Purpose::Generate, &mut out).is_ok())
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_convert, bench_head, bench_responses, bench_messages);
 criterion_main!(benches);
