@@ -85,18 +85,38 @@ fn bench_head(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a coding agent's tool run printed (with quotes and new lines to escape).
+fn tool_output() -> String {
+    "test result: FAILED. 41 passed; 1 failed; see \"src/lib.rs:120\"\n".repeat(8)
+}
+
+/// A conversation: `first`, then the two items `turn(n)` gives for the
+/// n-th tool call and its result, until it is `bytes` long.
+fn conversation(
+    bytes: usize,
+    first: serde_json::Value,
+    turn: impl Fn(usize) -> [serde_json::Value; 2],
+) -> Vec<serde_json::Value> {
+    let mut items = vec![first];
+    let mut n = 0;
+    while serde_json::to_vec(&items).unwrap().len() < bytes {
+        items.extend(turn(n));
+        n += 1;
+    }
+    items
+}
+
 /// A coding agent's Responses request: instructions, `input_bytes` of
 /// messages, calls and their outputs, and 24 function tools.
 fn agent_request(input_bytes: usize) -> Vec<u8> {
-    let mut input =
-        vec![json!({"role":"user","content":[{"type":"input_text","text":"Fix the failing test in src/lib.rs."}]})];
-    let output = "test result: FAILED. 41 passed; 1 failed; see \"src/lib.rs:120\"\n".repeat(8);
-    let mut n = 0;
-    while serde_json::to_vec(&input).unwrap().len() < input_bytes {
-        input.push(json!({"type":"function_call","call_id":format!("call_{n}"),"name":"shell","arguments":"{\"cmd\":[\"cargo\",\"test\"]}"}));
-        input.push(json!({"type":"function_call_output","call_id":format!("call_{n}"),"output":output}));
-        n += 1;
-    }
+    let output = tool_output();
+    let first = json!({"role":"user","content":[{"type":"input_text","text":"Fix the failing test in src/lib.rs."}]});
+    let input = conversation(input_bytes, first, |n| {
+        [
+            json!({"type":"function_call","call_id":format!("call_{n}"),"name":"shell","arguments":"{\"cmd\":[\"cargo\",\"test\"]}"}),
+            json!({"type":"function_call_output","call_id":format!("call_{n}"),"output":output}),
+        ]
+    });
     let tools: Vec<_> = (0..24)
         .map(|i| json!({"type":"function","name":format!("tool_{i}"),"description":"Runs a thing the agent needs, with care.",
             "parameters":{"type":"object","properties":{"cmd":{"type":"array","items":{"type":"string"}},"workdir":{"type":"string"}},"required":["cmd"]}}))
@@ -107,39 +127,18 @@ fn agent_request(input_bytes: usize) -> Vec<u8> {
     .unwrap()
 }
 
-fn bench_responses(c: &mut Criterion) {
-    let models = ModelTable::default();
-    let none = |_: &str| Ok(None);
-    for (name, body) in [
-        ("tiny", br#"{"model":"llama3","input":"Say hello","store":false}"#.to_vec()),
-        ("agent_64KB", agent_request(64 * 1024)),
-    ] {
-        let mut g = c.benchmark_group(format!("responses_request/{name}"));
-        g.throughput(Throughput::Bytes(body.len() as u64));
-        let mut out = Vec::with_capacity(body.len() * 2);
-        g.bench_function("convert", |b| {
-            b.iter(|| {
-                out.clear();
-                black_box(convert_responses(black_box(&body), &models, &none, &mut out).map(|p| p.store))
-            })
-        });
-        g.finish();
-    }
-}
-
 /// A coding agent's Messages request: a system prompt in blocks,
 /// `conversation_bytes` of tool uses and their results, and 24 tools.
 fn agent_messages(conversation_bytes: usize) -> Vec<u8> {
-    let mut messages =
-        vec![json!({"role":"user","content":[{"type":"text","text":"Fix the failing test in src/lib.rs."}]})];
-    let output = "test result: FAILED. 41 passed; 1 failed; see \"src/lib.rs:120\"\n".repeat(8);
-    let mut n = 0;
-    while serde_json::to_vec(&messages).unwrap().len() < conversation_bytes {
-        messages.push(json!({"role":"assistant","content":[{"type":"text","text":"Running the tests."},
-            {"type":"tool_use","id":format!("toolu_{n}"),"name":"Bash","input":{"command":"cargo test"}}]}));
-        messages.push(json!({"role":"user","content":[{"type":"tool_result","tool_use_id":format!("toolu_{n}"),"content":output}]}));
-        n += 1;
-    }
+    let output = tool_output();
+    let first = json!({"role":"user","content":[{"type":"text","text":"Fix the failing test in src/lib.rs."}]});
+    let messages = conversation(conversation_bytes, first, |n| {
+        [
+            json!({"role":"assistant","content":[{"type":"text","text":"Running the tests."},
+                {"type":"tool_use","id":format!("toolu_{n}"),"name":"Bash","input":{"command":"cargo test"}}]}),
+            json!({"role":"user","content":[{"type":"tool_result","tool_use_id":format!("toolu_{n}"),"content":output}]}),
+        ]
+    });
     let tools: Vec<_> = (0..24)
         .map(|i| json!({"name":format!("Tool{i}"),"description":"Runs a thing the agent needs, with care.",
             "input_schema":{"type":"object","properties":{"command":{"type":"string"},"timeout":{"type":"number"}},"required":["command"]}}))
@@ -150,21 +149,42 @@ fn agent_messages(conversation_bytes: usize) -> Vec<u8> {
     .unwrap()
 }
 
-fn bench_messages(c: &mut Criterion) {
-    let models = ModelTable::default();
-    let tiny = br#"{"model":"llama3","max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#.to_vec();
-    for (name, body) in [("tiny", tiny), ("agent_64KB", agent_messages(64 * 1024))] {
-        let mut g = c.benchmark_group(format!("messages_request/{name}"));
+/// A front's request converter on a tiny request and an agent's: one group
+/// per body, `<front>_request/<name>/convert`.
+fn bench_front(
+    c: &mut Criterion,
+    front: &str,
+    bodies: [(&str, Vec<u8>); 2],
+    convert: impl Fn(&[u8], &mut Vec<u8>) -> bool,
+) {
+    for (name, body) in bodies {
+        let mut g = c.benchmark_group(format!("{front}_request/{name}"));
         g.throughput(Throughput::Bytes(body.len() as u64));
         let mut out = Vec::with_capacity(body.len() * 2);
         g.bench_function("convert", |b| {
             b.iter(|| {
                 out.clear();
-                black_box(convert_messages(black_box(&body), &models, Purpose::Generate, &mut out).is_ok())
+                black_box(convert(black_box(&body), &mut out))
             })
         });
         g.finish();
     }
+}
+
+fn bench_responses(c: &mut Criterion) {
+    let models = ModelTable::default();
+    let tiny = br#"{"model":"llama3","input":"Say hello","store":false}"#.to_vec();
+    bench_front(c, "responses", [("tiny", tiny), ("agent_64KB", agent_request(64 * 1024))], |body, out| {
+        convert_responses(body, &models, &|_: &str| Ok(None), out).is_ok()
+    });
+}
+
+fn bench_messages(c: &mut Criterion) {
+    let models = ModelTable::default();
+    let tiny = br#"{"model":"llama3","max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#.to_vec();
+    bench_front(c, "messages", [("tiny", tiny), ("agent_64KB", agent_messages(64 * 1024))], |body, out| {
+        convert_messages(body, &models, Purpose::Generate, out).is_ok()
+    });
 }
 
 criterion_group!(benches, bench_convert, bench_head, bench_responses, bench_messages);
