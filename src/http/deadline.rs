@@ -28,12 +28,6 @@ use monoio::time::Sleep;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
-impl std::fmt::Display for Elapsed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the time limit passed")
-    }
-}
-
 /// When a [`Within`]'s time runs out.
 #[derive(Debug, Clone, Copy)]
 enum Limit {
@@ -101,25 +95,21 @@ mod tests {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime").block_on(f)
     }
 
-    /// An operation that is done at its `n`th poll, waking itself each time.
-    struct DoneAt(u32);
+    /// An operation done at its first poll.
+    fn at_once() -> std::future::Ready<u32> {
+        std::future::ready(7)
+    }
 
-    impl Future for DoneAt {
-        type Output = u32;
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
-            if self.0 == 0 {
-                return Poll::Ready(7);
-            }
-            self.0 -= 1;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
+    /// An operation that waits `ms` first.
+    async fn after(ms: u64) -> u32 {
+        monoio::time::sleep(Duration::from_millis(ms)).await;
+        7
     }
 
     #[test]
     fn an_operation_done_at_once_arms_no_timer() {
         run(async {
-            let mut w = std::pin::pin!(within(Duration::from_secs(1), DoneAt(0)));
+            let mut w = std::pin::pin!(within(Duration::from_secs(1), at_once()));
             let got = std::future::poll_fn(|cx| w.as_mut().poll(cx)).await;
             assert_eq!(got, Ok(7));
             assert!(w.timer.is_none());
@@ -130,8 +120,8 @@ mod tests {
     fn the_same_outcomes_as_monoios_timeout() {
         run(async {
             // Done in time, late, and at a deadline: as the plain version says.
-            assert_eq!(within(Duration::from_secs(5), DoneAt(3)).await, Ok(7));
-            assert_eq!(plain(Duration::from_secs(5), DoneAt(3)).await, Ok(7));
+            assert_eq!(within(Duration::from_secs(5), after(5)).await, Ok(7));
+            assert_eq!(plain(Duration::from_secs(5), after(5)).await, Ok(7));
             let never = std::future::pending::<u32>;
             let started = Instant::now();
             assert_eq!(within(Duration::from_millis(30), never()).await, Err(Elapsed));
@@ -142,7 +132,7 @@ mod tests {
             assert_eq!(until(at, never()).await, Err(Elapsed));
             assert!(Instant::now() >= at);
             // A deadline already past: the operation still gets its first poll.
-            assert_eq!(until(Instant::now(), DoneAt(0)).await, Ok(7));
+            assert_eq!(until(Instant::now(), at_once()).await, Ok(7));
             assert_eq!(until(Instant::now(), never()).await, Err(Elapsed));
         });
     }
@@ -151,7 +141,7 @@ mod tests {
     fn the_timer_is_not_part_of_the_future() {
         let op = async { 1u8 };
         assert!(std::mem::size_of_val(&within(Duration::ZERO, op)) <= 48);
-        assert!(std::mem::align_of::<Within<DoneAt>>() <= 16);
+        assert!(std::mem::align_of::<Within<std::future::Ready<u32>>>() <= 16);
         let inline = run(async { std::mem::size_of_val(&monoio::time::timeout(Duration::ZERO, async { 1u8 })) });
         assert!(inline >= 512, "monoio's timer is inline ({inline} bytes): the reason for this module");
     }

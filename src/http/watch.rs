@@ -225,7 +225,6 @@ impl ClientWatch {
     pub async fn race<F: Future>(&mut self, mut op: std::pin::Pin<&mut F>) -> Option<F::Output> {
         // The timers live on the heap, made when first needed (see
         // `super::deadline`): a request done before its watch is due arms none.
-        let mut arming = matches!(self.state, State::Waiting(..));
         let mut arm_timer = None::<std::pin::Pin<Box<monoio::time::Sleep>>>;
         let mut probe_timer = None::<std::pin::Pin<Box<monoio::time::Sleep>>>;
         let half_closed_at = Cell::new(None::<Instant>);
@@ -236,14 +235,13 @@ impl ClientWatch {
             if self.poll_cutoff(cx.waker()) {
                 return Poll::Ready(None);
             }
-            if arming {
+            if matches!(self.state, State::Waiting(..)) {
                 let arm_at = self.arm_at;
                 let t = arm_timer.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(arm_at.into())));
                 if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 arm_timer = None;
-                arming = false;
                 self.arm();
             }
             if self.poll_gone(cx) {
