@@ -14,3 +14,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b / a }'; }
 # order (A and B measured back to back in each round, so the machine's drift
 # between rounds cancels); their median is the figure least moved by noise.
 paired() { paste -d' ' <(tr ' ' '\n' <<<"$1" | grep .) <(tr ' ' '\n' <<<"$2" | grep .) | awk '{print $2 / $1}' | tr '\n' ' '; }
+# The gateway binary a harness measures: the release build, or with PGO=1
+# the release build laid out by its profile (scripts/pgo builds it first,
+# once for a harness and the scripts it runs: they inherit PGO_BUILT).
+gateway_bin() {
+  if [ "${PGO:-0}" = 1 ]; then
+    [ -n "${PGO_BUILT:-}" ] || scripts/pgo >&2 || return 1
+    echo target/pgo/ai-gateway
+  else
+    echo target/release/ai-gateway
+  fi
+}
+# How the gateway measured was built, for a results file's header.
+gateway_build() {
+  if [ "${PGO:-0}" = 1 ]; then echo "release build with profile-guided optimisation (scripts/pgo)"; else echo "release build"; fi
+}
