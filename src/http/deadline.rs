@@ -2,15 +2,15 @@
 //! when the await has to wait.
 //!
 //! `monoio::time::timeout` holds its timer inside the future it returns: a
-//! timer entry of 640 bytes aligned to 128 (the wheel's entry is padded to
-//! a cache line pair). Every async function that awaits one holds it in its
-//! own state, and so does every caller up the chain: a request's future
-//! (`server::respond::answer`) was 6,272 bytes aligned to 128 with them and
-//! is 3,664 aligned to 8 without, and the whole of it is copied once when
-//! the request is boxed. Here the
-//! timer lives on the heap, behind a pointer, and is made on the first poll
-//! that finds the operation not done; an operation done at once (a read the
-//! kernel had ready, a buffered head) reads no clock and arms nothing.
+//! timer entry of 640 bytes aligned to 128 (the wheel's entry is padded to a
+//! cache line pair). Every async function that awaits one holds it in its own
+//! state, and so does every caller up the chain: a request's future
+//! (`server::respond::answer`) was 6,272 bytes aligned to 128 with them and is
+//! 3,664 aligned to 8 without, and the whole of it is copied once when the
+//! request is boxed. Here the timer lives on the heap, behind a pointer, and
+//! is made on the first poll that finds the operation not done; an operation
+//! done at once (a read the kernel had ready, a buffered head) reads no clock
+//! and arms nothing.
 //!
 //! The limit counts from that first wait rather than from the call, which
 //! is the same moment for every caller here: each awaits what it made at
