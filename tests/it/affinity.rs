@@ -85,6 +85,13 @@ fn two_conversations(a: &Proc, b: &Proc, g: &Proc) -> (u64, u64) {
         assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended before [DONE]");
     }
     assert!(eventually(std::time::Duration::from_secs(5), || stats(a)["completed"] == 1));
+    // The gateway gives A's slot back after the client has read [DONE]: wait
+    // until it counts nothing in flight on either host.
+    let idle = || {
+        let hosts = get(g.addr, "/readyz").json()["hosts"].clone();
+        (0..2).all(|i| hosts[i]["in_flight"] == 0 && hosts[i]["queued"] == 0)
+    };
+    assert!(eventually(std::time::Duration::from_secs(5), idle));
     // Both hosts idle: by load alone, host 0 (the first) takes both second turns.
     chat(g, &turn_body("b", 2, false));
     chat(g, &turn_body("a", 2, false));
