@@ -94,9 +94,6 @@ pub struct Records<C> {
     pub pending: Vec<u8>,
     /// Sealed bytes on their way to the socket (reused).
     sealed: Vec<u8>,
-    /// The buffer ciphertext is read into (reused: a connection waiting to
-    /// read holds one anyway, so keeping it between reads costs nothing).
-    raw: Vec<u8>,
 }
 
 /// The TLS side of a client connection.
@@ -111,7 +108,7 @@ where
     S: SideData,
 {
     fn new(session: C) -> Box<Self> {
-        Box::new(Self { session, pending: Vec::new(), sealed: Vec::new(), raw: Vec::new() })
+        Box::new(Self { session, pending: Vec::new(), sealed: Vec::new() })
     }
 
     /// Seals `plain` into records, appended to the bytes to write.
@@ -215,9 +212,6 @@ where
     }
 }
 
-/// How much ciphertext one read of the socket takes: a whole record.
-const RAW_READ: usize = 16 * 1024;
-
 /// Reads decrypted bytes into `inbuf`, within `timeout` for each read of the
 /// socket: how many (0 at the peer's end).
 pub async fn fill<C, S>(
@@ -244,22 +238,18 @@ where
             }
             continue;
         }
-        let mut raw = std::mem::take(&mut tls.raw);
-        raw.clear();
-        raw.reserve(RAW_READ);
+        let raw = Vec::with_capacity(16 * 1024);
         let (res, raw) = match super::deadline::within(timeout, stream.read(raw.slice_mut(0..))).await {
             Ok((res, slice)) => (res, slice.into_inner()),
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out")),
         };
-        let n = res?;
-        let taken = if n == 0 { Ok(()) } else { tls.take_in_to(&raw, inbuf) };
-        tls.raw = raw;
-        if n == 0 {
+        if res? == 0 {
             // The socket's end: the session says whether it was orderly.
             tls.session.read_tls(&mut &[][..])?;
             let _ = tls.session.process_new_packets();
             return Ok(tls.plain(inbuf)?.unwrap_or(0));
         }
+        let taken = tls.take_in_to(&raw, inbuf);
         // Alerts for a bad record, and what the session answers (a key update).
         tls.flush_records(stream).await?;
         taken?;
