@@ -53,12 +53,15 @@ fn two_hosts(extra: &[&str]) -> (Proc, Proc, Proc) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let g = gateway(&a, &refs);
     // Both hosts' models and residency learned, so that neither is chosen for what is not yet known.
-    let settled = || {
-        let hosts = get(g.addr, "/readyz").json()["hosts"].clone();
-        (0..2).all(|i| hosts[i]["schedule"]["known"] == true && hosts[i]["models"].is_u64())
-    };
+    let settled = || both_hosts(&g, |h| h["schedule"]["known"] == true && h["models"].is_u64());
     assert!(eventually(std::time::Duration::from_secs(10), settled));
     (a, b, g)
+}
+
+/// Whether both hosts, as the gateway's `/readyz` shows them, pass `check`.
+fn both_hosts(g: &Proc, check: impl Fn(&Value) -> bool) -> bool {
+    let hosts = get(g.addr, "/readyz").json()["hosts"].clone();
+    (0..2).all(|i| check(&hosts[i]))
 }
 
 /// Runs the sequence both tests share: conversation A's first turn goes to
@@ -87,10 +90,7 @@ fn two_conversations(a: &Proc, b: &Proc, g: &Proc) -> (u64, u64) {
     assert!(eventually(std::time::Duration::from_secs(5), || stats(a)["completed"] == 1));
     // The gateway gives A's slot back after the client has read [DONE]: wait
     // until it counts nothing in flight on either host.
-    let idle = || {
-        let hosts = get(g.addr, "/readyz").json()["hosts"].clone();
-        (0..2).all(|i| hosts[i]["in_flight"] == 0 && hosts[i]["queued"] == 0)
-    };
+    let idle = || both_hosts(g, |h| h["in_flight"] == 0 && h["queued"] == 0);
     assert!(eventually(std::time::Duration::from_secs(5), idle));
     // Both hosts idle: by load alone, host 0 (the first) takes both second turns.
     chat(g, &turn_body("b", 2, false));
